@@ -1,0 +1,52 @@
+"""The table of listeners (one source for `config check`, the `up` banner and the daemons)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Listener:
+    daemon: str
+    name: str  # contract name: smtp, submission, submissions, lmtp, imap, imaps, pop3, pop3s
+    port: int
+    tls: str  # "STARTTLS", "STARTTLS required", "implicit TLS", "none"
+    addresses: tuple[str, ...]
+
+
+def listeners(cfg: Config) -> list[Listener]:
+    """Every enabled listener with its effective port (offset applied)."""
+    b = cfg.server.bind
+    rows = [
+        Listener("mta", "smtp", cfg.port("mta", "smtp"), "STARTTLS", b),
+        Listener("mta", "submission", cfg.port("mta", "submission"), "STARTTLS required", b),
+        Listener("mta", "submissions", cfg.port("mta", "submissions"), "implicit TLS", b),
+        Listener("mda", "lmtp", cfg.port("mda", "lmtp"), "none", cfg.mda.bind),
+        Listener("imap", "imap", cfg.port("imap", "imap"), "STARTTLS", b),
+        Listener("imap", "imaps", cfg.port("imap", "imaps"), "implicit TLS", b),
+        Listener("pop3", "pop3", cfg.port("pop3", "pop3"), "STLS", b),
+        Listener("pop3", "pop3s", cfg.port("pop3", "pop3s"), "implicit TLS", b),
+    ]
+    return [r for r in rows if r.port]
+
+
+def banner(cfg: Config, daemons: list[str], ca_path: str | None) -> str:
+    """What `mailstack up` prints once every child is started."""
+    lines = ["", "mailstack is up", ""]
+    for lst in listeners(cfg):
+        if lst.daemon not in daemons:
+            continue
+        addrs = ", ".join(f"[{a}]" if ":" in a else a for a in lst.addresses)
+        lines.append(f"  {lst.daemon:<5} {lst.name:<12} {addrs} port {lst.port:<6} {lst.tls}")
+    lines += ["",
+              f"  domains:   {', '.join(cfg.server.domains)}",
+              f"  data:      {cfg.data_dir}"]
+    if ca_path:
+        lines.append(f"  CA cert:   {ca_path}   (import it into Thunderbird: Settings > "
+                     "Privacy & Security > Certificates > Authorities > Import)")
+    cfgflag = f" --config {cfg.source}" if cfg.source != "<defaults>" else ""
+    lines += [f"  add user:  mailstack user add alice@{cfg.server.domains[0]}{cfgflag}",
+              "  stop:      Ctrl-C", ""]
+    return "\n".join(lines)

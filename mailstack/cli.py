@@ -1,0 +1,176 @@
+"""``mailstack`` command line: up, serve, user, queue, sendmail, config.
+
+Every subcommand accepts ``--config FILE`` (default: ``$MAILSTACK_CONFIG`` or the embedded
+defaults). Errors are one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, ConfigError, load
+
+EPILOG = """\
+examples:
+  mailstack up                                  run every daemon on the default config
+  mailstack up --port-offset 10000              same, with every port moved up by 10000
+  echo secret | mailstack user add alice@localhost --password-stdin
+  mailstack queue list                          what waits in the mta's queue
+  mailstack sendmail -t < message.eml           submit a message like /usr/sbin/sendmail
+"""
+
+
+def _common(p: argparse.ArgumentParser, *, offset: bool = False) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML config file (default: $MAILSTACK_CONFIG or built-in defaults)")
+    if offset:
+        p.add_argument("--port-offset", type=int, default=0, metavar="N",
+                       help="add N to every port (non-root users, tests, two stacks side by side)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailstack", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A real mail stack: SMTP (mta), LMTP delivery to Maildir (mda), IMAP, POP3.")
+    parser.add_argument("--version", action="version", version=f"mailstack {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("up", help="run every daemon as a child process (Ctrl-C stops all)")
+    _common(p, offset=True)
+
+    p = sub.add_parser("serve", help="run one daemon in the foreground (docker-compose uses this)")
+    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3"])
+    _common(p, offset=True)
+
+    p = sub.add_parser("user", help="manage accounts: add, del, passwd, list")
+    usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, text in (("add", "create an account and its mailbox"),
+                         ("del", "remove an account (its mail stays on disk)"),
+                         ("passwd", "change an account's password")):
+        q = usub.add_parser(action, help=text)
+        q.add_argument("address")
+        if action != "del":
+            q.add_argument("--password-stdin", action="store_true",
+                           help="read the password from the first line of standard input")
+        _common(q)
+    _common(usub.add_parser("list", help="list accounts"))
+
+    p = sub.add_parser("queue", help="inspect and manage the mta's queue (like mailq/postqueue)")
+    qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _common(qsub.add_parser("list", help="list queued messages and their recipients"))
+    q = qsub.add_parser("show", help="print one queued message with its envelope")
+    q.add_argument("id")
+    _common(q)
+    _common(qsub.add_parser("flush", help="retry every queued message now"))
+    q = qsub.add_parser("delete", help="remove a message from the queue")
+    q.add_argument("id")
+    _common(q)
+
+    p = sub.add_parser("sendmail", help="sendmail-compatible submission: message on stdin")
+    p.add_argument("-t", dest="read_recipients", action="store_true",
+                   help="take recipients from the To, Cc and Bcc headers")
+    p.add_argument("-f", dest="sender", metavar="FROM", help="envelope sender")
+    p.add_argument("-i", "-oi", dest="ignore_dots", action="store_true",
+                   help="accepted for compatibility (a lone '.' never ends the message)")
+    p.add_argument("recipients", nargs="*", metavar="RCPT")
+    _common(p)
+
+    p = sub.add_parser("config", help="validate a configuration")
+    csub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _common(csub.add_parser("check", help="parse and validate; print the effective settings"),
+            offset=True)
+    return parser
+
+
+def _die(msg: str, code: int = 1) -> int:
+    print(f"mailstack: {msg}", file=sys.stderr)
+    return code
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    else:
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            raise ValueError("the passwords differ")
+    if not pw:
+        raise ValueError("empty password")
+    return pw
+
+
+def cmd_user(args: argparse.Namespace, cfg: Config) -> int:
+    from .store.maildir import create_user_mailbox
+    from .users import UserDB, UserError
+
+    db = UserDB(cfg.data_dir / "users")
+    try:
+        if args.action == "list":
+            for addr in db.list():
+                print(addr)
+            return 0
+        if args.action == "del":
+            db.delete(args.address)
+            print(f"deleted {args.address.lower()} (its mail stays in "
+                  f"{cfg.data_dir / 'mail'})")
+            return 0
+        pw = _read_password(args)
+        if args.action == "add":
+            addr = db.add(args.address, pw)
+            domain = addr.rpartition("@")[2]
+            box = create_user_mailbox(cfg.data_dir, addr)
+            print(f"added {addr} (mailbox {box.root})")
+            if not cfg.is_local_domain(domain):
+                print(f"warning: {domain} is not in [server].domains of {cfg.source}; "
+                      "mail for it will not be accepted", file=sys.stderr)
+        else:
+            db.set_password(args.address, pw)
+            print(f"password changed for {args.address.lower()}")
+    except (UserError, ValueError) as exc:
+        return _die(str(exc))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
+    from .banner import listeners
+
+    print(f"{cfg.source}: OK")
+    print(f"  hostname  {cfg.server.hostname}")
+    print(f"  domains   {', '.join(cfg.server.domains)}")
+    print(f"  data_dir  {cfg.data_dir}")
+    for lst in listeners(cfg):
+        print(f"  {lst.daemon:<5} {lst.name:<12} port {lst.port:<6} {lst.tls}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load(args.config, port_offset=getattr(args, "port_offset", 0) or 0)
+    except ConfigError as exc:
+        return _die(str(exc), 2)
+    if args.command == "up":
+        from .supervisor import up
+        return up(cfg)
+    if args.command == "serve":
+        from .daemon import run
+        return run(args.daemon, cfg)
+    if args.command == "user":
+        return cmd_user(args, cfg)
+    if args.command == "queue":
+        from .mta.queuecli import main as queue_main
+        return queue_main(args, cfg)
+    if args.command == "sendmail":
+        from .sendmail import main as sendmail_main
+        return sendmail_main(args, cfg)
+    if args.command == "config":
+        return cmd_config(args, cfg)
+    return _die(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Configuration: TOML file → frozen dataclasses, validated.
+
+Sources, later ones win: the embedded defaults, the TOML file (``--config`` or
+``$MAILSTACK_CONFIG``), ``$MAILSTACK_DATA`` (data_dir only), ``MAILSTACK_<SECTION>_<KEY>``
+environment variables, and ``--port-offset``. An unknown key or a bad value raises
+:class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = "./mailstack-data"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the source and the key."""
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Size(int):
+    """A byte count; accepts ints or strings such as ``"25MiB"``."""
+
+    @classmethod
+    def parse(cls, value: Any) -> Size:
+        if isinstance(value, bool):
+            raise ValueError("expected a size such as 25MiB")
+        if isinstance(value, int):
+            return cls(value)
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value))
+        if not m or m.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f"expected a size such as 25MiB or 1000000, got {value!r}")
+        return cls(int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+class Duration(float):
+    """Seconds; accepts numbers or strings such as ``"30s"``, ``"5m"``, ``"5d"``."""
+
+    @classmethod
+    def parse(cls, value: Any) -> Duration:
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as 30s, 5m, 2h or 5d")
+        if isinstance(value, int | float):
+            return cls(value)
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if not m:
+            raise ValueError(f"expected a duration such as 30s, 5m, 2h or 5d, got {value!r}")
+        return cls(float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+
+
+class Port(int):
+    """A TCP port number 0..65535 (0 disables the listener)."""
+
+    @classmethod
+    def parse(cls, value: Any) -> Port:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            raise ValueError(f"expected a port number 0..65535, got {value!r}")
+        return cls(value)
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    hostname: str = "localhost"
+    domains: tuple[str, ...] = ("localhost",)
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    bind: tuple[str, ...] = ("127.0.0.1", "::1")
+    log_level: str = "info"
+    #: failed logins from one client before replies are delayed; the delay doubles each time
+    auth_failures_free: int = 3
+    auth_max_delay: Duration = Duration(15)
+
+
+@dataclass(frozen=True)
+class TLSSection:
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class MTASection:
+    smtp: Port = Port(25)
+    submission: Port = Port(587)
+    submissions: Port = Port(465)
+    max_message_size: Size = Size(25 * 1024**2)
+    max_recipients: int = 100
+    #: where the mda listens; empty means the local mda (127.0.0.1 and [mda].lmtp)
+    lmtp: str = ""
+    idle_timeout: Duration = Duration(300)
+    retry_initial: Duration = Duration(60)
+    retry_max: Duration = Duration(3600)
+    queue_lifetime: Duration = Duration(5 * 86400)
+    max_hops: int = 50
+    transport: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MDASection:
+    lmtp: Port = Port(24)
+    bind: tuple[str, ...] = ("127.0.0.1",)
+    quota: Size = Size(0)  # 0: no quota
+
+
+@dataclass(frozen=True)
+class IMAPSection:
+    imap: Port = Port(143)
+    imaps: Port = Port(993)
+    max_literal: Size = Size(50 * 1024**2)
+    idle_timeout: Duration = Duration(1800)
+
+
+@dataclass(frozen=True)
+class POP3Section:
+    pop3: Port = Port(110)
+    pop3s: Port = Port(995)
+    idle_timeout: Duration = Duration(600)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection = field(default_factory=ServerSection)
+    tls: TLSSection = field(default_factory=TLSSection)
+    mta: MTASection = field(default_factory=MTASection)
+    mda: MDASection = field(default_factory=MDASection)
+    imap: IMAPSection = field(default_factory=IMAPSection)
+    pop3: POP3Section = field(default_factory=POP3Section)
+    port_offset: int = 0
+    source: str = "<defaults>"
+
+    # -- derived values -------------------------------------------------------------------
+    def port(self, section: str, name: str) -> int:
+        """A listener's port with the offset applied (0 stays 0: disabled)."""
+        base = int(getattr(getattr(self, section), name))
+        return base + self.port_offset if base else 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    @property
+    def lmtp_target(self) -> tuple[str, int]:
+        """(host, port) the mta delivers local mail to."""
+        if not self.mta.lmtp:
+            return "127.0.0.1", self.port("mda", "lmtp")
+        host, _, port = self.mta.lmtp.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self.server.domains
+
+    def with_port_offset(self, offset: int) -> Config:
+        return dataclasses.replace(self, port_offset=offset)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "server": ServerSection, "tls": TLSSection, "mta": MTASection, "mda": MDASection,
+    "imap": IMAPSection, "pop3": POP3Section,
+}
+
+
+def _convert(typ: Any, value: Any) -> Any:
+    """Convert a TOML value to the field's type or raise ValueError."""
+    if typ in (Size, Duration, Port):
+        return typ.parse(value)
+    if typ is Path:
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a non-empty path string")
+        return Path(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return value
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    if origin in (Mapping, dict):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError("expected a table of strings")
+        return types.MappingProxyType({k.lower(): v for k, v in value.items()})
+    raise ValueError(f"unsupported type {typ!r}")
+
+
+def _build_section(name: str, values: Mapping[str, Any], source: str) -> Any:
+    cls = _SECTION_TYPES[name]
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key [{name}].{key} "
+                              f"(known keys: {', '.join(sorted(known))})")
+        try:
+            kwargs[key] = _convert(hints[key], value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: bad value for [{name}].{key}: {exc}") from None
+    section = cls(**kwargs)
+    _validate_section(name, section, source)
+    return section
+
+
+def _validate_section(name: str, section: Any, source: str) -> None:
+    if name == "server":
+        if not section.domains:
+            raise ConfigError(f"{source}: [server].domains must name at least one domain")
+        for d in section.domains:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", d):
+                raise ConfigError(f"{source}: bad value for [server].domains: {d!r} "
+                                  "is not a domain name")
+        if section.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"{source}: bad value for [server].log_level: "
+                              "use debug, info, warning or error")
+        if not section.bind:
+            raise ConfigError(f"{source}: [server].bind must name at least one address")
+    if name == "tls" and bool(section.cert) != bool(section.key):
+        raise ConfigError(f"{source}: [tls].cert and [tls].key go together: set both or neither")
+    if name == "mta":
+        if section.lmtp and not re.fullmatch(r"\[?[^\s\]]+\]?:\d+", section.lmtp):
+            raise ConfigError(f"{source}: bad value for [mta].lmtp: expected host:port, "
+                              f"got {section.lmtp!r}")
+        if section.max_recipients < 1:
+            raise ConfigError(f"{source}: bad value for [mta].max_recipients: must be >= 1")
+        for dom, dest in section.transport.items():
+            if not re.fullmatch(r"\[?[^\s\]]+\]?:\d+", dest):
+                raise ConfigError(f"{source}: bad value for [mta.transport].{dom}: "
+                                  f"expected host:port, got {dest!r}")
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """``MAILSTACK_<SECTION>_<KEY>=value`` → nested dict; values parsed as TOML if they can be."""
+    out: dict[str, dict[str, Any]] = {}
+    for var, raw in env.items():
+        if not var.startswith("MAILSTACK_"):
+            continue
+        rest = var[len("MAILSTACK_"):].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTION_TYPES or not key:
+            continue
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
+         env: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration; ``path=None`` uses ``$MAILSTACK_CONFIG`` or the defaults."""
+    env = os.environ if env is None else env
+    if path is None and env.get("MAILSTACK_CONFIG"):
+        path = env["MAILSTACK_CONFIG"]
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    for section, values in data.items():
+        if section not in _SECTION_TYPES or not isinstance(values, dict):
+            raise ConfigError(f"{source}: unknown section [{section}] "
+                              f"(known: {', '.join(_SECTION_TYPES)})")
+    merged = {name: dict(data.get(name, {})) for name in _SECTION_TYPES}
+    if path is None and env.get("MAILSTACK_DATA"):
+        merged["server"]["data_dir"] = env["MAILSTACK_DATA"]
+    for section, values in _env_overrides(env).items():
+        merged[section].update(values)
+    sections = {}
+    for name, values in merged.items():
+        label = source if not any(k for k in values if k not in data.get(name, {})) \
+            else f"{source} (with MAILSTACK_* environment)"
+        sections[name] = _build_section(name, values, label)
+    server: ServerSection = sections["server"]
+    sections["server"] = dataclasses.replace(
+        server, domains=tuple(d.lower() for d in server.domains),
+        data_dir=server.data_dir.expanduser().absolute())
+    if port_offset < 0 or port_offset > 65000:
+        raise ConfigError(f"--port-offset {port_offset}: must be between 0 and 65000")
+    return Config(**sections, port_offset=port_offset, source=source)
+
+
+def dump_effective(cfg: Config) -> str:
+    """A human-readable summary used by ``mailstack config check``."""
+    lines = [f"config: {cfg.source}", f"data_dir: {cfg.data_dir}",
+             f"domains: {', '.join(cfg.server.domains)}", f"hostname: {cfg.server.hostname}"]
+    return "\n".join(lines)

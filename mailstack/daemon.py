@@ -1,0 +1,87 @@
+"""Running one daemon in the foreground: logging, uvloop, open-files limit, signals.
+
+Every daemon package has a module ``mailstack.<name>.daemon`` with::
+
+    async def serve(cfg: Config, stop: asyncio.Event) -> None
+
+which opens its listeners, logs one ``listening on ...`` line per listener, waits for ``stop``
+and then closes gracefully. :func:`run` wraps it for ``mailstack serve NAME``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from .config import Config
+from .netserver import BindError, install_uvloop, raise_nofile_limit
+
+DAEMONS: dict[str, str] = {
+    "mda": "mailstack.mda.daemon",
+    "mta": "mailstack.mta.daemon",
+    "imap": "mailstack.imap.daemon",
+    "pop3": "mailstack.pop3.daemon",
+}
+
+ServeFn = Callable[[Config, asyncio.Event], Awaitable[None]]
+
+
+def available_daemons() -> list[str]:
+    """Daemons whose module is present in this installation, in start order."""
+    out = []
+    for name, mod in DAEMONS.items():
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError:
+            continue
+        out.append(name)
+    return out
+
+
+def setup_logging(name: str, level: str = "info") -> None:
+    """Log lines a sysadmin can read: ``2026-11-26 15:53:05 mta[1234] INFO: text``."""
+    fmt = f"%(asctime)s {name}[%(process)d] %(levelname)s: %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiosmtpd logs every line at INFO/DEBUG under "mail.log": keep it to warnings
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def load_serve(name: str) -> ServeFn:
+    if name not in DAEMONS:
+        raise SystemExit(f"mailstack: unknown daemon {name!r} (choose from {', '.join(DAEMONS)})")
+    return cast(ServeFn, importlib.import_module(DAEMONS[name]).serve)
+
+
+def run(name: str, cfg: Config) -> int:
+    """Run daemon ``name`` until SIGTERM/SIGINT; returns the process exit code."""
+    setup_logging(name, cfg.server.log_level)
+    serve = load_serve(name)
+    install_uvloop()
+    raise_nofile_limit()
+    log = logging.getLogger(f"mailstack.{name}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(cfg, stop)
+
+    try:
+        asyncio.run(main())
+    except BindError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    log.info("stopped")
+    return 0

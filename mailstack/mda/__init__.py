@@ -1,0 +1,1 @@
+"""The mda: LMTP server delivering into Maildir."""

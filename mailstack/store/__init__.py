@@ -1,0 +1,1 @@
+"""Maildir storage shared by the mda, imap and pop3 daemons."""
