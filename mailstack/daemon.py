@@ -15,6 +15,7 @@ import importlib
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -51,8 +52,11 @@ def setup_logging(name: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiosmtpd logs every line at INFO/DEBUG under "mail.log": keep it to warnings
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd logs protocol chatter and deprecation notes under "mail.log"; we log every
+    # transaction ourselves, so keep only its errors
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    # 465 requires AUTH with auth_require_tls=False because the whole connection is TLS
+    warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
 
 
 def load_serve(name: str) -> ServeFn:

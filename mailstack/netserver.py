@@ -56,16 +56,29 @@ def _privileged_hint(port: int, offset_hint: bool = True) -> str:
             "with --port-offset N (e.g. --port-offset 10000)")
 
 
-async def start_server(handler: ClientHandler, addresses: Sequence[str], port: int, *,
+async def start_server(handler: ClientHandler | None, addresses: Sequence[str], port: int, *,
                        ssl_context: ssl.SSLContext | None = None, name: str = "",
-                       limit: int = 64 * 1024) -> list[asyncio.Server]:
-    """Bind ``handler`` on ``port`` of every address; an unavailable IPv6 address is skipped."""
+                       limit: int = 64 * 1024,
+                       protocol_factory: Callable[[], asyncio.BaseProtocol] | None = None,
+                       ) -> list[asyncio.Server]:
+    """Bind on ``port`` of every address; an unavailable IPv6 address is skipped.
+
+    Give either ``handler`` (a streams callback) or ``protocol_factory`` (e.g. aiosmtpd).
+    """
     servers: list[asyncio.Server] = []
+    loop = asyncio.get_running_loop()
+    tls_timeout = 30 if ssl_context else None
     for host in addresses:
         try:
-            srv = await asyncio.start_server(
-                handler, host, port, ssl=ssl_context, limit=limit, reuse_address=True,
-                backlog=1024, ssl_handshake_timeout=30 if ssl_context else None)
+            if protocol_factory is not None:
+                srv = await loop.create_server(
+                    protocol_factory, host, port, ssl=ssl_context, reuse_address=True,
+                    backlog=1024, ssl_handshake_timeout=tls_timeout)
+            else:
+                assert handler is not None
+                srv = await asyncio.start_server(
+                    handler, host, port, ssl=ssl_context, limit=limit, reuse_address=True,
+                    backlog=1024, ssl_handshake_timeout=tls_timeout)
         except PermissionError:
             for s in servers:
                 s.close()
@@ -89,6 +102,12 @@ async def start_server(handler: ClientHandler, addresses: Sequence[str], port: i
     if not servers:
         raise BindError(f"{name or 'listener'}: none of {', '.join(addresses)} could be bound")
     return servers
+
+
+def format_sockname(sockname: tuple) -> str:
+    """``127.0.0.1:25`` or ``[::1]:25``."""
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def peer_ip(writer: asyncio.StreamWriter) -> str:

@@ -133,3 +133,27 @@ class UserDB:
 
 
 _DUMMY_HASH = _hasher.hash("mailstack-dummy-password")
+
+
+def resolve_recipient(users: UserDB, local_domains: tuple[str, ...], address: str) -> str | None:
+    """The account a local recipient delivers to, or None.
+
+    ``user+tag@domain`` falls back to ``user@domain`` (sub-addressing, RFC 5233).
+    """
+    from .address import AddressError, account_key, parse_mailbox
+
+    try:
+        mbox = parse_mailbox(address)
+    except AddressError:
+        return None
+    if mbox.domain_lower not in local_domains or mbox.is_quoted:
+        return None
+    key = account_key(mbox)
+    if users.exists(key):
+        return key
+    base = mbox.local.split("+", 1)[0]
+    if base and base != mbox.local:
+        key = f"{base.lower()}@{mbox.domain_lower}"
+        if users.exists(key):
+            return key
+    return None

@@ -1,0 +1,123 @@
+"""The mda daemon: an LMTP listener (loopback by default) that delivers into Maildir.
+
+Replies: unknown user ``550 5.1.1`` at RCPT; after DATA one reply per recipient — ``250 2.0.0``
+delivered, ``552 5.2.2`` over quota, ``452 4.3.1`` when the disk write fails (the mta retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from ..config import Config
+from ..netserver import format_sockname, start_server
+from ..users import UserDB, resolve_recipient
+from .delivery import DeliveryLog, deliver, mailbox_usage, valid_envid
+from .lmtp import MultiReplyLMTP, PerRecipient
+
+log = logging.getLogger("mailstack.mda")
+
+
+class DeliveryHandler:
+    """aiosmtpd hooks for the LMTP server."""
+
+    def __init__(self, cfg: Config, users: UserDB, dlog: DeliveryLog) -> None:
+        self.cfg = cfg
+        self.users = users
+        self.dlog = dlog
+
+    def resolve(self, address: str) -> str | None:
+        """The account a recipient address delivers to, or None."""
+        return resolve_recipient(self.users, self.cfg.server.domains, address)
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
+                responses[-1]]
+
+    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if self.resolve(address) is None:
+            return f"550 5.1.1 <{address}>: no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> PerRecipient:
+        envid = getattr(session, "envid", None)
+        if envid is not None and not valid_envid(envid):
+            envid = None
+        data = envelope.original_content or b""
+        sender = envelope.mail_from or ""
+        return PerRecipient(await asyncio.to_thread(
+            self._deliver_all, list(envelope.rcpt_tos), sender, data, envid))
+
+    def _deliver_all(self, rcpts: list[str], sender: str, data: bytes,
+                     envid: str | None) -> list[str]:
+        replies = []
+        for rcpt in rcpts:
+            replies.append(self._deliver_one(rcpt, sender, data, envid))
+        return replies
+
+    def _deliver_one(self, rcpt: str, sender: str, data: bytes, envid: str | None) -> str:
+        started = time.monotonic()
+        qid = envid or "-"
+        account = self.resolve(rcpt)
+        if account is None:  # removed between RCPT and DATA
+            log.info("%s: to=<%s>, status=bounced (550 5.1.1 no such user)", qid, rcpt)
+            return f"550 5.1.1 <{rcpt}>: no such user here"
+        if self.cfg.mda.quota and mailbox_usage(self.cfg.data_dir, account) + len(data) \
+                > self.cfg.mda.quota:
+            log.info("%s: to=<%s>, status=bounced (552 5.2.2 over quota)", qid, rcpt)
+            return f"552 5.2.2 <{rcpt}>: mailbox full"
+        try:
+            result = deliver(self.cfg.data_dir, account, rcpt, sender, data, envid, self.dlog)
+        except OSError as exc:
+            log.error("%s: to=<%s>, status=deferred (452 4.3.1 %s)", qid, rcpt, exc.strerror)
+            return f"452 4.3.1 <{rcpt}>: cannot write the mailbox now, try again later"
+        note = "already delivered" if result.duplicate else "delivered"
+        log.info("%s: to=<%s>, size=%d, delay=%.3f, status=%s (%s)", qid, rcpt, len(data),
+                 time.monotonic() - started, note, result.path)
+        return f"250 2.0.0 <{rcpt}> {note}"
+
+
+async def serve(cfg: Config, stop: asyncio.Event) -> None:
+    users = UserDB(cfg.data_dir / "users")
+    dlog = DeliveryLog(cfg.data_dir / "mda" / "delivered")
+    handler = DeliveryHandler(cfg, users, dlog)
+    (cfg.data_dir / "mail").mkdir(parents=True, exist_ok=True)
+
+    def factory() -> MultiReplyLMTP:
+        return MultiReplyLMTP(
+            handler, hostname=cfg.server.hostname, ident="mailstack LMTP",
+            data_size_limit=int(cfg.mta.max_message_size) + 64 * 1024,
+            enable_SMTPUTF8=True, decode_data=False, timeout=cfg.mta.idle_timeout)
+
+    port = cfg.port("mda", "lmtp")
+    servers = await start_server(None, cfg.mda.bind, port, protocol_factory=factory,
+                                 name="mda lmtp")
+    for srv in servers:
+        for sock in srv.sockets:
+            log.info("listening on %s (lmtp)", format_sockname(sock.getsockname()))
+    pruner = asyncio.create_task(_prune_forever(dlog))
+    await stop.wait()
+    pruner.cancel()
+    for srv in servers:
+        srv.close()
+    for srv in servers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(srv.wait_closed(), 5)
+
+
+async def _prune_forever(dlog: DeliveryLog) -> None:
+    while True:
+        removed = await asyncio.to_thread(dlog.prune)
+        if removed:
+            log.info("pruned %d old delivery records", removed)
+        await asyncio.sleep(6 * 3600)
+

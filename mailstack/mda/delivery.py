@@ -1,0 +1,163 @@
+"""Local delivery: one message copy into one user's Maildir, exactly once per queue entry.
+
+Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta names its queue entry
+(LMTP ``MAIL FROM ... ENVID=<queue id>``), delivery is idempotent per (queue id, recipient):
+
+1. write ``tmp/KEY`` and fsync it;
+2. append ``<queue id> <recipient> KEY`` to the delivery log and fsync it;
+3. rename ``tmp/KEY`` → ``new/KEY`` and fsync ``new/``.
+
+A repeated attempt (the mta crashed after our ``250`` but before it recorded it) finds the log
+line: if ``tmp/KEY`` is still there the rename is completed, otherwise the copy is already in the
+mailbox. Either way the answer is ``250`` and no second copy appears. A crash between 1 and 2
+leaves only an orphan in ``tmp/``, which a retry does not see (readers never look in tmp/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..fsutil import fsync_dir
+from ..store.maildir import (
+    Maildir,
+    MaildirMessage,
+    crlf_size,
+    open_user_mailbox,
+    to_lf,
+    unique_name,
+)
+
+log = logging.getLogger("mailstack.mda")
+
+LOG_RETENTION = 7 * 86400  # longer than the mta's default queue lifetime (5 days)
+
+
+class DeliveryLog:
+    """Append-only records of finished deliveries, one file per queue id under ``dir``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, envid: str) -> Path:
+        return self.dir / envid
+
+    def lookup(self, envid: str, rcpt: str) -> str | None:
+        """The Maildir key recorded for (envid, rcpt), or None."""
+        try:
+            text = self._path(envid).read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            parts = line.split(" ")
+            if len(parts) == 3 and parts[1] == rcpt:
+                return parts[2]
+        return None
+
+    def record(self, envid: str, rcpt: str, key: str) -> None:
+        path = self._path(envid)
+        created = not path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, f"{envid} {rcpt} {key}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            fsync_dir(self.dir)
+
+    def prune(self, now: float | None = None) -> int:
+        """Forget records older than LOG_RETENTION; returns how many files went."""
+        cutoff = (now or time.time()) - LOG_RETENTION
+        removed = 0
+        for entry in os.scandir(self.dir):
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+
+def valid_envid(envid: str) -> bool:
+    return 0 < len(envid) <= 64 and envid.isascii() and envid.replace("-", "").isalnum()
+
+
+@dataclass(frozen=True)
+class Delivered:
+    path: Path
+    duplicate: bool
+
+
+def build_copy(data: bytes, sender: str, rcpt: str) -> bytes:
+    """The message as stored for ``rcpt``: trace headers first, LF line ends."""
+    head = f"Return-Path: <{sender}>\nDelivered-To: {rcpt}\n".encode()
+    return head + to_lf(data)
+
+
+def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
+            envid: str | None, dlog: DeliveryLog | None) -> Delivered:
+    """Deliver one copy into ``account``'s INBOX; raises OSError on disk trouble."""
+    box = open_user_mailbox(data_dir, account)
+    if envid and dlog is not None:
+        key = dlog.lookup(envid, rcpt)
+        if key is not None:
+            return Delivered(_complete(box, key), duplicate=True)
+    disk = build_copy(data, sender, rcpt)
+    key = unique_name(len(disk), crlf_size(disk))
+    tmp = box.root / "tmp" / key
+    _write_synced(tmp, disk)
+    try:
+        if envid and dlog is not None:
+            dlog.record(envid, rcpt, key)
+        os.rename(tmp, box.root / "new" / key)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(box.root / "new")
+    return Delivered(box.root / "new" / key, duplicate=False)
+
+
+def _complete(box: Maildir, key: str) -> Path:
+    """Finish a delivery that was logged but maybe not renamed into new/."""
+    tmp = box.root / "tmp" / key
+    if tmp.exists():
+        os.rename(tmp, box.root / "new" / key)
+        fsync_dir(box.root / "new")
+        return box.root / "new" / key
+    found: MaildirMessage | None = box.find(key)
+    return found.path(box.root) if found else box.root / "new" / key
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def mailbox_usage(data_dir: Path, account: str) -> int:
+    """Bytes used by the account's mail (from the ``,S=`` sizes in file names)."""
+    box = open_user_mailbox(data_dir, account)
+    total = 0
+    for folder in [box, *(box.folder(n) for n in box.list_folders())]:
+        for msg in folder.scan():
+            size = msg.size
+            if size is None:
+                with contextlib.suppress(OSError):
+                    size = msg.path(folder.root).stat().st_size
+            total += size or 0
+    return total

@@ -1,0 +1,52 @@
+"""LMTP server (RFC 2033) on aiosmtpd, answering one reply per recipient after DATA.
+
+aiosmtpd's ``LMTP`` class sends a single reply after DATA. :class:`MultiReplyLMTP` extends it:
+the DATA hook returns a :class:`PerRecipient` list, written as one reply line per accepted
+recipient, in RCPT order (RFC 2033 §4.2). ``MAIL FROM`` also accepts ``ENVID=<queue id>``
+(RFC 3461's envelope identifier), which the mda uses to make redelivery idempotent.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+
+from ..smtpreply import enhance
+
+_ENVID = re.compile(r"\s+ENVID=(\S+)", re.I)
+
+
+class PerRecipient(list[str]):
+    """Replies after DATA, one per recipient."""
+
+
+class MultiReplyLMTP(LMTP):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plain_reply = False
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, PerRecipient):
+            for line in status:
+                await super().push(enhance(line))
+            return
+        if isinstance(status, str) and not self._plain_reply:
+            status = enhance(status)
+        await super().push(status)
+
+    async def smtp_LHLO(self, arg: str) -> None:
+        self._plain_reply = True
+        try:
+            await super().smtp_LHLO(arg)
+        finally:
+            self._plain_reply = False
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and self.session is not None:
+            m = _ENVID.search(arg)
+            self.session.envid = m.group(1) if m else None  # type: ignore[attr-defined]
+            if m:
+                arg = arg[: m.start()] + arg[m.end():]
+        await super().smtp_MAIL(arg)

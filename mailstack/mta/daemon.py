@@ -1,0 +1,102 @@
+"""The mta daemon: SMTP listeners (smtp 25, submission 587, submissions 465) + queue runner.
+
+SIGUSR1 (sent by ``mailstack queue flush``) makes the runner retry every entry now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import Any
+
+from ..authlimit import AuthThrottle
+from ..config import Config
+from ..netserver import format_sockname, start_server
+from ..tls import ensure_tls_files, server_context
+from ..users import UserDB
+from .handler import MTAHandler
+from .queue import Spool
+from .runner import QueueRunner
+from .smtp import MailstackSMTP
+
+log = logging.getLogger("mailstack.mta")
+
+
+def pid_file(cfg: Config) -> Any:
+    return cfg.data_dir / "run" / "mta.pid"
+
+
+async def serve(cfg: Config, stop: asyncio.Event) -> None:
+    files = ensure_tls_files(cfg)
+    tls = server_context(files)
+    spool = Spool(cfg.data_dir / "queue")
+    runner = QueueRunner(cfg, spool, remote=_remote_delivery(cfg))
+    await runner.load()
+    throttle = AuthThrottle(cfg.server.auth_failures_free, float(cfg.server.auth_max_delay))
+    handler = MTAHandler(cfg, UserDB(cfg.data_dir / "users"), spool, runner, throttle)
+
+    def factory(listener: str) -> Any:
+        implicit = listener == "submissions"
+
+        def make() -> MailstackSMTP:
+            return MailstackSMTP(
+                handler, listener=listener, hostname=cfg.server.hostname,
+                ident="mailstack ESMTP", data_size_limit=int(cfg.mta.max_message_size),
+                enable_SMTPUTF8=True, decode_data=False,
+                tls_context=None if implicit else tls,
+                require_starttls=listener == "submission",
+                auth_required=listener != "smtp", auth_require_tls=not implicit,
+                auth_exclude_mechanism=[], timeout=float(cfg.mta.idle_timeout))
+        return make
+
+    servers: list[asyncio.Server] = []
+    for listener, mode in (("smtp", "STARTTLS"), ("submission", "STARTTLS required"),
+                           ("submissions", "implicit TLS")):
+        port = cfg.port("mta", listener)
+        if not port:
+            continue
+        try:
+            new = await start_server(None, cfg.server.bind, port, name=f"mta {listener}",
+                                     protocol_factory=factory(listener),
+                                     ssl_context=tls if listener == "submissions" else None)
+        except BaseException:
+            for s in servers:
+                s.close()
+            raise
+        servers += new
+        for srv in new:
+            for sock in srv.sockets:
+                log.info("listening on %s (%s, %s)", format_sockname(sock.getsockname()),
+                         listener, mode)
+
+    pidf = pid_file(cfg)
+    pidf.parent.mkdir(parents=True, exist_ok=True)
+    pidf.write_text(f"{os.getpid()}\n")
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGUSR1, _flush, runner)
+    run_task = asyncio.create_task(runner.run(stop))
+    await stop.wait()
+    for srv in servers:
+        srv.close()
+    await run_task
+    with contextlib.suppress(OSError):
+        if pidf.read_text().strip() == str(os.getpid()):
+            pidf.unlink()
+
+
+def _flush(runner: QueueRunner) -> None:
+    log.info("flush requested: retrying every queued message now")
+    runner.flush()
+
+
+def _remote_delivery(cfg: Config) -> Any:
+    try:
+        from .relay import Relay
+    except ImportError:
+        return None
+    return Relay(cfg).deliver
+

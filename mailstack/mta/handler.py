@@ -1,0 +1,138 @@
+"""aiosmtpd hooks for the mta: who may send what to whom, and queueing on DATA.
+
+Policy (never an open relay):
+- RCPT for a local domain: the account must exist (``550 5.1.1`` otherwise).
+- RCPT for any other domain: only after AUTH (``554 5.7.1`` relay access denied).
+- An authenticated client may only use its own address as envelope sender (``553 5.7.1``).
+- At most ``[mta].max_recipients`` RCPTs a transaction (``452 4.5.3``).
+- DATA: the message is written to the queue and fsynced before ``250``; a message with more
+  than ``[mta].max_hops`` Received headers is refused (``554 5.4.6``, a mail loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from typing import Any
+
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+from aiosmtpd.smtp import Session
+
+from ..address import AddressError, parse_mailbox
+from ..authlimit import AuthThrottle
+from ..config import Config
+from ..users import UserDB, resolve_recipient
+from .message import (
+    count_received,
+    header_block,
+    normalize_crlf,
+    protocol_name,
+    received_header,
+    submission_fixups,
+)
+from .queue import Envelope, Spool, new_queue_id
+from .runner import QueueRunner
+
+log = logging.getLogger("mailstack.mta")
+
+
+def tls_description(server: Any) -> str:
+    """``using TLSv1.3 with cipher X`` for a TLS connection (STARTTLS or implicit), else ""."""
+    transport = getattr(server, "transport", None)
+    sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if sslobj is None:
+        return ""
+    cipher = sslobj.cipher()
+    return f"using {sslobj.version()} with cipher {cipher[0] if cipher else 'unknown'}"
+
+
+class MTAHandler:
+    def __init__(self, cfg: Config, users: UserDB, spool: Spool, runner: QueueRunner,
+                 throttle: AuthThrottle) -> None:
+        self.cfg = cfg
+        self.users = users
+        self.spool = spool
+        self.runner = runner
+        self.throttle = throttle
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: SMTPEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(self, server: Any, session: Session, envelope: SMTPEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        sender = "" if address in ("<>", "") else address
+        if sender:
+            try:
+                parse_mailbox(sender, allow_utf8=envelope.smtp_utf8)
+            except AddressError as exc:
+                return f"501 5.1.7 Bad sender address syntax: {exc}"
+        if session.authenticated:
+            user = str(session.auth_data or "")
+            if sender.lower() != user:
+                log.warning("%s: sender <%s> rejected: not owned by authenticated user %s",
+                            session.peer[0], sender, user)
+                return f"553 5.7.1 <{sender}>: sender address not owned by user {user}"
+        envelope.mail_from = sender or "<>"  # aiosmtpd treats "" as "no MAIL yet"
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server: Any, session: Session, envelope: SMTPEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.cfg.mta.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.cfg.mta.max_recipients})"
+        try:
+            mbox = parse_mailbox(address, allow_utf8=envelope.smtp_utf8)
+        except AddressError as exc:
+            return f"501 5.1.3 Bad recipient address syntax: {exc}"
+        peer = session.peer[0] if session.peer else "unknown"
+        if self.cfg.is_local_domain(mbox.domain):
+            if resolve_recipient(self.users, self.cfg.server.domains, address) is None:
+                log.info("%s: RCPT <%s> rejected: no such user", peer, address)
+                return f"550 5.1.1 <{address}>: Recipient address rejected: no such user here"
+        elif not session.authenticated:
+            log.warning("%s: RCPT <%s> rejected: relay access denied", peer, address)
+            return f"554 5.7.1 <{address}>: Relay access denied"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: SMTPEnvelope) -> str:
+        raw = normalize_crlf(envelope.original_content or b"")
+        peer = session.peer[0] if session.peer else "unknown"
+        hops = count_received(header_block(raw))
+        if hops >= self.cfg.mta.max_hops:
+            log.warning("%s: message refused: %d Received headers (mail loop?)", peer, hops)
+            return f"554 5.4.6 Too many hops ({hops} Received headers): mail loop?"
+        listener = getattr(server, "listener", "smtp")
+        auth_user = str(session.auth_data or "") if session.authenticated else ""
+        if auth_user:
+            raw = submission_fixups(raw, self.cfg.server.hostname)
+        tls = tls_description(server)
+        qid = new_queue_id()
+        rcpts = list(envelope.rcpt_tos)
+        trace = received_header(
+            helo=session.host_name or "unknown", client_ip=peer, client_host=None,
+            by=self.cfg.server.hostname, qid=qid, rcpt=rcpts[0] if len(rcpts) == 1 else None,
+            protocol=protocol_name(session.extended_smtp, bool(tls), bool(auth_user)), tls=tls)
+        message = trace + raw
+        body = "8BITMIME" if "BODY=8BITMIME" in envelope.mail_options else "7BIT"
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        env = Envelope(sender=sender, recipients=rcpts, size=len(message),
+                       body=body, smtputf8=bool(envelope.smtp_utf8), client_ip=peer,
+                       client_helo=session.host_name or "", auth_user=auth_user, tls=tls,
+                       listener=listener)
+        try:
+            entry = await asyncio.to_thread(self.spool.put, message, env, qid)
+        except OSError as exc:
+            log.error("%s: queue write failed: %s", peer, exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return "452 4.3.1 Insufficient system storage, try again later"
+            return "451 4.3.0 Queue write failed, try again later"
+        log.info("%s: client=[%s], helo=%s, listener=%s%s%s, from=<%s>, size=%d, nrcpt=%d "
+                 "(queued)", qid, peer, session.host_name or "unknown", listener,
+                 f", sasl_username={auth_user}" if auth_user else "",
+                 f", tls={tls}" if tls else "", env.sender, len(message), len(rcpts))
+        self.runner.submit(entry)
+        return f"250 2.0.0 Ok: queued as {qid}"

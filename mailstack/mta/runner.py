@@ -1,0 +1,237 @@
+"""The queue runner: delivers spooled entries, retries with backoff, bounces what fails.
+
+Scheduling: every entry has ``next_attempt``; a heap orders them and an event wakes the loop
+when new mail arrives. Each attempt is recorded (``attempts += 1``, ``next_attempt = now +
+backoff``) *before* any connection is made, so a crash during delivery never causes a retry
+storm. Recipient results: 2xx → delivered; 5xx → failed (bounced to the sender); 4xx or a
+connection problem → pending, retried until ``queue_lifetime`` has passed, then failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from ..config import Config
+from ..smtpreply import Reply
+from .dsn import FailedRecipient, make_bounce
+from .lmtp_client import LMTPError, LMTPPool
+from .queue import DELIVERED, FAILED, Envelope, QueueEntry, Recipient, Spool
+
+log = logging.getLogger("mailstack.queue")
+
+#: remote delivery: (entry, recipients, message) → reply per recipient, and the relay's name
+RemoteDeliver = Callable[[QueueEntry, list[Recipient], bytes], Awaitable[tuple[list[Reply], str]]]
+
+
+class QueueRunner:
+    def __init__(self, cfg: Config, spool: Spool, *, remote: RemoteDeliver | None = None,
+                 concurrency: int = 32, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.remote = remote
+        self.clock = clock
+        self.entries: dict[str, QueueEntry] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._wake = asyncio.Event()
+        self._in_flight: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sem = asyncio.Semaphore(concurrency)
+        host, port = cfg.lmtp_target
+        self.lmtp_name = f"mda[{host}]:{port}"
+        self.lmtp = LMTPPool(host, port, cfg.server.hostname)
+
+    # -- scheduling -------------------------------------------------------------------------
+    async def load(self) -> None:
+        removed = await asyncio.to_thread(self.spool.recover)
+        if removed:
+            log.info("queue recovery removed %d leftover files of interrupted writes", removed)
+        entries = await asyncio.to_thread(self.spool.load_all)
+        for e in entries:
+            self._add(e)
+        if entries:
+            log.info("queue holds %d entries from before the restart", len(entries))
+
+    def _add(self, entry: QueueEntry) -> None:
+        self.entries[entry.id] = entry
+        heapq.heappush(self._heap, (entry.next_attempt, entry.id))
+        self._wake.set()
+
+    def submit(self, entry: QueueEntry) -> None:
+        """A new entry, just made durable: try it now."""
+        entry.next_attempt = 0.0
+        self._add(entry)
+
+    def flush(self) -> None:
+        """Try every entry now (``mailstack queue flush``); also picks up on-disk changes."""
+        known = set(self.spool.ids())
+        for qid in list(self.entries):
+            if qid not in known and qid not in self._in_flight:
+                del self.entries[qid]
+        for qid in known - set(self.entries):
+            e = self.spool.load(qid)
+            if e is not None:
+                self.entries[qid] = e
+        self._heap = [(0.0, qid) for qid in self.entries]
+        heapq.heapify(self._heap)
+        for e in self.entries.values():
+            e.next_attempt = 0.0
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                now = self.clock()
+                while self._heap and self._heap[0][0] <= now:
+                    when, qid = heapq.heappop(self._heap)
+                    entry = self.entries.get(qid)
+                    if entry is None or qid in self._in_flight:
+                        continue
+                    if entry.next_attempt > when:  # rescheduled since this heap item
+                        heapq.heappush(self._heap, (entry.next_attempt, qid))
+                        continue
+                    self._in_flight.add(qid)
+                    task = asyncio.create_task(self._attempt(entry))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                timeout = min(30.0, self._heap[0][0] - now) if self._heap else 30.0
+                self._wake.clear()
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({waker, stopper}, timeout=max(0.0, timeout),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+        finally:
+            stopper.cancel()
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=10)
+            await self.lmtp.close()
+
+    def backoff(self, attempts: int) -> float:
+        return min(float(self.cfg.mta.retry_max),
+                   float(self.cfg.mta.retry_initial) * 2 ** max(0, attempts - 1))
+
+    # -- one attempt ------------------------------------------------------------------------
+    async def _attempt(self, entry: QueueEntry) -> None:
+        try:
+            async with self._sem:
+                await self._deliver(entry)
+        except Exception:
+            log.exception("%s: delivery attempt crashed; will retry", entry.id)
+            heapq.heappush(self._heap, (entry.next_attempt, entry.id))
+        finally:
+            self._in_flight.discard(entry.id)
+            self._wake.set()
+
+    async def _deliver(self, entry: QueueEntry) -> None:
+        now = self.clock()
+        entry.attempts += 1
+        entry.next_attempt = now + self.backoff(entry.attempts)
+        try:
+            await asyncio.to_thread(self.spool.save_state, entry)  # recorded before dialling
+            message = await asyncio.to_thread(self.spool.read_message, entry.id)
+        except FileNotFoundError:
+            log.info("%s: removed from the queue by the operator", entry.id)
+            self.entries.pop(entry.id, None)
+            return
+        env = entry.envelope
+        pending = entry.pending
+        local = [r for r in pending if self._is_local(r.address)]
+        remote = [r for r in pending if not self._is_local(r.address)]
+        if local:
+            await self._deliver_local(entry, local, message)
+        if remote:
+            await self._deliver_remote(entry, remote, message)
+        if entry.pending and self.clock() - env.created > float(self.cfg.mta.queue_lifetime):
+            for r in entry.pending:
+                r.status = FAILED
+                r.last_reply = f"4.4.7 message expired after {entry.attempts} attempts; last " \
+                               f"error: {r.last_reply}"
+                log.info("%s: to=<%s>, status=expired (%s)", entry.id, r.address, r.last_reply)
+        await self._bounce_failures(entry, message)
+        if entry.done:
+            await asyncio.to_thread(self.spool.remove, entry.id)
+            self.entries.pop(entry.id, None)
+            log.info("%s: removed", entry.id)
+        else:
+            await asyncio.to_thread(self.spool.save_state, entry)
+            heapq.heappush(self._heap, (entry.next_attempt, entry.id))
+            log.info("%s: deferred, %d recipient(s) pending, next attempt in %.0fs", entry.id,
+                     len(entry.pending), entry.next_attempt - self.clock())
+
+    def _is_local(self, address: str) -> bool:
+        return self.cfg.is_local_domain(address.rpartition("@")[2])
+
+    async def _deliver_local(self, entry: QueueEntry, rcpts: list[Recipient],
+                             message: bytes) -> None:
+        env = entry.envelope
+        try:
+            result = await self.lmtp.deliver(
+                entry.id, env.sender, [r.address for r in rcpts], message,
+                body8=env.body == "8BITMIME", smtputf8=env.smtputf8)
+            replies = result.replies
+        except LMTPError as exc:
+            replies = [Reply(451, "4.4.1", str(exc))] * len(rcpts)
+        self._apply(entry, rcpts, replies, self.lmtp_name)
+
+    async def _deliver_remote(self, entry: QueueEntry, rcpts: list[Recipient],
+                              message: bytes) -> None:
+        if self.remote is None:
+            replies = [Reply(550, "5.7.1", "relaying to other domains is not configured")] \
+                * len(rcpts)
+            relay = "none"
+        else:
+            replies, relay = await self.remote(entry, rcpts, message)
+        self._apply(entry, rcpts, replies, relay)
+
+    def _apply(self, entry: QueueEntry, rcpts: list[Recipient], replies: list[Reply],
+               relay: str) -> None:
+        delay = self.clock() - entry.envelope.created
+        for r, reply in zip(rcpts, replies, strict=True):
+            r.attempts += 1
+            r.last_reply = str(reply)
+            r.remote = relay
+            if reply.ok:
+                r.status, word = DELIVERED, "sent"
+            elif reply.permanent:
+                r.status, word = FAILED, "bounced"
+            else:
+                word = "deferred"
+            log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, dsn=%s, status=%s (%s)",
+                     entry.id, r.address, relay, delay, entry.attempts, reply.enhanced, word,
+                     reply)
+        entry.last_error = next((str(x) for x in replies if not x.ok), "")
+
+    async def _bounce_failures(self, entry: QueueEntry, message: bytes) -> None:
+        """Queue one DSN for recipients that failed in this attempt (never to ``<>``)."""
+        env = entry.envelope
+        failed = [r for r in entry.recipients if r.status == FAILED and not r.notified]
+        if not failed:
+            return
+        for r in failed:
+            r.notified = True
+        if not env.sender or env.is_bounce:
+            log.info("%s: not bouncing to the null sender: %d recipient(s) failed", entry.id,
+                     len(failed))
+            return
+        info = [FailedRecipient(r.address, _status_of(r.last_reply), f"smtp; {r.last_reply}",
+                                "" if r.remote.startswith("mda[") else r.remote)
+                for r in failed]
+        dsn = make_bounce(hostname=self.cfg.server.hostname, qid=entry.id, sender=env.sender,
+                          arrival=env.created, failed=info, original=message)
+        bounce_env = Envelope(sender="", recipients=[env.sender], size=len(dsn),
+                              body="8BITMIME", listener="bounce", is_bounce=True)
+        new = await asyncio.to_thread(self.spool.put, dsn, bounce_env)
+        log.info("%s: sender non-delivery notification: %s", entry.id, new.id)
+        self.submit(new)
+
+
+def _status_of(reply: str) -> str:
+    for word in reply.split():
+        if word[:2] in ("5.", "4.") and word.count(".") == 2:
+            return "5" + word[1:] if word.startswith("4.") else word
+    return "5.0.0"
+

@@ -1,0 +1,102 @@
+"""The mta's SMTP protocol: aiosmtpd's ``SMTP`` with the behaviour real clients expect.
+
+- Every reply carries an enhanced status code (see ``smtpreply.enhance``).
+- AUTH LOGIN uses the standard prompts ``334 VXNlcm5hbWU6`` / ``334 UGFzc3dvcmQ6`` (Thunderbird
+  understands no others); AUTH PLAIN and LOGIN check the password in a worker thread (argon2)
+  and failures are answered after a delay that grows per client and per account.
+- Listener roles: ``smtp`` (25: MX, STARTTLS offered, AUTH optional after TLS), ``submission``
+  (587: STARTTLS required, then AUTH), ``submissions`` (465: implicit TLS, AUTH required).
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+from base64 import b64decode
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult
+
+from ..smtpreply import enhance
+
+log = logging.getLogger("mailstack.mta")
+
+
+class MailstackSMTP(SMTP):
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
+
+    def __init__(self, handler: Any, *, listener: str, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.listener = listener
+        self._plain_reply = False
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and not self._plain_reply:
+            status = enhance(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._plain_reply = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain_reply = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._plain_reply = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain_reply = False
+
+    # -- AUTH -------------------------------------------------------------------------------
+    async def _client_response(self, args: list[str], challenge: str) -> bytes | None:
+        """The SASL initial response, or the answer to a challenge; None when aborted/bad."""
+        if len(args) > 1:
+            try:
+                return b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Cannot decode base64")
+                return None
+        blob = await self.challenge_auth(challenge)
+        return None if blob is MISSING else blob  # type: ignore[return-value]
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        blob = await self._client_response(args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 AUTH PLAIN wants authzid NUL authcid NUL password")
+            return AuthResult(success=False, handled=True)
+        return await self._check(parts[1], parts[2], "PLAIN", authzid=parts[0])
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        user = await self._client_response(args, self.AuthLoginUsernameChallenge)
+        if user is None:
+            return AuthResult(success=False, handled=True)
+        password = await self._client_response(["LOGIN"], self.AuthLoginPasswordChallenge)
+        if password is None:
+            return AuthResult(success=False, handled=True)
+        return await self._check(user, password, "LOGIN")
+
+    async def _check(self, user_b: bytes, pw_b: bytes, mech: str,
+                     authzid: bytes = b"") -> AuthResult:
+        handler = self.event_handler
+        peer = self.session.peer[0] if self.session and self.session.peer else "unknown"
+        try:
+            user, password = user_b.decode("utf-8"), pw_b.decode("utf-8")
+            authz = authzid.decode("utf-8")
+        except UnicodeDecodeError:
+            user, password, authz = "?", "", ""
+        if authz and authz.lower() != user.lower():
+            ok = False  # acting as someone else is not supported
+        else:
+            ok = bool(user) and await handler.users.authenticate(user, password)
+        if not ok:
+            await handler.throttle.fail(peer, user, f"smtp {mech}")
+            return AuthResult(success=False, handled=False)
+        handler.throttle.record_success(f"ip:{peer}")
+        log.info("%s: sasl_method=%s, sasl_username=%s", peer, mech, user.lower())
+        return AuthResult(success=True, auth_data=user.lower())
