@@ -69,3 +69,31 @@ def parse_mailbox(text: str, *, allow_utf8: bool = True) -> Mailbox:
 def account_key(mbox: Mailbox) -> str:
     """The users-file key for a local mailbox: lower-case, as ``mailstack user add`` stores it."""
     return f"{mbox.local.lower()}@{mbox.domain.lower()}"
+
+
+def split_path(arg: str) -> tuple[str, str] | None:
+    """``<path> params`` from a MAIL/RCPT argument → (mailbox or "", params), None if malformed.
+
+    A source route (``<@a,@b:user@dom>``) is dropped, as RFC 5321 §4.1.1.3 allows.
+    """
+    text = arg.lstrip()
+    if not text.startswith("<"):
+        return None
+    quoted = escaped = False
+    for i, ch in enumerate(text[1:], 1):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ">" and not quoted:
+            path, rest = text[1:i], text[i + 1:]
+            if rest and not rest.startswith(" "):
+                return None
+            if path.startswith("@"):
+                _route, colon, path = path.partition(":")
+                if not colon:
+                    return None
+            return path, rest.strip()
+    return None

@@ -33,32 +33,30 @@ def free_port() -> int:
 
 def write_config(tmp_path: Path, extra: str = "", *, domains: tuple[str, ...] = ("example.test",),
                  hostname: str = "mail.example.test") -> Path:
-    """A TOML config with every listener on its own free port and data under tmp_path."""
-    lines = ["[server]", f'hostname = "{hostname}"',
-             "domains = [" + ", ".join(f'"{d}"' for d in domains) + "]",
-             f'data_dir = "{tmp_path / "data"}"', 'bind = ["127.0.0.1"]', ""]
-    sections: dict[str, list[str]] = {}
+    """A TOML config with every listener on its own free port and data under tmp_path.
+
+    ``extra`` is TOML whose keys override or add to the generated ones, section by section.
+    """
+    sections: dict[str, dict[str, str]] = {"server": {
+        "hostname": f'"{hostname}"',
+        "domains": "[" + ", ".join(f'"{d}"' for d in domains) + "]",
+        "data_dir": f'"{tmp_path / "data"}"', "bind": '["127.0.0.1"]'}}
     for section, keys in PORT_KEYS.items():
-        sections[section] = [f"{k} = {free_port()}" for k in keys]
-    sections["mta"] += ['retry_initial = "1s"', 'retry_max = "2s"']
-    extra_sections: dict[str, list[str]] = {}
+        sections[section] = {k: str(free_port()) for k in keys}
+    sections["mta"].update(retry_initial='"1s"', retry_max='"2s"')
     current = None
     for raw in extra.strip().splitlines():
         line = raw.strip()
         if line.startswith("[") and line.endswith("]"):
             current = line[1:-1]
-            extra_sections.setdefault(current, [])
-        elif line and current:
-            extra_sections[current].append(line)
-    for section, body in {**sections}.items():
-        overrides = extra_sections.pop(section, [])
-        keys = {b.split("=")[0].strip() for b in overrides}
-        body = [b for b in body if b.split("=")[0].strip() not in keys] + overrides
-        lines += [f"[{section}]", *body, ""]
-    for section, body in extra_sections.items():
-        lines += [f"[{section}]", *body, ""]
+            sections.setdefault(current, {})
+        elif "=" in line and current:
+            key, _, value = line.partition("=")
+            sections[current][key.strip()] = value.strip()
+    text = "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in body.items()) + "\n"
+                   for name, body in sections.items())
     path = tmp_path / "mailstack.toml"
-    path.write_text("\n".join(lines))
+    path.write_text(text)
     return path
 
 

@@ -53,7 +53,7 @@ class DeliveryHandler:
         if envid is not None and not valid_envid(envid):
             envid = None
         data = envelope.original_content or b""
-        sender = envelope.mail_from or ""
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         return PerRecipient(await asyncio.to_thread(
             self._deliver_all, list(envelope.rcpt_tos), sender, data, envid))
 

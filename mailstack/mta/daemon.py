@@ -83,6 +83,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     for srv in servers:
         srv.close()
     await run_task
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.remove_signal_handler(signal.SIGUSR1)
     with contextlib.suppress(OSError):
         if pidf.read_text().strip() == str(os.getpid()):
             pidf.unlink()

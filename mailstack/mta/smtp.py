@@ -17,6 +17,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
+from ..address import AddressError, parse_mailbox, split_path
 from ..smtpreply import enhance
 
 log = logging.getLogger("mailstack.mta")
@@ -49,6 +50,48 @@ class MailstackSMTP(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._plain_reply = False
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if not await self._path_ok(arg, "FROM:", null_ok=True):
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not await self._path_ok(arg, "TO:", null_ok=False):
+            return
+        await super().smtp_RCPT(arg)
+
+    async def _path_ok(self, arg: str | None, keyword: str, null_ok: bool) -> bool:
+        """Strict RFC 5321 path syntax; aiosmtpd's parser is lenient (it accepts
+        ``<no spaces@x>`` as ``"no spaces"@x``)."""
+        if not arg or arg[: len(keyword)].upper() != keyword:
+            return True  # aiosmtpd answers the syntax error itself
+        if self.session is None or not self.session.host_name:
+            return True  # ditto: 503 send HELO first
+        split = split_path(arg[len(keyword):])
+        code = "5.1.7" if keyword == "FROM:" else "5.1.3"
+        if split is None:
+            await self.push(f"501 {code} Bad address syntax: expected <local@domain>")
+            return False
+        path, _ = split
+        if not path and null_ok:
+            return True
+        try:
+            parse_mailbox(path)
+        except AddressError as exc:
+            await self.push(f"501 {code} Bad address syntax: {exc}")
+            return False
+        return True
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """Discard whatever the client pipelined behind STARTTLS (RFC 3207 §4.2; the
+        CVE-2011-0411 injection): aiosmtpd would otherwise read it as if it came over TLS."""
+        buffered = self._reader._buffer  # type: ignore[attr-defined]
+        if buffered and not arg and self.tls_context:
+            log.warning("%s: discarded %d octets pipelined after STARTTLS",
+                        self.session.peer[0] if self.session else "?", len(buffered))
+            buffered.clear()
+        await super().smtp_STARTTLS(arg)
 
     # -- AUTH -------------------------------------------------------------------------------
     async def _client_response(self, args: list[str], challenge: str) -> bytes | None:

@@ -1,0 +1,79 @@
+"""Fixtures for protocol tests of the mta and mda: both daemons in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mailstack.config import Config
+from mailstack.tls import client_context, ensure_tls_files
+
+from ..conftest import add_user, running
+
+
+@dataclass
+class Stack:
+    cfg: Config
+    ssl: ssl.SSLContext
+    ca: Path
+
+    @property
+    def smtp(self) -> int:
+        return self.cfg.port("mta", "smtp")
+
+    @property
+    def submission(self) -> int:
+        return self.cfg.port("mta", "submission")
+
+    @property
+    def submissions(self) -> int:
+        return self.cfg.port("mta", "submissions")
+
+    @property
+    def lmtp(self) -> int:
+        return self.cfg.port("mda", "lmtp")
+
+    def inbox(self, address: str) -> Path:
+        local, _, domain = address.partition("@")
+        return self.cfg.data_dir / "mail" / domain / local
+
+    def messages(self, address: str) -> list[bytes]:
+        box = self.inbox(address)
+        files = sorted([*(box / "new").iterdir(), *(box / "cur").iterdir()])
+        return [f.read_bytes() for f in files]
+
+    async def wait_messages(self, address: str, n: int, timeout: float = 10.0) -> list[bytes]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            msgs = self.messages(address)
+            if len(msgs) >= n or asyncio.get_running_loop().time() > deadline:
+                return msgs
+            await asyncio.sleep(0.05)
+
+    def submit(self, sender: str, rcpts: list[str], body: bytes | str,
+               user: str = "alice@example.test", password: str = "alice-pw") -> dict:
+        """Blocking: STARTTLS + AUTH on submission (run with asyncio.to_thread)."""
+        with smtplib.SMTP("127.0.0.1", self.submission, timeout=10) as s:
+            s.starttls(context=self.ssl)
+            s.login(user, password)
+            return s.sendmail(sender, rcpts, body)
+
+
+def make_stack(cfg: Config) -> Stack:
+    files = ensure_tls_files(cfg)
+    add_user(cfg, "alice@example.test", "alice-pw")
+    add_user(cfg, "bob@example.test", "bob-pw")
+    return Stack(cfg, client_context(files.ca), files.ca)
+
+
+@pytest.fixture
+async def stack(cfg: Config) -> AsyncIterator[Stack]:
+    st = make_stack(cfg)
+    async with running("mda", cfg), running("mta", cfg):
+        yield st
