@@ -1,0 +1,80 @@
+"""The mda's LMTP server: one reply per recipient (RFC 2033), errors per recipient."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mailstack.config import Config
+from mailstack.mta.lmtp_client import LMTPConnection
+
+from ..conftest import add_user, running
+from .test_bad_input import Client
+
+
+async def _lmtp(cfg: Config) -> Client:
+    c = await Client.connect(cfg.port("mda", "lmtp"))
+    lhlo = await c.cmd("LHLO mta.example.test")
+    assert "PIPELINING" in lhlo and "ENHANCEDSTATUSCODES" in lhlo
+    return c
+
+
+async def test_one_reply_per_recipient_after_data(cfg: Config) -> None:
+    add_user(cfg, "alice@example.test")
+    add_user(cfg, "bob@example.test")
+    async with running("mda", cfg):
+        c = await _lmtp(cfg)
+        assert (await c.cmd("MAIL FROM:<s@example.org>")).startswith("250")
+        assert (await c.cmd("RCPT TO:<alice@example.test>")).startswith("250")
+        assert (await c.cmd("RCPT TO:<ghost@example.test>")).startswith("550 5.1.1")
+        assert (await c.cmd("RCPT TO:<bob@example.test>")).startswith("250")
+        assert (await c.cmd("DATA")).startswith("354")
+        c.writer.write(b"Subject: lmtp\r\n\r\nbody\r\n.\r\n")
+        first, second = await c.reply(), await c.reply()
+        assert first.startswith("250 2.0.0 <alice@example.test>")
+        assert second.startswith("250 2.0.0 <bob@example.test>")
+        assert (await c.cmd("NOOP")).startswith("250")
+        c.close()
+
+
+async def test_disk_failure_is_452_for_that_recipient_only(cfg: Config) -> None:
+    add_user(cfg, "alice@example.test")
+    add_user(cfg, "bob@example.test")
+    broken = cfg.data_dir / "mail" / "example.test" / "bob" / "tmp"
+    os.rmdir(broken)
+    broken.write_text("not a directory: every write into tmp/ fails")
+    async with running("mda", cfg):
+        conn = await LMTPConnection.open("127.0.0.1", cfg.port("mda", "lmtp"), "t")
+        result = await conn.deliver("Q1", "s@example.org", ["alice@example.test",
+                                    "bob@example.test"], b"Subject: x\r\n\r\ny\r\n")
+        await conn.quit()
+    alice, bob = result.replies
+    assert alice.code == 250
+    assert (bob.code, bob.enhanced) == (452, "4.3.1")
+
+
+async def test_over_quota_is_552_5_2_2(config_factory) -> None:
+    cfg = config_factory("[mda]\nquota = 300\n")
+    add_user(cfg, "alice@example.test")
+    async with running("mda", cfg):
+        conn = await LMTPConnection.open("127.0.0.1", cfg.port("mda", "lmtp"), "t")
+        small = await conn.deliver("Q1", "s@x.org", ["alice@example.test"], b"Subject: a\r\n\r\n")
+        big = await conn.deliver("Q2", "s@x.org", ["alice@example.test"], b"x" * 400 + b"\r\n")
+        await conn.quit()
+    assert small.replies[0].code == 250
+    assert (big.replies[0].code, big.replies[0].enhanced) == (552, "5.2.2")
+
+
+async def test_redelivery_with_same_envid_is_not_duplicated(cfg: Config) -> None:
+    add_user(cfg, "alice@example.test")
+    async with running("mda", cfg):
+        for _ in range(3):
+            conn = await LMTPConnection.open("127.0.0.1", cfg.port("mda", "lmtp"), "t")
+            res = await conn.deliver("QSAME", "s@x.org", ["alice@example.test"], b"S: 1\r\n\r\n")
+            await conn.quit()
+            assert res.replies[0].code == 250
+        conn = await LMTPConnection.open("127.0.0.1", cfg.port("mda", "lmtp"), "t")
+        await conn.deliver("QOTHER", "s@x.org", ["alice@example.test"], b"S: 2\r\n\r\n")
+        await conn.quit()
+    new = Path(cfg.data_dir / "mail" / "example.test" / "alice" / "new")
+    assert len(list(new.iterdir())) == 2

@@ -1,0 +1,80 @@
+"""Configuration loading and validation; every file in configs/ must pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailstack.config import ConfigError, load
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+
+
+def test_defaults() -> None:
+    cfg = load(None, env={})
+    assert cfg.server.domains == ("localhost",)
+    assert cfg.port("mta", "submission") == 587 and cfg.lmtp_target == ("127.0.0.1", 24)
+    assert cfg.mta.max_message_size == 25 * 1024 * 1024
+
+
+def test_port_offset_moves_every_port_and_the_lmtp_target() -> None:
+    cfg = load(None, port_offset=10000, env={})
+    assert cfg.port("mta", "smtp") == 10025 and cfg.port("imap", "imaps") == 10993
+    assert cfg.lmtp_target == ("127.0.0.1", 10024)
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[mta]\nsmpt = 25\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown key \[mta\]\.smpt"):
+        load(p, env={})
+
+
+@pytest.mark.parametrize("body,key", [
+    ("[mta]\nsmtp = 70000\n", "[mta].smtp"),
+    ('[mta]\nmax_message_size = "lots"\n', "[mta].max_message_size"),
+    ('[server]\ndomains = ["bad domain"]\n', "[server].domains"),
+    ('[tls]\ncert = "x.pem"\n', "[tls].cert"),
+    ('[mta]\nretry_initial = "soon"\n', "[mta].retry_initial"),
+])
+def test_bad_values(tmp_path: Path, body: str, key: str) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load(p, env={})
+    assert key in str(err.value) and str(p) in str(err.value)
+
+
+def test_unknown_section_and_bad_toml(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[smtpd]\nx = 1\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        load(p, env={})
+    p.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(p, env={})
+
+
+def test_environment_overrides() -> None:
+    cfg = load(None, env={"MAILSTACK_SERVER_HOSTNAME": "mx.example.test",
+                          "MAILSTACK_SERVER_DOMAINS": '["a.test", "B.test"]',
+                          "MAILSTACK_MTA_SMTP": "2525", "MAILSTACK_DATA": "/srv/mail"})
+    assert cfg.server.hostname == "mx.example.test"
+    assert cfg.server.domains == ("a.test", "b.test")
+    assert cfg.port("mta", "smtp") == 2525 and str(cfg.data_dir) == "/srv/mail"
+    with pytest.raises(ConfigError, match="MAILSTACK_"):
+        load(None, env={"MAILSTACK_MTA_SMTP": "many"})
+
+
+def test_sizes_and_durations(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[mta]\nmax_message_size = "10MB"\nqueue_lifetime = "2d"\nretry_initial = 30\n')
+    cfg = load(p, env={})
+    assert cfg.mta.max_message_size == 10_000_000
+    assert cfg.mta.queue_lifetime == 2 * 86400 and cfg.mta.retry_initial == 30
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_are_valid(path: Path) -> None:
+    load(path, env={})

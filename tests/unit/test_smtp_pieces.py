@@ -1,0 +1,107 @@
+"""Sans-I/O pieces of the mta: addresses, replies, headers, dot-stuffing, DSN, queue files."""
+
+from __future__ import annotations
+
+import email
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailstack.address import AddressError, parse_mailbox, split_path
+from mailstack.mta.dsn import FailedRecipient, make_bounce
+from mailstack.mta.lmtp_client import dot_stuff
+from mailstack.mta.message import count_received, header_block, submission_fixups
+from mailstack.mta.queue import Envelope, Spool
+from mailstack.smtpreply import Reply, enhance
+
+
+@pytest.mark.parametrize("good", ["a@b.test", "a.b+c@x-y.test", '"q u"@x.test', "a@[127.0.0.1]",
+                                  "ü@bücher.test"])
+def test_good_addresses(good: str) -> None:
+    assert str(parse_mailbox(good)) == good
+
+
+@pytest.mark.parametrize("bad", ["a", "@b", "a@", "a..b@c", ".a@b", "a@b..c", "a@-b.c",
+                                 "a\r\nRCPT TO:<x@y>@b", "a b@c", "x" * 65 + "@b.test"])
+def test_bad_addresses(bad: str) -> None:
+    with pytest.raises(AddressError):
+        parse_mailbox(bad)
+
+
+def test_split_path() -> None:
+    assert split_path("<a@b> SIZE=10") == ("a@b", "SIZE=10")
+    assert split_path("<>") == ("", "")
+    assert split_path("<@r1,@r2:a@b>") == ("a@b", "")
+    assert split_path('<"x>y"@b>') == ('"x>y"@b', "")
+    assert split_path("a@b") is None and split_path("<a@b") is None
+
+
+@given(st.text(max_size=80))
+def test_split_path_and_parse_never_crash(text: str) -> None:
+    res = split_path(text)
+    if res:
+        try:
+            mbox = parse_mailbox(res[0])
+        except AddressError:
+            return
+        assert "\r" not in str(mbox) and "\n" not in str(mbox)
+
+
+def test_enhance() -> None:
+    assert enhance("250 OK") == "250 2.0.0 OK"
+    assert enhance("550 5.1.1 no") == "550 5.1.1 no"
+    assert enhance("553 5.1.3 Error: malformed address").startswith("501 5.1.3")
+    assert enhance("354 End data") == "354 End data"
+    assert Reply.parse(451, "4.4.1 try later") == Reply(451, "4.4.1", "try later")
+    assert Reply.parse(250, "ok").enhanced == "2.0.0"
+
+
+def test_dot_stuff() -> None:
+    assert dot_stuff(b".a\r\nb\r\n.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
+    assert dot_stuff(b"no newline") == b"no newline\r\n.\r\n"
+
+
+def test_headers() -> None:
+    msg = b"Received: a\r\n\tb\r\nReceived: c\r\nSubject: x\r\n\r\nReceived: body\r\n"
+    assert count_received(header_block(msg)) == 2
+    fixed = submission_fixups(b"Subject: x\r\n\r\nb\r\n", "h.test")
+    parsed = email.message_from_bytes(fixed)
+    assert parsed["Date"] and parsed["Message-ID"].endswith("@h.test>")
+    assert submission_fixups(fixed, "h.test") == fixed
+
+
+def test_bounce_is_rfc3464() -> None:
+    raw = make_bounce(hostname="mx.test", qid="Q1", sender="a@x.test", arrival=0,
+                      failed=[FailedRecipient("b@y.test", "5.1.1", "smtp; 550 5.1.1 no")],
+                      original=b"Subject: orig\r\nFrom: a@x.test\r\n\r\nsecret body\r\n")
+    msg = email.message_from_bytes(raw)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    parts = msg.get_payload()
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status",
+                                                      "text/rfc822-headers"]
+    status = parts[1].get_payload()
+    assert status[0]["Reporting-MTA"] == "dns; mx.test"
+    assert status[1]["Final-Recipient"] == "rfc822; b@y.test"
+    assert status[1]["Action"] == "failed" and status[1]["Status"] == "5.1.1"
+    assert b"Subject: orig" in raw and b"secret body" not in raw
+
+
+def test_spool_roundtrip_and_recovery(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "q")
+    e = spool.put(b"Subject: x\r\n\r\n", Envelope("a@x", ["b@y", "c@z"], 14))
+    assert spool.ids() == [e.id]
+    e.attempts, e.recipients[0].status = 2, "delivered"
+    spool.save_state(e)
+    back = spool.load(e.id)
+    assert back is not None and back.attempts == 2
+    assert [r.address for r in back.pending] == ["c@z"]
+    (tmp_path / "q" / "ORPHAN.msg").write_bytes(b"x")
+    assert spool.recover(older_than=-1) == 1
+    (tmp_path / "q" / f"{e.id}.env").write_text("{broken")
+    assert spool.load(e.id) is None
+    assert (tmp_path / "q" / f"{e.id}.env.broken").exists(), "kept for the operator"
+    json.loads((tmp_path / "q" / f"{e.id}.state.broken").read_text())
