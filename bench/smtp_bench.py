@@ -38,10 +38,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process in seconds."""
+def proc_cpu(pid: int, which: str = "both") -> float:
+    """utime + stime (or one of them) of a process in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]), int(fields[12])
+    ticks = {"user": user, "system": system}.get(which, user + system)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def proc_hwm_mib(pid: int) -> float:
@@ -144,7 +146,8 @@ def main() -> None:
             print(f"{c:>4} {med['accepted']:>11.0f} {med['delivered']:>12.0f} {med['p50']:>8.1f}"
                   f" {med['p99']:>8.1f} {statistics.median(cpu):>11.0f}")
         for name, p in procs.items():
-            print(f"peak memory {name}: {proc_hwm_mib(p.pid):.1f} MiB")
+            print(f"{name}: peak memory {proc_hwm_mib(p.pid):.1f} MiB, CPU user "
+                  f"{proc_cpu(p.pid, 'user'):.1f} s, system {proc_cpu(p.pid, 'system'):.1f} s")
     finally:
         for p in procs.values():
             p.terminate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +63,19 @@ class _Snapshot:
 class UserDB:
     """The users file, re-read when it changes on disk."""
 
+    #: how long a stat() of the file is trusted (changes show up within this time)
+    RECHECK = 1.0
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._snap = _Snapshot((0, 0, 0), {})
+        self._checked = -1e9
 
     def _load(self) -> dict[str, str]:
+        now = time.monotonic()
+        if now - self._checked < self.RECHECK:
+            return self._snap.users
+        self._checked = now
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -106,6 +115,7 @@ class UserDB:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = "".join(f"{a}:{h}\n" for a, h in sorted(users.items()))
         atomic_write(self.path, body.encode(), mode=0o600)
+        self._checked = -1e9
 
     def add(self, address: str, password: str) -> str:
         addr = normalize_address(address)

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 
-from ..smtpreply import enhance
+from ..smtpbase import ProtocolMixin
 
 _ENVID = re.compile(r"\s+ENVID=(\S+)", re.I)
 
@@ -22,26 +22,16 @@ class PerRecipient(list[str]):
     """Replies after DATA, one per recipient."""
 
 
-class MultiReplyLMTP(LMTP):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._plain_reply = False
-
+class MultiReplyLMTP(ProtocolMixin, LMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, PerRecipient):
             for line in status:
-                await super().push(enhance(line))
+                await super().push(line)
             return
-        if isinstance(status, str) and not self._plain_reply:
-            status = enhance(status)
         await super().push(status)
 
     async def smtp_LHLO(self, arg: str) -> None:
-        self._plain_reply = True
-        try:
-            await super().smtp_LHLO(arg)
-        finally:
-            self._plain_reply = False
+        await self._greeting_reply(super().smtp_LHLO, arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg and self.session is not None:

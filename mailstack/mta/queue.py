@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import os
-import secrets
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,11 +31,12 @@ from ..fsutil import fsync_dir, write_fsync
 log = logging.getLogger("mailstack.queue")
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+_random = random.Random()
 
 
 def new_queue_id() -> str:
     """Sortable by time (µs since the epoch, hex) plus randomness: ``19AC1F2E5D3B47C2A9``."""
-    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(3).upper()}"
+    return f"{time.time_ns() // 1000:013X}{_random.getrandbits(24):06X}"
 
 
 @dataclass

@@ -18,38 +18,24 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from ..address import AddressError, parse_mailbox, split_path
-from ..smtpreply import enhance
+from ..smtpbase import ProtocolMixin
 
 log = logging.getLogger("mailstack.mta")
 
 
-class MailstackSMTP(SMTP):
+class MailstackSMTP(ProtocolMixin, SMTP):
     AuthLoginUsernameChallenge = "Username:"
     AuthLoginPasswordChallenge = "Password:"
 
     def __init__(self, handler: Any, *, listener: str, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.listener = listener
-        self._plain_reply = False
-
-    async def push(self, status: Any) -> None:
-        if isinstance(status, str) and not self._plain_reply:
-            status = enhance(status)
-        await super().push(status)
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        self._plain_reply = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._plain_reply = False
+        await self._greeting_reply(super().smtp_EHLO, hostname)
 
     async def smtp_HELO(self, hostname: str) -> None:
-        self._plain_reply = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._plain_reply = False
+        await self._greeting_reply(super().smtp_HELO, hostname)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if not await self._path_ok(arg, "FROM:", null_ok=True):

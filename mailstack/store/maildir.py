@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import re
 import socket
 import time
@@ -31,6 +32,7 @@ from ..fsutil import fsync_dir
 SPECIAL_FOLDERS = ("Sent", "Drafts", "Trash", "Junk")
 INFO_SEP = ":2,"
 _counter = itertools.count(1)
+_random = random.Random()  # uniqueness comes from time+pid+counter; this only adds spread
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
 _SIZE_RE = re.compile(r",S=(\d+)")
 _VSIZE_RE = re.compile(r",W=(\d+)")
@@ -59,7 +61,7 @@ def unique_name(size: int, vsize: int) -> str:
     """A Maildir unique name: ``<sec>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>,W=<vsize>``."""
     now = time.time()
     sec, usec = int(now), int((now % 1) * 1_000_000)
-    rand = os.urandom(4).hex()
+    rand = f"{_random.getrandbits(32):08x}"
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{rand}.{_HOST},S={size},W={vsize}"
 
 
