@@ -54,17 +54,16 @@ class DeliveryHandler:
             envid = None
         data = envelope.original_content or b""
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        retry = bool(getattr(session, "retry", True))
         return PerRecipient(await asyncio.to_thread(
-            self._deliver_all, list(envelope.rcpt_tos), sender, data, envid))
+            self._deliver_all, list(envelope.rcpt_tos), sender, data, envid, retry))
 
-    def _deliver_all(self, rcpts: list[str], sender: str, data: bytes,
-                     envid: str | None) -> list[str]:
-        replies = []
-        for rcpt in rcpts:
-            replies.append(self._deliver_one(rcpt, sender, data, envid))
-        return replies
+    def _deliver_all(self, rcpts: list[str], sender: str, data: bytes, envid: str | None,
+                     retry: bool) -> list[str]:
+        return [self._deliver_one(r, sender, data, envid, retry) for r in rcpts]
 
-    def _deliver_one(self, rcpt: str, sender: str, data: bytes, envid: str | None) -> str:
+    def _deliver_one(self, rcpt: str, sender: str, data: bytes, envid: str | None,
+                     retry: bool) -> str:
         started = time.monotonic()
         qid = envid or "-"
         account = self.resolve(rcpt)
@@ -76,7 +75,8 @@ class DeliveryHandler:
             log.info("%s: to=<%s>, status=bounced (552 5.2.2 over quota)", qid, rcpt)
             return f"552 5.2.2 <{rcpt}>: mailbox full"
         try:
-            result = deliver(self.cfg.data_dir, account, rcpt, sender, data, envid, self.dlog)
+            result = deliver(self.cfg.data_dir, account, rcpt, sender, data, envid, self.dlog,
+                             retry=retry)
         except OSError as exc:
             log.error("%s: to=<%s>, status=deferred (452 4.3.1 %s)", qid, rcpt, exc.strerror)
             return f"452 4.3.1 <{rcpt}>: cannot write the mailbox now, try again later"

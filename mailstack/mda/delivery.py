@@ -4,13 +4,14 @@ Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta name
 (LMTP ``MAIL FROM ... ENVID=<queue id>``), delivery is idempotent per (queue id, recipient):
 
 1. write ``tmp/KEY`` and fsync it;
-2. append ``<queue id> <recipient> KEY`` to the delivery log and fsync it;
+2. append ``<queue id> <recipient> KEY`` to the delivery journal and fdatasync it;
 3. rename ``tmp/KEY`` → ``new/KEY`` and fsync ``new/``.
 
-A repeated attempt (the mta crashed after our ``250`` but before it recorded it) finds the log
-line: if ``tmp/KEY`` is still there the rename is completed, otherwise the copy is already in the
-mailbox. Either way the answer is ``250`` and no second copy appears. A crash between 1 and 2
-leaves only an orphan in ``tmp/``, which a retry does not see (readers never look in tmp/).
+A repeated attempt (the mta crashed after our ``250`` but before it recorded it; the mta
+marks such attempts ``XRETRY``) finds the journal line: if ``tmp/KEY`` is still there the rename
+is completed, otherwise the copy is already in the mailbox. Either way the answer is ``250`` and
+no second copy appears. A crash between 1 and 2 leaves only an orphan in ``tmp/``, which a retry
+does not see (readers never look in tmp/).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,48 +40,69 @@ LOG_RETENTION = 7 * 86400  # longer than the mta's default queue lifetime (5 day
 
 
 class DeliveryLog:
-    """Append-only records of finished deliveries, one file per queue id under ``dir``."""
+    """Journal of finished deliveries: ``<dir>/YYYYMMDD.log``, one ``envid rcpt key`` a line.
+
+    :meth:`record` appends and fdatasyncs (no new file, no directory sync, except once a day).
+    :meth:`lookup` answers from memory: records made by this process, plus — once a lookup
+    asks for it (``thorough``, used for retries) — everything in the journals on disk.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._index: dict[tuple[str, str], str] = {}
+        self._loaded = False
+        self._fd: int | None = None
+        self._day = ""
+        self._lock = threading.Lock()
 
-    def _path(self, envid: str) -> Path:
-        return self.dir / envid
+    def _load_all(self) -> None:
+        for path in sorted(self.dir.glob("*.log")):
+            with contextlib.suppress(OSError):
+                for line in path.read_text("utf-8", "replace").splitlines():
+                    parts = line.split(" ")
+                    if len(parts) == 3:
+                        self._index.setdefault((parts[0], parts[1]), parts[2])
+        self._loaded = True
 
-    def lookup(self, envid: str, rcpt: str) -> str | None:
+    def lookup(self, envid: str, rcpt: str, *, thorough: bool = True) -> str | None:
         """The Maildir key recorded for (envid, rcpt), or None."""
-        try:
-            text = self._path(envid).read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return None
-        for line in text.splitlines():
-            parts = line.split(" ")
-            if len(parts) == 3 and parts[1] == rcpt:
-                return parts[2]
-        return None
+        with self._lock:
+            if thorough and not self._loaded:
+                self._load_all()
+            return self._index.get((envid, rcpt))
 
     def record(self, envid: str, rcpt: str, key: str) -> None:
-        path = self._path(envid)
-        created = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"{envid} {rcpt} {key}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:
-            fsync_dir(self.dir)
+        line = f"{envid} {rcpt} {key}\n".encode()
+        with self._lock:
+            day = time.strftime("%Y%m%d", time.gmtime())
+            if self._fd is None or day != self._day:
+                if self._fd is not None:
+                    os.close(self._fd)
+                path = self.dir / f"{day}.log"
+                created = not path.exists()
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                                   0o600)
+                self._day = day
+                if created:
+                    fsync_dir(self.dir)
+            os.write(self._fd, line)
+            os.fdatasync(self._fd)
+            self._index[(envid, rcpt)] = key
 
     def prune(self, now: float | None = None) -> int:
-        """Forget records older than LOG_RETENTION; returns how many files went."""
-        cutoff = (now or time.time()) - LOG_RETENTION
+        """Forget journals older than LOG_RETENTION; returns how many files went."""
+        cutoff = time.strftime("%Y%m%d", time.gmtime((now or time.time()) - LOG_RETENTION))
         removed = 0
-        for entry in os.scandir(self.dir):
-            with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
+        for path in self.dir.glob("*.log"):
+            if path.stem < cutoff:
+                with contextlib.suppress(OSError):
+                    path.unlink()
                     removed += 1
+        if removed:
+            with self._lock:
+                self._index.clear()
+                self._loaded = False
         return removed
 
 
@@ -100,11 +123,14 @@ def build_copy(data: bytes, sender: str, rcpt: str) -> bytes:
 
 
 def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
-            envid: str | None, dlog: DeliveryLog | None) -> Delivered:
-    """Deliver one copy into ``account``'s INBOX; raises OSError on disk trouble."""
+            envid: str | None, dlog: DeliveryLog | None, *, retry: bool = True) -> Delivered:
+    """Deliver one copy into ``account``'s INBOX; raises OSError on disk trouble.
+
+    ``retry=False`` (the mta's first attempt in its lifetime) skips loading old journals.
+    """
     box = open_user_mailbox(data_dir, account)
     if envid and dlog is not None:
-        key = dlog.lookup(envid, rcpt)
+        key = dlog.lookup(envid, rcpt, thorough=retry)
         if key is not None:
             return Delivered(_complete(box, key), duplicate=True)
     disk = build_copy(data, sender, rcpt)

@@ -89,17 +89,21 @@ class LMTPConnection:
         return Reply.parse(code, " ".join(t for _, t in lines))
 
     async def deliver(self, envid: str, sender: str, rcpts: list[str], data: bytes, *,
-                      body8: bool = False, smtputf8: bool = False) -> LMTPResult:
-        """One transaction; a reply per recipient. Raises LMTPError (connection is broken)."""
+                      body8: bool = False, smtputf8: bool = False,
+                      retry: bool = True) -> LMTPResult:
+        """One transaction; a reply per recipient. Raises LMTPError (connection is broken).
+
+        ``retry``: this entry may have reached the mda before (ask it to check its journal).
+        """
         try:
-            return await self._deliver(envid, sender, rcpts, data, body8, smtputf8)
+            return await self._deliver(envid, sender, rcpts, data, body8, smtputf8, retry)
         except BaseException:
             self.broken = True
             raise
 
     async def _deliver(self, envid: str, sender: str, rcpts: list[str], data: bytes,
-                       body8: bool, smtputf8: bool) -> LMTPResult:
-        params = f" ENVID={envid}"
+                       body8: bool, smtputf8: bool, retry: bool) -> LMTPResult:
+        params = f" ENVID={envid}" + (" XRETRY" if retry else "")
         if body8:
             params += " BODY=8BITMIME"
         if smtputf8 and "SMTPUTF8" in self.extensions:
@@ -168,23 +172,25 @@ class LMTPPool:
         self._sem = asyncio.Semaphore(size)
 
     async def deliver(self, envid: str, sender: str, rcpts: list[str], data: bytes, *,
-                      body8: bool = False, smtputf8: bool = False) -> LMTPResult:
+                      body8: bool = False, smtputf8: bool = False,
+                      retry: bool = True) -> LMTPResult:
         async with self._sem:
             conn = self._idle.pop() if self._idle else None
             if conn is not None:
                 try:
                     result = await conn.deliver(envid, sender, rcpts, data, body8=body8,
-                                                smtputf8=smtputf8)
+                                                smtputf8=smtputf8, retry=retry)
                 except LMTPError:
                     conn.close()
-                    conn = None  # the idle connection may have been closed: one fresh try
+                    conn = None  # the idle connection may have been closed: one fresh try,
+                    retry = True  # flagged: the broken one may have got as far as delivery
                 else:
                     self._idle.append(conn)
                     return result
             conn = await LMTPConnection.open(self.host, self.port, self.helo, self.timeout)
             try:
                 result = await conn.deliver(envid, sender, rcpts, data, body8=body8,
-                                            smtputf8=smtputf8)
+                                            smtputf8=smtputf8, retry=retry)
             except LMTPError:
                 conn.close()
                 raise

@@ -77,6 +77,8 @@ class QueueEntry:
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: str = ""
+    #: loaded from disk at start-up: it may have been attempted by a previous process
+    recovered: bool = False
 
     @property
     def pending(self) -> list[Recipient]:
@@ -150,7 +152,8 @@ class Spool:
         except (ValueError, TypeError) as exc:
             self._quarantine(qid, f"unreadable envelope: {exc}")
             return None
-        entry = QueueEntry(qid, envelope, [Recipient(a) for a in envelope.recipients])
+        entry = QueueEntry(qid, envelope, [Recipient(a) for a in envelope.recipients],
+                           recovered=True)
         try:
             state = json.loads(self._p(qid, "state").read_bytes())
             entry.attempts = int(state["attempts"])

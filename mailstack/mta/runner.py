@@ -171,7 +171,8 @@ class QueueRunner:
         try:
             result = await self.lmtp.deliver(
                 entry.id, env.sender, [r.address for r in rcpts], message,
-                body8=env.body == "8BITMIME", smtputf8=env.smtputf8)
+                body8=env.body == "8BITMIME", smtputf8=env.smtputf8,
+                retry=entry.recovered or entry.attempts > 1)
             replies = result.replies
         except LMTPError as exc:
             replies = [Reply(451, "4.4.1", str(exc))] * len(rcpts)

@@ -60,3 +60,14 @@ def test_flags_rename_keeps_key(tmp_path: Path) -> None:
     assert box.read(msg) == b"Subject: x\n\n"  # follows the rename
     assert box.find(msg.key) == seen
     assert box.remove(msg) and not box.remove(msg)
+
+
+def test_journal_survives_restart_and_is_read_for_retries(tmp_path: Path) -> None:
+    create_user_mailbox(tmp_path, "a@x.test")
+    first = DeliveryLog(tmp_path / "dlog")
+    d1 = deliver(tmp_path, "a@x.test", "a@x.test", "s@y", b"m\r\n", "Q9", first, retry=False)
+    restarted = DeliveryLog(tmp_path / "dlog")
+    assert restarted.lookup("Q9", "a@x.test", thorough=False) is None
+    d2 = deliver(tmp_path, "a@x.test", "a@x.test", "s@y", b"m\r\n", "Q9", restarted, retry=True)
+    assert d2.duplicate and d2.path == d1.path
+    assert restarted.prune(now=10**10) == 1 and restarted.lookup("Q9", "a@x.test") is None
