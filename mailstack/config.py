@@ -89,6 +89,54 @@ class TLSSection:
     key: str = ""
 
 
+TLS_POLICIES = ("none", "opportunistic", "required")
+
+
+@dataclass(frozen=True)
+class Transport:
+    """Where mail for one domain (or ``*``: everything not local) is relayed."""
+
+    host: str
+    port: int = 25
+    tls: str = "opportunistic"  # none | opportunistic | required
+    verify: bool = False  # check the peer's certificate (required for smarthosts you trust)
+    username: str = ""
+    password: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"[{self.host}]:{self.port}"
+
+    @classmethod
+    def parse(cls, value: Any) -> Transport:
+        """``"host:port"`` or ``{ host = "host:port", tls = "...", verify = true, username = "...",
+        password = "..." }``."""
+        if isinstance(value, str):
+            value = {"host": value}
+        if not isinstance(value, dict):
+            raise ValueError("expected \"host:port\" or a table with host, tls, verify, "
+                             "username, password")
+        unknown = set(value) - {"host", "tls", "verify", "username", "password"}
+        if unknown:
+            raise ValueError(f"unknown transport key(s) {', '.join(sorted(unknown))}")
+        m = re.fullmatch(r"\[?([^\s\]]+?)\]?(?::(\d+))?", str(value.get("host", "")))
+        if not m:
+            raise ValueError(f"expected host:port, got {value.get('host')!r}")
+        port = int(m.group(2) or 25)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+        tls = str(value.get("tls", "opportunistic"))
+        if tls not in TLS_POLICIES:
+            raise ValueError(f"tls must be one of {', '.join(TLS_POLICIES)}")
+        verify = value.get("verify", False)
+        if not isinstance(verify, bool):
+            raise ValueError("verify must be true or false")
+        user, pw = str(value.get("username", "")), str(value.get("password", ""))
+        if bool(user) != bool(pw):
+            raise ValueError("username and password go together")
+        return cls(m.group(1), port, tls, verify, user, pw)
+
+
 @dataclass(frozen=True)
 class MTASection:
     smtp: Port = Port(25)
@@ -103,7 +151,15 @@ class MTASection:
     retry_max: Duration = Duration(3600)
     queue_lifetime: Duration = Duration(5 * 86400)
     max_hops: int = 50
-    transport: Mapping[str, str] = field(default_factory=dict)
+    #: relay: DNS server for MX lookups ("" = the system's), e.g. "127.0.0.1:5353"
+    resolver: str = ""
+    relay_tls: str = "opportunistic"  # TLS policy for MX deliveries
+    mx_port: Port = Port(25)  # port of MX hosts (not moved by --port-offset)
+    connect_timeout: Duration = Duration(30)
+    command_timeout: Duration = Duration(300)  # RFC 5321 4.5.3.2: 5 minutes per command
+    data_timeout: Duration = Duration(600)  # RFC 5321 4.5.3.2.6: 10 minutes for the final dot
+    max_per_destination: int = 4  # concurrent connections to one relay host
+    transport: Mapping[str, Transport] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,9 +250,15 @@ def _convert(typ: Any, value: Any) -> Any:
             raise ValueError(f"expected a list of strings, got {value!r}")
         return tuple(value)
     if origin in (Mapping, dict):
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise ValueError("expected a table of strings")
-        return types.MappingProxyType({k.lower(): v for k, v in value.items()})
+        if not isinstance(value, dict):
+            raise ValueError("expected a table")
+        out = {}
+        for k, v in value.items():
+            try:
+                out[k.lower()] = Transport.parse(v)
+            except ValueError as exc:
+                raise ValueError(f"{k}: {exc}") from None
+        return types.MappingProxyType(out)
     raise ValueError(f"unsupported type {typ!r}")
 
 
@@ -239,10 +301,13 @@ def _validate_section(name: str, section: Any, source: str) -> None:
                               f"got {section.lmtp!r}")
         if section.max_recipients < 1:
             raise ConfigError(f"{source}: bad value for [mta].max_recipients: must be >= 1")
-        for dom, dest in section.transport.items():
-            if not re.fullmatch(r"\[?[^\s\]]+\]?:\d+", dest):
-                raise ConfigError(f"{source}: bad value for [mta.transport].{dom}: "
-                                  f"expected host:port, got {dest!r}")
+        if section.relay_tls not in TLS_POLICIES:
+            raise ConfigError(f"{source}: bad value for [mta].relay_tls: use "
+                              f"{', '.join(TLS_POLICIES)}")
+        if section.resolver and not re.fullmatch(r"\[?[^\s\]]+\]?(:\d+)?", section.resolver):
+            raise ConfigError(f"{source}: bad value for [mta].resolver: expected host[:port]")
+        if section.max_per_destination < 1:
+            raise ConfigError(f"{source}: bad value for [mta].max_per_destination: must be >= 1")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:

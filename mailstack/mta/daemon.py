@@ -19,6 +19,7 @@ from ..tls import ensure_tls_files, server_context
 from ..users import UserDB
 from .handler import MTAHandler
 from .queue import Spool
+from .relay import Relay
 from .runner import QueueRunner
 from .smtp import MailstackSMTP
 
@@ -33,7 +34,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     files = ensure_tls_files(cfg)
     tls = server_context(files)
     spool = Spool(cfg.data_dir / "queue")
-    runner = QueueRunner(cfg, spool, remote=_remote_delivery(cfg))
+    relay = Relay(cfg)
+    runner = QueueRunner(cfg, spool, remote=relay.deliver)
     await runner.load()
     throttle = AuthThrottle(cfg.server.auth_failures_free, float(cfg.server.auth_max_delay))
     handler = MTAHandler(cfg, UserDB(cfg.data_dir / "users"), spool, runner, throttle)
@@ -83,6 +85,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     for srv in servers:
         srv.close()
     await run_task
+    await relay.close()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGUSR1)
     with contextlib.suppress(OSError):
@@ -95,10 +98,5 @@ def _flush(runner: QueueRunner) -> None:
     runner.flush()
 
 
-def _remote_delivery(cfg: Config) -> Any:
-    try:
-        from .relay import Relay
-    except ImportError:
-        return None
-    return Relay(cfg).deliver
+
 

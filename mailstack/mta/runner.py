@@ -23,8 +23,9 @@ from .queue import DELIVERED, FAILED, Envelope, QueueEntry, Recipient, Spool
 
 log = logging.getLogger("mailstack.queue")
 
-#: remote delivery: (entry, recipients, message) → reply per recipient, and the relay's name
-RemoteDeliver = Callable[[QueueEntry, list[Recipient], bytes], Awaitable[tuple[list[Reply], str]]]
+#: remote delivery: (entry, recipients, message) → (reply, relay name) per recipient
+RemoteDeliver = Callable[[QueueEntry, list[Recipient], bytes],
+                         Awaitable[list[tuple[Reply, str]]]]
 
 
 class QueueRunner:
@@ -176,22 +177,21 @@ class QueueRunner:
             replies = result.replies
         except LMTPError as exc:
             replies = [Reply(451, "4.4.1", str(exc))] * len(rcpts)
-        self._apply(entry, rcpts, replies, self.lmtp_name)
+        self._apply(entry, rcpts, [(r, self.lmtp_name) for r in replies])
 
     async def _deliver_remote(self, entry: QueueEntry, rcpts: list[Recipient],
                               message: bytes) -> None:
         if self.remote is None:
-            replies = [Reply(550, "5.7.1", "relaying to other domains is not configured")] \
-                * len(rcpts)
-            relay = "none"
+            results = [(Reply(550, "5.7.1", "relaying to other domains is not configured"),
+                        "none")] * len(rcpts)
         else:
-            replies, relay = await self.remote(entry, rcpts, message)
-        self._apply(entry, rcpts, replies, relay)
+            results = await self.remote(entry, rcpts, message)
+        self._apply(entry, rcpts, results)
 
-    def _apply(self, entry: QueueEntry, rcpts: list[Recipient], replies: list[Reply],
-               relay: str) -> None:
+    def _apply(self, entry: QueueEntry, rcpts: list[Recipient],
+               results: list[tuple[Reply, str]]) -> None:
         delay = self.clock() - entry.envelope.created
-        for r, reply in zip(rcpts, replies, strict=True):
+        for r, (reply, relay) in zip(rcpts, results, strict=True):
             r.attempts += 1
             r.last_reply = str(reply)
             r.remote = relay
@@ -204,7 +204,7 @@ class QueueRunner:
             log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, dsn=%s, status=%s (%s)",
                      entry.id, r.address, relay, delay, entry.attempts, reply.enhanced, word,
                      reply)
-        entry.last_error = next((str(x) for x in replies if not x.ok), "")
+        entry.last_error = next((str(x) for x, _ in results if not x.ok), "")
 
     async def _bounce_failures(self, entry: QueueEntry, message: bytes) -> None:
         """Queue one DSN for recipients that failed in this attempt (never to ``<>``)."""
