@@ -78,3 +78,16 @@ def test_sizes_and_durations(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_are_valid(path: Path) -> None:
     load(path, env={})
+
+
+def test_users_db_is_consistent_under_concurrent_first_use(tmp_path: Path) -> None:
+    """Regression: threads racing on the first load saw an empty user table."""
+    import concurrent.futures
+
+    from mailstack.users import UserDB
+
+    UserDB(tmp_path / "users").add("a@x.test", "pw")
+    for _ in range(5):
+        db = UserDB(tmp_path / "users")
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            assert all(pool.map(lambda _, db=db: db.exists("a@x.test"), range(64)))
