@@ -4,14 +4,22 @@
   EHLO/HELO/LHLO replies, which RFC 2034 leaves without them.
 - Paths in MAIL/RCPT are split by ``address.split_path`` (strict RFC 5321 syntax, a fraction
   of the cost of aiosmtpd's RFC 5322 header parser).
+- DATA is read in chunks by the sans-I/O ``smtpdata.DataReader`` instead of line by line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
+from aiosmtpd.smtp import MISSING
+
 from .address import split_path
+from .smtpdata import DataReader
 from .smtpreply import enhance
+
+log = logging.getLogger("mailstack.smtp")
 
 
 class ProtocolMixin:
@@ -40,3 +48,39 @@ class ProtocolMixin:
             return None, None
         path, params = split
         return (path or "<>"), params
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """RFC 5321 §4.1.1.4 DATA; the reply after the final dot comes from the DATA hook."""
+        if await self.check_helo_needed():  # type: ignore[attr-defined]
+            return
+        if await self.check_auth_needed("DATA"):  # type: ignore[attr-defined]
+            return
+        envelope = self.envelope  # type: ignore[attr-defined]
+        if not envelope.rcpt_tos:
+            await self.push("503 5.5.1 Need RCPT command first")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader: asyncio.StreamReader = self._reader  # type: ignore[attr-defined]
+        data = DataReader(self.data_size_limit)  # type: ignore[attr-defined]
+        while data.result is None:
+            # an idle timeout closes the transport, which ends this read with b""
+            chunk = await reader.read(65536)
+            if not chunk:
+                return  # connection lost mid-DATA: nothing is accepted
+            self._reset_timeout()  # type: ignore[attr-defined]  # idle, not total, time
+            rest = data.feed(chunk)
+        if rest:  # pipelined commands after the final dot go back in front of the buffer
+            reader._buffer[:0] = rest  # type: ignore[attr-defined]
+        result = data.result
+        if result.too_big or result.line_too_long:
+            self._set_post_data_state()  # type: ignore[attr-defined]
+            await self.push("552 Error: Too much mail data" if result.too_big
+                            else "500 Line too long")
+            return
+        envelope.content = envelope.original_content = result.data
+        status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
+        self._set_post_data_state()  # type: ignore[attr-defined]
+        await self.push("250 OK" if status is MISSING else status)

@@ -55,8 +55,11 @@ class DeliveryHandler:
         data = envelope.original_content or b""
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         retry = bool(getattr(session, "retry", True))
-        return PerRecipient(await asyncio.to_thread(
-            self._deliver_all, list(envelope.rcpt_tos), sender, data, envid, retry))
+        # Inline, not in a worker thread: a delivery is a handful of short syscalls (~0.5 ms
+        # with its fsyncs), and handing each to a thread made every GIL re-acquisition wait
+        # for the busy event loop (the "convoy" effect): measured 390 → 617 msg/s at C=10.
+        return PerRecipient(self._deliver_all(list(envelope.rcpt_tos), sender, data, envid,
+                                              retry))
 
     def _deliver_all(self, rcpts: list[str], sender: str, data: bytes, envid: str | None,
                      retry: bool) -> list[str]:

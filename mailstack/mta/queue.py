@@ -1,18 +1,21 @@
 """The mta's durable spool under ``<data_dir>/queue``.
 
-Each entry is three files named by its queue id:
+Each entry is two files named by its queue id:
 
-- ``<id>.msg``   the message as it will be sent (CRLF line ends, our Received header first);
-- ``<id>.env``   the envelope (sender, recipients, ESMTP options, client) as JSON — written once;
+- ``<id>.msg``   one line of JSON (the envelope: sender, recipients, ESMTP options, client),
+  then the message as it will be sent (CRLF line ends, our Received header first). Written once.
 - ``<id>.state`` per-recipient status, attempt count, next attempt, last error — rewritten.
 
-Durability contract of :meth:`Spool.put` (called before the mta answers ``250``): the message
-and the envelope are fsynced, the envelope is renamed into place (its presence is the commit
-point), and the directory is fsynced. A ``.msg`` without ``.env`` is an aborted write and is
-removed by :meth:`Spool.recover`. ``.state`` is replaced by an atomic rename without fsync: a
-process crash never loses it, and after an OS crash an older or missing state only means an
-extra attempt, which the mda recognises as already delivered (see ``mda/delivery.py``).
-Entries whose files cannot be parsed are renamed ``*.broken`` and kept for the operator.
+Durability contract of :meth:`Spool.put` (called before the mta answers ``250``): the entry is
+written to ``.<id>.msg.tmp`` and fsynced, its first state is written, the file is renamed to
+``<id>.msg`` (the commit point) and the directory is fsynced — one file and one directory fsync.
+The first state already records the first attempt (``attempts = 1``, ``next_attempt = now +
+backoff``), because the runner makes that attempt at once: every attempt is on disk before any
+connection is made. ``.state`` is replaced by an atomic rename without fsync: a process crash
+never loses it, and after an OS crash an older or missing state only means an extra attempt,
+which the mda recognises as already delivered (see ``mda/delivery.py``). A ``.state`` without
+its ``.msg`` is the leftover of an aborted write and is removed by :meth:`Spool.recover`.
+Entries that cannot be parsed are renamed ``*.broken`` and kept for the operator.
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class QueueEntry:
     last_error: str = ""
     #: loaded from disk at start-up: it may have been attempted by a previous process
     recovered: bool = False
+    #: the message, while it is in memory anyway (just received); otherwise read from disk
+    message: bytes | None = field(default=None, repr=False)
+    #: when the runner tries it next (in memory; ``next_attempt`` is what is on disk)
+    due: float = 0.0
 
     @property
     def pending(self) -> list[Recipient]:
@@ -100,22 +107,32 @@ class Spool:
         return self.dir / f"{qid}.{ext}"
 
     # -- writing ----------------------------------------------------------------------------
-    def put(self, message: bytes, envelope: Envelope, qid: str | None = None) -> QueueEntry:
-        """Store a new entry durably; returns it. Raises OSError (disk full, …)."""
+    def put(self, message: bytes, envelope: Envelope, qid: str | None = None, *,
+            first_attempt_at: float | None = None, backoff: float = 60.0) -> QueueEntry:
+        """Store a new entry durably; returns it. Raises OSError (disk full, …).
+
+        ``first_attempt_at``: when the runner will attempt it (now, for new mail); the attempt
+        is recorded in the entry's first state (see the module docstring).
+        """
         qid = qid or new_queue_id()
-        msg_path, env_path = self._p(qid, "msg"), self._p(qid, "env")
-        tmp_env = self.dir / f".{qid}.env.tmp"
-        write_fsync(msg_path, message)
+        entry = QueueEntry(qid, envelope, [Recipient(a) for a in envelope.recipients])
+        if first_attempt_at is not None:
+            entry.attempts = 1
+            entry.next_attempt = first_attempt_at + backoff
+        tmp, final = self.dir / f".{qid}.msg.tmp", self._p(qid, "msg")
+        head = json.dumps(asdict(envelope), separators=(",", ":")).encode() + b"\n"
         try:
-            write_fsync(tmp_env, json.dumps(asdict(envelope)).encode())
-            os.rename(tmp_env, env_path)
+            write_fsync(tmp, head + message)
+            self.save_state(entry)
+            os.rename(tmp, final)
             fsync_dir(self.dir)
         except BaseException:
-            for p in (tmp_env, env_path, msg_path):
+            for path in (tmp, final, self._p(qid, "state")):
                 with contextlib.suppress(OSError):
-                    os.unlink(p)
+                    os.unlink(path)
             raise
-        return QueueEntry(qid, envelope, [Recipient(a) for a in envelope.recipients])
+        entry.message = message
+        return entry
 
     def save_state(self, entry: QueueEntry) -> None:
         state = {"attempts": entry.attempts, "next_attempt": entry.next_attempt,
@@ -127,10 +144,10 @@ class Spool:
         os.replace(tmp, self._p(entry.id, "state"))
 
     def remove(self, qid: str) -> bool:
-        """Delete an entry (envelope first, so a crash never leaves a half entry that looks
-        complete). Returns False when it was not there."""
+        """Delete an entry (message first: a leftover state alone is cleaned up at start).
+        Returns False when it was not there."""
         existed = False
-        for ext in ("env", "state", "msg"):
+        for ext in ("msg", "state"):
             try:
                 os.unlink(self._p(qid, ext))
                 existed = True
@@ -140,13 +157,13 @@ class Spool:
 
     # -- reading ----------------------------------------------------------------------------
     def ids(self) -> list[str]:
-        return sorted(n[:-4] for n in os.listdir(self.dir) if n.endswith(".env")
+        return sorted(n[:-4] for n in os.listdir(self.dir) if n.endswith(".msg")
                       and not n.startswith("."))
 
     def load(self, qid: str) -> QueueEntry | None:
         try:
-            env_raw = json.loads(self._p(qid, "env").read_bytes())
-            envelope = Envelope(**env_raw)
+            with open(self._p(qid, "msg"), "rb") as fh:
+                envelope = Envelope(**json.loads(fh.readline()))
         except FileNotFoundError:
             return None
         except (ValueError, TypeError) as exc:
@@ -167,7 +184,9 @@ class Spool:
         return entry
 
     def read_message(self, qid: str) -> bytes:
-        return self._p(qid, "msg").read_bytes()
+        """The message without its envelope line."""
+        raw = self._p(qid, "msg").read_bytes()
+        return raw[raw.index(b"\n") + 1:]
 
     def load_all(self) -> list[QueueEntry]:
         out = []
@@ -177,29 +196,21 @@ class Spool:
                 out.append(entry)
         return out
 
-    def recover(self, older_than: float = 3600.0) -> int:
+    def recover(self) -> int:
         """Remove leftovers of interrupted writes; returns how many files went."""
-        now = time.time()
         removed = 0
-        envs = set(self.ids())
+        entries = set(self.ids())
         for name in os.listdir(self.dir):
-            path = self.dir / name
-            stale = False
-            if name.startswith(".") and name.endswith(".tmp"):
-                stale = name.endswith(".env.tmp") or name.endswith(".state.tmp")
-            elif name.endswith(".msg") and name[:-4] not in envs:
-                with contextlib.suppress(OSError):
-                    stale = now - path.stat().st_mtime > older_than
-            elif name.endswith(".state") and name[:-6] not in envs:
-                stale = True
+            stale = (name.startswith(".") and name.endswith(".tmp")) or \
+                (name.endswith(".state") and name[:-6] not in entries)
             if stale:
                 with contextlib.suppress(OSError):
-                    os.unlink(path)
+                    os.unlink(self.dir / name)
                     removed += 1
         return removed
 
     def _quarantine(self, qid: str, why: str) -> None:
         log.error("%s: %s; moved aside as %s.*.broken", qid, why, qid)
-        for ext in ("env", "state", "msg"):
+        for ext in ("msg", "state"):
             with contextlib.suppress(OSError):
                 os.rename(self._p(qid, ext), self.dir / f"{qid}.{ext}.broken")

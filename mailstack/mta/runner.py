@@ -1,10 +1,12 @@
 """The queue runner: delivers spooled entries, retries with backoff, bounces what fails.
 
-Scheduling: every entry has ``next_attempt``; a heap orders them and an event wakes the loop
-when new mail arrives. Each attempt is recorded (``attempts += 1``, ``next_attempt = now +
-backoff``) *before* any connection is made, so a crash during delivery never causes a retry
-storm. Recipient results: 2xx → delivered; 5xx → failed (bounced to the sender); 4xx or a
-connection problem → pending, retried until ``queue_lifetime`` has passed, then failed.
+Scheduling: every entry has a ``due`` time (in memory; ``next_attempt`` on disk); a heap orders
+them and an event wakes the loop when new mail arrives. Each attempt is recorded (``attempts +=
+1``, ``next_attempt = now + backoff``) *before* any connection is made — for new mail already in
+the state written with it (``Spool.put(first_attempt_at=...)``) — so a crash during delivery
+never causes a retry storm. Recipient results: 2xx → delivered; 5xx → failed (bounced to the
+sender); 4xx or a connection problem → pending, retried until ``queue_lifetime`` has passed,
+then failed.
 """
 
 from __future__ import annotations
@@ -52,19 +54,19 @@ class QueueRunner:
             log.info("queue recovery removed %d leftover files of interrupted writes", removed)
         entries = await asyncio.to_thread(self.spool.load_all)
         for e in entries:
-            self._add(e)
+            self._add(e, e.next_attempt)
         if entries:
             log.info("queue holds %d entries from before the restart", len(entries))
 
-    def _add(self, entry: QueueEntry) -> None:
+    def _add(self, entry: QueueEntry, due: float) -> None:
         self.entries[entry.id] = entry
-        heapq.heappush(self._heap, (entry.next_attempt, entry.id))
+        entry.due = due
+        heapq.heappush(self._heap, (due, entry.id))
         self._wake.set()
 
     def submit(self, entry: QueueEntry) -> None:
-        """A new entry, just made durable: try it now."""
-        entry.next_attempt = 0.0
-        self._add(entry)
+        """A new entry, just made durable (its first attempt recorded with it): try it now."""
+        self._add(entry, 0.0)
 
     def flush(self) -> None:
         """Try every entry now (``mailstack queue flush``); also picks up on-disk changes."""
@@ -79,7 +81,7 @@ class QueueRunner:
         self._heap = [(0.0, qid) for qid in self.entries]
         heapq.heapify(self._heap)
         for e in self.entries.values():
-            e.next_attempt = 0.0
+            e.due = 0.0
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -92,8 +94,7 @@ class QueueRunner:
                     entry = self.entries.get(qid)
                     if entry is None or qid in self._in_flight:
                         continue
-                    if entry.next_attempt > when:  # rescheduled since this heap item
-                        heapq.heappush(self._heap, (entry.next_attempt, qid))
+                    if entry.due != when:  # rescheduled since this heap item was pushed
                         continue
                     self._in_flight.add(qid)
                     task = asyncio.create_task(self._attempt(entry))
@@ -122,18 +123,21 @@ class QueueRunner:
                 await self._deliver(entry)
         except Exception:
             log.exception("%s: delivery attempt crashed; will retry", entry.id)
-            heapq.heappush(self._heap, (entry.next_attempt, entry.id))
+            self._add(entry, entry.next_attempt)
         finally:
             self._in_flight.discard(entry.id)
             self._wake.set()
 
     async def _deliver(self, entry: QueueEntry) -> None:
-        now = self.clock()
-        entry.attempts += 1
-        entry.next_attempt = now + self.backoff(entry.attempts)
+        message, entry.message = entry.message, None
         try:
-            await asyncio.to_thread(self.spool.save_state, entry)  # recorded before dialling
-            message = await asyncio.to_thread(self.spool.read_message, entry.id)
+            if message is None or entry.attempts == 0 or entry.recovered:
+                # not the first attempt recorded at put(): record this one before dialling
+                entry.attempts += 1
+                entry.next_attempt = self.clock() + self.backoff(entry.attempts)
+                await asyncio.to_thread(self.spool.save_state, entry)
+            if message is None:
+                message = await asyncio.to_thread(self.spool.read_message, entry.id)
         except FileNotFoundError:
             log.info("%s: removed from the queue by the operator", entry.id)
             self.entries.pop(entry.id, None)
@@ -159,7 +163,7 @@ class QueueRunner:
             log.info("%s: removed", entry.id)
         else:
             await asyncio.to_thread(self.spool.save_state, entry)
-            heapq.heappush(self._heap, (entry.next_attempt, entry.id))
+            self._add(entry, entry.next_attempt)
             log.info("%s: deferred, %d recipient(s) pending, next attempt in %.0fs", entry.id,
                      len(entry.pending), entry.next_attempt - self.clock())
 
@@ -225,7 +229,8 @@ class QueueRunner:
                           arrival=env.created, failed=info, original=message)
         bounce_env = Envelope(sender="", recipients=[env.sender], size=len(dsn),
                               body="8BITMIME", listener="bounce", is_bounce=True)
-        new = await asyncio.to_thread(self.spool.put, dsn, bounce_env)
+        new = await asyncio.to_thread(self.spool.put, dsn, bounce_env,
+                                      first_attempt_at=self.clock(), backoff=self.backoff(1))
         log.info("%s: sender non-delivery notification: %s", entry.id, new.id)
         self.submit(new)
 

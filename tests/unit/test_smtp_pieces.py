@@ -99,9 +99,61 @@ def test_spool_roundtrip_and_recovery(tmp_path: Path) -> None:
     back = spool.load(e.id)
     assert back is not None and back.attempts == 2
     assert [r.address for r in back.pending] == ["c@z"]
-    (tmp_path / "q" / "ORPHAN.msg").write_bytes(b"x")
-    assert spool.recover(older_than=-1) == 1
-    (tmp_path / "q" / f"{e.id}.env").write_text("{broken")
+    assert spool.read_message(e.id) == b"Subject: x\r\n\r\n"
+    (tmp_path / "q" / "ORPHAN.state").write_bytes(b"{}")
+    (tmp_path / "q" / ".X.msg.tmp").write_bytes(b"half")
+    assert spool.recover() == 2
+    (tmp_path / "q" / f"{e.id}.msg").write_text("{broken\nSubject: x\r\n")
     assert spool.load(e.id) is None
-    assert (tmp_path / "q" / f"{e.id}.env.broken").exists(), "kept for the operator"
+    assert (tmp_path / "q" / f"{e.id}.msg.broken").exists(), "kept for the operator"
     json.loads((tmp_path / "q" / f"{e.id}.state.broken").read_text())
+    first = spool.put(b"m", Envelope("a@x", ["b@y"], 1), first_attempt_at=100.0, backoff=60)
+    again = spool.load(first.id)
+    assert again is not None and (again.attempts, again.next_attempt) == (1, 160.0)
+
+
+def _reference_data(stream: bytes) -> tuple[bytes, bytes] | None:
+    """Line-by-line reading as RFC 5321 describes it (lines end with CRLF only)."""
+    lines, pos = [], 0
+    while True:
+        end = stream.find(b"\r\n", pos)
+        if end < 0:
+            return None
+        line = stream[pos:end + 2]
+        pos = end + 2
+        if line == b".\r\n":
+            return b"".join(lines), stream[pos:]
+        lines.append(line[1:] if line.startswith(b".") else line)
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b".\r\n", b"\r\n.\r\n",
+                                 b"..", b"x" * 7]), max_size=30),
+       st.lists(st.integers(1, 9), min_size=1, max_size=10))
+def test_data_reader_matches_line_by_line_reading(pieces: list[bytes], cuts: list[int]) -> None:
+    from mailstack.smtpdata import DataReader
+
+    stream = b"".join(pieces)
+    expected = _reference_data(stream)
+    reader, pos, i, rest = DataReader(None), 0, 0, b""
+    while pos < len(stream) and reader.result is None:
+        n = cuts[i % len(cuts)]
+        rest = reader.feed(stream[pos:pos + n])
+        pos += n
+        i += 1
+    if expected is None:
+        assert reader.result is None
+    else:
+        assert reader.result is not None
+        assert (reader.result.data, rest + stream[pos:]) == expected
+
+
+def test_data_reader_limits() -> None:
+    from mailstack.smtpdata import DataReader
+
+    r = DataReader(10)
+    assert r.feed(b"0123456789abcdef\r\n" * 100) == b""
+    assert r.feed(b".\r\nQUIT\r\n") == b"QUIT\r\n"
+    assert r.result is not None and r.result.too_big and r.result.data == b""
+    r = DataReader(None)
+    r.feed(b"x" * 1001 + b"\r\n.\r\n")
+    assert r.result is not None and r.result.line_too_long
