@@ -28,6 +28,7 @@ def listeners(cfg: Config) -> list[Listener]:
         Listener("imap", "imaps", cfg.port("imap", "imaps"), "implicit TLS", b),
         Listener("pop3", "pop3", cfg.port("pop3", "pop3"), "STLS", b),
         Listener("pop3", "pop3s", cfg.port("pop3", "pop3s"), "implicit TLS", b),
+        Listener("autoconfig", "http", cfg.port("autoconfig", "http"), "none", b),
     ]
     return [r for r in rows if r.port]
 
@@ -39,10 +40,16 @@ def banner(cfg: Config, daemons: list[str], ca_path: str | None) -> str:
         if lst.daemon not in daemons:
             continue
         addrs = ", ".join(f"[{a}]" if ":" in a else a for a in lst.addresses)
-        lines.append(f"  {lst.daemon:<5} {lst.name:<12} {addrs} port {lst.port:<6} {lst.tls}")
+        lines.append(f"  {lst.daemon:<10} {lst.name:<12} {addrs} port {lst.port:<6} {lst.tls}")
     lines += ["",
               f"  domains:   {', '.join(cfg.server.domains)}",
               f"  data:      {cfg.data_dir}"]
+    http = cfg.port("autoconfig", "http")
+    if "autoconfig" in daemons and http:
+        host = cfg.server.bind[0] if cfg.server.bind[0] not in ("0.0.0.0", "::") else "localhost"
+        host = f"[{host}]" if ":" in host else host
+        lines.append(f"  autoconfig: http://{host}:{http}/mail/config-v1.1.xml  "
+                     f"(CA download: http://{host}:{http}/ca.pem)")
     if ca_path:
         lines.append(f"  CA cert:   {ca_path}   (import it into Thunderbird: Settings > "
                      "Privacy & Security > Certificates > Authorities > Import)")

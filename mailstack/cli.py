@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, offset=True)
 
     p = sub.add_parser("serve", help="run one daemon in the foreground (docker-compose uses this)")
-    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3"])
+    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "autoconfig"])
     _common(p, offset=True)
 
     p = sub.add_parser("user", help="manage accounts: add, del, passwd, list")
@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for compatibility (a lone '.' never ends the message)")
     p.add_argument("recipients", nargs="*", metavar="RCPT")
     _common(p)
+
+    p = sub.add_parser("health", help="exit 0 when a daemon answers its greeting "
+                       "(container health checks)")
+    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "autoconfig"])
+    _common(p, offset=True)
 
     p = sub.add_parser("config", help="validate a configuration")
     csub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -143,7 +148,7 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     print(f"  domains   {', '.join(cfg.server.domains)}")
     print(f"  data_dir  {cfg.data_dir}")
     for lst in listeners(cfg):
-        print(f"  {lst.daemon:<5} {lst.name:<12} port {lst.port:<6} {lst.tls}")
+        print(f"  {lst.daemon:<10} {lst.name:<12} port {lst.port:<6} {lst.tls}")
     return 0
 
 
@@ -169,6 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sendmail_main(args, cfg)
     if args.command == "config":
         return cmd_config(args, cfg)
+    if args.command == "health":
+        from .health import check
+        ok, text = check(cfg, args.daemon)
+        print(text, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
     return _die(f"unknown command {args.command}")
 
 

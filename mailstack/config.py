@@ -185,6 +185,11 @@ class POP3Section:
 
 
 @dataclass(frozen=True)
+class AutoconfigSection:
+    http: Port = Port(80)  # Mozilla autoconfig + CA download (0 disables)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     tls: TLSSection = field(default_factory=TLSSection)
@@ -192,6 +197,7 @@ class Config:
     mda: MDASection = field(default_factory=MDASection)
     imap: IMAPSection = field(default_factory=IMAPSection)
     pop3: POP3Section = field(default_factory=POP3Section)
+    autoconfig: AutoconfigSection = field(default_factory=AutoconfigSection)
     port_offset: int = 0
     source: str = "<defaults>"
 
@@ -222,7 +228,7 @@ class Config:
 
 _SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "mta": MTASection, "mda": MDASection,
-    "imap": IMAPSection, "pop3": POP3Section,
+    "imap": IMAPSection, "pop3": POP3Section, "autoconfig": AutoconfigSection,
 }
 
 

@@ -27,6 +27,7 @@ DAEMONS: dict[str, str] = {
     "mta": "mailstack.mta.daemon",
     "imap": "mailstack.imap.daemon",
     "pop3": "mailstack.pop3.daemon",
+    "autoconfig": "mailstack.autoconfig.daemon",
 }
 
 ServeFn = Callable[[Config, asyncio.Event], Awaitable[None]]

@@ -23,6 +23,8 @@ from .daemon import available_daemons
 from .tls import ensure_tls_files
 
 STOP_GRACE = 10.0
+#: daemons whose failure to start does not stop the stack (mail works without them)
+OPTIONAL = frozenset({"autoconfig"})
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     started: float = 0.0
     restarts: int = 0
+    given_up: bool = False
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -84,6 +87,11 @@ class Supervisor:
                     continue
                 code = proc.returncode
                 if code == 2 and child.restarts == 0 and time.monotonic() - child.started < 10:
+                    if child.name in OPTIONAL:
+                        child.given_up, child.proc = True, None
+                        _out(f"{child.name:<{self._width}} | could not start (see above); "
+                             "the rest of the stack runs without it")
+                        continue
                     self.fatal = f"{child.name} could not start (see its message above)"
                     self.stopping = True
                     return
@@ -103,13 +111,16 @@ class Supervisor:
             await self._spawn(child)
 
     async def _wait_listening(self, timeout: float = 20.0) -> bool:
-        names = {c.name for c in self.children}
-        ports = [(a, lst.port) for lst in listeners(self.cfg) if lst.daemon in names
-                 for a in lst.addresses[:1]]
         deadline = time.monotonic() + timeout
-        pending = list(ports)
+        pending = [(lst.daemon, a, lst.port) for lst in listeners(self.cfg)
+                   for a in lst.addresses[:1]
+                   if lst.daemon in {c.name for c in self.children}]
         while pending and time.monotonic() < deadline and not self.stopping:
-            host, port = pending[0]
+            given_up = {c.name for c in self.children if c.given_up}
+            pending = [p for p in pending if p[0] not in given_up]
+            if not pending:
+                break
+            _, host, port = pending[0]
             try:
                 _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
                 w.close()
@@ -150,7 +161,7 @@ class Supervisor:
         await asyncio.wait({ready, stopper, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done() and ready.result() and not self.stopping:
             files = ensure_tls_files(self.cfg)
-            _out(banner(self.cfg, [c.name for c in self.children],
+            _out(banner(self.cfg, [c.name for c in self.children if not c.given_up],
                         str(files.ca) if files.ca else None))
         elif ready.done() and not self.stopping:
             _out("mailstack: not every listener answered within 20 s; see the lines above")

@@ -22,6 +22,7 @@ PORT_KEYS = {
     "mda": ("lmtp",),
     "imap": ("imap", "imaps"),
     "pop3": ("pop3", "pop3s"),
+    "autoconfig": ("http",),
 }
 
 

@@ -26,6 +26,7 @@ def stack_config(tmp: Path, domain: str, other_domain: str, other_smtp: int,
         f"[mda]\nlmtp = {ports['lmtp']}\n"
         f"[imap]\nimap = {free_port()}\nimaps = {free_port()}\n"
         f"[pop3]\npop3 = {free_port()}\npop3s = {free_port()}\n"
+        f"[autoconfig]\nhttp = {free_port()}\n"
         f'[mta.transport]\n"{other_domain}" = "127.0.0.1:{other_smtp}"\n')
     return cfg
 

@@ -1,0 +1,37 @@
+"""``mailstack health NAME``: exit 0 when the daemon answers its protocol greeting.
+
+For container health checks (docker-compose ``healthcheck``) and scripts. Connects to the
+daemon's first listener on loopback (or the first bind address), reads the greeting — ``220``
+for SMTP/LMTP, ``* OK`` for IMAP, ``+OK`` for POP3, an HTTP 200 for autoconfig — and says so.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from .banner import listeners
+from .config import Config
+
+EXPECT = {"mta": b"220", "mda": b"220", "imap": b"* OK", "pop3": b"+OK",
+          "autoconfig": b"HTTP/1.1 200"}
+
+
+def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
+    rows = [lst for lst in listeners(cfg) if lst.daemon == daemon]
+    if not rows:
+        return False, f"{daemon} has no enabled listener in {cfg.source}"
+    lst = rows[0]
+    host = lst.addresses[0]
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    try:
+        with socket.create_connection((host, lst.port), timeout) as s:
+            if daemon == "autoconfig":
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            greeting = s.recv(256)
+    except OSError as exc:
+        return False, f"{daemon} {lst.name} on {host}:{lst.port}: {exc.strerror or exc}"
+    if greeting.startswith(EXPECT[daemon]):
+        return True, f"{daemon} {lst.name} on {host}:{lst.port}: " \
+            f"{greeting.splitlines()[0].decode(errors='replace')}"
+    return False, f"{daemon} {lst.name} on {host}:{lst.port}: unexpected greeting {greeting[:60]!r}"
