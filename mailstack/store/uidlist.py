@@ -1,0 +1,256 @@
+"""Per-folder IMAP UID list: UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and key → (UID, MODSEQ).
+
+The file ``mailstack-uidlist`` in each Maildir (the INBOX or a ``.Folder``) reads::
+
+    1 V<uidvalidity> N<uidnext> M<highestmodseq>
+    <uid> <modseq> <flags or -> <key>
+    ...
+
+Every change happens under ``fcntl.flock`` on ``mailstack-uidlist.lock``, so imap processes,
+the pop3 daemon and the mda can share a mailbox: whoever syncs first gives a new message its
+UID, UIDs only grow (never reused within a UIDVALIDITY), and a vanished file drops its line.
+The flags recorded per line let a sync notice flag changes made by anyone (a rename in cur/)
+and give them a new MODSEQ (RFC 7162). The file is a cache of the Maildir plus the UID
+assignment: if it is lost, a new UIDVALIDITY starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .maildir import INFO_SEP, Maildir, MaildirMessage
+
+UIDLIST = "mailstack-uidlist"
+LOCKFILE = "mailstack-uidlist.lock"
+RACY_NS = 100_000_000  # a directory changed this recently may change again in the same tick
+
+
+class Entry:
+    """One message as the UID list knows it."""
+
+    __slots__ = ("filename", "flags", "key", "modseq", "subdir", "uid")
+
+    def __init__(self, uid: int, modseq: int, key: str, subdir: str, filename: str,
+                 flags: str) -> None:
+        self.uid = uid
+        self.modseq = modseq
+        self.key = key
+        self.subdir = subdir
+        self.filename = filename
+        self.flags = flags
+
+    def message(self) -> MaildirMessage:
+        return MaildirMessage(self.key, self.subdir, self.filename, self.flags)
+
+    def __repr__(self) -> str:
+        return (f"Entry(uid={self.uid}, modseq={self.modseq}, key={self.key!r}, "
+                f"flags={self.flags!r})")
+
+
+class Snapshot:
+    """The folder's state after a sync: entries in UID order."""
+
+    __slots__ = ("entries", "highest_modseq", "uidnext", "uidvalidity")
+
+    def __init__(self, uidvalidity: int, uidnext: int, highest_modseq: int,
+                 entries: list[Entry]) -> None:
+        self.uidvalidity = uidvalidity
+        self.uidnext = uidnext
+        self.highest_modseq = highest_modseq
+        self.entries = entries
+
+
+def _listing(root: Path) -> dict[str, tuple[str, str, str]]:
+    """key → (subdir, filename, flags) for every message file."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for subdir in ("new", "cur"):
+        try:
+            names = os.listdir(root / subdir)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name[:1] == ".":
+                continue
+            if subdir == "cur":
+                key, sep, info = name.partition(INFO_SEP)
+                flags = "".join(sorted(info)) if sep else ""
+            else:
+                key, flags = name, ""
+            out[key] = (subdir, name, flags)
+    return out
+
+
+def _mtime_key(key: str) -> tuple[int, str]:
+    head = key.split(".", 1)[0]
+    return (int(head) if head.isdigit() else 0, key)
+
+
+class UidList:
+    """The UID list of one Maildir; one shared instance per folder per process."""
+
+    _registry: dict[Path, UidList] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, maildir: Maildir) -> None:
+        self.maildir = maildir
+        self.path = maildir.root / UIDLIST
+        self._file_stamp: tuple[int, int, int] | None = None
+        self._dir_stamp: tuple[int, int] | None = None
+        self._listed_at = 0
+        self._snapshot: Snapshot | None = None
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def for_maildir(cls, maildir: Maildir) -> UidList:
+        key = maildir.root.resolve()
+        with cls._registry_lock:
+            inst = cls._registry.get(key)
+            if inst is None:
+                inst = cls._registry[key] = cls(Maildir(key))
+            return inst
+
+    # -- locking ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's UID-list lock (re-entrant within this object)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        fd = os.open(self.maildir.root / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+                self._lock_fd = None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    # -- reading and writing -----------------------------------------------------------------
+    def _dir_mtimes(self) -> tuple[int, int]:
+        root = self.maildir.root
+        return (os.stat(root / "new").st_mtime_ns, os.stat(root / "cur").st_mtime_ns)
+
+    def _load(self) -> Snapshot | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._file_stamp = None
+            return None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._file_stamp and self._snapshot is not None:
+            return self._snapshot
+        try:
+            text = self.path.read_text("utf-8")
+        except FileNotFoundError:
+            return None
+        lines = text.split("\n")
+        head = lines[0].split()
+        try:
+            if not head or head[0] != "1":
+                raise ValueError("unknown version")
+            fields = {h[0]: int(h[1:]) for h in head[1:]}
+            validity, uidnext, hms = fields["V"], fields["N"], fields.get("M", 1)
+            entries = []
+            for line in lines[1:]:
+                if not line:
+                    continue
+                uid_s, modseq_s, flags, key = line.split(" ", 3)
+                entries.append(Entry(int(uid_s), int(modseq_s), key, "", "",
+                                     "" if flags == "-" else flags))
+        except (ValueError, KeyError, IndexError):
+            return None  # unreadable: start a new UIDVALIDITY
+        self._file_stamp = stamp
+        self._dir_stamp = None  # filenames unknown until listed
+        snap = Snapshot(validity, uidnext, hms, entries)
+        self._snapshot = snap
+        return snap
+
+    def _write(self, snap: Snapshot) -> None:
+        parts = [f"1 V{snap.uidvalidity} N{snap.uidnext} M{snap.highest_modseq}\n"]
+        parts += [f"{e.uid} {e.modseq} {e.flags or '-'} {e.key}\n" for e in snap.entries]
+        tmp = self.path.with_name(f".{UIDLIST}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("".join(parts))
+        os.replace(tmp, self.path)
+        st = os.stat(self.path)
+        self._file_stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def sync(self, first: Iterable[str] = ()) -> Snapshot:
+        """Bring the UID list in line with the Maildir and return it.
+
+        New messages get UIDs: the keys in ``first`` in that order (APPEND, COPY), then the
+        others oldest first. A cached snapshot is returned without listing the directories when
+        neither the list file nor new/ and cur/ changed since the last (non-racy) listing.
+        """
+        first = list(first)
+        with self.locked():
+            old = self._load()
+            mtimes = self._dir_mtimes()
+            if (old is not None and not first and self._dir_stamp == mtimes
+                    and self._listed_at - max(mtimes) > RACY_NS):
+                return old
+            listed_at = time.time_ns()
+            disk = _listing(self.maildir.root)
+            dirty = old is None
+            if old is None:
+                snap = Snapshot(int(time.time()), 1, 1, [])
+            else:
+                snap = Snapshot(old.uidvalidity, old.uidnext, old.highest_modseq, [])
+            entries = snap.entries
+            modseq = snap.highest_modseq
+            for e in (old.entries if old else ()):
+                found = disk.pop(e.key, None)
+                if found is None:
+                    dirty = True
+                    continue
+                subdir, filename, flags = found
+                if flags != e.flags:
+                    modseq += 1
+                    e = Entry(e.uid, modseq, e.key, subdir, filename, flags)
+                    dirty = True
+                elif e.filename != filename:
+                    e = Entry(e.uid, e.modseq, e.key, subdir, filename, flags)
+                entries.append(e)
+            if disk:
+                dirty = True
+                order = [k for k in first if k in disk]
+                chosen = set(order)
+                order += sorted((k for k in disk if k not in chosen), key=_mtime_key)
+                uid = snap.uidnext
+                for key in order:
+                    subdir, filename, flags = disk[key]
+                    modseq += 1
+                    entries.append(Entry(uid, modseq, key, subdir, filename, flags))
+                    uid += 1
+                snap.uidnext = uid
+            snap.highest_modseq = modseq
+            if dirty:
+                self._write(snap)
+            self._snapshot = snap
+            self._dir_stamp = mtimes
+            self._listed_at = listed_at
+            return snap
+
+    def bump_modseq(self) -> int:
+        """Reserve a new MODSEQ value (for changes not visible in file names). Holds the lock."""
+        with self.locked():
+            snap = self.sync()
+            snap.highest_modseq += 1
+            self._write(snap)
+            return snap.highest_modseq
