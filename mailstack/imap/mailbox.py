@@ -1,0 +1,426 @@
+"""The IMAP view of an account's Maildir++ tree: folders, subscriptions and a selected folder.
+
+Mailbox names on the wire are modified UTF-7 with ``.`` as the hierarchy delimiter; the same
+string (validated) names the Maildir++ folder on disk (``.Work.Projects``), so no path outside
+the user's Maildir can ever be formed. ``INBOX`` is the Maildir itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..fsutil import atomic_write
+from ..store import watch
+from ..store.keywords import Keywords
+from ..store.maildir import (
+    INFO_SEP,
+    SPECIAL_FOLDERS,
+    Maildir,
+    MaildirError,
+    MaildirMessage,
+    to_crlf,
+    validate_folder_name,
+)
+from ..store.uidlist import UIDLIST, Entry, Snapshot, UidList
+from . import mutf7
+
+DELIM = "."
+SPECIAL_USE = {name: "\\" + name for name in SPECIAL_FOLDERS}
+
+
+class MailboxError(Exception):
+    """A mailbox operation that fails (answered NO); ``code`` is a response code or ''."""
+
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def normalize_name(name: str) -> str:
+    """Validate a wire mailbox name; ``INBOX`` in any case becomes ``INBOX``."""
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name.upper().startswith("INBOX" + DELIM):
+        name = "INBOX" + name[5:]
+    try:
+        mutf7.decode(name)
+        validate_folder_name(name)
+    except (mutf7.MUTF7Error, MaildirError) as exc:
+        raise MailboxError(f"bad mailbox name: {exc}", "CANNOT") from None
+    return name
+
+
+def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
+    """LIST pattern → regex: ``*`` matches anything, ``%`` anything but the delimiter."""
+    full = reference + pattern
+    out = []
+    for ch in full:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^.]*")
+        else:
+            out.append(re.escape(ch))
+    regex = "".join(out)
+    if full[:5].upper() == "INBOX":  # INBOX is case-insensitive
+        regex = "(?i:INBOX)" + regex[len(re.escape(full[:5])):] if full[:5] else regex
+    return re.compile(regex + r"\Z", re.DOTALL)
+
+
+@dataclass
+class MailboxInfo:
+    name: str
+    exists: bool
+    children: bool
+    attrs: list[str] = field(default_factory=list)
+
+
+class Account:
+    """One user's mailboxes."""
+
+    def __init__(self, inbox: Maildir) -> None:
+        self.inbox = inbox
+        self.root = inbox.root
+
+    # -- folders --------------------------------------------------------------------------
+    def maildir(self, name: str) -> Maildir:
+        name = normalize_name(name)
+        return self.inbox if name == "INBOX" else Maildir(self.root / ("." + name))
+
+    def exists(self, name: str) -> bool:
+        return self.maildir(name).exists()
+
+    def names(self) -> list[str]:
+        return ["INBOX", *self.inbox.list_folders()]
+
+    def tree(self) -> dict[str, MailboxInfo]:
+        """Every mailbox plus missing parents (\\NonExistent), with child information."""
+        names = self.names()
+        info = {n: MailboxInfo(n, True, False) for n in names}
+        for n in names:
+            parts = n.split(DELIM)
+            for i in range(1, len(parts)):
+                parent = DELIM.join(parts[:i])
+                if parent not in info:
+                    info[parent] = MailboxInfo(parent, False, True)
+                info[parent].children = True
+        for n, mi in info.items():
+            if n in SPECIAL_USE and mi.exists:
+                mi.attrs.append(SPECIAL_USE[n])
+        return info
+
+    def create(self, name: str) -> None:
+        name = normalize_name(name.rstrip(DELIM)) if name.endswith(DELIM) else normalize_name(name)
+        if name == "INBOX" or self.exists(name):
+            raise MailboxError("mailbox exists already", "ALREADYEXISTS")
+        self.maildir(name).create(folder=True)
+
+    def delete(self, name: str) -> None:
+        name = normalize_name(name)
+        if name == "INBOX":
+            raise MailboxError("INBOX cannot be deleted", "CANNOT")
+        if not self.exists(name):
+            raise MailboxError("no such mailbox", "NONEXISTENT")
+        if any(n.startswith(name + DELIM) for n in self.names()):
+            raise MailboxError("mailbox has children: delete them first", "INUSE")
+        # rename out of sight first (atomic), then remove the files
+        grave = self.root / "tmp" / f"deleted-{time.time_ns()}-{os.getpid()}"
+        os.rename(self.root / ("." + name), grave)
+        shutil.rmtree(grave, ignore_errors=True)
+        watch.notify(self.root / ("." + name))
+
+    def rename(self, old: str, new: str) -> None:
+        old, new = normalize_name(old), normalize_name(new)
+        if new == "INBOX" or self.exists(new):
+            raise MailboxError("target mailbox exists already", "ALREADYEXISTS")
+        if not self.exists(old):
+            raise MailboxError("no such mailbox", "NONEXISTENT")
+        if new.startswith(old + DELIM):
+            raise MailboxError("cannot move a mailbox into itself", "CANNOT")
+        if old == "INBOX":
+            self._rename_inbox(new)
+            return
+        moves = [(n, new + n[len(old):]) for n in self.names()
+                 if n == old or n.startswith(old + DELIM)]
+        for src, dst in moves:
+            os.rename(self.root / ("." + src), self.root / ("." + dst))
+
+    def _rename_inbox(self, new: str) -> None:
+        target = self.maildir(new)
+        target.create(folder=True)
+        uids = UidList.for_maildir(self.inbox)
+        with uids.locked():
+            for sub in ("new", "cur"):
+                for fname in os.listdir(self.root / sub):
+                    if not fname.startswith("."):
+                        os.rename(self.root / sub / fname, target.root / sub / fname)
+        watch.notify(self.root)
+
+    # -- subscriptions --------------------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        try:
+            text = (self.root / "subscriptions").read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def _write_subscriptions(self, names: list[str]) -> None:
+        atomic_write(self.root / "subscriptions", "".join(f"{n}\n" for n in names).encode())
+
+    def subscribe(self, name: str) -> None:
+        name = normalize_name(name)
+        subs = self.subscriptions()
+        if name not in subs:
+            self._write_subscriptions([*subs, name])
+
+    def unsubscribe(self, name: str) -> None:
+        name = normalize_name(name)
+        subs = self.subscriptions()
+        if name not in subs:
+            raise MailboxError("not subscribed", "NONEXISTENT")
+        self._write_subscriptions([s for s in subs if s != name])
+
+    # -- status ---------------------------------------------------------------------------
+    def status(self, name: str) -> tuple[Snapshot, Keywords, int]:
+        """(UID-list snapshot, keyword map, number of messages in new/) for STATUS."""
+        md = self.maildir(name)
+        if not md.exists():
+            raise MailboxError("no such mailbox", "NONEXISTENT")
+        snap = UidList.for_maildir(md).sync()
+        recent = sum(1 for e in snap.entries if e.subdir == "new")
+        return snap, keywords_for(md), recent
+
+
+_keywords: dict[Path, Keywords] = {}
+
+
+def keywords_for(md: Maildir) -> Keywords:
+    kw = _keywords.get(md.root)
+    if kw is None:
+        kw = _keywords[md.root] = Keywords(md.root)
+    return kw
+
+
+class Msg:
+    """A message as a selected session sees it."""
+
+    __slots__ = ("filename", "key", "letters", "modseq", "recent", "subdir", "uid")
+
+    def __init__(self, e: Entry, recent: bool = False) -> None:
+        self.uid = e.uid
+        self.key = e.key
+        self.subdir = e.subdir
+        self.filename = e.filename
+        self.letters = e.flags
+        self.modseq = e.modseq
+        self.recent = recent
+
+    def maildir_message(self) -> MaildirMessage:
+        return MaildirMessage(self.key, self.subdir, self.filename, self.letters)
+
+
+@dataclass
+class Changes:
+    """What a refresh found: expunged sequence numbers (in reporting order), new EXISTS
+    count (or None), and messages whose flags changed."""
+
+    expunged: list[int] = field(default_factory=list)
+    expunged_uids: list[int] = field(default_factory=list)
+    exists: int | None = None
+    recent: int = 0
+    flags: list[Msg] = field(default_factory=list)
+
+
+class Selected:
+    """The selected mailbox of one session: messages in sequence order."""
+
+    def __init__(self, account: Account, name: str, readonly: bool) -> None:
+        self.account = account
+        self.name = normalize_name(name)
+        self.maildir = account.maildir(self.name)
+        if not self.maildir.exists():
+            raise MailboxError("no such mailbox", "NONEXISTENT")
+        self.readonly = readonly
+        self.uidlist = UidList.for_maildir(self.maildir)
+        self.keywords = keywords_for(self.maildir)
+        self.msgs: list[Msg] = []
+        self.uids: list[int] = []
+        self.snapshot: Snapshot | None = None
+        snap = self._sync()
+        recent = self._claim_recent(snap.entries)
+        if recent:
+            snap = self._sync()
+        self.msgs = [Msg(e, e.uid in recent) for e in snap.entries]
+        self.uids = [m.uid for m in self.msgs]
+        self.snapshot = snap
+
+    def _sync(self, first: list[str] | None = None) -> Snapshot:
+        return self.uidlist.sync(first or ())
+
+    def _claim_recent(self, entries: list[Entry]) -> set[int]:
+        """Move new/ messages to cur/; the session that wins the rename sees them \\Recent."""
+        won = set()
+        for e in entries:
+            if e.subdir != "new":
+                continue
+            if self.readonly:
+                won.add(e.uid)
+                continue
+            try:
+                os.rename(self.maildir.root / "new" / e.filename,
+                          self.maildir.root / "cur" / (e.key + INFO_SEP))
+                won.add(e.uid)
+            except FileNotFoundError:
+                pass
+        return won
+
+    # -- lookups --------------------------------------------------------------------------
+    @property
+    def exists(self) -> int:
+        return len(self.msgs)
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def by_seqset(self, ranges: list[tuple[int, int]]) -> list[tuple[int, Msg]]:
+        out = []
+        seen = set()
+        for a, b in ranges:
+            for s in range(max(a, 1), min(b, len(self.msgs)) + 1):
+                if s not in seen:
+                    seen.add(s)
+                    out.append((s, self.msgs[s - 1]))
+        out.sort(key=lambda t: t[0])
+        return out
+
+    def by_uidset(self, ranges: list[tuple[int, int]]) -> list[tuple[int, Msg]]:
+        out = []
+        seen = set()
+        for a, b in ranges:
+            i = bisect.bisect_left(self.uids, a)
+            j = bisect.bisect_right(self.uids, b)
+            for k in range(i, j):
+                if k not in seen:
+                    seen.add(k)
+                    out.append((k + 1, self.msgs[k]))
+        out.sort(key=lambda t: t[0])
+        return out
+
+    def flags(self, m: Msg) -> list[str]:
+        out = self.keywords.to_imap(m.letters)
+        if m.recent:
+            out.append("\\Recent")
+        return out
+
+    def path(self, m: Msg) -> Path:
+        return self.maildir.root / m.subdir / m.filename
+
+    def read(self, m: Msg) -> bytes | None:
+        """The message with CRLF line ends, or None when it is gone."""
+        try:
+            data = self.maildir.read(m.maildir_message())
+        except FileNotFoundError:
+            return None
+        return to_crlf(data)
+
+    def internal_date(self, m: Msg) -> float:
+        try:
+            return os.stat(self.path(m)).st_mtime
+        except FileNotFoundError:
+            found = self.maildir.find(m.key)
+            if found is None:
+                return 0.0
+            return os.stat(found.path(self.maildir.root)).st_mtime
+
+    def size(self, m: Msg) -> int:
+        mm = m.maildir_message()
+        if mm.vsize is not None:
+            return mm.vsize
+        data = self.read(m)
+        return len(data) if data is not None else 0
+
+    # -- changes --------------------------------------------------------------------------
+    def refresh(self, *, expunge_ok: bool = True) -> Changes:
+        """Bring this view up to date with the folder; returns what to announce."""
+        ch = Changes()
+        snap = self._sync()
+        if snap is self.snapshot:
+            return ch
+        if not self.readonly and any(e.subdir == "new" for e in snap.entries):
+            won = self._claim_recent([e for e in snap.entries if e.uid > (self.uids[-1]
+                                      if self.uids else 0)])
+            snap = self._sync()
+        else:
+            won = set()
+        present = {e.uid: e for e in snap.entries}
+        if expunge_ok:
+            kept = []
+            removed = 0
+            for i, m in enumerate(self.msgs):
+                if m.uid in present:
+                    kept.append(m)
+                else:
+                    ch.expunged.append(i + 1 - removed)
+                    ch.expunged_uids.append(m.uid)
+                    removed += 1
+            if removed:
+                self.msgs = kept
+                self.uids = [m.uid for m in kept]
+        for m in self.msgs:
+            e = present.get(m.uid)
+            if e is None:
+                continue
+            m.subdir, m.filename = e.subdir, e.filename
+            if e.flags != m.letters:
+                m.letters = e.flags
+                m.modseq = e.modseq
+                ch.flags.append(m)
+            elif e.modseq != m.modseq:
+                m.modseq = e.modseq
+        top = self.uids[-1] if self.uids else 0
+        added = [Msg(e, e.uid in won) for e in snap.entries if e.uid > top]
+        if added:
+            self.msgs.extend(added)
+            self.uids.extend(m.uid for m in added)
+            ch.exists = len(self.msgs)
+            ch.recent = sum(1 for m in self.msgs if m.recent)
+        if expunge_ok or not any(m.uid not in present for m in self.msgs):
+            self.snapshot = snap
+        return ch
+
+    def set_letters(self, m: Msg, letters: str) -> None:
+        """Rename the file for new flags (keeps the view in step)."""
+        if letters == m.letters and m.subdir == "cur":
+            return
+        moved = self.maildir.set_flags(m.maildir_message(), letters)
+        m.subdir, m.filename, m.letters = moved.subdir, moved.filename, moved.flags
+
+    def after_change(self) -> None:
+        """Re-read the UID list (new MODSEQs) and wake other sessions."""
+        snap = self._sync()
+        by_uid = {e.uid: e for e in snap.entries}
+        for m in self.msgs:
+            e = by_uid.get(m.uid)
+            if e is not None and e.flags == m.letters:
+                m.modseq = e.modseq
+        watch.notify(self.maildir.root)
+
+    def expunge(self, uids: set[int] | None = None) -> list[MaildirMessage]:
+        """Remove \\Deleted messages (only those in ``uids`` when given)."""
+        gone = []
+        for m in self.msgs:
+            if ("T" in m.letters and (uids is None or m.uid in uids)
+                    and self.maildir.remove(m.maildir_message())):
+                gone.append(m.maildir_message())
+        return gone
+
+
+def uidlist_path(md: Maildir) -> Path:
+    return md.root / UIDLIST
