@@ -119,6 +119,11 @@ class Account:
         name = normalize_name(name.rstrip(DELIM)) if name.endswith(DELIM) else normalize_name(name)
         if name == "INBOX" or self.exists(name):
             raise MailboxError("mailbox exists already", "ALREADYEXISTS")
+        parts = name.split(DELIM)
+        for i in range(1, len(parts)):  # superior names are created too (RFC 3501 6.3.3)
+            parent = DELIM.join(parts[:i])
+            if parent != "INBOX" and not self.exists(parent):
+                self.maildir(parent).create(folder=True)
         self.maildir(name).create(folder=True)
 
     def delete(self, name: str) -> None:
