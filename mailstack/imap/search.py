@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from . import mime
 from .mailbox import Msg, Selected
-from .wire import ParseError, Parser
+from .wire import MAX_DEPTH, ParseError, Parser
 
 _FLAG_KEYS = {"ANSWERED": ("R", True), "DELETED": ("T", True), "DRAFT": ("D", True),
               "FLAGGED": ("F", True), "SEEN": ("S", True), "UNANSWERED": ("R", False),
@@ -42,6 +42,16 @@ def _text(p: Parser, charset: str) -> str:
 
 
 def parse_key(p: Parser, charset: str) -> Node:
+    p.depth += 1
+    try:
+        return _parse_key(p, charset)
+    finally:
+        p.depth -= 1
+
+
+def _parse_key(p: Parser, charset: str) -> Node:
+    if p.depth > MAX_DEPTH:
+        raise ParseError("search keys nested too deeply")
     if p.maybe_open():
         keys = [parse_key(p, charset)]
         while p.maybe_sp():

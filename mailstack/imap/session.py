@@ -141,6 +141,7 @@ class Session:
             while self.state != LOGOUT:
                 raw = await self.read_command()
                 if raw is None:
+                    await self.flush()
                     continue
                 await self.dispatch(raw)
                 await self.flush()
@@ -209,6 +210,7 @@ class Session:
                 p.sp()
                 name = p.atom().upper()
             except ParseError:
+                log.info("imap %s: malformed UID command", self.peer)
                 self.send(f"{tag} BAD UID needs a command\r\n".encode())
                 return
             uid = True
