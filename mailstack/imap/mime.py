@@ -9,12 +9,12 @@ from __future__ import annotations
 import email.utils
 import re
 from email.message import Message
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 
 from . import wire
 
-_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+_HEADER_PARSER = HeaderParser(policy=compat32)
 MAX_PARTS_DEPTH = 20
 
 
@@ -29,7 +29,8 @@ def split_header(raw: bytes) -> tuple[bytes, bytes]:
 
 
 def parse_headers(header: bytes) -> Message:
-    return _HEADER_PARSER.parsebytes(header)
+    """Header fields as latin-1 text, so that ``value.encode("latin-1")`` is the raw bytes."""
+    return _HEADER_PARSER.parsestr(header.decode("latin-1"), headersonly=True)
 
 
 class Part:
@@ -60,15 +61,10 @@ class Part:
         elif self.type == "message" and self.subtype == "rfc822":
             self.message = Part(self.body, "text/plain", depth + 1)
 
-    def params(self) -> list[tuple[str, str]]:
+    def params(self) -> list[tuple[str, bytes]]:
         if not self.msg.get("content-type"):
-            return [("charset", "us-ascii")] if self.type == "text" else []
-        out = []
-        for name, value in self.msg.get_params(header="content-type")[1:] or []:
-            if isinstance(value, tuple):
-                value = email.utils.collapse_rfc2231_value(value)
-            out.append((name, str(value)))
-        return out
+            return [("charset", b"us-ascii")] if self.type == "text" else []
+        return _params(self.msg, "content-type")
 
 
 def split_multipart(body: bytes, boundary: str) -> list[bytes]:
@@ -88,11 +84,23 @@ def split_multipart(body: bytes, boundary: str) -> list[bytes]:
     return parts
 
 
+def _params(msg: Message, header: str) -> list[tuple[str, bytes]]:
+    """Parameters of a header; RFC 2231 values decoded to UTF-8, others kept raw."""
+    out = []
+    for name, value in msg.get_params(header=header)[1:] or []:
+        if isinstance(value, tuple):
+            raw = email.utils.collapse_rfc2231_value(value).encode("utf-8", "replace")
+        else:
+            raw = str(value).encode("latin-1", "replace")
+        out.append((name, raw))
+    return out
+
+
 # -- ENVELOPE --------------------------------------------------------------------------------
 def _unfold(value: str | None) -> bytes | None:
     if value is None:
         return None
-    return re.sub(r"\r?\n[ \t]", " ", str(value)).strip().encode("utf-8", "surrogateescape")
+    return re.sub(r"\r?\n[ \t]", " ", str(value)).strip().encode("latin-1", "replace")
 
 
 def _header_raw(msg: Message, name: str) -> str | None:
@@ -130,7 +138,7 @@ def envelope(part: Part) -> bytes:
 
 
 # -- BODYSTRUCTURE ---------------------------------------------------------------------------
-def _plist(pairs: list[tuple[str, str]]) -> bytes:
+def _plist(pairs: list[tuple[str, bytes]]) -> bytes:
     if not pairs:
         return b"NIL"
     return b"(" + b" ".join(wire.quote(k.upper()) + b" " + wire.quote(v) for k, v in pairs) + b")"
@@ -141,11 +149,7 @@ def _disposition(part: Part) -> bytes:
     if not value:
         return b"NIL"
     disp = str(value).split(";", 1)[0].strip()
-    params = []
-    for name, val in part.msg.get_params(header="content-disposition")[1:] or []:
-        if isinstance(val, tuple):
-            val = email.utils.collapse_rfc2231_value(val)
-        params.append((name, str(val)))
+    params = _params(part.msg, "content-disposition")
     return b"(" + wire.quote(disp.upper() or "ATTACHMENT") + b" " + _plist(params) + b")"
 
 
@@ -168,9 +172,9 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
         inner = b"".join(bodystructure(c, extended) for c in part.children)
         out = inner + b" " + wire.quote(part.subtype.upper())
         if extended:
-            params = [(k, v) for k, v in part.params()]
-            out += (b" " + _plist(params) + b" " + _disposition(part) + b" " + _language(part)
-                    + b" " + wire.nstring(_unfold(_header_raw(msg, "content-location"))))
+            out += (b" " + _plist(part.params()) + b" " + _disposition(part) + b" "
+                    + _language(part) + b" "
+                    + wire.nstring(_unfold(_header_raw(msg, "content-location"))))
         return b"(" + out + b")"
     fields = [wire.quote(part.type.upper()), wire.quote(part.subtype.upper()),
               _plist(part.params()),

@@ -128,6 +128,8 @@ class BadCharset(Exception):
 
 
 def _decode_header(value: str) -> str:
+    """Raw (latin-1 carried) header text → Unicode, encoded words decoded."""
+    value = value.encode("latin-1", "replace").decode("utf-8", "replace")
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
     except Exception:
