@@ -130,10 +130,24 @@ class BadCharset(Exception):
 def _decode_header(value: str) -> str:
     """Raw (latin-1 carried) header text → Unicode, encoded words decoded."""
     value = value.encode("latin-1", "replace").decode("utf-8", "replace")
+    if "=?" not in value:
+        return value
+    out = []
     try:
-        return str(email.header.make_header(email.header.decode_header(value)))
+        chunks = email.header.decode_header(value)
     except Exception:
         return value
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+        elif charset is None:
+            out.append(chunk.decode("raw-unicode-escape", "replace"))
+        else:
+            try:
+                out.append(chunk.decode(charset, "replace"))
+            except LookupError:
+                out.append(chunk.decode("utf-8", "replace"))
+    return "".join(out)
 
 
 def _part_text(part: mime.Part) -> str:

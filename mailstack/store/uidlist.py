@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -86,9 +87,16 @@ def _listing(root: Path) -> dict[str, tuple[str, str, str]]:
     return out
 
 
-def _mtime_key(key: str) -> tuple[int, str]:
+_ORDER_RE = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)")
+
+
+def _mtime_key(key: str) -> tuple[int, int, int, str]:
+    """Delivery order: second, microsecond, per-process counter, then the name."""
+    m = _ORDER_RE.match(key)
+    if m:
+        return (int(m.group(1)), int(m.group(2)), int(m.group(4)), key)
     head = key.split(".", 1)[0]
-    return (int(head) if head.isdigit() else 0, key)
+    return (int(head) if head.isdigit() else 0, 0, 0, key)
 
 
 class UidList:

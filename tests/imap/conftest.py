@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailstack.config import Config
-from mailstack.store.maildir import Maildir, mailbox_path
+from mailstack.store.maildir import Maildir, MaildirMessage, mailbox_path
 from tests.conftest import add_user, running
 
 USER = "alice@example.test"
@@ -35,11 +35,11 @@ class Server:
     def folder(self, name: str) -> Maildir:
         return self.inbox.folder(name)
 
-    def deliver(self, data: bytes | str, folder: str = "INBOX", flags: str = "") -> None:
+    def deliver(self, data: bytes | str, folder: str = "INBOX", flags: str = "") -> MaildirMessage:
         """Store a message the way the mda does."""
         if isinstance(data, str):
             data = data.encode()
-        self.folder(folder).deliver(data, flags=flags)
+        return self.folder(folder).deliver(data, flags=flags)
 
     def client(self) -> imaplib.IMAP4:
         """A logged-in imaplib client over plain loopback."""
