@@ -39,6 +39,7 @@ def decode(name: str) -> str:
     out: list[str] = []
     i = 0
     n = len(name)
+    prev_b64_end = -1  # index just after the last base64 &-sequence
     while i < n:
         ch = name[i]
         if ord(ch) < 0x20 or ord(ch) > 0x7E:
@@ -47,6 +48,7 @@ def decode(name: str) -> str:
             out.append(ch)
             i += 1
             continue
+        start = i
         end = name.find("-", i + 1)
         if end < 0:
             raise MUTF7Error("unterminated &-sequence")
@@ -64,9 +66,13 @@ def decode(name: str) -> str:
             text = raw.decode("utf-16-be")
         except (ValueError, UnicodeDecodeError) as exc:
             raise MUTF7Error("bad UTF-16 in &-sequence") from exc
-        if len(raw) % 2 or any(0x20 <= ord(c) <= 0x7E for c in text):
+        if len(raw) % 2 or any(0x20 <= ord(c) <= 0x7E or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0
+                               for c in text):
             raise MUTF7Error("non-canonical &-sequence")
         if encode(text) != "&" + chunk + "-":
             raise MUTF7Error("non-canonical &-sequence")
+        if prev_b64_end == start:
+            raise MUTF7Error("adjacent &-sequences must be merged")
+        prev_b64_end = i
         out.append(text)
     return "".join(out)
