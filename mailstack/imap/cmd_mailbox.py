@@ -113,6 +113,11 @@ async def cmd_rename(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     assert s.account is not None
     await asyncio.to_thread(s.account.rename, old, new)
+    sel = s.selected
+    if sel is not None and sel.name != "INBOX":
+        old_n, new_n = normalize_name(old), normalize_name(new)
+        if sel.name == old_n or sel.name.startswith(old_n + "."):
+            sel.moved_to(new_n + sel.name[len(old_n):])
     return "RENAME completed"
 
 

@@ -265,6 +265,14 @@ class Selected:
         self.uids = [m.uid for m in self.msgs]
         self.snapshot = snap
 
+    def moved_to(self, name: str) -> None:
+        """Follow a RENAME of this mailbox made by this session."""
+        self.name = name
+        self.maildir = self.account.maildir(name)
+        self.uidlist = UidList.for_maildir(self.maildir)
+        self.keywords = keywords_for(self.maildir)
+        self.snapshot = None
+
     def _sync(self, first: list[str] | None = None) -> Snapshot:
         return self.uidlist.sync(first or ())
 

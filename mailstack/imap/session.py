@@ -248,6 +248,8 @@ class Session:
             return
         if self.state == SELECTED and name not in ("SELECT", "EXAMINE"):
             self.announce(expunge_ok=cmd.expunge_ok or uid)
+            if self.state == LOGOUT:
+                return
         if text is not None:
             self.send(f"{tag} OK {text}\r\n".encode())
 
@@ -256,7 +258,16 @@ class Session:
         sel = self.selected
         if sel is None:
             return
-        self.send_changes(sel.refresh(expunge_ok=expunge_ok))
+        try:
+            changes = sel.refresh(expunge_ok=expunge_ok)
+        except FileNotFoundError:
+            if sel.maildir.exists():
+                raise
+            log.info("imap %s: selected mailbox %s vanished", self.peer, sel.name)
+            self.untagged("BYE the selected mailbox was deleted or renamed elsewhere")
+            self.state = LOGOUT
+            return
+        self.send_changes(changes)
 
     def send_changes(self, ch: Changes) -> None:
         sel = self.selected

@@ -139,3 +139,19 @@ async def test_idle_without_selection_and_disconnect_in_idle(imap):
     await bad.line()
     await bad.send("NOPE\r\n")
     assert (await bad.until("I"))[-1].startswith(b"I BAD")
+
+
+async def test_selected_mailbox_renamed_here_or_deleted_elsewhere(imap):
+    c = await session(imap, "INBOX")
+    ok(await c.cmd("a", "CREATE Box"), "a")
+    msg = message("in box").replace(b"\n", b"\r\n")
+    ok(await c.cmd("b", b"APPEND Box {%d+}\r\n" % len(msg) + msg), "b")
+    ok(await c.cmd("c", "SELECT Box"), "c")
+    ok(await c.cmd("d", "RENAME Box Box2"), "d")  # this session follows its own RENAME
+    r = ok(await c.cmd("e", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"), "e")
+    assert b"Subject: in box" in r[0]
+    other = await session(imap, "INBOX")
+    ok(await other.cmd("f", "DELETE Box2"), "f")
+    r = await c.cmd("g", "NOOP")
+    assert r[0].startswith(b"* BYE")
+    assert await c.line() == b""
