@@ -56,7 +56,7 @@ async def _select(s: Session, p: Parser, readonly: bool) -> str:
     else:
         s.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
     s.untagged(f"{sel.exists} EXISTS")
-    s.untagged(f"{sum(1 for m in sel.msgs if m.recent)} RECENT")
+    s.untagged(f"{len(sel.recent)} RECENT")
     first_unseen = next((i for i, m in enumerate(sel.msgs, 1) if "S" not in m.letters), None)
     if first_unseen:
         s.untagged(f"OK [UNSEEN {first_unseen}] first unseen message")

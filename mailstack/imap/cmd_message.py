@@ -69,16 +69,18 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if changed_since is not None:
         msgs = [(q, m) for q, m in msgs if m.modseq > changed_since]
     if not sel.readonly and any(a.sets_seen for a in atts):
-        changed = False
+        seen = set()
         for _, m in msgs:
-            if "S" not in m.letters:
+            if "S" not in m.flags:
                 try:
-                    sel.set_letters(m, m.letters + "S")
-                    changed = True
+                    sel.set_letters(m, "".join(sorted(m.flags + "S")))
+                    seen.add(m.uid)
                 except FileNotFoundError:
                     continue
-        if changed:
-            sel.after_change()
+        if seen:
+            s.send_changes(sel.refresh(expunge_ok=False, own=seen))
+            msgs = _current(sel, msgs)
+            watch.notify(sel.maildir.root)
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
     missing = False
@@ -97,6 +99,16 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if missing:
         raise No("some messages were expunged meanwhile", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}FETCH completed"
+
+
+def _current(sel: Selected, msgs: list[tuple[int, Msg]]) -> list[tuple[int, Msg]]:
+    """The same messages as now seen after a refresh (new flags, positions kept)."""
+    out = []
+    for _, m in msgs:
+        seq = sel.seq_of(m.uid)
+        if seq is not None:
+            out.append((seq, sel.msgs[seq - 1]))
+    return out
 
 
 def _heavy(atts: list[fetch.Att]) -> bool:
@@ -151,7 +163,7 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
             if unchanged_since is not None and current.get(m.uid, 0) > unchanged_since:
                 failed.append(m.uid if uid else sel.seq_of(m.uid) or 0)
                 continue
-            keep = "".join(c for c in m.letters if c in "DFPRST" or c.islower())
+            keep = "".join(c for c in m.flags if c in "DFPRST" or c.islower())
             if mode == "+":
                 new = "".join(sorted(set(keep) | set(letters)))
             elif mode == "-":
@@ -162,8 +174,9 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
                 sel.set_letters(m, new)
             except FileNotFoundError:
                 continue
-        sel.after_change()
-    for seq, m in msgs:
+        s.send_changes(sel.refresh(expunge_ok=False, own={m.uid for _, m in msgs}))
+    watch.notify(sel.maildir.root)
+    for seq, m in _current(sel, msgs):
         if (m.uid if uid else seq) in failed:
             continue
         if silent and not s.condstore:
@@ -222,8 +235,8 @@ def _transfer(sel: Selected, msgs: list[Msg], dest: Maildir, move: bool) -> tupl
     keys: list[str] = []
     with dest_uids.locked():
         for m in msgs:
-            letters = dst_kw.to_letters(src_kw.to_imap(m.letters)) if any(
-                c.islower() for c in m.letters) else m.letters
+            letters = dst_kw.to_letters(src_kw.to_imap(m.flags)) if any(
+                c.islower() for c in m.flags) else m.flags
             mm = m.maildir_message()
             src = sel.path(m)
             if not os.path.exists(src):

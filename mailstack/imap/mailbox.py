@@ -212,38 +212,27 @@ def keywords_for(md: Maildir) -> Keywords:
     return kw
 
 
-class Msg:
-    """A message as a selected session sees it."""
-
-    __slots__ = ("filename", "key", "letters", "modseq", "recent", "subdir", "uid")
-
-    def __init__(self, e: Entry, recent: bool = False) -> None:
-        self.uid = e.uid
-        self.key = e.key
-        self.subdir = e.subdir
-        self.filename = e.filename
-        self.letters = e.flags
-        self.modseq = e.modseq
-        self.recent = recent
-
-    def maildir_message(self) -> MaildirMessage:
-        return MaildirMessage(self.key, self.subdir, self.filename, self.letters)
+Msg = Entry  # a message as a session sees it: shared, immutable UID-list entries
 
 
 @dataclass
 class Changes:
-    """What a refresh found: expunged sequence numbers (in reporting order), new EXISTS
+    """What a refresh found: expunged sequence numbers (in reporting order), the new EXISTS
     count (or None), and messages whose flags changed."""
 
     expunged: list[int] = field(default_factory=list)
-    expunged_uids: list[int] = field(default_factory=list)
     exists: int | None = None
     recent: int = 0
-    flags: list[Msg] = field(default_factory=list)
+    flags: list[Entry] = field(default_factory=list)
 
 
 class Selected:
-    """The selected mailbox of one session: messages in sequence order."""
+    """The selected mailbox of one session: messages in sequence order.
+
+    The message list is the UID list's shared snapshot (thousands of sessions on one folder
+    cost one list); a session keeps a private copy only while it owes the client EXPUNGE
+    responses that cannot be sent yet (during FETCH, STORE and SEARCH).
+    """
 
     def __init__(self, account: Account, name: str, readonly: bool) -> None:
         self.account = account
@@ -254,16 +243,14 @@ class Selected:
         self.readonly = readonly
         self.uidlist = UidList.for_maildir(self.maildir)
         self.keywords = keywords_for(self.maildir)
-        self.msgs: list[Msg] = []
-        self.uids: list[int] = []
-        self.snapshot: Snapshot | None = None
         snap = self._sync()
-        recent = self._claim_recent(snap.entries)
-        if recent:
+        self.recent: set[int] = self._claim_recent(snap.in_new)
+        if self.recent and not readonly:
             snap = self._sync()
-        self.msgs = [Msg(e, e.uid in recent) for e in snap.entries]
-        self.uids = [m.uid for m in self.msgs]
-        self.snapshot = snap
+        self.snapshot: Snapshot | None = snap
+        self.msgs: list[Entry] = snap.entries
+        self.uids: list[int] = snap.uids
+        self.private = False
 
     def moved_to(self, name: str) -> None:
         """Follow a RENAME of this mailbox made by this session."""
@@ -298,52 +285,46 @@ class Selected:
     def exists(self) -> int:
         return len(self.msgs)
 
+    def is_recent(self, m: Entry) -> bool:
+        return m.uid in self.recent
+
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
 
-    def by_seqset(self, ranges: list[tuple[int, int]]) -> list[tuple[int, Msg]]:
-        out = []
-        seen = set()
+    def by_seqset(self, ranges: list[tuple[int, int]]) -> list[tuple[int, Entry]]:
+        if len(ranges) == 1:
+            a, b = ranges[0]
+            return [(s, self.msgs[s - 1]) for s in range(max(a, 1), min(b, len(self.msgs)) + 1)]
+        seqs: set[int] = set()
         for a, b in ranges:
-            for s in range(max(a, 1), min(b, len(self.msgs)) + 1):
-                if s not in seen:
-                    seen.add(s)
-                    out.append((s, self.msgs[s - 1]))
-        out.sort(key=lambda t: t[0])
-        return out
+            seqs.update(range(max(a, 1), min(b, len(self.msgs)) + 1))
+        return [(s, self.msgs[s - 1]) for s in sorted(seqs)]
 
-    def by_uidset(self, ranges: list[tuple[int, int]]) -> list[tuple[int, Msg]]:
-        out = []
-        seen = set()
+    def by_uidset(self, ranges: list[tuple[int, int]]) -> list[tuple[int, Entry]]:
+        idx: set[int] = set()
         for a, b in ranges:
-            i = bisect.bisect_left(self.uids, a)
-            j = bisect.bisect_right(self.uids, b)
-            for k in range(i, j):
-                if k not in seen:
-                    seen.add(k)
-                    out.append((k + 1, self.msgs[k]))
-        out.sort(key=lambda t: t[0])
-        return out
+            idx.update(range(bisect.bisect_left(self.uids, a), bisect.bisect_right(self.uids, b)))
+        return [(k + 1, self.msgs[k]) for k in sorted(idx)]
 
-    def flags(self, m: Msg) -> list[str]:
-        out = self.keywords.to_imap(m.letters)
-        if m.recent:
+    def flags(self, m: Entry) -> list[str]:
+        out = self.keywords.to_imap(m.flags) if m.flags else []
+        if m.uid in self.recent:
             out.append("\\Recent")
         return out
 
-    def path(self, m: Msg) -> Path:
+    def path(self, m: Entry) -> Path:
         return self.maildir.root / m.subdir / m.filename
 
-    def read(self, m: Msg) -> bytes | None:
+    def read(self, m: Entry) -> bytes | None:
         """The message with CRLF line ends, or None when it is gone."""
         try:
-            data = self.maildir.read(m.maildir_message())
+            data = self.maildir.read(m.message())
         except FileNotFoundError:
             return None
         return to_crlf(data)
 
-    def internal_date(self, m: Msg) -> float:
+    def internal_date(self, m: Entry) -> float:
         try:
             return os.stat(self.path(m)).st_mtime
         except FileNotFoundError:
@@ -352,86 +333,97 @@ class Selected:
                 return 0.0
             return os.stat(found.path(self.maildir.root)).st_mtime
 
-    def size(self, m: Msg) -> int:
-        mm = m.maildir_message()
+    def size(self, m: Entry) -> int:
+        mm = m.message()
         if mm.vsize is not None:
             return mm.vsize
         data = self.read(m)
         return len(data) if data is not None else 0
 
     # -- changes --------------------------------------------------------------------------
-    def refresh(self, *, expunge_ok: bool = True) -> Changes:
-        """Bring this view up to date with the folder; returns what to announce."""
+    def refresh(self, *, expunge_ok: bool = True, own: frozenset[int] | set[int] = frozenset()
+                ) -> Changes:
+        """Bring this view up to date with the folder; returns what to announce.
+
+        ``own`` names messages whose new flags the caller reports itself (STORE).
+        """
         ch = Changes()
         snap = self._sync()
-        if snap is self.snapshot:
+        if snap is self.snapshot and not (self.private and expunge_ok):
             return ch
-        if not self.readonly and any(e.subdir == "new" for e in snap.entries):
-            won = self._claim_recent([e for e in snap.entries if e.uid > (self.uids[-1]
-                                      if self.uids else 0)])
-            snap = self._sync()
-        else:
-            won = set()
-        present = {e.uid: e for e in snap.entries}
-        if expunge_ok:
-            kept = []
-            removed = 0
-            for i, m in enumerate(self.msgs):
-                if m.uid in present:
-                    kept.append(m)
-                else:
-                    ch.expunged.append(i + 1 - removed)
-                    ch.expunged_uids.append(m.uid)
-                    removed += 1
-            if removed:
-                self.msgs = kept
-                self.uids = [m.uid for m in kept]
-        for m in self.msgs:
-            e = present.get(m.uid)
-            if e is None:
-                continue
-            m.subdir, m.filename = e.subdir, e.filename
-            if e.flags != m.letters:
-                m.letters = e.flags
-                m.modseq = e.modseq
-                ch.flags.append(m)
-            elif e.modseq != m.modseq:
-                m.modseq = e.modseq
+        if not self.readonly and snap.in_new:
+            won = self._claim_recent(snap.in_new)
+            if won:
+                self.recent |= won
+                snap = self._sync()
+        expunged, changed = self._delta(snap)
         top = self.uids[-1] if self.uids else 0
-        added = [Msg(e, e.uid in won) for e in snap.entries if e.uid > top]
-        if added:
-            self.msgs.extend(added)
-            self.uids.extend(m.uid for m in added)
-            ch.exists = len(self.msgs)
-            ch.recent = sum(1 for m in self.msgs if m.recent)
-        if expunge_ok or not any(m.uid not in present for m in self.msgs):
+        if expunged and not expunge_ok:
+            by_uid = {e.uid: e for e in snap.entries}
+            merged = [by_uid.get(e.uid, e) for e in self.msgs]
+            merged += [e for e in snap.entries if e.uid > top]
+            self.msgs, self.uids, self.private = merged, [e.uid for e in merged], True
             self.snapshot = snap
+            expunged = set()
+        else:
+            if expunged:
+                removed = 0
+                for i, uid in enumerate(self.uids):
+                    if uid in expunged:
+                        ch.expunged.append(i + 1 - removed)
+                        removed += 1
+                self.recent -= expunged
+            self.msgs, self.uids, self.private = snap.entries, snap.uids, False
+            self.snapshot = snap
+        for uid in sorted(changed - expunged):
+            if uid > top or uid in own:
+                continue
+            seq = self.seq_of(uid)
+            if seq is not None:
+                ch.flags.append(self.msgs[seq - 1])
+        if self.uids and self.uids[-1] > top:
+            ch.exists = len(self.msgs)
+            ch.recent = len(self.recent)
         return ch
 
-    def set_letters(self, m: Msg, letters: str) -> None:
-        """Rename the file for new flags (keeps the view in step)."""
-        if letters == m.letters and m.subdir == "cur":
-            return
-        moved = self.maildir.set_flags(m.maildir_message(), letters)
-        m.subdir, m.filename, m.letters = moved.subdir, moved.filename, moved.flags
+    def _delta(self, snap: Snapshot) -> tuple[set[int], set[int]]:
+        """(expunged UIDs, changed UIDs) between this view and ``snap``."""
+        expunged: set[int] = set()
+        changed: set[int] = set()
+        s = self.snapshot
+        while s is not None and s is not snap:
+            s = s.next
+            if s is not None:
+                expunged |= s.expunged
+                changed |= s.changed
+        if s is None or self.private:  # no chain to follow: compare everything
+            by_uid = {e.uid: e for e in snap.entries}
+            expunged, changed = set(), set()
+            for e in self.msgs:
+                n = by_uid.get(e.uid)
+                if n is None:
+                    expunged.add(e.uid)
+                elif n.flags != e.flags or n.modseq != e.modseq:
+                    changed.add(e.uid)
+        return expunged, changed
 
-    def after_change(self) -> None:
-        """Re-read the UID list (new MODSEQs) and wake other sessions."""
-        snap = self._sync()
-        by_uid = {e.uid: e for e in snap.entries}
-        for m in self.msgs:
-            e = by_uid.get(m.uid)
-            if e is not None and e.flags == m.letters:
-                m.modseq = e.modseq
-        watch.notify(self.maildir.root)
+    def set_letters(self, m: Entry, letters: str) -> None:
+        """Rename the message file for new flags (the view follows at the next refresh)."""
+        if letters == m.flags and m.subdir == "cur":
+            return
+        self.maildir.set_flags(m.message(), letters)
+
+    def current(self, uid: int) -> Entry | None:
+        seq = self.seq_of(uid)
+        return self.msgs[seq - 1] if seq is not None else None
 
     def expunge(self, uids: set[int] | None = None) -> list[MaildirMessage]:
         """Remove \\Deleted messages (only those in ``uids`` when given)."""
         gone = []
         for m in self.msgs:
-            if ("T" in m.letters and (uids is None or m.uid in uids)
-                    and self.maildir.remove(m.maildir_message())):
-                gone.append(m.maildir_message())
+            if ("T" in m.flags and (uids is None or m.uid in uids)
+                    and self.maildir.remove(m.message())):
+                gone.append(m.message())
         return gone
 
 

@@ -230,11 +230,11 @@ def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bo
         letter, want = _FLAG_KEYS[op]
         return (letter in m.letters) == want
     if op == "NEW":
-        return m.recent and "S" not in m.letters
+        return ctx.sel.is_recent(m) and "S" not in m.flags
     if op == "OLD":
-        return not m.recent
+        return not ctx.sel.is_recent(m)
     if op == "RECENT":
-        return m.recent
+        return ctx.sel.is_recent(m)
     if op == "SEQ":
         return node.args[0].contains(ctx.seq, largest_seq)
     if op == "UID":

@@ -29,7 +29,7 @@ from .maildir import INFO_SEP, Maildir, MaildirMessage
 
 UIDLIST = "mailstack-uidlist"
 LOCKFILE = "mailstack-uidlist.lock"
-RACY_NS = 100_000_000  # a directory changed this recently may change again in the same tick
+RACY_NS = 20_000_000  # a directory changed this recently may change again in the same tick
 
 
 class Entry:
@@ -49,15 +49,29 @@ class Entry:
     def message(self) -> MaildirMessage:
         return MaildirMessage(self.key, self.subdir, self.filename, self.flags)
 
+    maildir_message = message
+
+    @property
+    def letters(self) -> str:
+        """The Maildir flag letters (alias of ``flags``)."""
+        return self.flags
+
     def __repr__(self) -> str:
         return (f"Entry(uid={self.uid}, modseq={self.modseq}, key={self.key!r}, "
                 f"flags={self.flags!r})")
 
 
 class Snapshot:
-    """The folder's state after a sync: entries in UID order."""
+    """The folder's state after a sync: entries in UID order (shared, never mutated).
 
-    __slots__ = ("entries", "highest_modseq", "uidnext", "uidvalidity")
+    Published snapshots form a chain: ``next`` points to the one that replaced this one, and
+    ``expunged``/``changed`` say which UIDs vanished or changed flags/MODSEQ on the way from
+    the previous one, so that thousands of sessions on one folder can catch up without each
+    comparing every message.
+    """
+
+    __slots__ = ("_in_new", "_uids", "changed", "entries", "expunged", "highest_modseq", "next",
+                 "uidnext", "uidvalidity")
 
     def __init__(self, uidvalidity: int, uidnext: int, highest_modseq: int,
                  entries: list[Entry]) -> None:
@@ -65,6 +79,24 @@ class Snapshot:
         self.uidnext = uidnext
         self.highest_modseq = highest_modseq
         self.entries = entries
+        self.next: Snapshot | None = None
+        self.expunged: frozenset[int] = frozenset()
+        self.changed: frozenset[int] = frozenset()
+        self._uids: list[int] | None = None
+        self._in_new: list[Entry] | None = None
+
+    @property
+    def in_new(self) -> list[Entry]:
+        """Entries still in new/ (not yet seen by any IMAP session)."""
+        if self._in_new is None:
+            self._in_new = [e for e in self.entries if e.subdir == "new"]
+        return self._in_new
+
+    @property
+    def uids(self) -> list[int]:
+        if self._uids is None:
+            self._uids = [e.uid for e in self.entries]
+        return self._uids
 
 
 def _listing(root: Path) -> dict[str, tuple[str, str, str]]:
@@ -111,7 +143,8 @@ class UidList:
         self._file_stamp: tuple[int, int, int] | None = None
         self._dir_stamp: tuple[int, int] | None = None
         self._listed_at = 0
-        self._snapshot: Snapshot | None = None
+        self._snapshot: Snapshot | None = None  # as read from the file
+        self._published: Snapshot | None = None  # as last returned by sync()
         self._lock_depth = 0
         self._lock_fd: int | None = None
 
@@ -210,9 +243,10 @@ class UidList:
         with self.locked():
             old = self._load()
             mtimes = self._dir_mtimes()
-            if (old is not None and not first and self._dir_stamp == mtimes
+            pub = self._published
+            if (old is not None and pub is not None and not first and self._dir_stamp == mtimes
                     and self._listed_at - max(mtimes) > RACY_NS):
-                return old
+                return pub
             listed_at = time.time_ns()
             disk = _listing(self.maildir.root)
             dirty = old is None
@@ -222,6 +256,7 @@ class UidList:
                 snap = Snapshot(old.uidvalidity, old.uidnext, old.highest_modseq, [])
             entries = snap.entries
             modseq = snap.highest_modseq
+            renamed = False
             for e in (old.entries if old else ()):
                 found = disk.pop(e.key, None)
                 if found is None:
@@ -234,6 +269,7 @@ class UidList:
                     dirty = True
                 elif e.filename != filename:
                     e = Entry(e.uid, e.modseq, e.key, subdir, filename, flags)
+                    renamed = True
                 entries.append(e)
             if disk:
                 dirty = True
@@ -248,12 +284,36 @@ class UidList:
                     uid += 1
                 snap.uidnext = uid
             snap.highest_modseq = modseq
+            if not dirty and not renamed and pub is not None and old is pub:
+                self._dir_stamp = mtimes
+                self._listed_at = listed_at
+                return pub  # listed again, nothing changed
             if dirty:
                 self._write(snap)
             self._snapshot = snap
             self._dir_stamp = mtimes
             self._listed_at = listed_at
+            self._publish(snap)
             return snap
+
+    def _publish(self, snap: Snapshot) -> None:
+        """Link ``snap`` after the last published snapshot, with what changed."""
+        prev = self._published
+        self._published = snap
+        if prev is None or prev.uidvalidity != snap.uidvalidity:
+            return
+        new_by_uid = {e.uid: e for e in snap.entries}
+        expunged = []
+        changed = []
+        for e in prev.entries:
+            n = new_by_uid.get(e.uid)
+            if n is None:
+                expunged.append(e.uid)
+            elif n.flags != e.flags or n.modseq != e.modseq:
+                changed.append(e.uid)
+        snap.expunged = frozenset(expunged)
+        snap.changed = frozenset(changed)
+        prev.next = snap
 
     def bump_modseq(self) -> int:
         """Reserve a new MODSEQ value (for changes not visible in file names). Holds the lock."""
@@ -261,4 +321,5 @@ class UidList:
             snap = self.sync()
             snap.highest_modseq += 1
             self._write(snap)
+            self._snapshot = snap
             return snap.highest_modseq
