@@ -155,3 +155,14 @@ async def test_selected_mailbox_renamed_here_or_deleted_elsewhere(imap):
     await c.send("g NOOP\r\n")
     assert (await c.line()).startswith(b"* BYE")
     assert await c.line() == b""
+
+
+async def test_idle_with_polling_fallback(imap, monkeypatch):
+    """Without inotify, the directory-polling watcher still delivers EXISTS within a second."""
+    from mailstack.store import watch
+    monkeypatch.setattr(watch, "_get_inotify", lambda: None)
+    c = await session(imap)
+    await idle(c)
+    imap.deliver(message("polled"))
+    assert await c.line(timeout=1.0) == b"* 1 EXISTS\r\n"
+    await done(c)
