@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -460,36 +461,36 @@ async def cmd_enable(s: Session, tag: str, p: Parser, uid: bool) -> str:
 @command("IDLE", AUTH, SELECTED)
 async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
-    s.send(b"+ idling\r\n")
-    if s.selected is not None:
-        s.announce()
-    await s.flush()
     event = asyncio.Event()
-    read = asyncio.ensure_future(s.lines.reader.readline())
     timeout = float(s.cfg.imap.idle_timeout)
-    try:
-        if s.selected is None:
-            done, _ = await asyncio.wait({read}, timeout=timeout)
-            if not done:
-                raise TimeoutError()
-        else:
-            with watch.watching(s.selected.maildir.root, event):
-                while True:
-                    waiter = asyncio.ensure_future(event.wait())
-                    done, _ = await asyncio.wait({read, waiter}, timeout=timeout,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if read in done:
-                        waiter.cancel()
-                        break
-                    if not done:
-                        waiter.cancel()
-                        raise TimeoutError()
-                    event.clear()
-                    s.announce()
+    with contextlib.ExitStack() as stack:
+        if s.selected is not None:
+            # watch first, then look: nothing can slip between the last refresh and the watch
+            stack.enter_context(watch.watching(s.selected.maildir.root, event))
+        s.send(b"+ idling\r\n")
+        s.announce()
+        await s.flush()
+        read = asyncio.ensure_future(s.lines.reader.readline())
+        try:
+            while True:
+                waiter = asyncio.ensure_future(event.wait())
+                done, _ = await asyncio.wait({read, waiter}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if read in done:
+                    waiter.cancel()
+                    break
+                if not done:
+                    waiter.cancel()
+                    raise TimeoutError()
+                event.clear()
+                s.announce()
+                if s.state == LOGOUT:
                     await s.flush()
-    finally:
-        if not read.done():
-            read.cancel()
+                    raise Disconnect()
+                await s.flush()
+        finally:
+            if not read.done():
+                read.cancel()
     try:
         line = read.result()
     except (asyncio.LimitOverrunError, ValueError):
