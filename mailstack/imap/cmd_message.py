@@ -11,6 +11,7 @@ from ..store.keywords import KeywordLimit
 from ..store.maildir import INFO_SEP, Maildir, crlf_size, unique_name
 from ..store.uidlist import UidList
 from . import fetch, search
+from .cache import FolderCache
 from .cmd_mailbox import mailbox_arg
 from .mailbox import MailboxError, Msg, Selected, keywords_for
 from .session import SELECTED, Bad, No, Session, command
@@ -96,6 +97,11 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
             continue
         s.send(line)
         await s.maybe_flush()
+    cache = FolderCache.for_root(sel.maildir.root)
+    if cache.dirty:
+        data = cache.serialize({m.key for m in sel.msgs})
+        if data is not None:
+            await asyncio.to_thread(cache.write, data)
     if missing:
         raise No("some messages were expunged meanwhile", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}FETCH completed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import mime, wire
+from .cache import BODY, BODYSTRUCTURE, FolderCache
 from .mailbox import Msg, Selected
 from .wire import ParseError, Parser
 
@@ -109,12 +110,43 @@ def parse_atts(p: Parser) -> list[Att]:
 class Loaded:
     """Lazily read message data for one FETCH response."""
 
-    __slots__ = ("data", "msg", "part", "sel")
+    __slots__ = ("cache", "data", "msg", "part", "sel")
 
     def __init__(self, sel: Selected, msg: Msg) -> None:
         self.sel, self.msg = sel, msg
         self.data: bytes | None = None
         self.part: mime.Part | None = None
+        self.cache = FolderCache.for_root(sel.maildir.root)
+
+    def header(self) -> bytes | None:
+        if self.part is not None:
+            return self.part.header
+        return self.cache.header(self.msg.key, self._path())
+
+    def envelope(self) -> bytes | None:
+        if self.part is not None:
+            return mime.envelope(self.part)
+        return self.cache.envelope(self.msg.key, self._path())
+
+    def structure(self, extended: bool) -> bytes | None:
+        field = BODYSTRUCTURE if extended else BODY
+        cached = self.cache.get(self.msg.key, field)
+        if cached is not None:
+            return cached
+        tree = self.tree()
+        if tree is None:
+            return None
+        value = mime.bodystructure(tree, extended)
+        self.cache.put(self.msg.key, field, value)
+        return value
+
+    def _path(self):
+        path = self.sel.path(self.msg)
+        if not path.exists():
+            found = self.sel.maildir.find(self.msg.key)
+            if found is not None:
+                return found.path(self.sel.maildir.root)
+        return path
 
     def raw(self) -> bytes | None:
         if self.data is None:
@@ -159,27 +191,44 @@ def render(sel: Selected, seq: int, msg: Msg, atts: list[Att], *, uid: bool,
         elif name == "RFC822.SIZE":
             items.append(b"RFC822.SIZE %d" % sel.size(msg))
         elif att.section is not None:
-            tree = load.tree()
-            if tree is None:
-                return None
-            data, origin = _partial(mime.section_bytes(tree, att.numbers, att.spec, att.fields),
-                                    att)
+            if not att.numbers and att.spec.startswith("HEADER"):
+                header = load.header()
+                if header is None:
+                    return None
+                if att.spec == "HEADER":
+                    data = header
+                else:
+                    data = mime.header_fields(header, att.fields,
+                                              exclude=att.spec.endswith(".NOT"))
+            else:
+                tree = load.tree()
+                if tree is None:
+                    return None
+                data = mime.section_bytes(tree, att.numbers, att.spec, att.fields)
+            data, origin = _partial(data, att)
             items.append(b"BODY[" + att.section.encode() + b"]" + origin + b" "
                          + wire.literal(data))
+        elif name == "ENVELOPE":
+            env = load.envelope()
+            if env is None:
+                return None
+            items.append(b"ENVELOPE " + env)
+        elif name in ("BODYSTRUCTURE", "BODY"):
+            value = load.structure(name == "BODYSTRUCTURE")
+            if value is None:
+                return None
+            items.append(name.encode() + b" " + value)
+        elif name == "RFC822.HEADER":
+            header = load.header()
+            if header is None:
+                return None
+            items.append(b"RFC822.HEADER " + wire.literal(header))
         else:
             tree = load.tree()
             if tree is None:
                 return None
-            if name == "ENVELOPE":
-                items.append(b"ENVELOPE " + mime.envelope(tree))
-            elif name == "BODYSTRUCTURE":
-                items.append(b"BODYSTRUCTURE " + mime.bodystructure(tree, True))
-            elif name == "BODY":
-                items.append(b"BODY " + mime.bodystructure(tree, False))
-            elif name == "RFC822":
+            if name == "RFC822":
                 items.append(b"RFC822 " + wire.literal(tree.raw))
-            elif name == "RFC822.HEADER":
-                items.append(b"RFC822.HEADER " + wire.literal(tree.header))
             elif name == "RFC822.TEXT":
                 items.append(b"RFC822.TEXT " + wire.literal(tree.body))
     if modseq and "MODSEQ" not in names:

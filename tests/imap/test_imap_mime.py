@@ -257,3 +257,37 @@ async def test_sections_of_nested_parts(imap):
     assert items["BODY[2.2.MIME]"] == b"Content-Type: text/html\r\n\r\n"
     assert items["BODY[2.HEADER.FIELDS (SUBJECT)]"] == b"Subject: inner\r\n\r\n"
     assert items["BODY[1]"] == b"See below."
+
+
+async def test_metadata_cache_is_rebuildable(imap):
+    """ENVELOPE/BODYSTRUCTURE/header answers are the same from the files, from the cache
+    file, and after the cache file is damaged."""
+    for data in CORPUS:
+        imap.deliver(data)
+    query = ("FETCH 1:* (ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[HEADER] "
+             "BODY.PEEK[HEADER.FIELDS (Subject From)] RFC822.HEADER)")
+
+    async def answers() -> list[bytes]:
+        c = await Raw.connect(imap)
+        await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
+        await c.cmd("S", "EXAMINE INBOX")
+        r = await c.cmd("f", query)
+        assert r[-1].startswith(b"f OK")
+        full = await c.cmd("g", "FETCH 1:* (BODY.PEEK[])")
+        for line, whole in zip(r[:-1], full[:-1], strict=True):
+            items = fetch_items(line)
+            raw = fetch_items(whole)["BODY[]"]
+            assert raw.startswith(items["BODY[HEADER]"]) and items["RFC822.HEADER"] == \
+                items["BODY[HEADER]"]
+        await c.close()
+        return r
+
+    from mailstack.imap.cache import CACHE_FILE, FolderCache
+    first = await answers()
+    cache_file = imap.inbox.root / CACHE_FILE
+    assert cache_file.stat().st_size > 1000
+    FolderCache._registry.clear()  # a new process: read back from the file
+    assert await answers() == first
+    cache_file.write_bytes(b"MSC1\n\x00\xff garbage")
+    FolderCache._registry.clear()
+    assert await answers() == first
