@@ -19,7 +19,6 @@ from ..fsutil import atomic_write
 from ..store import watch
 from ..store.keywords import Keywords
 from ..store.maildir import (
-    INFO_SEP,
     SPECIAL_FOLDERS,
     Maildir,
     MaildirError,
@@ -198,8 +197,7 @@ class Account:
         if not md.exists():
             raise MailboxError("no such mailbox", "NONEXISTENT")
         snap = UidList.for_maildir(md).sync()
-        recent = sum(1 for e in snap.entries if e.subdir == "new")
-        return snap, keywords_for(md), recent
+        return snap, keywords_for(md), len(snap.recent_uids())
 
 
 _keywords: dict[Path, Keywords] = {}
@@ -243,9 +241,11 @@ class Selected:
         self.readonly = readonly
         self.uidlist = UidList.for_maildir(self.maildir)
         self.keywords = keywords_for(self.maildir)
-        snap = self._sync()
-        self.recent: set[int] = self._claim_recent(snap.in_new)
-        if self.recent and not readonly:
+        if readonly:
+            snap = self._sync()
+            self.recent: set[int] = snap.recent_uids()
+        else:
+            self.recent = self.uidlist.claim_recent()
             snap = self._sync()
         self.snapshot: Snapshot | None = snap
         self.msgs: list[Entry] = snap.entries
@@ -262,23 +262,6 @@ class Selected:
 
     def _sync(self, first: list[str] | None = None) -> Snapshot:
         return self.uidlist.sync(first or ())
-
-    def _claim_recent(self, entries: list[Entry]) -> set[int]:
-        """Move new/ messages to cur/; the session that wins the rename sees them \\Recent."""
-        won = set()
-        for e in entries:
-            if e.subdir != "new":
-                continue
-            if self.readonly:
-                won.add(e.uid)
-                continue
-            try:
-                os.rename(self.maildir.root / "new" / e.filename,
-                          self.maildir.root / "cur" / (e.key + INFO_SEP))
-                won.add(e.uid)
-            except FileNotFoundError:
-                pass
-        return won
 
     # -- lookups --------------------------------------------------------------------------
     @property
@@ -351,11 +334,9 @@ class Selected:
         snap = self._sync()
         if snap is self.snapshot and not (self.private and expunge_ok):
             return ch
-        if not self.readonly and snap.in_new:
-            won = self._claim_recent(snap.in_new)
-            if won:
-                self.recent |= won
-                snap = self._sync()
+        if not self.readonly and snap.first_recent < snap.uidnext:
+            self.recent |= self.uidlist.claim_recent()
+            snap = self._sync()
         expunged, changed = self._delta(snap)
         top = self.uids[-1] if self.uids else 0
         if expunged and not expunge_ok:

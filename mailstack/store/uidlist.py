@@ -2,7 +2,7 @@
 
 The file ``mailstack-uidlist`` in each Maildir (the INBOX or a ``.Folder``) reads::
 
-    1 V<uidvalidity> N<uidnext> M<highestmodseq>
+    1 V<uidvalidity> N<uidnext> M<highestmodseq> R<first recent uid>
     <uid> <modseq> <flags or -> <key>
     ...
 
@@ -12,6 +12,9 @@ UID, UIDs only grow (never reused within a UIDVALIDITY), and a vanished file dro
 The flags recorded per line let a sync notice flag changes made by anyone (a rename in cur/)
 and give them a new MODSEQ (RFC 7162). The file is a cache of the Maildir plus the UID
 assignment: if it is lost, a new UIDVALIDITY starts.
+
+``\\Recent`` (RFC 3501) is the range of UIDs from ``R`` up: the first session that selects the
+folder read-write claims it by moving ``R`` to UIDNEXT, so message files are not renamed for it.
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ class Snapshot:
     comparing every message.
     """
 
-    __slots__ = ("_in_new", "_uids", "changed", "entries", "expunged", "highest_modseq", "next",
-                 "uidnext", "uidvalidity")
+    __slots__ = ("_uids", "changed", "entries", "expunged", "first_recent", "highest_modseq",
+                 "next", "uidnext", "uidvalidity")
 
     def __init__(self, uidvalidity: int, uidnext: int, highest_modseq: int,
                  entries: list[Entry]) -> None:
@@ -83,14 +86,13 @@ class Snapshot:
         self.expunged: frozenset[int] = frozenset()
         self.changed: frozenset[int] = frozenset()
         self._uids: list[int] | None = None
-        self._in_new: list[Entry] | None = None
+        self.first_recent = 1
 
-    @property
-    def in_new(self) -> list[Entry]:
-        """Entries still in new/ (not yet seen by any IMAP session)."""
-        if self._in_new is None:
-            self._in_new = [e for e in self.entries if e.subdir == "new"]
-        return self._in_new
+    def recent_uids(self) -> set[int]:
+        """UIDs not yet claimed as \\Recent by any session."""
+        if self.first_recent >= self.uidnext:
+            return set()
+        return {e.uid for e in self.entries if e.uid >= self.first_recent}
 
     @property
     def uids(self) -> list[int]:
@@ -99,23 +101,22 @@ class Snapshot:
         return self._uids
 
 
-def _listing(root: Path) -> dict[str, tuple[str, str, str]]:
-    """key → (subdir, filename, flags) for every message file."""
-    out: dict[str, tuple[str, str, str]] = {}
-    for subdir in ("new", "cur"):
-        try:
-            names = os.listdir(root / subdir)
-        except FileNotFoundError:
+def _parse_names(subdir: str, names: list[str],
+                 previous: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """file name → (key, flags); names seen in the previous listing are not parsed again."""
+    out: dict[str, tuple[str, str]] = {}
+    for name in names:
+        hit = previous.get(name)
+        if hit is not None:
+            out[name] = hit
             continue
-        for name in names:
-            if name[:1] == ".":
-                continue
-            if subdir == "cur":
-                key, sep, info = name.partition(INFO_SEP)
-                flags = "".join(sorted(info)) if sep else ""
-            else:
-                key, flags = name, ""
-            out[key] = (subdir, name, flags)
+        if name[:1] == ".":
+            continue
+        if subdir == "cur":
+            key, sep, info = name.partition(INFO_SEP)
+            out[name] = (key, "".join(sorted(info)) if sep else "")
+        else:
+            out[name] = (name, "")
     return out
 
 
@@ -141,8 +142,8 @@ class UidList:
         self.maildir = maildir
         self.path = maildir.root / UIDLIST
         self._file_stamp: tuple[int, int, int] | None = None
-        self._dir_stamp: tuple[int, int] | None = None
-        self._listed_at = 0
+        # subdir → (mtime_ns, listed at ns, {file name: (key, flags)})
+        self._dirs: dict[str, tuple[int, int, dict[str, tuple[str, str]]]] = {}
         self._snapshot: Snapshot | None = None  # as read from the file
         self._published: Snapshot | None = None  # as last returned by sync()
         self._lock_depth = 0
@@ -183,9 +184,35 @@ class UidList:
             os.close(fd)
 
     # -- reading and writing -----------------------------------------------------------------
-    def _dir_mtimes(self) -> tuple[int, int]:
-        root = self.maildir.root
-        return (os.stat(root / "new").st_mtime_ns, os.stat(root / "cur").st_mtime_ns)
+    def _dir_fresh(self, subdir: str) -> tuple[bool, int]:
+        """(the cached listing of ``subdir`` is still valid, its current mtime)."""
+        mtime = os.stat(self.maildir.root / subdir).st_mtime_ns
+        cached = self._dirs.get(subdir)
+        return (cached is not None and cached[0] == mtime
+                and cached[1] - mtime > RACY_NS), mtime
+
+    def _disk(self) -> dict[str, tuple[str, str, str]]:
+        """key → (subdir, filename, flags), listing only directories that changed."""
+        out: dict[str, tuple[str, str, str]] = {}
+        for subdir in ("new", "cur"):
+            try:
+                fresh, mtime = self._dir_fresh(subdir)
+            except FileNotFoundError:
+                continue
+            cached = self._dirs.get(subdir)
+            if fresh and cached is not None:
+                parsed = cached[2]
+            else:
+                listed_at = time.time_ns()
+                try:
+                    names = os.listdir(self.maildir.root / subdir)
+                except FileNotFoundError:
+                    continue
+                parsed = _parse_names(subdir, names, cached[2] if cached else {})
+                self._dirs[subdir] = (mtime, listed_at, parsed)
+            for name, (key, flags) in parsed.items():
+                out[key] = (subdir, name, flags)
+        return out
 
     def _load(self) -> Snapshot | None:
         try:
@@ -207,6 +234,7 @@ class UidList:
                 raise ValueError("unknown version")
             fields = {h[0]: int(h[1:]) for h in head[1:]}
             validity, uidnext, hms = fields["V"], fields["N"], fields.get("M", 1)
+            first_recent = fields.get("R", 1)
             entries = []
             for line in lines[1:]:
                 if not line:
@@ -217,13 +245,14 @@ class UidList:
         except (ValueError, KeyError, IndexError):
             return None  # unreadable: start a new UIDVALIDITY
         self._file_stamp = stamp
-        self._dir_stamp = None  # filenames unknown until listed
         snap = Snapshot(validity, uidnext, hms, entries)
+        snap.first_recent = first_recent
         self._snapshot = snap
         return snap
 
     def _write(self, snap: Snapshot) -> None:
-        parts = [f"1 V{snap.uidvalidity} N{snap.uidnext} M{snap.highest_modseq}\n"]
+        parts = [f"1 V{snap.uidvalidity} N{snap.uidnext} M{snap.highest_modseq} "
+                 f"R{snap.first_recent}\n"]
         parts += [f"{e.uid} {e.modseq} {e.flags or '-'} {e.key}\n" for e in snap.entries]
         tmp = self.path.with_name(f".{UIDLIST}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -242,18 +271,17 @@ class UidList:
         first = list(first)
         with self.locked():
             old = self._load()
-            mtimes = self._dir_mtimes()
             pub = self._published
-            if (old is not None and pub is not None and not first and self._dir_stamp == mtimes
-                    and self._listed_at - max(mtimes) > RACY_NS):
+            if (old is not None and old is pub and not first and self._dir_fresh("new")[0]
+                    and self._dir_fresh("cur")[0]):
                 return pub
-            listed_at = time.time_ns()
-            disk = _listing(self.maildir.root)
+            disk = self._disk()
             dirty = old is None
             if old is None:
                 snap = Snapshot(int(time.time()), 1, 1, [])
             else:
                 snap = Snapshot(old.uidvalidity, old.uidnext, old.highest_modseq, [])
+                snap.first_recent = old.first_recent
             entries = snap.entries
             modseq = snap.highest_modseq
             renamed = False
@@ -285,16 +313,23 @@ class UidList:
                 snap.uidnext = uid
             snap.highest_modseq = modseq
             if not dirty and not renamed and pub is not None and old is pub:
-                self._dir_stamp = mtimes
-                self._listed_at = listed_at
                 return pub  # listed again, nothing changed
             if dirty:
                 self._write(snap)
             self._snapshot = snap
-            self._dir_stamp = mtimes
-            self._listed_at = listed_at
             self._publish(snap)
             return snap
+
+    def claim_recent(self) -> set[int]:
+        """Take the \\Recent messages for the calling session (others will not see them so)."""
+        with self.locked():
+            snap = self.sync()
+            won = snap.recent_uids()
+            if won:
+                snap.first_recent = snap.uidnext
+                self._write(snap)
+                self._snapshot = snap
+            return won
 
     def _publish(self, snap: Snapshot) -> None:
         """Link ``snap`` after the last published snapshot, with what changed."""

@@ -61,7 +61,7 @@ CASES = [
     ("DRAFT", [4]), ("UNDRAFT", [1, 2, 3]),
     ("FLAGGED", [2]), ("UNFLAGGED", [1, 3, 4]),
     ("SEEN", [1]), ("UNSEEN", [2, 3, 4]),
-    ("RECENT", [3]), ("NEW", [3]), ("OLD", [1, 2, 4]),
+    ("RECENT", [1, 2, 3, 4]), ("NEW", [2, 3, 4]), ("OLD", []),
     ("FROM boss", [2]), ("TO dave", [4]), ("CC carol", [1]), ("BCC hidden", [3]),
     ("SUBJECT lunch", [1]), ('SUBJECT "quarterly REPORT"', [2]),
     ("HEADER X-Priority 1", [2]), ('HEADER X-Priority ""', [2]),
