@@ -85,18 +85,20 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
     missing = False
-    heavy = _heavy(atts)
-    for seq, m in msgs:
-        if heavy:
-            line = await asyncio.to_thread(fetch.render, sel, seq, m, atts, uid=uid,
-                                           modseq=s.condstore)
+    batch = 64 if _heavy(atts) else 512
+    for i in range(0, len(msgs), batch):
+        chunk = msgs[i:i + batch]
+        if batch == 64:  # whole bodies: read and encode in a worker thread
+            lines = await asyncio.to_thread(_render_all, sel, chunk, atts, uid, s.condstore)
         else:
-            line = fetch.render(sel, seq, m, atts, uid=uid, modseq=s.condstore)
-        if line is None:
-            missing = True
-            continue
-        s.send(line)
+            lines = _render_all(sel, chunk, atts, uid, s.condstore)
+        for line in lines:
+            if line is None:
+                missing = True
+            else:
+                s.send(line)
         await s.maybe_flush()
+        await asyncio.sleep(0)  # let other sessions run between batches
     cache = FolderCache.for_root(sel.maildir.root)
     if cache.dirty:
         data = cache.serialize({m.key for m in sel.msgs})
@@ -105,6 +107,11 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if missing:
         raise No("some messages were expunged meanwhile", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}FETCH completed"
+
+
+def _render_all(sel: Selected, msgs: list[tuple[int, Msg]], atts: list[fetch.Att], uid: bool,
+                condstore: bool) -> list[bytes | None]:
+    return [fetch.render(sel, seq, m, atts, uid=uid, modseq=condstore) for seq, m in msgs]
 
 
 def _current(sel: Selected, msgs: list[tuple[int, Msg]]) -> list[tuple[int, Msg]]:
