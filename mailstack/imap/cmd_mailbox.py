@@ -171,12 +171,22 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
     else:
         patterns = [p.list_mailbox()]
     return_opts: list[str] = []
+    status_items: list[str] = []
     if p.maybe_sp():
         p.expect(b"RETURN")
         p.sp()
-        return_opts = _atom_list(p)
-        if "STATUS" in return_opts:
-            raise ParseError("LIST RETURN (STATUS) is not supported")
+        p.open_paren()
+        while p.peek() != 0x29:
+            opt = p.atom().upper()
+            return_opts.append(opt)
+            if opt == "STATUS":  # RFC 5819
+                p.sp()
+                status_items = _atom_list(p)
+                if not status_items or any(i not in STATUS_ITEMS for i in status_items):
+                    raise ParseError("unknown STATUS item")
+            if not p.maybe_sp():
+                break
+        p.close_paren()
     p.end()
     for opt in select_opts:
         if opt not in ("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"):
@@ -184,7 +194,7 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if "RECURSIVEMATCH" in select_opts and len(set(select_opts) - {"REMOTE"}) < 2:
         raise ParseError("RECURSIVEMATCH needs another selection option")
     for opt in return_opts:
-        if opt not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"):
+        if opt not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"):
             raise ParseError(f"unknown LIST return option {opt}")
     assert s.account is not None
     if patterns == [""]:
@@ -197,6 +207,16 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
     subs = set(s.account.subscriptions())
     regexes = [pattern_regex(reference, pat) for pat in patterns]
     names = subs if subscribed_only else set(tree)
+    childinfo: set[str] = set()
+    if subscribed_only and "RECURSIVEMATCH" in select_opts:
+        # a parent that does not match SUBSCRIBED but has a subscribed child (RFC 5258 3.5)
+        for sub in subs:
+            parts = sub.split(".")
+            for i in range(1, len(parts)):
+                parent = ".".join(parts[:i])
+                if parent not in subs and any(r.match(parent) for r in regexes):
+                    childinfo.add(parent)
+        names = names | childinfo
     for name in sorted(names, key=lambda n: (n != "INBOX", n)):
         if not any(r.match(name) for r in regexes):
             continue
@@ -213,7 +233,11 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
             attrs += info.attrs
         if show_subscribed and name in subs:
             attrs.append("\\Subscribed")
-        s.send(f"* LIST ({' '.join(attrs)}) \".\" ".encode() + _wire_name(name) + b"\r\n")
+        extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
+        s.send(f"* LIST ({' '.join(attrs)}) \".\" ".encode() + _wire_name(name) + extra
+               + b"\r\n")
+        if status_items and info is not None and info.exists:
+            await _send_status(s, name, status_items)
     return "LIST completed"
 
 
@@ -257,6 +281,11 @@ async def cmd_status(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     if not items or any(i not in STATUS_ITEMS for i in items):
         raise ParseError("unknown STATUS item")
+    await _send_status(s, name, items)
+    return "STATUS completed"
+
+
+async def _send_status(s: Session, name: str, items: list[str]) -> None:
     assert s.account is not None
     snap, _kw, recent = await asyncio.to_thread(s.account.status, name)
     values = {"MESSAGES": len(snap.entries), "RECENT": recent, "UIDNEXT": snap.uidnext,
@@ -265,7 +294,6 @@ async def cmd_status(s: Session, tag: str, p: Parser, uid: bool) -> str:
               "HIGHESTMODSEQ": snap.highest_modseq}
     body = " ".join(f"{i} {values[i]}" for i in items)
     s.send(b"* STATUS " + _wire_name(normalize_name(name)) + f" ({body})\r\n".encode())
-    return "STATUS completed"
 
 
 # -- APPEND ---------------------------------------------------------------------------------

@@ -112,6 +112,13 @@ async def test_list_lsub_and_list_extended(imap):
     assert (await c.cmd("m", "UNSUBSCRIBE Archive"))[-1].startswith(b"m NO")
     bad = await c.cmd("n", 'LIST (BOGUS) "" "*"')
     assert bad[-1].startswith(b"n BAD")
+    ok(await c.cmd("o", "SUBSCRIBE Work.Projects"), "o")
+    rec = b"".join(ok(await c.cmd("p", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'), "p"))
+    assert b'"." Work ("CHILDINFO" ("SUBSCRIBED"))\r\n' in rec
+    imap.deliver(message("status me"), folder="Archive")
+    st = ok(await c.cmd("q", 'LIST "" "A%" RETURN (STATUS (MESSAGES UNSEEN))'), "q")
+    assert st[0] == b'* LIST (\\HasNoChildren) "." Archive\r\n'
+    assert st[1] == b"* STATUS Archive (MESSAGES 1 UNSEEN 1)\r\n"
 
 
 async def test_create_delete_rename_and_utf7(imap):
