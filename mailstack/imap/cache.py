@@ -142,7 +142,7 @@ class FolderCache:
         header = self.header(key, path)
         if header is None:
             return None
-        env = mime.envelope(mime.Part(header))
+        env = mime.envelope_from_header(header)
         self.put(key, ENVELOPE, env)
         return env
 

@@ -97,44 +97,90 @@ def _params(msg: Message, header: str) -> list[tuple[str, bytes]]:
 
 
 # -- ENVELOPE --------------------------------------------------------------------------------
+_FIELD_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.M)
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+_SIMPLE_ADDR_RE = re.compile(r"\s*(?:([^<>\"(),:;\\]*?)\s*<([^<>\s\"(),:;\\]*)>|"
+                             r"([^<>\s\"(),:;\\]+))\s*")
+
+
+def header_fields_map(header: bytes) -> dict[str, list[str]]:
+    """Field name (lower case) → raw values (latin-1 text, unfolded, trimmed) in order."""
+    out: dict[str, list[str]] = {}
+    for m in _FIELD_RE.finditer(header):
+        name = m.group(1).decode("latin-1").lower()
+        value = _FOLD_RE.sub("", m.group(2).decode("latin-1")).strip()
+        out.setdefault(name, []).append(value)
+    return out
+
+
+def _first(fields: dict[str, list[str]], name: str) -> bytes | None:
+    values = fields.get(name)
+    return values[0].encode("latin-1") if values else None
+
+
+def _address_pairs(values: list[str]) -> list[tuple[str, str]]:
+    """(display name, addr-spec) pairs; plain forms without the email package."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        items = value.split(",")
+        simple = []
+        for item in items:
+            m = _SIMPLE_ADDR_RE.fullmatch(item)
+            if m is None:
+                simple = None
+                break
+            if m.group(2) is not None:
+                simple.append((m.group(1), m.group(2)))
+            elif m.group(3):
+                simple.append(("", m.group(3)))
+        if simple is None:  # quotes, comments, groups, …: the full RFC 5322 parser
+            simple = email.utils.getaddresses([value])
+        pairs.extend(simple)
+    return pairs
+
+
+def _addresses(fields: dict[str, list[str]], name: str) -> bytes:
+    values = fields.get(name)
+    if not values:
+        return b"NIL"
+    out = []
+    for realname, addr in _address_pairs(values):
+        if not realname and not addr:
+            continue
+        local, at, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
+        out.append(b"(" + wire.nstring(realname.strip().encode("latin-1", "replace") or None)
+                   + b" NIL " + wire.nstring(local.encode("latin-1", "replace")) + b" "
+                   + wire.nstring(host.encode("latin-1", "replace") if at else None) + b")")
+    return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+
+def envelope_from_header(header: bytes) -> bytes:
+    """ENVELOPE (RFC 3501 section 7.4.2) of a message header; values are sent raw."""
+    fields = header_fields_map(header)
+    frm = _addresses(fields, "from")
+    sender = _addresses(fields, "sender")
+    reply_to = _addresses(fields, "reply-to")
+    items = [wire.nstring(_first(fields, "date")), wire.nstring(_first(fields, "subject")),
+             frm, frm if sender == b"NIL" else sender, frm if reply_to == b"NIL" else reply_to,
+             _addresses(fields, "to"), _addresses(fields, "cc"), _addresses(fields, "bcc"),
+             wire.nstring(_first(fields, "in-reply-to")),
+             wire.nstring(_first(fields, "message-id"))]
+    return b"(" + b" ".join(items) + b")"
+
+
+def envelope(part: Part) -> bytes:
+    return envelope_from_header(part.header)
+
+
 def _unfold(value: str | None) -> bytes | None:
     if value is None:
         return None
-    return re.sub(r"\r?\n[ \t]", " ", str(value)).strip().encode("latin-1", "replace")
+    return _FOLD_RE.sub("", str(value)).strip().encode("latin-1", "replace")
 
 
 def _header_raw(msg: Message, name: str) -> str | None:
     value = msg.get(name)
     return None if value is None else str(value)
-
-
-def _addresses(msg: Message, name: str) -> bytes:
-    values = msg.get_all(name)
-    if not values:
-        return b"NIL"
-    out = []
-    for realname, addr in email.utils.getaddresses([str(v) for v in values]):
-        if not realname and not addr:
-            continue
-        local, at, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
-        out.append(b"(" + wire.nstring(_unfold(realname) or None) + b" NIL "
-                   + wire.nstring(_unfold(local) if local or at else b"") + b" "
-                   + wire.nstring(_unfold(host) if at else None) + b")")
-    return b"(" + b"".join(out) + b")" if out else b"NIL"
-
-
-def envelope(part: Part) -> bytes:
-    msg = part.msg
-    frm = _addresses(msg, "from")
-    sender = _addresses(msg, "sender")
-    reply_to = _addresses(msg, "reply-to")
-    fields = [wire.nstring(_unfold(_header_raw(msg, "date"))),
-              wire.nstring(_unfold(_header_raw(msg, "subject"))),
-              frm, frm if sender == b"NIL" else sender, frm if reply_to == b"NIL" else reply_to,
-              _addresses(msg, "to"), _addresses(msg, "cc"), _addresses(msg, "bcc"),
-              wire.nstring(_unfold(_header_raw(msg, "in-reply-to"))),
-              wire.nstring(_unfold(_header_raw(msg, "message-id")))]
-    return b"(" + b" ".join(fields) + b")"
 
 
 # -- BODYSTRUCTURE ---------------------------------------------------------------------------
