@@ -130,7 +130,7 @@ def _address_pairs(values: list[str]) -> list[tuple[str, str]]:
                 simple = None
                 break
             if m.group(2) is not None:
-                simple.append((m.group(1), m.group(2)))
+                simple.append((" ".join(m.group(1).split()), m.group(2)))
             elif m.group(3):
                 simple.append(("", m.group(3)))
         if simple is None:  # quotes, comments, groups, …: the full RFC 5322 parser

@@ -188,3 +188,32 @@ async def test_bad_arguments(imap):
     ]:
         r = await c.cmd(tag, cmd)
         assert r[-1].startswith(want.replace(b"a BAD", f"{tag} BAD".encode())), (cmd, r)
+
+
+async def test_random_garbage_never_breaks_the_server(imap, caplog):
+    """Hundreds of commands assembled from grammar fragments: every one gets a tagged answer,
+    none is an internal error, and the server keeps serving."""
+    import random
+    rng = random.Random(3501)
+    imap.deliver(message("x"))
+    tokens = ["FETCH", "UID", "STORE", "SEARCH", "LIST", "SELECT", "INBOX", "(", ")", " ",
+              "BODY[", "]", "1", "*", ":", ",", "0", "<1.2>", "+FLAGS", "\\Seen", '"',
+              "NOT", "OR", "HEADER.FIELDS", "{2}", "{1+}\r\nx", "COPY", "MOVE", "Trash",
+              "STATUS", "(MESSAGES)", "CHARSET", "RENAME", "..", "&", "ENABLE", "APPEND",
+              "EXAMINE", "CREATE", "\x00", "\xff", "%", "LSUB", "CLOSE"]
+    c = await login(imap)
+    ok(await c.cmd("s", "SELECT INBOX"), "s")
+    caplog.set_level(logging.ERROR, "mailstack.imap")
+    for i in range(300):
+        body = "".join(rng.choice(tokens) for _ in range(rng.randint(1, 12)))
+        body = body.replace("{2}", "")  # synchronising literals would wait for a "+"
+        line = f"g{i} {body}".encode("latin-1")
+        await c.send(line + b"\r\n")
+        reply = await c.until(f"g{i}")
+        assert reply[-1].split(b" ")[1] in (b"OK", b"NO", b"BAD"), (line, reply)
+        assert b"SERVERBUG" not in reply[-1], (line, reply)
+        if any(r.startswith(b"* BYE") for r in reply):
+            c = await login(imap)
+            ok(await c.cmd("s", "SELECT INBOX"), "s")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await still_serving(imap)

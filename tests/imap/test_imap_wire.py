@@ -183,3 +183,19 @@ def test_uidlist_never_reuses_and_tracks_flags(tmp_path):
     assert snap.uidvalidity == validity
     (md.root / "mailstack-uidlist").write_text("garbage")
     assert UidList(md).sync().uidvalidity >= validity  # unreadable list: a new UIDVALIDITY
+
+
+_LOCAL = st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,10}", fullmatch=True)
+_NAME = st.from_regex(r"[A-Za-z][A-Za-z .'-]{0,15}", fullmatch=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.just(""), _NAME), _LOCAL,
+                          st.sampled_from(["example.test", "b.example", "x.y.z"])),
+                min_size=1, max_size=4))
+def test_fast_address_parsing_agrees_with_the_email_package(addrs):
+    import email.utils
+    value = ", ".join(f"{n} <{loc}@{dom}>" if n else f"{loc}@{dom}" for n, loc, dom in addrs)
+    fast = mime._address_pairs([value])
+    assert [(n.strip(), a) for n, a in fast] == [
+        (n.strip(), a) for n, a in email.utils.getaddresses([value])]
