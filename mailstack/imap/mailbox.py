@@ -26,7 +26,7 @@ from ..store.maildir import (
     to_crlf,
     validate_folder_name,
 )
-from ..store.uidlist import UIDLIST, Entry, Snapshot, UidList
+from ..store.uidlist import Entry, Snapshot, UidList
 from . import mutf7
 
 DELIM = "."
@@ -192,7 +192,7 @@ class Account:
 
     # -- status ---------------------------------------------------------------------------
     def status(self, name: str) -> tuple[Snapshot, Keywords, int]:
-        """(UID-list snapshot, keyword map, number of messages in new/) for STATUS."""
+        """(UID-list snapshot, keyword map, number of \\Recent messages) for STATUS."""
         md = self.maildir(name)
         if not md.exists():
             raise MailboxError("no such mailbox", "NONEXISTENT")
@@ -406,7 +406,3 @@ class Selected:
                     and self.maildir.remove(m.message())):
                 gone.append(m.message())
         return gone
-
-
-def uidlist_path(md: Maildir) -> Path:
-    return md.root / UIDLIST

@@ -349,12 +349,3 @@ class UidList:
         snap.expunged = frozenset(expunged)
         snap.changed = frozenset(changed)
         prev.next = snap
-
-    def bump_modseq(self) -> int:
-        """Reserve a new MODSEQ value (for changes not visible in file names). Holds the lock."""
-        with self.locked():
-            snap = self.sync()
-            snap.highest_modseq += 1
-            self._write(snap)
-            self._snapshot = snap
-            return snap.highest_modseq

@@ -7,7 +7,6 @@ import imaplib
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -125,7 +124,3 @@ class Raw:
             await self.writer.wait_closed()
         except (ConnectionError, ssl.SSLError):
             pass
-
-
-def tmp_dir(cfg: Config) -> Path:
-    return cfg.data_dir
