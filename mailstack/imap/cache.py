@@ -39,6 +39,7 @@ class FolderCache:
         self.path = root / CACHE_FILE
         self.records: dict[str, list[bytes | None]] | None = None
         self.dirty = 0
+        self.mutex = threading.Lock()  # FETCH may fill the cache from worker threads
 
     @classmethod
     def for_root(cls, root: Path) -> FolderCache:
@@ -52,6 +53,12 @@ class FolderCache:
     def _load(self) -> dict[str, list[bytes | None]]:
         if self.records is not None:
             return self.records
+        with self.mutex:
+            if self.records is None:
+                self.records = self._read()
+        return self.records
+
+    def _read(self) -> dict[str, list[bytes | None]]:
         records: dict[str, list[bytes | None]] = {}
         try:
             data = self.path.read_bytes()
@@ -79,13 +86,17 @@ class FolderCache:
             except (struct.error, ValueError, UnicodeDecodeError):
                 log.info("ignoring damaged cache %s", self.path)
                 records = {}
-        self.records = records
         return records
 
     def serialize(self, live_keys: set[str] | None = None) -> bytes | None:
         """The file contents when something was added (keys no longer present dropped)."""
         if not self.dirty or self.records is None:
             return None
+        with self.mutex:
+            return self._serialize(live_keys)
+
+    def _serialize(self, live_keys: set[str] | None) -> bytes | None:
+        assert self.records is not None
         if live_keys is not None:
             for key in [k for k in self.records if k not in live_keys]:
                 del self.records[key]
@@ -109,20 +120,18 @@ class FolderCache:
             log.warning("cannot write cache %s: %s", self.path, exc)
 
     # -- lookups ----------------------------------------------------------------------------
-    def _record(self, key: str) -> list[bytes | None]:
-        records = self._load()
-        rec = records.get(key)
-        if rec is None:
-            rec = records[key] = [None, None, None, None]
-        return rec
-
     def get(self, key: str, field: int) -> bytes | None:
         rec = self._load().get(key)
         return rec[field] if rec is not None else None
 
     def put(self, key: str, field: int, value: bytes) -> None:
-        self._record(key)[field] = value
-        self.dirty += 1
+        records = self._load()
+        with self.mutex:
+            rec = records.get(key)
+            if rec is None:
+                rec = records[key] = [None, None, None, None]
+            rec[field] = value
+            self.dirty += 1
 
     def header(self, key: str, path: Path) -> bytes | None:
         """The message header (CRLF, with its blank line), read from the start of the file."""

@@ -148,6 +148,7 @@ class UidList:
         self._published: Snapshot | None = None  # as last returned by sync()
         self._lock_depth = 0
         self._lock_fd: int | None = None
+        self._thread_lock = threading.RLock()  # sessions may sync from worker threads
 
     @classmethod
     def for_maildir(cls, maildir: Maildir) -> UidList:
@@ -161,7 +162,12 @@ class UidList:
     # -- locking ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the folder's UID-list lock (re-entrant within this object)."""
+        """Hold the folder's UID-list lock (re-entrant within one thread)."""
+        with self._thread_lock, self._flocked():
+            yield
+
+    @contextlib.contextmanager
+    def _flocked(self) -> Iterator[None]:
         if self._lock_depth:
             self._lock_depth += 1
             try:
