@@ -28,6 +28,7 @@ class IMAPServer:
                                      float(cfg.server.auth_max_delay))
         self.tls_context: ssl.SSLContext | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.sessions: set[Session] = set()
 
     def handler(self, implicit_tls: bool):
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -36,6 +37,7 @@ class IMAPServer:
             self.tasks.add(task)
             set_keepalive(writer)
             session = Session(self, reader, writer, implicit_tls=implicit_tls)
+            self.sessions.add(session)
             try:
                 await session.run()
             except asyncio.CancelledError:
@@ -44,6 +46,7 @@ class IMAPServer:
                 log.exception("imap %s: session failed", peer_ip(writer))
             finally:
                 self.tasks.discard(task)
+                self.sessions.discard(session)
                 writer.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), 2)
@@ -80,6 +83,9 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     finally:
         for srv in listeners:
             srv.close()
+        for session in list(server.sessions):  # tell clients before closing (RFC 3501 7.1.5)
+            with contextlib.suppress(Exception):
+                session.writer.write(b"* BYE server shutting down\r\n")
         for task in list(server.tasks):
             task.cancel()
         if server.tasks:

@@ -298,6 +298,7 @@ class Parser:
 
 # -- encoding ------------------------------------------------------------------------------
 _SAFE_QUOTED_RE = re.compile(rb'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+_CTL_RE = re.compile(rb"[\x00-\x1f\x7f]")  # quoted strings are 7-bit text without controls
 
 
 def quote(value: bytes | str) -> bytes:
@@ -306,7 +307,7 @@ def quote(value: bytes | str) -> bytes:
         value = value.encode("utf-8")
     if len(value) < 1024 and _SAFE_QUOTED_RE.fullmatch(value):
         return b'"' + value + b'"'
-    if b"\r" not in value and b"\n" not in value and b"\x00" not in value and len(value) < 1024:
+    if len(value) < 1024 and value.isascii() and not _CTL_RE.search(value):
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return literal(value)
 

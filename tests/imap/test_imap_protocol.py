@@ -384,3 +384,23 @@ def _running_on(cfg, ip):
             await asyncio.wait_for(task, 10)
     return ctx()
 
+
+
+async def test_shutdown_says_bye(cfg, client_ssl, caplog):
+    import logging
+
+    from tests.conftest import add_user, running
+    from tests.imap.conftest import Server
+    caplog.set_level(logging.INFO, "mailstack.imap")
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg):
+        srv = Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl)
+        c = await login(srv)
+        ok(await c.cmd("a", "SELECT INBOX"), "a")
+        await c.send("b IDLE\r\n")
+        assert (await c.line()).startswith(b"+")
+    assert (await c.line()) == b"* BYE server shutting down\r\n"
+    assert await c.line() == b""
+    logs = [r.message for r in caplog.records]
+    assert any(m.startswith("listening on 127.0.0.1:") and m.endswith("(imap, STARTTLS)")
+               for m in logs)
