@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from ..store.maildir import to_crlf
@@ -31,7 +32,8 @@ MAX_HEADER = 1 << 20
 class FolderCache:
     """Metadata of the messages of one folder, keyed by Maildir key."""
 
-    _registry: dict[Path, FolderCache] = {}
+    _registry: OrderedDict[Path, FolderCache] = OrderedDict()
+    registry_size = 64  # folders whose metadata stays in memory (least recently used go)
     _lock = threading.Lock()
 
     def __init__(self, root: Path) -> None:
@@ -47,6 +49,10 @@ class FolderCache:
             inst = cls._registry.get(root)
             if inst is None:
                 inst = cls._registry[root] = cls(root)
+                while len(cls._registry) > cls.registry_size:
+                    cls._registry.popitem(last=False)  # it is on disk anyway
+            else:
+                cls._registry.move_to_end(root)
             return inst
 
     # -- persistence ------------------------------------------------------------------------

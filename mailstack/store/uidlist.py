@@ -25,6 +25,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -135,8 +136,9 @@ def _mtime_key(key: str) -> tuple[int, int, int, str]:
 class UidList:
     """The UID list of one Maildir; one shared instance per folder per process."""
 
-    _registry: dict[Path, UidList] = {}
+    _registry: OrderedDict[Path, UidList] = OrderedDict()
     _registry_lock = threading.Lock()
+    registry_size = 256  # folders whose parsed list stays in memory (least recently used go)
 
     def __init__(self, maildir: Maildir) -> None:
         self.maildir = maildir
@@ -157,6 +159,10 @@ class UidList:
             inst = cls._registry.get(key)
             if inst is None:
                 inst = cls._registry[key] = cls(Maildir(key))
+                while len(cls._registry) > cls.registry_size:
+                    cls._registry.popitem(last=False)  # its users keep their reference
+            else:
+                cls._registry.move_to_end(key)
             return inst
 
     # -- locking ------------------------------------------------------------------------------
