@@ -33,6 +33,10 @@ DELIM = "."
 SPECIAL_USE = {name: "\\" + name for name in SPECIAL_FOLDERS}
 
 
+class ValidityChanged(Exception):
+    """The selected folder's UIDVALIDITY changed (its UID list was lost): UIDs are void."""
+
+
 class MailboxError(Exception):
     """A mailbox operation that fails (answered NO); ``code`` is a response code or ''."""
 
@@ -334,6 +338,8 @@ class Selected:
         snap = self._sync()
         if snap is self.snapshot and not (self.private and expunge_ok):
             return ch
+        if self.snapshot is not None and snap.uidvalidity != self.snapshot.uidvalidity:
+            raise ValidityChanged(self.name)
         if not self.readonly and snap.first_recent < snap.uidnext:
             self.recent |= self.uidlist.claim_recent()
             snap = self._sync()

@@ -24,7 +24,7 @@ from ..store import watch
 from ..store.maildir import MaildirError, open_user_mailbox
 from ..users import UserError, normalize_address
 from . import wire
-from .mailbox import Account, Changes, MailboxError, Selected
+from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
 from .wire import ParseError, Parser
 
 if TYPE_CHECKING:
@@ -261,6 +261,11 @@ class Session:
             return
         try:
             changes = sel.refresh(expunge_ok=expunge_ok)
+        except ValidityChanged:
+            log.warning("imap %s: UIDVALIDITY of %s changed", self.peer, sel.name)
+            self.untagged("BYE the mailbox's UIDs were reset: please reconnect")
+            self.state = LOGOUT
+            return
         except FileNotFoundError:
             if sel.maildir.exists():
                 raise

@@ -290,7 +290,10 @@ class UidList:
             disk = self._disk()
             dirty = old is None
             if old is None:
-                snap = Snapshot(int(time.time()), 1, 1, [])
+                validity = int(time.time())
+                if pub is not None and validity <= pub.uidvalidity:
+                    validity = pub.uidvalidity + 1  # never repeat one this process has used
+                snap = Snapshot(validity, 1, 1, [])
             else:
                 snap = Snapshot(old.uidvalidity, old.uidnext, old.highest_modseq, [])
                 snap.first_recent = old.first_recent

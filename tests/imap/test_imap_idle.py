@@ -166,3 +166,16 @@ async def test_idle_with_polling_fallback(imap, monkeypatch):
     imap.deliver(message("polled"))
     assert await c.line(timeout=1.0) == b"* 1 EXISTS\r\n"
     await done(c)
+
+
+async def test_lost_uid_list_ends_the_session(imap):
+    """If the UID list is lost, UIDs restart under a new UIDVALIDITY: a selected session must
+    not go on with the old UIDs."""
+    imap.deliver(message("a"))
+    c = await session(imap)
+    (imap.inbox.root / "mailstack-uidlist").unlink()
+    await c.send("n NOOP\r\n")
+    assert (await c.line()).startswith(b"* BYE")
+    c2 = await session(imap)
+    r = ok(await c2.cmd("f", "UID FETCH 1:* (UID)"), "f")
+    assert r[0] == b"* 1 FETCH (UID 1)\r\n"
