@@ -42,8 +42,8 @@ from mailstack.store.maildir import create_user_mailbox  # noqa: E402
 from mailstack.tls import client_context, ensure_tls_files  # noqa: E402
 
 USER, PASSWORD = "bench@example.test", "bench-password"
-WORDS = ("alpha beta gamma delta report meeting lunch invoice project status update "
-         "quarterly review release notes draft").split()
+WORDS = ["alpha", "beta", "gamma", "delta", "report", "meeting", "lunch", "invoice", "project",
+         "status", "update", "quarterly", "review", "release", "notes", "draft"]
 
 
 def free_port() -> int:
@@ -212,7 +212,7 @@ async def bench(args: argparse.Namespace) -> None:
             t = time.perf_counter()
             sem = asyncio.Semaphore(100)
 
-            async def one() -> Client:
+            async def one(sem: asyncio.Semaphore = sem) -> Client:
                 async with sem:
                     k = await Client.connect(tls, ctx)
                     await k.cmd(f"LOGIN {USER} {PASSWORD}")
@@ -226,6 +226,25 @@ async def bench(args: argparse.Namespace) -> None:
             print(f"{target} IDLE TLS connections (INBOX of {exists} selected): server RSS "
                   f"{rss:.0f} MiB (was {base:.0f} MiB before; {(rss - base) * 1024 / target:.0f} "
                   f"KiB each), set up in {time.perf_counter() - t:.1f} s")
+            fanout = []
+            for _ in range(args.fanout):
+                t = time.perf_counter()
+                inbox.deliver(make_message(exists, rng))
+                exists += 1
+                want = b"* %d EXISTS\r\n" % exists
+
+                async def seen(k: Client, want: bytes = want) -> float:
+                    while await asyncio.wait_for(k.reader.readline(), 30) != want:
+                        pass
+                    return time.perf_counter()
+                done = await asyncio.gather(*(seen(k) for k in conns))
+                fanout.append(max(done) - t)
+                await asyncio.sleep(0.2)
+            if fanout:
+                fanout.sort()
+                print(f"  delivery -> EXISTS at all {target} IDLE clients: median "
+                      f"{fanout[len(fanout) // 2] * 1000:.0f} ms, worst {fanout[-1] * 1000:.0f} ms "
+                      f"over {len(fanout)} deliveries")
             for k in conns:
                 k.writer.transport.abort()
             await asyncio.sleep(1)
@@ -241,8 +260,10 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--idle", type=int, nargs="*", default=[1000])
     ap.add_argument("--deliveries", type=int, default=200)
+    ap.add_argument("--fanout", type=int, default=5,
+                    help="deliveries timed until every IDLE client has its EXISTS")
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop
