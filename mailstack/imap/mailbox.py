@@ -249,8 +249,7 @@ class Selected:
             snap = self._sync()
             self.recent: set[int] = snap.recent_uids()
         else:
-            self.recent = self.uidlist.claim_recent()
-            snap = self._sync()
+            snap, self.recent = self.uidlist.claim_recent()
         self.snapshot: Snapshot | None = snap
         self.msgs: list[Entry] = snap.entries
         self.uids: list[int] = snap.uids
@@ -335,14 +334,15 @@ class Selected:
         ``own`` names messages whose new flags the caller reports itself (STORE).
         """
         ch = Changes()
-        snap = self._sync()
+        if self.readonly:
+            snap = self._sync()
+        else:
+            snap, won = self.uidlist.claim_recent()
+            self.recent |= won
         if snap is self.snapshot and not (self.private and expunge_ok):
             return ch
         if self.snapshot is not None and snap.uidvalidity != self.snapshot.uidvalidity:
             raise ValidityChanged(self.name)
-        if not self.readonly and snap.first_recent < snap.uidnext:
-            self.recent |= self.uidlist.claim_recent()
-            snap = self._sync()
         expunged, changed = self._delta(snap)
         top = self.uids[-1] if self.uids else 0
         if expunged and not expunge_ok:

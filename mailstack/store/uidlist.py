@@ -280,13 +280,24 @@ class UidList:
         others oldest first. A cached snapshot is returned without listing the directories when
         neither the list file nor new/ and cur/ changed since the last (non-racy) listing.
         """
-        first = list(first)
+        return self._sync(list(first), claim=False)[0]
+
+    def claim_recent(self) -> tuple[Snapshot, set[int]]:
+        """Sync, and take the \\Recent messages for the calling session (one write)."""
+        return self._sync([], claim=True)
+
+    def _sync(self, first: list[str], claim: bool) -> tuple[Snapshot, set[int]]:
         with self.locked():
             old = self._load()
             pub = self._published
             if (old is not None and old is pub and not first and self._dir_fresh("new")[0]
                     and self._dir_fresh("cur")[0]):
-                return pub
+                if not claim or pub.first_recent >= pub.uidnext:
+                    return pub, set()
+                won = pub.recent_uids()
+                pub.first_recent = pub.uidnext
+                self._write(pub)
+                return pub, won
             disk = self._disk()
             dirty = old is None
             if old is None:
@@ -327,24 +338,18 @@ class UidList:
                     uid += 1
                 snap.uidnext = uid
             snap.highest_modseq = modseq
+            won: set[int] = set()
+            if claim and snap.first_recent < snap.uidnext:
+                won = snap.recent_uids()
+                snap.first_recent = snap.uidnext
+                dirty = True
             if not dirty and not renamed and pub is not None and old is pub:
-                return pub  # listed again, nothing changed
+                return pub, won  # listed again, nothing changed
             if dirty:
                 self._write(snap)
             self._snapshot = snap
             self._publish(snap)
-            return snap
-
-    def claim_recent(self) -> set[int]:
-        """Take the \\Recent messages for the calling session (others will not see them so)."""
-        with self.locked():
-            snap = self.sync()
-            won = snap.recent_uids()
-            if won:
-                snap.first_recent = snap.uidnext
-                self._write(snap)
-                self._snapshot = snap
-            return won
+            return snap, won
 
     def _publish(self, snap: Snapshot) -> None:
         """Link ``snap`` after the last published snapshot, with what changed."""
