@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -26,6 +27,8 @@ MAGIC = b"MSC1\n"
 _REC = struct.Struct(">HIIII")
 _NONE = 0xFFFFFFFF
 HEADER, ENVELOPE, BODY, BODYSTRUCTURE = range(4)
+SAVE_AFTER = 200  # additions that trigger a write of the cache file …
+SAVE_EVERY = 30.0  # … or seconds since the last write, when anything was added
 MAX_HEADER = 1 << 20
 
 
@@ -42,6 +45,7 @@ class FolderCache:
         self.records: dict[str, list[bytes | None]] | None = None
         self.dirty = 0
         self.mutex = threading.Lock()  # FETCH may fill the cache from worker threads
+        self.saved_at = 0.0
 
     @classmethod
     def for_root(cls, root: Path) -> FolderCache:
@@ -114,6 +118,18 @@ class FolderCache:
             parts.extend(f for f in fields if f is not None)
         self.dirty = 0
         return b"".join(parts)
+
+    def due(self) -> bool:
+        """Worth writing now: many additions, or some additions and a while since the last."""
+        return self.dirty >= SAVE_AFTER or (self.dirty > 0
+                                             and time.monotonic() - self.saved_at > SAVE_EVERY)
+
+    def save(self, live_keys: set[str] | None = None) -> None:
+        """Serialize and write (run it in a worker thread: a big folder takes milliseconds)."""
+        data = self.serialize(live_keys)
+        if data is not None:
+            self.saved_at = time.monotonic()
+            self.write(data)
 
     def write(self, data: bytes) -> None:
         """Replace the cache file atomically (may run in a worker thread)."""

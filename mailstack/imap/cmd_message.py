@@ -100,10 +100,8 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
         await s.maybe_flush()
         await asyncio.sleep(0)  # let other sessions run between batches
     cache = FolderCache.for_root(sel.maildir.root)
-    if cache.dirty:
-        data = cache.serialize({m.key for m in sel.msgs})
-        if data is not None:
-            await asyncio.to_thread(cache.write, data)
+    if cache.due():
+        await asyncio.to_thread(cache.save, {m.key for m in sel.msgs})
     if missing:
         raise No("some messages were expunged meanwhile", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}FETCH completed"

@@ -47,6 +47,8 @@ class IMAPServer:
             finally:
                 self.tasks.discard(task)
                 self.sessions.discard(session)
+                with contextlib.suppress(Exception):
+                    session.unselect()  # writes metadata the session added to the cache
                 writer.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), 2)

@@ -24,6 +24,7 @@ from ..store import watch
 from ..store.maildir import MaildirError, open_user_mailbox
 from ..users import UserError, normalize_address
 from . import wire
+from .cache import FolderCache
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
 from .wire import ParseError, Parser
 
@@ -291,6 +292,11 @@ class Session:
             self.send(b"* %d EXISTS\r\n* %d RECENT\r\n" % (ch.exists, ch.recent))
 
     def unselect(self) -> None:
+        sel = self.selected
+        if sel is not None:
+            cache = FolderCache.for_root(sel.maildir.root)
+            if cache.dirty:  # write what this session added (small folders never reach due())
+                cache.save({m.key for m in sel.msgs})
         self.selected = None
         if self.state == SELECTED:
             self.state = AUTH
