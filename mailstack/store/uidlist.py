@@ -287,6 +287,18 @@ class UidList:
         return self._sync([], claim=True)
 
     def _sync(self, first: list[str], claim: bool) -> tuple[Snapshot, set[int]]:
+        pub = self._published
+        if pub is not None and not first and (not claim or pub.first_recent >= pub.uidnext):
+            # lock-free check: nothing changed on disk since our last look (thousands of IDLE
+            # sessions wake on one delivery; only the first needs the lock)
+            try:
+                st = os.stat(self.path)
+                if (self._snapshot is pub
+                        and (st.st_mtime_ns, st.st_size, st.st_ino) == self._file_stamp
+                        and self._dir_fresh("new")[0] and self._dir_fresh("cur")[0]):
+                    return pub, set()
+            except FileNotFoundError:
+                pass
         with self.locked():
             old = self._load()
             pub = self._published
