@@ -1,0 +1,1 @@
+"""The IMAP4rev1 daemon (RFC 3501 plus IDLE, UIDPLUS, MOVE, LIST-EXTENDED, CONDSTORE, …)."""

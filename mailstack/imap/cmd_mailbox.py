@@ -1,0 +1,344 @@
+"""Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, (UN)SUBSCRIBE, LIST, LSUB,
+STATUS and APPEND."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ..store import watch
+from ..store.keywords import KeywordLimit
+from ..store.uidlist import UidList
+from . import wire
+from .mailbox import MailboxError, Selected, keywords_for, normalize_name, pattern_regex
+from .session import AUTH, SELECTED, No, Session, command
+from .wire import ParseError, Parser
+
+SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "$Forwarded"]
+
+
+def mailbox_arg(p: Parser) -> str:
+    """A mailbox name argument (modified UTF-7 text as sent)."""
+    raw = p.astring()
+    try:
+        name = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise No("mailbox names must be modified UTF-7", "CANNOT") from None
+    return name
+
+
+def _wire_name(name: str) -> bytes:
+    return wire.astring(name) if name else b'""'
+
+
+# -- SELECT / EXAMINE -------------------------------------------------------------------------
+async def _select(s: Session, p: Parser, readonly: bool) -> str:
+    p.sp()
+    name = mailbox_arg(p)
+    if p.maybe_sp():
+        p.open_paren()
+        while p.peek() != 0x29:
+            if p.atom().upper() == "CONDSTORE":
+                s.condstore = True
+            p.maybe_sp()
+        p.close_paren()
+    p.end()
+    assert s.account is not None
+    if s.selected is not None:
+        s.untagged("OK [CLOSED] previous mailbox closed")
+    s.unselect()
+    sel = await asyncio.to_thread(Selected, s.account, name, readonly)
+    kw = sel.keywords.names()
+    flags = " ".join(SYSTEM_FLAGS + kw)
+    s.untagged(f"FLAGS ({flags})")
+    if readonly:
+        s.untagged("OK [PERMANENTFLAGS ()] read-only mailbox")
+    else:
+        s.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
+    s.untagged(f"{sel.exists} EXISTS")
+    s.untagged(f"{len(sel.recent)} RECENT")
+    first_unseen = next((i for i, m in enumerate(sel.msgs, 1) if "S" not in m.letters), None)
+    if first_unseen:
+        s.untagged(f"OK [UNSEEN {first_unseen}] first unseen message")
+    snap = sel.snapshot
+    assert snap is not None
+    s.untagged(f"OK [UIDVALIDITY {snap.uidvalidity}] UIDs valid")
+    s.untagged(f"OK [UIDNEXT {snap.uidnext}] predicted next UID")
+    s.untagged(f"OK [HIGHESTMODSEQ {snap.highest_modseq}] highest modseq")
+    s.selected = sel
+    s.state = SELECTED
+    mode = "READ-ONLY" if readonly else "READ-WRITE"
+    return f"[{mode}] {'EXAMINE' if readonly else 'SELECT'} completed"
+
+
+@command("SELECT", AUTH, SELECTED)
+async def cmd_select(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    return await _select(s, p, False)
+
+
+@command("EXAMINE", AUTH, SELECTED)
+async def cmd_examine(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    return await _select(s, p, True)
+
+
+# -- CREATE / DELETE / RENAME / SUBSCRIBE ----------------------------------------------------
+@command("CREATE", AUTH, SELECTED)
+async def cmd_create(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    name = mailbox_arg(p)
+    p.end()
+    assert s.account is not None
+    await asyncio.to_thread(s.account.create, name)
+    return "CREATE completed"
+
+
+@command("DELETE", AUTH, SELECTED)
+async def cmd_delete(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    name = mailbox_arg(p)
+    p.end()
+    assert s.account is not None
+    if s.selected is not None and s.selected.name == normalize_name(name):
+        s.unselect()  # deleting the selected mailbox
+    await asyncio.to_thread(s.account.delete, name)
+    return "DELETE completed"
+
+
+@command("RENAME", AUTH, SELECTED)
+async def cmd_rename(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    old = mailbox_arg(p)
+    p.sp()
+    new = mailbox_arg(p)
+    p.end()
+    assert s.account is not None
+    await asyncio.to_thread(s.account.rename, old, new)
+    sel = s.selected
+    if sel is not None and sel.name != "INBOX":
+        old_n, new_n = normalize_name(old), normalize_name(new)
+        if sel.name == old_n or sel.name.startswith(old_n + "."):
+            sel.moved_to(new_n + sel.name[len(old_n):])
+    return "RENAME completed"
+
+
+@command("SUBSCRIBE", AUTH, SELECTED)
+async def cmd_subscribe(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    name = mailbox_arg(p)
+    p.end()
+    assert s.account is not None
+    s.account.subscribe(name)
+    return "SUBSCRIBE completed"
+
+
+@command("UNSUBSCRIBE", AUTH, SELECTED)
+async def cmd_unsubscribe(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    name = mailbox_arg(p)
+    p.end()
+    assert s.account is not None
+    s.account.unsubscribe(name)
+    return "UNSUBSCRIBE completed"
+
+
+# -- LIST / LSUB ---------------------------------------------------------------------------
+def _atom_list(p: Parser) -> list[str]:
+    p.open_paren()
+    out = []
+    while p.peek() != 0x29:
+        out.append(p.atom().upper())
+        if not p.maybe_sp():
+            break
+    p.close_paren()
+    return out
+
+
+@command("LIST", AUTH, SELECTED)
+async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    select_opts: list[str] = []
+    if p.peek() == 0x28:
+        select_opts = _atom_list(p)
+        p.sp()
+    reference = p.astring().decode("utf-8", "replace")
+    p.sp()
+    if p.peek() == 0x28:
+        p.open_paren()
+        patterns = [p.list_mailbox()]
+        while p.maybe_sp():
+            patterns.append(p.list_mailbox())
+        p.close_paren()
+    else:
+        patterns = [p.list_mailbox()]
+    return_opts: list[str] = []
+    status_items: list[str] = []
+    if p.maybe_sp():
+        p.expect(b"RETURN")
+        p.sp()
+        p.open_paren()
+        while p.peek() != 0x29:
+            opt = p.atom().upper()
+            return_opts.append(opt)
+            if opt == "STATUS":  # RFC 5819
+                p.sp()
+                status_items = _atom_list(p)
+                if not status_items or any(i not in STATUS_ITEMS for i in status_items):
+                    raise ParseError("unknown STATUS item")
+            if not p.maybe_sp():
+                break
+        p.close_paren()
+    p.end()
+    for opt in select_opts:
+        if opt not in ("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"):
+            raise ParseError(f"unknown LIST selection option {opt}")
+    if "RECURSIVEMATCH" in select_opts and len(set(select_opts) - {"REMOTE"}) < 2:
+        raise ParseError("RECURSIVEMATCH needs another selection option")
+    for opt in return_opts:
+        if opt not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"):
+            raise ParseError(f"unknown LIST return option {opt}")
+    assert s.account is not None
+    if patterns == [""]:
+        s.send(b'* LIST (\\Noselect) "." ""\r\n')
+        return "LIST completed"
+    subscribed_only = "SUBSCRIBED" in select_opts
+    special_only = "SPECIAL-USE" in select_opts
+    show_subscribed = subscribed_only or "SUBSCRIBED" in return_opts
+    tree = s.account.tree()
+    subs = set(s.account.subscriptions())
+    regexes = [pattern_regex(reference, pat) for pat in patterns]
+    names = subs if subscribed_only else set(tree)
+    childinfo: set[str] = set()
+    if subscribed_only and "RECURSIVEMATCH" in select_opts:
+        # a parent that does not match SUBSCRIBED but has a subscribed child (RFC 5258 3.5)
+        for sub in subs:
+            parts = sub.split(".")
+            for i in range(1, len(parts)):
+                parent = ".".join(parts[:i])
+                if parent not in subs and any(r.match(parent) for r in regexes):
+                    childinfo.add(parent)
+        names = names | childinfo
+    for name in sorted(names, key=lambda n: (n != "INBOX", n)):
+        if not any(r.match(name) for r in regexes):
+            continue
+        info = tree.get(name)
+        if special_only and not (info and info.attrs):
+            continue
+        attrs: list[str] = []
+        if info is None:
+            attrs.append("\\NonExistent")
+        else:
+            if not info.exists:
+                attrs.append("\\Noselect")
+            attrs.append("\\HasChildren" if info.children else "\\HasNoChildren")
+            attrs += info.attrs
+        if show_subscribed and name in subs:
+            attrs.append("\\Subscribed")
+        extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
+        s.send(f"* LIST ({' '.join(attrs)}) \".\" ".encode() + _wire_name(name) + extra
+               + b"\r\n")
+        if status_items and info is not None and info.exists:
+            await _send_status(s, name, status_items)
+    return "LIST completed"
+
+
+@command("LSUB", AUTH, SELECTED)
+async def cmd_lsub(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    reference = p.astring().decode("utf-8", "replace")
+    p.sp()
+    pattern = p.list_mailbox()
+    p.end()
+    assert s.account is not None
+    subs = s.account.subscriptions()
+    regex = pattern_regex(reference, pattern)
+    tree = s.account.tree()
+    shown = set()
+    for name in subs:
+        if regex.match(name):
+            shown.add(name)
+        elif "%" in pattern:  # a parent of a subscribed mailbox matches: \Noselect
+            parts = name.split(".")
+            for i in range(1, len(parts)):
+                parent = ".".join(parts[:i])
+                if regex.match(parent) and parent not in subs:
+                    shown.add(parent)
+    for name in sorted(shown, key=lambda n: (n != "INBOX", n)):
+        attrs = [] if name in subs and name in tree and tree[name].exists else ["\\Noselect"]
+        s.send(f"* LSUB ({' '.join(attrs)}) \".\" ".encode() + _wire_name(name) + b"\r\n")
+    return "LSUB completed"
+
+
+# -- STATUS ---------------------------------------------------------------------------------
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
+
+
+@command("STATUS", AUTH, SELECTED)
+async def cmd_status(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    name = mailbox_arg(p)
+    p.sp()
+    items = _atom_list(p)
+    p.end()
+    if not items or any(i not in STATUS_ITEMS for i in items):
+        raise ParseError("unknown STATUS item")
+    await _send_status(s, name, items)
+    return "STATUS completed"
+
+
+async def _send_status(s: Session, name: str, items: list[str]) -> None:
+    assert s.account is not None
+    snap, _kw, recent = await asyncio.to_thread(s.account.status, name)
+    values = {"MESSAGES": len(snap.entries), "RECENT": recent, "UIDNEXT": snap.uidnext,
+              "UIDVALIDITY": snap.uidvalidity,
+              "UNSEEN": sum(1 for e in snap.entries if "S" not in e.flags),
+              "HIGHESTMODSEQ": snap.highest_modseq}
+    body = " ".join(f"{i} {values[i]}" for i in items)
+    s.send(b"* STATUS " + _wire_name(normalize_name(name)) + f" ({body})\r\n".encode())
+
+
+# -- APPEND ---------------------------------------------------------------------------------
+@command("APPEND", AUTH, SELECTED)
+async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    name = mailbox_arg(p)
+    p.sp()
+    flags: list[str] = []
+    date = None
+    if p.peek() == 0x28:
+        flags = p.flag_list()
+        p.sp()
+    if p.peek() == 0x22:
+        date = p.date_time()
+        p.sp()
+    data = p.literal()
+    p.end()
+    assert s.account is not None
+    try:
+        md = s.account.maildir(name)
+    except MailboxError as exc:
+        raise No(str(exc), "TRYCREATE") from None
+    if not md.exists():
+        raise No("no such mailbox", "TRYCREATE")
+    if not data:
+        raise No("cannot append an empty message")
+    if any(f.upper() == "\\RECENT" for f in flags):
+        raise ParseError("\\Recent cannot be set")
+
+    def work() -> tuple[int, int]:
+        uids = UidList.for_maildir(md)
+        with uids.locked():
+            letters = keywords_for(md).to_letters(flags)
+            msg = md.deliver(data, flags=letters or "")
+            if date is not None:
+                ts = date.timestamp()
+                os.utime(msg.path(md.root), (ts, ts))
+            snap = uids.sync([msg.key])
+            uid_ = next(e.uid for e in reversed(snap.entries) if e.key == msg.key)
+            return snap.uidvalidity, uid_
+
+    try:
+        validity, new_uid = await asyncio.to_thread(work)
+    except KeywordLimit:
+        raise No("too many keywords in this mailbox", "LIMIT") from None
+    watch.notify(md.root)
+    return f"[APPENDUID {validity} {new_uid}] APPEND completed"

@@ -1,0 +1,360 @@
+"""Message commands on the selected mailbox: FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE,
+UNSELECT (each also as UID command where RFC 3501/4315/6851 allow)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ..store import watch
+from ..store.keywords import KeywordLimit
+from ..store.maildir import INFO_SEP, Maildir, crlf_size, unique_name
+from ..store.uidlist import UidList
+from . import fetch, search
+from .cache import FolderCache
+from .cmd_mailbox import mailbox_arg
+from .mailbox import MailboxError, Msg, Selected, keywords_for
+from .session import SELECTED, Bad, No, Session, command
+from .wire import ParseError, Parser, SeqSet
+
+
+def _selected(s: Session) -> Selected:
+    assert s.selected is not None
+    return s.selected
+
+
+def targets(sel: Selected, seqset: SeqSet, uid: bool) -> list[tuple[int, Msg]]:
+    """Messages named by a sequence set; a sequence number beyond EXISTS is an error."""
+    if uid:
+        largest = sel.uids[-1] if sel.uids else 0
+        return sel.by_uidset(seqset.resolve(largest))
+    if seqset.max_explicit() > sel.exists or (not sel.exists and seqset.ranges):
+        raise Bad("invalid message sequence number")
+    return sel.by_seqset(seqset.resolve(sel.exists))
+
+
+def _uid_ranges(uids: list[int]) -> str:
+    out: list[str] = []
+    start = prev = None
+    for u in uids:
+        if start is None:
+            start = prev = u
+        elif u == prev + 1:  # type: ignore[operator]
+            prev = u
+        else:
+            out.append(f"{start}" if start == prev else f"{start}:{prev}")
+            start = prev = u
+    if start is not None:
+        out.append(f"{start}" if start == prev else f"{start}:{prev}")
+    return ",".join(out)
+
+
+# -- FETCH ----------------------------------------------------------------------------------
+@command("FETCH", SELECTED, uid_ok=True, expunge_ok=False)
+async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    seqset = p.seq_set()
+    p.sp()
+    atts = fetch.parse_atts(p)
+    changed_since = None
+    if p.maybe_sp():
+        p.open_paren()
+        p.expect(b"CHANGEDSINCE")
+        p.sp()
+        changed_since = p.number64()
+        p.close_paren()
+        s.condstore = True
+    p.end()
+    sel = _selected(s)
+    msgs = targets(sel, seqset, uid)
+    if changed_since is not None:
+        msgs = [(q, m) for q, m in msgs if m.modseq > changed_since]
+    if not sel.readonly and any(a.sets_seen for a in atts):
+        seen = set()
+        for _, m in msgs:
+            if "S" not in m.flags:
+                try:
+                    sel.set_letters(m, "".join(sorted(m.flags + "S")))
+                    seen.add(m.uid)
+                except FileNotFoundError:
+                    continue
+        if seen:
+            s.send_changes(sel.refresh(expunge_ok=False, own=seen))
+            msgs = _current(sel, msgs)
+            watch.notify(sel.maildir.root)
+            if not any(a.name == "FLAGS" for a in atts):
+                atts = [*atts, fetch.Att("FLAGS")]
+    missing = False
+    batch = 64 if _heavy(atts) else 512
+    for i in range(0, len(msgs), batch):
+        chunk = msgs[i:i + batch]
+        if batch == 64:  # whole bodies: read and encode in a worker thread
+            lines = await asyncio.to_thread(_render_all, sel, chunk, atts, uid, s.condstore)
+        else:
+            lines = _render_all(sel, chunk, atts, uid, s.condstore)
+        for line in lines:
+            if line is None:
+                missing = True
+            else:
+                s.send(line)
+        await s.maybe_flush()
+        await asyncio.sleep(0)  # let other sessions run between batches
+    cache = FolderCache.for_root(sel.maildir.root)
+    if cache.due():
+        await asyncio.to_thread(cache.save, {m.key for m in sel.msgs})
+    if missing:
+        raise No("some messages were expunged meanwhile", "EXPUNGEISSUED")
+    return f"{'UID ' if uid else ''}FETCH completed"
+
+
+def _render_all(sel: Selected, msgs: list[tuple[int, Msg]], atts: list[fetch.Att], uid: bool,
+                condstore: bool) -> list[bytes | None]:
+    return [fetch.render(sel, seq, m, atts, uid=uid, modseq=condstore) for seq, m in msgs]
+
+
+def _current(sel: Selected, msgs: list[tuple[int, Msg]]) -> list[tuple[int, Msg]]:
+    """The same messages as now seen after a refresh (new flags, positions kept)."""
+    out = []
+    for _, m in msgs:
+        seq = sel.seq_of(m.uid)
+        if seq is not None:
+            out.append((seq, sel.msgs[seq - 1]))
+    return out
+
+
+def _heavy(atts: list[fetch.Att]) -> bool:
+    """Whole-body attributes: render in a thread to keep the loop responsive."""
+    return any(a.name in ("RFC822", "RFC822.TEXT") or (a.section is not None and a.spec in
+               ("", "TEXT")) for a in atts)
+
+
+# -- STORE ----------------------------------------------------------------------------------
+@command("STORE", SELECTED, uid_ok=True, expunge_ok=False)
+async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    seqset = p.seq_set()
+    p.sp()
+    unchanged_since = None
+    if p.maybe_open():
+        p.expect(b"UNCHANGEDSINCE")
+        p.sp()
+        unchanged_since = p.number64()
+        p.close_paren()
+        p.sp()
+        s.condstore = True
+    item = p.atom().upper()
+    mode = item[0] if item[0] in "+-" else ""
+    base = item.lstrip("+-")
+    if base not in ("FLAGS", "FLAGS.SILENT"):
+        raise ParseError("expected FLAGS, +FLAGS or -FLAGS")
+    silent = base.endswith(".SILENT")
+    p.sp()
+    if p.peek() == 0x28:
+        flags = p.flag_list()
+    else:
+        flags = [p.flag()]
+        while p.maybe_sp():
+            flags.append(p.flag())
+    p.end()
+    sel = _selected(s)
+    if sel.readonly:
+        raise No("mailbox is read-only", "READ-ONLY")
+    msgs = targets(sel, seqset, uid)
+    kw = sel.keywords
+    failed: list[int] = []
+    with sel.uidlist.locked():
+        try:
+            letters = kw.to_letters(flags)
+        except KeywordLimit:
+            raise No("too many keywords in this mailbox", "LIMIT") from None
+        if unchanged_since is not None:
+            snap = sel.uidlist.sync()
+            current = {e.uid: e.modseq for e in snap.entries}
+        for _, m in msgs:
+            if unchanged_since is not None and current.get(m.uid, 0) > unchanged_since:
+                failed.append(m.uid if uid else sel.seq_of(m.uid) or 0)
+                continue
+            keep = "".join(c for c in m.flags if c in "DFPRST" or c.islower())
+            if mode == "+":
+                new = "".join(sorted(set(keep) | set(letters)))
+            elif mode == "-":
+                new = "".join(sorted(set(keep) - set(letters)))
+            else:
+                new = letters
+            try:
+                sel.set_letters(m, new)
+            except FileNotFoundError:
+                continue
+        s.send_changes(sel.refresh(expunge_ok=False, own={m.uid for _, m in msgs}))
+    watch.notify(sel.maildir.root)
+    for seq, m in _current(sel, msgs):
+        if (m.uid if uid else seq) in failed:
+            continue
+        if silent and not s.condstore:
+            continue
+        parts = []
+        if uid:
+            parts.append(f"UID {m.uid}")
+        if not silent:
+            parts.append(f"FLAGS ({' '.join(sel.flags(m))})")
+        if s.condstore:
+            parts.append(f"MODSEQ ({m.modseq})")
+        s.send(f"* {seq} FETCH ({' '.join(parts)})\r\n".encode())
+    if failed:
+        return f"[MODIFIED {','.join(map(str, failed))}] conditional STORE failed"
+    return f"{'UID ' if uid else ''}STORE completed"
+
+
+# -- SEARCH ---------------------------------------------------------------------------------
+@command("SEARCH", SELECTED, uid_ok=True, expunge_ok=False)
+async def cmd_search(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    try:
+        tree, uses_modseq = search.parse(p)
+    except search.BadCharset:
+        raise No("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)") from None
+    sel = _selected(s)
+    found = await asyncio.to_thread(search.run, sel, tree)
+    ids = [m.uid if uid else seq for seq, m in found]
+    text = "SEARCH" + "".join(f" {n}" for n in ids)
+    if uses_modseq:
+        s.condstore = True
+        if found:
+            text += f" (MODSEQ {max(m.modseq for _, m in found)})"
+    s.untagged(text)
+    return f"{'UID ' if uid else ''}SEARCH completed"
+
+
+# -- COPY / MOVE ----------------------------------------------------------------------------
+def _target(s: Session, p: Parser) -> Maildir:
+    name = mailbox_arg(p)
+    assert s.account is not None
+    try:
+        md = s.account.maildir(name)
+    except MailboxError as exc:
+        raise No(str(exc), "TRYCREATE") from None
+    if not md.exists():
+        raise No("no such mailbox", "TRYCREATE")
+    return md
+
+
+def _transfer(sel: Selected, msgs: list[Msg], dest: Maildir, move: bool) -> tuple[int, list[int]]:
+    """Link (COPY) or rename (MOVE) files into ``dest``; returns (UIDVALIDITY, new UIDs)."""
+    src_kw = sel.keywords
+    dst_kw = keywords_for(dest)
+    dest_uids = UidList.for_maildir(dest)
+    keys: list[str] = []
+    with dest_uids.locked():
+        for m in msgs:
+            letters = dst_kw.to_letters(src_kw.to_imap(m.flags)) if any(
+                c.islower() for c in m.flags) else m.flags
+            mm = m.maildir_message()
+            src = sel.path(m)
+            if not os.path.exists(src):
+                found = sel.maildir.find(m.key)
+                if found is None:
+                    continue
+                src = found.path(sel.maildir.root)
+            if mm.size is not None and mm.vsize is not None:
+                key = unique_name(mm.size, mm.vsize)
+            else:
+                with open(src, "rb") as fh:
+                    disk = fh.read()
+                key = unique_name(len(disk), crlf_size(disk))
+            target = dest.root / "cur" / f"{key}{INFO_SEP}{letters}"
+            try:
+                if move:
+                    os.rename(src, target)
+                else:
+                    try:
+                        os.link(src, target)
+                    except OSError:
+                        tmp = dest.root / "tmp" / key
+                        with open(src, "rb") as fi, open(tmp, "wb") as fo:
+                            fo.write(fi.read())
+                        st = os.stat(src)
+                        os.utime(tmp, (st.st_atime, st.st_mtime))
+                        os.rename(tmp, target)
+            except FileNotFoundError:
+                continue
+            keys.append(key)
+        snap = dest_uids.sync(keys)
+    by_key = {e.key: e.uid for e in snap.entries}
+    return snap.uidvalidity, [by_key[k] for k in keys if k in by_key]
+
+
+async def _copy_move(s: Session, p: Parser, uid: bool, move: bool) -> str:
+    p.sp()
+    seqset = p.seq_set()
+    p.sp()
+    dest = _target(s, p)
+    p.end()
+    sel = _selected(s)
+    if move and sel.readonly:
+        raise No("mailbox is read-only", "READ-ONLY")
+    msgs = [m for _, m in targets(sel, seqset, uid)]
+    if not msgs:
+        return f"{'MOVE' if move else 'COPY'} completed (no messages)"
+    try:
+        validity, new_uids = await asyncio.to_thread(_transfer, sel, msgs, dest, move)
+    except KeywordLimit:
+        raise No("too many keywords in the target mailbox", "LIMIT") from None
+    watch.notify(dest.root)
+    src_uids = _uid_ranges([m.uid for m in msgs][:len(new_uids)])
+    code = f"COPYUID {validity} {src_uids} {_uid_ranges(new_uids)}" if new_uids else ""
+    if move:
+        if code:
+            s.untagged(f"OK [{code}] moved")
+        watch.notify(sel.maildir.root)
+        s.announce(expunge_ok=True)
+        return "MOVE completed"
+    return f"[{code}] COPY completed" if code else "COPY completed"
+
+
+@command("COPY", SELECTED, uid_ok=True)
+async def cmd_copy(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    return await _copy_move(s, p, uid, move=False)
+
+
+@command("MOVE", SELECTED, uid_ok=True)
+async def cmd_move(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    return await _copy_move(s, p, uid, move=True)
+
+
+# -- EXPUNGE / CLOSE / UNSELECT --------------------------------------------------------------
+@command("EXPUNGE", SELECTED, uid_ok=True)
+async def cmd_expunge(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    only = None
+    if uid:
+        p.sp()
+        seqset = p.seq_set()
+        sel = _selected(s)
+        only = {m.uid for _, m in targets(sel, seqset, True)}
+    p.end()
+    sel = _selected(s)
+    if sel.readonly:
+        raise No("mailbox is read-only", "READ-ONLY")
+    gone = await asyncio.to_thread(sel.expunge, only)
+    if gone:
+        watch.notify(sel.maildir.root)
+    s.announce(expunge_ok=True)
+    return f"{'UID ' if uid else ''}EXPUNGE completed"
+
+
+@command("CLOSE", SELECTED)
+async def cmd_close(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.end()
+    sel = _selected(s)
+    if not sel.readonly:
+        gone = await asyncio.to_thread(sel.expunge, None)
+        if gone:
+            watch.notify(sel.maildir.root)
+    s.unselect()
+    return "CLOSE completed"
+
+
+@command("UNSELECT", SELECTED)
+async def cmd_unselect(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.end()
+    s.unselect()
+    return "UNSELECT completed"

@@ -1,0 +1,282 @@
+"""SEARCH: every RFC 3501 search key (plus MODSEQ), parsed to a tree and evaluated lazily.
+
+Flag, size, UID and sequence keys never open the message file; header keys parse only the
+header; BODY and TEXT decode the text parts (transfer encoding and charset) before matching.
+Matching is case-insensitive substring matching on Unicode text, as RFC 3501 asks.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email.header
+import email.utils
+import quopri
+from dataclasses import dataclass
+
+from . import mime
+from .mailbox import Msg, Selected
+from .wire import MAX_DEPTH, ParseError, Parser
+
+_FLAG_KEYS = {"ANSWERED": ("R", True), "DELETED": ("T", True), "DRAFT": ("D", True),
+              "FLAGGED": ("F", True), "SEEN": ("S", True), "UNANSWERED": ("R", False),
+              "UNDELETED": ("T", False), "UNDRAFT": ("D", False), "UNFLAGGED": ("F", False),
+              "UNSEEN": ("S", False)}
+_HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+CHARSETS = ("UTF-8", "US-ASCII")
+
+
+@dataclass
+class Node:
+    op: str
+    args: tuple = ()
+
+
+def _text(p: Parser, charset: str) -> str:
+    raw = p.astring()
+    try:
+        return raw.decode("utf-8" if charset == "UTF-8" else "ascii")
+    except UnicodeDecodeError as exc:
+        raise ParseError("search string is not in the given charset") from exc
+
+
+def parse_key(p: Parser, charset: str) -> Node:
+    p.depth += 1
+    try:
+        return _parse_key(p, charset)
+    finally:
+        p.depth -= 1
+
+
+def _parse_key(p: Parser, charset: str) -> Node:
+    if p.depth > MAX_DEPTH:
+        raise ParseError("search keys nested too deeply")
+    if p.maybe_open():
+        keys = [parse_key(p, charset)]
+        while p.maybe_sp():
+            keys.append(parse_key(p, charset))
+        p.close_paren()
+        return Node("AND", tuple(keys))
+    c = p.peek()
+    if c is not None and (chr(c).isdigit() or c == 0x2A):
+        return Node("SEQ", (p.seq_set(),))
+    word = p.atom().upper()
+    if word in ("ALL", "NEW", "OLD", "RECENT") or word in _FLAG_KEYS:
+        return Node(word)
+    if word in _HEADER_KEYS or word in ("BODY", "TEXT"):
+        p.sp()
+        return Node(word, (_text(p, charset).casefold(),))
+    if word == "HEADER":
+        p.sp()
+        name = p.astring().decode("ascii", "replace")
+        p.sp()
+        return Node(word, (name, _text(p, charset).casefold()))
+    if word in ("KEYWORD", "UNKEYWORD"):
+        p.sp()
+        return Node(word, (p.flag(),))
+    if word in ("LARGER", "SMALLER"):
+        p.sp()
+        return Node(word, (p.number(),))
+    if word in _DATE_KEYS:
+        p.sp()
+        return Node(word, (p.date(),))
+    if word == "UID":
+        p.sp()
+        return Node(word, (p.seq_set(),))
+    if word == "NOT":
+        p.sp()
+        return Node(word, (parse_key(p, charset),))
+    if word == "OR":
+        p.sp()
+        a = parse_key(p, charset)
+        p.sp()
+        return Node(word, (a, parse_key(p, charset)))
+    if word == "MODSEQ":
+        p.sp()
+        if p.peek() == 0x22:  # entry-name entry-type-req
+            p.quoted()
+            p.sp()
+            p.atom()
+            p.sp()
+        return Node(word, (p.number64(),))
+    raise ParseError(f"unknown search key {word}")
+
+
+def parse(p: Parser) -> tuple[Node, bool]:
+    """``[CHARSET x] key *(SP key)`` → (tree, uses MODSEQ). Raises ParseError or BadCharset."""
+    charset = "UTF-8"
+    if p.maybe(b"CHARSET "):
+        charset = p.astring().decode("ascii", "replace").upper()
+        if charset not in CHARSETS:
+            raise BadCharset(charset)
+        p.sp()
+    keys = [parse_key(p, charset)]
+    while p.maybe_sp():
+        keys.append(parse_key(p, charset))
+    p.end()
+    tree = Node("AND", tuple(keys))
+    return tree, _uses(tree, "MODSEQ")
+
+
+def _uses(node: Node, op: str) -> bool:
+    return node.op == op or any(isinstance(a, Node) and _uses(a, op) for a in node.args)
+
+
+class BadCharset(Exception):
+    pass
+
+
+def _decode_header(value: str) -> str:
+    """Raw (latin-1 carried) header text → Unicode, encoded words decoded."""
+    value = value.encode("latin-1", "replace").decode("utf-8", "replace")
+    if "=?" not in value:
+        return value
+    out = []
+    try:
+        chunks = email.header.decode_header(value)
+    except Exception:
+        return value
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+        elif charset is None:
+            out.append(chunk.decode("raw-unicode-escape", "replace"))
+        else:
+            try:
+                out.append(chunk.decode(charset, "replace"))
+            except LookupError:
+                out.append(chunk.decode("utf-8", "replace"))
+    return "".join(out)
+
+
+def _part_text(part: mime.Part) -> str:
+    if part.children:
+        return "\n".join(_part_text(c) for c in part.children)
+    if part.message is not None:
+        return _header_text(part.message) + "\n" + _part_text(part.message)
+    if part.type != "text":
+        return ""
+    cte = str(part.msg.get("content-transfer-encoding") or "").strip().lower()
+    body = part.body
+    try:
+        if cte == "base64":
+            body = base64.b64decode(body, validate=False)
+        elif cte == "quoted-printable":
+            body = quopri.decodestring(body)
+    except Exception:
+        pass
+    charset = str(part.msg.get_param("charset") or "utf-8")
+    try:
+        return body.decode(charset, "replace")
+    except LookupError:
+        return body.decode("utf-8", "replace")
+
+
+def _header_text(part: mime.Part) -> str:
+    return "\n".join(f"{k}: {_decode_header(str(v))}" for k, v in part.msg.items())
+
+
+class Context:
+    """Lazily loaded data of one message during a search."""
+
+    def __init__(self, sel: Selected, seq: int, msg: Msg) -> None:
+        self.sel, self.seq, self.msg = sel, seq, msg
+        self._part: mime.Part | bool | None = False
+
+    def part(self) -> mime.Part | None:
+        if self._part is False:
+            raw = self.sel.read(self.msg)
+            self._part = mime.Part(raw) if raw is not None else None
+        return self._part  # type: ignore[return-value]
+
+    def header(self, name: str) -> list[str]:
+        part = self.part()
+        if part is None:
+            return []
+        return [_decode_header(str(v)) for v in part.msg.get_all(name) or []]
+
+    def sent_date(self) -> dt.date | None:
+        values = self.header("date")
+        if not values:
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(values[0]).date()
+        except (TypeError, ValueError, IndexError):
+            return None
+
+    def internal_date(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self.sel.internal_date(self.msg)).date()
+
+
+def _date_cmp(kind: str, value: dt.date | None, ref: dt.date) -> bool:
+    if value is None:
+        return False
+    if kind.endswith("BEFORE"):
+        return value < ref
+    if kind.endswith("ON"):
+        return value == ref
+    return value >= ref
+
+
+def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bool:
+    op = node.op
+    m = ctx.msg
+    if op == "AND":
+        return all(evaluate(n, ctx, largest_seq, largest_uid) for n in node.args)
+    if op == "ALL":
+        return True
+    if op in _FLAG_KEYS:
+        letter, want = _FLAG_KEYS[op]
+        return (letter in m.letters) == want
+    if op == "NEW":
+        return ctx.sel.is_recent(m) and "S" not in m.flags
+    if op == "OLD":
+        return not ctx.sel.is_recent(m)
+    if op == "RECENT":
+        return ctx.sel.is_recent(m)
+    if op == "SEQ":
+        return node.args[0].contains(ctx.seq, largest_seq)
+    if op == "UID":
+        return node.args[0].contains(m.uid, largest_uid)
+    if op == "NOT":
+        return not evaluate(node.args[0], ctx, largest_seq, largest_uid)
+    if op == "OR":
+        return (evaluate(node.args[0], ctx, largest_seq, largest_uid)
+                or evaluate(node.args[1], ctx, largest_seq, largest_uid))
+    if op in ("KEYWORD", "UNKEYWORD"):
+        has = node.args[0].lower() in (f.lower() for f in ctx.sel.keywords.to_imap(m.letters))
+        return has if op == "KEYWORD" else not has
+    if op == "LARGER":
+        return ctx.sel.size(m) > node.args[0]
+    if op == "SMALLER":
+        return ctx.sel.size(m) < node.args[0]
+    if op == "MODSEQ":
+        return m.modseq >= node.args[0]
+    if op in ("BEFORE", "ON", "SINCE"):
+        return _date_cmp(op, ctx.internal_date(), node.args[0])
+    if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        return _date_cmp(op, ctx.sent_date(), node.args[0])
+    if op in _HEADER_KEYS:
+        return any(node.args[0] in v.casefold() for v in ctx.header(op.lower()))
+    if op == "HEADER":
+        name, needle = node.args
+        values = ctx.header(name)
+        return bool(values) and any(needle in v.casefold() for v in values)
+    part = ctx.part()
+    if part is None:
+        return False
+    if op == "BODY":
+        return node.args[0] in _part_text(part).casefold()
+    if op == "TEXT":
+        return (node.args[0] in _header_text(part).casefold()
+                or node.args[0] in _part_text(part).casefold())
+    raise ValueError(op)
+
+
+def run(sel: Selected, tree: Node) -> list[tuple[int, Msg]]:
+    """Matching (sequence number, message) pairs in sequence order."""
+    largest_seq = sel.exists
+    largest_uid = sel.uids[-1] if sel.uids else 0
+    return [(seq, m) for seq, m in enumerate(sel.msgs, 1)
+            if evaluate(tree, Context(sel, seq, m), largest_seq, largest_uid)]

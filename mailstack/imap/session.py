@@ -1,0 +1,513 @@
+"""One IMAP connection: reading commands (with literals), dispatch by state, replies.
+
+Errors are mapped to replies in one place (:meth:`Session.dispatch`): :class:`Bad` and
+:class:`~.wire.ParseError` become tagged BAD, :class:`No` and
+:class:`~.mailbox.MailboxError` tagged NO; anything unexpected is logged with its traceback and
+answered ``NO [SERVERBUG]`` while the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..netserver import LineReader, LineTooLong, is_loopback, peer_ip, starttls
+from ..store import watch
+from ..store.maildir import MaildirError, open_user_mailbox
+from ..users import UserError, normalize_address
+from . import wire
+from .cache import FolderCache
+from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
+from .wire import ParseError, Parser
+
+if TYPE_CHECKING:
+    from .daemon import IMAPServer
+
+log = logging.getLogger("mailstack.imap")
+
+NOTAUTH, AUTH, SELECTED, LOGOUT = range(4)
+MAX_LINE = 64 * 1024
+MAX_COMMAND_EXTRA = 1024 * 1024  # bytes of literals beyond max_literal in one command
+
+
+class Bad(Exception):
+    """Answer the command with tagged BAD."""
+
+
+class No(Exception):
+    """Answer the command with tagged NO (optionally with a response code)."""
+
+    def __init__(self, text: str, code: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class Disconnect(Exception):
+    """The client went away or must be dropped."""
+
+
+Handler = Callable[["Session", str, Parser, bool], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class Command:
+    handler: Handler
+    states: tuple[int, ...]
+    uid_ok: bool = False
+    expunge_ok: bool = True  # may untagged EXPUNGE follow this command?
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, *states: int, uid_ok: bool = False,
+            expunge_ok: bool = True) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        COMMANDS[name] = Command(fn, states, uid_ok, expunge_ok)
+        return fn
+    return deco
+
+
+ANY = (NOTAUTH, AUTH, SELECTED)
+
+
+class Session:
+    """State and I/O of one client connection."""
+
+    def __init__(self, server: IMAPServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *, implicit_tls: bool) -> None:
+        self.server = server
+        self.cfg = server.cfg
+        self.reader = reader
+        self.writer = writer
+        self.tls = implicit_tls
+        self.loopback = is_loopback(writer)
+        self.peer = peer_ip(writer)
+        self.lines = LineReader(reader, MAX_LINE, float(self.cfg.imap.idle_timeout))
+        self.state = NOTAUTH
+        self.user = ""
+        self.account: Account | None = None
+        self.selected: Selected | None = None
+        self.condstore = False
+        self.out: list[bytes] = []
+        self.out_size = 0
+
+    # -- output ---------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+
+    def untagged(self, text: str) -> None:
+        self.send(b"* " + text.encode("utf-8") + b"\r\n")
+
+    async def flush(self) -> None:
+        if self.out:
+            self.writer.write(b"".join(self.out))
+            self.out.clear()
+            self.out_size = 0
+        await self.writer.drain()
+
+    async def maybe_flush(self) -> None:
+        if self.out_size > 256 * 1024:
+            await self.flush()
+
+    # -- capabilities ---------------------------------------------------------------------
+    @property
+    def login_allowed(self) -> bool:
+        return self.tls or self.loopback
+
+    def capabilities(self) -> str:
+        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"]
+        if self.state == NOTAUTH:
+            if not self.tls and self.server.tls_context is not None:
+                caps.append("STARTTLS")
+            caps.append("AUTH=PLAIN" if self.login_allowed else "LOGINDISABLED")
+        else:
+            caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
+                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE"]
+        return " ".join(caps)
+
+    # -- main loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.untagged(f"OK [CAPABILITY {self.capabilities()}] mailstack IMAP ready")
+        try:
+            await self.flush()
+            while self.state != LOGOUT:
+                raw = await self.read_command()
+                if raw is None:
+                    await self.flush()
+                    continue
+                await self.dispatch(raw)
+                await self.flush()
+        except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        except TimeoutError:
+            self.untagged("BYE idle for too long")
+            try:
+                await asyncio.wait_for(self.flush(), 5)
+            except (TimeoutError, ConnectionError):
+                pass
+
+    async def read_command(self) -> bytes | None:
+        """A whole command with its literals; None when it was refused and skipped."""
+        buf = bytearray()
+        budget = int(self.cfg.imap.max_literal) + MAX_COMMAND_EXTRA
+        while True:
+            try:
+                line = await self.lines.readline()
+            except LineTooLong:
+                log.info("imap %s: line too long", self.peer)
+                self.send(b"* BAD line too long\r\n")
+                return None
+            if not line:
+                raise Disconnect()
+            if not line.endswith(b"\n"):
+                raise Disconnect()  # EOF inside a line
+            buf += line
+            lit = wire.literal_at_end(line)
+            if lit is None:
+                return bytes(buf)
+            size, nonsync = lit
+            tag = _guess_tag(bytes(buf))
+            if size > int(self.cfg.imap.max_literal) or size > budget:
+                log.info("imap %s: literal of %d bytes refused", self.peer, size)
+                self.send(f"{tag} BAD [TOOBIG] literal larger than "
+                          f"{int(self.cfg.imap.max_literal)} bytes\r\n".encode())
+                if nonsync:  # its bytes are already coming: the stream is lost
+                    self.untagged("BYE literal too large")
+                    await self.flush()
+                    raise Disconnect()
+                return None
+            budget -= size
+            if not nonsync:
+                self.send(b"+ Ready for literal data\r\n")
+                await self.flush()
+            try:
+                buf += await self.lines.readexactly(size)
+            except asyncio.IncompleteReadError:
+                raise Disconnect() from None
+
+    async def dispatch(self, raw: bytes) -> None:
+        p = Parser(raw)
+        tag = "*"
+        try:
+            tag = p.tag()
+            p.sp()
+            name = p.atom().upper()
+        except ParseError:
+            log.info("imap %s: malformed command %r", self.peer, raw[:80])
+            self.send(f"{tag} BAD malformed command\r\n".encode())
+            return
+        uid = False
+        if name == "UID":
+            try:
+                p.sp()
+                name = p.atom().upper()
+            except ParseError:
+                log.info("imap %s: malformed UID command", self.peer)
+                self.send(f"{tag} BAD UID needs a command\r\n".encode())
+                return
+            uid = True
+        cmd = COMMANDS.get(name)
+        if cmd is None or (uid and not cmd.uid_ok):
+            log.info("imap %s: unknown command %s", self.peer, name[:40])
+            self.send(f"{tag} BAD unknown command\r\n".encode())
+            return
+        if self.state not in cmd.states:
+            log.info("imap %s: %s in the wrong state", self.peer, name)
+            what = {NOTAUTH: "log in first", AUTH: "select a mailbox first",
+                    SELECTED: "not allowed now"}.get(self.state, "not allowed now")
+            if self.state == AUTH and SELECTED not in cmd.states:
+                what = "already logged in"
+            self.send(f"{tag} BAD {name}: {what}\r\n".encode())
+            return
+        try:
+            text = await cmd.handler(self, tag, p, uid)
+        except (ParseError, Bad) as exc:
+            log.info("imap %s: BAD %s: %s", self.peer, name, exc)
+            self.send(f"{tag} BAD {name}: {exc}\r\n".encode())
+            return
+        except (No, MailboxError) as exc:
+            code = f"[{exc.code}] " if exc.code else ""
+            self.send(f"{tag} NO {code}{exc}\r\n".encode())
+            return
+        except MaildirError as exc:
+            self.send(f"{tag} NO [CANNOT] {exc}\r\n".encode())
+            return
+        except (Disconnect, ConnectionError, TimeoutError):
+            raise
+        except Exception:
+            log.exception("imap %s: %s failed", self.peer, name)
+            self.send(f"{tag} NO [SERVERBUG] internal error\r\n".encode())
+            return
+        if self.state == SELECTED and name not in ("SELECT", "EXAMINE"):
+            self.announce(expunge_ok=cmd.expunge_ok or uid)
+            if self.state == LOGOUT:
+                return
+        if text is not None:
+            self.send(f"{tag} OK {text}\r\n".encode())
+
+    # -- mailbox updates ------------------------------------------------------------------
+    def announce(self, *, expunge_ok: bool = True) -> None:
+        sel = self.selected
+        if sel is None:
+            return
+        try:
+            changes = sel.refresh(expunge_ok=expunge_ok)
+        except ValidityChanged:
+            log.warning("imap %s: UIDVALIDITY of %s changed", self.peer, sel.name)
+            self.untagged("BYE the mailbox's UIDs were reset: please reconnect")
+            self.state = LOGOUT
+            return
+        except FileNotFoundError:
+            if sel.maildir.exists():
+                raise
+            log.info("imap %s: selected mailbox %s vanished", self.peer, sel.name)
+            self.untagged("BYE the selected mailbox was deleted or renamed elsewhere")
+            self.state = LOGOUT
+            return
+        self.send_changes(changes)
+
+    def send_changes(self, ch: Changes) -> None:
+        sel = self.selected
+        assert sel is not None
+        for seq in ch.expunged:
+            self.send(b"* %d EXPUNGE\r\n" % seq)
+        for m in ch.flags:
+            seq = sel.seq_of(m.uid)
+            if seq is None:
+                continue
+            extra = f" MODSEQ ({m.modseq})" if self.condstore else ""
+            self.send(f"* {seq} FETCH (UID {m.uid} FLAGS ({' '.join(sel.flags(m))}){extra})\r\n"
+                      .encode())
+        if ch.exists is not None:
+            self.send(b"* %d EXISTS\r\n* %d RECENT\r\n" % (ch.exists, ch.recent))
+
+    def unselect(self) -> None:
+        sel = self.selected
+        if sel is not None:
+            cache = FolderCache.for_root(sel.maildir.root)
+            if cache.dirty:  # write what this session added (small folders never reach due())
+                cache.save({m.key for m in sel.msgs})
+        self.selected = None
+        if self.state == SELECTED:
+            self.state = AUTH
+
+    # -- authentication -------------------------------------------------------------------
+    async def login(self, user: str, password: str) -> str:
+        if not self.login_allowed:
+            raise No("plaintext authentication is disabled here: use STARTTLS first",
+                     "PRIVACYREQUIRED")
+        throttle = self.server.throttle
+        try:
+            addr = normalize_address(user)
+        except UserError:
+            addr = ""
+        ok = bool(addr) and await self.server.users.authenticate(addr, password)
+        if not ok:
+            await throttle.fail(self.peer, user, "imap")
+            raise No("authentication failed", "AUTHENTICATIONFAILED")
+        throttle.record_success(f"ip:{self.peer}")
+        inbox = await asyncio.to_thread(open_user_mailbox, self.cfg.data_dir, addr)
+        self.user = addr
+        self.account = Account(inbox)
+        self.state = AUTH
+        log.info("imap login %s from %s", addr, self.peer)
+        return f"[CAPABILITY {self.capabilities()}] logged in"
+
+
+def _guess_tag(raw: bytes) -> str:
+    try:
+        return Parser(raw).tag()
+    except ParseError:
+        return "*"
+
+
+# -- any state ------------------------------------------------------------------------------
+@command("CAPABILITY", *ANY)
+async def cmd_capability(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.end()
+    s.untagged(f"CAPABILITY {s.capabilities()}")
+    return "CAPABILITY completed"
+
+
+@command("NOOP", *ANY)
+async def cmd_noop(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.end()
+    return "NOOP completed"
+
+
+@command("CHECK", SELECTED)
+async def cmd_check(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.end()
+    return "CHECK completed"
+
+
+@command("LOGOUT", *ANY)
+async def cmd_logout(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.end()
+    s.untagged("BYE logging out")
+    s.state = LOGOUT
+    s.selected = None
+    return "LOGOUT completed"
+
+
+@command("ID", *ANY)
+async def cmd_id(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    if not p.maybe(b"NIL"):
+        p.open_paren()
+        fields: list[bytes] = []
+        while p.peek() != 0x29:
+            if fields:
+                p.sp()
+            fields.append(p.string())
+            p.sp()
+            fields.append(b"" if p.maybe(b"NIL") else p.string())
+        p.close_paren()
+        if len(fields) > 60:
+            raise Bad("too many ID fields")
+        pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+        log.info("imap %s: client %s %s", s.peer, pairs.get(b"name", b"?").decode(errors="replace"),
+                 pairs.get(b"version", b"").decode(errors="replace"))
+    p.end()
+    s.untagged(f'ID ("name" "mailstack" "version" "{__version__}")')
+    return "ID completed"
+
+
+@command("STARTTLS", NOTAUTH)
+async def cmd_starttls(s: Session, tag: str, p: Parser, uid: bool) -> str | None:
+    p.end()
+    ctx = s.server.tls_context
+    if s.tls or ctx is None:
+        raise Bad("TLS is already active" if s.tls else "TLS is not available")
+    s.send(f"{tag} OK Begin TLS negotiation now\r\n".encode())
+    await s.flush()
+    dropped = await starttls(s.reader, s.writer, ctx)
+    if dropped:
+        log.info("imap %s: discarded %d bytes pipelined after STARTTLS", s.peer, dropped)
+    s.tls = True
+    return None
+
+
+@command("LOGIN", NOTAUTH)
+async def cmd_login(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    user = p.astring_str()
+    p.sp()
+    password = p.astring_str()
+    p.end()
+    return await s.login(user, password)
+
+
+@command("AUTHENTICATE", NOTAUTH)
+async def cmd_authenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.sp()
+    mech = p.atom().upper()
+    initial: bytes | None = None
+    if p.maybe_sp():
+        initial = p._run(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+        if not initial:
+            raise Bad("bad initial response")
+    p.end()
+    if mech != "PLAIN":
+        raise No("unsupported authentication mechanism", "CANNOT")
+    if not s.login_allowed:
+        raise No("plaintext authentication is disabled here: use STARTTLS first",
+                 "PRIVACYREQUIRED")
+    if initial is None:
+        s.send(b"+ \r\n")
+        await s.flush()
+        try:
+            line = await s.lines.readline()
+        except LineTooLong:
+            raise Bad("response too long") from None
+        if not line:
+            raise Disconnect()
+        initial = line.rstrip(b"\r\n")
+        if initial == b"*":
+            raise Bad("authentication cancelled")
+    if initial == b"=":
+        initial = b""
+    try:
+        decoded = base64.b64decode(initial, validate=True)
+        authz, authc, password = decoded.split(b"\x00")
+        authz_s, user, pw = authz.decode(), authc.decode(), password.decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise Bad("malformed PLAIN response") from None
+    if authz_s and authz_s.lower() != user.lower():
+        await s.server.throttle.fail(s.peer, user, "imap")
+        raise No("authorization identity must be empty or the user", "AUTHORIZATIONFAILED")
+    return await s.login(user, pw)
+
+
+@command("NAMESPACE", AUTH, SELECTED)
+async def cmd_namespace(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.end()
+    s.untagged('NAMESPACE (("" ".")) NIL NIL')
+    return "NAMESPACE completed"
+
+
+@command("ENABLE", AUTH, SELECTED)
+async def cmd_enable(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    enabled = []
+    while p.maybe_sp():
+        cap = p.atom().upper()
+        if cap == "CONDSTORE" and not s.condstore:
+            s.condstore = True
+            enabled.append(cap)
+    p.end()
+    s.untagged("ENABLED" + "".join(" " + c for c in enabled))
+    return "ENABLE completed"
+
+
+@command("IDLE", AUTH, SELECTED)
+async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    p.end()
+    event = asyncio.Event()
+    timeout = float(s.cfg.imap.idle_timeout)
+    with contextlib.ExitStack() as stack:
+        if s.selected is not None:
+            # watch first, then look: nothing can slip between the last refresh and the watch
+            stack.enter_context(watch.watching(s.selected.maildir.root, event))
+        s.send(b"+ idling\r\n")
+        s.announce()
+        await s.flush()
+        read = asyncio.ensure_future(s.lines.reader.readline())
+        try:
+            while True:
+                waiter = asyncio.ensure_future(event.wait())
+                done, _ = await asyncio.wait({read, waiter}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if read in done:
+                    waiter.cancel()
+                    break
+                if not done:
+                    waiter.cancel()
+                    raise TimeoutError()
+                event.clear()
+                s.announce()
+                if s.state == LOGOUT:
+                    await s.flush()
+                    raise Disconnect()
+                await s.flush()
+        finally:
+            if not read.done():
+                read.cancel()
+    try:
+        line = read.result()
+    except (asyncio.LimitOverrunError, ValueError):
+        raise Disconnect() from None
+    if not line.endswith(b"\n"):
+        raise Disconnect()
+    if line.rstrip(b"\r\n").upper() != b"DONE":
+        raise Bad("expected DONE")
+    return "IDLE terminated"

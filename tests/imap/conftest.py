@@ -1,0 +1,126 @@
+"""Fixtures for the IMAP tests: a running imap daemon on free ports with one user."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from mailstack.config import Config
+from mailstack.store.maildir import Maildir, MaildirMessage, mailbox_path
+from tests.conftest import add_user, running
+
+USER = "alice@example.test"
+PASSWORD = "wonderland"
+
+
+@dataclass
+class Server:
+    cfg: Config
+    port: int
+    tls_port: int
+    ssl: ssl.SSLContext
+    user: str = USER
+    password: str = PASSWORD
+
+    @property
+    def inbox(self) -> Maildir:
+        return Maildir(mailbox_path(self.cfg.data_dir, self.user))
+
+    def folder(self, name: str) -> Maildir:
+        return self.inbox.folder(name)
+
+    def deliver(self, data: bytes | str, folder: str = "INBOX", flags: str = "") -> MaildirMessage:
+        """Store a message the way the mda does."""
+        if isinstance(data, str):
+            data = data.encode()
+        return self.folder(folder).deliver(data, flags=flags)
+
+    def client(self) -> imaplib.IMAP4:
+        """A logged-in imaplib client over plain loopback."""
+        c = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+        c.login(self.user, self.password)
+        return c
+
+    def tls_client(self) -> imaplib.IMAP4_SSL:
+        c = imaplib.IMAP4_SSL("127.0.0.1", self.tls_port, ssl_context=self.ssl, timeout=10)
+        c.login(self.user, self.password)
+        return c
+
+    async def raw(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+
+def message(subject: str = "Hello", body: str = "Hi there.\n", sender: str = "bob@example.test",
+            to: str = USER, extra: str = "") -> bytes:
+    return (f"From: Bob <{sender}>\nTo: {to}\nSubject: {subject}\n"
+            f"Date: Thu, 26 Nov 2026 10:00:00 +0000\nMessage-ID: <{subject.replace(' ', '.')}"
+            f"@example.test>\n{extra}\n{body}").encode()
+
+
+@pytest.fixture
+async def imap(cfg: Config, client_ssl: ssl.SSLContext) -> AsyncIterator[Server]:
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg):
+        yield Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl)
+
+
+class Raw:
+    """A line-oriented raw IMAP client for exact-sequence tests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, srv: Server, tls: bool = False) -> Raw:
+        if tls:
+            r, w = await asyncio.open_connection("127.0.0.1", srv.tls_port, ssl=srv.ssl)
+        else:
+            r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+        raw = cls(r, w)
+        greeting = await raw.line()
+        assert greeting.startswith(b"* OK"), greeting
+        raw.greeting = greeting
+        return raw
+
+    async def line(self, timeout: float = 10) -> bytes:
+        return await asyncio.wait_for(self.reader.readline(), timeout)
+
+    async def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def cmd(self, tag: str, text: str | bytes, timeout: float = 10) -> list[bytes]:
+        """Send ``tag text`` and collect every response line up to the tagged one (literals
+        are inlined)."""
+        if isinstance(text, str):
+            text = text.encode()
+        await self.send(tag.encode() + b" " + text + b"\r\n")
+        return await self.until(tag, timeout)
+
+    async def until(self, tag: str, timeout: float = 10) -> list[bytes]:
+        out = []
+        while True:
+            line = await self.line(timeout)
+            if not line:
+                raise ConnectionError("closed: " + repr(out))
+            while line.rstrip(b"\r\n").endswith(b"}") and b"{" in line:
+                size = int(line.rstrip(b"\r\n").rsplit(b"{", 1)[1][:-1].rstrip(b"+"))
+                data = await asyncio.wait_for(self.reader.readexactly(size), timeout)
+                line = line + data + await self.line(timeout)
+            out.append(line)
+            if line.startswith(tag.encode() + b" "):
+                return out
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass

@@ -1,0 +1,406 @@
+"""RFC 3501 and extension behaviour over real sockets (imaplib and a raw client)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import re
+
+import pytest
+
+from tests.imap.conftest import PASSWORD, USER, Raw, message
+
+
+def ok(lines: list[bytes], tag: str) -> list[bytes]:
+    assert lines[-1].startswith(f"{tag} OK".encode()), lines
+    return lines
+
+
+async def login(imap, tls: bool = False) -> Raw:
+    c = await Raw.connect(imap, tls=tls)
+    ok(await c.cmd("L", f'LOGIN "{USER}" "{PASSWORD}"'), "L")
+    return c
+
+
+async def test_greeting_capability_noop_logout(imap):
+    c = await Raw.connect(imap)
+    assert c.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
+    assert b"STARTTLS" in c.greeting and b"AUTH=PLAIN" in c.greeting  # loopback: allowed
+    caps = ok(await c.cmd("a", "CAPABILITY"), "a")
+    assert caps[0].startswith(b"* CAPABILITY IMAP4rev1")
+    ok(await c.cmd("b", "NOOP"), "b")
+    out = ok(await c.cmd("c", "LOGOUT"), "c")
+    assert out[0].startswith(b"* BYE")
+    assert await c.line() == b""
+
+
+async def test_login_and_wrong_password(imap):
+    c = await Raw.connect(imap)
+    bad = await c.cmd("a", f'LOGIN "{USER}" "nope"')
+    assert bad[-1].startswith(b"a NO [AUTHENTICATIONFAILED]")
+    good = ok(await c.cmd("b", f"LOGIN {USER} {PASSWORD}"), "b")
+    assert good[-1].startswith(b"b OK [CAPABILITY IMAP4rev1")
+    again = await c.cmd("c", f"LOGIN {USER} {PASSWORD}")
+    assert again[-1].startswith(b"c BAD")
+
+
+async def test_authenticate_plain_sasl_ir_and_cancel(imap):
+    c = await Raw.connect(imap)
+    await c.send("a AUTHENTICATE PLAIN\r\n")
+    assert (await c.line()).startswith(b"+")
+    await c.send("*\r\n")
+    assert (await c.until("a"))[-1].startswith(b"a BAD")
+    ir = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    ok(await c.cmd("b", f"AUTHENTICATE PLAIN {ir}"), "b")
+
+
+async def test_login_with_literals(imap):
+    c = await Raw.connect(imap)
+    await c.send(f"a LOGIN {{{len(USER)}}}\r\n")
+    assert (await c.line()).startswith(b"+ ")
+    await c.send(f"{USER} {{{len(PASSWORD)}+}}\r\n{PASSWORD}\r\n")
+    ok(await c.until("a"), "a")
+
+
+async def test_starttls_discards_pipelined_plaintext(imap):
+    c = await Raw.connect(imap)
+    await c.send(f"a STARTTLS\r\nb LOGIN {USER} {PASSWORD}\r\n")
+    assert (await c.line()).startswith(b"a OK")
+    await c.writer.start_tls(imap.ssl, server_hostname="localhost")
+    caps = ok(await c.cmd("c", "CAPABILITY"), "c")  # the injected LOGIN was dropped
+    assert b"STARTTLS" not in caps[0]
+    assert (await c.cmd("d", "SELECT INBOX"))[-1].startswith(b"d BAD")
+    again = await c.cmd("e", "STARTTLS")
+    assert again[-1].startswith(b"e BAD")
+
+
+async def test_id_namespace_enable(imap):
+    c = await login(imap)
+    idl = ok(await c.cmd("a", "ID NIL"), "a")
+    assert idl[0].startswith(b'* ID ("name" "mailstack"')
+    ok(await c.cmd("b", "NAMESPACE"), "b")
+    en = ok(await c.cmd("c", "ENABLE CONDSTORE X-UNKNOWN"), "c")
+    assert en[0] == b"* ENABLED CONDSTORE\r\n"
+
+
+async def test_list_lsub_and_list_extended(imap):
+    c = await login(imap)
+    ok(await c.cmd("a", "CREATE Work.Projects.2026"), "a")
+    ok(await c.cmd("b", "CREATE Archive"), "b")
+    lst = b"".join(ok(await c.cmd("c", 'LIST "" "*"'), "c"))
+    assert b'* LIST (\\HasChildren) "." Work\r\n' in lst
+    assert b'* LIST (\\HasNoChildren) "." Work.Projects.2026\r\n' in lst
+    assert b'* LIST (\\HasNoChildren \\Trash) "." Trash\r\n' in lst
+    pct = ok(await c.cmd("d", 'LIST "" "%"'), "d")
+    names = [line.rsplit(b" ", 1)[1].strip() for line in pct[:-1]]
+    assert names == [b"INBOX", b"Archive", b"Drafts", b"Junk", b"Sent", b"Trash", b"Work"]
+    sub = ok(await c.cmd("e", 'LIST "Work." "%"'), "e")
+    assert sub[0] == b'* LIST (\\HasChildren) "." Work.Projects\r\n'
+    delim = ok(await c.cmd("f", 'LIST "" ""'), "f")
+    assert delim[0] == b'* LIST (\\Noselect) "." ""\r\n'
+    ok(await c.cmd("g", "SUBSCRIBE Archive"), "g")
+    lsub = b"".join(ok(await c.cmd("h", 'LSUB "" "*"'), "h"))
+    assert b'"." Archive' in lsub and b'"." Sent' in lsub and b'"." Work' not in lsub
+    ext = b"".join(ok(await c.cmd("i", 'LIST (SUBSCRIBED) "" "*" RETURN (SPECIAL-USE)'), "i"))
+    assert b"\\Subscribed" in ext and b"Archive" in ext and b"Work" not in ext
+    su = b"".join(ok(await c.cmd("j", 'LIST (SPECIAL-USE) "" "*"'), "j"))
+    assert su.count(b"* LIST") == 4
+    multi = ok(await c.cmd("k", 'LIST "" (INBOX Sent) RETURN (CHILDREN SUBSCRIBED)'), "k")
+    assert len(multi) == 3 and b"\\Subscribed" in multi[1]
+    ok(await c.cmd("l", "UNSUBSCRIBE Archive"), "l")
+    assert (await c.cmd("m", "UNSUBSCRIBE Archive"))[-1].startswith(b"m NO")
+    bad = await c.cmd("n", 'LIST (BOGUS) "" "*"')
+    assert bad[-1].startswith(b"n BAD")
+    ok(await c.cmd("o", "SUBSCRIBE Work.Projects"), "o")
+    rec = b"".join(ok(await c.cmd("p", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'), "p"))
+    assert b'"." Work ("CHILDINFO" ("SUBSCRIBED"))\r\n' in rec
+    imap.deliver(message("status me"), folder="Archive")
+    st = ok(await c.cmd("q", 'LIST "" "A%" RETURN (STATUS (MESSAGES UNSEEN))'), "q")
+    assert st[0] == b'* LIST (\\HasNoChildren) "." Archive\r\n'
+    assert st[1] == b"* STATUS Archive (MESSAGES 1 UNSEEN 1)\r\n"
+
+
+async def test_create_delete_rename_and_utf7(imap):
+    c = await login(imap)
+    ok(await c.cmd("a", 'CREATE "Entw&APw-rfe"'), "a")
+    assert (imap.inbox.root / ".Entw&APw-rfe" / "cur").is_dir()
+    assert (await c.cmd("b", 'CREATE "Entw&APw-rfe"'))[-1].startswith(b"b NO [ALREADYEXISTS]")
+    ok(await c.cmd("c", 'RENAME "Entw&APw-rfe" "Archiv"'), "c")
+    assert (imap.inbox.root / ".Archiv").is_dir()
+    ok(await c.cmd("d", "CREATE Archiv.2025"), "d")
+    ok(await c.cmd("e", "RENAME Archiv Old"), "e")
+    assert (imap.inbox.root / ".Old.2025" / "cur").is_dir()
+    assert (await c.cmd("f", "DELETE Old"))[-1].startswith(b"f NO")  # has children
+    ok(await c.cmd("g", "DELETE Old.2025"), "g")
+    ok(await c.cmd("h", "DELETE Old"), "h")
+    assert not (imap.inbox.root / ".Old").exists()
+    assert (await c.cmd("i", "DELETE INBOX"))[-1].startswith(b"i NO")
+    assert (await c.cmd("j", "DELETE Nothing"))[-1].startswith(b"j NO [NONEXISTENT]")
+    # RENAME INBOX moves its messages into a new folder, INBOX stays
+    imap.deliver(message("in inbox"))
+    ok(await c.cmd("k", "RENAME INBOX Saved"), "k")
+    st = ok(await c.cmd("l", "STATUS Saved (MESSAGES)"), "l")
+    assert st[0] == b"* STATUS Saved (MESSAGES 1)\r\n"
+    st = ok(await c.cmd("m", "STATUS INBOX (MESSAGES)"), "m")
+    assert st[0] == b"* STATUS INBOX (MESSAGES 0)\r\n"
+    ok(await c.cmd("n", "CREATE Trailing."), "n")
+    assert (imap.inbox.root / ".Trailing").is_dir()
+
+
+async def test_select_examine_status(imap):
+    imap.deliver(message("a"))
+    imap.deliver(message("b"), flags="S")
+    c = await login(imap)
+    st = ok(await c.cmd("a", "STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)"), "a")
+    assert re.match(rb"\* STATUS INBOX \(MESSAGES 2 RECENT 2 UIDNEXT 3 UIDVALIDITY \d+ UNSEEN 1\)",
+                    st[0]), st
+    ex = b"".join(ok(await c.cmd("b", "EXAMINE INBOX"), "b"))
+    assert b"b OK [READ-ONLY]" in ex and b"* 2 EXISTS" in ex
+    assert b"[PERMANENTFLAGS ()]" in ex
+    # EXAMINE does not claim \Recent: SELECT still sees it
+    sel = b"".join(ok(await c.cmd("c", "SELECT INBOX"), "c"))
+    assert b"* 2 RECENT" in sel and b"[UNSEEN 1]" in sel and b"[READ-WRITE]" in sel
+    assert b"* OK [CLOSED]" in sel
+    assert b"\\*)] " in sel
+    c2 = await login(imap)
+    sel2 = b"".join(ok(await c2.cmd("d", "SELECT INBOX"), "d"))
+    assert b"* 0 RECENT" in sel2  # the first session took \Recent
+    assert (await c.cmd("e", "SELECT Nope"))[-1].startswith(b"e NO")
+    assert (await c.cmd("f", "FETCH 1 FLAGS"))[-1].startswith(b"f BAD")  # now unselected
+
+
+async def test_fetch_items(imap):
+    imap.deliver(message("fetch me", body="line one\nline two\n"))
+    c = await login(imap)
+    ok(await c.cmd("a", "EXAMINE INBOX"), "a")
+    r = ok(await c.cmd("b", "FETCH 1 (FLAGS UID RFC822.SIZE INTERNALDATE)"), "b")
+    assert re.match(rb'\* 1 FETCH \(FLAGS \(\\Recent\) UID 1 RFC822.SIZE (\d+) '
+                    rb'INTERNALDATE "[ \d]\d-\w{3}-\d{4} \d\d:\d\d:\d\d [+-]\d{4}"\)', r[0]), r
+    size = int(re.search(rb"RFC822.SIZE (\d+)", r[0]).group(1))
+    full = ok(await c.cmd("c", "FETCH 1 RFC822"), "c")
+    assert b"RFC822 {%d}" % size in full[0]
+    assert b"\r\nline one\r\nline two\r\n" in full[0]
+    parts = ok(await c.cmd("d", "FETCH 1 (RFC822.HEADER RFC822.TEXT BODY[TEXT]<5.3> "
+                                "BODY.PEEK[HEADER.FIELDS.NOT (Date Message-ID To From)])"), "d")
+    assert b"RFC822.TEXT {20}\r\nline one\r\nline two\r\n" in parts[0]
+    assert b"BODY[TEXT]<5> {3}\r\none" in parts[0]
+    assert b"BODY[HEADER.FIELDS.NOT (Date Message-ID To From)] {21}\r\nSubject: fetch me\r\n\r\n"\
+        in parts[0]
+    macros = ok(await c.cmd("e", "FETCH 1 ALL"), "e")
+    assert b"ENVELOPE (" in macros[0] and b"RFC822.SIZE" in macros[0]
+    full_m = ok(await c.cmd("f", "FETCH 1 FULL"), "f")
+    assert b"BODY (" in full_m[0]
+    assert b"\\Seen" not in b"".join(full + parts)  # EXAMINE: read-only, no implicit \Seen
+    bad = await c.cmd("g", "FETCH 1 (BODY[HEADER.FIELDS ()])")
+    assert bad[-1].startswith(b"g BAD")
+    bad = await c.cmd("h", "FETCH 1 NOTHING")
+    assert bad[-1].startswith(b"h BAD")
+
+
+async def test_implicit_seen_and_store(imap):
+    imap.deliver(message("one"))
+    imap.deliver(message("two"))
+    c = await login(imap)
+    ok(await c.cmd("a", "SELECT INBOX"), "a")
+    r = ok(await c.cmd("b", "FETCH 1 BODY[]"), "b")
+    assert b"FLAGS (\\Seen \\Recent)" in r[0]
+    r = ok(await c.cmd("c", "STORE 1:2 +FLAGS (\\Flagged $Label1)"), "c")
+    assert r[0] == b"* 1 FETCH (FLAGS (\\Flagged \\Seen $Label1 \\Recent))\r\n"
+    r = ok(await c.cmd("d", "STORE 1 -FLAGS.SILENT (\\Seen)"), "d")
+    assert len(r) == 1
+    r = ok(await c.cmd("e", "UID STORE 2 FLAGS (\\Answered)"), "e")
+    assert r[0] == b"* 2 FETCH (UID 2 FLAGS (\\Answered \\Recent))\r\n"
+    names = sorted(p.name for p in (imap.inbox.root / "cur").iterdir())
+    assert names[0].endswith(":2,Fa") and names[1].endswith(":2,R")
+    assert "0 $Label1" in (imap.inbox.root / "dovecot-keywords").read_text()
+    sel = b"".join(ok(await c.cmd("f", "SELECT INBOX"), "f"))
+    assert b"$Label1" in sel
+    assert (await c.cmd("g", "STORE 1 FLAGS (\\Recent)"))[-1].startswith(b"g OK")
+    assert (await c.cmd("h", "STORE 5 +FLAGS (\\Seen)"))[-1].startswith(b"h BAD")
+    assert (await c.cmd("i", "UID STORE 5 +FLAGS (\\Seen)"))[-1].startswith(b"i OK")
+
+
+async def test_append_variants(imap):
+    c = await login(imap)
+    msg = message("appended").replace(b"\n", b"\r\n")
+    await c.send(b'a APPEND Drafts (\\Draft $Todo) "05-Jan-2025 10:20:30 +0100" {%d}\r\n'
+                 % len(msg))
+    assert (await c.line()).startswith(b"+")
+    await c.send(msg + b"\r\n")
+    r = ok(await c.until("a"), "a")
+    assert re.match(rb"a OK \[APPENDUID (\d+) 1\]", r[-1])
+    ok(await c.cmd("b", "SELECT Drafts"), "b")
+    f = ok(await c.cmd("c", "FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE)"), "c")
+    assert b"\\Draft" in f[0] and b"$Todo" in f[0]
+    assert b'INTERNALDATE "' in f[0] and b"%d" % len(msg) in f[0]
+    r = await c.cmd("d", b"APPEND Nowhere {3+}\r\nabc")
+    assert r[-1].startswith(b"d NO [TRYCREATE]")
+    # an APPEND to the selected mailbox is announced
+    r = ok(await c.cmd("e", b"APPEND Drafts {%d+}\r\n" % len(msg) + msg), "e")
+    assert b"* 2 EXISTS\r\n" in r
+
+
+async def test_copy_move_expunge_close_unselect(imap):
+    for i in range(5):
+        imap.deliver(message(f"m{i}"))
+    c = await login(imap)
+    ok(await c.cmd("a", "SELECT INBOX"), "a")
+    r = ok(await c.cmd("b", "COPY 1:2 Trash"), "b")
+    assert re.match(rb"b OK \[COPYUID \d+ 1:2 1:2\]", r[-1]), r
+    r = ok(await c.cmd("c", "UID COPY 4:* Junk"), "c")
+    assert re.search(rb"\[COPYUID \d+ 4:5 1:2\]", r[-1]), r
+    r = ok(await c.cmd("d", "MOVE 1 Sent"), "d")
+    assert re.match(rb"\* OK \[COPYUID \d+ 1 1\]", r[0]) and b"* 1 EXPUNGE\r\n" in r
+    ok(await c.cmd("e", "STORE 1:2 +FLAGS.SILENT (\\Deleted)"), "e")
+    r = ok(await c.cmd("f", "UID EXPUNGE 2"), "f")  # only UID 2 (sequence 1)
+    assert r[0] == b"* 1 EXPUNGE\r\n" and len(r) == 2
+    r = ok(await c.cmd("g", "EXPUNGE"), "g")
+    assert r[0] == b"* 1 EXPUNGE\r\n"
+    st = ok(await c.cmd("h", "STATUS INBOX (MESSAGES)"), "h")
+    assert st[0] == b"* STATUS INBOX (MESSAGES 2)\r\n"
+    ok(await c.cmd("i", "STORE 1 +FLAGS (\\Deleted)"), "i")
+    r = ok(await c.cmd("j", "UNSELECT"), "j")
+    ok(await c.cmd("k", "SELECT INBOX"), "k")
+    r = ok(await c.cmd("l", "CLOSE"), "l")
+    assert b"EXPUNGE" not in b"".join(r)
+    st = ok(await c.cmd("m", "STATUS INBOX (MESSAGES)"), "m")
+    assert st[0] == b"* STATUS INBOX (MESSAGES 1)\r\n"
+    assert (await c.cmd("n", "COPY 1 Nowhere"))[-1].startswith(b"n BAD")  # not selected
+    ok(await c.cmd("o", "EXAMINE INBOX"), "o")
+    assert (await c.cmd("p", "COPY 1 Nowhere"))[-1].startswith(b"p NO [TRYCREATE]")
+    assert (await c.cmd("q", "EXPUNGE"))[-1].startswith(b"q NO [READ-ONLY]")
+
+
+async def test_uids_never_reused(imap):
+    imap.deliver(message("x"))
+    imap.deliver(message("y"))
+    c = await login(imap)
+    ok(await c.cmd("a", "SELECT INBOX"), "a")
+    ok(await c.cmd("b", "STORE 2 +FLAGS (\\Deleted)"), "b")
+    ok(await c.cmd("c", "EXPUNGE"), "c")
+    imap.deliver(message("z"))
+    assert b"* 2 EXISTS\r\n" in ok(await c.cmd("n", "NOOP"), "n")
+    r = ok(await c.cmd("d", "UID FETCH 1:* (UID)"), "d")
+    assert [re.search(rb"UID (\d+)", x).group(1) for x in r[:-1] if b"FETCH" in x] == [b"1", b"3"]
+
+
+async def test_condstore(imap):
+    imap.deliver(message("c1"))
+    imap.deliver(message("c2"))
+    c = await login(imap)
+    sel = b"".join(ok(await c.cmd("a", "SELECT INBOX (CONDSTORE)"), "a"))
+    hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", sel).group(1))
+    r = ok(await c.cmd("b", "STORE 1 +FLAGS (\\Flagged)"), "b")
+    m1 = int(re.search(rb"MODSEQ \((\d+)\)", r[0]).group(1))
+    assert m1 > hms
+    r = ok(await c.cmd("c", f"FETCH 1:* (FLAGS) (CHANGEDSINCE {hms})"), "c")
+    assert len(r) == 2 and r[0].startswith(b"* 1 FETCH")
+    r = ok(await c.cmd("d", f"STORE 1,2 (UNCHANGEDSINCE {hms}) +FLAGS (\\Seen)"), "d")
+    assert r[-1].startswith(b"d OK [MODIFIED 1]")
+    r = ok(await c.cmd("e", f"SEARCH MODSEQ {m1}"), "e")
+    assert r[0].startswith(b"* SEARCH 1 2 (MODSEQ ")
+    st = ok(await c.cmd("f", "STATUS INBOX (HIGHESTMODSEQ)"), "f")
+    assert int(re.search(rb"HIGHESTMODSEQ (\d+)", st[0]).group(1)) > m1
+
+
+async def test_pipelined_commands(imap):
+    imap.deliver(message("p"))
+    c = await Raw.connect(imap)
+    await c.send(f"1 LOGIN {USER} {PASSWORD}\r\n2 SELECT INBOX\r\n3 FETCH 1 (UID)\r\n"
+                 "4 NOOP\r\n")
+    lines = await c.until("4")
+    tagged = [x.split(b" ")[0] for x in lines if not x.startswith(b"*")]
+    assert tagged == [b"1", b"2", b"3", b"4"]
+    assert all(b" OK " in x for x in lines if not x.startswith(b"*"))
+
+
+async def test_imaplib_over_tls(imap):
+    imap.deliver(message("tls"))
+
+    def go() -> None:
+        c = imap.tls_client()
+        typ, data = c.select("INBOX")
+        assert typ == "OK" and data == [b"1"]
+        typ, data = c.uid("FETCH", "1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert data[0][1] == b"Subject: tls\r\n\r\n"
+        c.logout()
+    await asyncio.to_thread(go)
+
+
+@pytest.mark.parametrize("cmd", ["LOGIN a b", "AUTHENTICATE PLAIN"])
+async def test_logindisabled_on_non_loopback(config_factory, client_ssl, cmd):
+    """A listener on a non-loopback address refuses plaintext login before STARTTLS."""
+    import socket
+
+    from tests.conftest import add_user
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            ip = s.getsockname()[0]
+    except OSError:
+        pytest.skip("no non-loopback address")
+    if ip.startswith("127."):
+        pytest.skip("no non-loopback address")
+    cfg = config_factory()
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, bind=(ip,)))
+    add_user(cfg, USER, PASSWORD)
+    async with _running_on(cfg, ip):
+        r, w = await asyncio.open_connection(ip, cfg.port("imap", "imap"))
+        c = Raw(r, w)
+        greeting = await c.line()
+        assert b"LOGINDISABLED" in greeting and b"AUTH=PLAIN" not in greeting
+        out = await c.cmd("a", cmd)
+        assert out[-1].startswith(b"a NO [PRIVACYREQUIRED]"), out
+        ok(await c.cmd("b", "STARTTLS"), "b")
+        await w.start_tls(client_ssl, server_hostname="localhost")
+        caps = ok(await c.cmd("c", "CAPABILITY"), "c")
+        assert b"AUTH=PLAIN" in caps[0] and b"LOGINDISABLED" not in caps[0]
+        ok(await c.cmd("d", f"LOGIN {USER} {PASSWORD}"), "d")
+        await c.close()
+
+
+def _running_on(cfg, ip):
+    """Like tests.conftest.running, but waits for the port on ``ip``."""
+    import contextlib
+
+    from mailstack.daemon import load_serve
+
+    @contextlib.asynccontextmanager
+    async def ctx():
+        stop = asyncio.Event()
+        task = asyncio.create_task(load_serve("imap")(cfg, stop))
+        for _ in range(200):
+            try:
+                _, w = await asyncio.open_connection(ip, cfg.port("imap", "imap"))
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    return ctx()
+
+
+
+async def test_shutdown_says_bye(cfg, client_ssl, caplog):
+    import logging
+
+    from tests.conftest import add_user, running
+    from tests.imap.conftest import Server
+    caplog.set_level(logging.INFO, "mailstack.imap")
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg):
+        srv = Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl)
+        c = await login(srv)
+        ok(await c.cmd("a", "SELECT INBOX"), "a")
+        await c.send("b IDLE\r\n")
+        assert (await c.line()).startswith(b"+")
+    assert (await c.line()) == b"* BYE server shutting down\r\n"
+    assert await c.line() == b""
+    logs = [r.message for r in caplog.records]
+    assert any(m.startswith("listening on 127.0.0.1:") and m.endswith("(imap, STARTTLS)")
+               for m in logs)
