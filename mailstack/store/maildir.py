@@ -205,6 +205,27 @@ class Maildir:
             os.rename(moved.path(self.root), self.root / "cur" / target)
         return MaildirMessage(msg.key, "cur", target, flags)
 
+    def add_flags(self, msg: MaildirMessage, letters: str) -> MaildirMessage | None:
+        """Add flag ``letters`` keeping flags another writer set meanwhile; None when gone.
+
+        ``set_flags`` replaces the flag set, so a caller holding a stale ``msg`` would undo a
+        concurrent change; this re-reads the current name when ``msg``'s file has moved.
+        """
+        current: MaildirMessage | None = msg
+        for _ in range(3):  # each retry follows one concurrent rename
+            if current is None:
+                return None
+            wanted = "".join(sorted(set(current.flags) | set(letters)))
+            target = f"{current.key}{INFO_SEP}{wanted}"
+            if current.subdir == "cur" and current.filename == target:
+                return current
+            try:
+                os.rename(current.path(self.root), self.root / "cur" / target)
+                return MaildirMessage(current.key, "cur", target, wanted)
+            except FileNotFoundError:
+                current = self.find(current.key)
+        return current
+
     def remove(self, msg: MaildirMessage) -> bool:
         """Delete a message; False when it was already gone."""
         try:
