@@ -1,0 +1,196 @@
+"""A POP3 maildrop: an exclusive lock on a user's INBOX plus the snapshot taken at login.
+
+- One POP3 session per mailbox: ``flock(LOCK_EX | LOCK_NB)`` on ``pop3.lock`` inside the Maildir;
+  a second session gets :class:`MaildropLocked` (``-ERR [IN-USE]``). Only POP3 takes this lock:
+  IMAP sessions and deliveries carry on. The kernel drops the lock if the process dies.
+- Message numbers 1..n name the messages found at login, oldest first; mail delivered later
+  waits for the next session. Messages another writer removes meanwhile read as gone.
+- DELE only marks; RSET unmarks; :meth:`Maildrop.commit` (the UPDATE state, after a clean QUIT)
+  removes the marked files. Closing without commit deletes nothing.
+- RETR marks a message seen (Maildir flag ``S``, moving it from new/ to cur/), keeping any flags
+  an IMAP client set meanwhile.
+
+UIDL (RFC 1939: 1..70 characters 0x21-0x7E, unique and stable for the life of a message): the
+Maildir unique name up to its first ``,`` (the ``,S=``/``,W=`` size fields and the ``:2,``
+flags are left out), which never changes while the message exists. A name that is not 1..70
+printable characters, that starts with ``~``, or that two files share (a broken Maildir), is
+replaced by ``~`` and the first 32 hex digits of the BLAKE2b hash of the whole key; the ``~``
+keeps the two forms from colliding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from ..fsutil import fsync_dir
+from ..store.maildir import Maildir, MaildirMessage, crlf_size
+
+LOCK_NAME = "pop3.lock"
+_UIDL_RE = re.compile(r"[\x21-\x7d][\x21-\x7e]{0,69}")  # 1..70 printable, not starting with ~
+
+
+class MaildropLocked(Exception):
+    """Another POP3 session holds this mailbox."""
+
+
+class NoSuchMessage(Exception):
+    """A message number out of range or marked deleted."""
+
+
+class MessageGone(Exception):
+    """The message was removed by another writer after login."""
+
+
+@dataclass(slots=True)
+class Entry:
+    msg: MaildirMessage
+    size: int  # octets with CRLF line ends (what LIST/STAT report)
+    uidl: str
+    deleted: bool = False
+
+
+def uidl_for(key: str) -> str:
+    """The UIDL of a message with Maildir key ``key`` (see the module docstring)."""
+    base = key.split(",", 1)[0]
+    if _UIDL_RE.fullmatch(base):
+        return base
+    return hashed_uidl(key)
+
+
+def hashed_uidl(key: str) -> str:
+    return "~" + hashlib.blake2b(key.encode("utf-8", "surrogateescape"),
+                                 digest_size=16).hexdigest()
+
+
+class Maildrop:
+    """A locked INBOX snapshot; use :meth:`open`, then :meth:`close` (always)."""
+
+    def __init__(self, box: Maildir, lock_fd: int, entries: list[Entry]) -> None:
+        self.box = box
+        self._lock_fd: int | None = lock_fd
+        self.entries = entries
+        self.retrieved = 0
+        self.retrieved_bytes = 0
+        self.top_count = 0
+
+    @classmethod
+    def open(cls, box: Maildir) -> Maildrop:
+        """Lock ``box`` and take the snapshot; raises MaildropLocked or OSError."""
+        fd = os.open(box.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MaildropLocked(str(box.root)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            entries = _snapshot(box)
+        except BaseException:
+            os.close(fd)  # closing releases the lock
+            raise
+        return cls(box, fd, entries)
+
+    def close(self) -> None:
+        """Release the lock; marked deletions not committed are forgotten."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._lock_fd is None
+
+    # -- queries ---------------------------------------------------------------------------------
+    def get(self, n: int) -> Entry:
+        if n < 1 or n > len(self.entries):
+            raise NoSuchMessage(n)
+        entry = self.entries[n - 1]
+        if entry.deleted:
+            raise NoSuchMessage(n)
+        return entry
+
+    def stat(self) -> tuple[int, int]:
+        """(messages, octets) not marked deleted."""
+        count = total = 0
+        for e in self.entries:
+            if not e.deleted:
+                count += 1
+                total += e.size
+        return count, total
+
+    def listing(self) -> list[tuple[int, Entry]]:
+        return [(i, e) for i, e in enumerate(self.entries, 1) if not e.deleted]
+
+    @property
+    def deleted_count(self) -> int:
+        return sum(1 for e in self.entries if e.deleted)
+
+    # -- actions -----------------------------------------------------------------------------------
+    def read(self, n: int) -> bytes:
+        """Message ``n`` as stored (LF line ends); raises NoSuchMessage or MessageGone."""
+        entry = self.get(n)
+        try:
+            return self.box.read(entry.msg)
+        except FileNotFoundError:
+            raise MessageGone(n) from None
+
+    def mark_seen(self, n: int) -> None:
+        """Set the Maildir S flag (RETR): the message moves to cur/ if it was in new/."""
+        entry = self.get(n)
+        if "S" in entry.msg.flags:
+            return
+        moved = self.box.add_flags(entry.msg, "S")
+        if moved is not None:
+            entry.msg = moved
+
+    def delete(self, n: int) -> None:
+        self.get(n).deleted = True
+
+    def reset(self) -> None:
+        for e in self.entries:
+            e.deleted = False
+
+    def commit(self) -> tuple[int, int]:
+        """UPDATE state: remove the marked messages; returns (removed, failed)."""
+        removed = failed = 0
+        for e in self.entries:
+            if not e.deleted:
+                continue
+            try:
+                if self.box.remove(e.msg):
+                    removed += 1
+                # already gone (another writer removed it): the client's wish holds
+            except OSError:
+                failed += 1
+        if removed:  # make the unlinks durable (a file may have moved from new/ to cur/)
+            for sub in ("new", "cur"):
+                with contextlib.suppress(OSError):
+                    fsync_dir(self.box.root / sub)
+        return removed, failed
+
+
+def _snapshot(box: Maildir) -> list[Entry]:
+    """The INBOX at this moment, oldest first, with CRLF sizes and UIDLs."""
+    entries: list[Entry] = []
+    for msg in box.scan():
+        size = msg.vsize
+        if size is None:  # delivered by something that does not record ,W=: measure it
+            try:
+                size = crlf_size(box.read(msg))
+            except FileNotFoundError:
+                continue
+        entries.append(Entry(msg, size, uidl_for(msg.key)))
+    counts = Counter(e.uidl for e in entries)
+    if len(counts) != len(entries):
+        for e in entries:
+            if counts[e.uidl] > 1:
+                e.uidl = hashed_uidl(e.msg.key)
+    return entries

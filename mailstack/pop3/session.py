@@ -1,0 +1,307 @@
+"""One POP3 connection: asyncio streams ↔ :class:`POP3Protocol` ↔ :class:`Maildrop`.
+
+The session reads CRLF lines (255 octets at most, the idle timeout from ``[pop3].idle_timeout``),
+hands them to the sans-I/O protocol, carries out the command events against the maildrop and
+writes the replies. It checks passwords through :class:`UserDB` (failures go through the shared
+:class:`AuthThrottle`), upgrades with STLS (pipelined plaintext is discarded), and logs one line
+when the connection ends: user, client IP, TLS, messages retrieved and deleted. Passwords are
+never logged. Deletions happen only after a clean QUIT; any other end deletes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from ..authlimit import AuthThrottle
+from ..config import Config
+from ..netserver import LineReader, LineTooLong, is_loopback, peer_ip, starttls
+from ..store.maildir import Maildir, MaildirError, open_user_mailbox
+from ..users import UserDB
+from . import protocol as p
+from .maildrop import Maildrop, MaildropLocked, MessageGone, NoSuchMessage
+
+log = logging.getLogger("mailstack.pop3")
+
+#: messages larger than this are read in a worker thread so other sessions keep being served
+_THREAD_READ = 1 << 20
+
+
+@dataclass
+class Shared:
+    """What every session of one daemon shares."""
+
+    cfg: Config
+    users: UserDB
+    throttle: AuthThrottle
+    tls_context: ssl.SSLContext | None
+    sessions: set[asyncio.Task[None]] = field(default_factory=set)
+    last_login: dict[str, float] = field(default_factory=dict)  # for LOGIN-DELAY
+
+
+class Session:
+    def __init__(self, shared: Shared, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *, implicit_tls: bool) -> None:
+        self.shared = shared
+        self.reader = reader
+        self.writer = writer
+        self.ip = peer_ip(writer)
+        self.tls = "implicit" if implicit_tls else "no"
+        cfg = shared.cfg
+        self.proto = p.POP3Protocol(
+            tls=implicit_tls, tls_available=shared.tls_context is not None,
+            plaintext_auth=is_loopback(writer), login_delay=int(cfg.pop3.login_delay))
+        self.lines = LineReader(reader, p.MAX_COMMAND_LINE, float(cfg.pop3.idle_timeout))
+        self.user = "-"
+        self.drop: Maildrop | None = None
+        self.deleted = 0
+        self.reason = "disconnected"
+
+    # -- the connection's life ----------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            self.writer.write(p.ok(f"{self.shared.cfg.server.hostname} POP3 server ready"))
+            await self._loop()
+        except TimeoutError:
+            self.reason = "idle timeout"  # RFC 1939: close without a reply, delete nothing
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            self.reason = "disconnected"
+        except asyncio.CancelledError:
+            self.reason = "server shutdown"
+            with contextlib.suppress(Exception):
+                self.writer.write(p.err("Server shutting down", "SYS/TEMP"))
+            raise
+        except Exception:
+            self.reason = "internal error"
+            log.exception("pop3 session from %s failed", self.ip)
+            with contextlib.suppress(Exception):
+                self.writer.write(p.err("Internal server error", "SYS/TEMP"))
+        finally:
+            if self.drop is not None:
+                self.drop.close()
+            self.writer.close()
+            self._log_end()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+    def _log_end(self) -> None:
+        d = self.drop
+        log.info("session end: user=%s ip=%s tls=%s retr=%d/%d top=%d del=%d/%d reason=%s",
+                 self.user, self.ip, self.tls, d.retrieved if d else 0,
+                 d.retrieved_bytes if d else 0, d.top_count if d else 0, self.deleted,
+                 len(d.entries) if d else 0, self.reason)
+
+    async def _loop(self) -> None:
+        proto, write = self.proto, self.writer.write
+        while True:
+            self.lines.max_line = proto.max_line
+            try:
+                line = await self.lines.readline()
+            except LineTooLong:
+                reply = proto.line_too_long()
+                write(reply.data)
+                if reply.close:
+                    self.reason = "too many bad commands"
+                    return
+                continue
+            if not line.endswith(b"\n"):
+                return  # EOF, possibly in the middle of a line: never act on half a command
+            event = proto.receive_line(line)
+            if type(event) is p.Reply:
+                write(event.data)
+                if event.close:
+                    self.reason = "too many bad commands"
+                    await self.writer.drain()
+                    return
+            elif await self._handle(event):
+                await self.writer.drain()
+                return
+            await self.writer.drain()
+
+    # -- commands ----------------------------------------------------------------------------------
+    async def _handle(self, ev: p.Event) -> bool:
+        """Carry out one command; True when the connection should close."""
+        write = self.writer.write
+        drop = self.drop
+        match ev:
+            case p.Retr(n):
+                assert drop is not None
+                await self._retr(drop, n)
+            case p.List(None):
+                assert drop is not None
+                count, octets = drop.stat()
+                write(p.multiline(f"{count} messages ({octets} octets)",
+                                  [f"{i} {e.size}" for i, e in drop.listing()]))
+            case p.List(n):
+                assert drop is not None and n is not None
+                try:
+                    write(p.ok(f"{n} {drop.get(n).size}"))
+                except NoSuchMessage:
+                    write(p.err("No such message"))
+            case p.Uidl(None):
+                assert drop is not None
+                write(p.multiline("Unique-ID listing follows",
+                                  [f"{i} {e.uidl}" for i, e in drop.listing()]))
+            case p.Uidl(n):
+                assert drop is not None and n is not None
+                try:
+                    write(p.ok(f"{n} {drop.get(n).uidl}"))
+                except NoSuchMessage:
+                    write(p.err("No such message"))
+            case p.Stat():
+                assert drop is not None
+                count, octets = drop.stat()
+                write(p.ok(f"{count} {octets}"))
+            case p.Top(n, lines):
+                assert drop is not None
+                await self._top(drop, n, lines)
+            case p.Dele(n):
+                assert drop is not None
+                try:
+                    drop.delete(n)
+                    write(p.ok(f"Message {n} deleted"))
+                except NoSuchMessage:
+                    write(p.err("No such message"))
+            case p.Rset():
+                assert drop is not None
+                drop.reset()
+                count, octets = drop.stat()
+                write(p.ok(f"Maildrop has {count} messages ({octets} octets)"))
+            case p.Noop():
+                write(p.ok())
+            case p.Capa():
+                write(p.multiline("Capability list follows", self.proto.capabilities()))
+            case p.Quit():
+                self.reason = "quit"
+                write(self._update() if drop is not None else p.ok("Bye"))
+                return True
+            case p.Pass(user, password):
+                await self._login(user, password, "")
+            case p.AuthPlain(authzid, user, password):
+                await self._login(user, password, authzid)
+            case p.Stls():
+                await self._stls()
+        return False
+
+    async def _retr(self, drop: Maildrop, n: int) -> None:
+        data = await self._read(drop, n)
+        if data is None:
+            return
+        size = drop.entries[n - 1].size
+        self.writer.write(p.ok(f"{size} octets") + p.stuff(data))
+        drop.retrieved += 1
+        drop.retrieved_bytes += size
+        try:
+            drop.mark_seen(n)
+        except OSError as exc:
+            log.warning("pop3: cannot mark message seen for %s: %s", self.user, exc)
+
+    async def _top(self, drop: Maildrop, n: int, lines: int) -> None:
+        data = await self._read(drop, n)
+        if data is None:
+            return
+        drop.top_count += 1
+        self.writer.write(p.ok("Top of message follows") + p.stuff(p.top_part(data, lines)))
+
+    async def _read(self, drop: Maildrop, n: int) -> bytes | None:
+        try:
+            if drop.get(n).size > _THREAD_READ:
+                return await asyncio.to_thread(drop.read, n)
+            return drop.read(n)
+        except NoSuchMessage:
+            self.writer.write(p.err("No such message"))
+        except MessageGone:
+            self.writer.write(p.err(f"Message {n} was removed from the server by another client"))
+        except OSError as exc:
+            log.warning("pop3: cannot read message %d of %s: %s", n, self.user, exc)
+            self.writer.write(p.err("Cannot read the message", "SYS/TEMP"))
+        return None
+
+    def _update(self) -> bytes:
+        """The UPDATE state: remove what DELE marked (synchronous: cannot be interrupted)."""
+        assert self.drop is not None
+        removed, failed = self.drop.commit()
+        self.deleted = removed
+        if failed:
+            log.warning("pop3: %d deleted messages of %s could not be removed", failed, self.user)
+            return p.err("Some deleted messages were not removed", "SYS/TEMP")
+        count = len(self.drop.entries) - self.drop.deleted_count
+        return p.ok(f"Bye, {removed} messages deleted, {count} left")
+
+    # -- AUTHORIZATION ---------------------------------------------------------------------------
+    async def _login(self, user: str, password: str, authzid: str) -> None:
+        sh, write = self.shared, self.writer.write
+        account = user.strip().lower()
+        good = (not authzid or authzid.strip().lower() == account) and \
+            await sh.users.authenticate(account, password)
+        if not good:
+            self.proto.auth_failed()
+            await sh.throttle.fail(self.ip, account, "pop3")
+            write(p.err("Authentication failed", "AUTH"))
+            return
+        sh.throttle.record_success(f"ip:{self.ip}")
+        sh.throttle.record_success(f"user:{account}")
+        delay = self.proto.login_delay
+        if delay:
+            last = sh.last_login.get(account)
+            if last is not None and time.monotonic() - last < delay:
+                self.proto.auth_failed()
+                write(p.err(f"Wait {delay} seconds between logins", "LOGIN-DELAY"))
+                return
+        try:
+            box = open_user_mailbox(sh.cfg.data_dir, account)
+            self.drop = await _open_maildrop(box)
+        except MaildropLocked:
+            self.proto.auth_failed()
+            write(p.err("Mailbox is in use by another POP3 session", "IN-USE"))
+            return
+        except (OSError, MaildirError) as exc:
+            log.error("pop3: cannot open the mailbox of %s: %s", account, exc)
+            self.proto.auth_failed()
+            write(p.err("Cannot open the mailbox, try again later", "SYS/TEMP"))
+            return
+        self.user = account
+        if delay:
+            sh.last_login[account] = time.monotonic()
+        self.proto.auth_succeeded()
+        count, octets = self.drop.stat()
+        write(p.ok(f"Logged in, {count} messages ({octets} octets)"))
+
+    async def _stls(self) -> None:
+        assert self.shared.tls_context is not None
+        self.writer.write(p.ok("Begin TLS negotiation"))
+        dropped = await starttls(self.reader, self.writer, self.shared.tls_context)
+        if dropped:
+            log.warning("pop3: discarded %d octets pipelined after STLS from %s", dropped,
+                        self.ip)
+        self.proto.tls_started()
+        self.tls = "STLS"
+
+
+async def _open_maildrop(box: Maildir) -> Maildrop:
+    """Maildrop.open in a worker thread; a cancelled caller never leaks the lock."""
+    fut = asyncio.get_running_loop().run_in_executor(None, Maildrop.open, box)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        def release(f: asyncio.Future[Maildrop]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                f.result().close()
+        fut.add_done_callback(release)
+        raise
+
+
+async def handle(shared: Shared, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 *, implicit_tls: bool) -> None:
+    """The asyncio.start_server callback."""
+    task = asyncio.current_task()
+    assert task is not None
+    shared.sessions.add(task)
+    try:
+        await Session(shared, reader, writer, implicit_tls=implicit_tls).run()
+    finally:
+        shared.sessions.discard(task)
