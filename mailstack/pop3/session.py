@@ -303,5 +303,9 @@ async def handle(shared: Shared, reader: asyncio.StreamReader, writer: asyncio.S
     shared.sessions.add(task)
     try:
         await Session(shared, reader, writer, implicit_tls=implicit_tls).run()
+    except asyncio.CancelledError:
+        # only the daemon's shutdown cancels sessions; the session has cleaned up already, and
+        # ending normally spares asyncio's stream callback an error report about the cancel
+        pass
     finally:
         shared.sessions.discard(task)

@@ -43,7 +43,8 @@ class RawPOP3:
     @classmethod
     async def connect(cls, port: int, host: str = "127.0.0.1",
                       ssl_context: ssl.SSLContext | None = None) -> RawPOP3:
-        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context)
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=ssl_context, server_hostname="localhost" if ssl_context else None)
         client = cls(reader, writer)
         greeting = await client.line()
         assert greeting.startswith("+OK"), greeting
