@@ -166,7 +166,17 @@ async def test_cli_serve_pop3_subprocess(cfg: Config, alice: Maildir,
             c.dele(1)
             c.quit()
 
+        def many_stls() -> None:
+            # the client sends its ClientHello the moment it reads "+OK": the server must not
+            # lose it (regression: it used to land in the plaintext buffer STLS discards)
+            for _ in range(30):
+                c = poplib.POP3("127.0.0.1", cfg.port("pop3", "pop3"), timeout=10)
+                c.stls(client_ssl)
+                assert c.capa()["IMPLEMENTATION"] == ["mailstack"]
+                c.quit()
+
         await asyncio.to_thread(client)
+        await asyncio.to_thread(many_stls)
     finally:
         proc.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(proc.stderr.read(), 20)
