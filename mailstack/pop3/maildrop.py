@@ -7,6 +7,9 @@
   waits for the next session. Messages another writer removes meanwhile read as gone.
 - DELE only marks; RSET unmarks; :meth:`Maildrop.commit` (the UPDATE state, after a clean QUIT)
   removes the marked files. Closing without commit deletes nothing.
+- :func:`prepare` may build the snapshot before the lock is taken (while the password is being
+  checked); :meth:`Maildrop.open` then uses it only if new/ and cur/ still hold exactly the
+  names it saw, so a login costs a directory listing instead of a full snapshot.
 - RETR marks a message seen (Maildir flag ``S``, moving it from new/ to cur/), keeping any flags
   an IMAP client set meanwhile.
 
@@ -24,7 +27,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -32,7 +34,6 @@ from ..fsutil import fsync_dir
 from ..store.maildir import Maildir, MaildirMessage, crlf_size
 
 LOCK_NAME = "pop3.lock"
-_UIDL_RE = re.compile(r"[\x21-\x7d][\x21-\x7e]{0,69}")  # 1..70 printable, not starting with ~
 
 
 class MaildropLocked(Exception):
@@ -58,7 +59,9 @@ class Entry:
 def uidl_for(key: str) -> str:
     """The UIDL of a message with Maildir key ``key`` (see the module docstring)."""
     base = key.split(",", 1)[0]
-    if _UIDL_RE.fullmatch(base):
+    # 1..70 characters 0x21-0x7E (isprintable() refuses controls and DEL), not starting with ~
+    if 0 < len(base) <= 70 and base.isascii() and base.isprintable() and " " not in base \
+            and base[0] != "~":
         return base
     return hashed_uidl(key)
 
@@ -80,8 +83,11 @@ class Maildrop:
         self.top_count = 0
 
     @classmethod
-    def open(cls, box: Maildir) -> Maildrop:
-        """Lock ``box`` and take the snapshot; raises MaildropLocked or OSError."""
+    def open(cls, box: Maildir, prepared: Prepared | None = None) -> Maildrop:
+        """Lock ``box`` and take the snapshot (or adopt ``prepared`` if still exact).
+
+        Raises MaildropLocked or OSError.
+        """
         fd = os.open(box.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,7 +98,10 @@ class Maildrop:
             os.close(fd)
             raise
         try:
-            entries = _snapshot(box)
+            if prepared is not None and _names(box) == prepared.names:
+                entries = prepared.entries
+            else:
+                entries = _snapshot(box)
         except BaseException:
             os.close(fd)  # closing releases the lock
             raise
@@ -175,6 +184,35 @@ class Maildrop:
                 with contextlib.suppress(OSError):
                     fsync_dir(self.box.root / sub)
         return removed, failed
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A snapshot taken without the lock, with the directory listing it was built from."""
+
+    names: tuple[frozenset[str], frozenset[str]]
+    entries: list[Entry]
+
+
+def _names(box: Maildir) -> tuple[frozenset[str], frozenset[str]]:
+    out = []
+    for sub in ("new", "cur"):
+        try:
+            out.append(frozenset(os.listdir(box.root / sub)))
+        except FileNotFoundError:
+            out.append(frozenset())
+    return out[0], out[1]
+
+
+def prepare(box: Maildir) -> Prepared | None:
+    """Build a snapshot without locking; None when the Maildir changed during the scan.
+
+    Only :meth:`Maildrop.open` may use the result, once, and only after it holds the lock and
+    has seen the same names in new/ and cur/.
+    """
+    before = _names(box)
+    entries = _snapshot(box)
+    return Prepared(before, entries) if _names(box) == before else None
 
 
 def _snapshot(box: Maildir) -> list[Entry]:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from ..authlimit import AuthThrottle
 from ..config import Config
 from ..netserver import LineReader, LineTooLong, is_loopback, peer_ip, starttls
-from ..store.maildir import Maildir, MaildirError, open_user_mailbox
+from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailbox
 from ..users import UserDB
 from . import protocol as p
-from .maildrop import Maildrop, MaildropLocked, MessageGone, NoSuchMessage
+from .maildrop import Maildrop, MaildropLocked, MessageGone, NoSuchMessage, Prepared, prepare
 
 log = logging.getLogger("mailstack.pop3")
 
@@ -41,6 +41,7 @@ class Shared:
     tls_context: ssl.SSLContext | None
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     last_login: dict[str, float] = field(default_factory=dict)  # for LOGIN-DELAY
+    prefetching: set[str] = field(default_factory=set)  # accounts with a snapshot being built
 
 
 class Session:
@@ -233,9 +234,34 @@ class Session:
         return p.ok(f"Bye, {removed} messages deleted, {count} left")
 
     # -- AUTHORIZATION ---------------------------------------------------------------------------
+    def _prefetch(self, account: str) -> asyncio.Future[Prepared | None] | None:
+        """Start building the snapshot of an existing account's INBOX while the password is
+        checked. No lock is taken and nothing is created; at most one per account at a time,
+        and a failed login never waits for it (its latency does not depend on the mailbox)."""
+        sh = self.shared
+        if account in sh.prefetching or not sh.users.exists(account):
+            return None
+        try:
+            box = Maildir(mailbox_path(sh.cfg.data_dir, account))
+        except MaildirError:
+            return None
+        if not box.exists():
+            return None
+        fut = asyncio.get_running_loop().run_in_executor(None, prepare, box)
+        sh.prefetching.add(account)
+
+        def done(f: asyncio.Future[Prepared | None]) -> None:
+            sh.prefetching.discard(account)
+            if not f.cancelled():
+                f.exception()  # retrieved: an unused failure is not worth a log line
+
+        fut.add_done_callback(done)
+        return fut
+
     async def _login(self, user: str, password: str, authzid: str) -> None:
         sh, write = self.shared, self.writer.write
         account = user.strip().lower()
+        prefetch = self._prefetch(account)
         good = (not authzid or authzid.strip().lower() == account) and \
             await sh.users.authenticate(account, password)
         if not good:
@@ -252,9 +278,13 @@ class Session:
                 self.proto.auth_failed()
                 write(p.err(f"Wait {delay} seconds between logins", "LOGIN-DELAY"))
                 return
+        prepared = None
+        if prefetch is not None:
+            with contextlib.suppress(OSError, MaildirError):
+                prepared = await prefetch
         try:
             box = open_user_mailbox(sh.cfg.data_dir, account)
-            self.drop = await _open_maildrop(box)
+            self.drop = await _open_maildrop(box, prepared)
         except MaildropLocked:
             self.proto.auth_failed()
             write(p.err("Mailbox is in use by another POP3 session", "IN-USE"))
@@ -282,9 +312,9 @@ class Session:
         self.tls = "STLS"
 
 
-async def _open_maildrop(box: Maildir) -> Maildrop:
+async def _open_maildrop(box: Maildir, prepared: Prepared | None) -> Maildrop:
     """Maildrop.open in a worker thread; a cancelled caller never leaks the lock."""
-    fut = asyncio.get_running_loop().run_in_executor(None, Maildrop.open, box)
+    fut = asyncio.get_running_loop().run_in_executor(None, Maildrop.open, box, prepared)
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:

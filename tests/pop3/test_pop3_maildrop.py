@@ -15,6 +15,7 @@ from mailstack.pop3.maildrop import (
     MessageGone,
     NoSuchMessage,
     hashed_uidl,
+    prepare,
     uidl_for,
 )
 from mailstack.store.maildir import Maildir, create_user_mailbox, crlf_size
@@ -168,3 +169,32 @@ def test_bad_numbers(box: Maildir) -> None:
         with pytest.raises(NoSuchMessage):
             drop.get(n)
     drop.close()
+
+
+def test_prepared_snapshot_is_used_only_if_the_maildir_is_unchanged(box: Maildir) -> None:
+    holder = Maildrop.open(box)  # prepare needs no lock: it runs while another session holds it
+    prepared = prepare(box)
+    assert prepared is not None and len(prepared.entries) == 3
+    with pytest.raises(MaildropLocked):
+        Maildrop.open(box, prepared)
+    holder.close()
+    drop = Maildrop.open(box, prepared)
+    assert drop.entries is prepared.entries  # adopted: the login skipped the scan
+    drop.close()
+
+    for change in ("deliver", "flag", "delete"):
+        prepared = prepare(box)
+        assert prepared is not None
+        if change == "deliver":
+            box.deliver(b"Subject: new\n\nx\n")
+        elif change == "flag":
+            box.set_flags(box.scan()[0], "S")
+        else:
+            other = Maildrop.open(box)  # a previous POP3 session deletes and quits
+            other.delete(1)
+            other.commit()
+            other.close()
+        drop = Maildrop.open(box, prepared)
+        assert drop.entries is not prepared.entries, change
+        assert [e.msg for e in drop.entries] == box.scan(), change
+        drop.close()
