@@ -76,6 +76,7 @@ class Maildrop:
 
     def __init__(self, box: Maildir, lock_fd: int, entries: list[Entry]) -> None:
         self.box = box
+        self._root = os.fspath(box.root)
         self._lock_fd: int | None = lock_fd
         self.entries = entries
         self.retrieved = 0
@@ -146,8 +147,14 @@ class Maildrop:
     def read(self, n: int) -> bytes:
         """Message ``n`` as stored (LF line ends); raises NoSuchMessage or MessageGone."""
         entry = self.get(n)
+        msg = entry.msg
+        try:  # fast path (string path, no pathlib); Maildir.read follows a concurrent rename
+            with open(f"{self._root}/{msg.subdir}/{msg.filename}", "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            pass
         try:
-            return self.box.read(entry.msg)
+            return self.box.read(msg)
         except FileNotFoundError:
             raise MessageGone(n) from None
 

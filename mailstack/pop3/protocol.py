@@ -186,6 +186,7 @@ def _parse_number(word: str) -> int | None:
 _AUTH_STATE = {"USER", "PASS", "APOP", "AUTH", "STLS"}
 _TRANS_STATE = {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL"}
 _ANY_STATE = {"CAPA", "QUIT"}
+_ALL_COMMANDS = frozenset(_AUTH_STATE | _TRANS_STATE | _ANY_STATE)
 
 
 class POP3Protocol:
@@ -259,9 +260,7 @@ class POP3Protocol:
             return self._bad(err("Bad characters in command"))
         name, _, rest = decoded.partition(" ")
         name = name.upper()
-        if not name.isascii() or not name.isalpha():
-            return self._bad(err("Unknown command"))
-        if name not in _AUTH_STATE | _TRANS_STATE | _ANY_STATE:
+        if not name.isascii() or name not in _ALL_COMMANDS:
             return self._bad(err("Unknown command"))
         if name in _AUTH_STATE and self.state is not State.AUTHORIZATION:
             return self._bad(err(f"{name} is not valid in the {self.state.value} state"))

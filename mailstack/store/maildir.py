@@ -212,6 +212,7 @@ class Maildir:
         concurrent change; this re-reads the current name when ``msg``'s file has moved.
         """
         current: MaildirMessage | None = msg
+        root = os.fspath(self.root)  # plain strings: this runs once per POP3 RETR
         for _ in range(3):  # each retry follows one concurrent rename
             if current is None:
                 return None
@@ -220,7 +221,7 @@ class Maildir:
             if current.subdir == "cur" and current.filename == target:
                 return current
             try:
-                os.rename(current.path(self.root), self.root / "cur" / target)
+                os.rename(f"{root}/{current.subdir}/{current.filename}", f"{root}/cur/{target}")
                 return MaildirMessage(current.key, "cur", target, wanted)
             except FileNotFoundError:
                 current = self.find(current.key)
