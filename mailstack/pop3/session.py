@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..authlimit import AuthThrottle
 from ..config import Config
-from ..netserver import LineReader, LineTooLong, is_loopback, peer_ip, starttls
+from ..netserver import LineTooLong, is_loopback, peer_ip, starttls
 from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailbox
 from ..users import UserDB
 from . import protocol as p
@@ -56,7 +56,10 @@ class Session:
         self.proto = p.POP3Protocol(
             tls=implicit_tls, tls_available=shared.tls_context is not None,
             plaintext_auth=is_loopback(writer), login_delay=int(cfg.pop3.login_delay))
-        self.lines = LineReader(reader, p.MAX_COMMAND_LINE, float(cfg.pop3.idle_timeout))
+        self.loop = asyncio.get_running_loop()
+        self.idle_timeout = float(cfg.pop3.idle_timeout)
+        self.waiting_since: float | None = None  # when the current wait for a command began
+        self.timed_out = False
         self.user = "-"
         self.drop: Maildrop | None = None
         self.deleted = 0
@@ -64,11 +67,10 @@ class Session:
 
     # -- the connection's life ----------------------------------------------------------------
     async def run(self) -> None:
+        self._idle = self.loop.call_later(self.idle_timeout, self._idle_check)
         try:
             self.writer.write(p.ok(f"{self.shared.cfg.server.hostname} POP3 server ready"))
             await self._loop()
-        except TimeoutError:
-            self.reason = "idle timeout"  # RFC 1939: close without a reply, delete nothing
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             self.reason = "disconnected"
         except asyncio.CancelledError:
@@ -82,6 +84,9 @@ class Session:
             with contextlib.suppress(Exception):
                 self.writer.write(p.err("Internal server error", "SYS/TEMP"))
         finally:
+            self._idle.cancel()
+            if self.timed_out:
+                self.reason = "idle timeout"
             if self.drop is not None:
                 self.drop.close()
             self.writer.close()
@@ -96,12 +101,50 @@ class Session:
                  d.retrieved_bytes if d else 0, d.top_count if d else 0, self.deleted,
                  len(d.entries) if d else 0, self.reason)
 
+    # -- input ------------------------------------------------------------------------------------
+    def _idle_check(self) -> None:
+        """The idle timer: one timer per idle period rather than one per command line.
+
+        Only time spent waiting for a command counts (a slow download is not idleness). On
+        expiry the connection is dropped without a reply and nothing is deleted (RFC 1939).
+        """
+        now, since = self.loop.time(), self.waiting_since
+        if since is not None and now - since >= self.idle_timeout:
+            self.timed_out = True
+            self.writer.transport.abort()
+            return
+        start = now if since is None else since
+        self._idle = self.loop.call_later(start + self.idle_timeout - now, self._idle_check)
+
+    async def _readline(self, max_line: int) -> bytes:
+        """One line with its LF, or b"" at EOF; raises LineTooLong (the line is consumed)."""
+        reader = self.reader
+        self.waiting_since = self.loop.time()
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            return b""
+        except asyncio.LimitOverrunError:
+            while True:  # discard up to the end of the line
+                try:
+                    await reader.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as exc:
+                    await reader.readexactly(exc.consumed)
+                except asyncio.IncompleteReadError:
+                    return b""
+            raise LineTooLong() from None
+        finally:
+            self.waiting_since = None
+        if len(line) > max_line:
+            raise LineTooLong()
+        return line
+
     async def _loop(self) -> None:
         proto, write = self.proto, self.writer.write
         while True:
-            self.lines.max_line = proto.max_line
             try:
-                line = await self.lines.readline()
+                line = await self._readline(proto.max_line)
             except LineTooLong:
                 reply = proto.line_too_long()
                 write(reply.data)

@@ -227,6 +227,9 @@ async def test_idle_timeout_closes_without_deleting(config_factory) -> None:
         c = await RawPOP3.connect(port(cfg))
         await c.login()
         await c.cmd("DELE 1")
+        for _ in range(5):  # activity keeps the session open past the timeout
+            await asyncio.sleep(0.4)
+            assert await c.cmd("NOOP") == "+OK"
         t0 = time.monotonic()
         assert await c.closed(timeout=10)  # RFC 1939: closed without a response
         assert time.monotonic() - t0 >= 0.9
