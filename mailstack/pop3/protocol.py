@@ -259,8 +259,10 @@ class POP3Protocol:
         except UnicodeDecodeError:
             return self._bad(err("Bad characters in command"))
         name, _, rest = decoded.partition(" ")
+        if not name.isascii():  # before upper(): "l\\u0131st".upper() == "LIST"
+            return self._bad(err("Unknown command"))
         name = name.upper()
-        if not name.isascii() or name not in _ALL_COMMANDS:
+        if name not in _ALL_COMMANDS:
             return self._bad(err("Unknown command"))
         if name in _AUTH_STATE and self.state is not State.AUTHORIZATION:
             return self._bad(err(f"{name} is not valid in the {self.state.value} state"))

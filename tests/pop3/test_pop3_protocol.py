@@ -58,7 +58,8 @@ def test_authorization_commands_refused_after_login(line: bytes) -> None:
     assert is_err(logged_in().receive_line(line + b"\r\n"))
 
 
-@pytest.mark.parametrize("line", [b"", b"FOO", b"RETRX 1", b"\xff\xfe", b"RE TR", b"123"])
+@pytest.mark.parametrize("line", [b"", b"FOO", b"RETRX 1", b"\xff\xfe", b"RE TR", b"123",
+                                  "l\u0131st".encode(), "\ufb06at".encode()])
 def test_unknown_commands(line: bytes) -> None:
     assert is_err(logged_in().receive_line(line + b"\r\n"))
 
