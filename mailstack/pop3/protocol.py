@@ -259,7 +259,7 @@ class POP3Protocol:
         except UnicodeDecodeError:
             return self._bad(err("Bad characters in command"))
         name, _, rest = decoded.partition(" ")
-        if not name.isascii():  # before upper(): "l\\u0131st".upper() == "LIST"
+        if not name.isascii():  # before upper(): "l\u0131st".upper() == "LIST"
             return self._bad(err("Unknown command"))
         name = name.upper()
         if name not in _ALL_COMMANDS:
