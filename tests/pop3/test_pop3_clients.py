@@ -17,6 +17,7 @@ from conftest import running
 from pop3_helpers import ALICE, PASSWORD, make_alice, message
 
 from mailstack.config import Config
+from mailstack.daemon import available_daemons
 from mailstack.store.maildir import Maildir
 from mailstack.tls import ensure_tls_files
 
@@ -187,3 +188,7 @@ async def test_cli_serve_pop3_subprocess(cfg: Config, alice: Maildir,
     assert "del=1/3 reason=quit" in log and PASSWORD not in log
     assert "stopped" in log
     assert len(alice.scan()) == 2
+
+
+def test_mailstack_up_finds_the_pop3_daemon() -> None:
+    assert "pop3" in available_daemons()  # `mailstack up` starts what this lists

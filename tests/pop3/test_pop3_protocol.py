@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailstack.pop3 import protocol as p
 from mailstack.pop3.protocol import POP3Protocol, Reply, State
@@ -197,3 +199,19 @@ def test_top_part() -> None:
 
 def test_multiline_stuffs_lines() -> None:
     assert p.multiline("x", ["1 a", ".dot"]) == b"+OK x\r\n1 a\r\n..dot\r\n.\r\n"
+
+
+def unstuff(wire: bytes) -> bytes:
+    """What a client does with a multi-line body: split at CRLF, drop the "." line, un-stuff."""
+    lines = wire.split(b"\r\n")
+    assert lines[-2:] == [b".", b""], wire[-20:]
+    return b"".join((ln[1:] if ln.startswith(b".") else ln) + b"\r\n" for ln in lines[:-2])
+
+
+@given(st.lists(st.sampled_from([b"", b".", b"..", b".x", b"x.", b"a b", b"\r", b"\xff"]))
+       .map(lambda parts: b"\n".join(parts) + b"\n"))
+def test_stuff_round_trip(disk: bytes) -> None:
+    wire = p.stuff(disk)
+    body = wire[:-3]
+    assert b"\r\n.\r\n" not in b"\r\n" + body  # no early terminator
+    assert unstuff(wire) == disk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
