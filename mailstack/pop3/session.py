@@ -73,6 +73,8 @@ class Session:
             await self._loop()
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             self.reason = "disconnected"
+        except TimeoutError:
+            self.reason = "TLS handshake timeout"
         except asyncio.CancelledError:
             self.reason = "server shutdown"
             with contextlib.suppress(Exception):

@@ -120,7 +120,9 @@ async def test_wrong_passwords_growing_delay(cfg: Config, alice: Maildir,
 
 
 async def test_stls_injection_is_discarded(cfg: Config, alice: Maildir,
-                                           client_ssl: ssl.SSLContext) -> None:
+                                           client_ssl: ssl.SSLContext,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     async with running("pop3", cfg):
         reader, writer = await asyncio.open_connection("127.0.0.1", port(cfg))
         assert (await reader.readline()).startswith(b"+OK")
@@ -133,6 +135,8 @@ async def test_stls_injection_is_discarded(cfg: Config, alice: Maildir,
         # had the injected USER/PASS/QUIT been executed we would be logged in or closed
         assert (await c.cmd("STAT")).startswith("-ERR STAT is not valid in the AUTHORIZATION")
         assert (await c.cmd(f"PASS {PASSWORD}")) == "-ERR USER first"
+        injected = len(f"USER {ALICE}\r\nPASS {PASSWORD}\r\nQUIT\r\n")
+        assert f"discarded {injected} octets pipelined after STLS" in caplog.text
         assert (await c.login()).startswith("+OK Logged in")
         await c.cmd("QUIT")
         await c.close()
