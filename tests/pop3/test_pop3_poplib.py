@@ -217,3 +217,23 @@ async def test_pipelined_commands(cfg: Config, alice: Maildir) -> None:
         assert await c.closed()
         await c.close()
     assert len(alice.scan()) == 2
+
+
+async def test_flags_changed_by_another_writer_mid_session(cfg: Config, alice: Maildir) -> None:
+    """An IMAP client flags (and so renames) messages while POP3 works on its snapshot."""
+    async with running("pop3", cfg):
+        c = await RawPOP3.connect(plain_port(cfg))
+        await c.login()
+        assert (await c.cmd("UIDL")).startswith("+OK")
+        before = await c.multi()
+        for msg in alice.scan():
+            alice.set_flags(msg, "F")  # new/ → cur/ with a new file name
+        assert (await c.cmd("UIDL")).startswith("+OK")
+        assert await c.multi() == before
+        assert (await c.cmd("RETR 1")).startswith("+OK")
+        assert b"\n".join(await c.multi()) + b"\n" == message(1)
+        assert (await c.cmd("DELE 2")).startswith("+OK")
+        assert (await c.cmd("QUIT")).startswith("+OK Bye, 1 messages deleted")
+        await c.close()
+    left = {m.key: m.flags for m in alice.scan()}
+    assert len(left) == 2 and sorted(left.values()) == ["F", "FS"]
