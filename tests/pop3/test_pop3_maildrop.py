@@ -198,3 +198,12 @@ def test_prepared_snapshot_is_used_only_if_the_maildir_is_unchanged(box: Maildir
         assert drop.entries is not prepared.entries, change
         assert [e.msg for e in drop.entries] == box.scan(), change
         drop.close()
+
+
+def test_read_whole_file_even_if_the_name_understates_its_size(box: Maildir) -> None:
+    body = b"Subject: big\n\n" + b"y" * 3_000_000 + b"\n"
+    (box.root / "new" / "1500000000.liar.host,S=10,W=12").write_bytes(body)
+    drop = Maildrop.open(box)
+    assert drop.get(1).size == 12  # what the name says
+    assert drop.read(1) == body
+    drop.close()
