@@ -237,3 +237,19 @@ async def test_flags_changed_by_another_writer_mid_session(cfg: Config, alice: M
         await c.close()
     left = {m.key: m.flags for m in alice.scan()}
     assert len(left) == 2 and sorted(left.values()) == ["F", "FS"]
+
+
+async def test_many_concurrent_connections(cfg: Config, alice: Maildir) -> None:
+    async with running("pop3", cfg):
+        clients = await asyncio.gather(*(RawPOP3.connect(plain_port(cfg)) for _ in range(100)))
+        for c in clients:  # all pipelined at once, answered independently
+            await c.send("CAPA\r\nNOOP\r\n")
+        for c in clients:
+            assert (await c.line()).startswith("+OK Capability")
+            assert b"PIPELINING" in await c.multi()
+            assert (await c.line()).startswith("-ERR NOOP is not valid")
+        replies = await asyncio.gather(*(c.login() for c in clients[:10]))
+        assert sum(r.startswith("+OK Logged in") for r in replies) == 1  # one holds the lock
+        assert sum(r.startswith("-ERR [IN-USE]") for r in replies) == 9
+        for c in clients:
+            await c.close()
