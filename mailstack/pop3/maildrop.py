@@ -7,9 +7,11 @@
   waits for the next session. Messages another writer removes meanwhile read as gone.
 - DELE only marks; RSET unmarks; :meth:`Maildrop.commit` (the UPDATE state, after a clean QUIT)
   removes the marked files. Closing without commit deletes nothing.
-- :func:`prepare` may build the snapshot before the lock is taken (while the password is being
-  checked); :meth:`Maildrop.open` then uses it only if new/ and cur/ still hold exactly the
-  names it saw, so a login costs a directory listing instead of a full snapshot.
+- The snapshot is always built from a listing of new/ and cur/ made under the lock. A
+  :class:`SnapshotCache` (one per daemon, like Dovecot's index) remembers what each file name
+  parsed to (a Maildir name always names the same message and size), so a login parses only
+  names it has not seen; :func:`snapshot` can also be run before the lock is taken, while the
+  password is being checked, just to warm the cache.
 - RETR marks a message seen (Maildir flag ``S``, moving it from new/ to cur/), keeping any flags
   an IMAP client set meanwhile.
 
@@ -27,11 +29,12 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from ..fsutil import fsync_dir
-from ..store.maildir import Maildir, MaildirMessage, crlf_size
+from ..store.maildir import Maildir, MaildirMessage, crlf_size, message_from_name
 
 LOCK_NAME = "pop3.lock"
 
@@ -84,11 +87,8 @@ class Maildrop:
         self.top_count = 0
 
     @classmethod
-    def open(cls, box: Maildir, prepared: Prepared | None = None) -> Maildrop:
-        """Lock ``box`` and take the snapshot (or adopt ``prepared`` if still exact).
-
-        Raises MaildropLocked or OSError.
-        """
+    def open(cls, box: Maildir, cache: SnapshotCache | None = None) -> Maildrop:
+        """Lock ``box`` and take the snapshot; raises MaildropLocked or OSError."""
         fd = os.open(box.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,10 +99,7 @@ class Maildrop:
             os.close(fd)
             raise
         try:
-            if prepared is not None and _names(box) == prepared.names:
-                entries = prepared.entries
-            else:
-                entries = _snapshot(box)
+            entries = snapshot(box, cache)
         except BaseException:
             os.close(fd)  # closing releases the lock
             raise
@@ -211,15 +208,48 @@ def _read_file(path: str, hint: int) -> bytes:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A snapshot taken without the lock, with the directory listing it was built from."""
-
-    names: tuple[frozenset[str], frozenset[str]]
-    entries: list[Entry]
+Names = tuple[frozenset[str], frozenset[str]]
 
 
-def _names(box: Maildir) -> tuple[frozenset[str], frozenset[str]]:
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    msg: MaildirMessage
+    size: int
+    uidl: str
+
+
+class SnapshotCache:
+    """What the last snapshots of up to ``max_mailboxes`` mailboxes parsed; thread-safe."""
+
+    def __init__(self, max_mailboxes: int = 256) -> None:
+        self.max_mailboxes = max_mailboxes
+        self.hits = self.misses = 0  # whole listings found unchanged / not
+        self._lock = threading.Lock()
+        self._boxes: OrderedDict[str, tuple[Names, list[_Parsed]]] = OrderedDict()
+
+    def get(self, root: str) -> tuple[Names, list[_Parsed]] | None:
+        with self._lock:
+            item = self._boxes.get(root)
+            if item is not None:
+                self._boxes.move_to_end(root)
+            return item
+
+    def put(self, root: str, names: Names, parsed: list[_Parsed]) -> None:
+        with self._lock:
+            self._boxes[root] = (names, parsed)
+            self._boxes.move_to_end(root)
+            while len(self._boxes) > self.max_mailboxes:
+                self._boxes.popitem(last=False)
+
+    def count(self, hit: bool) -> None:
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+
+
+def _names(box: Maildir) -> Names:
     out = []
     for sub in ("new", "cur"):
         try:
@@ -229,28 +259,43 @@ def _names(box: Maildir) -> tuple[frozenset[str], frozenset[str]]:
     return out[0], out[1]
 
 
-def prepare(box: Maildir) -> Prepared | None:
-    """Build a snapshot without locking; None when the Maildir changed during the scan.
+def _parse(box: Maildir, subdir: str, name: str) -> _Parsed | None:
+    msg = message_from_name(subdir, name)
+    if msg is None:
+        return None
+    size = msg.vsize
+    if size is None:  # delivered by something that does not record ,W=: measure it
+        try:
+            size = crlf_size(box.read(msg))
+        except FileNotFoundError:
+            return None
+    return _Parsed(msg, size, uidl_for(msg.key))
 
-    Only :meth:`Maildrop.open` may use the result, once, and only after it holds the lock and
-    has seen the same names in new/ and cur/.
-    """
-    before = _names(box)
-    entries = _snapshot(box)
-    return Prepared(before, entries) if _names(box) == before else None
 
-
-def _snapshot(box: Maildir) -> list[Entry]:
-    """The INBOX at this moment, oldest first, with CRLF sizes and UIDLs."""
-    entries: list[Entry] = []
-    for msg in box.scan():
-        size = msg.vsize
-        if size is None:  # delivered by something that does not record ,W=: measure it
-            try:
-                size = crlf_size(box.read(msg))
-            except FileNotFoundError:
-                continue
-        entries.append(Entry(msg, size, uidl_for(msg.key)))
+def snapshot(box: Maildir, cache: SnapshotCache | None = None) -> list[Entry]:
+    """The INBOX at this moment, oldest first (as ``Maildir.scan`` orders it), with CRLF sizes
+    and UIDLs; names ``cache`` knows are not parsed again."""
+    root = os.fspath(box.root)
+    names = _names(box)
+    cached = cache.get(root) if cache is not None else None
+    if cached is not None and cached[0] == names:
+        parsed = cached[1]
+        cache.count(True)  # type: ignore[union-attr]
+    else:
+        known: dict[tuple[str, str], _Parsed] = {}
+        if cached is not None:
+            known = {(p.msg.subdir, p.msg.filename): p for p in cached[1]}
+        parsed = []
+        for subdir, listing in zip(("new", "cur"), names, strict=True):
+            for name in listing:
+                item = known.get((subdir, name)) or _parse(box, subdir, name)
+                if item is not None:
+                    parsed.append(item)
+        parsed.sort(key=lambda item: item.msg.mtime_key)
+        if cache is not None:
+            cache.put(root, names, parsed)
+            cache.count(False)
+    entries = [Entry(p.msg, p.size, p.uidl) for p in parsed]
     counts = Counter(e.uidl for e in entries)
     if len(counts) != len(entries):
         for e in entries:

@@ -23,7 +23,15 @@ from ..netserver import LineTooLong, is_loopback, peer_ip, starttls
 from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailbox
 from ..users import UserDB
 from . import protocol as p
-from .maildrop import Maildrop, MaildropLocked, MessageGone, NoSuchMessage, Prepared, prepare
+from .maildrop import (
+    Entry,
+    Maildrop,
+    MaildropLocked,
+    MessageGone,
+    NoSuchMessage,
+    SnapshotCache,
+    snapshot,
+)
 
 log = logging.getLogger("mailstack.pop3")
 
@@ -42,6 +50,7 @@ class Shared:
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     last_login: dict[str, float] = field(default_factory=dict)  # for LOGIN-DELAY
     prefetching: set[str] = field(default_factory=set)  # accounts with a snapshot being built
+    snapshots: SnapshotCache = field(default_factory=SnapshotCache)
 
 
 class Session:
@@ -279,8 +288,8 @@ class Session:
         return p.ok(f"Bye, {removed} messages deleted, {count} left")
 
     # -- AUTHORIZATION ---------------------------------------------------------------------------
-    def _prefetch(self, account: str) -> asyncio.Future[Prepared | None] | None:
-        """Start building the snapshot of an existing account's INBOX while the password is
+    def _prefetch(self, account: str) -> asyncio.Future[list[Entry]] | None:
+        """Warm the snapshot cache for an existing account's INBOX while the password is
         checked. No lock is taken and nothing is created; at most one per account at a time,
         and a failed login never waits for it (its latency does not depend on the mailbox)."""
         sh = self.shared
@@ -292,10 +301,10 @@ class Session:
             return None
         if not box.exists():
             return None
-        fut = asyncio.get_running_loop().run_in_executor(None, prepare, box)
+        fut = asyncio.get_running_loop().run_in_executor(None, snapshot, box, sh.snapshots)
         sh.prefetching.add(account)
 
-        def done(f: asyncio.Future[Prepared | None]) -> None:
+        def done(f: asyncio.Future[list[Entry]]) -> None:
             sh.prefetching.discard(account)
             if not f.cancelled():
                 f.exception()  # retrieved: an unused failure is not worth a log line
@@ -323,13 +332,12 @@ class Session:
                 self.proto.auth_failed()
                 write(p.err(f"Wait {delay} seconds between logins", "LOGIN-DELAY"))
                 return
-        prepared = None
-        if prefetch is not None:
+        if prefetch is not None:  # let it finish: the snapshot under the lock then reuses it
             with contextlib.suppress(OSError, MaildirError):
-                prepared = await prefetch
+                await prefetch
         try:
             box = open_user_mailbox(sh.cfg.data_dir, account)
-            self.drop = await _open_maildrop(box, prepared)
+            self.drop = await _open_maildrop(box, sh.snapshots)
         except MaildropLocked:
             self.proto.auth_failed()
             write(p.err("Mailbox is in use by another POP3 session", "IN-USE"))
@@ -357,9 +365,9 @@ class Session:
         self.tls = "STLS"
 
 
-async def _open_maildrop(box: Maildir, prepared: Prepared | None) -> Maildrop:
+async def _open_maildrop(box: Maildir, cache: SnapshotCache) -> Maildrop:
     """Maildrop.open in a worker thread; a cancelled caller never leaks the lock."""
-    fut = asyncio.get_running_loop().run_in_executor(None, Maildrop.open, box, prepared)
+    fut = asyncio.get_running_loop().run_in_executor(None, Maildrop.open, box, cache)
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:

@@ -68,6 +68,14 @@ def parse_flags(filename: str) -> str:
     return info if sep else ""
 
 
+def message_from_name(subdir: str, filename: str) -> MaildirMessage | None:
+    """The message a directory entry of ``new``/``cur`` stands for (None for dot files).
+
+    For callers that list the directories themselves (e.g. to reuse what they parsed before).
+    """
+    return _msg_from_name(subdir, filename)
+
+
 @dataclass(frozen=True)
 class MaildirMessage:
     """One message file as found by a scan."""

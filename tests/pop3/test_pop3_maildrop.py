@@ -14,8 +14,9 @@ from mailstack.pop3.maildrop import (
     MaildropLocked,
     MessageGone,
     NoSuchMessage,
+    SnapshotCache,
     hashed_uidl,
-    prepare,
+    snapshot,
     uidl_for,
 )
 from mailstack.store.maildir import Maildir, create_user_mailbox, crlf_size
@@ -171,33 +172,49 @@ def test_bad_numbers(box: Maildir) -> None:
     drop.close()
 
 
-def test_prepared_snapshot_is_used_only_if_the_maildir_is_unchanged(box: Maildir) -> None:
-    holder = Maildrop.open(box)  # prepare needs no lock: it runs while another session holds it
-    prepared = prepare(box)
-    assert prepared is not None and len(prepared.entries) == 3
-    with pytest.raises(MaildropLocked):
-        Maildrop.open(box, prepared)
+def test_snapshot_cache_reuses_names_and_sees_every_change(box: Maildir) -> None:
+    cache = SnapshotCache()
+    holder = Maildrop.open(box)  # warming needs no lock: it runs while another session holds it
+    assert len(snapshot(box, cache)) == 3 and (cache.hits, cache.misses) == (0, 1)
     holder.close()
-    drop = Maildrop.open(box, prepared)
-    assert drop.entries is prepared.entries  # adopted: the login skipped the scan
+    drop = Maildrop.open(box, cache)
+    assert (cache.hits, cache.misses) == (1, 1)  # unchanged listing: nothing parsed again
     drop.close()
 
-    for change in ("deliver", "flag", "delete"):
-        prepared = prepare(box)
-        assert prepared is not None
-        if change == "deliver":
-            box.deliver(b"Subject: new\n\nx\n")
-        elif change == "flag":
-            box.set_flags(box.scan()[0], "S")
-        else:
-            other = Maildrop.open(box)  # a previous POP3 session deletes and quits
+    def changes():  # each as another client would make it
+        yield "deliver", lambda: box.deliver(b"Subject: new\n\nx\n")
+        yield "flag", lambda: box.set_flags(box.scan()[0], "S")
+        yield "foreign file without W=", lambda: (box.root / "cur" / "1.foreign.h:2,")\
+            .write_bytes(b"A: b\n\nbody\n")
+
+        def pop3_session_deletes() -> None:
+            other = Maildrop.open(box, cache)
             other.delete(1)
             other.commit()
             other.close()
-        drop = Maildrop.open(box, prepared)
-        assert drop.entries is not prepared.entries, change
-        assert [e.msg for e in drop.entries] == box.scan(), change
+        yield "delete", pop3_session_deletes
+
+    for label, change in changes():
+        snapshot(box, cache)  # warm
+        change()
+        drop = Maildrop.open(box, cache)
+        expected = box.scan()
+        assert [e.msg for e in drop.entries] == expected, label
+        assert [e.uidl for e in drop.entries] == [uidl_for(m.key) for m in expected], label
+        assert drop.stat()[1] == sum(len(box.read(m)) + box.read(m).count(b"\n")
+                                     for m in expected), label
         drop.close()
+    assert cache.misses >= 5
+
+
+def test_snapshot_cache_is_bounded(cfg: Config) -> None:
+    cache = SnapshotCache(max_mailboxes=2)
+    boxes = [create_user_mailbox(cfg.data_dir, f"u{i}@example.test") for i in range(3)]
+    for b in boxes:
+        b.deliver(b"A: b\n\nx\n")
+        snapshot(b, cache)
+    assert cache.get(str(boxes[0].root)) is None
+    assert cache.get(str(boxes[2].root)) is not None
 
 
 def test_read_whole_file_even_if_the_name_understates_its_size(box: Maildir) -> None:
