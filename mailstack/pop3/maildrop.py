@@ -51,12 +51,19 @@ class MessageGone(Exception):
     """The message was removed by another writer after login."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
-    msg: MaildirMessage
+    """One message of a snapshot; immutable, so snapshots can share entries through the cache."""
+
+    msg: MaildirMessage  # where the file was at login (RETR may move it: see Maildrop.msg)
     size: int  # octets with CRLF line ends (what LIST/STAT report)
     uidl: str
-    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    entries: list[Entry]  # oldest first; never modified once built
+    octets: int  # sum of the sizes
 
 
 def uidl_for(key: str) -> str:
@@ -77,11 +84,14 @@ def hashed_uidl(key: str) -> str:
 class Maildrop:
     """A locked INBOX snapshot; use :meth:`open`, then :meth:`close` (always)."""
 
-    def __init__(self, box: Maildir, lock_fd: int, entries: list[Entry]) -> None:
+    def __init__(self, box: Maildir, lock_fd: int, snap: Snapshot) -> None:
         self.box = box
         self._root = os.fspath(box.root)
         self._lock_fd: int | None = lock_fd
-        self.entries = entries
+        self.entries = snap.entries
+        self._octets = snap.octets
+        self._deleted: set[int] = set()  # message numbers marked by DELE
+        self._moved: dict[int, MaildirMessage] = {}  # where RETR's seen flag moved a file
         self.retrieved = 0
         self.retrieved_bytes = 0
         self.top_count = 0
@@ -99,11 +109,11 @@ class Maildrop:
             os.close(fd)
             raise
         try:
-            entries = snapshot(box, cache)
+            snap = snapshot(box, cache)
         except BaseException:
             os.close(fd)  # closing releases the lock
             raise
-        return cls(box, fd, entries)
+        return cls(box, fd, snap)
 
     def close(self) -> None:
         """Release the lock; marked deletions not committed are forgotten."""
@@ -117,34 +127,32 @@ class Maildrop:
 
     # -- queries ---------------------------------------------------------------------------------
     def get(self, n: int) -> Entry:
-        if n < 1 or n > len(self.entries):
+        if n < 1 or n > len(self.entries) or n in self._deleted:
             raise NoSuchMessage(n)
-        entry = self.entries[n - 1]
-        if entry.deleted:
-            raise NoSuchMessage(n)
-        return entry
+        return self.entries[n - 1]
+
+    def msg(self, n: int) -> MaildirMessage:
+        """Where message ``n``'s file is as far as this session knows."""
+        return self._moved.get(n) or self.get(n).msg
 
     def stat(self) -> tuple[int, int]:
         """(messages, octets) not marked deleted."""
-        count = total = 0
-        for e in self.entries:
-            if not e.deleted:
-                count += 1
-                total += e.size
-        return count, total
+        gone = sum(self.entries[n - 1].size for n in self._deleted)
+        return len(self.entries) - len(self._deleted), self._octets - gone
 
     def listing(self) -> list[tuple[int, Entry]]:
-        return [(i, e) for i, e in enumerate(self.entries, 1) if not e.deleted]
+        deleted = self._deleted
+        return [(i, e) for i, e in enumerate(self.entries, 1) if i not in deleted]
 
     @property
     def deleted_count(self) -> int:
-        return sum(1 for e in self.entries if e.deleted)
+        return len(self._deleted)
 
     # -- actions -----------------------------------------------------------------------------------
     def read(self, n: int) -> bytes:
         """Message ``n`` as stored (LF line ends); raises NoSuchMessage or MessageGone."""
         entry = self.get(n)
-        msg = entry.msg
+        msg = self._moved.get(n) or entry.msg
         try:  # fast path: 3 system calls; Maildir.read below follows a concurrent rename
             return _read_file(f"{self._root}/{msg.subdir}/{msg.filename}", entry.size + 1)
         except FileNotFoundError:
@@ -156,28 +164,26 @@ class Maildrop:
 
     def mark_seen(self, n: int) -> None:
         """Set the Maildir S flag (RETR): the message moves to cur/ if it was in new/."""
-        entry = self.get(n)
-        if "S" in entry.msg.flags:
+        msg = self.msg(n)
+        if "S" in msg.flags:
             return
-        moved = self.box.add_flags(entry.msg, "S")
+        moved = self.box.add_flags(msg, "S")
         if moved is not None:
-            entry.msg = moved
+            self._moved[n] = moved
 
     def delete(self, n: int) -> None:
-        self.get(n).deleted = True
+        self.get(n)
+        self._deleted.add(n)
 
     def reset(self) -> None:
-        for e in self.entries:
-            e.deleted = False
+        self._deleted.clear()
 
     def commit(self) -> tuple[int, int]:
         """UPDATE state: remove the marked messages; returns (removed, failed)."""
         removed = failed = 0
-        for e in self.entries:
-            if not e.deleted:
-                continue
+        for n in sorted(self._deleted):
             try:
-                if self.box.remove(e.msg):
+                if self.box.remove(self._moved.get(n) or self.entries[n - 1].msg):
                     removed += 1
                 # already gone (another writer removed it): the client's wish holds
             except OSError:
@@ -211,32 +217,26 @@ def _read_file(path: str, hint: int) -> bytes:
 Names = tuple[frozenset[str], frozenset[str]]
 
 
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    msg: MaildirMessage
-    size: int
-    uidl: str
-
-
 class SnapshotCache:
-    """What the last snapshots of up to ``max_mailboxes`` mailboxes parsed; thread-safe."""
+    """The last snapshot of up to ``max_mailboxes`` mailboxes, with the listing it was built
+    from; thread-safe."""
 
     def __init__(self, max_mailboxes: int = 256) -> None:
         self.max_mailboxes = max_mailboxes
         self.hits = self.misses = 0  # whole listings found unchanged / not
         self._lock = threading.Lock()
-        self._boxes: OrderedDict[str, tuple[Names, list[_Parsed]]] = OrderedDict()
+        self._boxes: OrderedDict[str, tuple[Names, Snapshot]] = OrderedDict()
 
-    def get(self, root: str) -> tuple[Names, list[_Parsed]] | None:
+    def get(self, root: str) -> tuple[Names, Snapshot] | None:
         with self._lock:
             item = self._boxes.get(root)
             if item is not None:
                 self._boxes.move_to_end(root)
             return item
 
-    def put(self, root: str, names: Names, parsed: list[_Parsed]) -> None:
+    def put(self, root: str, names: Names, snap: Snapshot) -> None:
         with self._lock:
-            self._boxes[root] = (names, parsed)
+            self._boxes[root] = (names, snap)
             self._boxes.move_to_end(root)
             while len(self._boxes) > self.max_mailboxes:
                 self._boxes.popitem(last=False)
@@ -259,7 +259,7 @@ def _names(box: Maildir) -> Names:
     return out[0], out[1]
 
 
-def _parse(box: Maildir, subdir: str, name: str) -> _Parsed | None:
+def _parse(box: Maildir, subdir: str, name: str) -> Entry | None:
     msg = message_from_name(subdir, name)
     if msg is None:
         return None
@@ -269,36 +269,35 @@ def _parse(box: Maildir, subdir: str, name: str) -> _Parsed | None:
             size = crlf_size(box.read(msg))
         except FileNotFoundError:
             return None
-    return _Parsed(msg, size, uidl_for(msg.key))
+    return Entry(msg, size, uidl_for(msg.key))
 
 
-def snapshot(box: Maildir, cache: SnapshotCache | None = None) -> list[Entry]:
+def snapshot(box: Maildir, cache: SnapshotCache | None = None) -> Snapshot:
     """The INBOX at this moment, oldest first (as ``Maildir.scan`` orders it), with CRLF sizes
-    and UIDLs; names ``cache`` knows are not parsed again."""
+    and UIDLs. With ``cache``: an unchanged listing costs only the listing, and names seen
+    before are not parsed again (a Maildir name always names the same message)."""
     root = os.fspath(box.root)
     names = _names(box)
     cached = cache.get(root) if cache is not None else None
     if cached is not None and cached[0] == names:
-        parsed = cached[1]
         cache.count(True)  # type: ignore[union-attr]
-    else:
-        known: dict[tuple[str, str], _Parsed] = {}
-        if cached is not None:
-            known = {(p.msg.subdir, p.msg.filename): p for p in cached[1]}
-        parsed = []
-        for subdir, listing in zip(("new", "cur"), names, strict=True):
-            for name in listing:
-                item = known.get((subdir, name)) or _parse(box, subdir, name)
-                if item is not None:
-                    parsed.append(item)
-        parsed.sort(key=lambda item: item.msg.mtime_key)
-        if cache is not None:
-            cache.put(root, names, parsed)
-            cache.count(False)
-    entries = [Entry(p.msg, p.size, p.uidl) for p in parsed]
+        return cached[1]
+    known: dict[tuple[str, str], Entry] = {}
+    if cached is not None:
+        known = {(e.msg.subdir, e.msg.filename): e for e in cached[1].entries}
+    entries = []
+    for subdir, listing in zip(("new", "cur"), names, strict=True):
+        for name in listing:
+            entry = known.get((subdir, name)) or _parse(box, subdir, name)
+            if entry is not None:
+                entries.append(entry)
+    entries.sort(key=lambda e: e.msg.mtime_key)
     counts = Counter(e.uidl for e in entries)
-    if len(counts) != len(entries):
-        for e in entries:
-            if counts[e.uidl] > 1:
-                e.uidl = hashed_uidl(e.msg.key)
-    return entries
+    if len(counts) != len(entries):  # a broken Maildir: two files share a base name
+        entries = [Entry(e.msg, e.size, hashed_uidl(e.msg.key)) if counts[e.uidl] > 1 else e
+                   for e in entries]
+    snap = Snapshot(entries, sum(e.size for e in entries))
+    if cache is not None:
+        cache.put(root, names, snap)
+        cache.count(False)
+    return snap

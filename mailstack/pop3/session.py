@@ -24,11 +24,11 @@ from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailb
 from ..users import UserDB
 from . import protocol as p
 from .maildrop import (
-    Entry,
     Maildrop,
     MaildropLocked,
     MessageGone,
     NoSuchMessage,
+    Snapshot,
     SnapshotCache,
     snapshot,
 )
@@ -288,7 +288,7 @@ class Session:
         return p.ok(f"Bye, {removed} messages deleted, {count} left")
 
     # -- AUTHORIZATION ---------------------------------------------------------------------------
-    def _prefetch(self, account: str) -> asyncio.Future[list[Entry]] | None:
+    def _prefetch(self, account: str) -> asyncio.Future[Snapshot] | None:
         """Warm the snapshot cache for an existing account's INBOX while the password is
         checked. No lock is taken and nothing is created; at most one per account at a time,
         and a failed login never waits for it (its latency does not depend on the mailbox)."""
@@ -304,7 +304,7 @@ class Session:
         fut = asyncio.get_running_loop().run_in_executor(None, snapshot, box, sh.snapshots)
         sh.prefetching.add(account)
 
-        def done(f: asyncio.Future[list[Entry]]) -> None:
+        def done(f: asyncio.Future[Snapshot]) -> None:
             sh.prefetching.discard(account)
             if not f.cancelled():
                 f.exception()  # retrieved: an unused failure is not worth a log line

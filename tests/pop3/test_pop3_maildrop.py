@@ -175,7 +175,7 @@ def test_bad_numbers(box: Maildir) -> None:
 def test_snapshot_cache_reuses_names_and_sees_every_change(box: Maildir) -> None:
     cache = SnapshotCache()
     holder = Maildrop.open(box)  # warming needs no lock: it runs while another session holds it
-    assert len(snapshot(box, cache)) == 3 and (cache.hits, cache.misses) == (0, 1)
+    assert len(snapshot(box, cache).entries) == 3 and (cache.hits, cache.misses) == (0, 1)
     holder.close()
     drop = Maildrop.open(box, cache)
     assert (cache.hits, cache.misses) == (1, 1)  # unchanged listing: nothing parsed again
@@ -224,3 +224,17 @@ def test_read_whole_file_even_if_the_name_understates_its_size(box: Maildir) -> 
     assert drop.get(1).size == 12  # what the name says
     assert drop.read(1) == body
     drop.close()
+
+
+def test_sessions_sharing_a_cached_snapshot_do_not_share_marks(box: Maildir) -> None:
+    cache = SnapshotCache()
+    first = Maildrop.open(box, cache)
+    first.delete(1)
+    first.delete(3)
+    assert first.stat()[0] == 1
+    first.close()  # no QUIT
+    second = Maildrop.open(box, cache)
+    assert cache.hits == 1 and second.entries is first.entries  # the same immutable list
+    assert second.stat() == (3, sum(e.size for e in second.entries))
+    second.get(1)
+    second.close()
