@@ -218,14 +218,18 @@ Names = tuple[frozenset[str], frozenset[str]]
 
 
 class SnapshotCache:
-    """The last snapshot of up to ``max_mailboxes`` mailboxes, with the listing it was built
-    from; thread-safe."""
+    """The last snapshot of recently used mailboxes, with the listing each was built from.
 
-    def __init__(self, max_mailboxes: int = 256) -> None:
-        self.max_mailboxes = max_mailboxes
-        self.hits = self.misses = 0  # whole listings found unchanged / not
+    Thread-safe; least recently used mailboxes are forgotten beyond ``max_messages`` messages
+    in all (about 0.5 KB each).
+    """
+
+    def __init__(self, max_messages: int = 200_000) -> None:
+        self.max_messages = max_messages
+        self.hits = self.misses = 0  # listings found unchanged / not
         self._lock = threading.Lock()
         self._boxes: OrderedDict[str, tuple[Names, Snapshot]] = OrderedDict()
+        self._messages = 0
 
     def get(self, root: str) -> tuple[Names, Snapshot] | None:
         with self._lock:
@@ -236,10 +240,14 @@ class SnapshotCache:
 
     def put(self, root: str, names: Names, snap: Snapshot) -> None:
         with self._lock:
+            old = self._boxes.pop(root, None)
+            if old is not None:
+                self._messages -= len(old[1].entries)
             self._boxes[root] = (names, snap)
-            self._boxes.move_to_end(root)
-            while len(self._boxes) > self.max_mailboxes:
-                self._boxes.popitem(last=False)
+            self._messages += len(snap.entries)
+            while self._messages > self.max_messages and len(self._boxes) > 1:
+                _, (_, dropped) = self._boxes.popitem(last=False)
+                self._messages -= len(dropped.entries)
 
     def count(self, hit: bool) -> None:
         with self._lock:

@@ -208,12 +208,15 @@ def test_snapshot_cache_reuses_names_and_sees_every_change(box: Maildir) -> None
 
 
 def test_snapshot_cache_is_bounded(cfg: Config) -> None:
-    cache = SnapshotCache(max_mailboxes=2)
+    cache = SnapshotCache(max_messages=4)
     boxes = [create_user_mailbox(cfg.data_dir, f"u{i}@example.test") for i in range(3)]
     for b in boxes:
         b.deliver(b"A: b\n\nx\n")
+        b.deliver(b"A: c\n\ny\n")
         snapshot(b, cache)
-    assert cache.get(str(boxes[0].root)) is None
+        snapshot(b, cache)  # replacing an entry does not count its messages twice
+    assert cache.get(str(boxes[0].root)) is None  # least recently used: forgotten
+    assert cache.get(str(boxes[1].root)) is not None
     assert cache.get(str(boxes[2].root)) is not None
 
 
