@@ -182,6 +182,8 @@ class POP3Section:
     pop3: Port = Port(110)
     pop3s: Port = Port(995)
     idle_timeout: Duration = Duration(600)
+    #: RFC 2449 LOGIN-DELAY: least time between two logins of one account (0: no limit)
+    login_delay: Duration = Duration(0)
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,12 @@ async def starttls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     buffered = reader._buffer  # type: ignore[attr-defined]  # no public API to discard
     dropped = len(buffered)
     buffered.clear()
-    await asyncio.wait_for(writer.start_tls(context), timeout)
+    # No event-loop iteration may run between the clear and start_tls() pausing the plaintext
+    # reader: the client's ClientHello would land in the discarded buffer and the handshake
+    # would hang. asyncio.wait_for() wraps the coroutine in a task (one iteration later on 3.11),
+    # so await start_tls() directly under asyncio.timeout().
+    async with asyncio.timeout(timeout):
+        await writer.start_tls(context)
     return dropped
 
 

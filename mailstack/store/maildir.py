@@ -70,6 +70,14 @@ def parse_flags(filename: str) -> str:
     return info if sep else ""
 
 
+def message_from_name(subdir: str, filename: str) -> MaildirMessage | None:
+    """The message a directory entry of ``new``/``cur`` stands for (None for dot files).
+
+    For callers that list the directories themselves (e.g. to reuse what they parsed before).
+    """
+    return _msg_from_name(subdir, filename)
+
+
 @dataclass(frozen=True)
 class MaildirMessage:
     """One message file as found by a scan."""
@@ -206,6 +214,28 @@ class Maildir:
                 raise
             os.rename(moved.path(self.root), self.root / "cur" / target)
         return MaildirMessage(msg.key, "cur", target, flags)
+
+    def add_flags(self, msg: MaildirMessage, letters: str) -> MaildirMessage | None:
+        """Add flag ``letters`` keeping flags another writer set meanwhile; None when gone.
+
+        ``set_flags`` replaces the flag set, so a caller holding a stale ``msg`` would undo a
+        concurrent change; this re-reads the current name when ``msg``'s file has moved.
+        """
+        current: MaildirMessage | None = msg
+        root = os.fspath(self.root)  # plain strings: this runs once per POP3 RETR
+        for _ in range(3):  # each retry follows one concurrent rename
+            if current is None:
+                return None
+            wanted = "".join(sorted(set(current.flags) | set(letters)))
+            target = f"{current.key}{INFO_SEP}{wanted}"
+            if current.subdir == "cur" and current.filename == target:
+                return current
+            try:
+                os.rename(f"{root}/{current.subdir}/{current.filename}", f"{root}/cur/{target}")
+                return MaildirMessage(current.key, "cur", target, wanted)
+            except FileNotFoundError:
+                current = self.find(current.key)
+        return current
 
     def remove(self, msg: MaildirMessage) -> bool:
         """Delete a message; False when it was already gone."""

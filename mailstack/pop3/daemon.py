@@ -1,0 +1,65 @@
+"""``mailstack serve pop3``: the POP3 listeners (110-equivalent with STLS, 995 implicit TLS).
+
+:func:`serve` opens ``[pop3].pop3`` (plain, STLS offered) and ``[pop3].pop3s`` (RFC 8314
+implicit TLS) on every ``[server].bind`` address, logs one ``listening on`` line per listener,
+waits for ``stop``, then stops accepting and ends the open sessions (they get
+``-ERR [SYS/TEMP]``; nothing is deleted for a session that did not QUIT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+
+from ..authlimit import AuthThrottle
+from ..config import Config
+from ..netserver import start_server
+from ..tls import ensure_tls_files, server_context
+from ..users import UserDB
+from .session import Shared, handle
+
+log = logging.getLogger("mailstack.pop3")
+
+
+def _addr(sockname: tuple) -> str:  # type: ignore[type-arg]
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(cfg: Config, stop: asyncio.Event) -> None:
+    tls_context = server_context(ensure_tls_files(cfg))
+    shared = Shared(cfg=cfg, users=UserDB(cfg.data_dir / "users"),
+                    throttle=AuthThrottle(cfg.server.auth_failures_free,
+                                          float(cfg.server.auth_max_delay)),
+                    tls_context=tls_context)
+    servers: list[asyncio.Server] = []
+    try:
+        plain_port = cfg.port("pop3", "pop3")
+        if plain_port:
+            for srv in await start_server(functools.partial(handle, shared, implicit_tls=False),
+                                          cfg.server.bind, plain_port, name="pop3"):
+                servers.append(srv)
+                for sock in srv.sockets:
+                    log.info("listening on %s (pop3, STLS)", _addr(sock.getsockname()))
+        tls_port = cfg.port("pop3", "pop3s")
+        if tls_port:
+            for srv in await start_server(functools.partial(handle, shared, implicit_tls=True),
+                                          cfg.server.bind, tls_port, ssl_context=tls_context,
+                                          name="pop3s"):
+                servers.append(srv)
+                for sock in srv.sockets:
+                    log.info("listening on %s (pop3s, implicit TLS)", _addr(sock.getsockname()))
+        await stop.wait()
+    finally:
+        for srv in servers:
+            srv.close()
+        sessions = list(shared.sessions)
+        for task in sessions:
+            task.cancel()
+        if sessions:
+            await asyncio.wait(sessions, timeout=5)
+        for srv in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 5)
