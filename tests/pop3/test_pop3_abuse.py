@@ -12,11 +12,12 @@ import struct
 import time
 
 import pytest
-from conftest import running
-from pop3_helpers import ALICE, PASSWORD, RawPOP3, make_alice
 
 from mailstack.config import Config
 from mailstack.store.maildir import Maildir
+
+from ..conftest import running
+from .pop3_helpers import ALICE, PASSWORD, RawPOP3, make_alice
 
 
 @pytest.fixture

@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import running
-from pop3_helpers import ALICE, PASSWORD, make_alice, message
 
 from mailstack.config import Config
 from mailstack.daemon import available_daemons
 from mailstack.store.maildir import Maildir
 from mailstack.tls import ensure_tls_files
+
+from ..conftest import running
+from .pop3_helpers import ALICE, PASSWORD, make_alice, message
 
 REPO = Path(__file__).resolve().parents[2]
 

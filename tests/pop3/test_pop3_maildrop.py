@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from pop3_helpers import make_alice, message
 
 from mailstack.config import Config
 from mailstack.pop3.maildrop import (
@@ -20,6 +19,8 @@ from mailstack.pop3.maildrop import (
     uidl_for,
 )
 from mailstack.store.maildir import Maildir, create_user_mailbox, crlf_size
+
+from .pop3_helpers import make_alice, message
 
 
 @pytest.fixture

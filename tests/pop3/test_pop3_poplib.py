@@ -8,11 +8,12 @@ import poplib
 import ssl
 
 import pytest
-from conftest import running
-from pop3_helpers import ALICE, PASSWORD, RawPOP3, make_alice, message
 
 from mailstack.config import Config
 from mailstack.store.maildir import Maildir
+
+from ..conftest import running
+from .pop3_helpers import ALICE, PASSWORD, RawPOP3, make_alice, message
 
 
 @pytest.fixture
