@@ -8,6 +8,8 @@ worker thread so the event loop keeps serving other clients.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import re
 import threading
@@ -73,12 +75,15 @@ class UserDB:
 
     #: how long a stat() of the file is trusted (changes show up within this time)
     RECHECK = 1.0
+    #: how long a successful password check is remembered (0 disables)
+    AUTH_CACHE_TTL = 300.0
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._snap = _Snapshot((-1, 0, 0), {})
         self._checked = -1e9
         self._lock = threading.Lock()
+        self._auth_cache: dict[bytes, float] = {}
 
     def _load(self) -> dict[str, str]:
         """The current accounts; thread-safe (daemons call it from worker threads too)."""
@@ -119,10 +124,26 @@ class UserDB:
             and self.exists(address.strip())
 
     async def authenticate(self, address: str, password: str) -> bool:
-        """Look the account up here, hash in a worker thread (argon2 takes tens of ms)."""
-        hashed = self._load().get(address.strip().lower())
+        """Look the account up here, hash in a worker thread (argon2 takes tens of ms).
+
+        Successful checks are remembered for AUTH_CACHE_TTL seconds (like Dovecot's
+        auth_cache), keyed by a keyed hash of address, password and stored hash — so a changed
+        password or a deleted user misses at once, and no password is kept in memory.
+        """
+        addr = address.strip().lower()
+        hashed = self._load().get(addr)
+        token = hmac.new(_CACHE_KEY, f"{addr}\0{password}\0{hashed}".encode("utf-8",
+                         "surrogatepass"), hashlib.sha256).digest()
+        now = time.monotonic()
+        if hashed is not None and self._auth_cache.get(token, 0.0) > now:
+            return True
         ok = await asyncio.to_thread(_verify, hashed or _DUMMY_HASH, password)
-        return ok and hashed is not None
+        if ok and hashed is not None:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache = {k: v for k, v in self._auth_cache.items() if v > now}
+            self._auth_cache[token] = now + self.AUTH_CACHE_TTL
+            return True
+        return False
 
     # -- changes (used by `mailstack user`) --------------------------------------------------
     def _write(self, users: dict[str, str]) -> None:
@@ -157,6 +178,7 @@ class UserDB:
 
 
 _DUMMY_HASH = _hasher.hash("mailstack-dummy-password")
+_CACHE_KEY = os.urandom(32)  # per process: cache tokens mean nothing outside it
 
 
 def resolve_recipient(users: UserDB, local_domains: tuple[str, ...], address: str) -> str | None:

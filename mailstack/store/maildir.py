@@ -65,6 +65,19 @@ def unique_name(size: int, vsize: int) -> str:
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{rand}.{_HOST},S={size},W={vsize}"
 
 
+_ORDER_RE = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)")
+
+
+def delivery_order(key: str) -> tuple[int, int, int, str]:
+    """Sort key for unique names: second, microsecond and per-process counter as numbers
+    (as strings ``M100000`` would sort before ``M99999``), then the name."""
+    m = _ORDER_RE.match(key)
+    if m:
+        return (int(m.group(1)), int(m.group(2)), int(m.group(4)), key)
+    head = key.split(".", 1)[0]
+    return (int(head) if head.isdigit() else 0, 0, 0, key)
+
+
 def parse_flags(filename: str) -> str:
     _, sep, info = filename.partition(INFO_SEP)
     return info if sep else ""
@@ -101,10 +114,9 @@ class MaildirMessage:
         return int(m.group(1)) if m else None
 
     @property
-    def mtime_key(self) -> tuple[int, str]:
-        """Sort key: delivery second, then name."""
-        head = self.key.split(".", 1)[0]
-        return (int(head) if head.isdigit() else 0, self.key)
+    def mtime_key(self) -> tuple[int, int, int, str]:
+        """Sort key: delivery order (see :func:`delivery_order`)."""
+        return delivery_order(self.key)
 
 
 def _msg_from_name(subdir: str, filename: str) -> MaildirMessage | None:

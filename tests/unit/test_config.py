@@ -91,3 +91,18 @@ def test_users_db_is_consistent_under_concurrent_first_use(tmp_path: Path) -> No
         db = UserDB(tmp_path / "users")
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             assert all(pool.map(lambda _, db=db: db.exists("a@x.test"), range(64)))
+
+
+async def test_auth_cache_hits_and_misses_on_password_change(tmp_path: Path) -> None:
+    from mailstack.users import UserDB
+
+    db = UserDB(tmp_path / "users")
+    db.add("a@x.test", "pw1")
+    assert await db.authenticate("a@x.test", "pw1")
+    assert len(db._auth_cache) == 1 and await db.authenticate("A@x.test", "pw1")
+    assert not await db.authenticate("a@x.test", "wrong")
+    db.set_password("a@x.test", "pw2")
+    assert not await db.authenticate("a@x.test", "pw1"), "old password no longer accepted"
+    assert await db.authenticate("a@x.test", "pw2")
+    db.delete("a@x.test")
+    assert not await db.authenticate("a@x.test", "pw2")

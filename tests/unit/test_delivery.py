@@ -71,3 +71,12 @@ def test_journal_survives_restart_and_is_read_for_retries(tmp_path: Path) -> Non
     d2 = deliver(tmp_path, "a@x.test", "a@x.test", "s@y", b"m\r\n", "Q9", restarted, retry=True)
     assert d2.duplicate and d2.path == d1.path
     assert restarted.prune(now=10**10) == 1 and restarted.lookup("Q9", "a@x.test") is None
+
+
+def test_scan_orders_by_delivery_time_numerically(tmp_path: Path) -> None:
+    box = create_user_mailbox(tmp_path, "a@x.test")
+    for name in ("1700000000.M99999P1Q2R0.h", "1700000000.M100000P1Q3R0.h",
+                 "1699999999.M5P1Q1R0.h"):
+        (box.root / "new" / name).write_bytes(b"x")
+    assert [m.key for m in box.scan()] == ["1699999999.M5P1Q1R0.h", "1700000000.M99999P1Q2R0.h",
+                                           "1700000000.M100000P1Q3R0.h"]
