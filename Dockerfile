@@ -1,14 +1,21 @@
 # One image for every mailstack daemon; docker-compose runs `mailstack serve NAME` per service.
 FROM python:3.11-slim
+
+# a non-root user; it binds the standard ports thanks to the compose file's
+# net.ipv4.ip_unprivileged_port_start=0 (or grant CAP_NET_BIND_SERVICE with setcap)
 RUN useradd --system --uid 1000 --home-dir /data --shell /usr/sbin/nologin mailstack \
-    && mkdir /data && chown mailstack /data
+    && mkdir -p /data /etc/mailstack && chown mailstack:mailstack /data
+
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY mailstack ./mailstack
 RUN pip install --no-cache-dir . && rm -rf /src
-USER mailstack
-VOLUME ["/data"]
-ENV MAILSTACK_CONFIG=/etc/mailstack/mailstack.toml
 COPY configs/docker.toml /etc/mailstack/mailstack.toml
+
+USER mailstack
+WORKDIR /data
+VOLUME ["/data"]
+ENV MAILSTACK_CONFIG=/etc/mailstack/mailstack.toml PYTHONUNBUFFERED=1
+EXPOSE 25 587 465 143 993 110 995 80
 ENTRYPOINT ["mailstack"]
 CMD ["up"]

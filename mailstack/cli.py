@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipients", nargs="*", metavar="RCPT")
     _common(p)
 
+    p = sub.add_parser("init", help="prepare the data directory (folders, TLS files); "
+                       "idempotent")
+    _common(p)
+
     p = sub.add_parser("health", help="exit 0 when a daemon answers its greeting "
                        "(container health checks)")
     p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "autoconfig"])
@@ -174,6 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sendmail_main(args, cfg)
     if args.command == "config":
         return cmd_config(args, cfg)
+    if args.command == "init":
+        from .supervisor import prepare_data_dir
+        try:
+            files = prepare_data_dir(cfg)
+        except OSError as exc:
+            return _die(f"cannot prepare {cfg.data_dir}: {exc}")
+        print(f"data directory {cfg.data_dir} ready" + (f"; CA certificate {files.ca}"
+                                                         if files.ca else ""))
+        return 0
     if args.command == "health":
         from .health import check
         ok, text = check(cfg, args.daemon)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from .banner import banner, listeners
 from .config import Config
 from .daemon import available_daemons
-from .tls import ensure_tls_files
+from .tls import TLSFiles, ensure_tls_files
 
 STOP_GRACE = 10.0
 #: daemons whose failure to start does not stop the stack (mail works without them)
@@ -176,12 +176,18 @@ class Supervisor:
         return 0
 
 
+def prepare_data_dir(cfg: Config) -> TLSFiles:
+    """Create the data directory's folders and TLS files (idempotent)."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ("mail", "queue"):
+        (cfg.data_dir / sub).mkdir(exist_ok=True, mode=0o700)
+    return ensure_tls_files(cfg)
+
+
 def up(cfg: Config) -> int:
     """Prepare the data directory, then run the supervisor until a signal."""
     try:
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.data_dir / "mail").mkdir(exist_ok=True)
-        ensure_tls_files(cfg)  # before the children start, so they do not race to make it
+        prepare_data_dir(cfg)  # before the children start, so they do not race to make it
     except OSError as exc:
         print(f"mailstack: cannot prepare {cfg.data_dir}: {exc}", file=sys.stderr)
         return 1

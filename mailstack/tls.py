@@ -8,6 +8,7 @@ hostname, localhost, 127.0.0.1 and ::1) under ``<data_dir>/tls``. Keys are writt
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import ssl
@@ -48,13 +49,23 @@ def ensure_tls_files(cfg: Config) -> TLSFiles:
     if files.cert.exists() and files.key.exists() and files.ca and files.ca.exists():
         return files
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # daemons started side by side (docker-compose) must not make two different CAs
+    with open(d / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (files.cert.exists() and files.key.exists() and files.ca.exists()):
+            _generate(cfg, files)
+    return files
+
+
+def _generate(cfg: Config, files: TLSFiles) -> None:
+    assert files.ca is not None
+    d = files.cert.parent
     names = sorted({cfg.server.hostname, "localhost", *cfg.server.domains})
     ca_pem, ca_key_pem, cert_pem, key_pem = generate_ca_and_leaf(names)
     atomic_write(d / "ca-key.pem", ca_key_pem, mode=0o600)
     atomic_write(files.key, key_pem, mode=0o600)
     atomic_write(files.cert, cert_pem + ca_pem, mode=0o644)  # chain: leaf then CA
     atomic_write(files.ca, ca_pem, mode=0o644)  # written last: its presence means "complete"
-    return files
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

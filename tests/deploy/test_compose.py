@@ -1,0 +1,137 @@
+"""docker-compose.yml, checked without a Docker engine.
+
+1. `docker-compose config -q` validates the file (when docker-compose is installed).
+2. Each service's published ports are the standard ports of its daemon's listeners.
+3. Each service's command runs as a local process with the compose environment — service names
+   mapped to 127.0.0.1 and every standard port to a free one — healthchecks pass, and a message
+   goes through the result: submission → mta → mda → IMAP and POP3.
+"""
+
+from __future__ import annotations
+
+import email
+import imaplib
+import os
+import poplib
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mailstack.banner import listeners
+from mailstack.config import load
+
+from ..conftest import free_port
+from ..e2e.helpers import ROOT, cli_env, submit, wait_files
+
+COMPOSE = ROOT / "docker-compose.yml"
+ORDER = ["init", "mda", "mta", "imap", "pop3", "autoconfig"]
+PORT_ENV = {  # standard port → the environment variable that moves it
+    25: "MAILSTACK_MTA_SMTP", 587: "MAILSTACK_MTA_SUBMISSION", 465: "MAILSTACK_MTA_SUBMISSIONS",
+    24: "MAILSTACK_MDA_LMTP", 143: "MAILSTACK_IMAP_IMAP", 993: "MAILSTACK_IMAP_IMAPS",
+    110: "MAILSTACK_POP3_POP3", 995: "MAILSTACK_POP3_POP3S", 80: "MAILSTACK_AUTOCONFIG_HTTP",
+}
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_compose_file_is_valid() -> None:
+    r = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_published_ports_match_the_listeners() -> None:
+    cfg = load(ROOT / "configs" / "docker.toml", env={})
+    services = compose()["services"]
+    for lst in listeners(cfg):
+        if lst.daemon == "mda":
+            assert "ports" not in services["mda"], "the mda is internal"
+            continue
+        published = {int(p.rsplit(":", 1)[1]): p for p in services[lst.daemon]["ports"]}
+        assert lst.port in published, (lst, published)
+        assert published[lst.port].startswith("127.0.0.1:"), "loopback only by default"
+    for name in ORDER[1:]:
+        assert services[name]["healthcheck"]["test"] == ["CMD", "mailstack", "health", name]
+
+
+def test_compose_commands_run_as_local_processes(tmp_path: Path) -> None:
+    services = compose()["services"]
+    ports = {std: free_port() for std in PORT_ENV}
+    names = set(services)
+    env = cli_env()
+    env["MAILSTACK_CONFIG"] = str(ROOT / "configs" / "docker.toml")  # as in the image
+    env["MAILSTACK_SERVER_DATA_DIR"] = str(tmp_path / "data")
+    env["MAILSTACK_SERVER_BIND"] = '["127.0.0.1"]'
+    env["MAILSTACK_MDA_BIND"] = '["127.0.0.1"]'
+    env.update({var: str(ports[std]) for std, var in PORT_ENV.items()})
+
+    def service_env(name: str) -> dict[str, str]:
+        out = dict(env)
+        for key, value in (services[name].get("environment") or {}).items():
+            value = str(value)
+            m = re.fullmatch(r"([a-z0-9_-]+):(\d+)", value)
+            if m and m.group(1) in names:  # "mda:24" → 127.0.0.1:<moved port>
+                value = f"127.0.0.1:{ports[int(m.group(2))]}"
+            out[key] = value
+        return out
+
+    def run(name: str, *args: str, **kw) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mailstack", *args], env=service_env(name),
+                              capture_output=True, text=True, timeout=60, **kw)
+
+    r = run("init", *services["init"]["command"])
+    assert r.returncode == 0, r.stderr
+    r = run("init", "user", "add", "alice@localhost", "--password-stdin", input="alice-pw\n")
+    assert r.returncode == 0, r.stderr
+    procs = []
+    try:
+        for name in ORDER[1:]:
+            p = subprocess.Popen([sys.executable, "-m", "mailstack", *services[name]["command"]],
+                                 env=service_env(name), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+            procs.append(p)
+        for name in ORDER[1:]:
+            deadline = 50
+            while True:
+                hc = run(name, *services[name]["healthcheck"]["test"][2:])
+                if hc.returncode == 0:
+                    break
+                deadline -= 1
+                assert deadline, f"{name} never became healthy: {hc.stderr}"
+                time.sleep(0.2)
+        data = tmp_path / "data"
+        ca = data / "tls" / "ca.pem"
+        submit(ports[587], ca, "alice@localhost", "alice-pw", ["alice@localhost"],
+               "Subject: through compose\r\n\r\nhello\r\n")
+        assert len(wait_files(data, "alice@localhost", 1)) == 1
+        ctx = ssl.create_default_context(cafile=str(ca))
+        imap = imaplib.IMAP4_SSL("127.0.0.1", ports[993], ssl_context=ctx, timeout=10)
+        imap.login("alice@localhost", "alice-pw")
+        imap.select("INBOX")
+        typ, fetched = imap.fetch("1", "(BODY.PEEK[HEADER])")
+        assert typ == "OK" and b"Subject: through compose" in fetched[0][1]
+        imap.logout()
+        pop = poplib.POP3_SSL("127.0.0.1", ports[995], context=ctx, timeout=10)
+        pop.user("alice@localhost")
+        pop.pass_("alice-pw")
+        msg = email.message_from_bytes(b"\r\n".join(pop.retr(1)[1]))
+        assert msg["Subject"] == "through compose"
+        pop.quit()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, 9)
