@@ -139,18 +139,47 @@ def _address_pairs(values: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+_GROUP_RE = re.compile(r'\s*([^:"<>,@]+):([^;]*);\s*,?')
+
+
+def _split_groups(value: str) -> list[tuple[str | None, str]]:
+    """[(group name or None, addresses)]: RFC 5322 groups (``Team: a@x, b@y;``) kept apart."""
+    if ":" not in value or ";" not in value or '"' in value:
+        return [(None, value)]
+    out: list[tuple[str | None, str]] = []
+    pos = 0
+    for m in _GROUP_RE.finditer(value):
+        before = value[pos:m.start()].strip().strip(",")
+        if before:
+            out.append((None, before))
+        out.append((m.group(1).strip(), m.group(2)))
+        pos = m.end()
+    rest = value[pos:].strip().strip(",")
+    if rest:
+        out.append((None, rest))
+    return out or [(None, value)]
+
+
+def _address(realname: str, addr: str) -> bytes:
+    local, at, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
+    return (b"(" + wire.nstring(realname.strip().encode("latin-1", "replace") or None)
+            + b" NIL " + wire.nstring(local.encode("latin-1", "replace")) + b" "
+            + wire.nstring(host.encode("latin-1", "replace") if at else None) + b")")
+
+
 def _addresses(fields: dict[str, list[str]], name: str) -> bytes:
     values = fields.get(name)
     if not values:
         return b"NIL"
     out = []
-    for realname, addr in _address_pairs(values):
-        if not realname and not addr:
-            continue
-        local, at, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
-        out.append(b"(" + wire.nstring(realname.strip().encode("latin-1", "replace") or None)
-                   + b" NIL " + wire.nstring(local.encode("latin-1", "replace")) + b" "
-                   + wire.nstring(host.encode("latin-1", "replace") if at else None) + b")")
+    for value in values:
+        for group, members in _split_groups(value):
+            if group is not None:  # group start (NIL NIL name NIL) … end (NIL NIL NIL NIL)
+                out.append(b"(NIL NIL " + wire.nstring(group.encode("latin-1", "replace"))
+                           + b" NIL)")
+            out += [_address(n, a) for n, a in _address_pairs([members]) if n or a]
+            if group is not None:
+                out.append(b"(NIL NIL NIL NIL)")
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 

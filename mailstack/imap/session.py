@@ -473,7 +473,15 @@ async def cmd_enable(s: Session, tag: str, p: Parser, uid: bool) -> str:
 async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     event = asyncio.Event()
+    loop = asyncio.get_running_loop()
     timeout = float(s.cfg.imap.idle_timeout)
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        timed_out = True
+        event.set()
+
     with contextlib.ExitStack() as stack:
         if s.selected is not None:
             # watch first, then look: nothing can slip between the last refresh and the watch
@@ -481,25 +489,25 @@ async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
         s.send(b"+ idling\r\n")
         s.announce()
         await s.flush()
+        # one reader task and one event for the whole IDLE: a wake-up costs no new tasks
         read = asyncio.ensure_future(s.lines.reader.readline())
+        read.add_done_callback(lambda _: event.set())
+        timer = loop.call_later(timeout, expire)
         try:
             while True:
-                waiter = asyncio.ensure_future(event.wait())
-                done, _ = await asyncio.wait({read, waiter}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if read in done:
-                    waiter.cancel()
-                    break
-                if not done:
-                    waiter.cancel()
-                    raise TimeoutError()
+                await event.wait()
                 event.clear()
+                if read.done():
+                    break
+                if timed_out:
+                    raise TimeoutError()
                 s.announce()
                 if s.state == LOGOUT:
                     await s.flush()
                     raise Disconnect()
                 await s.flush()
         finally:
+            timer.cancel()
             if not read.done():
                 read.cancel()
     try:

@@ -3,7 +3,7 @@
 One watcher per watched folder per process, shared by every session of the process on that
 folder. With inotify the kernel reports renames, creations and deletions in ``new/`` and
 ``cur/`` at once; elsewhere (or when inotify is unavailable) a task compares the modification
-times of the two directories every ``POLL_INTERVAL`` seconds. Either way a change also causes a
+times of the two directories every ``POLL_INTERVAL`` seconds; then a change also causes a
 second wake-up shortly after, so that a change in the same timestamp tick as a listing is never
 missed. Sessions of this process that change a folder call :func:`notify` to wake the others.
 """
@@ -118,9 +118,11 @@ class _Watch:
             ev.set()
 
     def changed(self) -> None:
-        """A change was seen: wake now and once more a little later."""
+        """A change was seen: wake now, and when polling once more a little later (inotify
+        reports every later change itself; polling cannot see a second change in the same
+        directory-timestamp tick)."""
         self.wake()
-        if self.settle is None:
+        if self.settle is None and self.task is not None:
             loop = asyncio.get_running_loop()
             self.settle = loop.call_later(SETTLE, self._settled)
 

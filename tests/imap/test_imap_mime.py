@@ -211,6 +211,7 @@ async def test_corpus_against_the_grammar(imap):
     assert env[2] == [[b"=?UTF-8?B?SsO8cmdlbg==?=", None, b"j", b"example.test"]]
     assert env[5] == [[None, None, b"alice", b"example.test"],
                       [b"Bob, Jr.", None, b"bob", b"example.test"]]
+    assert env[6] == [[None, None, b"undisclosed-recipients", None], [None, None, None, None]]
     assert env[8] == b"<prev@example.test>" and env[9] == b"<alt@example.test>"
     bs = alt["BODYSTRUCTURE"]
     assert bs[-5] == b"MIXED" and bs[-4] == [b"BOUNDARY", b"outer"]
