@@ -22,14 +22,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .maildir import INFO_SEP, Maildir, MaildirMessage
+from .maildir import INFO_SEP, Maildir, MaildirMessage, delivery_order
 
 UIDLIST = "mailstack-uidlist"
 LOCKFILE = "mailstack-uidlist.lock"
@@ -119,18 +118,6 @@ def _parse_names(subdir: str, names: list[str],
         else:
             out[name] = (name, "")
     return out
-
-
-_ORDER_RE = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)")
-
-
-def _mtime_key(key: str) -> tuple[int, int, int, str]:
-    """Delivery order: second, microsecond, per-process counter, then the name."""
-    m = _ORDER_RE.match(key)
-    if m:
-        return (int(m.group(1)), int(m.group(2)), int(m.group(4)), key)
-    head = key.split(".", 1)[0]
-    return (int(head) if head.isdigit() else 0, 0, 0, key)
 
 
 class UidList:
@@ -341,7 +328,7 @@ class UidList:
                 dirty = True
                 order = [k for k in first if k in disk]
                 chosen = set(order)
-                order += sorted((k for k in disk if k not in chosen), key=_mtime_key)
+                order += sorted((k for k in disk if k not in chosen), key=delivery_order)
                 uid = snap.uidnext
                 for key in order:
                     subdir, filename, flags = disk[key]
