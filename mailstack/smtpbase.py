@@ -26,11 +26,25 @@ class ProtocolMixin:
     """Mix in before aiosmtpd's ``SMTP``/``LMTP`` class."""
 
     _plain_reply = False
+    _held: list[bytes] | None = None
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str) and not self._plain_reply:
-            status = enhance(status)
-        await super().push(status)  # type: ignore[misc]
+        """Write a reply. Replies are held back while the client has already sent its next
+        command (RFC 2920 pipelining) or more lines of a multi-line reply follow, so that a
+        pipelined MAIL/RCPT/DATA group costs one write instead of one per reply."""
+        if isinstance(status, str):
+            if not self._plain_reply:
+                status = enhance(status)
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")  # type: ignore[attr-defined]
+        held = self._held
+        if held is None:
+            held = self._held = []
+        held.append(status + b"\r\n")
+        if status[3:4] == b"-" or b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+            return
+        self._writer.write(b"".join(held))  # type: ignore[attr-defined]
+        held.clear()
+        await self._writer.drain()  # type: ignore[attr-defined]
 
     async def _greeting_reply(self, method: Any, arg: str) -> None:
         self._plain_reply = True

@@ -85,7 +85,13 @@ class QueueRunner:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        stopper = asyncio.create_task(stop.wait())
+        loop = asyncio.get_running_loop()
+
+        async def stop_watcher() -> None:
+            await stop.wait()
+            self._wake.set()
+
+        watcher = asyncio.create_task(stop_watcher())
         try:
             while not stop.is_set():
                 now = self.clock()
@@ -102,12 +108,11 @@ class QueueRunner:
                     task.add_done_callback(self._tasks.discard)
                 timeout = min(30.0, self._heap[0][0] - now) if self._heap else 30.0
                 self._wake.clear()
-                waker = asyncio.create_task(self._wake.wait())
-                await asyncio.wait({waker, stopper}, timeout=max(0.0, timeout),
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
+                alarm = loop.call_later(max(0.0, timeout), self._wake.set)
+                await self._wake.wait()
+                alarm.cancel()
         finally:
-            stopper.cancel()
+            watcher.cancel()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=10)
             await self.lmtp.close()
