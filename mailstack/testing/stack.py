@@ -385,10 +385,25 @@ class MailStack:
         q = self.data_dir / "queue"
         return [p for p in q.iterdir() if p.is_file()] if q.exists() else []
 
+    def _settle_queue(self, quiet: float = 0.05, limit: float = 1.0) -> None:
+        """Let deliveries in flight finish (they take milliseconds): wait until the queue is
+        empty or unchanged for ``quiet`` seconds, at most ``limit``; what stays is deferred."""
+        last = {p.name for p in self._queue_files()}
+        since = time.monotonic()
+        deadline = since + limit
+        while last and time.monotonic() < deadline:
+            time.sleep(0.005)
+            now = {p.name for p in self._queue_files()}
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+
     def reset(self) -> None:
         """Back to a fresh stack without a restart: no accounts (except the catch-all), empty
         mailboxes, an empty queue and delivery journal. Fast (milliseconds)."""
         data = self.data_dir
+        self._settle_queue()
         for path in self._queue_files():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -235,3 +235,15 @@ def test_cli_capture_flag(tmp_path: Path) -> None:
                           str(path)], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "capture.test" in res.stdout
+
+
+def test_reset_right_after_sending(stack: MailStack) -> None:
+    """Mail still on its way when reset() runs does not turn up in the next test."""
+    stack.reset()
+    alice = stack.add_user("alice@example.test")
+    for i in range(5):
+        _smtp_send(stack, [alice.address], f"in flight {i}")
+    stack.reset()
+    alice = stack.add_user("alice@example.test")
+    time.sleep(0.5)
+    assert stack.messages(alice.address) == []
