@@ -37,17 +37,29 @@ class ForkServerLauncher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._ready = False
+
+    def _popen(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "mailstack.testing.forkserver"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, env=child_env(), start_new_session=True)
+            self._ready = False
+        return self._proc
 
     def _ensure(self) -> subprocess.Popen[bytes]:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "mailstack.testing.forkserver"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=child_env(), start_new_session=True)
-        first = self._read(self._proc.stdout)
-        if "ready" not in first:
-            raise RuntimeError(f"mailstack fork server did not start: {first}")
-        return self._proc
+        proc = self._popen()
+        if not self._ready:
+            first = self._read(proc.stdout)
+            if "ready" not in first:
+                raise RuntimeError(f"mailstack fork server did not start: {first}")
+            self._ready = True
+        return proc
+
+    def prestart(self) -> None:
+        """Start the server without waiting for it (its imports run in the background)."""
+        with self._lock:
+            self._popen()
 
     @staticmethod
     def _read(stream: IO[bytes] | None) -> dict[str, object]:
@@ -64,10 +76,6 @@ class ForkServerLauncher:
             proc.stdin.write(json.dumps(req).encode() + b"\n")
             proc.stdin.flush()
             return self._read(proc.stdout)
-
-    def warm_up(self) -> None:
-        with self._lock:
-            self._ensure()
 
     def spawn(self, name: str, config: Path, log: Path) -> int:
         reply = self._call({"op": "spawn", "name": name, "config": str(config),

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .stack import AsyncMailStack, MailStack, User
+if TYPE_CHECKING:  # imported when a fixture runs: sessions without stacks pay nothing
+    from .stack import AsyncMailStack, MailStack, User
+
+FIXTURES = ("mailstack", "mailstack_capture", "mailstack_user", "mailstack_factory",
+            "amailstack")
 
 MARKER = ("mailstack(**options): options for the mailstack fixture's stack, e.g. "
           "capture=True, faults=[{'match': '*@fail.test', 'at': 'rcpt', 'reply': "
@@ -47,6 +51,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER)
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                   items: list[pytest.Item]) -> None:
+    """Start the fork server in the background as soon as a collected test needs a stack,
+    so its imports overlap with the rest of the start-up."""
+    if _setting(config, "launcher") != "fork":
+        return
+    if any(set(FIXTURES) & set(getattr(item, "fixturenames", ())) for item in items):
+        from .launcher import get_launcher
+
+        launcher = get_launcher("fork")
+        prestart = getattr(launcher, "prestart", None)
+        if prestart is not None:
+            prestart()
+
+
 def _setting(config: pytest.Config, name: str) -> str:
     return str(config.getoption(f"--mailstack-{name}") or config.getini(f"mailstack_{name}"))
 
@@ -62,6 +81,8 @@ class StackPool:
         key = json.dumps(options, sort_keys=True, default=str)
         stack = self.stacks.get(key)
         if stack is None or not stack.running:
+            from .stack import MailStack
+
             stack = MailStack(launcher=self.launcher, **options).start()
             self.stacks[key] = stack
         return stack
@@ -89,6 +110,8 @@ def mailstack_pool(pytestconfig: pytest.Config) -> Iterator[StackPool]:
 
 def _stack(request: pytest.FixtureRequest, pool: StackPool,
            **forced: Any) -> Iterator[MailStack]:
+    from .stack import MailStack
+
     options = _options(request, **forced)
     if _setting(request.config, "scope") == "function":
         with MailStack(launcher=pool.launcher, **options) as stack:
@@ -121,6 +144,8 @@ def mailstack_user(mailstack: MailStack) -> User:
 @pytest.fixture
 def mailstack_factory(mailstack_pool: StackPool) -> Iterator[Callable[..., MailStack]]:
     """Start extra stacks in a test: ``mailstack_factory(capture=True)``; stopped after it."""
+    from .stack import MailStack
+
     started: list[MailStack] = []
 
     def make(**options: Any) -> MailStack:
@@ -136,4 +161,6 @@ def mailstack_factory(mailstack_pool: StackPool) -> Iterator[Callable[..., MailS
 @pytest.fixture
 def amailstack(mailstack: MailStack) -> AsyncMailStack:
     """``mailstack`` for async tests: ``await amailstack.wait_for_message(...)``."""
+    from .stack import AsyncMailStack
+
     return AsyncMailStack(mailstack)
