@@ -160,6 +160,12 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     print(f"  data_dir  {cfg.data_dir}")
     for lst in listeners(cfg):
         print(f"  {lst.daemon:<10} {lst.name:<12} port {lst.port:<6} {lst.tls}")
+    if cfg.capture.enabled:
+        print(f"  capture   every message goes to {cfg.capture.address}; nothing is relayed")
+    for f in cfg.faults:
+        what = ", ".join(x for x in (f"stall {float(f.stall):g}s" if f.stall else "",
+                                     f.reply) if x) or "drop the connection"
+        print(f"  fault     {f.match} at {f.at}: {what}")
     return 0
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -109,6 +110,12 @@ class SubprocessLauncher:
 
     def __init__(self) -> None:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        atexit.register(self._kill_all)  # a stack that was never closed ends with the process
+
+    def _kill_all(self) -> None:
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.kill()
 
     def spawn(self, name: str, config: Path, log: Path) -> int:
         with open(log, "ab") as out:
