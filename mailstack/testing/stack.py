@@ -311,15 +311,14 @@ class MailStack:
     def messages(self, address: str, folder: str = "INBOX") -> list[EmailMessage]:
         """The messages in an account's folder, oldest first, parsed (``email.policy.default``).
 
-        In capture mode an address that is not the catch-all account gives the captured
-        messages that were sent to it (by their ``X-Original-To`` headers).
+        In capture mode (where all mail goes to the catch-all account) any other address gives
+        the captured messages that were sent to it (by their ``X-Original-To`` headers).
         """
         account = self._account(address)
-        if self.capture_user is not None and account != self.capture_user.address \
-                and not mailbox_path(self.data_dir, account).exists():
+        if self.capture_user is not None and account != self.capture_user.address:
+            wanted = {account, address.strip().strip("<>").lower()}
             return [m for m in read_folder(self.data_dir, self.capture_user.address, folder)
-                    if account in original_recipients(m) or address.lower()
-                    in original_recipients(m)]
+                    if wanted & set(original_recipients(m))]
         if not mailbox_path(self.data_dir, account).exists():
             return []
         return read_folder(self.data_dir, account, folder)

@@ -103,18 +103,20 @@ def test_capture_mode_stores_everything_relays_nothing() -> None:
             s.sendmail("billing@myapp.example", ["customer@gmail.example"],
                        "Subject: invoice\r\n\r\n")
         stack.wait_for_message("customer@gmail.example", subject="invoice", timeout=10)
+        _smtp_send(stack, [user.address], "to a local account")  # captured like the rest
+        assert stack.wait_for_message(user.address)["Subject"] == "to a local account"
         deadline = time.monotonic() + 5
         while [p for p in (stack.data_dir / "queue").iterdir() if p.is_file()]:
             assert time.monotonic() < deadline, "the queue did not drain"
             time.sleep(0.02)
-        assert len(stack.captured()) == 2
+        assert len(stack.captured()) == 3
         assert "relay=mda[" in (stack.base / "logs" / "mta.log").read_text()
         assert "relay=none" not in (stack.base / "logs" / "mta.log").read_text()
         # the catch-all account is readable over POP3 with the known password
         pop = poplib.POP3_SSL(stack.host, stack.ports["pop3s"], context=stack.ssl_context)
         pop.user("capture@capture.test")
         pop.pass_("capture")
-        assert pop.stat()[0] == 2
+        assert pop.stat()[0] == 3
         pop.quit()
         stack.reset()
         assert stack.captured() == []
