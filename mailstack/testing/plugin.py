@@ -80,7 +80,10 @@ class StackPool:
     def get(self, options: dict[str, Any]) -> MailStack:
         key = json.dumps(options, sort_keys=True, default=str)
         stack = self.stacks.get(key)
-        if stack is None or not stack.running:
+        if stack is not None and not stack.alive():  # a daemon died in an earlier test
+            stack.close()
+            stack = None
+        if stack is None:
             from .stack import MailStack
 
             stack = MailStack(launcher=self.launcher, **options).start()

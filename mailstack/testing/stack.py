@@ -172,6 +172,12 @@ class MailStack:
     def running(self) -> bool:
         return bool(self.pids)
 
+    def alive(self) -> bool:
+        """Every daemon process is still running."""
+        if not self.pids or self._launcher is None:
+            return False
+        return not self._launcher.exited(list(self.pids.values()))
+
     def start(self) -> MailStack:
         if self.pids:
             return self

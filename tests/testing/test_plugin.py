@@ -153,3 +153,33 @@ def test_parallel_runs_are_isolated(pytester: pytest.Pytester, plugin_env: None)
         t.join(120)
     for d in dirs:
         results[d.name].assert_outcomes(passed=1)
+
+
+DEAD_DAEMON_TEST = '''
+import os
+import signal
+import smtplib
+import time
+
+
+def test_kills_the_mta(mailstack):
+    os.kill(mailstack.pids["mta"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while mailstack.alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_next_test_gets_a_working_stack(mailstack):
+    bob = mailstack.add_user("bob@example.test")
+    with smtplib.SMTP(mailstack.host, mailstack.ports["smtp"], timeout=10) as s:
+        s.sendmail("a@example.test", [bob.address], "Subject: alive\\r\\n\\r\\n")
+    assert mailstack.wait_for_message(bob.address, timeout=10)["Subject"] == "alive"
+'''
+
+
+def test_stack_with_a_dead_daemon_is_replaced(pytester: pytest.Pytester,
+                                              plugin_env: None) -> None:
+    pytester.makepyfile(test_dead=DEAD_DAEMON_TEST)
+    result = pytester.runpytest_subprocess(*plugin_args(), "-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

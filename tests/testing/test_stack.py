@@ -249,3 +249,25 @@ def test_reset_right_after_sending(stack: MailStack) -> None:
     alice = stack.add_user("alice@example.test")
     time.sleep(0.5)
     assert stack.messages(alice.address) == []
+
+
+def test_daemons_end_with_the_test_process(tmp_path: Path) -> None:
+    """A stack never closed (the test process crashed) does not outlive its process."""
+    script = ("import os\nfrom mailstack.testing import MailStack\n"
+              "s = MailStack().start()\nprint(' '.join(map(str, s.pids.values())), flush=True)\n"
+              "os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    pids = [int(p) for p in out.split()]
+    assert len(pids) == 4
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+        assert time.monotonic() < deadline, "daemons still running"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
