@@ -53,6 +53,9 @@ def banner(cfg: Config, daemons: list[str], ca_path: str | None) -> str:
     if ca_path:
         lines.append(f"  CA cert:   {ca_path}   (import it into Thunderbird: Settings > "
                      "Privacy & Security > Certificates > Authorities > Import)")
+    from .capture import capture_banner
+
+    lines += capture_banner(cfg)
     cfgflag = f" --config {cfg.source}" if cfg.source != "<defaults>" else ""
     lines += [f"  add user:  mailstack user add alice@{cfg.server.domains[0]}{cfgflag}",
               "  stop:      Ctrl-C", ""]

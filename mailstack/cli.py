@@ -18,6 +18,8 @@ EPILOG = """\
 examples:
   mailstack up                                  run every daemon on the default config
   mailstack up --port-offset 10000              same, with every port moved up by 10000
+  mailstack up --capture                        accept mail for any address, relay none, keep
+                                                it all in one account (read it over IMAP/POP3)
   echo secret | mailstack user add alice@localhost --password-stdin
   mailstack queue list                          what waits in the mta's queue
   mailstack sendmail -t < message.eml           submit a message like /usr/sbin/sendmail
@@ -32,6 +34,13 @@ def _common(p: argparse.ArgumentParser, *, offset: bool = False) -> None:
                        help="add N to every port (non-root users, tests, two stacks side by side)")
 
 
+def _capture(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--capture", action="store_true",
+                   help="capture mode: accept mail for any recipient on any domain, relay none, "
+                        "file every message in the [capture] account (default "
+                        "capture@capture.test, password 'capture')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailstack", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -41,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="run every daemon as a child process (Ctrl-C stops all)")
     _common(p, offset=True)
+    _capture(p)
 
     p = sub.add_parser("serve", help="run one daemon in the foreground (docker-compose uses this)")
     p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "autoconfig"])
     _common(p, offset=True)
+    _capture(p)
 
     p = sub.add_parser("user", help="manage accounts: add, del, passwd, list")
     usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -153,6 +164,12 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     print(f"  data_dir  {cfg.data_dir}")
     for lst in listeners(cfg):
         print(f"  {lst.daemon:<10} {lst.name:<12} port {lst.port:<6} {lst.tls}")
+    if cfg.capture.enabled:
+        print(f"  capture   every message goes to {cfg.capture.address}; nothing is relayed")
+    for f in cfg.faults:
+        what = ", ".join(x for x in (f"stall {float(f.stall):g}s" if f.stall else "",
+                                     f.reply) if x) or "drop the connection"
+        print(f"  fault     {f.match} at {f.at}: {what}")
     return 0
 
 
@@ -162,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load(args.config, port_offset=getattr(args, "port_offset", 0) or 0)
     except ConfigError as exc:
         return _die(str(exc), 2)
+    if getattr(args, "capture", False):
+        cfg = cfg.with_capture()
     if args.command == "up":
         from .supervisor import up
         return up(cfg)

@@ -192,6 +192,72 @@ class AutoconfigSection:
 
 
 @dataclass(frozen=True)
+class CaptureSection:
+    """Capture mode: accept mail for any address, relay none, keep all in one account."""
+
+    enabled: bool = False
+    address: str = "capture@capture.test"  # the catch-all account (created at start)
+    password: str = "capture"  # its password, for IMAP/POP3 clients
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+
+FAULT_POINTS = ("rcpt", "data", "fetch")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A ``[[faults]]`` entry: misbehave on purpose for addresses matching ``match``."""
+
+    match: str  # glob (fnmatch, case-insensitive) on the recipient (rcpt, data) or login (fetch)
+    at: str  # rcpt | data (the mta's reply to that command) | fetch (imap drops the connection)
+    reply: str = ""  # e.g. "451 4.3.0 try later"; empty: the normal reply (after any stall)
+    stall: Duration = Duration(0)  # wait this long before replying
+
+    def matches(self, address: str) -> bool:
+        import fnmatch
+
+        return fnmatch.fnmatchcase(address.lower(), self.match.lower())
+
+
+_FAULT_REPLY = re.compile(r"[45]\d\d( [245]\.\d{1,3}\.\d{1,3})? \S.*")
+
+
+def _parse_faults(value: Any, source: str) -> tuple[Fault, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{source}: faults must be an array of tables ([[faults]])")
+    hints = typing.get_type_hints(Fault)
+    out = []
+    for table in value:
+        for key in table:
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key [[faults]].{key} "
+                                  f"(known keys: {', '.join(sorted(hints))})")
+        try:
+            kw = {k: _convert(hints[k], v) for k, v in table.items()}
+        except ValueError as exc:
+            raise ConfigError(f"{source}: bad value in [[faults]]: {exc}") from None
+        if not kw.get("match"):
+            raise ConfigError(f"{source}: [[faults]].match is required (e.g. \"*@fail.test\")")
+        if kw.get("at") not in FAULT_POINTS:
+            raise ConfigError(f"{source}: bad value for [[faults]].at: use "
+                              f"{', '.join(FAULT_POINTS)}")
+        reply = kw.get("reply", "")
+        if reply and not _FAULT_REPLY.fullmatch(reply):
+            raise ConfigError(f"{source}: bad value for [[faults]].reply: expected a 4xx or 5xx "
+                              f"reply such as \"451 4.3.0 try later\", got {reply!r}")
+        if kw["at"] == "fetch" and (reply or kw.get("stall")):
+            raise ConfigError(f"{source}: [[faults]] at = \"fetch\" drops the connection; "
+                              "reply and stall do not apply")
+        if kw["at"] != "fetch" and not reply and not kw.get("stall"):
+            raise ConfigError(f"{source}: [[faults]] for {kw['match']!r} needs reply or stall")
+        out.append(Fault(**kw))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSection = field(default_factory=ServerSection)
     tls: TLSSection = field(default_factory=TLSSection)
@@ -200,6 +266,8 @@ class Config:
     imap: IMAPSection = field(default_factory=IMAPSection)
     pop3: POP3Section = field(default_factory=POP3Section)
     autoconfig: AutoconfigSection = field(default_factory=AutoconfigSection)
+    capture: CaptureSection = field(default_factory=CaptureSection)
+    faults: tuple[Fault, ...] = ()
     port_offset: int = 0
     source: str = "<defaults>"
 
@@ -227,10 +295,27 @@ class Config:
     def with_port_offset(self, offset: int) -> Config:
         return dataclasses.replace(self, port_offset=offset)
 
+    def with_capture(self) -> Config:
+        """Capture mode on (``--capture``); the catch-all's domain becomes a local domain."""
+        return _capture_domains(dataclasses.replace(
+            self, capture=dataclasses.replace(self.capture, enabled=True)))
+
+    def faults_at(self, point: str, address: str) -> Fault | None:
+        """The first ``[[faults]]`` entry for ``point`` that matches ``address``."""
+        return next((f for f in self.faults if f.at == point and f.matches(address)), None)
+
+
+def _capture_domains(cfg: Config) -> Config:
+    if not cfg.capture.enabled or cfg.capture.domain in cfg.server.domains:
+        return cfg
+    server = dataclasses.replace(cfg.server, domains=(*cfg.server.domains, cfg.capture.domain))
+    return dataclasses.replace(cfg, server=server)
+
 
 _SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "mta": MTASection, "mda": MDASection,
     "imap": IMAPSection, "pop3": POP3Section, "autoconfig": AutoconfigSection,
+    "capture": CaptureSection,
 }
 
 
@@ -245,6 +330,10 @@ def _convert(typ: Any, value: Any) -> Any:
     if typ is str:
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
         return value
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -316,6 +405,13 @@ def _validate_section(name: str, section: Any, source: str) -> None:
             raise ConfigError(f"{source}: bad value for [mta].resolver: expected host[:port]")
         if section.max_per_destination < 1:
             raise ConfigError(f"{source}: bad value for [mta].max_per_destination: must be >= 1")
+    if name == "capture":
+        if not re.fullmatch(r"[A-Za-z0-9._+-]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?",
+                            section.address):
+            raise ConfigError(f"{source}: bad value for [capture].address: expected an "
+                              f"address like capture@capture.test, got {section.address!r}")
+        if not section.password:
+            raise ConfigError(f"{source}: [capture].password must not be empty")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -353,10 +449,11 @@ def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
             raise ConfigError(f"{source}: no such config file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    faults = _parse_faults(data.pop("faults"), source) if "faults" in data else ()
     for section, values in data.items():
         if section not in _SECTION_TYPES or not isinstance(values, dict):
             raise ConfigError(f"{source}: unknown section [{section}] "
-                              f"(known: {', '.join(_SECTION_TYPES)})")
+                              f"(known: {', '.join(_SECTION_TYPES)}, [[faults]])")
     merged = {name: dict(data.get(name, {})) for name in _SECTION_TYPES}
     if path is None and env.get("MAILSTACK_DATA"):
         merged["server"]["data_dir"] = env["MAILSTACK_DATA"]
@@ -373,7 +470,8 @@ def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
         data_dir=server.data_dir.expanduser().absolute())
     if port_offset < 0 or port_offset > 65000:
         raise ConfigError(f"--port-offset {port_offset}: must be between 0 and 65000")
-    return Config(**sections, port_offset=port_offset, source=source)
+    return _capture_domains(Config(**sections, faults=faults, port_offset=port_offset,
+                                   source=source))
 
 
 def dump_effective(cfg: Config) -> str:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from .banner import banner, listeners
+from .capture import ensure_capture_account
 from .config import Config
 from .daemon import available_daemons
 from .tls import TLSFiles, ensure_tls_files
@@ -50,6 +51,8 @@ class Supervisor:
         self.fatal: str | None = None
         base = [sys.executable, "-m", "mailstack", "serve"]
         extra = ["--port-offset", str(cfg.port_offset)]
+        if cfg.capture.enabled:
+            extra.append("--capture")
         if cfg.source != "<defaults>":
             extra += ["--config", os.path.abspath(cfg.source)]
         self.children = [Child(n, [*base, n, *extra]) for n in daemons]
@@ -188,6 +191,7 @@ def up(cfg: Config) -> int:
     """Prepare the data directory, then run the supervisor until a signal."""
     try:
         prepare_data_dir(cfg)  # before the children start, so they do not race to make it
+        ensure_capture_account(cfg)
     except OSError as exc:
         print(f"mailstack: cannot prepare {cfg.data_dir}: {exc}", file=sys.stderr)
         return 1

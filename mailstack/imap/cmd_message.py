@@ -14,7 +14,7 @@ from . import fetch, search
 from .cache import FolderCache
 from .cmd_mailbox import mailbox_arg
 from .mailbox import MailboxError, Msg, Selected, keywords_for
-from .session import SELECTED, Bad, No, Session, command
+from .session import SELECTED, Bad, Disconnect, No, Session, command
 from .wire import ParseError, Parser, SeqSet
 
 
@@ -85,6 +85,7 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
     missing = False
+    drop = bool(s.cfg.faults) and s.cfg.faults_at("fetch", s.user) is not None
     batch = 64 if _heavy(atts) else 512
     for i in range(0, len(msgs), batch):
         chunk = msgs[i:i + batch]
@@ -95,6 +96,10 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
         for line in lines:
             if line is None:
                 missing = True
+            elif drop:  # [[faults]] at = "fetch": half a response, then the connection is gone
+                s.send(line[:len(line) // 2])
+                await s.flush()
+                raise Disconnect("fault injected: connection dropped mid-FETCH")
             else:
                 s.send(line)
         await s.maybe_flush()

@@ -13,6 +13,7 @@ import signal
 from typing import Any
 
 from ..authlimit import AuthThrottle
+from ..capture import ensure_capture_account
 from ..config import Config
 from ..netserver import format_sockname, start_server
 from ..tls import ensure_tls_files, server_context
@@ -33,6 +34,7 @@ def pid_file(cfg: Config) -> Any:
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
     files = ensure_tls_files(cfg)
     tls = server_context(files)
+    await asyncio.to_thread(ensure_capture_account, cfg)
     spool = Spool(cfg.data_dir / "queue")
     relay = Relay(cfg)
     runner = QueueRunner(cfg, spool, remote=relay.deliver)

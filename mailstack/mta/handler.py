@@ -7,6 +7,9 @@ Policy (never an open relay):
 - At most ``[mta].max_recipients`` RCPTs a transaction (``452 4.5.3``).
 - DATA: the message is written to the queue and fsynced before ``250``; a message with more
   than ``[mta].max_hops`` Received headers is refused (``554 5.4.6``, a mail loop).
+- Capture mode (``[capture] enabled``): any recipient on any domain is accepted and any envelope
+  sender, without AUTH on port 25; the queue runner files everything in the catch-all account.
+- ``[[faults]]`` entries for ``rcpt`` and ``data`` stall and/or replace the reply (tests).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..address import AddressError, parse_mailbox
 from ..authlimit import AuthThrottle
 from ..config import Config
 from ..users import UserDB, resolve_recipient
+from .faults import inject
 from .message import (
     count_received,
     header_block,
@@ -70,7 +74,7 @@ class MTAHandler:
                 parse_mailbox(sender, allow_utf8=envelope.smtp_utf8)
             except AddressError as exc:
                 return f"501 5.1.7 Bad sender address syntax: {exc}"
-        if session.authenticated:
+        if session.authenticated and not self.cfg.capture.enabled:
             user = str(session.auth_data or "")
             if sender.lower() != user:
                 log.warning("%s: sender <%s> rejected: not owned by authenticated user %s",
@@ -89,7 +93,12 @@ class MTAHandler:
         except AddressError as exc:
             return f"501 5.1.3 Bad recipient address syntax: {exc}"
         peer = session.peer[0] if session.peer else "unknown"
-        if self.cfg.is_local_domain(mbox.domain):
+        fault = await inject(self.cfg, "rcpt", [address], peer) if self.cfg.faults else None
+        if fault:
+            return fault
+        if self.cfg.capture.enabled:
+            pass  # capture mode: every recipient is filed in the catch-all account
+        elif self.cfg.is_local_domain(mbox.domain):
             if resolve_recipient(self.users, self.cfg.server.domains, address) is None:
                 log.info("%s: RCPT <%s> rejected: no such user", peer, address)
                 return f"550 5.1.1 <{address}>: Recipient address rejected: no such user here"
@@ -102,6 +111,10 @@ class MTAHandler:
     async def handle_DATA(self, server: Any, session: Session, envelope: SMTPEnvelope) -> str:
         raw = normalize_crlf(envelope.original_content or b"")
         peer = session.peer[0] if session.peer else "unknown"
+        if self.cfg.faults:
+            fault = await inject(self.cfg, "data", list(envelope.rcpt_tos), peer)
+            if fault:
+                return fault
         hops = count_received(header_block(raw))
         if hops >= self.cfg.mta.max_hops:
             log.warning("%s: message refused: %d Received headers (mail loop?)", peer, hops)

@@ -7,6 +7,10 @@ the state written with it (``Spool.put(first_attempt_at=...)``) — so a crash d
 never causes a retry storm. Recipient results: 2xx → delivered; 5xx → failed (bounced to the
 sender); 4xx or a connection problem → pending, retried until ``queue_lifetime`` has passed,
 then failed.
+
+Capture mode (``[capture] enabled``): nothing is relayed; every message, bounces included, is
+delivered once over LMTP to the catch-all account with an ``X-Original-To`` header per
+original recipient.
 """
 
 from __future__ import annotations
@@ -149,8 +153,9 @@ class QueueRunner:
             return
         env = entry.envelope
         pending = entry.pending
-        local = [r for r in pending if self._is_local(r.address)]
-        remote = [r for r in pending if not self._is_local(r.address)]
+        capture = self.cfg.capture.enabled
+        local = [r for r in pending if capture or self._is_local(r.address)]
+        remote = [r for r in pending if not capture and not self._is_local(r.address)]
         if local:
             await self._deliver_local(entry, local, message)
         if remote:
@@ -178,12 +183,16 @@ class QueueRunner:
     async def _deliver_local(self, entry: QueueEntry, rcpts: list[Recipient],
                              message: bytes) -> None:
         env = entry.envelope
+        to = [r.address for r in rcpts]
+        if self.cfg.capture.enabled:  # one copy for the catch-all, the recipients in headers
+            message = b"".join(f"X-Original-To: {a}\r\n".encode() for a in to) + message
+            to = [self.cfg.capture.address]
         try:
             result = await self.lmtp.deliver(
-                entry.id, env.sender, [r.address for r in rcpts], message,
+                entry.id, env.sender, to, message,
                 body8=env.body == "8BITMIME", smtputf8=env.smtputf8,
                 retry=entry.recovered or entry.attempts > 1)
-            replies = result.replies
+            replies = result.replies * len(rcpts) if len(to) < len(rcpts) else result.replies
         except LMTPError as exc:
             replies = [Reply(451, "4.4.1", str(exc))] * len(rcpts)
         self._apply(entry, rcpts, [(r, self.lmtp_name) for r in replies])
