@@ -8,12 +8,15 @@ worker thread so the event loop keeps serving other clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,44 +160,49 @@ class UserDB:
         return False
 
     # -- changes (used by `mailstack user`) --------------------------------------------------
-    def _write(self, users: dict[str, str]) -> None:
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[dict[str, str]]:
+        """Read-modify-write under an exclusive lock (two `mailstack user` commands at once
+        must not lose each other's change); the file is replaced atomically on success."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = "".join(f"{a}:{h}\n" for a, h in sorted(users.items()))
-        atomic_write(self.path, body.encode(), mode=0o600)
-        self._checked = -1e9
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            users = dict(self._load(fresh=True))
+            yield users
+            body = "".join(f"{a}:{h}\n" for a, h in sorted(users.items()))
+            atomic_write(self.path, body.encode(), mode=0o600)
+            self._checked = -1e9
 
     def add(self, address: str, password: str) -> str:
         addr = normalize_address(address)
-        users = dict(self._load())
-        if addr in users:
-            raise UserError(f"{addr} exists already; use `mailstack user passwd {addr}`")
-        users[addr] = hash_password(password)
-        self._write(users)
+        hashed = hash_password(password)  # before taking the lock: it takes tens of ms
+        with self._editing() as users:
+            if addr in users:
+                raise UserError(f"{addr} exists already; use `mailstack user passwd {addr}`")
+            users[addr] = hashed
         return addr
 
     def set_password(self, address: str, password: str) -> None:
         addr = normalize_address(address)
-        users = dict(self._load())
-        if addr not in users:
-            raise UserError(f"no user {addr}; add it with `mailstack user add {addr}`")
-        users[addr] = hash_password(password)
-        self._write(users)
+        hashed = hash_password(password)
+        with self._editing() as users:
+            if addr not in users:
+                raise UserError(f"no user {addr}; add it with `mailstack user add {addr}`")
+            users[addr] = hashed
 
     def put_hash(self, address: str, hashed: str) -> str:
         """Create or replace an account with an already computed hash (test harnesses use
         cheap argon2 parameters, which verify like any other)."""
         addr = normalize_address(address)
-        users = dict(self._load(fresh=True))
-        users[addr] = hashed
-        self._write(users)
+        with self._editing() as users:
+            users[addr] = hashed
         return addr
 
     def delete(self, address: str) -> None:
         addr = normalize_address(address)
-        users = dict(self._load())
-        if users.pop(addr, None) is None:
-            raise UserError(f"no user {addr}")
-        self._write(users)
+        with self._editing() as users:
+            if users.pop(addr, None) is None:
+                raise UserError(f"no user {addr}")
 
 
 _DUMMY_HASH = _hasher.hash("mailstack-dummy-password")

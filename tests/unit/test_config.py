@@ -106,3 +106,17 @@ async def test_auth_cache_hits_and_misses_on_password_change(tmp_path: Path) -> 
     assert await db.authenticate("a@x.test", "pw2")
     db.delete("a@x.test")
     assert not await db.authenticate("a@x.test", "pw2")
+
+
+def test_concurrent_user_adds_are_not_lost(tmp_path: Path) -> None:
+    import concurrent.futures
+
+    from mailstack.users import UserDB
+
+    def add(i: int) -> str:
+        return UserDB(tmp_path / "users").add(f"u{i}@x.test", "pw")
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(add, range(16)))
+    assert len(UserDB(tmp_path / "users").list()) == 16
+    assert oct((tmp_path / "users").stat().st_mode & 0o777) == "0o600"
