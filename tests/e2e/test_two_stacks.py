@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email
+import imaplib
+import ssl
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ pytestmark = pytest.mark.e2e
 
 def stack_config(tmp: Path, domain: str, other_domain: str, other_smtp: int,
                  ports: dict[str, int]) -> Path:
+    ports.setdefault("imaps", free_port())
     tmp.mkdir()
     cfg = tmp / "mailstack.toml"
     cfg.write_text(
@@ -24,7 +27,7 @@ def stack_config(tmp: Path, domain: str, other_domain: str, other_smtp: int,
         f"submissions = {ports['submissions']}\n"
         'retry_initial = "1s"\n'
         f"[mda]\nlmtp = {ports['lmtp']}\n"
-        f"[imap]\nimap = {free_port()}\nimaps = {free_port()}\n"
+        f"[imap]\nimap = {free_port()}\nimaps = {ports['imaps']}\n"
         f"[pop3]\npop3 = {free_port()}\npop3s = {free_port()}\n"
         f"[autoconfig]\nhttp = {free_port()}\n"
         f'[mta.transport]\n"{other_domain}" = "127.0.0.1:{other_smtp}"\n')
@@ -55,6 +58,13 @@ def test_two_stacks_mail_each_other(tmp_path: Path) -> None:
         assert len(received) == 2, received  # alice's mta, then bob's MX
         assert "by mail.example.net" in received[0] and "by mail.example.test" in received[1]
         assert "using TLS" in received[0], "the hop between the stacks used STARTTLS"
+        imap = imaplib.IMAP4_SSL("127.0.0.1", pb["imaps"], timeout=10, ssl_context=ssl.
+                                 create_default_context(cafile=str(data_b / "tls" / "ca.pem")))
+        imap.login("bob@example.net", "bob-pw")
+        imap.select("INBOX", readonly=True)
+        typ, fetched = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK" and b"hello bob" in fetched[0][1], "bob reads it over IMAP"
+        imap.logout()
         submit(pb["submission"], data_b / "tls" / "ca.pem", "bob@example.net", "bob-pw",
                ["alice@example.test"], "From: bob@example.net\r\nTo: alice@example.test\r\n"
                f"Subject: Re: hello bob\r\nIn-Reply-To: {msg['Message-ID']}\r\n\r\nhi!\r\n")

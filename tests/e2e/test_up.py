@@ -62,6 +62,7 @@ def test_up_submit_587_and_465_then_sigterm(tmp_path: Path) -> None:
         banner = up.output
         assert str(data / "tls" / "ca.pem") in banner
         assert f"port {587 + off}" in banner and "mailstack user add" in banner
+        assert f"autoconfig: http://127.0.0.1:{80 + off}/mail/config-v1.1.xml" in banner
         ca = data / "tls" / "ca.pem"
         submit(587 + off, ca, "alice@example.test", "alice-pw", ["alice@example.test"],
                "Subject: via 587\r\n\r\nhello\r\n")
