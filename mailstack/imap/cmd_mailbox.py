@@ -8,6 +8,7 @@ import os
 
 from ..store import watch
 from ..store.keywords import KeywordLimit
+from ..store.maildir import Maildir
 from ..store.uidlist import UidList
 from . import wire
 from .mailbox import MailboxError, Selected, keywords_for, normalize_name, pattern_regex
@@ -296,6 +297,18 @@ async def _send_status(s: Session, name: str, items: list[str]) -> None:
     s.send(b"* STATUS " + _wire_name(normalize_name(name)) + f" ({body})\r\n".encode())
 
 
+def existing_maildir(s: Session, name: str) -> Maildir:
+    """The folder an APPEND/COPY/MOVE targets; ``NO [TRYCREATE]`` when it does not exist."""
+    assert s.account is not None
+    try:
+        md = s.account.maildir(name)
+    except MailboxError as exc:
+        raise No(str(exc), "TRYCREATE") from None
+    if not md.exists():
+        raise No("no such mailbox", "TRYCREATE")
+    return md
+
+
 # -- APPEND ---------------------------------------------------------------------------------
 @command("APPEND", AUTH, SELECTED)
 async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
@@ -312,13 +325,7 @@ async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
         p.sp()
     data = p.literal()
     p.end()
-    assert s.account is not None
-    try:
-        md = s.account.maildir(name)
-    except MailboxError as exc:
-        raise No(str(exc), "TRYCREATE") from None
-    if not md.exists():
-        raise No("no such mailbox", "TRYCREATE")
+    md = existing_maildir(s, name)
     if not data:
         raise No("cannot append an empty message")
     if any(f.upper() == "\\RECENT" for f in flags):

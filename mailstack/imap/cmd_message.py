@@ -12,8 +12,8 @@ from ..store.maildir import INFO_SEP, Maildir, crlf_size, unique_name
 from ..store.uidlist import UidList
 from . import fetch, search
 from .cache import FolderCache
-from .cmd_mailbox import mailbox_arg
-from .mailbox import MailboxError, Msg, Selected, keywords_for
+from .cmd_mailbox import existing_maildir, mailbox_arg
+from .mailbox import Msg, Selected, keywords_for
 from .session import SELECTED, Bad, Disconnect, No, Session, command
 from .wire import ParseError, Parser, SeqSet
 
@@ -231,17 +231,6 @@ async def cmd_search(s: Session, tag: str, p: Parser, uid: bool) -> str:
 
 
 # -- COPY / MOVE ----------------------------------------------------------------------------
-def _target(s: Session, p: Parser) -> Maildir:
-    name = mailbox_arg(p)
-    assert s.account is not None
-    try:
-        md = s.account.maildir(name)
-    except MailboxError as exc:
-        raise No(str(exc), "TRYCREATE") from None
-    if not md.exists():
-        raise No("no such mailbox", "TRYCREATE")
-    return md
-
 
 def _transfer(sel: Selected, msgs: list[Msg], dest: Maildir, move: bool) -> tuple[int, list[int]]:
     """Link (COPY) or rename (MOVE) files into ``dest``; returns (UIDVALIDITY, new UIDs)."""
@@ -292,7 +281,7 @@ async def _copy_move(s: Session, p: Parser, uid: bool, move: bool) -> str:
     p.sp()
     seqset = p.seq_set()
     p.sp()
-    dest = _target(s, p)
+    dest = existing_maildir(s, mailbox_arg(p))
     p.end()
     sel = _selected(s)
     if move and sel.readonly:
