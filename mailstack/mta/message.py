@@ -42,9 +42,21 @@ def received_header(*, helo: str, client_ip: str, client_host: str | None, by: s
     parts.append(f"by {by} (mailstack) with {protocol} id {qid}")
     if rcpt:
         parts.append(f"for <{rcpt}>")
-    date = email.utils.formatdate(time.time(), localtime=True)
+    date = _now_rfc5322()
     text = "Received: " + "\r\n\t".join(parts) + f";\r\n\t{date}\r\n"
     return text.encode("utf-8", "replace")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _now_rfc5322() -> str:
+    """The current time as an RFC 5322 date, formatted at most once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, localtime=True))
+    return _date_cache[1]
 
 
 def protocol_name(esmtp: bool, tls: bool, auth: bool) -> str:
@@ -67,6 +79,6 @@ def submission_fixups(data: bytes, hostname: str) -> bytes:
 
 def normalize_crlf(data: bytes) -> bytes:
     """Bare LF → CRLF so that what we store and relay has canonical line ends."""
-    if b"\n" not in data.replace(b"\r\n", b""):
+    if data.count(b"\n") == data.count(b"\r\n"):
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -26,7 +26,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fsutil import fsync_dir, write_fsync
@@ -120,7 +120,7 @@ class Spool:
             entry.attempts = 1
             entry.next_attempt = first_attempt_at + backoff
         tmp, final = self.dir / f".{qid}.msg.tmp", self._p(qid, "msg")
-        head = json.dumps(asdict(envelope), separators=(",", ":")).encode() + b"\n"
+        head = json.dumps(vars(envelope), separators=(",", ":")).encode() + b"\n"
         try:
             write_fsync(tmp, head + message)
             self.save_state(entry)
@@ -137,7 +137,7 @@ class Spool:
     def save_state(self, entry: QueueEntry) -> None:
         state = {"attempts": entry.attempts, "next_attempt": entry.next_attempt,
                  "last_error": entry.last_error,
-                 "recipients": [asdict(r) for r in entry.recipients]}
+                 "recipients": [vars(r) for r in entry.recipients]}
         tmp = self.dir / f".{entry.id}.state.tmp"
         with open(tmp, "wb") as fh:
             fh.write(json.dumps(state).encode())
