@@ -139,7 +139,8 @@ class Spool:
                  "last_error": entry.last_error,
                  "recipients": [vars(r) for r in entry.recipients]}
         tmp = self.dir / f".{entry.id}.state.tmp"
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600),
+                  "wb") as fh:
             fh.write(json.dumps(state).encode())
         os.replace(tmp, self._p(entry.id, "state"))
 
