@@ -40,8 +40,9 @@ class ProtocolMixin:
         if held is None:
             held = self._held = []
         held.append(status + b"\r\n")
-        if status[3:4] == b"-" or b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
-            return
+        if status[3:4] == b"-" or (status[:1] in b"23" and not status.startswith(b"221")
+                                   and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
+            return  # errors and goodbyes go out at once: the connection may close next
         self._writer.write(b"".join(held))  # type: ignore[attr-defined]
         held.clear()
         await self._writer.drain()  # type: ignore[attr-defined]

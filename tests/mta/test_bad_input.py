@@ -203,3 +203,16 @@ async def test_submission_requires_tls_then_auth(stack: Stack) -> None:
     assert (await c.cmd("MAIL FROM:<bob@example.test>")).startswith("553 5.7.1")
     assert (await c.cmd("MAIL FROM:<alice@example.test>")).startswith("250")
     c.close()
+
+
+async def test_pipelined_replies_arrive_in_order_including_goodbye(stack: Stack) -> None:
+    c = await Client.connect(stack.smtp)
+    await c.cmd("EHLO x")
+    c.writer.write(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@example.test>\r\n"
+                   b"RCPT TO:<nobody@example.test>\r\nDATA\r\n")
+    replies = [await c.reply() for _ in range(4)]
+    assert [r[:3] for r in replies] == ["250", "250", "550", "354"]
+    c.writer.write(b"Subject: p\r\n\r\nx\r\n.\r\nQUIT\r\nNOOP\r\n")
+    assert (await c.reply()).startswith("250")
+    assert (await c.reply()).startswith("221")
+    c.close()
