@@ -122,6 +122,7 @@ async def bench(args: argparse.Namespace) -> None:
     plain, tls = free_port(), free_port()
     conf = tmp / "mailstack.toml"
     conf.write_text(f'[server]\ndomains = ["example.test"]\ndata_dir = "{tmp / "data"}"\n'
+                    "max_connections = 100000\nmax_connections_per_ip = 100000\n"
                     f'bind = ["127.0.0.1"]\nlog_level = "warning"\n'
                     f"[imap]\nimap = {plain}\nimaps = {tls}\n")
     cfg = load(conf, env={})

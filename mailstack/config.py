@@ -81,6 +81,9 @@ class ServerSection:
     #: failed logins from one client before replies are delayed; the delay doubles each time
     auth_failures_free: int = 3
     auth_max_delay: Duration = Duration(15)
+    #: open connections a daemon accepts in all, and from one client address
+    max_connections: int = 20000
+    max_connections_per_ip: int = 1000
 
 
 @dataclass(frozen=True)

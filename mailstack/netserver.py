@@ -16,10 +16,54 @@ import resource
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("mailstack.net")
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ConnectionLimiter:
+    """Open connections per client address and in total, for one daemon (all its listeners).
+
+    A connection over either limit is answered with the protocol's "busy" line and closed, so
+    one client cannot take every slot; loopback clients count like any other.
+    """
+
+    def __init__(self, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.total = 0
+        self._per_ip: dict[str, int] = {}
+
+    def acquire(self, ip: str) -> bool:
+        n = self._per_ip.get(ip, 0)
+        if self.total >= self.max_total or n >= self.max_per_ip:
+            return False
+        self._per_ip[ip] = n + 1
+        self.total += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        n = self._per_ip.get(ip, 0) - 1
+        if n > 0:
+            self._per_ip[ip] = n
+        else:
+            self._per_ip.pop(ip, None)
+        self.total = max(0, self.total - 1)
+
+    def refuse(self, transport: asyncio.BaseTransport, ip: str, busy_reply: bytes,
+               name: str) -> None:
+        log.warning("%s: refused %s: too many connections (%d from it, %d in all)", name, ip,
+                    self._per_ip.get(ip, 0), self.total)
+        if busy_reply and isinstance(transport, asyncio.WriteTransport):
+            transport.write(busy_reply)
+        transport.close()
+
+
+def limiter_for(cfg: Any) -> ConnectionLimiter:
+    """The daemon-wide limiter from ``[server] max_connections`` / ``max_connections_per_ip``."""
+    return ConnectionLimiter(cfg.server.max_connections, cfg.server.max_connections_per_ip)
 
 
 class BindError(Exception):
@@ -60,11 +104,16 @@ async def start_server(handler: ClientHandler | None, addresses: Sequence[str], 
                        ssl_context: ssl.SSLContext | None = None, name: str = "",
                        limit: int = 64 * 1024,
                        protocol_factory: Callable[[], asyncio.BaseProtocol] | None = None,
+                       limiter: ConnectionLimiter | None = None, busy_reply: bytes = b"",
                        ) -> list[asyncio.Server]:
     """Bind on ``port`` of every address; an unavailable IPv6 address is skipped.
 
-    Give either ``handler`` (a streams callback) or ``protocol_factory`` (e.g. aiosmtpd).
+    Give either ``handler`` (a streams callback) or ``protocol_factory`` (aiosmtpd; its
+    protocol applies ``limiter`` itself, see ``smtpbase.ProtocolMixin``). With ``limiter``, a
+    connection over the limits gets ``busy_reply`` and is closed.
     """
+    if limiter is not None and handler is not None:
+        handler = _limited(handler, limiter, busy_reply, name)
     servers: list[asyncio.Server] = []
     loop = asyncio.get_running_loop()
     tls_timeout = 30 if ssl_context else None
@@ -102,6 +151,20 @@ async def start_server(handler: ClientHandler | None, addresses: Sequence[str], 
     if not servers:
         raise BindError(f"{name or 'listener'}: none of {', '.join(addresses)} could be bound")
     return servers
+
+
+def _limited(handler: ClientHandler, limiter: ConnectionLimiter, busy_reply: bytes,
+             name: str) -> ClientHandler:
+    async def limited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ip = peer_ip(writer)
+        if not limiter.acquire(ip):
+            limiter.refuse(writer.transport, ip, busy_reply, name)
+            return
+        try:
+            await handler(reader, writer)
+        finally:
+            limiter.release(ip)
+    return limited
 
 
 def format_sockname(sockname: tuple) -> str:

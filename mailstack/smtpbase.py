@@ -16,6 +16,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING
 
 from .address import split_path
+from .netserver import ConnectionLimiter
 from .smtpdata import DataReader
 from .smtpreply import enhance
 
@@ -27,6 +28,35 @@ class ProtocolMixin:
 
     _plain_reply = False
     _held: list[bytes] | None = None
+    #: set by the daemon: connection limits, and whether this connection was refused
+    limiter: ConnectionLimiter | None = None
+    _counted_ip: str | None = None
+    _refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.limiter is not None and self.transport is None:  # a new connection
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if peer else "unknown"
+            if not self.limiter.acquire(ip):
+                self._refused = True
+                self.limiter.refuse(transport, ip, b"421 4.7.0 Too many connections, try "
+                                    b"again later\r\n", type(self).__name__)
+                return
+            self._counted_ip = ip
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()  # type: ignore[misc]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted_ip is not None and self.limiter is not None:
+            self.limiter.release(self._counted_ip)
+            self._counted_ip = None
+        super().connection_lost(error)  # type: ignore[misc]
 
     async def push(self, status: Any) -> None:
         """Write a reply. Replies are held back while the client has already sent its next

@@ -19,7 +19,7 @@ import re
 import h11
 
 from ..config import Config
-from ..netserver import format_sockname, peer_ip, start_server
+from ..netserver import format_sockname, limiter_for, peer_ip, start_server
 from ..tls import ensure_tls_files
 from .xml import client_config
 
@@ -34,6 +34,7 @@ class AutoconfigServer:
         self.cfg = cfg
         files = ensure_tls_files(cfg)
         self.ca = files.ca.read_bytes() if files.ca else None
+        self.open: set[asyncio.StreamWriter] = set()
 
     def respond(self, method: str, target: str, host: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a request."""
@@ -59,6 +60,7 @@ class AutoconfigServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=8192)
         client = peer_ip(writer)
+        self.open.add(writer)
         try:
             while True:
                 event = conn.next_event()
@@ -91,6 +93,7 @@ class AutoconfigServer:
         except (TimeoutError, ConnectionError, h11.LocalProtocolError):
             pass
         finally:
+            self.open.discard(writer)
             writer.close()
 
 
@@ -100,10 +103,16 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     if not port:
         await stop.wait()
         return
-    servers = await start_server(server.handle, cfg.server.bind, port, name="autoconfig http")
+    servers = await start_server(
+        server.handle, cfg.server.bind, port, name="autoconfig http", limiter=limiter_for(cfg),
+        busy_reply=b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"
+                   b"connection: close\r\n\r\n")
     for srv in servers:
         for sock in srv.sockets:
             log.info("listening on %s (http, autoconfig)", format_sockname(sock.getsockname()))
     await stop.wait()
     for srv in servers:
         srv.close()
+    for writer in list(server.open):  # idle keep-alive clients: their handlers see EOF
+        writer.close()
+    await asyncio.sleep(0)

@@ -9,13 +9,14 @@ import ssl
 
 from ..authlimit import AuthThrottle
 from ..config import Config
-from ..netserver import peer_ip, set_keepalive, start_server
+from ..netserver import limiter_for, peer_ip, set_keepalive, start_server
 from ..tls import ensure_tls_files, server_context
 from ..users import UserDB
 from . import cmd_mailbox, cmd_message  # noqa: F401  (register the commands)
 from .session import Session
 
 log = logging.getLogger("mailstack.imap")
+IMAP_BUSY = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
 
 
 class IMAPServer:
@@ -62,12 +63,13 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     server.tls_context = server_context(files)
     listeners: list[asyncio.Server] = []
     addresses = list(cfg.server.bind)
+    limiter = limiter_for(cfg)
     plain_port = cfg.port("imap", "imap")
     tls_port = cfg.port("imap", "imaps")
     try:
         if plain_port:
             srvs = await start_server(server.handler(False), addresses, plain_port,
-                                      name="imap")
+                                      name="imap", limiter=limiter, busy_reply=IMAP_BUSY)
             listeners += srvs
             for srv in srvs:
                 for sock in srv.sockets:
@@ -75,7 +77,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                     log.info("listening on %s:%s (imap, STARTTLS)", host, port)
         if tls_port:
             srvs = await start_server(server.handler(True), addresses, tls_port,
-                                      ssl_context=server.tls_context, name="imaps")
+                                      ssl_context=server.tls_context, name="imaps",
+                                      limiter=limiter, busy_reply=IMAP_BUSY)
             listeners += srvs
             for srv in srvs:
                 for sock in srv.sockets:

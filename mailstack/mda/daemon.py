@@ -15,7 +15,7 @@ from typing import Any
 from aiosmtpd.smtp import Envelope, Session
 
 from ..config import Config
-from ..netserver import format_sockname, start_server
+from ..netserver import format_sockname, limiter_for, start_server
 from ..users import UserDB, resolve_recipient
 from .delivery import DeliveryLog, deliver, mailbox_usage, valid_envid
 from .lmtp import MultiReplyLMTP, PerRecipient
@@ -95,11 +95,15 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     handler = DeliveryHandler(cfg, users, dlog)
     (cfg.data_dir / "mail").mkdir(parents=True, exist_ok=True)
 
+    limiter = limiter_for(cfg)
+
     def factory() -> MultiReplyLMTP:
-        return MultiReplyLMTP(
+        proto = MultiReplyLMTP(
             handler, hostname=cfg.server.hostname, ident="mailstack LMTP",
             data_size_limit=int(cfg.mta.max_message_size) + 64 * 1024,
             enable_SMTPUTF8=True, decode_data=False, timeout=cfg.mta.idle_timeout)
+        proto.limiter = limiter
+        return proto
 
     port = cfg.port("mda", "lmtp")
     servers = await start_server(None, cfg.mda.bind, port, protocol_factory=factory,

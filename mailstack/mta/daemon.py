@@ -15,7 +15,7 @@ from typing import Any
 from ..authlimit import AuthThrottle
 from ..capture import ensure_capture_account
 from ..config import Config
-from ..netserver import format_sockname, start_server
+from ..netserver import format_sockname, limiter_for, start_server
 from ..tls import ensure_tls_files, server_context
 from ..users import UserDB
 from .handler import MTAHandler
@@ -42,11 +42,13 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     throttle = AuthThrottle(cfg.server.auth_failures_free, float(cfg.server.auth_max_delay))
     handler = MTAHandler(cfg, UserDB(cfg.data_dir / "users"), spool, runner, throttle)
 
+    limiter = limiter_for(cfg)
+
     def factory(listener: str) -> Any:
         implicit = listener == "submissions"
 
         def make() -> MailstackSMTP:
-            return MailstackSMTP(
+            proto = MailstackSMTP(
                 handler, listener=listener, hostname=cfg.server.hostname,
                 ident="mailstack ESMTP", data_size_limit=int(cfg.mta.max_message_size),
                 enable_SMTPUTF8=True, decode_data=False,
@@ -54,6 +56,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                 require_starttls=listener == "submission",
                 auth_required=listener != "smtp", auth_require_tls=not implicit,
                 auth_exclude_mechanism=[], timeout=float(cfg.mta.idle_timeout))
+            proto.limiter = limiter
+            return proto
         return make
 
     servers: list[asyncio.Server] = []

@@ -15,12 +15,13 @@ import logging
 
 from ..authlimit import AuthThrottle
 from ..config import Config
-from ..netserver import start_server
+from ..netserver import limiter_for, start_server
 from ..tls import ensure_tls_files, server_context
 from ..users import UserDB
 from .session import Shared, handle
 
 log = logging.getLogger("mailstack.pop3")
+POP3_BUSY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 
 
 def _addr(sockname: tuple) -> str:  # type: ignore[type-arg]
@@ -35,11 +36,13 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                                           float(cfg.server.auth_max_delay)),
                     tls_context=tls_context)
     servers: list[asyncio.Server] = []
+    limiter = limiter_for(cfg)
     try:
         plain_port = cfg.port("pop3", "pop3")
         if plain_port:
             for srv in await start_server(functools.partial(handle, shared, implicit_tls=False),
-                                          cfg.server.bind, plain_port, name="pop3"):
+                                          cfg.server.bind, plain_port, name="pop3",
+                                          limiter=limiter, busy_reply=POP3_BUSY):
                 servers.append(srv)
                 for sock in srv.sockets:
                     log.info("listening on %s (pop3, STLS)", _addr(sock.getsockname()))
@@ -47,7 +50,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         if tls_port:
             for srv in await start_server(functools.partial(handle, shared, implicit_tls=True),
                                           cfg.server.bind, tls_port, ssl_context=tls_context,
-                                          name="pop3s"):
+                                          name="pop3s", limiter=limiter, busy_reply=POP3_BUSY):
                 servers.append(srv)
                 for sock in srv.sockets:
                     log.info("listening on %s (pop3s, implicit TLS)", _addr(sock.getsockname()))
