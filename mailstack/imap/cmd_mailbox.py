@@ -4,6 +4,7 @@ STATUS and APPEND."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 
 from ..store import watch
@@ -347,5 +348,9 @@ async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
         validity, new_uid = await asyncio.to_thread(work)
     except KeywordLimit:
         raise No("too many keywords in this mailbox", "LIMIT") from None
+    except OSError as exc:  # Maildir.deliver removed its tmp file: nothing half-written shows
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise No("not enough disk space to store the message", "OVERQUOTA") from None
+        raise No(f"cannot store the message: {exc.strerror}", "SERVERBUG") from None
     watch.notify(md.root)
     return f"[APPENDUID {validity} {new_uid}] APPEND completed"
