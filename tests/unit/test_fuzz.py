@@ -1,0 +1,75 @@
+"""Property tests: random and mutated input never escapes as an exception and every answer
+is a well-formed protocol reply (POP3 command handling, the MIME structure builder)."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailstack.imap import mime
+from mailstack.pop3.protocol import POP3Protocol, Reply
+
+_POP3_WORDS = st.sampled_from([b"USER", b"PASS", b"STAT", b"LIST", b"RETR", b"DELE", b"NOOP",
+                               b"RSET", b"QUIT", b"TOP", b"UIDL", b"CAPA", b"STLS", b"AUTH",
+                               b"APOP", b"user", b"PLAIN", b"*", b"1", b"0", b"-1",
+                               b"99999999999999999999", b"x@y", b"\xff", b"\x00", b""])
+_POP3_REPLY = re.compile(rb"^(\+OK|-ERR|\+ )[^\r\n]*\r\n", re.S)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.lists(_POP3_WORDS, max_size=5).map(b" ".join), max_size=12),
+       st.booleans())
+def test_pop3_commands_always_get_a_well_formed_reply(lines: list[bytes], tls: bool) -> None:
+    proto = POP3Protocol(tls=tls, tls_available=not tls, plaintext_auth=True)
+    for line in lines:
+        event = proto.receive_line(line + b"\r\n")
+        if isinstance(event, Reply):
+            assert _POP3_REPLY.match(event.data), event
+
+
+_MIME_PIECES = st.sampled_from([
+    b"Content-Type: multipart/mixed; boundary=b\r\n", b"Content-Type: message/rfc822\r\n",
+    b"Content-Type: text/plain; charset=\"utf-8\r\n", b"Content-Type: multipart/alternative\r\n",
+    b"From: =?utf-8?q?x?= <a@b>, (c) \"q\\\"\" <@r:x@y>\r\n", b"To: g: a@b, c@d;\r\n",
+    b"Subject: =?bogus?x?\xff\xfe?=\r\n", b"\r\n", b"--b\r\n", b"--b--\r\n", b"body\r\n",
+    b"Content-Transfer-Encoding: base64\r\n", b"Content-Disposition: attachment; filename*=x\r\n",
+    b"\tcontinued\r\n", b"\xff\x00\x80\r\n", b"Date: not a date\r\n"])
+
+
+@settings(max_examples=300)
+@given(st.lists(_MIME_PIECES, max_size=40).map(b"".join))
+def test_mime_structure_builder_never_fails(raw: bytes) -> None:
+    part = mime.Part(raw)
+    env = mime.envelope(part)
+    body = mime.bodystructure(part)
+    for out in (env, body):
+        assert out.startswith(b"(") and out.endswith(b")")
+        assert _balanced(out), out
+
+
+def _balanced(data: bytes) -> bool:
+    """Parentheses balance outside quoted strings and {n} literals (RFC 3501 §4)."""
+    depth, i = 0, 0
+    while i < len(data):
+        c = data[i:i + 1]
+        if c == b'"':
+            i += 1
+            while data[i:i + 1] != b'"':
+                if data[i:i + 1] in (b"\r", b"\n", b""):
+                    return False  # quoted strings hold no line ends
+                i += 2 if data[i:i + 1] == b"\\" else 1
+        elif c == b"{":
+            m = re.match(rb"\{(\d+)\}\r\n", data[i:])
+            if not m:
+                return False
+            i += m.end() + int(m.group(1)) - 1
+        elif c == b"(":
+            depth += 1
+        elif c == b")":
+            depth -= 1
+            if depth < 0:
+                return False
+        i += 1
+    return depth == 0
