@@ -26,7 +26,7 @@ from ..store.maildir import (
     to_crlf,
     validate_folder_name,
 )
-from ..store.uidlist import Entry, Snapshot, UidList
+from ..store.uidlist import Entry, Snapshot, UidList, diff_entries
 from . import mutf7
 
 DELIM = "."
@@ -384,14 +384,7 @@ class Selected:
                 expunged |= s.expunged
                 changed |= s.changed
         if s is None or self.private:  # no chain to follow: compare everything
-            by_uid = {e.uid: e for e in snap.entries}
-            expunged, changed = set(), set()
-            for e in self.msgs:
-                n = by_uid.get(e.uid)
-                if n is None:
-                    expunged.add(e.uid)
-                elif n.flags != e.flags or n.modseq != e.modseq:
-                    changed.add(e.uid)
+            expunged, changed = diff_entries(self.msgs, snap.entries)
         return expunged, changed
 
     def set_letters(self, m: Entry, letters: str) -> None:

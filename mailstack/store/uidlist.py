@@ -120,6 +120,20 @@ def _parse_names(subdir: str, names: list[str],
     return out
 
 
+def diff_entries(old: Iterable[Entry], new: Iterable[Entry]) -> tuple[set[int], set[int]]:
+    """UIDs of ``old`` that are gone from ``new`` (expunged) or whose flags or modseq differ."""
+    by_uid = {e.uid: e for e in new}
+    expunged: set[int] = set()
+    changed: set[int] = set()
+    for e in old:
+        n = by_uid.get(e.uid)
+        if n is None:
+            expunged.add(e.uid)
+        elif n.flags != e.flags or n.modseq != e.modseq:
+            changed.add(e.uid)
+    return expunged, changed
+
+
 class UidList:
     """The UID list of one Maildir; one shared instance per folder per process."""
 
@@ -356,15 +370,7 @@ class UidList:
         self._published = snap
         if prev is None or prev.uidvalidity != snap.uidvalidity:
             return
-        new_by_uid = {e.uid: e for e in snap.entries}
-        expunged = []
-        changed = []
-        for e in prev.entries:
-            n = new_by_uid.get(e.uid)
-            if n is None:
-                expunged.append(e.uid)
-            elif n.flags != e.flags or n.modseq != e.modseq:
-                changed.append(e.uid)
+        expunged, changed = diff_entries(prev.entries, snap.entries)
         snap.expunged = frozenset(expunged)
         snap.changed = frozenset(changed)
         prev.next = snap
