@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_bench import BODY, ROOT, free_port, proc_cpu
+from smtp_bench import BODY, ROOT, free_port, proc_cpu, read_reply
 
 
 async def client(port: int, ctx: ssl.SSLContext, count: int) -> None:
@@ -31,10 +31,7 @@ async def client(port: int, ctx: ssl.SSLContext, count: int) -> None:
                                                    server_hostname="localhost")
 
     async def reply() -> bytes:
-        while True:
-            line = await reader.readline()
-            if line[3:4] != b"-":
-                return line
+        return await read_reply(reader)
 
     await reply()
     writer.write(b"EHLO bench\r\n")

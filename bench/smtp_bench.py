@@ -53,14 +53,19 @@ def proc_hwm_mib(pid: int) -> float:
     return 0.0
 
 
+async def read_reply(reader: asyncio.StreamReader) -> bytes:
+    """The last line of one (possibly multi-line) SMTP reply."""
+    while True:
+        line = await reader.readline()
+        if line[3:4] != b"-":
+            return line
+
+
 async def client(port: int, count: int, latencies: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
     async def reply() -> bytes:
-        while True:
-            line = await reader.readline()
-            if line[3:4] != b"-":
-                return line
+        return await read_reply(reader)
 
     await reply()
     writer.write(b"EHLO bench.example.org\r\n")
