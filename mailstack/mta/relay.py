@@ -261,7 +261,7 @@ class Relay:
                 await smtp.mail(env.sender, options=options)
             except aiosmtplib.SMTPSenderRefused as exc:
                 await self._release(smtp, hop, rset=True)
-                return [_reply(exc.code, exc.message)] * len(rcpts)
+                return [Reply.parse(exc.code, exc.message)] * len(rcpts)
             except aiosmtplib.SMTPServerDisconnected:
                 raise _Stale() from None
             replies: list[Reply | None] = []
@@ -269,17 +269,17 @@ class Relay:
                 try:
                     resp = await smtp.rcpt(r)
                     replies.append(None if 200 <= resp.code < 300 else
-                                   _reply(resp.code, resp.message))
+                                   Reply.parse(resp.code, resp.message))
                 except aiosmtplib.SMTPRecipientRefused as exc:
-                    replies.append(_reply(exc.code, exc.message))
+                    replies.append(Reply.parse(exc.code, exc.message))
             if all(r is not None for r in replies):
                 await self._release(smtp, hop, rset=True)
                 return [r for r in replies if r is not None]
             try:
                 resp = await smtp.data(message, timeout=float(self.cfg.mta.data_timeout))
-                final = _reply(resp.code, resp.message)
+                final = Reply.parse(resp.code, resp.message)
             except aiosmtplib.SMTPDataError as exc:
-                final = _reply(exc.code, exc.message)
+                final = Reply.parse(exc.code, exc.message)
             await self._release(smtp, hop, rset=not final.ok)
             return [final if r is None else r for r in replies]
         except _Stale:
@@ -316,10 +316,6 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(smtp.quit(), 5)
     smtp.close()
-
-
-def _reply(code: int, message: str) -> Reply:
-    return Reply.parse(code, message)
 
 
 def _describe(exc: BaseException) -> str:
