@@ -7,6 +7,10 @@ Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta name
 2. append ``<queue id> <recipient> KEY`` to the delivery journal and fdatasync it;
 3. rename ``tmp/KEY`` → ``new/KEY`` and fsync ``new/``.
 
+The daemon commits concurrent deliveries together (:func:`commit_copies` through
+:class:`~mailstack.groupcommit.GroupCommit`): every file is fsynced, but one journal fdatasync
+and one ``new/`` fsync per Maildir serve the whole batch.
+
 A repeated attempt (the mta crashed after our ``250`` but before it recorded it; the mta
 marks such attempts ``XRETRY``) finds the journal line: if ``tmp/KEY`` is still there the rename
 is completed, otherwise the copy is already in the mailbox. Either way the answer is ``250`` and
@@ -21,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +78,11 @@ class DeliveryLog:
             return self._index.get((envid, rcpt))
 
     def record(self, envid: str, rcpt: str, key: str) -> None:
-        line = f"{envid} {rcpt} {key}\n".encode()
+        self.record_many([(envid, rcpt, key)])
+
+    def record_many(self, records: Sequence[tuple[str, str, str]]) -> None:
+        """Append ``(envid, rcpt, key)`` records with one write and one fdatasync."""
+        data = "".join(f"{e} {r} {k}\n" for e, r, k in records).encode()
         with self._lock:
             day = time.strftime("%Y%m%d", time.gmtime())
             if self._fd is None or day != self._day:
@@ -86,9 +95,12 @@ class DeliveryLog:
                 self._day = day
                 if created:
                     fsync_dir(self.dir)
-            os.write(self._fd, line)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
             os.fdatasync(self._fd)
-            self._index[(envid, rcpt)] = key
+            for envid, rcpt, key in records:
+                self._index[(envid, rcpt)] = key
 
     def prune(self, now: float | None = None) -> int:
         """Forget journals older than LOG_RETENTION; returns how many files went."""
@@ -122,9 +134,20 @@ def build_copy(data: bytes, sender: str, rcpt: str) -> bytes:
     return head + to_lf(data)
 
 
-def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
-            envid: str | None, dlog: DeliveryLog | None, *, retry: bool = True) -> Delivered:
-    """Deliver one copy into ``account``'s INBOX; raises OSError on disk trouble.
+@dataclass(frozen=True)
+class Copy:
+    """A copy ready to commit: its bytes, its Maildir and its unique name."""
+
+    root: Path
+    key: str
+    disk: bytes
+    envid: str | None
+    rcpt: str
+
+
+def prepare(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
+            envid: str | None, dlog: DeliveryLog | None, *, retry: bool = True) -> Copy | Delivered:
+    """The copy to write for ``rcpt`` — or, for a repeated attempt, where it already is.
 
     ``retry=False`` (the mta's first attempt in its lifetime) skips loading old journals.
     """
@@ -134,19 +157,68 @@ def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
         if key is not None:
             return Delivered(_complete(box, key), duplicate=True)
     disk = build_copy(data, sender, rcpt)
-    key = unique_name(len(disk), crlf_size(disk))
-    tmp = box.root / "tmp" / key
-    _write_synced(tmp, disk)
-    try:
-        if envid and dlog is not None:
-            dlog.record(envid, rcpt, key)
-        os.rename(tmp, box.root / "new" / key)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(box.root / "new")
-    return Delivered(box.root / "new" / key, duplicate=False)
+    return Copy(box.root, unique_name(len(disk), crlf_size(disk)), disk, envid, rcpt)
+
+
+def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[Path | OSError]:
+    """Make prepared copies durable together (steps 1 to 3 of the module docstring, batched).
+
+    Every file is written and fsynced, then one journal append + fdatasync covers them all,
+    then each is renamed into ``new/`` and each ``new/`` directory is fsynced once. Returns,
+    per copy, its path in ``new/`` or the OSError that stopped it (the mta will retry).
+    """
+    results: list[Path | OSError] = [OSError("not committed")] * len(copies)
+    written: list[int] = []
+    for i, c in enumerate(copies):
+        try:
+            _write_synced(c.root / "tmp" / c.key, c.disk)
+            written.append(i)
+        except OSError as exc:
+            results[i] = exc
+    journal = [(c.envid, c.rcpt, c.key) for c in (copies[i] for i in written) if c.envid]
+    if journal and dlog is not None:
+        try:
+            dlog.record_many(journal)
+        except OSError as exc:
+            for i in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(copies[i].root / "tmp" / copies[i].key)
+                results[i] = exc
+            return results
+    synced: dict[Path, list[int]] = {}
+    for i in written:
+        c = copies[i]
+        try:
+            os.rename(c.root / "tmp" / c.key, c.root / "new" / c.key)
+        except OSError as exc:
+            results[i] = exc
+            if not (c.envid and dlog is not None):  # else a retry completes it from tmp/
+                with contextlib.suppress(OSError):
+                    os.unlink(c.root / "tmp" / c.key)
+            continue
+        synced.setdefault(c.root / "new", []).append(i)
+    for directory, members in synced.items():
+        try:
+            fsync_dir(directory)
+        except OSError as exc:  # renamed but maybe not durable: let the mta retry
+            for i in members:
+                results[i] = exc
+            continue
+        for i in members:
+            results[i] = directory / copies[i].key
+    return results
+
+
+def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
+            envid: str | None, dlog: DeliveryLog | None, *, retry: bool = True) -> Delivered:
+    """Deliver one copy into ``account``'s INBOX at once; raises OSError on disk trouble."""
+    ready = prepare(data_dir, account, rcpt, sender, data, envid, dlog, retry=retry)
+    if isinstance(ready, Delivered):
+        return ready
+    result = commit_copies([ready], dlog)[0]
+    if isinstance(result, OSError):
+        raise result
+    return Delivered(result, duplicate=False)
 
 
 def _complete(box: Maildir, key: str) -> Path:

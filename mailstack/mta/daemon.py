@@ -92,6 +92,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         srv.close()
     await run_task
     await relay.close()
+    spool.close()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGUSR1)
     with contextlib.suppress(OSError):

@@ -14,7 +14,6 @@ Policy (never an open relay):
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import time
@@ -138,9 +137,8 @@ class MTAHandler:
                        client_helo=session.host_name or "", auth_user=auth_user, tls=tls,
                        listener=listener)
         try:
-            entry = await asyncio.to_thread(
-                self.spool.put, message, env, qid, first_attempt_at=time.time(),
-                backoff=self.runner.backoff(1))
+            entry = await self.spool.aput(message, env, qid, first_attempt_at=time.time(),
+                                          backoff=self.runner.backoff(1))
         except OSError as exc:
             log.error("%s: queue write failed: %s", peer, exc)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -9,6 +9,8 @@ Each entry is two files named by its queue id:
 Durability contract of :meth:`Spool.put` (called before the mta answers ``250``): the entry is
 written to ``.<id>.msg.tmp`` and fsynced, its first state is written, the file is renamed to
 ``<id>.msg`` (the commit point) and the directory is fsynced — one file and one directory fsync.
+Concurrent SMTP sessions share the directory fsync and the trip to the writer thread
+(:meth:`Spool.aput`, a group commit).
 The first state already records the first attempt (``attempts = 1``, ``next_attempt = now +
 backoff``), because the runner makes that attempt at once: every attempt is on disk before any
 connection is made. ``.state`` is replaced by an atomic rename without fsync: a process crash
@@ -26,10 +28,12 @@ import logging
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fsutil import fsync_dir, write_fsync
+from ..groupcommit import GroupCommit
 
 log = logging.getLogger("mailstack.queue")
 
@@ -96,12 +100,27 @@ class QueueEntry:
         return not self.pending
 
 
+@dataclass(frozen=True)
+class NewEntry:
+    """What :meth:`Spool.put` stores."""
+
+    message: bytes
+    envelope: Envelope
+    qid: str | None = None
+    first_attempt_at: float | None = None
+    backoff: float = 60.0
+
+
 class Spool:
     """Files of the queue; blocking I/O (call from a worker thread in the event loop)."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._puts: GroupCommit[NewEntry, QueueEntry | OSError] = GroupCommit(
+            self.put_many, name="queue-put")
+        self._removes: GroupCommit[str, bool] = GroupCommit(self.remove_many,
+                                                            name="queue-remove")
 
     def _p(self, qid: str, ext: str) -> Path:
         return self.dir / f"{qid}.{ext}"
@@ -114,25 +133,61 @@ class Spool:
         ``first_attempt_at``: when the runner will attempt it (now, for new mail); the attempt
         is recorded in the entry's first state (see the module docstring).
         """
-        qid = qid or new_queue_id()
+        result = self.put_many([NewEntry(message, envelope, qid, first_attempt_at, backoff)])[0]
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def put_many(self, items: Sequence[NewEntry]) -> list[QueueEntry | OSError]:
+        """Store new entries durably together: a file fsync each, one directory fsync for all.
+
+        Returns, per item, its entry or the OSError that kept it out of the queue (nothing of
+        a failed item is left behind).
+        """
+        results: list[QueueEntry | OSError] = []
+        written: list[QueueEntry] = []
+        for item in items:
+            try:
+                entry = self._write(item)
+            except OSError as exc:
+                results.append(exc)
+                continue
+            results.append(entry)
+            written.append(entry)
+        if written:
+            try:
+                fsync_dir(self.dir)
+            except OSError as exc:
+                for entry in written:
+                    self._discard(entry.id)
+                return [exc if isinstance(r, QueueEntry) else r for r in results]
+        return results
+
+    def _write(self, item: NewEntry) -> QueueEntry:
+        """Write one entry and rename it into place (not yet durable: the caller fsyncs the
+        directory)."""
+        qid = item.qid or new_queue_id()
+        envelope = item.envelope
         entry = QueueEntry(qid, envelope, [Recipient(a) for a in envelope.recipients])
-        if first_attempt_at is not None:
+        if item.first_attempt_at is not None:
             entry.attempts = 1
-            entry.next_attempt = first_attempt_at + backoff
-        tmp, final = self.dir / f".{qid}.msg.tmp", self._p(qid, "msg")
+            entry.next_attempt = item.first_attempt_at + item.backoff
+        tmp = self.dir / f".{qid}.msg.tmp"
         head = json.dumps(vars(envelope), separators=(",", ":")).encode() + b"\n"
         try:
-            write_fsync(tmp, head + message)
+            write_fsync(tmp, head + item.message)
             self.save_state(entry)
-            os.rename(tmp, final)
-            fsync_dir(self.dir)
+            os.rename(tmp, self._p(qid, "msg"))
         except BaseException:
-            for path in (tmp, final, self._p(qid, "state")):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+            self._discard(qid)
             raise
-        entry.message = message
+        entry.message = item.message
         return entry
+
+    def _discard(self, qid: str) -> None:
+        for path in (self.dir / f".{qid}.msg.tmp", self._p(qid, "msg"), self._p(qid, "state")):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def save_state(self, entry: QueueEntry) -> None:
         state = {"attempts": entry.attempts, "next_attempt": entry.next_attempt,
@@ -155,6 +210,27 @@ class Spool:
             except FileNotFoundError:
                 pass
         return existed
+
+    def remove_many(self, qids: Sequence[str]) -> list[bool]:
+        return [self.remove(qid) for qid in qids]
+
+    # -- from the event loop: concurrent calls are batched (group commit) ------------------
+    async def aput(self, message: bytes, envelope: Envelope, qid: str | None = None, *,
+                   first_attempt_at: float | None = None, backoff: float = 60.0) -> QueueEntry:
+        """:meth:`put`, committed together with concurrent ones in the spool's writer thread."""
+        result = await self._puts.submit(NewEntry(message, envelope, qid, first_attempt_at,
+                                                  backoff))
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    async def aremove(self, qid: str) -> bool:
+        """:meth:`remove`, batched with concurrent ones in a worker thread."""
+        return await self._removes.submit(qid)
+
+    def close(self) -> None:
+        self._puts.close()
+        self._removes.close()
 
     # -- reading ----------------------------------------------------------------------------
     def ids(self) -> list[str]:

@@ -168,7 +168,7 @@ class QueueRunner:
                 log.info("%s: to=<%s>, status=expired (%s)", entry.id, r.address, r.last_reply)
         await self._bounce_failures(entry, message)
         if entry.done:
-            await asyncio.to_thread(self.spool.remove, entry.id)
+            await self.spool.aremove(entry.id)
             self.entries.pop(entry.id, None)
             log.info("%s: removed", entry.id)
         else:
