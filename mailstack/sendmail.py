@@ -3,47 +3,78 @@
 Reads a message on stdin and drops it into the mta's queue directly (like Postfix's postdrop),
 then pokes a running mta. Local programs are trusted like Postfix's local submissions: they may
 send to any domain. Exit codes follow sysexits.h (64 usage, 65 data, 75 temporary failure).
+
+With ``-t`` the recipients come from To, Cc and Bcc. Only CR LF (or LF) ends a header line: a
+header with a bare CR in it is refused, so ``Subject: x\rBcc: y`` cannot add a recipient.
 """
 
 from __future__ import annotations
 
 import argparse
-import email.parser
-import email.policy
 import email.utils
 import getpass
+import re
 import socket
 import sys
 
 from .address import AddressError, parse_mailbox
 from .config import Config
-from .mta.message import header_block, normalize_crlf, received_header, submission_fixups
+from .mta.message import normalize_crlf, received_header, submission_fixups
 from .mta.queue import Envelope, Spool, new_queue_id
 from .mta.queuecli import signal_mta
 
 EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 64, 65, 75
 
 
-def _header_values(block: bytes, names: set[str]) -> list[str]:
-    """Unfolded values of the named header fields."""
-    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
-    out = []
-    for name in names:
-        out += [str(v) for v in msg.get_all(name, [])]
+_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+
+
+def _split_header(raw: bytes) -> tuple[list[bytes], bytes]:
+    """(header lines, each ending in CRLF; the body) of a message with CRLF line ends.
+
+    Only CRLF ends a line. The header section ends at the empty line, or at the first line that
+    is neither a field nor a continuation: that line starts the body (as Postfix and the stdlib
+    parser read it), and the caller puts the missing empty line in front of it so that every
+    later reader agrees.
+    """
+    lines: list[bytes] = []
+    pos, n = 0, len(raw)
+    while pos < n:
+        end = raw.find(b"\r\n", pos)
+        stop = n if end < 0 else end + 2
+        line = raw[pos:stop]
+        if line == b"\r\n":
+            return lines, raw[stop:]
+        if not (_FIELD.match(line) or (lines and line[:1] in (b" ", b"\t"))):
+            return lines, raw[pos:]
+        lines.append(line if line.endswith(b"\r\n") else line + b"\r\n")
+        pos = stop
+    return lines, b""
+
+
+def _fields(lines: list[bytes]) -> list[tuple[str, str]]:
+    """(lower-case name, unfolded value) of each header field."""
+    out: list[tuple[str, str]] = []
+    for line in lines:
+        text = line[:-2].decode("utf-8", "replace")
+        if line[:1] in (b" ", b"\t"):
+            out[-1] = (out[-1][0], out[-1][1] + text)
+        else:
+            name, _, value = text.partition(":")
+            out.append((name.strip().lower(), value.strip()))
     return out
 
 
-def _strip_bcc(data: bytes) -> bytes:
-    head = header_block(data)
-    lines = head.split(b"\r\n")
+def _without(lines: list[bytes], name: bytes) -> list[bytes]:
+    """The header lines minus every ``name`` field (with its continuation lines)."""
     kept, skipping = [], False
     for line in lines:
         if line[:1] in (b" ", b"\t") and skipping:
             continue
-        skipping = line.lower().startswith(b"bcc:")
+        skipping = bool(_FIELD.match(line)) and line.split(b":", 1)[0].strip().lower() == name
         if not skipping:
             kept.append(line)
-    return b"\r\n".join(kept) + data[len(head):]
+    return kept
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
@@ -51,11 +82,18 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     if not raw.strip():
         print("mailstack sendmail: empty message on stdin", file=sys.stderr)
         return EX_DATAERR
+    lines, body = _split_header(raw)
+    if any(b"\r" in line[:-2] or b"\0" in line for line in lines):
+        print("mailstack sendmail: bare CR or NUL in the message header (RFC 5322 2.2); a "
+              "header line ends with CRLF or LF only", file=sys.stderr)
+        return EX_DATAERR
+    fields = _fields(lines)
     rcpts = list(args.recipients)
     if args.read_recipients:
-        addrs = email.utils.getaddresses(_header_values(header_block(raw), {"to", "cc", "bcc"}))
+        addrs = email.utils.getaddresses([v for k, v in fields if k in ("to", "cc", "bcc")])
         rcpts += [a for _, a in addrs if a]
-        raw = _strip_bcc(raw)
+        lines = _without(lines, b"bcc")
+    raw = b"".join(lines) + b"\r\n" + body
     if not rcpts:
         print("mailstack sendmail: no recipients (name them, or use -t)", file=sys.stderr)
         return EX_USAGE
@@ -68,7 +106,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
         return EX_DATAERR
     if sender == "<>":
         sender = ""
-    if not _header_values(header_block(raw), {"from"}):
+    if not any(k == "from" for k, _ in fields):
         raw = f"From: <{sender}>\r\n".encode() + raw if sender else raw
     raw = submission_fixups(raw, cfg.server.hostname)
     qid = new_queue_id()

@@ -65,7 +65,10 @@ def _section(p: Parser, att: Att) -> None:
             while p.maybe_sp():
                 att.fields.append(p.astring().decode("ascii", "replace"))
             p.close_paren()
-            text_parts.append(f"{word} ({' '.join(att.fields)})")
+            # echoed in the response: a name from a literal may hold CR LF, so each goes out
+            # as an astring (atom, quoted string or literal), never raw
+            names = b" ".join(wire.astring(f) for f in att.fields).decode("utf-8")
+            text_parts.append(f"{word} ({names})")
         else:
             text_parts.append(word)
     elif numbers and p.data[p.pos - 1:p.pos] == b".":

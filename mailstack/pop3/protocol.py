@@ -254,6 +254,8 @@ class POP3Protocol:
         text = line.rstrip(b"\r\n")
         if self.sasl_pending:
             return self._sasl_response(text)
+        if b"\r" in text or b"\n" in text or b"\0" in text:  # "USER a\rPASS b": one bad line
+            return self._bad(err("Bad characters in command"))
         try:
             decoded = text.decode("utf-8")
         except UnicodeDecodeError:
