@@ -84,6 +84,11 @@ class ProtocolMixin:
         finally:
             self._plain_reply = False
 
+    async def refuse_message(self, reply: str) -> None:
+        """End the transaction with ``reply`` to its message (LMTP: once per recipient)."""
+        self._set_post_data_state()  # type: ignore[attr-defined]
+        await self.push(reply)
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """(address, parameters); ``"<>"`` for the null path; (None, None) when malformed."""
         if not arg:
@@ -121,9 +126,8 @@ class ProtocolMixin:
             reader._buffer[:0] = rest  # type: ignore[attr-defined]
         result = data.result
         if result.too_big or result.line_too_long:
-            self._set_post_data_state()  # type: ignore[attr-defined]
-            await self.push("552 Error: Too much mail data" if result.too_big
-                            else "500 Line too long")
+            await self.refuse_message("552 Error: Too much mail data" if result.too_big
+                                      else "500 Line too long")
             return
         envelope.content = envelope.original_content = result.data
         status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]

@@ -53,7 +53,7 @@ class DeliveryHandler:
     async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-CHUNKING",
                 responses[-1]]
 
     async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,

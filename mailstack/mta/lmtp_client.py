@@ -1,7 +1,9 @@
 """An LMTP client (RFC 2033) with per-recipient replies, pipelining and connection reuse.
 
 aiosmtplib speaks SMTP only (one reply after DATA), so the mta uses this small client to hand
-local mail to the mda. Commands are pipelined (RFC 2920) when the server offers PIPELINING.
+local mail to the mda. Commands are pipelined (RFC 2920) when the server offers PIPELINING;
+with CHUNKING too (RFC 3030), MAIL, RCPT and ``BDAT <size> LAST`` with the message go out in one
+write and every reply comes back in one read.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ class LMTPConnection:
             params += " SMTPUTF8"
         cmds = [f"MAIL FROM:<{sender}>{params}\r\n"] + [f"RCPT TO:<{r}>\r\n" for r in rcpts]
         pipelining = "PIPELINING" in self.extensions
+        if pipelining and "CHUNKING" in self.extensions:
+            return await self._deliver_chunked(cmds, data)
         w = self.writer
         if pipelining:
             w.write("".join(cmds).encode() + b"DATA\r\n")
@@ -141,6 +145,23 @@ class LMTPConnection:
                 await self._rset()
             return LMTPResult([go if r.ok else r for r in rcpt_replies])
         w.write(dot_stuff(data))
+        final: list[Reply] = list(rcpt_replies)
+        for i in accepted:
+            final[i] = await self._reply()
+        return LMTPResult(final)
+
+    async def _deliver_chunked(self, cmds: list[str], data: bytes) -> LMTPResult:
+        """MAIL, RCPTs and the message as one ``BDAT LAST`` chunk, pipelined in one write."""
+        if not data.endswith(b"\r\n"):
+            data += b"\r\n"
+        self.writer.write(b"".join([*(c.encode() for c in cmds),
+                                    b"BDAT %d LAST\r\n" % len(data), data]))
+        mail = await self._reply()
+        rcpt_replies = [await self._reply() for _ in cmds[1:]]
+        accepted = [i for i, r in enumerate(rcpt_replies) if r.ok]
+        if not mail.ok or not accepted:
+            await self._reply()  # the BDAT's single refusal: no transaction
+            return LMTPResult([mail] * len(rcpt_replies) if not mail.ok else rcpt_replies)
         final: list[Reply] = list(rcpt_replies)
         for i in accepted:
             final[i] = await self._reply()
