@@ -17,13 +17,13 @@ more process to run. WAL needs the processes on one host (docker-compose volumes
 not work on network file systems. Rows use wall-clock time so they mean the same in every
 process and after a restart.
 
-Cost (measured on the development machine, 100,000 rows): recording a failure (two keys, one
-write transaction) takes ~50 µs; it runs on a dedicated worker thread so that a database locked
-by another daemon (``busy_timeout``) never stalls the event loop, and the hop costs ~100 µs,
-nothing next to the delay or the password hash. A success first reads the client's row directly
-(~3 µs; WAL readers never wait for writers) and only when a count exists deletes it on the worker
-thread, so the common login pays no write lock and still clears counts that another daemon
-recorded.
+Cost (measured on the development machine, ~90,000 rows): recording a failure (two keys, one
+write transaction) takes ~30 µs median, but up to a few ms when the commit runs a WAL checkpoint
+(fsync) or waits for another daemon's write; so it runs on a dedicated worker thread and never
+stalls the event loop (~135 µs per failure including the hop, nothing next to the delay or the
+password hash). A success first reads the client's row directly (~3-6 µs; WAL readers never wait
+for writers) and only when a count exists deletes it on the worker thread (~100 µs), so the
+common login takes no write lock and still clears counts that another daemon recorded.
 
 Size: every 1,000 failures recorded by a process, rows older than ``forget_after`` are removed
 and, beyond ``max_keys`` rows, those with the fewest failures go first (an address spray leaves
