@@ -78,7 +78,8 @@ class ServerSection:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     bind: tuple[str, ...] = ("127.0.0.1", "::1")
     log_level: str = "info"
-    #: failed logins from one client before replies are delayed; the delay doubles each time
+    #: failed logins from a client or against an account (counted across SMTP, IMAP and POP3)
+    #: before failures are delayed; the delay doubles each time up to auth_max_delay
     auth_failures_free: int = 3
     auth_max_delay: Duration = Duration(15)
     #: open connections a daemon accepts in all, and from one client address

@@ -25,8 +25,7 @@ class IMAPServer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.users = UserDB(cfg.data_dir / "users")
-        self.throttle = AuthThrottle(cfg.server.auth_failures_free,
-                                     float(cfg.server.auth_max_delay))
+        self.throttle = AuthThrottle.for_config(cfg)
         self.tls_context: ssl.SSLContext | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.sessions: set[Session] = set()
@@ -98,3 +97,4 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         for srv in listeners:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 5)
+        server.throttle.close()

@@ -315,7 +315,7 @@ class Session:
         if not ok:
             await throttle.fail(self.peer, user, "imap")
             raise No("authentication failed", "AUTHENTICATIONFAILED")
-        throttle.record_success(f"ip:{self.peer}")
+        await throttle.record_success(self.peer)
         inbox = await asyncio.to_thread(open_user_mailbox, self.cfg.data_dir, addr)
         self.user = addr
         self.account = Account(inbox)

@@ -39,7 +39,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     relay = Relay(cfg)
     runner = QueueRunner(cfg, spool, remote=relay.deliver)
     await runner.load()
-    throttle = AuthThrottle(cfg.server.auth_failures_free, float(cfg.server.auth_max_delay))
+    throttle = AuthThrottle.for_config(cfg)
     handler = MTAHandler(cfg, UserDB(cfg.data_dir / "users"), spool, runner, throttle)
 
     limiter = limiter_for(cfg)
@@ -93,6 +93,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     await run_task
     await relay.close()
     spool.close()
+    throttle.close()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGUSR1)
     with contextlib.suppress(OSError):

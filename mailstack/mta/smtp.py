@@ -126,6 +126,6 @@ class MailstackSMTP(ProtocolMixin, SMTP):
         if not ok:
             await handler.throttle.fail(peer, user, f"smtp {mech}")
             return AuthResult(success=False, handled=False)
-        handler.throttle.record_success(f"ip:{peer}")
+        await handler.throttle.record_success(peer)
         log.info("%s: sasl_method=%s, sasl_username=%s", peer, mech, user.lower())
         return AuthResult(success=True, auth_data=user.lower())

@@ -32,8 +32,7 @@ def _addr(sockname: tuple) -> str:  # type: ignore[type-arg]
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
     tls_context = server_context(ensure_tls_files(cfg))
     shared = Shared(cfg=cfg, users=UserDB(cfg.data_dir / "users"),
-                    throttle=AuthThrottle(cfg.server.auth_failures_free,
-                                          float(cfg.server.auth_max_delay)),
+                    throttle=AuthThrottle.for_config(cfg),
                     tls_context=tls_context)
     servers: list[asyncio.Server] = []
     limiter = limiter_for(cfg)
@@ -66,3 +65,4 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         for srv in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 5)
+        shared.throttle.close()

@@ -323,8 +323,7 @@ class Session:
             await sh.throttle.fail(self.ip, account, "pop3")
             write(p.err("Authentication failed", "AUTH"))
             return
-        sh.throttle.record_success(f"ip:{self.ip}")
-        sh.throttle.record_success(f"user:{account}")
+        await sh.throttle.record_success(self.ip)
         delay = self.proto.login_delay
         if delay:
             last = sh.last_login.get(account)
