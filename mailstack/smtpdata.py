@@ -9,11 +9,10 @@ counted but not kept, so an endless DATA costs no memory. Works on whole chunks 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 _END = b"\r\n.\r\n"
-_LONG_LINE = re.compile(rb"[^\n]{1001}")  # 1000 octets + CRLF, plus a stuffed dot (aiosmtpd)
+_LONG = 1001  # a line of 1000 octets + CRLF, plus a stuffed dot (as aiosmtpd allows)
 
 
 @dataclass
@@ -61,7 +60,7 @@ class DataReader:
             if data.startswith(b"."):
                 data = data[1:]
             data = data.replace(b"\r\n.", b"\r\n")
-            self._long = bool(_LONG_LINE.search(data))
+            self._long = has_long_line(data)
         self.result = DataResult(data, self._too_big, self._long, self._size)
         return rest
 
@@ -81,3 +80,18 @@ class DataReader:
             return
         data = b"".join(self._parts)
         self._parts = [data[:-n]]
+
+
+def has_long_line(data: bytes, limit: int = _LONG) -> bool:
+    """Whether ``data`` holds ``limit`` octets in a row without a LF.
+
+    Jumps from line end to line end with ``rfind`` inside a ``limit``-wide window: a few C calls
+    per message, where a regular expression tried every starting position (~70 µs for 2 KiB).
+    """
+    pos, n = 0, len(data)
+    while pos + limit <= n:
+        nl = data.rfind(b"\n", pos, pos + limit)
+        if nl < 0:
+            return True
+        pos = nl + 1
+    return False

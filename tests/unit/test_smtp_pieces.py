@@ -157,3 +157,14 @@ def test_data_reader_limits() -> None:
     r = DataReader(None)
     r.feed(b"x" * 1001 + b"\r\n.\r\n")
     assert r.result is not None and r.result.line_too_long
+
+
+@given(st.lists(st.sampled_from([b"a", b"\n", b"\r\n", b"x" * 400, b"y" * 1001]), max_size=12),
+       st.integers(3, 1200))
+def test_long_line_scan_matches_a_regular_expression(pieces: list[bytes], limit: int) -> None:
+    import re
+
+    from mailstack.smtpdata import has_long_line
+
+    data = b"".join(pieces)
+    assert has_long_line(data, limit) == bool(re.search(rb"[^\n]{%d}" % limit, data))
