@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 # RFC 5321 §4.1.2 / RFC 5322 §3.2.3: atext; RFC 6531 allows UTF-8 (non-ASCII) in SMTPUTF8 mode.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
@@ -44,6 +45,7 @@ class Mailbox:
         return self.local.startswith('"')
 
 
+@lru_cache(maxsize=4096)  # pure; the same few senders and recipients recur all day
 def parse_mailbox(text: str, *, allow_utf8: bool = True) -> Mailbox:
     """Parse ``local@domain`` (no angle brackets); raises AddressError."""
     if any(c in text for c in "\r\n\x00") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
@@ -71,6 +73,7 @@ def account_key(mbox: Mailbox) -> str:
     return f"{mbox.local.lower()}@{mbox.domain.lower()}"
 
 
+@lru_cache(maxsize=4096)
 def split_path(arg: str) -> tuple[str, str] | None:
     """``<path> params`` from a MAIL/RCPT argument → (mailbox or "", params), None if malformed.
 

@@ -71,6 +71,8 @@ class DeliveryHandler:
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         retry = bool(getattr(session, "retry", True))
         rcpts = list(envelope.rcpt_tos)
+        if len(rcpts) == 1:  # the common case, without gather's tasks
+            return PerRecipient([await self._deliver_one(rcpts[0], sender, data, envid, retry)])
         return PerRecipient(await asyncio.gather(
             *(self._deliver_one(r, sender, data, envid, retry) for r in rcpts)))
 

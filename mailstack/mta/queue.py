@@ -1,16 +1,17 @@
 """The mta's durable spool under ``<data_dir>/queue``.
 
-Each entry is two files named by its queue id:
+Each entry is one or two files named by its queue id:
 
-- ``<id>.msg``   one line of JSON (the envelope: sender, recipients, ESMTP options, client),
-  then the message as it will be sent (CRLF line ends, our Received header first). Written once.
-- ``<id>.state`` per-recipient status, attempt count, next attempt, last error — rewritten.
+- ``<id>.msg``   one line of JSON (the envelope: sender, recipients, ESMTP options, client —
+  and the entry's first state under ``"state"``), then the message as it will be sent (CRLF
+  line ends, our Received header first). Written once.
+- ``<id>.state`` per-recipient status, attempt count, next attempt, last error — written only
+  once that changes from the first state (a deferral, a `queue flush`), then rewritten.
 
 Durability contract of :meth:`Spool.put` (called before the mta answers ``250``): the entry is
-written to ``.<id>.msg.tmp`` and fsynced, its first state is written, the file is renamed to
-``<id>.msg`` (the commit point) and the directory is fsynced — one file and one directory fsync.
-Concurrent SMTP sessions share the directory fsync and the trip to the writer thread
-(:meth:`Spool.aput`, a group commit).
+written to ``.<id>.msg.tmp`` and fsynced, renamed to ``<id>.msg`` (the commit point) and the
+directory is fsynced — one file and one directory fsync. Concurrent SMTP sessions share the
+directory fsync and the trip to the writer thread (:meth:`Spool.aput`, a group commit).
 The first state already records the first attempt (``attempts = 1``, ``next_attempt = now +
 backoff``), because the runner makes that attempt at once: every attempt is on disk before any
 connection is made. ``.state`` is replaced by an atomic rename without fsync: a process crash
@@ -173,10 +174,11 @@ class Spool:
             entry.attempts = 1
             entry.next_attempt = item.first_attempt_at + item.backoff
         tmp = self.dir / f".{qid}.msg.tmp"
-        head = json.dumps(vars(envelope), separators=(",", ":")).encode() + b"\n"
+        head = {**vars(envelope), "state": {"attempts": entry.attempts,
+                                            "next_attempt": entry.next_attempt}}
+        line = json.dumps(head, separators=(",", ":")).encode() + b"\n"
         try:
-            write_fsync(tmp, head + item.message)
-            self.save_state(entry)
+            write_fsync(tmp, line + item.message)
             os.rename(tmp, self._p(qid, "msg"))
         except BaseException:
             self._discard(qid)
@@ -240,24 +242,31 @@ class Spool:
     def load(self, qid: str) -> QueueEntry | None:
         try:
             with open(self._p(qid, "msg"), "rb") as fh:
-                envelope = Envelope(**json.loads(fh.readline()))
+                head = json.loads(fh.readline())
+            first = head.pop("state", None) or {}
+            envelope = Envelope(**head)
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             self._quarantine(qid, f"unreadable envelope: {exc}")
             return None
         entry = QueueEntry(qid, envelope, [Recipient(a) for a in envelope.recipients],
                            recovered=True)
         try:
             state = json.loads(self._p(qid, "state").read_bytes())
-            entry.attempts = int(state["attempts"])
-            entry.next_attempt = float(state["next_attempt"])
-            entry.last_error = str(state.get("last_error", ""))
-            entry.recipients = [Recipient(**r) for r in state["recipients"]]
         except FileNotFoundError:
-            pass
-        except (ValueError, TypeError, KeyError) as exc:
+            state = first  # never changed since it was queued
+        except ValueError as exc:
             log.warning("%s: state file unreadable (%s); retrying every recipient", qid, exc)
+            state = first
+        try:
+            entry.attempts = int(state.get("attempts", 0))
+            entry.next_attempt = float(state.get("next_attempt", 0.0))
+            entry.last_error = str(state.get("last_error", ""))
+            if "recipients" in state:
+                entry.recipients = [Recipient(**r) for r in state["recipients"]]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("%s: state unreadable (%s); retrying every recipient", qid, exc)
         return entry
 
     def read_message(self, qid: str) -> bytes:

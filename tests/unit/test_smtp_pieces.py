@@ -110,6 +110,11 @@ def test_spool_roundtrip_and_recovery(tmp_path: Path) -> None:
     first = spool.put(b"m", Envelope("a@x", ["b@y"], 1), first_attempt_at=100.0, backoff=60)
     again = spool.load(first.id)
     assert again is not None and (again.attempts, again.next_attempt) == (1, 160.0)
+    assert not (tmp_path / "q" / f"{first.id}.state").exists(), "first state is in the .msg"
+    again.attempts, again.last_error = 2, "451 4.3.0 later"
+    spool.save_state(again)
+    third = spool.load(first.id)
+    assert third is not None and (third.attempts, third.last_error) == (2, "451 4.3.0 later")
 
 
 def _reference_data(stream: bytes) -> tuple[bytes, bytes] | None:
