@@ -22,6 +22,10 @@ from .smtpreply import enhance
 
 log = logging.getLogger("mailstack.smtp")
 
+#: control characters shown as "?" in a reply: a CR or LF from the client's input, echoed
+#: back, would otherwise start a new reply line
+_CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
+
 
 class ProtocolMixin:
     """Mix in before aiosmtpd's ``SMTP``/``LMTP`` class."""
@@ -63,9 +67,13 @@ class ProtocolMixin:
         command (RFC 2920 pipelining) or more lines of a multi-line reply follow, so that a
         pipelined MAIL/RCPT/DATA group costs one write instead of one per reply."""
         if isinstance(status, str):
+            if not status.isprintable():  # aiosmtpd echoes bad input ("command ... unknown")
+                status = status.translate(_CONTROLS)
             if not self._plain_reply:
                 status = enhance(status)
-            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")  # type: ignore[attr-defined]
+            # "replace": an argument echoed back may hold undecodable bytes (surrogates)
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii",  # type: ignore[attr-defined]
+                                   "replace")
         held = self._held
         if held is None:
             held = self._held = []
