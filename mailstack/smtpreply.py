@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _HAS_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(\s|$)")
 _REPLY = re.compile(r"(\d{3})([ -])(.*)", re.S)
@@ -41,6 +42,16 @@ _DEFAULT_ENHANCED = {
 
 def enhance(reply: str) -> str:
     """Add an enhanced status code to a one-line reply that lacks one."""
+    if reply[3:4] in (" ", "-") and _HAS_ENHANCED.match(reply, 4) and reply[:3] not in _REWRITTEN:
+        return reply  # our own replies: they have their code already
+    return _enhance(reply)
+
+
+_REWRITTEN = {prefix[:3] for prefix, _ in _REWRITES if _HAS_ENHANCED.match(prefix, 4)}
+
+
+@lru_cache(maxsize=512)  # aiosmtpd's replies: a small set of fixed texts
+def _enhance(reply: str) -> str:
     for prefix, new in _REWRITES:
         if reply.startswith(prefix):
             return new

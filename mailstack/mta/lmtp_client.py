@@ -54,12 +54,19 @@ class LMTPConnection:
         except (OSError, TimeoutError) as exc:
             raise LMTPError(f"cannot connect to the mda at {host}:{port}: {exc}") from None
         conn = cls(reader, writer, timeout)
-        greeting = await conn._reply()
-        if greeting.code != 220:
+        try:
+            async with asyncio.timeout(timeout):
+                greeting = await conn._reply()
+                if greeting.code != 220:
+                    raise LMTPError(f"mda greeting: {greeting}")
+                conn.writer.write(f"LHLO {helo}\r\n".encode())
+                lines = await conn._reply_lines()
+        except TimeoutError:
             conn.close()
-            raise LMTPError(f"mda greeting: {greeting}")
-        conn.writer.write(f"LHLO {helo}\r\n".encode())
-        lines = await conn._reply_lines()
+            raise LMTPError("mda timed out") from None
+        except LMTPError:
+            conn.close()
+            raise
         if lines[-1][0] != 250:
             conn.close()
             raise LMTPError(f"LHLO refused: {lines[-1][1]}")
@@ -67,21 +74,19 @@ class LMTPConnection:
         return conn
 
     async def _reply_lines(self) -> list[tuple[int, str]]:
+        """One reply; the caller bounds the time (one timeout per exchange, not per line)."""
         lines: list[tuple[int, str]] = []
         try:
-            async with asyncio.timeout(self.timeout):
-                while True:
-                    raw = await self.reader.readline()
-                    if not raw:
-                        raise LMTPError("mda closed the connection")
-                    m = _LINE.match(raw.rstrip(b"\r\n"))
-                    if not m:
-                        raise LMTPError(f"malformed reply from mda: {raw[:80]!r}")
-                    lines.append((int(m.group(1)), m.group(3).decode("utf-8", "replace")))
-                    if m.group(2) == b" ":
-                        return lines
-        except TimeoutError:
-            raise LMTPError("mda timed out") from None
+            while True:
+                raw = await self.reader.readline()
+                if not raw:
+                    raise LMTPError("mda closed the connection")
+                m = _LINE.match(raw.rstrip(b"\r\n"))
+                if not m:
+                    raise LMTPError(f"malformed reply from mda: {raw[:80]!r}")
+                lines.append((int(m.group(1)), m.group(3).decode("utf-8", "replace")))
+                if m.group(2) == b" ":
+                    return lines
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise LMTPError(f"mda connection lost: {exc}") from None
 
@@ -98,7 +103,11 @@ class LMTPConnection:
         ``retry``: this entry may have reached the mda before (ask it to check its journal).
         """
         try:
-            return await self._deliver(envid, sender, rcpts, data, body8, smtputf8, retry)
+            async with asyncio.timeout(self.timeout):
+                return await self._deliver(envid, sender, rcpts, data, body8, smtputf8, retry)
+        except TimeoutError:
+            self.broken = True
+            raise LMTPError("mda timed out") from None
         except BaseException:
             self.broken = True
             raise

@@ -118,13 +118,14 @@ class Spool:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._dir = str(directory)
         self._puts: GroupCommit[NewEntry, QueueEntry | OSError] = GroupCommit(
             self.put_many, name="queue-put")
         self._removes: GroupCommit[str, bool] = GroupCommit(self.remove_many,
                                                             name="queue-remove")
 
-    def _p(self, qid: str, ext: str) -> Path:
-        return self.dir / f"{qid}.{ext}"
+    def _p(self, qid: str, ext: str) -> str:
+        return f"{self._dir}/{qid}.{ext}"  # a str: this is on every message's path
 
     # -- writing ----------------------------------------------------------------------------
     def put(self, message: bytes, envelope: Envelope, qid: str | None = None, *,
@@ -173,7 +174,7 @@ class Spool:
         if item.first_attempt_at is not None:
             entry.attempts = 1
             entry.next_attempt = item.first_attempt_at + item.backoff
-        tmp = self.dir / f".{qid}.msg.tmp"
+        tmp = f"{self._dir}/.{qid}.msg.tmp"
         head = {**vars(envelope), "state": {"attempts": entry.attempts,
                                             "next_attempt": entry.next_attempt}}
         line = json.dumps(head, separators=(",", ":")).encode() + b"\n"
@@ -187,7 +188,7 @@ class Spool:
         return entry
 
     def _discard(self, qid: str) -> None:
-        for path in (self.dir / f".{qid}.msg.tmp", self._p(qid, "msg"), self._p(qid, "state")):
+        for path in (f"{self._dir}/.{qid}.msg.tmp", self._p(qid, "msg"), self._p(qid, "state")):
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
@@ -195,7 +196,7 @@ class Spool:
         state = {"attempts": entry.attempts, "next_attempt": entry.next_attempt,
                  "last_error": entry.last_error,
                  "recipients": [vars(r) for r in entry.recipients]}
-        tmp = self.dir / f".{entry.id}.state.tmp"
+        tmp = f"{self._dir}/.{entry.id}.state.tmp"
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600),
                   "wb") as fh:
             fh.write(json.dumps(state).encode())
@@ -253,7 +254,7 @@ class Spool:
         entry = QueueEntry(qid, envelope, [Recipient(a) for a in envelope.recipients],
                            recovered=True)
         try:
-            state = json.loads(self._p(qid, "state").read_bytes())
+            state = json.loads(Path(self._p(qid, "state")).read_bytes())
         except FileNotFoundError:
             state = first  # never changed since it was queued
         except ValueError as exc:
@@ -271,7 +272,7 @@ class Spool:
 
     def read_message(self, qid: str) -> bytes:
         """The message without its envelope line."""
-        raw = self._p(qid, "msg").read_bytes()
+        raw = Path(self._p(qid, "msg")).read_bytes()
         return raw[raw.index(b"\n") + 1:]
 
     def load_all(self) -> list[QueueEntry]:
