@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from .config import Config
+from .memtrim import trim_forever
 from .netserver import BindError, install_uvloop, raise_nofile_limit
 
 DAEMONS: dict[str, str] = {
@@ -79,7 +80,11 @@ def run(name: str, cfg: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(cfg, stop)
+        trimmer = asyncio.create_task(trim_forever())
+        try:
+            await serve(cfg, stop)
+        finally:
+            trimmer.cancel()
 
     try:
         asyncio.run(main())

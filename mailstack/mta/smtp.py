@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import binascii
 import logging
+import ssl
 from base64 import b64decode
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
 from ..address import AddressError, parse_mailbox, split_path
+from ..netserver import starttls
 from ..smtpbase import ProtocolMixin
 
 log = logging.getLogger("mailstack.mta")
@@ -69,15 +71,51 @@ class MailstackSMTP(ProtocolMixin, SMTP):
             return False
         return True
 
+    @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
-        """Discard whatever the client pipelined behind STARTTLS (RFC 3207 §4.2; the
-        CVE-2011-0411 injection): aiosmtpd would otherwise read it as if it came over TLS."""
+        """RFC 3207 STARTTLS through ``loop.start_tls`` (uvloop's own TLS layer).
+
+        aiosmtpd wraps the transport in asyncio's pure-Python ``SSLProtocol`` itself; under
+        uvloop that kept 2.5-3 KiB of C memory per upgraded connection for good (measured over
+        6,000 connections); ``start_tls`` keeps none. Whatever the client pipelined behind the
+        command is discarded (RFC 3207 §4.2; the CVE-2011-0411 injection), and the session
+        starts afresh, as after a new connection.
+        """
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if not self.tls_context or self._tls_protocol is not None:
+            await self.push("454 4.7.0 TLS not available" if not self.tls_context
+                            else "503 5.5.1 TLS already active")
+            return
+        peer = self.session.peer if self.session else None
         buffered = self._reader._buffer  # type: ignore[attr-defined]
-        if buffered and not arg and self.tls_context:
+        dropped = len(buffered)
+        buffered.clear()  # before the 220, which is held back while input is pending
+        await self.push("220 2.0.0 Ready to start TLS")
+        try:
+            dropped += await starttls(self._reader, self._writer, self.tls_context,
+                                      timeout=float(self._timeout_duration or 30))
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.info("%s: TLS handshake failed: %s", peer[0] if peer else "?", exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if dropped:
             log.warning("%s: discarded %d octets pipelined after STARTTLS",
-                        self.session.peer[0] if self.session else "?", len(buffered))
-            buffered.clear()
-        await super().smtp_STARTTLS(arg)
+                        peer[0] if peer else "?", dropped)
+        transport = self._writer.transport
+        self.transport = transport
+        self._tls_protocol = transport  # aiosmtpd tests it for "TLS is on"
+        self._set_rset_state()
+        self.session = self._create_session()
+        self.session.peer = peer
+        self.session.ssl = {key: transport.get_extra_info(key) for key in
+                            ("sslcontext", "ssl_object", "peercert", "cipher", "compression")}
+        self._reset_timeout()
+        hook = self._handle_hooks.get("STARTTLS")
+        self._tls_handshake_okay = True if hook is None else hook(self, self.session,
+                                                                    self.envelope)
 
     # -- AUTH -------------------------------------------------------------------------------
     async def _client_response(self, args: list[str], challenge: str) -> bytes | None:
