@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from .config import Config
-from .memtrim import trim_forever
+from .memtrim import configure_allocator, trim_forever
 from .netserver import BindError, install_uvloop, raise_nofile_limit
 
 DAEMONS: dict[str, str] = {
@@ -73,6 +73,7 @@ def run(name: str, cfg: Config) -> int:
     serve = load_serve(name)
     install_uvloop()
     raise_nofile_limit()
+    configure_allocator()
     log = logging.getLogger(f"mailstack.{name}")
 
     async def main() -> None:
