@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import threading
 import time
@@ -48,34 +49,53 @@ class DeliveryLog:
     """Journal of finished deliveries: ``<dir>/YYYYMMDD.log``, one ``envid rcpt key`` a line.
 
     :meth:`record` appends and fdatasyncs (no new file, no directory sync, except once a day).
-    :meth:`lookup` answers from memory: records made by this process, plus — once a lookup
-    asks for it (``thorough``, used for retries) — everything in the journals on disk.
+    :meth:`lookup` answers from the most recent ``RECENT`` records kept in memory and — for
+    retries (``thorough``) — by searching the journal files on disk, newest first, from the day
+    the queue id was made on (a few C-speed ``find`` calls over memory-mapped files). Memory
+    stays bounded however long the mda runs; retries are rare, so the search costs little.
     """
+
+    RECENT = 20_000
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self._index: dict[tuple[str, str], str] = {}
-        self._loaded = False
         self._fd: int | None = None
         self._day = ""
         self._lock = threading.Lock()
 
-    def _load_all(self) -> None:
-        for path in sorted(self.dir.glob("*.log")):
-            with contextlib.suppress(OSError):
-                for line in path.read_text("utf-8", "replace").splitlines():
-                    parts = line.split(" ")
-                    if len(parts) == 3:
-                        self._index.setdefault((parts[0], parts[1]), parts[2])
-        self._loaded = True
-
     def lookup(self, envid: str, rcpt: str, *, thorough: bool = True) -> str | None:
         """The Maildir key recorded for (envid, rcpt), or None."""
         with self._lock:
-            if thorough and not self._loaded:
-                self._load_all()
-            return self._index.get((envid, rcpt))
+            key = self._index.get((envid, rcpt))
+        if key is None and thorough:
+            key = self._search(envid, rcpt)
+        return key
+
+    def _search(self, envid: str, rcpt: str) -> str | None:
+        needle = f"{envid} {rcpt} ".encode()
+        since = _queue_day(envid)
+        for path in sorted(self.dir.glob("*.log"), reverse=True):
+            if since and path.stem < since:
+                break
+            try:
+                with open(path, "rb") as fh:
+                    if os.fstat(fh.fileno()).st_size == 0:
+                        continue
+                    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                        if data[:len(needle)] == needle:
+                            at = 0
+                        else:  # only at the start of a line
+                            at = data.find(b"\n" + needle) + 1
+                            if not at:
+                                continue
+                        end = data.find(b"\n", at)
+                        line = data[at:end if end >= 0 else len(data)]
+            except OSError:
+                continue
+            return line[len(needle):].decode("utf-8", "replace").strip() or None
+        return None
 
     def record(self, envid: str, rcpt: str, key: str) -> None:
         self.record_many([(envid, rcpt, key)])
@@ -99,8 +119,11 @@ class DeliveryLog:
             while view:
                 view = view[os.write(self._fd, view):]
             os.fdatasync(self._fd)
+            index = self._index
             for envid, rcpt, key in records:
-                self._index[(envid, rcpt)] = key
+                index[(envid, rcpt)] = key
+            while len(index) > self.RECENT:  # forget the oldest (dicts keep insertion order)
+                del index[next(iter(index))]
 
     def prune(self, now: float | None = None) -> int:
         """Forget journals older than LOG_RETENTION; returns how many files went."""
@@ -111,11 +134,19 @@ class DeliveryLog:
                 with contextlib.suppress(OSError):
                     path.unlink()
                     removed += 1
-        if removed:
-            with self._lock:
-                self._index.clear()
-                self._loaded = False
         return removed
+
+
+def _queue_day(envid: str) -> str:
+    """``YYYYMMDD`` (UTC) of a mailstack queue id (µs since the epoch in its first 13 hex
+    digits), or "" for another kind of envelope id."""
+    try:
+        micros = int(envid[:13], 16)
+    except ValueError:
+        return ""
+    if len(envid) != 19 or not 10**15 < micros < 10**17:
+        return ""
+    return time.strftime("%Y%m%d", time.gmtime(micros / 1e6 - 86400))  # a day of slack
 
 
 def valid_envid(envid: str) -> bool:

@@ -80,3 +80,17 @@ def test_scan_orders_by_delivery_time_numerically(tmp_path: Path) -> None:
         (box.root / "new" / name).write_bytes(b"x")
     assert [m.key for m in box.scan()] == ["1699999999.M5P1Q1R0.h", "1700000000.M99999P1Q2R0.h",
                                            "1700000000.M100000P1Q3R0.h"]
+
+
+def test_journal_memory_is_bounded_and_retries_search_the_files(tmp_path: Path) -> None:
+    dlog = DeliveryLog(tmp_path / "dlog")
+    dlog.RECENT = 10
+    dlog.record_many([(f"Q{i}", "a@x.test", f"key{i}") for i in range(50)])
+    dlog.record("XQ7", '"a b"@x.test', "spaced")
+    assert len(dlog._index) == 10
+    assert dlog.lookup("Q3", "a@x.test", thorough=False) is None  # forgotten in memory …
+    assert dlog.lookup("Q3", "a@x.test") == "key3"  # … but on disk for a retry
+    assert dlog.lookup("Q0", "a@x.test") == "key0"  # the file's first line
+    assert dlog.lookup("Q7", '"a b"@x.test') is None  # no match inside another line
+    assert DeliveryLog(tmp_path / "dlog").lookup("XQ7", '"a b"@x.test') == "spaced"
+    assert dlog.lookup("Q99", "a@x.test") is None
