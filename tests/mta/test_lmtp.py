@@ -12,10 +12,11 @@ from ..conftest import add_user, running
 from .test_bad_input import Client
 
 
-async def _lmtp(cfg: Config) -> Client:
+async def lmtp_session(cfg: Config) -> Client:
+    """A raw LMTP session after LHLO (which must offer what the mta's client relies on)."""
     c = await Client.connect(cfg.port("mda", "lmtp"))
     lhlo = await c.cmd("LHLO mta.example.test")
-    assert "PIPELINING" in lhlo and "ENHANCEDSTATUSCODES" in lhlo
+    assert all(ext in lhlo for ext in ("PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING")), lhlo
     return c
 
 
@@ -23,7 +24,7 @@ async def test_one_reply_per_recipient_after_data(cfg: Config) -> None:
     add_user(cfg, "alice@example.test")
     add_user(cfg, "bob@example.test")
     async with running("mda", cfg):
-        c = await _lmtp(cfg)
+        c = await lmtp_session(cfg)
         assert (await c.cmd("MAIL FROM:<s@example.org>")).startswith("250")
         assert (await c.cmd("RCPT TO:<alice@example.test>")).startswith("250")
         assert (await c.cmd("RCPT TO:<ghost@example.test>")).startswith("550 5.1.1")

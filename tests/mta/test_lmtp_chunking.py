@@ -9,24 +9,18 @@ from mailstack.config import Config
 from mailstack.mta.lmtp_client import LMTPConnection
 
 from ..conftest import add_user, running
-from .test_bad_input import Client
+from .test_lmtp import lmtp_session
 
 
 def inbox(cfg: Config, user: str) -> list[Path]:
     return sorted((cfg.data_dir / "mail" / "example.test" / user / "new").iterdir())
 
 
-async def _lmtp(cfg: Config) -> Client:
-    c = await Client.connect(cfg.port("mda", "lmtp"))
-    assert "CHUNKING" in await c.cmd("LHLO mta.example.test")
-    return c
-
-
 async def test_bdat_last_gets_one_reply_per_recipient(cfg: Config) -> None:
     add_user(cfg, "alice@example.test")
     add_user(cfg, "bob@example.test")
     async with running("mda", cfg):
-        c = await _lmtp(cfg)
+        c = await lmtp_session(cfg)
         msg = b"Subject: chunked\r\n\r\nline one\r\n.\r\nafter a lone dot\r\n"
         c.writer.write(b"MAIL FROM:<s@example.org>\r\nRCPT TO:<alice@example.test>\r\n"
                        b"RCPT TO:<ghost@example.test>\r\nRCPT TO:<bob@example.test>\r\n"
@@ -43,7 +37,7 @@ async def test_bdat_last_gets_one_reply_per_recipient(cfg: Config) -> None:
 async def test_several_chunks_make_one_message(cfg: Config) -> None:
     add_user(cfg, "alice@example.test")
     async with running("mda", cfg):
-        c = await _lmtp(cfg)
+        c = await lmtp_session(cfg)
         assert (await c.cmd("MAIL FROM:<s@example.org>")).startswith("250")
         assert (await c.cmd("RCPT TO:<alice@example.test>")).startswith("250")
         assert (await c.cmd(b"BDAT 16\r\nSubject: two\r\n\r\n")).startswith("250 2.0.0 16 octets")
@@ -57,7 +51,7 @@ async def test_chunk_octets_are_never_read_as_commands(cfg: Config) -> None:
     """A chunk refused for want of recipients is still consumed in full."""
     add_user(cfg, "alice@example.test")
     async with running("mda", cfg):
-        c = await _lmtp(cfg)
+        c = await lmtp_session(cfg)
         smuggled = (b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<alice@example.test>\r\n"
                     b"BDAT 4 LAST\r\nbad\n")
         c.writer.write(b"BDAT %d LAST\r\n" % len(smuggled) + smuggled)
@@ -72,7 +66,7 @@ async def test_too_big_chunk_is_skipped_and_refused_per_recipient(config_factory
     add_user(cfg, "alice@example.test")
     add_user(cfg, "bob@example.test")
     async with running("mda", cfg):
-        c = await _lmtp(cfg)
+        c = await lmtp_session(cfg)
         big = (b"RSET\r\n" * 20000)[:200_000]
         c.writer.write(b"MAIL FROM:<s@example.org>\r\nRCPT TO:<alice@example.test>\r\n"
                        b"RCPT TO:<bob@example.test>\r\nBDAT %d LAST\r\n" % len(big) + big)
@@ -86,7 +80,7 @@ async def test_too_big_chunk_is_skipped_and_refused_per_recipient(config_factory
 
 async def test_malformed_bdat_closes_the_connection(cfg: Config) -> None:
     async with running("mda", cfg):
-        c = await _lmtp(cfg)
+        c = await lmtp_session(cfg)
         assert (await c.cmd("BDAT many LAST")).startswith("501 5.5.4")
         assert await c.reply() == "EOF"
         c.close()
@@ -126,7 +120,7 @@ async def test_too_big_data_is_refused_once_per_recipient(config_factory) -> Non
     add_user(cfg, "alice@example.test")
     add_user(cfg, "bob@example.test")
     async with running("mda", cfg):
-        c = await _lmtp(cfg)
+        c = await lmtp_session(cfg)
         c.writer.write(b"MAIL FROM:<s@example.org>\r\nRCPT TO:<alice@example.test>\r\n"
                        b"RCPT TO:<bob@example.test>\r\nDATA\r\n")
         assert [(await c.reply())[:3] for _ in range(4)] == ["250", "250", "250", "354"]
