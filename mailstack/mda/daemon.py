@@ -100,18 +100,7 @@ class DeliveryHandler:
             if isinstance(ready, Delivered):
                 path, note = ready.path, "already delivered"
             else:
-                mine = asyncio.get_running_loop().create_future()
-                if flight:
-                    self._in_flight[flight] = mine
-                try:
-                    result = await self.committer.submit(ready)
-                finally:
-                    if flight and self._in_flight.get(flight) is mine:
-                        del self._in_flight[flight]
-                    mine.set_result("")
-                if isinstance(result, OSError):
-                    raise result
-                path, note = result, "delivered"
+                path, note = await self._commit(ready, flight), "delivered"
         except OSError as exc:
             log.error("%s: to=<%s>, status=deferred (452 4.3.1 %s)", qid, rcpt,
                       exc.strerror or exc)
@@ -119,6 +108,22 @@ class DeliveryHandler:
         log.info("%s: to=<%s>, size=%d, delay=%.3f, status=%s (%s)", qid, rcpt, len(data),
                  time.monotonic() - started, note, path)
         return f"250 2.0.0 <{rcpt}> {note}"
+
+
+    async def _commit(self, ready: Copy, flight: tuple[str, str] | None) -> Path:
+        """Commit one copy (group commit); concurrent repeats of ``flight`` wait for it."""
+        mine: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if flight:
+            self._in_flight[flight] = mine
+        try:
+            result = await self.committer.submit(ready)
+        finally:
+            if flight and self._in_flight.get(flight) is mine:
+                del self._in_flight[flight]
+            mine.set_result("")
+        if isinstance(result, OSError):
+            raise result
+        return result
 
 
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
