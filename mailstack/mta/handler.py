@@ -114,7 +114,13 @@ class MTAHandler:
             fault = await inject(self.cfg, "data", list(envelope.rcpt_tos), peer)
             if fault:
                 return fault
-        hops = count_received(header_block(raw))
+        head = header_block(raw)
+        if head.count(b"\r") != head.count(b"\r\n"):
+            # RFC 5322 2.2: a bare CR has no place in a header, and parsers disagree on whether
+            # it ends a line: "Subject: x\rBcc: y" would be one field here, two for others
+            log.warning("%s: message refused: bare CR in its header", peer)
+            return "554 5.6.0 Bare CR in the message header (RFC 5322 2.2): not accepted"
+        hops = count_received(head)
         if hops >= self.cfg.mta.max_hops:
             log.warning("%s: message refused: %d Received headers (mail loop?)", peer, hops)
             return f"554 5.4.6 Too many hops ({hops} Received headers): mail loop?"

@@ -121,6 +121,25 @@ async def test_smtp_smuggling_cannot_split_a_message(stack: Stack, smuggle: byte
     assert stack.messages("bob@example.test") == [], "no second message was smuggled"
 
 
+async def test_bare_cr_in_the_header_is_refused(stack: Stack) -> None:
+    """Parsers disagree on whether a bare CR ends a header line: no such message gets in."""
+    c = await Client.connect(stack.smtp)
+    await c.cmd("EHLO x")
+    await c.cmd("MAIL FROM:<a@example.org>")
+    await c.cmd("RCPT TO:<alice@example.test>")
+    await c.cmd("DATA")
+    reply = await c.cmd(b"Subject: hi\rBcc: bob@example.test\r\n\r\nbody\r\n.\r\n")
+    assert reply.startswith("554 5.6.0"), reply
+    await c.cmd("MAIL FROM:<a@example.org>")
+    await c.cmd("RCPT TO:<alice@example.test>")
+    await c.cmd("DATA")
+    reply = await c.cmd(b"Subject: fine\r\n\r\na bare \r in the body is kept\r\n.\r\n")
+    assert reply.startswith("250"), reply
+    c.close()
+    msgs = await stack.wait_messages("alice@example.test", 1)
+    assert len(msgs) == 1 and b"Subject: fine" in msgs[0]
+
+
 async def test_pipelined_commands_after_starttls_are_discarded(stack: Stack) -> None:
     c = await Client.connect(stack.smtp)
     await c.cmd("EHLO x")
