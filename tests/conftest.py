@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from mailstack.config import Config, load
 from mailstack.daemon import load_serve
 from mailstack.store.maildir import create_user_mailbox
+from mailstack.testing.ports import free_port
 from mailstack.tls import client_context, ensure_tls_files
 from mailstack.users import UserDB
 
@@ -24,12 +24,6 @@ PORT_KEYS = {
     "pop3": ("pop3", "pop3s"),
     "autoconfig": ("http",),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, extra: str = "", *, domains: tuple[str, ...] = ("example.test",),

@@ -42,6 +42,7 @@ from ..tls import client_context, ensure_tls_files
 from ..users import UserDB, normalize_address
 from .launcher import Launcher, get_launcher
 from .mailboxes import original_recipients, read_folder, subject_matches
+from .ports import free_port
 
 DAEMONS = ("mda", "mta", "imap", "pop3")
 LISTENERS = {"mta": ("smtp", "submission", "submissions"), "mda": ("lmtp",),
@@ -67,12 +68,6 @@ class User:
 
     def __str__(self) -> str:
         return self.address
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _toml(value: Any) -> str:
@@ -186,7 +181,7 @@ class MailStack:
             self.base = Path(tempfile.mkdtemp(prefix="mailstack-"))
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "logs").mkdir(exist_ok=True)
-        self.ports = {name: _free_port() for names in LISTENERS.values() for name in names}
+        self.ports = {name: free_port() for names in LISTENERS.values() for name in names}
         config_path = self.base / "mailstack.toml"
         config_path.write_text(self._config_text())
         self.cfg = load(config_path, env={})
