@@ -271,3 +271,15 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+def test_an_account_removed_by_reset_is_refused_at_once(stack: MailStack) -> None:
+    stack.reset()
+    dora = stack.add_user("dora@example.test")
+    _smtp_send(stack, [dora.address], "before")  # the mta has the account in memory now
+    stack.reset()
+    with smtplib.SMTP(stack.host, stack.ports["smtp"], timeout=10) as s:
+        s.ehlo()
+        s.mail("app@example.test")
+        code, _ = s.rcpt(dora.address)
+    assert code == 550
