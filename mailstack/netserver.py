@@ -248,6 +248,18 @@ class LineReader:
         async with asyncio.timeout(self.timeout):
             return await self.reader.readexactly(n)
 
+    async def read_into(self, buf: bytearray, n: int, chunk: int = 1 << 18) -> None:
+        """Append exactly ``n`` octets to ``buf``, read in pieces (the idle timeout applies to
+        each): a big literal is copied once, not gathered in the stream's buffer first.
+        Raises IncompleteReadError at EOF, TimeoutError when the client goes quiet."""
+        while n > 0:
+            async with asyncio.timeout(self.timeout):
+                piece = await self.reader.read(min(n, chunk))
+            if not piece:
+                raise asyncio.IncompleteReadError(b"", n)
+            buf += piece
+            n -= len(piece)
+
 
 def set_keepalive(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")

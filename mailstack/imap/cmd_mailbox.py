@@ -324,7 +324,7 @@ async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if p.peek() == 0x22:
         date = p.date_time()
         p.sp()
-    data = p.literal()
+    data = p.literal_view()
     p.end()
     md = existing_maildir(s, name)
     if not data:

@@ -191,7 +191,7 @@ class Session:
                 self.send(b"+ Ready for literal data\r\n")
                 await self.flush()
             try:
-                buf += await self.lines.readexactly(size)
+                await self.lines.read_into(buf, size)
             except asyncio.IncompleteReadError:
                 raise Disconnect() from None
 

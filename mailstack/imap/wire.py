@@ -171,6 +171,10 @@ class Parser:
             out.append(c)
 
     def literal(self) -> bytes:
+        return bytes(self.literal_view())
+
+    def literal_view(self) -> memoryview:
+        """The next literal without copying it (APPEND's message can be tens of MiB)."""
         m = _LITERAL_RE.match(self.data, self.pos)
         if not m:
             raise ParseError("bad literal")
@@ -179,7 +183,7 @@ class Parser:
         if start + size > len(self.data):
             raise ParseError("truncated literal")
         self.pos = start + size
-        return self.data[start:self.pos]
+        return memoryview(self.data)[start:self.pos]
 
     def string(self) -> bytes:
         c = self.peek()

@@ -57,6 +57,41 @@ def crlf_size(disk: bytes) -> int:
     return len(disk) + disk.count(b"\n") - disk.count(b"\r\n")
 
 
+def lf_pieces(data: bytes | memoryview, piece: int = 1 << 20) -> Iterator[bytes]:
+    """:func:`to_lf` of ``data`` in pieces of about ``piece`` octets, cut after a LF where the
+    piece has one, so that no CR LF of the wire is split (count sizes with :class:`PieceSizes`)."""
+    if len(data) <= piece:
+        yield to_lf(bytes(data))
+        return
+    view = memoryview(data)
+    pos, n = 0, len(view)
+    while pos < n:
+        chunk = bytes(view[pos:pos + piece])
+        if pos + len(chunk) < n:
+            cut = chunk.rfind(b"\n") + 1
+            if cut:
+                chunk = chunk[:cut]
+            elif chunk.endswith(b"\r") and len(chunk) > 1:  # a line longer than a piece:
+                # keep the CR with the LF that may follow it
+                chunk = chunk[:-1]
+        pos += len(chunk)
+        yield to_lf(chunk)
+
+
+class PieceSizes:
+    """Size and CRLF size (``W=``) of disk text seen piece by piece (a CR at the end of one
+    piece and a LF at the start of the next are one CRLF)."""
+
+    def __init__(self) -> None:
+        self.size = self.vsize = 0
+        self._cr = False
+
+    def add(self, piece: bytes) -> None:
+        self.size += len(piece)
+        self.vsize += crlf_size(piece) - int(self._cr and piece[:1] == b"\n")
+        self._cr = piece[-1:] == b"\r"
+
+
 def unique_name(size: int, vsize: int) -> str:
     """A Maildir unique name: ``<sec>.M<usec>P<pid>Q<n>R<rand>.<host>,S=<size>,W=<vsize>``."""
     now = time.time()
@@ -261,19 +296,23 @@ class Maildir:
             os.unlink(moved.path(self.root))
             return True
 
-    def deliver(self, data: bytes, *, flags: str = "", sync: bool = True) -> MaildirMessage:
+    def deliver(self, data: bytes | memoryview, *, flags: str = "",
+                sync: bool = True) -> MaildirMessage:
         """Store ``data`` (CRLF or LF line ends) durably; returns the new message.
 
         tmp/ → fsync → rename into new/ (or cur/ when flags are given) → fsync the directory.
+        A big message is converted and written piece by piece (:func:`lf_pieces`), so storing
+        it needs no second copy of it in memory; its name gets its sizes once it is written.
         """
-        disk = to_lf(data)
-        key = unique_name(len(disk), crlf_size(disk))
-        tmp = self.root / "tmp" / key
+        tmp = self.root / "tmp" / unique_name(0, 0)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        sizes = PieceSizes()
         try:
-            view = memoryview(disk)
-            while view:
-                view = view[os.write(fd, view):]
+            for piece in lf_pieces(data):
+                sizes.add(piece)
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view):]
             if sync:
                 os.fsync(fd)
         except BaseException:
@@ -281,6 +320,7 @@ class Maildir:
             _unlink_quiet(tmp)
             raise
         os.close(fd)
+        key = unique_name(sizes.size, sizes.vsize)
         if flags:
             flags = "".join(sorted(set(flags)))
             msg = MaildirMessage(key, "cur", f"{key}{INFO_SEP}{flags}", flags)

@@ -337,7 +337,9 @@ def test_pop3_endless_line(stack: Stack, login: bool) -> None:
 # -- the meter itself --------------------------------------------------------------------------
 def test_meter_sees_a_literal_the_server_does_buffer(stack: Stack) -> None:
     """Control: a legitimate 40 MiB APPEND literal (under max_literal) is held in memory while
-    it is read, and the sampler sees it, so the bounds above are not vacuous."""
+    it is read, and the sampler sees it, so the bounds above are not vacuous. It costs about
+    twice its size (the command buffer, then the message; it is converted and written in
+    pieces): 3.4 times before the literal was read in pieces and stored from a view."""
     add_user(stack.cfg, "carol@example.test", PASSWORD)
     c = Raw(stack.port("imap", "imap"))
     assert c.line().startswith(b"* OK")
@@ -347,5 +349,5 @@ def test_meter_sees_a_literal_the_server_does_buffer(stack: Stack) -> None:
     with measure(stack, "imap", "control: a legitimate 40 MiB literal") as m:
         c.stream(size, LINE_CHUNK)
         assert c.cmd(b"").startswith(b"A1 OK"), "APPEND of the control message failed"
-    assert m.growth >= size
+    assert size <= m.growth <= 2.5 * size, m.growth / MiB
     c.close()

@@ -5,8 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from mailstack.mda.delivery import DeliveryLog, deliver
-from mailstack.store.maildir import Maildir, create_user_mailbox, crlf_size, to_crlf
+from mailstack.store.maildir import (
+    Maildir,
+    PieceSizes,
+    create_user_mailbox,
+    crlf_size,
+    lf_pieces,
+    to_crlf,
+    to_lf,
+)
 
 
 def test_delivery_layout_and_sizes(tmp_path: Path) -> None:
@@ -94,3 +105,25 @@ def test_journal_memory_is_bounded_and_retries_search_the_files(tmp_path: Path) 
     assert dlog.lookup("Q7", '"a b"@x.test') is None  # no match inside another line
     assert DeliveryLog(tmp_path / "dlog").lookup("XQ7", '"a b"@x.test') == "spaced"
     assert dlog.lookup("Q99", "a@x.test") is None
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"\r\r\n", b"x" * 5]), max_size=60),
+       st.integers(2, 9))
+def test_lf_pieces_add_up_to_to_lf(parts: list[bytes], piece: int) -> None:
+    data = b"".join(parts)
+    pieces = list(lf_pieces(memoryview(data), piece))
+    assert b"".join(pieces) == to_lf(data)
+    sizes = PieceSizes()
+    for p in pieces:
+        sizes.add(p)
+    assert (sizes.size, sizes.vsize) == (len(to_lf(data)), crlf_size(to_lf(data)))
+
+
+def test_big_message_is_stored_in_pieces_with_the_right_sizes(tmp_path: Path) -> None:
+    box = create_user_mailbox(tmp_path, "a@x.test")
+    wire = b"Subject: big\r\n\r\n" + (b"y" * 70 + b"\r\n") * 40_000 + b"no final newline"
+    msg = box.deliver(memoryview(wire))
+    disk = box.read(msg)
+    assert disk == to_lf(wire)
+    assert f",S={len(disk)},W={len(to_crlf(disk))}" in msg.key
+    assert not list((box.root / "tmp").iterdir())
