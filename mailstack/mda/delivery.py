@@ -55,7 +55,7 @@ class DeliveryLog:
     stays bounded however long the mda runs; retries are rare, so the search costs little.
     """
 
-    RECENT = 20_000
+    RECENT = 4096  # ~1 MiB; first attempts only look here, retries also search the files
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
