@@ -140,6 +140,32 @@ async def test_bare_cr_in_the_header_is_refused(stack: Stack) -> None:
     assert len(msgs) == 1 and b"Subject: fine" in msgs[0]
 
 
+async def test_starttls_abuse(stack: Stack) -> None:
+    """A handshake that is not TLS, a second STARTTLS, an argument, a client that leaves
+    mid-handshake: each ends that session only, and the mta keeps serving."""
+    c = await Client.connect(stack.smtp)
+    await c.cmd("EHLO x")
+    assert (await c.cmd("STARTTLS now")).startswith("501 5.5.4")
+    assert (await c.cmd("STARTTLS")).startswith("220")
+    c.writer.write(b"EHLO this is not a TLS ClientHello\r\n" * 20)
+    assert await c.reply() == "EOF"  # the server drops the connection
+    c.close()
+    half = await Client.connect(stack.smtp)
+    await half.cmd("EHLO x")
+    assert (await half.cmd("STARTTLS")).startswith("220")
+    half.close()  # gone before the handshake
+    tls = await Client.connect(stack.smtp)
+    await tls.cmd("EHLO x")
+    await tls.starttls(stack.ssl)
+    assert "STARTTLS" not in await tls.cmd("EHLO x")
+    assert (await tls.cmd("STARTTLS")).startswith("503 5.5.1")
+    assert (await tls.cmd("NOOP")).startswith("250")
+    tls.close()
+    other = await Client.connect(stack.smtp)
+    assert (await other.cmd("NOOP")).startswith("250")
+    other.close()
+
+
 async def test_pipelined_commands_after_starttls_are_discarded(stack: Stack) -> None:
     c = await Client.connect(stack.smtp)
     await c.cmd("EHLO x")
