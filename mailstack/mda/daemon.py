@@ -11,7 +11,6 @@ import contextlib
 import logging
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
@@ -41,7 +40,7 @@ class DeliveryHandler:
         self.cfg = cfg
         self.users = users
         self.dlog = dlog
-        self.committer: GroupCommit[Copy, Path | OSError] = GroupCommit(
+        self.committer: GroupCommit[Copy, str | OSError] = GroupCommit(
             partial(commit_copies, dlog=dlog), name="mda-commit")
         #: (queue id, recipient) of copies being committed: a concurrent repeat waits for them
         self._in_flight: dict[tuple[str, str], asyncio.Future[str]] = {}
@@ -110,7 +109,7 @@ class DeliveryHandler:
         return f"250 2.0.0 <{rcpt}> {note}"
 
 
-    async def _commit(self, ready: Copy, flight: tuple[str, str] | None) -> Path:
+    async def _commit(self, ready: Copy, flight: tuple[str, str] | None) -> str:
         """Commit one copy (group commit); concurrent repeats of ``flight`` wait for it."""
         mine: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         if flight:

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from ..fsutil import fsync_dir
@@ -35,6 +36,7 @@ from ..store.maildir import (
     Maildir,
     MaildirMessage,
     crlf_size,
+    mailbox_path,
     open_user_mailbox,
     to_lf,
     unique_name,
@@ -167,13 +169,27 @@ def build_copy(data: bytes, sender: str, rcpt: str) -> bytes:
 
 @dataclass(frozen=True)
 class Copy:
-    """A copy ready to commit: its bytes, its Maildir and its unique name."""
+    """A copy ready to commit: its bytes, its Maildir (as a string: this is the hot path) and
+    its unique name."""
 
-    root: Path
+    root: str
     key: str
     disk: bytes
     envid: str | None
     rcpt: str
+
+
+def _mailbox_root(data_dir: Path, account: str) -> str:
+    """The account's INBOX directory, created (with its folders) when it is missing."""
+    root = _mailbox_path(data_dir, account)
+    if not os.path.isdir(f"{root}/tmp"):  # one stat: the path itself is remembered
+        open_user_mailbox(data_dir, account)
+    return root
+
+
+@lru_cache(maxsize=4096)
+def _mailbox_path(data_dir: Path, account: str) -> str:
+    return str(mailbox_path(data_dir, account))
 
 
 def prepare(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
@@ -182,27 +198,28 @@ def prepare(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
 
     ``retry=False`` (the mta's first attempt in its lifetime) skips loading old journals.
     """
-    box = open_user_mailbox(data_dir, account)
     if envid and dlog is not None:
         key = dlog.lookup(envid, rcpt, thorough=retry)
         if key is not None:
-            return Delivered(_complete(box, key), duplicate=True)
+            return Delivered(_complete(open_user_mailbox(data_dir, account), key),
+                             duplicate=True)
     disk = build_copy(data, sender, rcpt)
-    return Copy(box.root, unique_name(len(disk), crlf_size(disk)), disk, envid, rcpt)
+    return Copy(_mailbox_root(data_dir, account), unique_name(len(disk), crlf_size(disk)), disk,
+                envid, rcpt)
 
 
-def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[Path | OSError]:
+def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str | OSError]:
     """Make prepared copies durable together (steps 1 to 3 of the module docstring, batched).
 
     Every file is written and fsynced, then one journal append + fdatasync covers them all,
     then each is renamed into ``new/`` and each ``new/`` directory is fsynced once. Returns,
     per copy, its path in ``new/`` or the OSError that stopped it (the mta will retry).
     """
-    results: list[Path | OSError] = [OSError("not committed")] * len(copies)
+    results: list[str | OSError] = [OSError("not committed")] * len(copies)
     written: list[int] = []
     for i, c in enumerate(copies):
         try:
-            _write_synced(c.root / "tmp" / c.key, c.disk)
+            _write_synced(f"{c.root}/tmp/{c.key}", c.disk)
             written.append(i)
         except OSError as exc:
             results[i] = exc
@@ -213,21 +230,21 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[Path
         except OSError as exc:
             for i in written:
                 with contextlib.suppress(OSError):
-                    os.unlink(copies[i].root / "tmp" / copies[i].key)
+                    os.unlink(f"{copies[i].root}/tmp/{copies[i].key}")
                 results[i] = exc
             return results
-    synced: dict[Path, list[int]] = {}
+    synced: dict[str, list[int]] = {}
     for i in written:
         c = copies[i]
         try:
-            os.rename(c.root / "tmp" / c.key, c.root / "new" / c.key)
+            os.rename(f"{c.root}/tmp/{c.key}", f"{c.root}/new/{c.key}")
         except OSError as exc:
             results[i] = exc
             if not (c.envid and dlog is not None):  # else a retry completes it from tmp/
                 with contextlib.suppress(OSError):
-                    os.unlink(c.root / "tmp" / c.key)
+                    os.unlink(f"{c.root}/tmp/{c.key}")
             continue
-        synced.setdefault(c.root / "new", []).append(i)
+        synced.setdefault(f"{c.root}/new", []).append(i)
     for directory, members in synced.items():
         try:
             fsync_dir(directory)
@@ -236,7 +253,7 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[Path
                 results[i] = exc
             continue
         for i in members:
-            results[i] = directory / copies[i].key
+            results[i] = f"{directory}/{copies[i].key}"
     return results
 
 
@@ -249,7 +266,7 @@ def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
     result = commit_copies([ready], dlog)[0]
     if isinstance(result, OSError):
         raise result
-    return Delivered(result, duplicate=False)
+    return Delivered(Path(result), duplicate=False)
 
 
 def _complete(box: Maildir, key: str) -> Path:
@@ -263,7 +280,7 @@ def _complete(box: Maildir, key: str) -> Path:
     return found.path(box.root) if found else box.root / "new" / key
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_synced(path: str | Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
