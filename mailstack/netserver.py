@@ -244,10 +244,6 @@ class LineReader:
                 except asyncio.IncompleteReadError:
                     return
 
-    async def readexactly(self, n: int) -> bytes:
-        async with asyncio.timeout(self.timeout):
-            return await self.reader.readexactly(n)
-
     async def read_into(self, buf: bytearray, n: int, chunk: int = 1 << 18) -> None:
         """Append exactly ``n`` octets to ``buf``, read in pieces (the idle timeout applies to
         each): a big literal is copied once, not gathered in the stream's buffer first.

@@ -50,7 +50,8 @@ LOG_RETENTION = 7 * 86400  # longer than the mta's default queue lifetime (5 day
 class DeliveryLog:
     """Journal of finished deliveries: ``<dir>/YYYYMMDD.log``, one ``envid rcpt key`` a line.
 
-    :meth:`record` appends and fdatasyncs (no new file, no directory sync, except once a day).
+    :meth:`record_many` appends a batch and fdatasyncs once (no new file, no directory sync,
+    except once a day).
     :meth:`lookup` answers from the most recent ``RECENT`` records kept in memory and — for
     retries (``thorough``) — by searching the journal files on disk, newest first, from the day
     the queue id was made on (a few C-speed ``find`` calls over memory-mapped files). Memory
@@ -98,9 +99,6 @@ class DeliveryLog:
                 continue
             return line[len(needle):].decode("utf-8", "replace").strip() or None
         return None
-
-    def record(self, envid: str, rcpt: str, key: str) -> None:
-        self.record_many([(envid, rcpt, key)])
 
     def record_many(self, records: Sequence[tuple[str, str, str]]) -> None:
         """Append ``(envid, rcpt, key)`` records with one write and one fdatasync."""

@@ -97,7 +97,7 @@ def test_journal_memory_is_bounded_and_retries_search_the_files(tmp_path: Path) 
     dlog = DeliveryLog(tmp_path / "dlog")
     dlog.RECENT = 10
     dlog.record_many([(f"Q{i}", "a@x.test", f"key{i}") for i in range(50)])
-    dlog.record("XQ7", '"a b"@x.test', "spaced")
+    dlog.record_many([("XQ7", '"a b"@x.test', "spaced")])
     assert len(dlog._index) == 10
     assert dlog.lookup("Q3", "a@x.test", thorough=False) is None  # forgotten in memory …
     assert dlog.lookup("Q3", "a@x.test") == "key3"  # … but on disk for a retry
