@@ -9,7 +9,7 @@ import ssl
 
 from ..authlimit import AuthThrottle
 from ..config import Config
-from ..netserver import limiter_for, peer_ip, set_keepalive, start_server
+from ..netserver import format_sockname, limiter_for, peer_ip, set_keepalive, start_server
 from ..tls import ensure_tls_files, server_context
 from ..users import UserDB
 from . import cmd_mailbox, cmd_message  # noqa: F401  (register the commands)
@@ -72,8 +72,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             listeners += srvs
             for srv in srvs:
                 for sock in srv.sockets:
-                    host, port = sock.getsockname()[:2]
-                    log.info("listening on %s:%s (imap, STARTTLS)", host, port)
+                    log.info("listening on %s (imap, STARTTLS)",
+                             format_sockname(sock.getsockname()))
         if tls_port:
             srvs = await start_server(server.handler(True), addresses, tls_port,
                                       ssl_context=server.tls_context, name="imaps",
@@ -81,8 +81,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             listeners += srvs
             for srv in srvs:
                 for sock in srv.sockets:
-                    host, port = sock.getsockname()[:2]
-                    log.info("listening on %s:%s (imaps, implicit TLS)", host, port)
+                    log.info("listening on %s (imaps, implicit TLS)",
+                             format_sockname(sock.getsockname()))
         await stop.wait()
     finally:
         for srv in listeners:

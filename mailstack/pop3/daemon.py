@@ -15,18 +15,13 @@ import logging
 
 from ..authlimit import AuthThrottle
 from ..config import Config
-from ..netserver import limiter_for, start_server
+from ..netserver import format_sockname, limiter_for, start_server
 from ..tls import ensure_tls_files, server_context
 from ..users import UserDB
 from .session import Shared, handle
 
 log = logging.getLogger("mailstack.pop3")
 POP3_BUSY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
-
-
-def _addr(sockname: tuple) -> str:  # type: ignore[type-arg]
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
@@ -44,7 +39,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                                           limiter=limiter, busy_reply=POP3_BUSY):
                 servers.append(srv)
                 for sock in srv.sockets:
-                    log.info("listening on %s (pop3, STLS)", _addr(sock.getsockname()))
+                    log.info("listening on %s (pop3, STLS)", format_sockname(sock.getsockname()))
         tls_port = cfg.port("pop3", "pop3s")
         if tls_port:
             for srv in await start_server(functools.partial(handle, shared, implicit_tls=True),
@@ -52,7 +47,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                                           name="pop3s", limiter=limiter, busy_reply=POP3_BUSY):
                 servers.append(srv)
                 for sock in srv.sockets:
-                    log.info("listening on %s (pop3s, implicit TLS)", _addr(sock.getsockname()))
+                    log.info("listening on %s (pop3s, implicit TLS)",
+                             format_sockname(sock.getsockname()))
         await stop.wait()
     finally:
         for srv in servers:
