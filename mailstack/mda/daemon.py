@@ -40,7 +40,7 @@ class DeliveryHandler:
         self.cfg = cfg
         self.users = users
         self.dlog = dlog
-        self.committer: GroupCommit[Copy, str | OSError] = GroupCommit(
+        self.committer: GroupCommit[Copy, str] = GroupCommit(
             partial(commit_copies, dlog=dlog), name="mda-commit")
         #: (queue id, recipient) of copies being committed: a concurrent repeat waits for them
         self._in_flight: dict[tuple[str, str], asyncio.Future[str]] = {}
@@ -115,14 +115,11 @@ class DeliveryHandler:
         if flight:
             self._in_flight[flight] = mine
         try:
-            result = await self.committer.submit(ready)
+            return await self.committer.submit(ready)  # raises the OSError of this copy
         finally:
             if flight and self._in_flight.get(flight) is mine:
                 del self._in_flight[flight]
             mine.set_result("")
-        if isinstance(result, OSError):
-            raise result
-        return result
 
 
 async def serve(cfg: Config, stop: asyncio.Event) -> None:

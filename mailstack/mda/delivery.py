@@ -32,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..fsutil import fsync_dir
+from ..mta.queue import queue_id_time
 from ..store.maildir import (
     Maildir,
     MaildirMessage,
@@ -138,15 +139,10 @@ class DeliveryLog:
 
 
 def _queue_day(envid: str) -> str:
-    """``YYYYMMDD`` (UTC) of a mailstack queue id (µs since the epoch in its first 13 hex
-    digits), or "" for another kind of envelope id."""
-    try:
-        micros = int(envid[:13], 16)
-    except ValueError:
-        return ""
-    if len(envid) != 19 or not 10**15 < micros < 10**17:
-        return ""
-    return time.strftime("%Y%m%d", time.gmtime(micros / 1e6 - 86400))  # a day of slack
+    """``YYYYMMDD`` (UTC) of the day before a mailstack queue id was made (a day of slack), or
+    "" for another kind of envelope id."""
+    made = queue_id_time(envid)
+    return "" if made is None else time.strftime("%Y%m%d", time.gmtime(made - 86400))
 
 
 def valid_envid(envid: str) -> bool:

@@ -47,6 +47,17 @@ def new_queue_id() -> str:
     return f"{time.time_ns() // 1000:013X}{_random.getrandbits(24):06X}"
 
 
+def queue_id_time(qid: str) -> float | None:
+    """When :func:`new_queue_id` made ``qid`` (seconds since the epoch); None for another id."""
+    if len(qid) != 19:
+        return None
+    try:
+        micros = int(qid[:13], 16)
+    except ValueError:
+        return None
+    return micros / 1e6 if 10**15 < micros < 10**17 else None
+
+
 @dataclass
 class Recipient:
     address: str
@@ -119,7 +130,7 @@ class Spool:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._dir = str(directory)
-        self._puts: GroupCommit[NewEntry, QueueEntry | OSError] = GroupCommit(
+        self._puts: GroupCommit[NewEntry, QueueEntry] = GroupCommit(
             self.put_many, name="queue-put")
         self._removes: GroupCommit[str, bool] = GroupCommit(self.remove_many,
                                                             name="queue-remove")
@@ -221,11 +232,9 @@ class Spool:
     async def aput(self, message: bytes, envelope: Envelope, qid: str | None = None, *,
                    first_attempt_at: float | None = None, backoff: float = 60.0) -> QueueEntry:
         """:meth:`put`, committed together with concurrent ones in the spool's writer thread."""
-        result = await self._puts.submit(NewEntry(message, envelope, qid, first_attempt_at,
-                                                  backoff))
-        if isinstance(result, OSError):
-            raise result
-        return result
+        # an OSError that put_many returns for this entry is raised here by the group commit
+        return await self._puts.submit(NewEntry(message, envelope, qid, first_attempt_at,
+                                                backoff))
 
     async def aremove(self, qid: str) -> bool:
         """:meth:`remove`, batched with concurrent ones in a worker thread."""
