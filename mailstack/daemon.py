@@ -19,8 +19,8 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import cast
 
+from .allocator import configure_allocator
 from .config import Config
-from .memtrim import configure_allocator, trim_forever
 from .netserver import BindError, install_uvloop, raise_nofile_limit
 
 DAEMONS: dict[str, str] = {
@@ -81,11 +81,7 @@ def run(name: str, cfg: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        trimmer = asyncio.create_task(trim_forever())
-        try:
-            await serve(cfg, stop)
-        finally:
-            trimmer.cancel()
+        await serve(cfg, stop)
 
     try:
         asyncio.run(main())
