@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 import email.utils
 import getpass
-import re
 import socket
 import sys
 
 from .address import AddressError, parse_mailbox
 from .config import Config
-from .mta.message import normalize_crlf, received_header, submission_fixups
+from .mta.message import FIELD, normalize_crlf, received_header, submission_fixups
 from .mta.queue import Envelope, Spool, new_queue_id
 from .mta.queuecli import signal_mta
 
 EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 64, 65, 75
-
-
-_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
 def _split_header(raw: bytes) -> tuple[list[bytes], bytes]:
@@ -45,7 +41,7 @@ def _split_header(raw: bytes) -> tuple[list[bytes], bytes]:
         line = raw[pos:stop]
         if line == b"\r\n":
             return lines, raw[stop:]
-        if not (_FIELD.match(line) or (lines and line[:1] in (b" ", b"\t"))):
+        if not (FIELD.match(line) or (lines and line[:1] in (b" ", b"\t"))):
             return lines, raw[pos:]
         lines.append(line if line.endswith(b"\r\n") else line + b"\r\n")
         pos = stop
@@ -71,7 +67,8 @@ def _without(lines: list[bytes], name: bytes) -> list[bytes]:
     for line in lines:
         if line[:1] in (b" ", b"\t") and skipping:
             continue
-        skipping = bool(_FIELD.match(line)) and line.split(b":", 1)[0].strip().lower() == name
+        field = FIELD.match(line)
+        skipping = bool(field) and field.group(1).lower() == name
         if not skipping:
             kept.append(line)
     return kept

@@ -10,7 +10,8 @@ import re
 import secrets
 import time
 
-_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
+#: a header field's start: its name (RFC 5322 ftext) and the colon
+FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 
 
 def header_block(data: bytes) -> bytes:
@@ -25,7 +26,7 @@ def header_block(data: bytes) -> bytes:
 
 def header_names(block: bytes) -> list[str]:
     """Field names in order, lower-case (continuation lines are skipped)."""
-    return [m.group(1).decode("ascii", "replace").lower() for m in _FIELD.finditer(block)]
+    return [m.group(1).decode("ascii", "replace").lower() for m in FIELD.finditer(block)]
 
 
 def count_received(block: bytes) -> int:
