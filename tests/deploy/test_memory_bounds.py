@@ -224,15 +224,20 @@ def test_smtp_endless_command_line(stack: Stack, listener: str) -> None:
     smtp_session(legit)
 
 
-def test_smtp_endless_data(stack: Stack) -> None:
-    queued = queue_files(stack)
-    c = Raw(stack.port("mta", "smtp"))
-    assert c.smtp_reply().startswith(b"220")
-    c.send(b"EHLO abuser.example\r\n")
+def open_data(c: Raw, greeting: bytes) -> None:
+    """EHLO/LHLO, MAIL, RCPT and DATA for alice, each accepted."""
+    c.send(greeting + b"\r\n")
     assert c.smtp_reply().startswith(b"250")
     assert c.cmd(b"MAIL FROM:<bob@example.org>").startswith(b"250")
     assert c.cmd(f"RCPT TO:<{ALICE}>".encode()).startswith(b"250")
     assert c.cmd(b"DATA").startswith(b"354")
+
+
+def test_smtp_endless_data(stack: Stack) -> None:
+    queued = queue_files(stack)
+    c = Raw(stack.port("mta", "smtp"))
+    assert c.smtp_reply().startswith(b"220")
+    open_data(c, b"EHLO abuser.example")
     with bounded(stack, "mta", "SMTP endless DATA"):
         sent = c.stream(STREAM, DATA_CHUNK, midway=lambda: smtp_session(stack.port("mta", "smtp")))
         assert sent >= STREAM, "the mta closed the connection mid-DATA"
@@ -252,11 +257,7 @@ def test_lmtp_endless_line_and_data(stack: Stack) -> None:
     with bounded(stack, "mda", "LMTP endless line"):
         assert c.stream(STREAM, LINE_CHUNK) >= STREAM
         assert c.cmd(b"").startswith(b"500 5.5.2")
-    c.send(b"LHLO mta.example\r\n")
-    assert c.smtp_reply().startswith(b"250")
-    assert c.cmd(b"MAIL FROM:<bob@example.org>").startswith(b"250")
-    assert c.cmd(f"RCPT TO:<{ALICE}>".encode()).startswith(b"250")
-    assert c.cmd(b"DATA").startswith(b"354")
+    open_data(c, b"LHLO mta.example")
     with bounded(stack, "mda", "LMTP endless DATA"):
         assert c.stream(STREAM, DATA_CHUNK) >= STREAM
         reply = c.cmd(b".")
