@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 
-from ..store import watch
-from ..store.keywords import KeywordLimit
-from ..store.maildir import Maildir
-from ..store.uidlist import UidList
+from ..store.account import OverQuota, StoreError
+from ..store.flags import FlagError
 from . import wire
-from .mailbox import MailboxError, Selected, keywords_for, normalize_name, pattern_regex
+from .mailbox import MailboxError, Selected, normalize_name, pattern_regex
 from .session import AUTH, SELECTED, No, Session, command
 from .wire import ParseError, Parser
 
@@ -50,8 +47,7 @@ async def _select(s: Session, p: Parser, readonly: bool) -> str:
         s.untagged("OK [CLOSED] previous mailbox closed")
     s.unselect()
     sel = await asyncio.to_thread(Selected, s.account, name, readonly)
-    kw = sel.keywords.names()
-    flags = " ".join(SYSTEM_FLAGS + kw)
+    flags = " ".join(SYSTEM_FLAGS + list(sel.keywords))
     s.untagged(f"FLAGS ({flags})")
     if readonly:
         s.untagged("OK [PERMANENTFLAGS ()] read-only mailbox")
@@ -59,7 +55,7 @@ async def _select(s: Session, p: Parser, readonly: bool) -> str:
         s.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
     s.untagged(f"{sel.exists} EXISTS")
     s.untagged(f"{len(sel.recent)} RECENT")
-    first_unseen = next((i for i, m in enumerate(sel.msgs, 1) if "S" not in m.letters), None)
+    first_unseen = next((i for i, m in enumerate(sel.msgs, 1) if not m.seen), None)
     if first_unseen:
         s.untagged(f"OK [UNSEEN {first_unseen}] first unseen message")
     snap = sel.snapshot
@@ -289,25 +285,30 @@ async def cmd_status(s: Session, tag: str, p: Parser, uid: bool) -> str:
 
 async def _send_status(s: Session, name: str, items: list[str]) -> None:
     assert s.account is not None
-    snap, _kw, recent = await asyncio.to_thread(s.account.status, name)
+    snap, recent = await asyncio.to_thread(s.account.status, name)
     values = {"MESSAGES": len(snap.entries), "RECENT": recent, "UIDNEXT": snap.uidnext,
               "UIDVALIDITY": snap.uidvalidity,
-              "UNSEEN": sum(1 for e in snap.entries if "S" not in e.flags),
+              "UNSEEN": sum(1 for e in snap.entries if not e.seen),
               "HIGHESTMODSEQ": snap.highest_modseq}
     body = " ".join(f"{i} {values[i]}" for i in items)
     s.send(b"* STATUS " + _wire_name(normalize_name(name)) + f" ({body})\r\n".encode())
 
 
-def existing_maildir(s: Session, name: str) -> Maildir:
-    """The folder an APPEND/COPY/MOVE targets; ``NO [TRYCREATE]`` when it does not exist."""
+def existing_mailbox(s: Session, name: str) -> str:
+    """The mailbox an APPEND/COPY/MOVE targets; ``NO [TRYCREATE]`` when it does not exist."""
     assert s.account is not None
     try:
-        md = s.account.maildir(name)
+        name = normalize_name(name)
     except MailboxError as exc:
         raise No(str(exc), "TRYCREATE") from None
-    if not md.exists():
+    if not s.account.exists(name):
         raise No("no such mailbox", "TRYCREATE")
-    return md
+    return name
+
+
+def quota_of(s: Session) -> int:
+    """The account's storage quota in octets (``[mda] quota``; 0: none)."""
+    return int(s.cfg.mda.quota)
 
 
 # -- APPEND ---------------------------------------------------------------------------------
@@ -326,31 +327,25 @@ async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
         p.sp()
     data = p.literal_view()
     p.end()
-    md = existing_maildir(s, name)
+    target = existing_mailbox(s, name)
     if not data:
         raise No("cannot append an empty message")
     if any(f.upper() == "\\RECENT" for f in flags):
         raise ParseError("\\Recent cannot be set")
-
-    def work() -> tuple[int, int]:
-        uids = UidList.for_maildir(md)
-        with uids.locked():
-            letters = keywords_for(md).to_letters(flags)
-            msg = md.deliver(data, flags=letters or "")
-            if date is not None:
-                ts = date.timestamp()
-                os.utime(msg.path(md.root), (ts, ts))
-            snap = uids.sync([msg.key])
-            uid_ = next(e.uid for e in reversed(snap.entries) if e.key == msg.key)
-            return snap.uidvalidity, uid_
-
+    assert s.account is not None
+    store = s.account.store
     try:
-        validity, new_uid = await asyncio.to_thread(work)
-    except KeywordLimit:
-        raise No("too many keywords in this mailbox", "LIMIT") from None
-    except OSError as exc:  # Maildir.deliver removed its tmp file: nothing half-written shows
+        validity, new_uid = await asyncio.to_thread(
+            store.append, target, data, flags, date.timestamp() if date else None,
+            quota=quota_of(s))
+    except FlagError as exc:
+        raise ParseError(str(exc)) from None
+    except OverQuota:
+        raise No("not enough room in the mailbox quota", "OVERQUOTA") from None
+    except StoreError as exc:
+        raise No(str(exc), exc.code) from None
+    except OSError as exc:  # nothing half-written shows: the file and the row go together
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise No("not enough disk space to store the message", "OVERQUOTA") from None
         raise No(f"cannot store the message: {exc.strerror}", "SERVERBUG") from None
-    watch.notify(md.root)
     return f"[APPENDUID {validity} {new_uid}] APPEND completed"

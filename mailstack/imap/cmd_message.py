@@ -4,16 +4,13 @@ UNSELECT (each also as UID command where RFC 3501/4315/6851 allow)."""
 from __future__ import annotations
 
 import asyncio
-import os
 
-from ..store import watch
-from ..store.keywords import KeywordLimit
-from ..store.maildir import INFO_SEP, Maildir, crlf_size, unique_name
-from ..store.uidlist import UidList
+from ..store.account import OverQuota
+from ..store.flags import FlagError
 from . import fetch, search
 from .cache import FolderCache
-from .cmd_mailbox import existing_maildir, mailbox_arg
-from .mailbox import Msg, Selected, keywords_for
+from .cmd_mailbox import existing_mailbox, mailbox_arg, quota_of
+from .mailbox import Msg, Selected
 from .session import SELECTED, Bad, Disconnect, No, Session, command
 from .wire import ParseError, Parser, SeqSet
 
@@ -70,18 +67,11 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if changed_since is not None:
         msgs = [(q, m) for q, m in msgs if m.modseq > changed_since]
     if not sel.readonly and any(a.sets_seen for a in atts):
-        seen = set()
-        for _, m in msgs:
-            if "S" not in m.flags:
-                try:
-                    sel.set_letters(m, "".join(sorted(m.flags + "S")))
-                    seen.add(m.uid)
-                except FileNotFoundError:
-                    continue
+        unseen = [m.uid for _, m in msgs if not m.seen]
+        seen = set(sel.store_flags(unseen, "+", ["\\Seen"]).changed) if unseen else set()
         if seen:
             s.send_changes(sel.refresh(expunge_ok=False, own=seen))
             msgs = _current(sel, msgs)
-            watch.notify(sel.maildir.root)
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
     missing = False
@@ -165,35 +155,16 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if sel.readonly:
         raise No("mailbox is read-only", "READ-ONLY")
     msgs = targets(sel, seqset, uid)
-    kw = sel.keywords
-    failed: list[int] = []
-    with sel.uidlist.locked():
-        try:
-            letters = kw.to_letters(flags)
-        except KeywordLimit:
-            raise No("too many keywords in this mailbox", "LIMIT") from None
-        if unchanged_since is not None:
-            snap = sel.uidlist.sync()
-            current = {e.uid: e.modseq for e in snap.entries}
-        for _, m in msgs:
-            if unchanged_since is not None and current.get(m.uid, 0) > unchanged_since:
-                failed.append(m.uid if uid else sel.seq_of(m.uid) or 0)
-                continue
-            keep = "".join(c for c in m.flags if c in "DFPRST" or c.islower())
-            if mode == "+":
-                new = "".join(sorted(set(keep) | set(letters)))
-            elif mode == "-":
-                new = "".join(sorted(set(keep) - set(letters)))
-            else:
-                new = letters
-            try:
-                sel.set_letters(m, new)
-            except FileNotFoundError:
-                continue
-        s.send_changes(sel.refresh(expunge_ok=False, own={m.uid for _, m in msgs}))
-    watch.notify(sel.maildir.root)
+    try:
+        result = await asyncio.to_thread(sel.store_flags, [m.uid for _, m in msgs], mode, flags,
+                                         unchanged_since)
+    except FlagError as exc:
+        raise Bad(str(exc)) from None
+    failed_uids = set(result.failed)
+    failed = sorted(m.uid if uid else seq for seq, m in msgs if m.uid in failed_uids)
+    s.send_changes(sel.refresh(expunge_ok=False, own={m.uid for _, m in msgs}))
     for seq, m in _current(sel, msgs):
-        if (m.uid if uid else seq) in failed:
+        if m.uid in failed_uids:
             continue
         if silent and not s.condstore:
             continue
@@ -232,56 +203,11 @@ async def cmd_search(s: Session, tag: str, p: Parser, uid: bool) -> str:
 
 # -- COPY / MOVE ----------------------------------------------------------------------------
 
-def _transfer(sel: Selected, msgs: list[Msg], dest: Maildir, move: bool) -> tuple[int, list[int]]:
-    """Link (COPY) or rename (MOVE) files into ``dest``; returns (UIDVALIDITY, new UIDs)."""
-    src_kw = sel.keywords
-    dst_kw = keywords_for(dest)
-    dest_uids = UidList.for_maildir(dest)
-    keys: list[str] = []
-    with dest_uids.locked():
-        for m in msgs:
-            letters = dst_kw.to_letters(src_kw.to_imap(m.flags)) if any(
-                c.islower() for c in m.flags) else m.flags
-            mm = m.maildir_message()
-            src = sel.path(m)
-            if not os.path.exists(src):
-                found = sel.maildir.find(m.key)
-                if found is None:
-                    continue
-                src = found.path(sel.maildir.root)
-            if mm.size is not None and mm.vsize is not None:
-                key = unique_name(mm.size, mm.vsize)
-            else:
-                with open(src, "rb") as fh:
-                    disk = fh.read()
-                key = unique_name(len(disk), crlf_size(disk))
-            target = dest.root / "cur" / f"{key}{INFO_SEP}{letters}"
-            try:
-                if move:
-                    os.rename(src, target)
-                else:
-                    try:
-                        os.link(src, target)
-                    except OSError:
-                        tmp = dest.root / "tmp" / key
-                        with open(src, "rb") as fi, open(tmp, "wb") as fo:
-                            fo.write(fi.read())
-                        st = os.stat(src)
-                        os.utime(tmp, (st.st_atime, st.st_mtime))
-                        os.rename(tmp, target)
-            except FileNotFoundError:
-                continue
-            keys.append(key)
-        snap = dest_uids.sync(keys)
-    by_key = {e.key: e.uid for e in snap.entries}
-    return snap.uidvalidity, [by_key[k] for k in keys if k in by_key]
-
-
 async def _copy_move(s: Session, p: Parser, uid: bool, move: bool) -> str:
     p.sp()
     seqset = p.seq_set()
     p.sp()
-    dest = existing_maildir(s, mailbox_arg(p))
+    dest = existing_mailbox(s, mailbox_arg(p))
     p.end()
     sel = _selected(s)
     if move and sel.readonly:
@@ -290,16 +216,16 @@ async def _copy_move(s: Session, p: Parser, uid: bool, move: bool) -> str:
     if not msgs:
         return f"{'MOVE' if move else 'COPY'} completed (no messages)"
     try:
-        validity, new_uids = await asyncio.to_thread(_transfer, sel, msgs, dest, move)
-    except KeywordLimit:
-        raise No("too many keywords in the target mailbox", "LIMIT") from None
-    watch.notify(dest.root)
-    src_uids = _uid_ranges([m.uid for m in msgs][:len(new_uids)])
-    code = f"COPYUID {validity} {src_uids} {_uid_ranges(new_uids)}" if new_uids else ""
+        validity, src, new_uids = await asyncio.to_thread(
+            sel.store.transfer, sel.name, [m.uid for m in msgs], dest, move=move,
+            quota=quota_of(s))
+    except OverQuota:
+        raise No("not enough room in the mailbox quota", "OVERQUOTA") from None
+    code = (f"COPYUID {validity} {_uid_ranges(src)} {_uid_ranges(new_uids)}"
+            if new_uids else "")
     if move:
         if code:
             s.untagged(f"OK [{code}] moved")
-        watch.notify(sel.maildir.root)
         s.announce(expunge_ok=True)
         return "MOVE completed"
     return f"[{code}] COPY completed" if code else "COPY completed"
@@ -328,9 +254,7 @@ async def cmd_expunge(s: Session, tag: str, p: Parser, uid: bool) -> str:
     sel = _selected(s)
     if sel.readonly:
         raise No("mailbox is read-only", "READ-ONLY")
-    gone = await asyncio.to_thread(sel.expunge, only)
-    if gone:
-        watch.notify(sel.maildir.root)
+    await asyncio.to_thread(sel.expunge, only)
     s.announce(expunge_ok=True)
     return f"{'UID ' if uid else ''}EXPUNGE completed"
 
@@ -340,9 +264,7 @@ async def cmd_close(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     sel = _selected(s)
     if not sel.readonly:
-        gone = await asyncio.to_thread(sel.expunge, None)
-        if gone:
-            watch.notify(sel.maildir.root)
+        await asyncio.to_thread(sel.expunge, None)
     s.unselect()
     return "CLOSE completed"
 

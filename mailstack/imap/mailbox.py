@@ -8,25 +8,20 @@ the user's Maildir can ever be formed. ``INBOX`` is the Maildir itself.
 from __future__ import annotations
 
 import bisect
-import os
 import re
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..fsutil import atomic_write
-from ..store import watch
-from ..store.keywords import Keywords
+from ..store.account import AccountStore, FlagResult, StoreError
 from ..store.maildir import (
     SPECIAL_FOLDERS,
     Maildir,
     MaildirError,
-    MaildirMessage,
     to_crlf,
     validate_folder_name,
 )
-from ..store.uidlist import Entry, Snapshot, UidList, diff_entries
+from ..store.view import Entry, Snapshot, diff_entries
 from . import mutf7
 
 DELIM = "."
@@ -85,11 +80,12 @@ class MailboxInfo:
 
 
 class Account:
-    """One user's mailboxes."""
+    """One user's mailboxes: the IMAP face of the account's store."""
 
     def __init__(self, inbox: Maildir) -> None:
         self.inbox = inbox
         self.root = inbox.root
+        self.store = AccountStore.open(inbox.root)
 
     # -- folders --------------------------------------------------------------------------
     def maildir(self, name: str) -> Maildir:
@@ -122,12 +118,7 @@ class Account:
         name = normalize_name(name.rstrip(DELIM)) if name.endswith(DELIM) else normalize_name(name)
         if name == "INBOX" or self.exists(name):
             raise MailboxError("mailbox exists already", "ALREADYEXISTS")
-        parts = name.split(DELIM)
-        for i in range(1, len(parts)):  # superior names are created too (RFC 3501 6.3.3)
-            parent = DELIM.join(parts[:i])
-            if parent != "INBOX" and not self.exists(parent):
-                self.maildir(parent).create(folder=True)
-        self.maildir(name).create(folder=True)
+        self.store.create_mailbox(name)  # superior names are created too (RFC 3501 6.3.3)
 
     def delete(self, name: str) -> None:
         name = normalize_name(name)
@@ -137,11 +128,7 @@ class Account:
             raise MailboxError("no such mailbox", "NONEXISTENT")
         if any(n.startswith(name + DELIM) for n in self.names()):
             raise MailboxError("mailbox has children: delete them first", "INUSE")
-        # rename out of sight first (atomic), then remove the files
-        grave = self.root / "tmp" / f"deleted-{time.time_ns()}-{os.getpid()}"
-        os.rename(self.root / ("." + name), grave)
-        shutil.rmtree(grave, ignore_errors=True)
-        watch.notify(self.root / ("." + name))
+        self.store.delete_mailbox(name)
 
     def rename(self, old: str, new: str) -> None:
         old, new = normalize_name(old), normalize_name(new)
@@ -152,23 +139,15 @@ class Account:
         if new.startswith(old + DELIM):
             raise MailboxError("cannot move a mailbox into itself", "CANNOT")
         if old == "INBOX":
-            self._rename_inbox(new)
+            self.store.move_inbox(new)
             return
-        moves = [(n, new + n[len(old):]) for n in self.names()
-                 if n == old or n.startswith(old + DELIM)]
-        for src, dst in moves:
-            os.rename(self.root / ("." + src), self.root / ("." + dst))
-
-    def _rename_inbox(self, new: str) -> None:
-        target = self.maildir(new)
-        target.create(folder=True)
-        uids = UidList.for_maildir(self.inbox)
-        with uids.locked():
-            for sub in ("new", "cur"):
-                for fname in os.listdir(self.root / sub):
-                    if not fname.startswith("."):
-                        os.rename(self.root / sub / fname, target.root / sub / fname)
-        watch.notify(self.root)
+        parts = new.split(DELIM)
+        for i in range(1, len(parts)):  # superior names of the new name are created
+            parent = DELIM.join(parts[:i])
+            if parent != "INBOX" and not self.exists(parent):
+                self.store.create_mailbox(parent)
+        children = [n for n in self.names() if n.startswith(old + DELIM)]
+        self.store.rename_mailbox(old, new, children)
 
     # -- subscriptions --------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
@@ -195,81 +174,80 @@ class Account:
         self._write_subscriptions([s for s in subs if s != name])
 
     # -- status ---------------------------------------------------------------------------
-    def status(self, name: str) -> tuple[Snapshot, Keywords, int]:
-        """(UID-list snapshot, keyword map, number of \\Recent messages) for STATUS."""
-        md = self.maildir(name)
-        if not md.exists():
+    def status(self, name: str) -> tuple[Snapshot, int]:
+        """(current snapshot, number of \\Recent messages) for STATUS."""
+        name = normalize_name(name)
+        if not self.exists(name):
             raise MailboxError("no such mailbox", "NONEXISTENT")
-        snap = UidList.for_maildir(md).sync()
-        return snap, keywords_for(md), len(snap.recent_uids())
+        snap = _store_call(self.store.status, name)
+        return snap, len(snap.recent_uids())
 
 
-_keywords: dict[Path, Keywords] = {}
+def _store_call(fn, *args, **kw):  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args, **kw)
+    except StoreError as exc:
+        raise MailboxError(str(exc), exc.code) from None
 
 
-def keywords_for(md: Maildir) -> Keywords:
-    kw = _keywords.get(md.root)
-    if kw is None:
-        kw = _keywords[md.root] = Keywords(md.root)
-    return kw
-
-
-Msg = Entry  # a message as a session sees it: shared, immutable UID-list entries
+Msg = Entry  # a message as a session sees it: shared, immutable index entries
 
 
 @dataclass
 class Changes:
     """What a refresh found: expunged sequence numbers (in reporting order), the new EXISTS
-    count (or None), and messages whose flags changed."""
+    count (or None), messages whose flags changed, and the keyword list when it grew."""
 
     expunged: list[int] = field(default_factory=list)
     exists: int | None = None
     recent: int = 0
     flags: list[Entry] = field(default_factory=list)
+    keywords: tuple[str, ...] | None = None
+
+
+def _flag_order(flag: str) -> tuple[bool, str]:
+    """System flags first, then keywords, each alphabetically."""
+    return (not flag.startswith("\\"), flag)
 
 
 class Selected:
     """The selected mailbox of one session: messages in sequence order.
 
-    The message list is the UID list's shared snapshot (thousands of sessions on one folder
+    The message list is the store's shared snapshot (thousands of sessions on one folder
     cost one list); a session keeps a private copy only while it owes the client EXPUNGE
     responses that cannot be sent yet (during FETCH, STORE and SEARCH).
     """
 
     def __init__(self, account: Account, name: str, readonly: bool) -> None:
         self.account = account
+        self.store = account.store
         self.name = normalize_name(name)
         self.maildir = account.maildir(self.name)
         if not self.maildir.exists():
             raise MailboxError("no such mailbox", "NONEXISTENT")
         self.readonly = readonly
-        self.uidlist = UidList.for_maildir(self.maildir)
-        self.keywords = keywords_for(self.maildir)
-        if readonly:
-            snap = self._sync()
-            self.recent: set[int] = snap.recent_uids()
-        else:
-            snap, self.recent = self.uidlist.claim_recent()
+        snap, won = _store_call(self.store.sync, self.name, claim_recent=not readonly)
+        self.recent: set[int] = snap.recent_uids() if readonly else won
         self.snapshot: Snapshot | None = snap
         self.msgs: list[Entry] = snap.entries
         self.uids: list[int] = snap.uids
+        self.keywords: tuple[str, ...] = snap.keywords
         self.private = False
 
     def moved_to(self, name: str) -> None:
         """Follow a RENAME of this mailbox made by this session."""
         self.name = name
         self.maildir = self.account.maildir(name)
-        self.uidlist = UidList.for_maildir(self.maildir)
-        self.keywords = keywords_for(self.maildir)
-        self.snapshot = None
-
-    def _sync(self, first: list[str] | None = None) -> Snapshot:
-        return self.uidlist.sync(first or ())
 
     # -- lookups --------------------------------------------------------------------------
     @property
     def exists(self) -> int:
         return len(self.msgs)
+
+    @property
+    def known_uidnext(self) -> int:
+        """One above the highest UID this session has been told of."""
+        return (self.uids[-1] + 1) if self.uids else 1
 
     def is_recent(self, m: Entry) -> bool:
         return m.uid in self.recent
@@ -294,7 +272,7 @@ class Selected:
         return [(k + 1, self.msgs[k]) for k in sorted(idx)]
 
     def flags(self, m: Entry) -> list[str]:
-        out = self.keywords.to_imap(m.flags) if m.flags else []
+        out = sorted(m.flags, key=_flag_order)
         if m.uid in self.recent:
             out.append("\\Recent")
         return out
@@ -304,45 +282,32 @@ class Selected:
 
     def read(self, m: Entry) -> bytes | None:
         """The message with CRLF line ends, or None when it is gone."""
-        try:
-            data = self.maildir.read(m.message())
-        except FileNotFoundError:
-            return None
-        return to_crlf(data)
+        data = self.store.read(self.name, m)
+        return to_crlf(data) if data is not None else None
 
     def internal_date(self, m: Entry) -> float:
-        try:
-            return os.stat(self.path(m)).st_mtime
-        except FileNotFoundError:
-            found = self.maildir.find(m.key)
-            if found is None:
-                return 0.0
-            return os.stat(found.path(self.maildir.root)).st_mtime
+        return m.internaldate
 
     def size(self, m: Entry) -> int:
-        mm = m.message()
-        if mm.vsize is not None:
-            return mm.vsize
-        data = self.read(m)
-        return len(data) if data is not None else 0
+        return m.size
 
     # -- changes --------------------------------------------------------------------------
     def refresh(self, *, expunge_ok: bool = True, own: frozenset[int] | set[int] = frozenset()
                 ) -> Changes:
-        """Bring this view up to date with the folder; returns what to announce.
+        """Bring this view up to date with the store; returns what to announce.
 
         ``own`` names messages whose new flags the caller reports itself (STORE).
         """
         ch = Changes()
-        if self.readonly:
-            snap = self._sync()
-        else:
-            snap, won = self.uidlist.claim_recent()
-            self.recent |= won
+        snap, won = _store_call(self.store.sync, self.name, claim_recent=not self.readonly)
+        self.recent |= won
         if snap is self.snapshot and not (self.private and expunge_ok):
             return ch
         if self.snapshot is not None and snap.uidvalidity != self.snapshot.uidvalidity:
             raise ValidityChanged(self.name)
+        if snap.keywords != self.keywords:
+            self.keywords = snap.keywords
+            ch.keywords = snap.keywords
         expunged, changed = self._delta(snap)
         top = self.uids[-1] if self.uids else 0
         if expunged and not expunge_ok:
@@ -387,21 +352,17 @@ class Selected:
             expunged, changed = diff_entries(self.msgs, snap.entries)
         return expunged, changed
 
-    def set_letters(self, m: Entry, letters: str) -> None:
-        """Rename the message file for new flags (the view follows at the next refresh)."""
-        if letters == m.flags and m.subdir == "cur":
-            return
-        self.maildir.set_flags(m.message(), letters)
-
     def current(self, uid: int) -> Entry | None:
         seq = self.seq_of(uid)
         return self.msgs[seq - 1] if seq is not None else None
 
-    def expunge(self, uids: set[int] | None = None) -> list[MaildirMessage]:
-        """Remove \\Deleted messages (only those in ``uids`` when given)."""
-        gone = []
-        for m in self.msgs:
-            if ("T" in m.flags and (uids is None or m.uid in uids)
-                    and self.maildir.remove(m.message())):
-                gone.append(m.message())
-        return gone
+    # -- changes through the store --------------------------------------------------------
+    def store_flags(self, uids: list[int], mode: str, flags: list[str],
+                    unchanged_since: int | None = None) -> FlagResult:
+        return _store_call(self.store.store_flags, self.name, uids, mode, flags,
+                           unchanged_since=unchanged_since)
+
+    def expunge(self, uids: set[int] | None = None) -> list[int]:
+        """Remove messages whose current flags include \\Deleted, among those this session
+        knows (only those in ``uids`` when given)."""
+        return _store_call(self.store.expunge, self.name, uids=uids, below=self.known_uidnext)

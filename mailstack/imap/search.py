@@ -18,10 +18,11 @@ from . import mime
 from .mailbox import Msg, Selected
 from .wire import MAX_DEPTH, ParseError, Parser
 
-_FLAG_KEYS = {"ANSWERED": ("R", True), "DELETED": ("T", True), "DRAFT": ("D", True),
-              "FLAGGED": ("F", True), "SEEN": ("S", True), "UNANSWERED": ("R", False),
-              "UNDELETED": ("T", False), "UNDRAFT": ("D", False), "UNFLAGGED": ("F", False),
-              "UNSEEN": ("S", False)}
+_FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
+              "DRAFT": ("\\Draft", True), "FLAGGED": ("\\Flagged", True),
+              "SEEN": ("\\Seen", True), "UNANSWERED": ("\\Answered", False),
+              "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
+              "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False)}
 _HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 CHARSETS = ("UTF-8", "US-ASCII")
@@ -227,10 +228,10 @@ def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bo
     if op == "ALL":
         return True
     if op in _FLAG_KEYS:
-        letter, want = _FLAG_KEYS[op]
-        return (letter in m.letters) == want
+        flag, want = _FLAG_KEYS[op]
+        return (flag in m.flags) == want
     if op == "NEW":
-        return ctx.sel.is_recent(m) and "S" not in m.flags
+        return ctx.sel.is_recent(m) and not m.seen
     if op == "OLD":
         return not ctx.sel.is_recent(m)
     if op == "RECENT":
@@ -245,7 +246,7 @@ def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bo
         return (evaluate(node.args[0], ctx, largest_seq, largest_uid)
                 or evaluate(node.args[1], ctx, largest_seq, largest_uid))
     if op in ("KEYWORD", "UNKEYWORD"):
-        has = node.args[0].lower() in (f.lower() for f in ctx.sel.keywords.to_imap(m.letters))
+        has = node.args[0].lower() in (f.lower() for f in m.flags)
         return has if op == "KEYWORD" else not has
     if op == "LARGER":
         return ctx.sel.size(m) > node.args[0]
@@ -274,9 +275,23 @@ def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bo
     raise ValueError(op)
 
 
+def _split_text_keys(tree: Node) -> tuple[list[tuple[str, str]], Node]:
+    """BODY/TEXT keys that every match must satisfy (top-level AND members), which the
+    store's full-text index answers, and the rest of the program."""
+    members = tree.args if tree.op == "AND" else [tree]
+    text = [(n.op, n.args[0]) for n in members if n.op in ("BODY", "TEXT")]
+    if not text:
+        return [], tree
+    rest = [n for n in members if n.op not in ("BODY", "TEXT")]
+    return text, Node("AND", tuple(rest)) if rest else Node("ALL")
+
+
 def run(sel: Selected, tree: Node) -> list[tuple[int, Msg]]:
     """Matching (sequence number, message) pairs in sequence order."""
     largest_seq = sel.exists
     largest_uid = sel.uids[-1] if sel.uids else 0
+    text_keys, tree = _split_text_keys(tree)
+    hits = sel.store.search_text(sel.name, text_keys) if text_keys else None
     return [(seq, m) for seq, m in enumerate(sel.msgs, 1)
-            if evaluate(tree, Context(sel, seq, m), largest_seq, largest_uid)]
+            if (hits is None or m.uid in hits)
+            and evaluate(tree, Context(sel, seq, m), largest_seq, largest_uid)]

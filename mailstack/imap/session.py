@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..netserver import LineReader, LineTooLong, is_loopback, peer_ip, starttls
 from ..store import watch
+from ..store.account import StoreError
 from ..store.maildir import MaildirError, open_user_mailbox
 from ..users import UserError, normalize_address
 from . import wire
@@ -242,6 +244,16 @@ class Session:
         except MaildirError as exc:
             self.send(f"{tag} NO [CANNOT] {exc}\r\n".encode())
             return
+        except StoreError as exc:
+            code = f"[{exc.code}] " if exc.code else ""
+            self.send(f"{tag} NO {code}{exc}\r\n".encode())
+            return
+        except sqlite3.OperationalError as exc:
+            log.warning("imap %s: %s: mailbox index unavailable: %s", self.peer, name, exc)
+            code = "OVERQUOTA" if "full" in str(exc) else "UNAVAILABLE"
+            self.send(f"{tag} NO [{code}] the mailbox index cannot be updated now: try again"
+                      f"\r\n".encode())
+            return
         except (Disconnect, ConnectionError, TimeoutError):
             raise
         except Exception:
@@ -267,7 +279,7 @@ class Session:
             self.untagged("BYE the mailbox's UIDs were reset: please reconnect")
             self.state = LOGOUT
             return
-        except FileNotFoundError:
+        except (FileNotFoundError, MailboxError):
             if sel.maildir.exists():
                 raise
             log.info("imap %s: selected mailbox %s vanished", self.peer, sel.name)
@@ -279,6 +291,12 @@ class Session:
     def send_changes(self, ch: Changes) -> None:
         sel = self.selected
         assert sel is not None
+        if ch.keywords is not None:  # a new keyword: FLAGS before any FETCH that uses it
+            flags = " ".join(["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft",
+                              "$Forwarded", *ch.keywords])
+            self.untagged(f"FLAGS ({flags})")
+            if not sel.readonly:
+                self.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
         for seq in ch.expunged:
             self.send(b"* %d EXPUNGE\r\n" % seq)
         for m in ch.flags:

@@ -12,8 +12,10 @@
   parsed to (a Maildir name always names the same message and size), so a login parses only
   names it has not seen; :func:`snapshot` can also be run before the lock is taken, while the
   password is being checked, just to warm the cache.
-- RETR marks a message seen (Maildir flag ``S``, moving it from new/ to cur/), keeping any flags
-  an IMAP client set meanwhile.
+- RETR marks a message seen; the marks are applied through the account's store in one
+  transaction when the session ends (added to the current flags: any flags an IMAP client set
+  meanwhile are kept). DELE + QUIT removes through the store too, so IMAP sessions learn of
+  both at once.
 
 UIDL (RFC 1939: 1..70 characters 0x21-0x7E, unique and stable for the life of a message): the
 Maildir unique name up to its first ``,`` (the ``,S=``/``,W=`` size fields and the ``:2,``
@@ -25,16 +27,19 @@ keeps the two forms from colliding.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
+import logging
 import os
+import sqlite3
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
-from ..fsutil import fsync_dir
+from ..store.account import AccountStore, StoreError
 from ..store.maildir import Maildir, MaildirMessage, crlf_size, message_from_name
+
+log = logging.getLogger("mailstack.pop3")
 
 LOCK_NAME = "pop3.lock"
 
@@ -91,7 +96,7 @@ class Maildrop:
         self.entries = snap.entries
         self._octets = snap.octets
         self._deleted: set[int] = set()  # message numbers marked by DELE
-        self._moved: dict[int, MaildirMessage] = {}  # where RETR's seen flag moved a file
+        self._seen: set[int] = set()  # message numbers retrieved (marked \\Seen at the end)
         self.retrieved = 0
         self.retrieved_bytes = 0
         self.top_count = 0
@@ -116,8 +121,16 @@ class Maildrop:
         return cls(box, fd, snap)
 
     def close(self) -> None:
-        """Release the lock; marked deletions not committed are forgotten."""
+        """Apply the seen marks and release the lock; marked deletions not committed are
+        forgotten."""
         if self._lock_fd is not None:
+            seen = [self.entries[n - 1].msg.key for n in sorted(self._seen - self._deleted)]
+            self._seen.clear()
+            if seen:
+                try:
+                    AccountStore.open(self.box.root).add_flags_by_keys("INBOX", seen, ["\\Seen"])
+                except (OSError, StoreError, sqlite3.Error) as exc:
+                    log.warning("pop3: cannot mark %d messages seen: %s", len(seen), exc)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -132,8 +145,8 @@ class Maildrop:
         return self.entries[n - 1]
 
     def msg(self, n: int) -> MaildirMessage:
-        """Where message ``n``'s file is as far as this session knows."""
-        return self._moved.get(n) or self.get(n).msg
+        """Where message ``n``'s file was at login."""
+        return self.get(n).msg
 
     def stat(self) -> tuple[int, int]:
         """(messages, octets) not marked deleted."""
@@ -152,7 +165,7 @@ class Maildrop:
     def read(self, n: int) -> bytes:
         """Message ``n`` as stored (LF line ends); raises NoSuchMessage or MessageGone."""
         entry = self.get(n)
-        msg = self._moved.get(n) or entry.msg
+        msg = entry.msg
         try:  # fast path: 3 system calls; Maildir.read below follows a concurrent rename
             return _read_file(f"{self._root}/{msg.subdir}/{msg.filename}", entry.size + 1)
         except FileNotFoundError:
@@ -163,13 +176,9 @@ class Maildrop:
             raise MessageGone(n) from None
 
     def mark_seen(self, n: int) -> None:
-        """Set the Maildir S flag (RETR): the message moves to cur/ if it was in new/."""
-        msg = self.msg(n)
-        if "S" in msg.flags:
-            return
-        moved = self.box.add_flags(msg, "S")
-        if moved is not None:
-            self._moved[n] = moved
+        """Remember that message ``n`` was retrieved: it is marked \\Seen at the end."""
+        self.get(n)
+        self._seen.add(n)
 
     def delete(self, n: int) -> None:
         self.get(n)
@@ -179,20 +188,17 @@ class Maildrop:
         self._deleted.clear()
 
     def commit(self) -> tuple[int, int]:
-        """UPDATE state: remove the marked messages; returns (removed, failed)."""
-        removed = failed = 0
-        for n in sorted(self._deleted):
-            try:
-                if self.box.remove(self._moved.get(n) or self.entries[n - 1].msg):
-                    removed += 1
-                # already gone (another writer removed it): the client's wish holds
-            except OSError:
-                failed += 1
-        if removed:  # make the unlinks durable (a file may have moved from new/ to cur/)
-            for sub in ("new", "cur"):
-                with contextlib.suppress(OSError):
-                    fsync_dir(self.box.root / sub)
-        return removed, failed
+        """UPDATE state: remove the marked messages through the store; (removed, failed)."""
+        keys = [self.entries[n - 1].msg.key for n in sorted(self._deleted)]
+        if not keys:
+            return 0, 0
+        try:
+            removed = AccountStore.open(self.box.root).remove_by_key("INBOX", keys)
+        except (OSError, StoreError, sqlite3.Error) as exc:
+            log.warning("pop3: cannot remove %d messages: %s", len(keys), exc)
+            return 0, len(keys)
+        # messages another client removed meanwhile are not failures: the client's wish holds
+        return removed, 0
 
 
 def _read_file(path: str, hint: int) -> bytes:

@@ -168,12 +168,13 @@ async def test_idle_with_polling_fallback(imap, monkeypatch):
     await done(c)
 
 
-async def test_lost_uid_list_ends_the_session(imap):
-    """If the UID list is lost, UIDs restart under a new UIDVALIDITY: a selected session must
+async def test_lost_index_ends_the_session(imap):
+    """If the index is lost, UIDs restart under a new UIDVALIDITY: a selected session must
     not go on with the old UIDs."""
     imap.deliver(message("a"))
     c = await session(imap)
-    (imap.inbox.root / "mailstack-uidlist").unlink()
+    for suffix in ("", "-wal", "-shm"):
+        (imap.inbox.root / f"mailstack-index.sqlite{suffix}").unlink(missing_ok=True)
     await c.send("n NOOP\r\n")
     assert (await c.line()).startswith(b"* BYE")
     c2 = await session(imap)

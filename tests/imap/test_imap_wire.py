@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from mailstack.imap import fetch, mime, mutf7, search, wire
 from mailstack.imap.wire import ParseError, Parser, SeqSet
+from mailstack.store.account import AccountStore
 from mailstack.store.maildir import Maildir
-from mailstack.store.uidlist import UidList
 
 
 def test_tokens():
@@ -139,19 +139,19 @@ def test_mutf7_fuzz(name):
         pass
 
 
-# -- UID list ----------------------------------------------------------------------------------
+# -- UIDs in the store -------------------------------------------------------------------------
 def _deliver_and_sync(root: str, n: int) -> list[int]:
     md = Maildir(Path(root))
-    uids = UidList(md)  # a fresh object, as in another process
+    store = AccountStore(md.root)  # a fresh handle, as in another process
     out = []
     for _ in range(n):
         msg = md.deliver(b"Subject: x\n\nbody\n", sync=False)
-        snap = uids.sync([msg.key])
+        snap, _ = store.sync("INBOX")
         out.append(next(e.uid for e in snap.entries if e.key == msg.key))
     return out
 
 
-def test_uidlist_concurrent_processes(tmp_path):
+def test_uids_from_concurrent_processes(tmp_path):
     md = Maildir(tmp_path / "box")
     md.create()
     ctx = multiprocessing.get_context("spawn")
@@ -159,30 +159,60 @@ def test_uidlist_concurrent_processes(tmp_path):
         results = pool.starmap(_deliver_and_sync, [(str(md.root), 25)] * 4)
     all_uids = [u for r in results for u in r]
     assert sorted(all_uids) == list(range(1, 101))  # unique, no gaps, none lost
-    snap = UidList(md).sync()
+    snap, _ = AccountStore(md.root).sync("INBOX")
     assert snap.uidnext == 101 and len(snap.entries) == 100
 
 
-def test_uidlist_never_reuses_and_tracks_flags(tmp_path):
+def test_uids_never_reused_and_outside_renames_tracked(tmp_path):
     md = Maildir(tmp_path / "box")
     md.create()
     a = md.deliver(b"a\n")
     b = md.deliver(b"b\n")
-    ul = UidList(md)
-    snap = ul.sync()
+    snap, _ = AccountStore(md.root).sync("INBOX")
     validity = snap.uidvalidity
     assert [e.uid for e in snap.entries] == [1, 2]
     md.remove(b)
     c = md.deliver(b"c\n")
-    snap = UidList(md).sync()
+    snap, _ = AccountStore(md.root).sync("INBOX")
     assert [(e.uid, e.key) for e in snap.entries] == [(1, a.key), (3, c.key)]
     before = snap.entries[0].modseq
-    md.set_flags(md.find(a.key), "S")
-    snap = UidList(md).sync()
-    assert snap.entries[0].flags == "S" and snap.entries[0].modseq > before
+    md.set_flags(md.find(a.key), "S")  # another Maildir tool marks it seen
+    snap, _ = AccountStore(md.root).sync("INBOX")
+    assert snap.entries[0].flags == {"\\Seen"} and snap.entries[0].modseq > before
     assert snap.uidvalidity == validity
-    (md.root / "mailstack-uidlist").write_text("garbage")
-    assert UidList(md).sync().uidvalidity >= validity  # unreadable list: a new UIDVALIDITY
+
+
+def test_lost_index_starts_a_strictly_greater_uidvalidity(tmp_path):
+    """Rebuilt in the same second by another process, the UIDVALIDITY must still change:
+    the surviving message gets a new UID, which under the old UIDVALIDITY would be a reuse."""
+    md = Maildir(tmp_path / "box")
+    md.create()
+    md.deliver(b"a\n")
+    md.deliver(b"b\n")
+    store = AccountStore(md.root)
+    snap, _ = store.sync("INBOX")
+    store.store_flags("INBOX", [1], "+", ["\\Deleted"])
+    store.expunge("INBOX")
+    validity = store.sync("INBOX")[0].uidvalidity
+    for suffix in ("", "-wal", "-shm"):
+        (md.root / f"mailstack-index.sqlite{suffix}").unlink(missing_ok=True)
+    snap, _ = AccountStore(md.root).sync("INBOX")
+    assert snap.uidvalidity > validity
+    assert [e.uid for e in snap.entries] == [1]
+
+
+def test_corrupt_index_is_moved_aside_and_rebuilt(tmp_path, caplog):
+    md = Maildir(tmp_path / "box")
+    md.create()
+    md.deliver(b"a\n")
+    validity = AccountStore(md.root).sync("INBOX")[0].uidvalidity
+    for suffix in ("-wal", "-shm"):
+        (md.root / f"mailstack-index.sqlite{suffix}").unlink(missing_ok=True)
+    (md.root / "mailstack-index.sqlite").write_bytes(b"garbage" * 1000)
+    snap, _ = AccountStore(md.root).sync("INBOX")
+    assert snap.uidvalidity > validity and len(snap.entries) == 1
+    assert [p.name for p in md.root.glob("mailstack-index.sqlite.corrupt-*")]
+    assert sum("is damaged" in r.getMessage() for r in caplog.records) == 1
 
 
 _LOCAL = st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,10}", fullmatch=True)

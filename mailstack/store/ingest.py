@@ -1,0 +1,170 @@
+"""What the index learns from a message file when it first sees it.
+
+Files are opened with ``O_NOFOLLOW | O_NONBLOCK`` and must be regular files: a symlink, FIFO or
+device placed in a Maildir by hand is skipped, never followed or waited on. The email id is a
+content digest (as Cyrus' GUID): the same bytes are the same Email wherever they are copied.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.parser
+import email.policy
+import hashlib
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+MAX_INDEX_TEXT = 256 * 1024  # decoded text kept in the search index per message
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_MSGID_RE = re.compile(r"<([^<>\s]{1,250})>")
+_REPLY_PREFIX_RE = re.compile(r"^\s*((re|fwd?|aw|sv|vs)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+
+
+class NotAMessage(Exception):
+    """The directory entry is not a regular file (or vanished)."""
+
+
+def open_message(path: str) -> int:
+    """A descriptor of the regular file at ``path``; refuses symlinks and special files."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        raise NotAMessage(path) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAMessage(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_message(path: str, limit: int | None = None) -> bytes:
+    """The file's bytes (up to ``limit``), through :func:`open_message`."""
+    fd = open_message(path)
+    try:
+        chunks = []
+        left = limit if limit is not None else 1 << 62
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    emailid: str
+    internaldate: float
+    size: int  # octets with CRLF line ends
+    message_id: str | None
+    references: list[str]  # In-Reply-To and References ids, nearest parent last
+    base_subject: str
+    is_reply: bool
+    headers: str  # decoded header fields, case-folded, for the search index
+    body: str  # decoded text parts, case-folded, for the search index
+
+
+def email_id(digest: bytes) -> str:
+    return "M" + digest.hex()[:24]
+
+
+def ingest(path: str) -> Ingested:
+    """Read the message at ``path`` once: digest, dates, threading headers, search text."""
+    fd = open_message(path)
+    try:
+        st = os.fstat(fd)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    digest = hashlib.sha1(data, usedforsecurity=False).digest()
+    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    return _describe(data, email_id(digest), st.st_mtime, size)
+
+
+def _describe(data: bytes, emailid: str, mtime: float, size: int) -> Ingested:
+    head, _, _ = data.partition(b"\n\n")
+    try:
+        msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+            data[:8 << 20], headersonly=False)
+    except Exception:  # a parser failure must never stop indexing
+        msg = None
+    subject = _header(msg, "subject") if msg is not None else ""
+    mid_values = _MSGID_RE.findall(_header(msg, "message-id")) if msg is not None else []
+    refs: list[str] = []
+    if msg is not None:
+        refs = _MSGID_RE.findall(_header(msg, "references"))
+        for r in _MSGID_RE.findall(_header(msg, "in-reply-to")):
+            if r not in refs:
+                refs.append(r)
+    base = _REPLY_PREFIX_RE.sub("", subject).strip().lower()
+    is_reply = bool(_REPLY_PREFIX_RE.match(subject))
+    if msg is not None:
+        headers, body = _search_text(msg)
+    else:
+        headers, body = head.decode("utf-8", "replace"), ""
+    return Ingested(emailid, mtime, size, mid_values[0] if mid_values else None, refs[-50:],
+                    base[:200], is_reply, headers.casefold()[:MAX_INDEX_TEXT],
+                    body.casefold()[:MAX_INDEX_TEXT])
+
+
+def _decode(value: str) -> str:
+    try:
+        parts = email.header.decode_header(value)
+    except Exception:
+        return value
+    out = []
+    for raw, charset in parts:
+        if isinstance(raw, bytes):
+            try:
+                out.append(raw.decode(charset or "ascii", "replace"))
+            except LookupError:
+                out.append(raw.decode("utf-8", "replace"))
+        else:
+            out.append(raw)
+    return "".join(out)
+
+
+def _header(msg: email.message.Message | None, name: str) -> str:
+    if msg is None:
+        return ""
+    value = msg.get(name)
+    if value is None:
+        return ""
+    return _decode(str(value).replace("\r", "").replace("\n", ""))
+
+
+def _search_text(msg: email.message.Message) -> tuple[str, str]:
+    """(decoded header fields, decoded text parts) of a message."""
+    headers = "\n".join(f"{k}: {_decode(str(v))}" for k, v in msg.items())
+    pieces: list[str] = []
+    budget = MAX_INDEX_TEXT
+    for part in msg.walk():
+        if part.is_multipart() or part.get_content_maintype() != "text":
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            text = payload.decode(charset, "replace")
+        except LookupError:
+            text = payload.decode("utf-8", "replace")
+        pieces.append(text[:budget])
+        budget -= len(text)
+        if budget <= 0:
+            break
+    return headers, "\n".join(pieces)
