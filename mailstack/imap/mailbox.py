@@ -85,7 +85,14 @@ class Account:
     def __init__(self, inbox: Maildir) -> None:
         self.inbox = inbox
         self.root = inbox.root
-        self.store = AccountStore.open(inbox.root)
+        self._store: AccountStore | None = None
+
+    @property
+    def store(self) -> AccountStore:
+        """The account's store, opened at first use (a login needs no index)."""
+        if self._store is None:
+            self._store = AccountStore.open(self.root)
+        return self._store
 
     # -- folders --------------------------------------------------------------------------
     def maildir(self, name: str) -> Maildir:

@@ -231,6 +231,12 @@ class Session:
                 what = "already logged in"
             self.send(f"{tag} BAD {name}: {what}\r\n".encode())
             return
+        if self.state == SELECTED and not cmd.expunge_ok:
+            # FETCH, STORE and SEARCH see current flags (expunges wait until after them)
+            self.announce(expunge_ok=False)
+            if self.state == LOGOUT:
+                self.send(f"{tag} NO mailbox is gone\r\n".encode())
+                return
         try:
             text = await cmd.handler(self, tag, p, uid)
         except (ParseError, Bad) as exc:

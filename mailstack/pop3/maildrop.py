@@ -121,18 +121,21 @@ class Maildrop:
         return cls(box, fd, snap)
 
     def close(self) -> None:
-        """Apply the seen marks and release the lock; marked deletions not committed are
-        forgotten."""
+        """Apply the seen marks not applied yet and release the lock; marked deletions not
+        committed are forgotten."""
         if self._lock_fd is not None:
-            seen = [self.entries[n - 1].msg.key for n in sorted(self._seen - self._deleted)]
-            self._seen.clear()
-            if seen:
-                try:
-                    AccountStore.open(self.box.root).add_flags_by_keys("INBOX", seen, ["\\Seen"])
-                except (OSError, StoreError, sqlite3.Error) as exc:
-                    log.warning("pop3: cannot mark %d messages seen: %s", len(seen), exc)
+            self._apply_seen()
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _apply_seen(self) -> None:
+        seen = [self.entries[n - 1].msg.key for n in sorted(self._seen - self._deleted)]
+        self._seen.clear()
+        if seen:
+            try:
+                AccountStore.open(self.box.root).add_flags_by_keys("INBOX", seen, ["\\Seen"])
+            except (OSError, StoreError, sqlite3.Error) as exc:
+                log.warning("pop3: cannot mark %d messages seen: %s", len(seen), exc)
 
     @property
     def closed(self) -> bool:
@@ -188,7 +191,9 @@ class Maildrop:
         self._deleted.clear()
 
     def commit(self) -> tuple[int, int]:
-        """UPDATE state: remove the marked messages through the store; (removed, failed)."""
+        """UPDATE state: mark what RETR read as seen and remove what DELE marked, through the
+        store; returns (removed, failed)."""
+        self._apply_seen()
         keys = [self.entries[n - 1].msg.key for n in sorted(self._deleted)]
         if not keys:
             return 0, 0

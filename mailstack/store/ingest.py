@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 
 MAX_INDEX_TEXT = 256 * 1024  # decoded text kept in the search index per message
+PARSE_LIMIT = 2 << 20  # octets of a message parsed for its headers and text (memory bound)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _MSGID_RE = re.compile(r"<([^<>\s]{1,250})>")
 _REPLY_PREFIX_RE = re.compile(r"^\s*((re|fwd?|aw|sv|vs)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
@@ -77,29 +78,36 @@ def email_id(digest: bytes) -> str:
 
 
 def ingest(path: str) -> Ingested:
-    """Read the message at ``path`` once: digest, dates, threading headers, search text."""
+    """Read the message at ``path`` once, in pieces: digest and size of the whole, threading
+    headers and search text from its first :data:`PARSE_LIMIT` octets."""
     fd = open_message(path)
+    digest = hashlib.sha1(usedforsecurity=False)
+    head = bytearray()
+    size = 0
+    last = b""
     try:
         st = os.fstat(fd)
-        chunks = []
         while True:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
-            chunks.append(chunk)
+            digest.update(chunk)
+            # octets with CRLF line ends: each bare LF counts twice
+            size += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+            if last == b"\r" and chunk[:1] == b"\n":
+                size -= 1
+            last = chunk[-1:]
+            if len(head) < PARSE_LIMIT:
+                head += chunk[:PARSE_LIMIT - len(head)]
     finally:
         os.close(fd)
-    data = b"".join(chunks)
-    digest = hashlib.sha1(data, usedforsecurity=False).digest()
-    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
-    return _describe(data, email_id(digest), st.st_mtime, size)
+    return _describe(bytes(head), email_id(digest.digest()), st.st_mtime, size)
 
 
 def _describe(data: bytes, emailid: str, mtime: float, size: int) -> Ingested:
     head, _, _ = data.partition(b"\n\n")
     try:
-        msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
-            data[:8 << 20], headersonly=False)
+        msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
     except Exception:  # a parser failure must never stop indexing
         msg = None
     subject = _header(msg, "subject") if msg is not None else ""
