@@ -185,6 +185,32 @@ async def bench(args: argparse.Namespace) -> None:
         wall, cpu = time.perf_counter() - t, proc_cpu(pid) - cpu0
         print(f"full-body FETCH of {n_body}: {n_body / wall:,.0f} msg/s, "
               f"{received / wall / 1e6:.1f} MB/s, server CPU {cpu / n_body * 1e6:.0f} µs/msg")
+        # STORE on one message, SEARCH TEXT, index size
+        store_lat = []
+        for i in range(200):
+            t = time.perf_counter()
+            await c.cmd(f"UID STORE {1 + (i * 37) % args.messages} +FLAGS.SILENT (\\Flagged)"
+                        if i % 2 == 0 else
+                        f"UID STORE {1 + (i * 37) % args.messages} -FLAGS.SILENT (\\Flagged)")
+            store_lat.append(time.perf_counter() - t)
+        store_lat.sort()
+        print(f"STORE on one message over {len(store_lat)}: p50 "
+              f"{store_lat[len(store_lat) // 2] * 1000:.2f} ms, p99 "
+              f"{store_lat[int(len(store_lat) * 0.99) - 1] * 1000:.2f} ms")
+        for query in ("SEARCH TEXT quarterly", "SEARCH BODY invoice", "SEARCH TEXT zebra"):
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                lines, _ = await c.cmd(query)
+                times.append(time.perf_counter() - t)
+            hits = len(lines[0].split()) - 2 if lines and lines[0].startswith(b"* SEARCH") else 0
+            print(f"{query} over {args.messages}: {statistics.median(times) * 1000:.1f} ms "
+                  f"(median of 5), {hits} hits")
+        index = inbox.root / "mailstack-index.sqlite"
+        size = sum(p.stat().st_size for p in inbox.root.glob("mailstack-index.sqlite*"))
+        print(f"index size: {size / 1e6:.1f} MB, {size / args.messages / 1024:.1f} KiB per "
+              f"message (messages {total_bytes / args.messages / 1024:.1f} KiB on average)")
+        del index
         # delivery → EXISTS latency
         await c.cmd("SELECT INBOX")
         exists = args.messages

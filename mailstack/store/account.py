@@ -32,6 +32,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,9 @@ CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS mailbox(
   id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, uidvalidity INTEGER NOT NULL,
   uidnext INTEGER NOT NULL, first_recent INTEGER NOT NULL DEFAULT 1,
-  highestmodseq INTEGER NOT NULL, keywords TEXT NOT NULL DEFAULT '');
+  highestmodseq INTEGER NOT NULL, keywords TEXT NOT NULL DEFAULT '',
+  new_mtime INTEGER NOT NULL DEFAULT -1, cur_mtime INTEGER NOT NULL DEFAULT -1,
+  stamped_at INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS message(
   id INTEGER PRIMARY KEY, mailbox INTEGER NOT NULL, uid INTEGER NOT NULL, key TEXT NOT NULL,
   subdir TEXT NOT NULL, filename TEXT NOT NULL, flags TEXT NOT NULL, modseq INTEGER NOT NULL,
@@ -80,7 +83,7 @@ CREATE TABLE IF NOT EXISTS thread_ref(messageid TEXT PRIMARY KEY, threadid TEXT 
 CREATE TABLE IF NOT EXISTS thread_subject(subject TEXT PRIMARY KEY, threadid TEXT NOT NULL)
   WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS email_text(rowid INTEGER PRIMARY KEY, emailid TEXT NOT NULL UNIQUE);
-CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(headers, body, tokenize='trigram');
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(headers, body, tokenize='trigram', detail=none);
 """
 
 _COLS = ("uid, modseq, key, subdir, filename, flags, size, internaldate, emailid, threadid, "
@@ -120,44 +123,53 @@ def _entry(row: Sequence) -> Entry:
 
 
 class _Folder:
-    """Per-process state of one mailbox: the last listing of its directories and the last
-    published snapshot."""
+    """Per-process state of one mailbox: the directory times the index is known to be
+    consistent with, and the last published snapshot."""
 
     def __init__(self, maildir: Maildir) -> None:
         self.maildir = maildir
         self.keywords = Keywords(maildir.root)
-        self.stamps: dict[str, tuple[int, int]] = {}  # subdir → (mtime_ns, listed at ns)
+        # new/ mtime, cur/ mtime, when new/ was listed: the state the index matches
+        self.stamps: tuple[int, int, int] = (-1, -1, 0)
         self.published: Snapshot | None = None
         self.version: tuple[int, int] = (-1, -1)  # index version the snapshot was read at
         self.legacy_uids: dict[str, int] = {}  # key → UID from an old per-folder UID list
 
-    def dirs_fresh(self) -> bool:
-        """Neither new/ nor cur/ changed since the last (non-racy) listing."""
+    def mtimes(self) -> tuple[int, int]:
+        out = []
         for sub in ("new", "cur"):
-            cached = self.stamps.get(sub)
-            if cached is None:
-                return False
             try:
-                mtime = os.stat(f"{self.maildir.root}/{sub}").st_mtime_ns
+                out.append(os.stat(f"{self.maildir.root}/{sub}").st_mtime_ns)
             except FileNotFoundError:
-                return False
-            if mtime != cached[0] or cached[1] - mtime <= RACY_NS:
-                return False
-        return True
+                out.append(-2)
+        return out[0], out[1]
 
-    def listing(self) -> dict[str, tuple[str, str, str]]:
-        """key → (subdir, filename, letters) of new/ and cur/; dot files and names that are
-        not valid text are skipped."""
+    def stale(self, stamps: tuple[int, int, int] | None = None) -> set[str]:
+        """The directories that changed since the index last matched them.
+
+        Only the store changes ``cur/``, under the write lock and with a new index version, so
+        an equal mtime means no change. ``new/`` also receives deliveries without the lock:
+        a listing made within :data:`RACY_NS` of its mtime may have missed a delivery in the
+        same timestamp tick, so it is listed again.
+        """
+        new_m, cur_m, at = stamps or self.stamps  # at: when new/ was listed
+        now_new, now_cur = self.mtimes()
+        out = set()
+        if now_new != new_m or at - new_m <= RACY_NS:
+            out.add("new")
+        if now_cur != cur_m:
+            out.add("cur")
+        return out
+
+    def listing(self, subs: Iterable[str]) -> dict[str, tuple[str, str, str]]:
+        """key → (subdir, filename, letters) of ``subs``; dot files and names that are not
+        valid text are skipped."""
         out: dict[str, tuple[str, str, str]] = {}
-        for sub in ("new", "cur"):
-            path = f"{self.maildir.root}/{sub}"
+        for sub in subs:
             try:
-                mtime = os.stat(path).st_mtime_ns
-                listed_at = time.time_ns()
-                names = os.listdir(path)
+                names = os.listdir(f"{self.maildir.root}/{sub}")
             except FileNotFoundError:
                 continue
-            self.stamps[sub] = (mtime, listed_at)
             for name in names:
                 if name[:1] == "." or "\n" in name or " " in name or not _round_trips(name):
                     continue
@@ -340,7 +352,8 @@ class AccountStore:
     def _mailbox_row(self, conn: sqlite3.Connection, name: str, *, create: bool = True
                      ) -> tuple | None:
         row = conn.execute("SELECT id, uidvalidity, uidnext, first_recent, highestmodseq, "
-                           "keywords FROM mailbox WHERE name=?", (name,)).fetchone()
+                           "keywords, new_mtime, cur_mtime, stamped_at FROM mailbox "
+                           "WHERE name=?", (name,)).fetchone()
         if row is not None or not create:
             return row
         if not self.maildir(name).exists():
@@ -381,35 +394,44 @@ class AccountStore:
         self._check_file()
         folder = self._folder(name)
         pub = folder.published
-        if (pub is not None and folder.dirs_fresh() and folder.version == self._version()
+        if pub is None or folder.version != self._version():
+            pub = self._load(name, folder, missing_ok=True)
+        if (pub is not None and not folder.stale()
                 and (not claim_recent or pub.first_recent >= pub.uidnext)):
             return pub, set()
         won: set[int] = set()
-        if not folder.dirs_fresh() or pub is None or claim_recent:
-            with self._write() as conn:
+        with self._write() as conn:
+            row = self._mailbox_row(conn, name)
+            if row is None:
+                raise StoreError("no such mailbox", "NONEXISTENT")
+            self._ensure(conn, row, folder)
+            if claim_recent:
                 row = self._mailbox_row(conn, name)
-                if row is None:
-                    raise StoreError("no such mailbox", "NONEXISTENT")
-                self._reconcile(conn, row, folder)
-                if claim_recent:
-                    row = self._mailbox_row(conn, name)
-                    assert row is not None
-                    if row[3] < row[2]:
-                        won = {r[0] for r in conn.execute(
-                            "SELECT uid FROM message WHERE mailbox=? AND uid>=?",
-                            (row[0], row[3]))}
-                        conn.execute("UPDATE mailbox SET first_recent=uidnext WHERE id=?",
-                                     (row[0],))
+                assert row is not None
+                if row[3] < row[2]:
+                    won = {r[0] for r in conn.execute(
+                        "SELECT uid FROM message WHERE mailbox=? AND uid>=?", (row[0], row[3]))}
+                    conn.execute("UPDATE mailbox SET first_recent=uidnext WHERE id=?",
+                                 (row[0],))
         return self._load(name, folder), won
 
-    def _load(self, name: str, folder: _Folder) -> Snapshot:
+    @typing.overload
+    def _load(self, name: str, folder: _Folder) -> Snapshot: ...
+
+    @typing.overload
+    def _load(self, name: str, folder: _Folder, missing_ok: bool) -> Snapshot | None: ...
+
+    def _load(self, name: str, folder: _Folder, missing_ok: bool = False) -> Snapshot | None:
         """Publish the mailbox's current rows as a snapshot (only what changed is read)."""
         folder.version = self._version()
         with self._read() as conn:
             row = self._mailbox_row(conn, name, create=False)
             if row is None:
+                if missing_ok:
+                    return None
                 raise StoreError("no such mailbox", "NONEXISTENT")
-            mbid, validity, uidnext, first_recent, hms, keywords = row
+            mbid, validity, uidnext, first_recent, hms, keywords = row[:6]
+            folder.stamps = row[6:9]
             pub = folder.published
             if (pub is not None and pub.mailbox_id == mbid and pub.uidvalidity == validity
                     and pub.highest_modseq == hms and pub.uidnext == uidnext
@@ -484,31 +506,90 @@ class AccountStore:
             row = self._mailbox_row(conn, name, create=False)
             if row is None:
                 return set()
-            sql = ("SELECT m.uid FROM message m JOIN email_text t ON t.emailid = m.emailid "
-                   "JOIN fts ON fts.rowid = t.rowid WHERE m.mailbox=?")
-            args: list[object] = [row[0]]
+            # the trigram index answers LIKE '%needle%' for needles of 3 characters or more
+            # (without an ESCAPE clause); LIKE checks the stored text, so matches are exact
+            rowids: set[int] | None = None
             for where, needle in needles:
-                n = needle.casefold()
-                if len(n) >= 3:  # the trigram index answers substrings of 3 or more
-                    column = "body" if where == "BODY" else "{headers body}"
-                    sql += " AND fts MATCH ?"
-                    args.append(f'{column} : "' + n.replace('"', '""') + '"')
-                elif where == "BODY":
-                    sql += " AND instr(fts.body, ?) > 0"
-                    args.append(n)
-                else:
-                    sql += " AND (instr(fts.headers, ?) > 0 OR instr(fts.body, ?) > 0)"
-                    args += [n, n]
-            return {r[0] for r in conn.execute(sql, args)}
+                found = self._fts_rows(conn, where, needle.casefold())
+                rowids = found if rowids is None else rowids & found
+                if not rowids:
+                    return set()
+            uids = set()
+            wanted = rowids or set()
+            for uid, rowid in conn.execute(
+                    "SELECT m.uid, t.rowid FROM message m JOIN email_text t ON "
+                    "t.emailid = m.emailid WHERE m.mailbox=?", (row[0],)):
+                if rowid in wanted:
+                    uids.add(uid)
+            return uids
+
+    @staticmethod
+    def _fts_rows(conn: sqlite3.Connection, where: str, needle: str) -> set[int]:
+        if any(c in needle for c in "%_\\"):
+            like = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace(
+                "_", "\\_") + "%"
+            escape = " ESCAPE '\\'"
+        else:
+            like, escape = f"%{needle}%", ""
+        columns = ("body",) if where == "BODY" else ("headers", "body")
+        out: set[int] = set()
+        for column in columns:
+            out.update(r[0] for r in conn.execute(
+                f"SELECT rowid FROM fts WHERE {column} LIKE ?{escape}", (like,)))
+        return out
 
     # -- reconciling with the Maildir -----------------------------------------------------
-    def _reconcile(self, conn: sqlite3.Connection, row: tuple, folder: _Folder) -> None:
-        """Bring the mailbox's rows in line with its files (call inside ``_write``)."""
+    def _ensure(self, conn: sqlite3.Connection, row: tuple, folder: _Folder
+                ) -> tuple[int, int]:
+        """Inside a write transaction: make the rows match the files (listing only the
+        directories that changed since the index last matched them) and record the directory
+        times they now match. Every write starts with this; it returns the ``new/`` record
+        (mtime, listed at) for :meth:`_after`."""
+        stale = folder.stale(row[6:9])
+        new_m, cur_m, at = row[6:9]
+        if stale:
+            before = folder.mtimes()
+            listed_at = time.time_ns()
+            self._reconcile(conn, row, folder, stale)
+            if "new" in stale:
+                new_m, at = before[0], listed_at
+            if "cur" in stale:
+                cur_m = before[1]
+            self._record(conn, row[0], folder, (new_m, cur_m, at))
+        return new_m, at
+
+    def _after(self, conn: sqlite3.Connection, mbid: int, folder: _Folder,
+               new_record: tuple[int, int]) -> None:
+        """After this transaction changed files: ``cur/`` is as the rows say (only the store
+        changes it, under the lock); ``new/`` keeps its record only if nobody changed it
+        meanwhile (a delivery may have), else it is listed again next time."""
+        self._record(conn, mbid, folder, (new_record[0], folder.mtimes()[1], new_record[1]))
+
+    def _record(self, conn: sqlite3.Connection, mbid: int, folder: _Folder,
+                stamps: tuple[int, int, int]) -> None:
+        conn.execute("UPDATE mailbox SET new_mtime=?, cur_mtime=?, stamped_at=? WHERE id=?",
+                     (*stamps, mbid))
+        folder.stamps = stamps
+
+    def _reconcile(self, conn: sqlite3.Connection, row: tuple, folder: _Folder,
+                   subs: set[str]) -> None:
+        """Bring the rows of the files in ``subs`` in line with those directories."""
         mbid, _validity, uidnext = row[0], row[1], row[2]
-        disk = folder.listing()
-        known = {r[0]: r for r in conn.execute(
-            "SELECT key, uid, subdir, filename, flags, emailid FROM message WHERE mailbox=?",
-            (mbid,))}
+        disk = folder.listing(sorted(subs))
+        if subs == {"new", "cur"}:
+            rows = conn.execute("SELECT key, uid, subdir, filename, flags, emailid FROM message "
+                                "WHERE mailbox=?", (mbid,))
+        else:
+            (sub,) = subs
+            rows = conn.execute("SELECT key, uid, subdir, filename, flags, emailid FROM message "
+                                "WHERE mailbox=? AND subdir=?", (mbid, sub))
+        known = {r[0]: r for r in rows}
+        if len(subs) == 1:  # a file of the other directory seen here: a move
+            for key in [k for k in disk if k not in known]:
+                hit = conn.execute("SELECT key, uid, subdir, filename, flags, emailid FROM "
+                                   "message WHERE mailbox=? AND key=?", (mbid, key)).fetchone()
+                if hit is not None:
+                    known[key] = hit
         kw = folder.keywords
         modseq = 0
         gone: list[tuple[int, str]] = []
@@ -651,6 +732,7 @@ class AccountStore:
                 row = self._mailbox_row(conn, name)
                 if row is None:
                     raise StoreError("no such mailbox", "NONEXISTENT")
+                new_record = self._ensure(conn, row, folder)
                 mbid, known_kw = row[0], row[5].split()
                 wanted = set(match_keywords(flags, known_kw))
                 new_kw = [f for f in wanted if not f.startswith("\\") and f != "$Forwarded"
@@ -698,6 +780,8 @@ class AccountStore:
                     modseq = modseq or self._next_modseq(conn)
                 if modseq:
                     self._finish(conn, mbid, modseq)
+                if renamed:
+                    self._after(conn, mbid, folder, new_record)
         except BaseException:
             for dst, src in reversed(renamed):  # the transaction is void: so are the renames
                 with contextlib.suppress(OSError):
@@ -734,6 +818,7 @@ class AccountStore:
             row = self._mailbox_row(conn, name)
             if row is None:
                 raise StoreError("no such mailbox", "NONEXISTENT")
+            new_record = self._ensure(conn, row, folder)
             mbid = row[0]
             rows = conn.execute("SELECT uid, subdir, filename, flags, emailid FROM message "
                                 "WHERE mailbox=? AND instr(flags, ?) > 0 ORDER BY uid",
@@ -746,6 +831,7 @@ class AccountStore:
             modseq = self._next_modseq(conn)
             self._remove_rows(conn, mbid, [(r[0], r[4]) for r in victims], modseq)
             self._finish(conn, mbid, modseq)
+            self._after(conn, mbid, folder, new_record)
         self._changed(folder, poke=False)
         return [r[0] for r in victims]
 
@@ -784,7 +870,7 @@ class AccountStore:
             row = self._mailbox_row(conn, name)
             if row is None:
                 return 0
-            self._reconcile(conn, row, folder)
+            new_record = self._ensure(conn, row, folder)
             mbid = row[0]
             rows = [r for r in conn.execute(
                 "SELECT uid, subdir, filename, flags, emailid, key FROM message WHERE mailbox=?",
@@ -795,6 +881,7 @@ class AccountStore:
             modseq = self._next_modseq(conn)
             self._remove_rows(conn, mbid, [(r[0], r[4]) for r in rows], modseq)
             self._finish(conn, mbid, modseq)
+            self._after(conn, mbid, folder, new_record)
         self._changed(folder, poke=False)
         return len(rows)
 
@@ -809,7 +896,7 @@ class AccountStore:
             row = self._mailbox_row(conn, name)
             if row is None:
                 raise StoreError("no such mailbox", "TRYCREATE")
-            self._reconcile(conn, row, folder)  # files that arrived meanwhile come first
+            new_record = self._ensure(conn, row, folder)  # files that arrived first come first
             row = self._mailbox_row(conn, name)
             assert row is not None
             mbid, validity, uid = row[0], row[1], row[2]
@@ -827,6 +914,7 @@ class AccountStore:
                 conn.execute("UPDATE mailbox SET uidnext=? WHERE id=?", (uid + 1, mbid))
                 self._finish(conn, mbid, modseq)
                 self._grow_keywords(conn, mbid, row[5].split(), wanted)
+                self._after(conn, mbid, folder, new_record)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -855,7 +943,8 @@ class AccountStore:
                     raise StoreError("no such mailbox", "NONEXISTENT")
                 if drow is None:
                     raise StoreError("no such mailbox", "TRYCREATE")
-                self._reconcile(conn, drow, dfolder)
+                src_record = self._ensure(conn, srow, sfolder)
+                dst_record = self._ensure(conn, drow, dfolder)
                 drow = self._mailbox_row(conn, dst)
                 assert drow is not None
                 smbid, dmbid, validity, next_uid = srow[0], drow[0], drow[1], drow[2]
@@ -912,11 +1001,13 @@ class AccountStore:
                     by_uid = {r[0]: r[8] for r in rows}
                     self._remove_rows(conn, smbid, [(u, by_uid[u]) for u in src_uids], modseq)
                     self._finish(conn, smbid, modseq)
+                    self._after(conn, smbid, sfolder, src_record)
                 conn.execute("UPDATE mailbox SET uidnext=? WHERE id=?", (next_uid, dmbid))
                 self._grow_keywords(conn, dmbid, known_kw, all_flags)
                 self._finish(conn, dmbid, modseq)
                 if placed:
                     fsync_dir(droot / "cur")
+                self._after(conn, dmbid, dfolder, dst_record)
         except BaseException:
             for new, old in reversed(placed):
                 with contextlib.suppress(OSError):
