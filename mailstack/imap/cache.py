@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from ..store.ingest import NotAMessage, open_message
 from ..store.maildir import to_crlf
 from . import mime
 
@@ -186,17 +187,18 @@ def read_header(path: Path) -> bytes | None:
 
     Gives the same bytes as :func:`mime.split_header` on the whole message."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(16384)
-            while True:
-                if data.startswith((b"\n", b"\r\n")):
-                    return b"\r\n"
-                m = _BLANK_RE.search(data)
-                if m:
-                    return to_crlf(data[:m.end()])
-                more = fh.read(65536)
-                if not more or len(data) > MAX_HEADER:
-                    return to_crlf(data)
-                data += more
-    except FileNotFoundError:
+        fd = open_message(str(path))  # no symlink followed, no FIFO waited on
+    except NotAMessage:
         return None
+    with open(fd, "rb") as fh:
+        data = fh.read(16384)
+        while True:
+            if data.startswith((b"\n", b"\r\n")):
+                return b"\r\n"
+            m = _BLANK_RE.search(data)
+            if m:
+                return to_crlf(data[:m.end()])
+            more = fh.read(65536)
+            if not more or len(data) > MAX_HEADER:
+                return to_crlf(data)
+            data += more

@@ -32,11 +32,13 @@ import hashlib
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from ..store.account import AccountStore, StoreError
+from ..store.ingest import NotAMessage, read_message
 from ..store.maildir import Maildir, MaildirMessage, crlf_size, message_from_name
 
 log = logging.getLogger("mailstack.pop3")
@@ -169,13 +171,16 @@ class Maildrop:
         """Message ``n`` as stored (LF line ends); raises NoSuchMessage or MessageGone."""
         entry = self.get(n)
         msg = entry.msg
-        try:  # fast path: 3 system calls; Maildir.read below follows a concurrent rename
+        try:  # fast path: 3 system calls; a concurrent rename is followed below
             return _read_file(f"{self._root}/{msg.subdir}/{msg.filename}", entry.size + 1)
         except FileNotFoundError:
             pass
+        moved = self.box.find(msg.key)  # a concurrent flag change renamed it
+        if moved is None:
+            raise MessageGone(n)
         try:
-            return self.box.read(msg)
-        except FileNotFoundError:
+            return read_message(f"{self._root}/{moved.subdir}/{moved.filename}")
+        except NotAMessage:
             raise MessageGone(n) from None
 
     def mark_seen(self, n: int) -> None:
@@ -210,8 +215,10 @@ def _read_file(path: str, hint: int) -> bytes:
     """A whole file in few system calls (open, read, read → EOF, close) when ``hint`` > size.
 
     Cheaper than ``open(path, "rb").read()``, which adds fstat, ioctl and buffer set-up.
+    Symlinks are not followed and special files not waited on (``O_NOFOLLOW | O_NONBLOCK``;
+    the snapshot admits regular files only).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         data = os.read(fd, hint)
         more = os.read(fd, 1 << 20) if data else b""
@@ -282,11 +289,17 @@ def _parse(box: Maildir, subdir: str, name: str) -> Entry | None:
     msg = message_from_name(subdir, name)
     if msg is None:
         return None
+    path = f"{box.root}/{subdir}/{name}"
+    try:  # a FIFO, device or symlink placed by hand is no message (never opened or followed)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+    except FileNotFoundError:
+        return None
     size = msg.vsize
     if size is None:  # delivered by something that does not record ,W=: measure it
         try:
-            size = crlf_size(box.read(msg))
-        except FileNotFoundError:
+            size = crlf_size(read_message(path))
+        except NotAMessage:
             return None
     return Entry(msg, size, uidl_for(msg.key))
 

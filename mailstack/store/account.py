@@ -468,7 +468,7 @@ class AccountStore:
     def usage(self) -> int:
         """Octets stored in every mailbox (what the quota counts)."""
         with self._read() as conn:
-            return conn.execute("SELECT coalesce(sum(size), 0) FROM message").fetchone()[0]
+            return _usage(conn)
 
     def path_of(self, name: str, e: Entry) -> str:
         return f"{self.maildir(name).root}/{e.subdir}/{e.filename}"
@@ -890,9 +890,9 @@ class AccountStore:
                date: float | None = None, *, quota: int = 0) -> tuple[int, int]:
         """Store a message in mailbox ``name``; returns (UIDVALIDITY, UID)."""
         folder = self._folder(name)
-        if quota and self.usage() + len(data) > quota:
-            raise OverQuota()
         with self._write() as conn:
+            if quota and _usage(conn) + len(data) > quota:
+                raise OverQuota()
             row = self._mailbox_row(conn, name)
             if row is None:
                 raise StoreError("no such mailbox", "TRYCREATE")
@@ -957,7 +957,7 @@ class AccountStore:
                 rows.sort(key=lambda r: r[0])
                 if not rows:
                     return validity, [], []
-                if quota and not move and self.usage() + sum(r[6] for r in rows) > quota:
+                if quota and not move and _usage(conn) + sum(r[6] for r in rows) > quota:
                     raise OverQuota()
                 modseq = self._next_modseq(conn)
                 src_uids, new_uids = [], []
@@ -1085,6 +1085,10 @@ class AccountStore:
         snap, _ = self.sync("INBOX")
         if snap.entries:
             self.transfer("INBOX", snap.uids, new, move=True)
+
+
+def _usage(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT coalesce(sum(size), 0) FROM message").fetchone()[0]
 
 
 def _chunks(items: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
