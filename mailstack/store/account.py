@@ -14,6 +14,9 @@ transaction and before the commit, in an order that a crash can only complete, n
 - expunge: unlink, then commit (the next sync sees the file gone);
 - append/copy/move: the file appears, then the row (the next sync indexes the file).
 
+A file the index takes from ``new/`` moves to ``cur/`` (Dovecot does the same), so ``new/``
+holds only what arrived since, and listing it for new deliveries stays cheap.
+
 So the index and the Maildir always converge, and a message is never lost or resurrected.
 Files that appear, vanish or are renamed by anyone else (the mda delivers straight into
 ``new/``) are picked up by :meth:`AccountStore.sync`, under the same lock.
@@ -629,6 +632,15 @@ class AccountStore:
                     info = ingest(path)
                 except NotAMessage:
                     continue
+                if sub == "new":  # seen by the index: into cur/ (as Dovecot does), so new/
+                    # stays short and a listing of it (for deliveries) stays cheap
+                    try:
+                        os.rename(path, f"{folder.maildir.root}/cur/{key}{INFO_SEP}")
+                        sub, fname = "cur", f"{key}{INFO_SEP}"
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        pass
                 uid = legacy.get(key, 0)
                 if uid < next_uid:
                     uid = next_uid
