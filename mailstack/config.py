@@ -85,6 +85,9 @@ class ServerSection:
     #: open connections a daemon accepts in all, and from one client address
     max_connections: int = 20000
     max_connections_per_ip: int = 1000
+    #: the account that gets mail for postmaster@<each domain> and <postmaster> when there is
+    #: no postmaster account of that name; empty: see users.postmaster_account
+    postmaster: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,11 @@ class MTASection:
     retry_max: Duration = Duration(3600)
     queue_lifetime: Duration = Duration(5 * 86400)
     max_hops: int = 50
+    #: errors (4xx/5xx replies) in one SMTP session before each further one is delayed by
+    #: error_delay times the errors beyond the limit, and before the session is ended with 421
+    soft_error_limit: int = 3
+    hard_error_limit: int = 20
+    error_delay: Duration = Duration(1)
     #: relay: DNS server for MX lookups ("" = the system's), e.g. "127.0.0.1:5353"
     resolver: str = ""
     relay_tls: str = "opportunistic"  # TLS policy for MX deliveries
@@ -394,6 +402,12 @@ def _validate_section(name: str, section: Any, source: str) -> None:
                               "use debug, info, warning or error")
         if not section.bind:
             raise ConfigError(f"{source}: [server].bind must name at least one address")
+        if section.postmaster:
+            domain = section.postmaster.rpartition("@")[2].lower()
+            if domain not in (d.lower() for d in section.domains):
+                raise ConfigError(f"{source}: bad value for [server].postmaster: expected an "
+                                  f"account in one of [server].domains, got "
+                                  f"{section.postmaster!r}")
     if name == "tls" and bool(section.cert) != bool(section.key):
         raise ConfigError(f"{source}: [tls].cert and [tls].key go together: set both or neither")
     if name == "mta":
@@ -407,6 +421,9 @@ def _validate_section(name: str, section: Any, source: str) -> None:
                               f"{', '.join(TLS_POLICIES)}")
         if section.resolver and not re.fullmatch(r"\[?[^\s\]]+\]?(:\d+)?", section.resolver):
             raise ConfigError(f"{source}: bad value for [mta].resolver: expected host[:port]")
+        if section.soft_error_limit < 0 or section.hard_error_limit < 1:
+            raise ConfigError(f"{source}: bad value for [mta].soft_error_limit/hard_error_limit:"
+                              " soft must be >= 0 and hard >= 1")
         if section.max_per_destination < 1:
             raise ConfigError(f"{source}: bad value for [mta].max_per_destination: must be >= 1")
     if name == "capture":

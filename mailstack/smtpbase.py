@@ -19,6 +19,7 @@ from .address import split_path
 from .netserver import ConnectionLimiter
 from .smtpdata import DataReader
 from .smtpreply import enhance
+from .validate import helo_error
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -85,7 +86,15 @@ class ProtocolMixin:
         held.clear()
         await self._writer.drain()  # type: ignore[attr-defined]
 
-    async def _greeting_reply(self, method: Any, arg: str) -> None:
+    async def _greeting_reply(self, method: Any, arg: str | None) -> None:
+        """HELO/EHLO/LHLO: the name is checked first (``validate.helo_error``), so no control
+        character from it reaches the Received header or a log line."""
+        problem = helo_error(arg) if arg else None
+        if problem is not None:
+            peer = self.session.peer if self.session else None  # type: ignore[attr-defined]
+            log.warning("%s: greeting refused: %s", peer[0] if peer else "?", problem)
+            await self.push(f"501 5.5.4 Bad HELO/EHLO name: {problem}")
+            return
         self._plain_reply = True
         try:
             await method(arg)

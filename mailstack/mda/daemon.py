@@ -47,7 +47,8 @@ class DeliveryHandler:
 
     def resolve(self, address: str) -> str | None:
         """The account a recipient address delivers to, or None."""
-        return resolve_recipient(self.users, self.cfg.server.domains, address)
+        return resolve_recipient(self.users, self.cfg.server.domains, address,
+                                 self.cfg.server.postmaster)
 
     async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
