@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, ConfigError, load
+from .fsutil import private_umask
 
 EPILOG = """\
 examples:
@@ -174,6 +175,7 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    private_umask()  # files and directories made by any subcommand are the owner's only
     args = build_parser().parse_args(argv)
     try:
         cfg = load(args.config, port_offset=getattr(args, "port_offset", 0) or 0)
