@@ -85,6 +85,8 @@ class ServerSection:
     #: open connections a daemon accepts in all, and from one client address
     max_connections: int = 20000
     max_connections_per_ip: int = 1000
+    #: implicit-TLS handshakes (465, 993, 995) and STARTTLS handshakes must end within this
+    tls_handshake_timeout: Duration = Duration(10)
     #: the account that gets mail for postmaster@<each domain> and <postmaster> when there is
     #: no postmaster account of that name; empty: see users.postmaster_account
     postmaster: str = ""

@@ -16,7 +16,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING
 
 from .address import split_path
-from .netserver import ConnectionLimiter
+from .netserver import CountedProtocol
 from .smtpdata import DataReader
 from .smtpreply import enhance
 from .validate import helo_error
@@ -28,40 +28,13 @@ log = logging.getLogger("mailstack.smtp")
 _CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
 
 
-class ProtocolMixin:
-    """Mix in before aiosmtpd's ``SMTP``/``LMTP`` class."""
+class ProtocolMixin(CountedProtocol):
+    """Mix in before aiosmtpd's ``SMTP``/``LMTP`` class. The daemon sets ``limiter`` (and
+    ``implicit_tls`` on 465): see :class:`netserver.CountedProtocol`."""
 
     _plain_reply = False
     _held: list[bytes] | None = None
-    #: set by the daemon: connection limits, and whether this connection was refused
-    limiter: ConnectionLimiter | None = None
-    _counted_ip: str | None = None
-    _refused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.limiter is not None and self.transport is None:  # a new connection
-            peer = transport.get_extra_info("peername")
-            ip = str(peer[0]) if peer else "unknown"
-            if not self.limiter.acquire(ip):
-                self._refused = True
-                self.limiter.refuse(transport, ip, b"421 4.7.0 Too many connections, try "
-                                    b"again later\r\n", type(self).__name__)
-                return
-            self._counted_ip = ip
-        super().connection_made(transport)  # type: ignore[misc]
-
-    def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        return super().eof_received()  # type: ignore[misc]
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
-            return
-        if self._counted_ip is not None and self.limiter is not None:
-            self.limiter.release(self._counted_ip)
-            self._counted_ip = None
-        super().connection_lost(error)  # type: ignore[misc]
+    busy_reply = b"421 4.7.0 Too many connections, try again later\r\n"
 
     async def push(self, status: Any) -> None:
         """Write a reply. Replies are held back while the client has already sent its next

@@ -59,6 +59,10 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                 auth_required=listener != "smtp", auth_require_tls=not implicit,
                 auth_exclude_mechanism=[], timeout=float(cfg.mta.idle_timeout))
             proto.limiter = limiter
+            proto.listener_name = f"mta {listener}"
+            proto.handshake_timeout = float(cfg.server.tls_handshake_timeout)
+            if implicit:
+                proto.implicit_tls = tls
             return proto
         return make
 
@@ -70,8 +74,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             continue
         try:
             new = await start_server(None, cfg.server.bind, port, name=f"mta {listener}",
-                                     protocol_factory=factory(listener),
-                                     ssl_context=tls if listener == "submissions" else None)
+                                     protocol_factory=factory(listener))
         except BaseException:
             for s in servers:
                 s.close()

@@ -133,7 +133,7 @@ class MailstackSMTP(ProtocolMixin, SMTP):
         await self.push("220 2.0.0 Ready to start TLS")
         try:
             dropped += await starttls(self._reader, self._writer, self.tls_context,
-                                      timeout=float(self._timeout_duration or 30))
+                                      timeout=self.handshake_timeout)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             log.info("%s: TLS handshake failed: %s", peer[0] if peer else "?", exc)
             if self.transport is not None:
