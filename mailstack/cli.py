@@ -164,7 +164,8 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     print(f"  domains   {', '.join(cfg.server.domains)}")
     print(f"  data_dir  {cfg.data_dir}")
     for lst in listeners(cfg):
-        print(f"  {lst.daemon:<10} {lst.name:<12} port {lst.port:<6} {lst.tls}")
+        where = f"unix:{lst.path}" if lst.path else f"port {lst.port:<6}"
+        print(f"  {lst.daemon:<10} {lst.name:<12} {where} {lst.tls}")
     if cfg.capture.enabled:
         print(f"  capture   every message goes to {cfg.capture.address}; nothing is relayed")
     for f in cfg.faults:
