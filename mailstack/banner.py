@@ -14,6 +14,15 @@ class Listener:
     port: int
     tls: str  # "STARTTLS", "STARTTLS required", "implicit TLS", "none"
     addresses: tuple[str, ...]
+    path: str = ""  # a unix socket instead of a port
+
+    @property
+    def where(self) -> str:
+        """``unix:PATH`` or ``127.0.0.1, [::1] port 25``."""
+        if self.path:
+            return f"unix:{self.path}"
+        addrs = ", ".join(f"[{a}]" if ":" in a else a for a in self.addresses)
+        return f"{addrs} port {self.port}"
 
 
 def listeners(cfg: Config) -> list[Listener]:
@@ -23,6 +32,7 @@ def listeners(cfg: Config) -> list[Listener]:
         Listener("mta", "smtp", cfg.port("mta", "smtp"), "STARTTLS", b),
         Listener("mta", "submission", cfg.port("mta", "submission"), "STARTTLS required", b),
         Listener("mta", "submissions", cfg.port("mta", "submissions"), "implicit TLS", b),
+        Listener("mda", "lmtp", 0, "none", (), str(cfg.lmtp_socket or "")),
         Listener("mda", "lmtp", cfg.port("mda", "lmtp"), "none", cfg.mda.bind),
         Listener("imap", "imap", cfg.port("imap", "imap"), "STARTTLS", b),
         Listener("imap", "imaps", cfg.port("imap", "imaps"), "implicit TLS", b),
@@ -30,7 +40,7 @@ def listeners(cfg: Config) -> list[Listener]:
         Listener("pop3", "pop3s", cfg.port("pop3", "pop3s"), "implicit TLS", b),
         Listener("autoconfig", "http", cfg.port("autoconfig", "http"), "none", b),
     ]
-    return [r for r in rows if r.port]
+    return [r for r in rows if r.port or r.path]
 
 
 def banner(cfg: Config, daemons: list[str], ca_path: str | None) -> str:
@@ -39,8 +49,7 @@ def banner(cfg: Config, daemons: list[str], ca_path: str | None) -> str:
     for lst in listeners(cfg):
         if lst.daemon not in daemons:
             continue
-        addrs = ", ".join(f"[{a}]" if ":" in a else a for a in lst.addresses)
-        lines.append(f"  {lst.daemon:<10} {lst.name:<12} {addrs} port {lst.port:<6} {lst.tls}")
+        lines.append(f"  {lst.daemon:<10} {lst.name:<12} {lst.where:<28} {lst.tls}")
     lines += ["",
               f"  domains:   {', '.join(cfg.server.domains)}",
               f"  data:      {cfg.data_dir}"]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, ConfigError, load
+from .fsutil import private_umask
 
 EPILOG = """\
 examples:
@@ -163,7 +164,8 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     print(f"  domains   {', '.join(cfg.server.domains)}")
     print(f"  data_dir  {cfg.data_dir}")
     for lst in listeners(cfg):
-        print(f"  {lst.daemon:<10} {lst.name:<12} port {lst.port:<6} {lst.tls}")
+        where = f"unix:{lst.path}" if lst.path else f"port {lst.port:<6}"
+        print(f"  {lst.daemon:<10} {lst.name:<12} {where} {lst.tls}")
     if cfg.capture.enabled:
         print(f"  capture   every message goes to {cfg.capture.address}; nothing is relayed")
     for f in cfg.faults:
@@ -174,6 +176,7 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    private_umask()  # files and directories made by any subcommand are the owner's only
     args = build_parser().parse_args(argv)
     try:
         cfg = load(args.config, port_offset=getattr(args, "port_offset", 0) or 0)

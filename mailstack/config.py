@@ -85,6 +85,11 @@ class ServerSection:
     #: open connections a daemon accepts in all, and from one client address
     max_connections: int = 20000
     max_connections_per_ip: int = 1000
+    #: implicit-TLS handshakes (465, 993, 995) and STARTTLS handshakes must end within this
+    tls_handshake_timeout: Duration = Duration(10)
+    #: the account that gets mail for postmaster@<each domain> and <postmaster> when there is
+    #: no postmaster account of that name; empty: see users.postmaster_account
+    postmaster: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,13 +153,19 @@ class MTASection:
     submissions: Port = Port(465)
     max_message_size: Size = Size(25 * 1024**2)
     max_recipients: int = 100
-    #: where the mda listens; empty means the local mda (127.0.0.1 and [mda].lmtp)
+    #: where the mda listens: "host:port" (TCP) or "unix:PATH" (PATH relative to data_dir or
+    #: absolute); empty means the local mda: its [mda].socket, else 127.0.0.1 and [mda].lmtp
     lmtp: str = ""
     idle_timeout: Duration = Duration(300)
     retry_initial: Duration = Duration(60)
     retry_max: Duration = Duration(3600)
     queue_lifetime: Duration = Duration(5 * 86400)
     max_hops: int = 50
+    #: errors (4xx/5xx replies) in one SMTP session before each further one is delayed by
+    #: error_delay times the errors beyond the limit, and before the session is ended with 421
+    soft_error_limit: int = 3
+    hard_error_limit: int = 20
+    error_delay: Duration = Duration(1)
     #: relay: DNS server for MX lookups ("" = the system's), e.g. "127.0.0.1:5353"
     resolver: str = ""
     relay_tls: str = "opportunistic"  # TLS policy for MX deliveries
@@ -168,7 +179,11 @@ class MTASection:
 
 @dataclass(frozen=True)
 class MDASection:
-    lmtp: Port = Port(24)
+    #: the LMTP unix socket (mode 0600; relative to data_dir or absolute; "" disables it)
+    socket: str = "run/lmtp.sock"
+    #: an LMTP TCP port on [mda].bind (0: none): no authentication, anyone who can connect
+    #: can deliver to any mailbox; for the mta on another host or container only
+    lmtp: Port = Port(0)
     bind: tuple[str, ...] = ("127.0.0.1",)
     quota: Size = Size(0)  # 0: no quota
 
@@ -286,12 +301,21 @@ class Config:
         return self.server.data_dir
 
     @property
-    def lmtp_target(self) -> tuple[str, int]:
-        """(host, port) the mta delivers local mail to."""
-        if not self.mta.lmtp:
-            return "127.0.0.1", self.port("mda", "lmtp")
-        host, _, port = self.mta.lmtp.rpartition(":")
-        return host.strip("[]"), int(port)
+    def lmtp_socket(self) -> Path | None:
+        """The mda's LMTP unix socket, or None when ``[mda] socket`` is empty."""
+        return self.data_dir / self.mda.socket if self.mda.socket else None
+
+    @property
+    def lmtp_target(self) -> Path | tuple[str, int]:
+        """Where the mta delivers local mail: a unix socket's path, or (host, port)."""
+        if self.mta.lmtp.startswith("unix:"):
+            return self.data_dir / self.mta.lmtp[len("unix:"):]
+        if self.mta.lmtp:
+            host, _, port = self.mta.lmtp.rpartition(":")
+            return host.strip("[]"), int(port)
+        if self.lmtp_socket is not None:
+            return self.lmtp_socket
+        return "127.0.0.1", self.port("mda", "lmtp")
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self.server.domains
@@ -394,12 +418,19 @@ def _validate_section(name: str, section: Any, source: str) -> None:
                               "use debug, info, warning or error")
         if not section.bind:
             raise ConfigError(f"{source}: [server].bind must name at least one address")
+        if section.postmaster:
+            domain = section.postmaster.rpartition("@")[2].lower()
+            if domain not in (d.lower() for d in section.domains):
+                raise ConfigError(f"{source}: bad value for [server].postmaster: expected an "
+                                  f"account in one of [server].domains, got "
+                                  f"{section.postmaster!r}")
     if name == "tls" and bool(section.cert) != bool(section.key):
         raise ConfigError(f"{source}: [tls].cert and [tls].key go together: set both or neither")
     if name == "mta":
-        if section.lmtp and not re.fullmatch(r"\[?[^\s\]]+\]?:\d+", section.lmtp):
-            raise ConfigError(f"{source}: bad value for [mta].lmtp: expected host:port, "
-                              f"got {section.lmtp!r}")
+        if section.lmtp and not (re.fullmatch(r"\[?[^\s\]]+\]?:\d+", section.lmtp)
+                                 or re.fullmatch(r"unix:\S+", section.lmtp)):
+            raise ConfigError(f"{source}: bad value for [mta].lmtp: expected host:port or "
+                              f"unix:PATH, got {section.lmtp!r}")
         if section.max_recipients < 1:
             raise ConfigError(f"{source}: bad value for [mta].max_recipients: must be >= 1")
         if section.relay_tls not in TLS_POLICIES:
@@ -407,6 +438,9 @@ def _validate_section(name: str, section: Any, source: str) -> None:
                               f"{', '.join(TLS_POLICIES)}")
         if section.resolver and not re.fullmatch(r"\[?[^\s\]]+\]?(:\d+)?", section.resolver):
             raise ConfigError(f"{source}: bad value for [mta].resolver: expected host[:port]")
+        if section.soft_error_limit < 0 or section.hard_error_limit < 1:
+            raise ConfigError(f"{source}: bad value for [mta].soft_error_limit/hard_error_limit:"
+                              " soft must be >= 0 and hard >= 1")
         if section.max_per_destination < 1:
             raise ConfigError(f"{source}: bad value for [mta].max_per_destination: must be >= 1")
     if name == "capture":
@@ -474,6 +508,10 @@ def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
         data_dir=server.data_dir.expanduser().absolute())
     if port_offset < 0 or port_offset > 65000:
         raise ConfigError(f"--port-offset {port_offset}: must be between 0 and 65000")
+    mda: MDASection = sections["mda"]
+    if not sections["mta"].lmtp and not mda.socket and not mda.lmtp:
+        raise ConfigError(f"{source}: the mta has nowhere to deliver local mail: set [mda].socket "
+                          "(the default), [mda].lmtp or [mta].lmtp")
     return _capture_domains(Config(**sections, faults=faults, port_offset=port_offset,
                                    source=source))
 

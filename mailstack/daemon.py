@@ -21,6 +21,7 @@ from typing import cast
 
 from .allocator import configure_allocator
 from .config import Config
+from .fsutil import private_umask
 from .netserver import BindError, install_uvloop, raise_nofile_limit
 
 DAEMONS: dict[str, str] = {
@@ -69,6 +70,7 @@ def load_serve(name: str) -> ServeFn:
 
 def run(name: str, cfg: Config) -> int:
     """Run daemon ``name`` until SIGTERM/SIGINT; returns the process exit code."""
+    private_umask()  # also for daemons forked without the CLI (the test fork server)
     setup_logging(name, cfg.server.log_level)
     serve = load_serve(name)
     install_uvloop()

@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: every process of mailstack (daemons and CLI) creates files 0600 and directories 0700: mail,
+#: queue entries, keys and folder metadata are private to the account running the stack
+PRIVATE_UMASK = 0o077
+
+
+def private_umask() -> None:
+    """Set :data:`PRIVATE_UMASK` for this process (at the start of every entry point)."""
+    os.umask(PRIVATE_UMASK)
+
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """fsync a directory so that a create/rename/unlink inside it survives a crash."""

@@ -8,7 +8,9 @@ for SMTP/LMTP, ``* OK`` for IMAP, ``+OK`` for POP3, an HTTP 200 for autoconfig â
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
+from . import unixsock
 from .banner import listeners
 from .config import Config
 
@@ -20,18 +22,23 @@ def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
     rows = [lst for lst in listeners(cfg) if lst.daemon == daemon]
     if not rows:
         return False, f"{daemon} has no enabled listener in {cfg.source}"
-    lst = rows[0]
-    host = lst.addresses[0]
+    # the first with a port: for the mda its TCP listener when it has one (as other containers
+    # reach it), else its unix socket
+    lst = next((r for r in rows if r.port), rows[0])
+    host = lst.addresses[0] if lst.addresses else ""
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    where = f"unix:{lst.path}" if lst.path else f"{host}:{lst.port}"
     try:
-        with socket.create_connection((host, lst.port), timeout) as s:
+        sock = unixsock.connect_blocking(Path(lst.path), timeout) if lst.path \
+            else socket.create_connection((host, lst.port), timeout)
+        with sock as s:
             if daemon == "autoconfig":
                 s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             greeting = s.recv(256)
     except OSError as exc:
-        return False, f"{daemon} {lst.name} on {host}:{lst.port}: {exc.strerror or exc}"
+        return False, f"{daemon} {lst.name} on {where}: {exc.strerror or exc}"
     if greeting.startswith(EXPECT[daemon]):
-        return True, f"{daemon} {lst.name} on {host}:{lst.port}: " \
+        return True, f"{daemon} {lst.name} on {where}: " \
             f"{greeting.splitlines()[0].decode(errors='replace')}"
-    return False, f"{daemon} {lst.name} on {host}:{lst.port}: unexpected greeting {greeting[:60]!r}"
+    return False, f"{daemon} {lst.name} on {where}: unexpected greeting {greeting[:60]!r}"

@@ -5,6 +5,8 @@
 - :func:`starttls` upgrades a stream safely: bytes the client pipelined behind STARTTLS/STLS are
   discarded before the handshake (the CVE-2011-0411 class of injection).
 - :class:`LineReader` reads CRLF lines with a length limit and an idle timeout.
+- :class:`CountedProtocol` counts a connection against the daemon's limits when it is accepted
+  and does the implicit-TLS handshake itself, with a timeout, after that.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import logging
 import resource
 import socket
 import ssl
+import sys
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -56,9 +60,116 @@ class ConnectionLimiter:
                name: str) -> None:
         log.warning("%s: refused %s: too many connections (%d from it, %d in all)", name, ip,
                     self._per_ip.get(ip, 0), self.total)
-        if busy_reply and isinstance(transport, asyncio.WriteTransport):
-            transport.write(busy_reply)
+        # not isinstance(transport, asyncio.WriteTransport): uvloop's transports are not
+        # subclasses of it, and the reply was silently skipped in production
+        write = getattr(transport, "write", None)
+        if busy_reply and write is not None:
+            write(busy_reply)
         transport.close()
+
+
+def transport_ip(transport: asyncio.BaseTransport) -> str:
+    """The client's address, or "unknown" (e.g. a unix socket)."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer and isinstance(peer, tuple) else "unknown"
+
+
+class CountedProtocol:
+    """Mix in before an asyncio protocol class (aiosmtpd's ``SMTP``, ``StreamReaderProtocol``).
+
+    The connection is counted with ``limiter`` the moment it is accepted (over the limits: the
+    ``busy_reply``, then close) and released when it is lost. With ``implicit_tls`` the
+    handshake follows, bounded by ``handshake_timeout``; only then does the wrapped protocol
+    see the connection. Handshakes in progress therefore count against the limits, and one
+    client cannot hold thousands of them (a refused implicit-TLS connection gets no reply: the
+    client expects a handshake, not plaintext).
+    """
+
+    limiter: ConnectionLimiter | None = None
+    busy_reply: bytes = b""
+    implicit_tls: ssl.SSLContext | None = None
+    handshake_timeout: float = 10.0
+    listener_name: str = ""
+    _state = "new"  # new → handshake → open; or refused; closed at the end
+    _counted_ip: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._state == "handshake":  # from the TLS layer: the handshake is done
+            self._state = "open"
+            super().connection_made(transport)  # type: ignore[misc]
+            return
+        if self._state != "new":  # not expected: a second connection_made is passed on
+            super().connection_made(transport)  # type: ignore[misc]
+            return
+        ip = transport_ip(transport)
+        if self.limiter is not None:
+            if not self.limiter.acquire(ip):
+                self._state = "refused"
+                self.limiter.refuse(transport, ip, b"" if self.implicit_tls else self.busy_reply,
+                                    self.listener_name or type(self).__name__)
+                return
+            self._counted_ip = ip
+        if self.implicit_tls is None:
+            self._state = "open"
+            super().connection_made(transport)  # type: ignore[misc]
+            return
+        self._state = "handshake"
+        self._start_tls(transport, ip)
+
+    def _start_tls(self, raw: asyncio.BaseTransport, ip: str) -> None:
+        """Put the TLS layer under this protocol now, as ``create_server(ssl=...)`` does: no
+        byte of the ClientHello can be read before it (``loop.start_tls`` runs a loop
+        iteration later, and uvloop starts reading right after ``connection_made``)."""
+        assert self.implicit_tls is not None
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        tls = _ssl_protocol_class(loop)(
+            loop, self, self.implicit_tls, waiter, server_side=True,
+            call_connection_made=True, ssl_handshake_timeout=self.handshake_timeout)
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+        waiter.add_done_callback(lambda w: self._handshake_done(w, ip))
+
+    def _handshake_done(self, waiter: asyncio.Future[None], ip: str) -> None:
+        exc = None if waiter.cancelled() else waiter.exception()
+        if exc is None and not waiter.cancelled():
+            return
+        log.info("%s: %s: TLS handshake failed: %s", self.listener_name or "tls", ip,
+                 str(exc) or type(exc).__name__)
+        if self._state == "handshake":
+            self._state = "closed"
+            self._release()
+
+    def eof_received(self) -> bool | None:
+        if self._state != "open":
+            return False
+        return super().eof_received()  # type: ignore[misc]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        state, self._state = self._state, "closed"
+        try:
+            if state == "open":
+                super().connection_lost(error)  # type: ignore[misc]
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._counted_ip is not None and self.limiter is not None:
+            self.limiter.release(self._counted_ip)
+        self._counted_ip = None
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The TLS protocol class of this event loop: uvloop's own under uvloop (asyncio's kept
+    ~3 KiB per connection there, see mta/smtp.py), else asyncio's."""
+    uvloop = sys.modules.get("uvloop.loop")  # imported by install_uvloop() when in use
+    if uvloop is not None and isinstance(loop, uvloop.Loop):
+        return uvloop.SSLProtocol
+    return sslproto.SSLProtocol
+
+
+class _StreamProtocol(CountedProtocol, asyncio.StreamReaderProtocol):
+    """``asyncio.start_server``'s protocol, counted and (implicit TLS) upgraded first."""
 
 
 def limiter_for(cfg: Any) -> ConnectionLimiter:
@@ -105,29 +216,33 @@ async def start_server(handler: ClientHandler | None, addresses: Sequence[str], 
                        limit: int = 64 * 1024,
                        protocol_factory: Callable[[], asyncio.BaseProtocol] | None = None,
                        limiter: ConnectionLimiter | None = None, busy_reply: bytes = b"",
-                       ) -> list[asyncio.Server]:
+                       handshake_timeout: float = 10.0) -> list[asyncio.Server]:
     """Bind on ``port`` of every address; an unavailable IPv6 address is skipped.
 
-    Give either ``handler`` (a streams callback) or ``protocol_factory`` (aiosmtpd; its
-    protocol applies ``limiter`` itself, see ``smtpbase.ProtocolMixin``). With ``limiter``, a
-    connection over the limits gets ``busy_reply`` and is closed.
+    Give either ``handler`` (a streams callback) or ``protocol_factory`` (aiosmtpd: a
+    :class:`CountedProtocol` configured by the caller, ``ssl_context`` not allowed). For a
+    handler, every connection is counted with ``limiter`` when accepted (over the limits:
+    ``busy_reply`` and close) and, with ``ssl_context``, upgraded to TLS (implicit TLS) within
+    ``handshake_timeout`` seconds before the handler runs.
     """
-    if limiter is not None and handler is not None:
-        handler = _limited(handler, limiter, busy_reply, name)
-    servers: list[asyncio.Server] = []
     loop = asyncio.get_running_loop()
-    tls_timeout = 30 if ssl_context else None
+    if protocol_factory is None:
+        assert handler is not None
+
+        def factory() -> asyncio.BaseProtocol:
+            proto = _StreamProtocol(asyncio.StreamReader(limit=limit, loop=loop), handler,
+                                    loop=loop)
+            proto.limiter, proto.busy_reply, proto.listener_name = limiter, busy_reply, name
+            proto.implicit_tls, proto.handshake_timeout = ssl_context, handshake_timeout
+            return proto
+        protocol_factory = factory
+    elif ssl_context is not None:
+        raise ValueError("start_server: set implicit_tls on the protocol instead of ssl_context")
+    servers: list[asyncio.Server] = []
     for host in addresses:
         try:
-            if protocol_factory is not None:
-                srv = await loop.create_server(
-                    protocol_factory, host, port, ssl=ssl_context, reuse_address=True,
-                    backlog=1024, ssl_handshake_timeout=tls_timeout)
-            else:
-                assert handler is not None
-                srv = await asyncio.start_server(
-                    handler, host, port, ssl=ssl_context, limit=limit, reuse_address=True,
-                    backlog=1024, ssl_handshake_timeout=tls_timeout)
+            srv = await loop.create_server(protocol_factory, host, port, reuse_address=True,
+                                           backlog=1024)
         except PermissionError:
             for s in servers:
                 s.close()
@@ -151,20 +266,6 @@ async def start_server(handler: ClientHandler | None, addresses: Sequence[str], 
     if not servers:
         raise BindError(f"{name or 'listener'}: none of {', '.join(addresses)} could be bound")
     return servers
-
-
-def _limited(handler: ClientHandler, limiter: ConnectionLimiter, busy_reply: bytes,
-             name: str) -> ClientHandler:
-    async def limited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ip = peer_ip(writer)
-        if not limiter.acquire(ip):
-            limiter.refuse(writer.transport, ip, busy_reply, name)
-            return
-        try:
-            await handler(reader, writer)
-        finally:
-            limiter.release(ip)
-    return limited
 
 
 def format_sockname(sockname: tuple) -> str:

@@ -16,9 +16,10 @@ from typing import Any
 from aiosmtpd.smtp import MISSING
 
 from .address import split_path
-from .netserver import ConnectionLimiter
+from .netserver import CountedProtocol
 from .smtpdata import DataReader
 from .smtpreply import enhance
+from .validate import helo_error
 
 log = logging.getLogger("mailstack.smtp")
 
@@ -27,40 +28,13 @@ log = logging.getLogger("mailstack.smtp")
 _CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
 
 
-class ProtocolMixin:
-    """Mix in before aiosmtpd's ``SMTP``/``LMTP`` class."""
+class ProtocolMixin(CountedProtocol):
+    """Mix in before aiosmtpd's ``SMTP``/``LMTP`` class. The daemon sets ``limiter`` (and
+    ``implicit_tls`` on 465): see :class:`netserver.CountedProtocol`."""
 
     _plain_reply = False
     _held: list[bytes] | None = None
-    #: set by the daemon: connection limits, and whether this connection was refused
-    limiter: ConnectionLimiter | None = None
-    _counted_ip: str | None = None
-    _refused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.limiter is not None and self.transport is None:  # a new connection
-            peer = transport.get_extra_info("peername")
-            ip = str(peer[0]) if peer else "unknown"
-            if not self.limiter.acquire(ip):
-                self._refused = True
-                self.limiter.refuse(transport, ip, b"421 4.7.0 Too many connections, try "
-                                    b"again later\r\n", type(self).__name__)
-                return
-            self._counted_ip = ip
-        super().connection_made(transport)  # type: ignore[misc]
-
-    def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        return super().eof_received()  # type: ignore[misc]
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
-            return
-        if self._counted_ip is not None and self.limiter is not None:
-            self.limiter.release(self._counted_ip)
-            self._counted_ip = None
-        super().connection_lost(error)  # type: ignore[misc]
+    busy_reply = b"421 4.7.0 Too many connections, try again later\r\n"
 
     async def push(self, status: Any) -> None:
         """Write a reply. Replies are held back while the client has already sent its next
@@ -85,7 +59,15 @@ class ProtocolMixin:
         held.clear()
         await self._writer.drain()  # type: ignore[attr-defined]
 
-    async def _greeting_reply(self, method: Any, arg: str) -> None:
+    async def _greeting_reply(self, method: Any, arg: str | None) -> None:
+        """HELO/EHLO/LHLO: the name is checked first (``validate.helo_error``), so no control
+        character from it reaches the Received header or a log line."""
+        problem = helo_error(arg) if arg else None
+        if problem is not None:
+            peer = self.session.peer if self.session else None  # type: ignore[attr-defined]
+            log.warning("%s: greeting refused: %s", peer[0] if peer else "?", problem)
+            await self.push(f"501 5.5.4 Bad HELO/EHLO name: {problem}")
+            return
         self._plain_reply = True
         try:
             await method(arg)

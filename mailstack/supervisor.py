@@ -16,7 +16,9 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from . import unixsock
 from .banner import banner, listeners
 from .capture import ensure_capture_account
 from .config import Config
@@ -116,7 +118,7 @@ class Supervisor:
     async def _wait_listening(self, timeout: float = 20.0) -> bool:
         deadline = time.monotonic() + timeout
         pending = [(lst.daemon, a, lst.port) for lst in listeners(self.cfg)
-                   for a in lst.addresses[:1]
+                   for a in (lst.addresses[:1] if not lst.path else [lst.path])
                    if lst.daemon in {c.name for c in self.children}]
         while pending and time.monotonic() < deadline and not self.stopping:
             given_up = {c.name for c in self.children if c.given_up}
@@ -125,7 +127,9 @@ class Supervisor:
                 break
             _, host, port = pending[0]
             try:
-                _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 1)
+                connect = unixsock.open_connection(Path(host)) if not port \
+                    else asyncio.open_connection(host, port)
+                _, w = await asyncio.wait_for(connect, 1)
                 w.close()
                 pending.pop(0)
             except (OSError, TimeoutError):

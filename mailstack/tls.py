@@ -57,10 +57,18 @@ def ensure_tls_files(cfg: Config) -> TLSFiles:
     return files
 
 
+LOOPBACK_IPS = ("127.0.0.1", "::1")
+
+
+def certificate_names(cfg: Config) -> list[str]:
+    """The DNS names the generated certificate holds (its IP SANs are ``LOOPBACK_IPS``)."""
+    return sorted({cfg.server.hostname.lower(), "localhost", *cfg.server.domains})
+
+
 def _generate(cfg: Config, files: TLSFiles) -> None:
     assert files.ca is not None
     d = files.cert.parent
-    names = sorted({cfg.server.hostname, "localhost", *cfg.server.domains})
+    names = certificate_names(cfg)
     ca_pem, ca_key_pem, cert_pem, key_pem = generate_ca_and_leaf(names)
     atomic_write(d / "ca-key.pem", ca_key_pem, mode=0o600)
     atomic_write(files.key, key_pem, mode=0o600)
@@ -97,8 +105,7 @@ def generate_ca_and_leaf(names: list[str]) -> tuple[bytes, bytes, bytes, bytes]:
           .sign(ca_key, hashes.SHA256()))
     leaf_key = _new_key()
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-             x509.IPAddress(ipaddress.ip_address("::1"))]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in LOOPBACK_IPS]
     leaf = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
             .issuer_name(ca_name).public_key(leaf_key.public_key())
@@ -119,10 +126,17 @@ def generate_ca_and_leaf(names: list[str]) -> tuple[bytes, bytes, bytes, bytes]:
     return ca.public_bytes(pem), _pem_key(ca_key), leaf.public_bytes(pem), _pem_key(leaf_key)
 
 
+#: TLS 1.2 suites the servers accept: forward secrecy (ECDHE) and AEAD ciphers only, no CBC
+#: (Lucky 13 and padding-oracle class); TLS 1.3 suites are all AEAD and stay OpenSSL's default
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def server_context(files: TLSFiles) -> ssl.SSLContext:
-    """Server-side context: TLS 1.2 or newer, no compression, no renegotiation."""
+    """Server-side context: TLS 1.2 or newer (1.2 with ECDHE+AEAD suites only), no
+    compression, no renegotiation."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     ctx.load_cert_chain(files.cert, files.key)
     return ctx

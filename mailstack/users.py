@@ -210,10 +210,13 @@ _DUMMY_HASH = _hasher.hash("mailstack-dummy-password")
 _CACHE_KEY = os.urandom(32)  # per process: cache tokens mean nothing outside it
 
 
-def resolve_recipient(users: UserDB, local_domains: tuple[str, ...], address: str) -> str | None:
+def resolve_recipient(users: UserDB, local_domains: tuple[str, ...], address: str,
+                      postmaster: str = "") -> str | None:
     """The account a local recipient delivers to, or None.
 
     ``user+tag@domain`` falls back to ``user@domain`` (sub-addressing, RFC 5233).
+    ``postmaster@<local domain>`` (RFC 5321 §4.5.1 requires it) always has an account: see
+    :func:`postmaster_account`.
     """
     from .address import AddressError, account_key, parse_mailbox
 
@@ -231,4 +234,24 @@ def resolve_recipient(users: UserDB, local_domains: tuple[str, ...], address: st
         key = f"{base.lower()}@{mbox.domain_lower}"
         if users.exists(key):
             return key
+    if base.lower() == "postmaster":
+        return postmaster_account(users, local_domains, mbox.domain_lower, postmaster)
     return None
+
+
+def postmaster_account(users: UserDB, local_domains: tuple[str, ...], domain: str,
+                       configured: str = "") -> str | None:
+    """Who gets mail for ``postmaster@domain`` when no such account exists, in this order:
+    ``[server] postmaster``; ``postmaster@<first domain>``; the first account of ``domain``,
+    then of the first domain, then any (alphabetically, as ``mailstack user list`` shows them).
+    None only while there is no account at all."""
+    first = local_domains[0] if local_domains else domain
+    for candidate in (configured.lower(), f"postmaster@{first}"):
+        if candidate and users.exists(candidate):
+            return candidate
+    accounts = users.list()
+    for dom in (domain, first):
+        mine = [a for a in accounts if a.rpartition("@")[2] == dom]
+        if mine:
+            return mine[0]
+    return accounts[0] if accounts else None

@@ -3,7 +3,9 @@
 Routes (GET and HEAD):
 - ``/mail/config-v1.1.xml`` and ``/.well-known/autoconfig/mail/config-v1.1.xml``: the
   ``clientConfig`` document (``xml.py``), naming the host the client asked for (Host header) so
-  that ``localhost`` and ``127.0.0.1`` both work;
+  that ``localhost`` and ``127.0.0.1`` both work — but only when it is one of the names the
+  certificate is made for (``[server] hostname``, domains, localhost, loopback addresses);
+  any other Host gets ``[server] hostname``, so a forged Host cannot send clients elsewhere;
 - ``/ca.pem``: the local CA certificate to import (when mailstack generated it);
 - ``/``: a short page with both links.
 Anything else is 404; other methods 405. Requests are limited to 8 KiB of headers.
@@ -20,7 +22,7 @@ import h11
 
 from ..config import Config
 from ..netserver import format_sockname, limiter_for, peer_ip, start_server
-from ..tls import ensure_tls_files
+from ..tls import LOOPBACK_IPS, certificate_names, ensure_tls_files
 from .xml import client_config
 
 log = logging.getLogger("mailstack.autoconfig")
@@ -35,6 +37,13 @@ class AutoconfigServer:
         files = ensure_tls_files(cfg)
         self.ca = files.ca.read_bytes() if files.ca else None
         self.open: set[asyncio.StreamWriter] = set()
+        self.names = frozenset([*certificate_names(cfg), *LOOPBACK_IPS])
+
+    def server_name(self, host: str) -> str:
+        """The Host header's name when it is one we serve, else ``[server] hostname``."""
+        m = _HOST.match(host or "")
+        name = m.group(1).lower() if m else ""
+        return name if name in self.names else self.cfg.server.hostname
 
     def respond(self, method: str, target: str, host: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a request."""
@@ -42,11 +51,7 @@ class AutoconfigServer:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET and HEAD\n"
         if path in XML_PATHS:
-            m = _HOST.match(host or "")
-            name = m.group(1) if m else None
-            if name and name.startswith("autoconfig."):
-                name = self.cfg.server.hostname
-            return 200, "application/xml", client_config(self.cfg, name).encode()
+            return 200, "application/xml", client_config(self.cfg, self.server_name(host)).encode()
         if path == "/ca.pem" and self.ca:
             return 200, "application/x-pem-file", self.ca
         if path == "/":

@@ -77,7 +77,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         if tls_port:
             srvs = await start_server(server.handler(True), addresses, tls_port,
                                       ssl_context=server.tls_context, name="imaps",
-                                      limiter=limiter, busy_reply=IMAP_BUSY)
+                                      limiter=limiter, busy_reply=IMAP_BUSY,
+                                      handshake_timeout=float(cfg.server.tls_handshake_timeout))
             listeners += srvs
             for srv in srvs:
                 for sock in srv.sockets:

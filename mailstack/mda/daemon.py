@@ -1,4 +1,8 @@
-"""The mda daemon: an LMTP listener (loopback by default) that delivers into Maildir.
+"""The mda daemon: an LMTP listener that delivers into Maildir.
+
+It listens on a unix socket, ``<data_dir>/run/lmtp.sock`` (mode 0600: only the account running
+the stack can deliver) and, when ``[mda] lmtp`` names a port, on TCP too (docker-compose, where
+the mta runs in another container).
 
 Replies: unknown user ``550 5.1.1`` at RCPT; after DATA one reply per recipient — ``250 2.0.0``
 delivered, ``552 5.2.2`` over quota, ``452 4.3.1`` when the disk write fails (the mta retries).
@@ -15,9 +19,10 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
+from .. import unixsock
 from ..config import Config
 from ..groupcommit import GroupCommit
-from ..netserver import format_sockname, limiter_for, start_server
+from ..netserver import BindError, format_sockname, limiter_for, start_server
 from ..users import UserDB, resolve_recipient
 from .delivery import (
     Copy,
@@ -47,7 +52,8 @@ class DeliveryHandler:
 
     def resolve(self, address: str) -> str | None:
         """The account a recipient address delivers to, or None."""
-        return resolve_recipient(self.users, self.cfg.server.domains, address)
+        return resolve_recipient(self.users, self.cfg.server.domains, address,
+                                 self.cfg.server.postmaster)
 
     async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -138,12 +144,29 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         proto.limiter = limiter
         return proto
 
+    servers: list[asyncio.Server] = []
+    path = cfg.lmtp_socket
+    if path is not None:
+        try:
+            sock = unixsock.listen(path)
+        except unixsock.SocketError as exc:
+            raise BindError(f"mda lmtp: {exc}") from None
+        servers.append(await asyncio.get_running_loop().create_unix_server(factory, sock=sock))
+        log.info("listening on unix:%s (lmtp, mode %o)", path, unixsock.SOCKET_MODE)
     port = cfg.port("mda", "lmtp")
-    servers = await start_server(None, cfg.mda.bind, port, protocol_factory=factory,
-                                 name="mda lmtp")
-    for srv in servers:
-        for sock in srv.sockets:
-            log.info("listening on %s (lmtp)", format_sockname(sock.getsockname()))
+    if port:
+        try:
+            tcp = await start_server(None, cfg.mda.bind, port, protocol_factory=factory,
+                                     name="mda lmtp")
+        except BaseException:
+            for srv in servers:
+                srv.close()
+            raise
+        servers += tcp
+        for srv in tcp:
+            for s in srv.sockets:
+                log.info("listening on %s (lmtp over TCP: no authentication)",
+                         format_sockname(s.getsockname()))
     pruner = asyncio.create_task(_prune_forever(dlog))
     await stop.wait()
     pruner.cancel()
@@ -153,6 +176,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     for srv in servers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(srv.wait_closed(), 5)
+    if path is not None:
+        unixsock.remove(path)
 
 
 async def _prune_forever(dlog: DeliveryLog) -> None:

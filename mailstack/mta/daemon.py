@@ -22,7 +22,7 @@ from .handler import MTAHandler
 from .queue import Spool
 from .relay import Relay
 from .runner import QueueRunner
-from .smtp import MailstackSMTP
+from .smtp import ErrorLimits, MailstackSMTP
 
 log = logging.getLogger("mailstack.mta")
 
@@ -43,13 +43,15 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     handler = MTAHandler(cfg, UserDB(cfg.data_dir / "users"), spool, runner, throttle)
 
     limiter = limiter_for(cfg)
+    errors = ErrorLimits(cfg.mta.soft_error_limit, cfg.mta.hard_error_limit,
+                         float(cfg.mta.error_delay))
 
     def factory(listener: str) -> Any:
         implicit = listener == "submissions"
 
         def make() -> MailstackSMTP:
             proto = MailstackSMTP(
-                handler, listener=listener, hostname=cfg.server.hostname,
+                handler, listener=listener, error_limits=errors, hostname=cfg.server.hostname,
                 ident="mailstack ESMTP", data_size_limit=int(cfg.mta.max_message_size),
                 enable_SMTPUTF8=True, decode_data=False,
                 tls_context=None if implicit else tls,
@@ -57,6 +59,10 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                 auth_required=listener != "smtp", auth_require_tls=not implicit,
                 auth_exclude_mechanism=[], timeout=float(cfg.mta.idle_timeout))
             proto.limiter = limiter
+            proto.listener_name = f"mta {listener}"
+            proto.handshake_timeout = float(cfg.server.tls_handshake_timeout)
+            if implicit:
+                proto.implicit_tls = tls
             return proto
         return make
 
@@ -68,8 +74,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             continue
         try:
             new = await start_server(None, cfg.server.bind, port, name=f"mta {listener}",
-                                     protocol_factory=factory(listener),
-                                     ssl_context=tls if listener == "submissions" else None)
+                                     protocol_factory=factory(listener))
         except BaseException:
             for s in servers:
                 s.close()

@@ -51,6 +51,11 @@ def tls_description(server: Any) -> str:
     return f"using {sslobj.version()} with cipher {cipher[0] if cipher else 'unknown'}"
 
 
+def auth_user(session: Session) -> str:
+    """The authenticated user of the session (lower case), or ""."""
+    return str(session.auth_data or "") if session.authenticated else ""
+
+
 class MTAHandler:
     def __init__(self, cfg: Config, users: UserDB, spool: Spool, runner: QueueRunner,
                  throttle: AuthThrottle) -> None:
@@ -73,12 +78,12 @@ class MTAHandler:
                 parse_mailbox(sender, allow_utf8=envelope.smtp_utf8)
             except AddressError as exc:
                 return f"501 5.1.7 Bad sender address syntax: {exc}"
-        if session.authenticated and not self.cfg.capture.enabled:
-            user = str(session.auth_data or "")
-            if sender.lower() != user:
-                log.warning("%s: sender <%s> rejected: not owned by authenticated user %s",
-                            session.peer[0], sender, user)
-                return f"553 5.7.1 <{sender}>: sender address not owned by user {user}"
+        user = auth_user(session)
+        envelope.mail_auth = user  # type: ignore[attr-defined]  # the state RCPT/DATA act on
+        if user and not self.cfg.capture.enabled and sender.lower() != user:
+            log.warning("%s: sender <%s> rejected: not owned by authenticated user %s",
+                        session.peer[0], sender, user)
+            return f"553 5.7.1 <{sender}>: sender address not owned by user {user}"
         envelope.mail_from = sender or "<>"  # aiosmtpd treats "" as "no MAIL yet"
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender OK"
@@ -87,6 +92,8 @@ class MTAHandler:
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.cfg.mta.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self.cfg.mta.max_recipients})"
+        if address.lower() == "postmaster":  # RFC 5321 §4.1.1.3: the bare <Postmaster>
+            address = f"postmaster@{self.cfg.server.domains[0]}"
         try:
             mbox = parse_mailbox(address, allow_utf8=envelope.smtp_utf8)
         except AddressError as exc:
@@ -98,14 +105,22 @@ class MTAHandler:
         if self.cfg.capture.enabled:
             pass  # capture mode: every recipient is filed in the catch-all account
         elif self.cfg.is_local_domain(mbox.domain):
-            if resolve_recipient(self.users, self.cfg.server.domains, address) is None:
+            if resolve_recipient(self.users, self.cfg.server.domains, address,
+                                 self.cfg.server.postmaster) is None:
                 log.info("%s: RCPT <%s> rejected: no such user", peer, address)
                 return f"550 5.1.1 <{address}>: Recipient address rejected: no such user here"
-        elif not session.authenticated:
+        elif not self._relay_allowed(session, envelope):
             log.warning("%s: RCPT <%s> rejected: relay access denied", peer, address)
             return f"554 5.7.1 <{address}>: Relay access denied"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Recipient OK"
+
+    @staticmethod
+    def _relay_allowed(session: Session, envelope: SMTPEnvelope) -> bool:
+        """Relaying needs a client that was authenticated at MAIL and still is the same user
+        (AUTH inside a transaction is refused anyway: RFC 4954 §4)."""
+        at_mail = getattr(envelope, "mail_auth", "")
+        return bool(at_mail) and auth_user(session) == at_mail
 
     async def handle_DATA(self, server: Any, session: Session, envelope: SMTPEnvelope) -> str:
         raw = normalize_crlf(envelope.original_content or b"")
@@ -125,8 +140,8 @@ class MTAHandler:
             log.warning("%s: message refused: %d Received headers (mail loop?)", peer, hops)
             return f"554 5.4.6 Too many hops ({hops} Received headers): mail loop?"
         listener = getattr(server, "listener", "smtp")
-        auth_user = str(session.auth_data or "") if session.authenticated else ""
-        if auth_user:
+        user = getattr(envelope, "mail_auth", "")
+        if user:
             raw = submission_fixups(raw, self.cfg.server.hostname)
         tls = tls_description(server)
         qid = new_queue_id()
@@ -134,13 +149,13 @@ class MTAHandler:
         trace = received_header(
             helo=session.host_name or "unknown", client_ip=peer, client_host=None,
             by=self.cfg.server.hostname, qid=qid, rcpt=rcpts[0] if len(rcpts) == 1 else None,
-            protocol=protocol_name(session.extended_smtp, bool(tls), bool(auth_user)), tls=tls)
+            protocol=protocol_name(session.extended_smtp, bool(tls), bool(user)), tls=tls)
         message = trace + raw
         body = "8BITMIME" if "BODY=8BITMIME" in envelope.mail_options else "7BIT"
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
         env = Envelope(sender=sender, recipients=rcpts, size=len(message),
                        body=body, smtputf8=bool(envelope.smtp_utf8), client_ip=peer,
-                       client_helo=session.host_name or "", auth_user=auth_user, tls=tls,
+                       client_helo=session.host_name or "", auth_user=user, tls=tls,
                        listener=listener)
         try:
             entry = await self.spool.aput(message, env, qid, first_attempt_at=time.time(),
@@ -152,7 +167,7 @@ class MTAHandler:
             return "451 4.3.0 Queue write failed, try again later"
         log.info("%s: client=[%s], helo=%s, listener=%s%s%s, from=<%s>, size=%d, nrcpt=%d "
                  "(queued)", qid, peer, session.host_name or "unknown", listener,
-                 f", sasl_username={auth_user}" if auth_user else "",
+                 f", sasl_username={user}" if user else "",
                  f", tls={tls}" if tls else "", env.sender, len(message), len(rcpts))
         self.runner.submit(entry)
         return f"250 2.0.0 Ok: queued as {qid}"

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from .. import unixsock
 from ..smtpreply import Reply
 
 _LINE = re.compile(rb"(\d{3})([ -])(.*)")
@@ -48,11 +50,16 @@ class LMTPConnection:
         self.broken = False
 
     @classmethod
-    async def open(cls, host: str, port: int, helo: str, timeout: float = 60.0) -> LMTPConnection:
+    async def open(cls, host: str | Path, port: int, helo: str,
+                   timeout: float = 60.0) -> LMTPConnection:
+        """Connect to ``host``:``port``, or to the unix socket ``host`` when it is a Path."""
+        where = f"unix:{host}" if isinstance(host, Path) else f"{host}:{port}"
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            connect = unixsock.open_connection(host) if isinstance(host, Path) \
+                else asyncio.open_connection(host, port)
+            reader, writer = await asyncio.wait_for(connect, timeout)
         except (OSError, TimeoutError) as exc:
-            raise LMTPError(f"cannot connect to the mda at {host}:{port}: {exc}") from None
+            raise LMTPError(f"cannot connect to the mda at {where}: {exc}") from None
         conn = cls(reader, writer, timeout)
         try:
             async with asyncio.timeout(timeout):
@@ -200,7 +207,7 @@ class LMTPPool:
     SMTP clients, 932 → 1,082 at 10; medians of 3).
     """
 
-    def __init__(self, host: str, port: int, helo: str, size: int = 16,
+    def __init__(self, host: str | Path, port: int, helo: str, size: int = 16,
                  timeout: float = 60.0) -> None:
         self.host, self.port, self.helo, self.timeout = host, port, helo, timeout
         self._idle: list[LMTPConnection] = []

@@ -10,6 +10,8 @@ import re
 import secrets
 import time
 
+from ..validate import header_text
+
 #: a header field's start: its name (RFC 5322 ftext) and the colon
 FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)
 
@@ -35,14 +37,20 @@ def count_received(block: bytes) -> int:
 
 def received_header(*, helo: str, client_ip: str, client_host: str | None, by: str,
                     protocol: str, qid: str, rcpt: str | None, tls: str = "") -> bytes:
-    """A Received field (RFC 5321 §4.4) with RFC 3848 protocol names, folded at 78 columns."""
-    from_part = f"from {helo or 'unknown'} ({client_host or 'unknown'} [{client_ip}])"
+    """A Received field (RFC 5321 §4.4) with RFC 3848 protocol names, folded at 78 columns.
+
+    Every value is passed through ``validate.header_text``: whatever a client managed to get
+    into one of them, no CR or LF can end the field early and start a forged one.
+    """
+    helo, client_ip, by, tls = (header_text(v) for v in (helo, client_ip, by, tls))
+    from_part = (f"from {helo or 'unknown'} ({header_text(client_host or 'unknown')} "
+                 f"[{client_ip}])")
     parts = [from_part]
     if tls:
         parts.append(f"({tls})")
-    parts.append(f"by {by} (mailstack) with {protocol} id {qid}")
+    parts.append(f"by {by} (mailstack) with {header_text(protocol)} id {header_text(qid)}")
     if rcpt:
-        parts.append(f"for <{rcpt}>")
+        parts.append(f"for <{header_text(rcpt)}>")
     date = _now_rfc5322()
     text = "Received: " + "\r\n\t".join(parts) + f";\r\n\t{date}\r\n"
     return text.encode("utf-8", "replace")

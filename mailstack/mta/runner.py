@@ -47,9 +47,14 @@ class QueueRunner:
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(concurrency)
-        host, port = cfg.lmtp_target
-        self.lmtp_name = f"mda[{host}]:{port}"
-        self.lmtp = LMTPPool(host, port, cfg.server.hostname)
+        target = cfg.lmtp_target
+        if isinstance(target, tuple):
+            host, port = target
+            self.lmtp_name = f"mda[{host}]:{port}"
+            self.lmtp = LMTPPool(host, port, cfg.server.hostname)
+        else:
+            self.lmtp_name = f"mda[unix:{target}]"
+            self.lmtp = LMTPPool(target, 0, cfg.server.hostname)
 
     # -- scheduling -------------------------------------------------------------------------
     async def load(self) -> None:

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
 import ssl
 from base64 import b64decode
+from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
@@ -25,13 +27,47 @@ from ..smtpbase import ProtocolMixin
 log = logging.getLogger("mailstack.mta")
 
 
+@dataclass(frozen=True)
+class ErrorLimits:
+    """Postfix's smtpd_soft/hard_error_limit: beyond ``soft`` errors in a session each error
+    reply waits ``delay`` times the errors beyond ``soft``; at ``hard`` the session ends."""
+
+    soft: int = 3
+    hard: int = 20
+    delay: float = 1.0
+
+
 class MailstackSMTP(ProtocolMixin, SMTP):
     AuthLoginUsernameChallenge = "Username:"
     AuthLoginPasswordChallenge = "Password:"
 
-    def __init__(self, handler: Any, *, listener: str, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, listener: str,
+                 error_limits: ErrorLimits = ErrorLimits(), **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.listener = listener
+        self.error_limits = error_limits
+        self.errors = 0
+
+    async def push(self, status: Any) -> None:
+        """Count error replies: slow a client down that collects them (address probing,
+        password guessing, fuzzing) and disconnect it at the hard limit."""
+        code = status[:3] if isinstance(status, str) else ""
+        if code[:1] not in ("4", "5") or code == "421" or self.transport is None:
+            await super().push(status)
+            return
+        if self.transport.is_closing():
+            return  # disconnected at the hard limit: commands still buffered get no reply
+        self.errors += 1
+        limits = self.error_limits
+        if self.errors > limits.soft and limits.delay > 0:
+            await asyncio.sleep(limits.delay * (self.errors - limits.soft))
+        await super().push(status)
+        if self.errors >= limits.hard and self.transport is not None:
+            peer = self.session.peer if self.session else None
+            log.warning("%s: too many errors (%d): disconnecting", peer[0] if peer else "?",
+                        self.errors)
+            await super().push("421 4.7.0 Too many errors, closing connection")
+            self.transport.close()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         await self._greeting_reply(super().smtp_EHLO, hostname)
@@ -64,6 +100,8 @@ class MailstackSMTP(ProtocolMixin, SMTP):
         path, _ = split
         if not path and null_ok:
             return True
+        if not null_ok and path.lower() == "postmaster":
+            return True  # RFC 5321 §4.1.1.3: <Postmaster> without a domain
         try:
             parse_mailbox(path)
         except AddressError as exc:
@@ -95,7 +133,7 @@ class MailstackSMTP(ProtocolMixin, SMTP):
         await self.push("220 2.0.0 Ready to start TLS")
         try:
             dropped += await starttls(self._reader, self._writer, self.tls_context,
-                                      timeout=float(self._timeout_duration or 30))
+                                      timeout=self.handshake_timeout)
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             log.info("%s: TLS handshake failed: %s", peer[0] if peer else "?", exc)
             if self.transport is not None:
@@ -118,6 +156,14 @@ class MailstackSMTP(ProtocolMixin, SMTP):
                                                                     self.envelope)
 
     # -- AUTH -------------------------------------------------------------------------------
+    async def smtp_AUTH(self, arg: str) -> None:
+        """RFC 4954 §4: AUTH during a mail transaction gets ``503``: the sender and the relay
+        decision were taken for the client as it was at MAIL."""
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 AUTH not permitted during a mail transaction")
+            return
+        await super().smtp_AUTH(arg)
+
     async def _client_response(self, args: list[str], challenge: str) -> bytes | None:
         """The SASL initial response, or the answer to a challenge; None when aborted/bad."""
         if len(args) > 1:

@@ -44,7 +44,9 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         if tls_port:
             for srv in await start_server(functools.partial(handle, shared, implicit_tls=True),
                                           cfg.server.bind, tls_port, ssl_context=tls_context,
-                                          name="pop3s", limiter=limiter, busy_reply=POP3_BUSY):
+                                          name="pop3s", limiter=limiter, busy_reply=POP3_BUSY,
+                                          handshake_timeout=float(
+                                              cfg.server.tls_handshake_timeout)):
                 servers.append(srv)
                 for sock in srv.sockets:
                     log.info("listening on %s (pop3s, implicit TLS)",

@@ -76,3 +76,19 @@ async def test_health_command(cfg: Config, daemon: str) -> None:
         r = await asyncio.to_thread(mailstack, "health", daemon, "--config", cfg.source,
                                     check=False)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("host", ["evil.test", "mail.example.test.evil.test", "evil.test:80",
+                                  "<script>", "[::2]", "autoconfig.evil.test"])
+async def test_autoconfig_names_only_configured_hosts(cfg: Config, host: str) -> None:
+    """A forged Host header must not send clients' passwords to another server."""
+    port = cfg.port("autoconfig", "http")
+    async with running("autoconfig", cfg):
+        for asked, expect in ((host, cfg.server.hostname), ("EXAMPLE.test", "example.test"),
+                              ("127.0.0.1:80", "127.0.0.1"), ("[::1]", "::1")):
+            status, body, _ = await asyncio.to_thread(
+                _get, f"http://127.0.0.1:{port}/mail/config-v1.1.xml", asked)
+            assert status == 200
+            names = {s.findtext("hostname") for s in ET.fromstring(body).iter()
+                     if s.tag in ("incomingServer", "outgoingServer")}
+            assert names == {expect}, (asked, names)

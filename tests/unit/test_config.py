@@ -14,14 +14,32 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"
 def test_defaults() -> None:
     cfg = load(None, env={})
     assert cfg.server.domains == ("localhost",)
-    assert cfg.port("mta", "submission") == 587 and cfg.lmtp_target == ("127.0.0.1", 24)
+    assert cfg.port("mta", "submission") == 587
     assert cfg.mta.max_message_size == 25 * 1024 * 1024
+    # LMTP goes over a unix socket in the data directory; no TCP listener by default
+    assert cfg.lmtp_target == cfg.data_dir / "run" / "lmtp.sock" == cfg.lmtp_socket
+    assert cfg.port("mda", "lmtp") == 0
+    assert (cfg.mta.soft_error_limit, cfg.mta.hard_error_limit, cfg.mta.error_delay) == (3, 20, 1)
 
 
-def test_port_offset_moves_every_port_and_the_lmtp_target() -> None:
+def test_port_offset_moves_every_port_and_the_lmtp_target(tmp_path: Path) -> None:
     cfg = load(None, port_offset=10000, env={})
     assert cfg.port("mta", "smtp") == 10025 and cfg.port("imap", "imaps") == 10993
-    assert cfg.lmtp_target == ("127.0.0.1", 10024)
+    assert cfg.lmtp_target == cfg.lmtp_socket, "a socket path is not moved"
+    p = tmp_path / "c.toml"
+    p.write_text('[mda]\nsocket = ""\nlmtp = 24\n')  # the old TCP set-up
+    assert load(p, port_offset=10000, env={}).lmtp_target == ("127.0.0.1", 10024)
+    p.write_text('[mta]\nlmtp = "mda:24"\n')  # docker-compose: another host, not moved
+    assert load(p, port_offset=10000, env={}).lmtp_target == ("mda", 24)
+    p.write_text('[mta]\nlmtp = "unix:/run/x.sock"\n')
+    assert load(p, env={}).lmtp_target == Path("/run/x.sock")
+
+
+def test_lmtp_needs_somewhere_to_go(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[mda]\nsocket = ""\n')
+    with pytest.raises(ConfigError, match="nowhere to deliver"):
+        load(p, env={})
 
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:

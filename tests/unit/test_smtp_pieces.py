@@ -13,9 +13,15 @@ from hypothesis import strategies as st
 from mailstack.address import AddressError, parse_mailbox, split_path
 from mailstack.mta.dsn import FailedRecipient, make_bounce
 from mailstack.mta.lmtp_client import dot_stuff
-from mailstack.mta.message import count_received, header_block, submission_fixups
+from mailstack.mta.message import (
+    count_received,
+    header_block,
+    received_header,
+    submission_fixups,
+)
 from mailstack.mta.queue import Envelope, Spool
 from mailstack.smtpreply import Reply, enhance
+from mailstack.validate import helo_error
 
 
 @pytest.mark.parametrize("good", ["a@b.test", "a.b+c@x-y.test", '"q u"@x.test', "a@[127.0.0.1]",
@@ -173,3 +179,24 @@ def test_long_line_scan_matches_a_regular_expression(pieces: list[bytes], limit:
 
     data = b"".join(pieces)
     assert has_long_line(data, limit) == bool(re.search(rb"[^\n]{%d}" % limit, data))
+
+
+@given(st.text(max_size=40), st.text(max_size=20))
+def test_received_header_is_one_field_whatever_the_values(helo: str, rcpt: str) -> None:
+    """Defence in depth behind the HELO check: no value can end the field or add one."""
+    field = received_header(helo=helo, client_ip="192.0.2.1", client_host=None, by="mx.test",
+                            protocol="ESMTP", qid="Q1", rcpt=rcpt or None, tls="")
+    assert field.startswith(b"Received: ") and field.endswith(b"\r\n")
+    lines = field[:-2].split(b"\r\n")
+    assert all(line[:1] == b"\t" for line in lines[1:]), "only folded continuation lines"
+    assert b"\r" not in field.replace(b"\r\n", b"") and b"\n" not in field.replace(b"\r\n", b"")
+    assert not any(c < 0x20 and c not in (0x09, 0x0D, 0x0A) for c in field)
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("mx.example.org", True), ("[192.0.2.1]", True), ("[IPv6:::1]", True), ("bücher.test", True),
+    ("", False), ("a\rb", False), ("a\nb", False), ("a\x00", False), ("a\x1b[2K", False),
+    ("a\x7f", False), ("a b", False), ("a\u2028b", False), ("a\udcff", False), ("x" * 256, False),
+])
+def test_helo_error(name: str, ok: bool) -> None:
+    assert (helo_error(name) is None) is ok
