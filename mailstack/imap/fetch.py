@@ -203,6 +203,11 @@ def render(sel: Selected, seq: int, msg: Msg, atts: list[Att], *, uid: bool,
                 else:
                     data = mime.header_fields(header, att.fields,
                                               exclude=att.spec.endswith(".NOT"))
+            elif not att.numbers and att.spec in ("", "TEXT"):  # the whole message or its
+                raw = load.raw()  # text: no MIME parse needed (Thunderbird's BODY.PEEK[])
+                if raw is None:
+                    return None
+                data = raw if not att.spec else mime.split_header(raw)[1]
             else:
                 tree = load.tree()
                 if tree is None:
