@@ -194,9 +194,16 @@ async def bench(args: argparse.Namespace) -> None:
                         f"UID STORE {1 + (i * 37) % args.messages} -FLAGS.SILENT (\\Flagged)")
             store_lat.append(time.perf_counter() - t)
         store_lat.sort()
+        noop_lat = []
+        for _ in range(200):
+            t = time.perf_counter()
+            await c.cmd("NOOP")
+            noop_lat.append(time.perf_counter() - t)
+        noop_lat.sort()
         print(f"STORE on one message over {len(store_lat)}: p50 "
               f"{store_lat[len(store_lat) // 2] * 1000:.2f} ms, p99 "
-              f"{store_lat[int(len(store_lat) * 0.99) - 1] * 1000:.2f} ms")
+              f"{store_lat[int(len(store_lat) * 0.99) - 1] * 1000:.2f} ms (NOOP round trip: "
+              f"p50 {noop_lat[100] * 1000:.2f} ms, p99 {noop_lat[197] * 1000:.2f} ms)")
         for query in ("SEARCH TEXT quarterly", "SEARCH BODY invoice", "SEARCH TEXT zebra"):
             times = []
             for _ in range(5):

@@ -28,6 +28,7 @@ wake-ups in every process (inotify, polling as fallback).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -252,6 +253,7 @@ class AccountStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA journal_size_limit=4194304")  # the WAL shrinks back to 4 MiB
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise _Corrupt(f"quick_check: {row[0] if row else '?'}")
@@ -447,18 +449,31 @@ class AccountStore:
                     "SELECT uid FROM vanished WHERE mailbox=? AND modseq>?",
                     (mbid, pub.highest_modseq))}
                 changed = {r[0]: _entry(r) for r in rows}
-                entries = [changed.pop(e.uid, e) for e in pub.entries if e.uid not in gone]
-                if changed:
-                    entries.extend(changed.values())
-                    entries.sort(key=lambda e: e.uid)
-                expunged = frozenset(e.uid for e in pub.entries if e.uid in gone)
-                changed_uids = frozenset(r[0] for r in rows)
+                changed_uids = frozenset(changed)
+                uids = pub.uids
+                if not gone and all(u < uidnext and _has(uids, u) for u in changed):
+                    # flag changes only (the common case): replace in a copy, share the UIDs
+                    entries = list(pub.entries)
+                    for u, e in changed.items():
+                        entries[bisect.bisect_left(uids, u)] = e
+                    expunged = frozenset()
+                    shared_uids: list[int] | None = uids
+                else:
+                    entries = [changed.pop(e.uid, e) for e in pub.entries if e.uid not in gone]
+                    if changed:
+                        entries.extend(changed.values())
+                        entries.sort(key=lambda e: e.uid)
+                    expunged = frozenset(e.uid for e in pub.entries if e.uid in gone)
+                    shared_uids = None
             else:
                 entries = [_entry(r) for r in conn.execute(
                     f"SELECT {_COLS} FROM message WHERE mailbox=? ORDER BY uid", (mbid,))]
                 expunged = changed_uids = frozenset()
+                shared_uids = None
         snap = Snapshot(mbid, validity, uidnext, hms, entries, first_recent,
                         tuple(keywords.split()) if keywords else ())
+        if shared_uids is not None:
+            snap.share_uids(shared_uids)
         if pub is not None and pub.mailbox_id == mbid and pub.uidvalidity == validity:
             snap.expunged, snap.changed = expunged, changed_uids
             pub.next = snap
@@ -1097,6 +1112,11 @@ class AccountStore:
         snap, _ = self.sync("INBOX")
         if snap.entries:
             self.transfer("INBOX", snap.uids, new, move=True)
+
+
+def _has(uids: list[int], uid: int) -> bool:
+    i = bisect.bisect_left(uids, uid)
+    return i < len(uids) and uids[i] == uid
 
 
 def _usage(conn: sqlite3.Connection) -> int:

@@ -71,6 +71,10 @@ class Snapshot:
             return set()
         return {e.uid for e in self.entries if e.uid >= self.first_recent}
 
+    def share_uids(self, uids: list[int]) -> None:
+        """Use ``uids`` (a predecessor's identical UID list, never mutated) as this one's."""
+        self._uids = uids
+
     @property
     def uids(self) -> list[int]:
         if self._uids is None:
