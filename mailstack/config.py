@@ -9,6 +9,7 @@ environment variables, and ``--port-offset``. An unknown key or a bad value rais
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -85,6 +86,11 @@ class ServerSection:
     #: open connections a daemon accepts in all, and from one client address
     max_connections: int = 20000
     max_connections_per_ip: int = 1000
+    #: listener addresses (CIDR) on which IMAP and POP3 accept a password before TLS;
+    #: everywhere else LOGINDISABLED / -ERR [AUTH] until STARTTLS/STLS or on the TLS port
+    plaintext_login_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: "uvloop" (the default; plain asyncio where uvloop is not installed) or "asyncio"
+    event_loop: str = "uvloop"
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class TLSSection:
 
 
 TLS_POLICIES = ("none", "opportunistic", "required")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -394,6 +401,15 @@ def _validate_section(name: str, section: Any, source: str) -> None:
                               "use debug, info, warning or error")
         if not section.bind:
             raise ConfigError(f"{source}: [server].bind must name at least one address")
+        for net in section.plaintext_login_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{source}: bad value for [server].plaintext_login_networks: "
+                                  f"{net!r} is not an address or network") from None
+        if section.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"{source}: bad value for [server].event_loop: use "
+                              f"{' or '.join(EVENT_LOOPS)}")
     if name == "tls" and bool(section.cert) != bool(section.key):
         raise ConfigError(f"{source}: [tls].cert and [tls].key go together: set both or neither")
     if name == "mta":

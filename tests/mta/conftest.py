@@ -1,4 +1,4 @@
-"""Fixtures for protocol tests of the mta and mda: both daemons in the test's event loop."""
+"""Fixtures for protocol tests of the mta and mda: both daemons as processes (uvloop), as\nproduction runs them."""
 
 from __future__ import annotations
 
