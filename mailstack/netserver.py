@@ -57,8 +57,11 @@ class ConnectionLimiter:
                name: str) -> None:
         log.warning("%s: refused %s: too many connections (%d from it, %d in all)", name, ip,
                     self._per_ip.get(ip, 0), self.total)
-        if busy_reply and isinstance(transport, asyncio.WriteTransport):
-            transport.write(busy_reply)
+        # not isinstance(transport, asyncio.WriteTransport): uvloop's transports (what the
+        # daemons run on) do not derive from asyncio's classes, and the reply went unsent
+        write = getattr(transport, "write", None)
+        if busy_reply and write is not None:
+            write(busy_reply)
         transport.close()
 
 
