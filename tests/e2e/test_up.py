@@ -229,12 +229,16 @@ def test_privileged_port_message_names_the_fixes(tmp_path: Path) -> None:
     cfg = tmp_path / "m.toml"
     cfg.write_text(f'[server]\ndata_dir = "{tmp_path / "d"}"\nbind = ["127.0.0.1"]\n'
                    "[mda]\nlmtp = 24\n")
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start <= 24:
+        pytest.skip(f"net.ipv4.ip_unprivileged_port_start = {start}: port 24 is not privileged")
     # without CAP_NET_BIND_SERVICE (even as root) port 24 is refused
     r = subprocess.run(["setpriv", "--bounding-set", "-net_bind_service", sys.executable, "-m",
                         "mailstack", "serve", "mda", "--config", str(cfg)],
                        capture_output=True, text=True, env=cli_env(), timeout=30)
-    if r.returncode == 0 or ("Operation not permitted" in r.stderr and "setpriv" in r.stderr):
-        pytest.skip("cannot drop the capability here")
-    assert r.returncode == 2, r.stderr
+    if r.returncode != 0 and r.stderr.startswith("setpriv:"):
+        pytest.skip(f"setpriv cannot drop the capability here: {r.stderr.strip()}")
+    # a daemon that exits 0 here (without serving) is a bug, not a reason to skip
+    assert r.returncode == 2, (r.returncode, r.stderr)
     assert "CAP_NET_BIND_SERVICE" in r.stderr and "--port-offset" in r.stderr
     assert "Traceback" not in r.stderr
