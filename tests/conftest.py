@@ -276,7 +276,8 @@ TESTS_ROOT = Path(__file__).resolve().parent
 def _whole_suite(config: pytest.Config) -> bool:
     """The run was asked for every test (no paths below tests/, no -k/-m/--deselect)."""
     opt = config.option
-    if opt.keyword or opt.markexpr or getattr(opt, "deselect", None) or opt.lf:
+    if opt.keyword or opt.markexpr or getattr(opt, "deselect", None) \
+            or getattr(opt, "lf", False):
         return False
     paths = [Path(str(a).split("::")[0]).resolve() for a in config.args]
     return all(p in (TESTS_ROOT, TESTS_ROOT.parent) for p in paths)

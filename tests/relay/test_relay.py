@@ -26,13 +26,14 @@ FAST = ('retry_initial = "1s"', 'retry_max = "1s"', 'connect_timeout = "2s"',
 
 @asynccontextmanager
 async def relay_stack(config_factory: Callable[..., Config], mta_extra: str = "",
-                      transport: str = "") -> AsyncIterator[Stack]:
+                      transport: str = "",
+                      mta_env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
     extra = "[mta]\n" + "\n".join(FAST) + "\n" + mta_extra + "\n"
     if transport:
         extra += "[mta.transport]\n" + transport + "\n"
     cfg = config_factory(extra)
     st = make_stack(cfg)
-    async with running("mda", cfg) as mda, running("mta", cfg) as mta:
+    async with running("mda", cfg) as mda, running("mta", cfg, env=mta_env) as mta:
         st.daemons.update(mda=mda, mta=mta)
         yield st
 
