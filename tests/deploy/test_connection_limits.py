@@ -67,3 +67,27 @@ async def test_per_ip_limit(config_factory, daemon_loop: str, daemon: str,
         w.close()
         for _, hw in held:
             hw.close()
+
+
+@pytest.mark.parametrize(("daemon", "listener"), [("imap", "imap"), ("mta", "smtp")])
+async def test_total_limit_counts_every_client_address(config_factory, daemon: str,
+                                                       listener: str) -> None:
+    """[server] max_connections: three clients from three addresses fill the daemon; a fourth
+    address (under its own per-address limit) is refused; a freed slot serves it again."""
+    cfg: Config = config_factory("[server]\nmax_connections = 3\n")
+    port = cfg.port(daemon, listener)
+    async with running(daemon, cfg) as proc:
+        held = []
+        for n in (2, 3, 4):
+            r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{n}", 0))
+            assert (await asyncio.wait_for(r.readline(), 5)).startswith(GREETING[daemon])
+            held.append(w)
+        r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.5", 0))
+        refused = await asyncio.wait_for(r.read(), 5)
+        assert refused.startswith(BUSY[(daemon, listener)]), refused
+        await proc.wait_log("refused 127.0.0.5: too many connections (0 from it, 3 in all)")
+        held.pop().close()
+        r, w = await _connect_when_free(port, daemon)
+        w.close()
+        for hw in held:
+            hw.close()
