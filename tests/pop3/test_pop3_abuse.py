@@ -4,6 +4,8 @@ without harm, and the server must keep serving."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import ssl
 import struct
@@ -290,3 +292,25 @@ async def test_login_delay(config_factory) -> None:
         c = await RawPOP3.connect(port(cfg))
         assert (await c.login()).startswith("-ERR [LOGIN-DELAY]")
         await c.close()
+
+
+async def test_the_mailbox_lock_dies_with_the_daemon(cfg: Config, alice: Maildir) -> None:
+    """docs/pop3.md: the kernel releases the session's flock when the daemon dies, so a killed
+    daemon never leaves a mailbox IN-USE for its successor; nothing marked is deleted."""
+    async with running("pop3", cfg, expect_exit=-signal.SIGKILL) as daemon:
+        c = await RawPOP3.connect(port(cfg))
+        assert (await c.login()).startswith("+OK Logged in")
+        assert (await c.cmd("DELE 1")).startswith("+OK")
+        other = await RawPOP3.connect(port(cfg))
+        assert (await other.login()).startswith("-ERR [IN-USE]")  # the lock is held
+        await other.close()
+        os.kill(daemon.pid, signal.SIGKILL)
+        assert await c.closed()
+        await c.close()
+    async with running("pop3", cfg):
+        c = await RawPOP3.connect(port(cfg))
+        assert (await c.login()).startswith("+OK Logged in")
+        assert (await c.cmd("STAT")).startswith("+OK 3 ")
+        await c.cmd("QUIT")
+        await c.close()
+    assert len(alice.scan()) == 3
