@@ -200,6 +200,8 @@ class POP3Section:
 @dataclass(frozen=True)
 class AutoconfigSection:
     http: Port = Port(80)  # Mozilla autoconfig + CA download (0 disables)
+    #: a client that sends nothing (or not the rest of its request) this long is disconnected
+    idle_timeout: Duration = Duration(30)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class AutoconfigServer:
         files = ensure_tls_files(cfg)
         self.ca = files.ca.read_bytes() if files.ca else None
         self.open: set[asyncio.StreamWriter] = set()
+        self.idle_timeout = float(cfg.autoconfig.idle_timeout)
 
     def respond(self, method: str, target: str, host: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a request."""
@@ -65,7 +66,7 @@ class AutoconfigServer:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    data = await asyncio.wait_for(reader.read(8192), 30)
+                    data = await asyncio.wait_for(reader.read(8192), self.idle_timeout)
                     conn.receive_data(data)
                     continue
                 if isinstance(event, h11.Request):
