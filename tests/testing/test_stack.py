@@ -283,3 +283,49 @@ def test_an_account_removed_by_reset_is_refused_at_once(stack: MailStack) -> Non
         s.mail("app@example.test")
         code, _ = s.rcpt(dora.address)
     assert code == 550
+
+
+def test_extra_config_overrides_generated_tables_and_data_dir_is_kept(tmp_path: Path) -> None:
+    """extra_config may set keys of tables the stack writes itself ([mta] here); data_dir=
+    puts the stack in a directory of the caller's that close() leaves in place; logs() has
+    every daemon's output."""
+    base = tmp_path / "my-stack"
+    extra = '[mta]\nmax_message_size = 2000\n[pop3]\nlogin_delay = "30s"\n'
+    with MailStack(data_dir=base, extra_config=extra) as stack:
+        assert stack.config.mta.max_message_size == 2000
+        assert stack.config.pop3.login_delay == 30
+        assert stack.data_dir == base / "data" and stack.config_file.parent == base
+        alice = stack.add_user("alice@example.test")
+        with smtplib.SMTP(stack.host, stack.ports["smtp"], timeout=10) as s:
+            s.ehlo()
+            assert "2000" in s.esmtp_features["size"]
+            with pytest.raises(smtplib.SMTPSenderRefused):
+                s.sendmail("a@example.org", [alice.address], "Subject: big\r\n\r\n" + "x" * 3000)
+        logs = stack.logs()
+        for name in ("mda", "mta", "imap", "pop3"):
+            assert f"--- {name} ---" in logs
+            assert f"{name}[{stack.pids[name]}] INFO: listening on 127.0.0.1:" in logs
+    assert (base / "data" / "users").exists(), "close() removed the caller's data_dir"
+    assert "alice@example.test" in (base / "data" / "users").read_text()
+
+
+def test_messages_in_a_folder_and_deliver_with_a_sender(stack: MailStack) -> None:
+    stack.reset()
+    alice = stack.add_user("alice@example.test")
+    stack.deliver("Subject: bounce-like\n\nx\n", to=alice.address)
+    stack.deliver("Subject: from bob\n\nx\n", to=alice.address, sender="bob@example.org")
+    null, bob = stack.messages(alice.address)
+    assert null["Return-Path"] == "<>" and bob["Return-Path"] == "<bob@example.org>"
+    with imaplib.IMAP4_SSL(stack.host, stack.ports["imaps"],
+                           ssl_context=stack.ssl_context) as imap:
+        imap.login(alice.address, alice.password)
+        imap.append("Sent", None, None, b"Subject: sent by alice\r\n\r\nhello\r\n")
+        imap.logout()
+    assert [m["Subject"] for m in stack.messages(alice.address, folder="Sent")] == [
+        "sent by alice"]
+    assert stack.find_message(alice.address, subject="sent by", folder="Sent") is not None
+    assert stack.find_message(alice.address, subject="sent by") is None  # not in INBOX
+    msg = stack.wait_for_message(alice.address, subject="SENT BY", folder="Sent", timeout=5)
+    assert msg["Subject"] == "sent by alice"
+    with pytest.raises(ValueError):
+        stack.messages(alice.address, folder="No.Such/../Folder")
