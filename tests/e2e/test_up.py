@@ -137,6 +137,14 @@ def test_queue_delete(setup) -> None:
         assert "Mail queue is empty" in mailstack("queue", "list", "--config", str(cfg)).stdout
 
 
+def wait_queue_empty(data: Path, timeout: float = 30) -> None:
+    queue = data / "queue"
+    deadline = time.monotonic() + timeout
+    while [p for p in queue.iterdir() if p.is_file()]:
+        assert time.monotonic() < deadline, sorted(p.name for p in queue.iterdir())
+        time.sleep(0.02)
+
+
 def _subjects(data: Path, address: str) -> collections.Counter[str]:
     return collections.Counter(email.message_from_bytes(f.read_bytes())["Subject"]
                                for f in maildir_files(data, address))
@@ -159,7 +167,7 @@ def test_kill9_mta_with_queued_mail_delivers_exactly_once(setup) -> None:
     with proc("serve", "mda", "--config", str(cfg)), proc("serve", "mta", "--config", str(cfg)):
         wait_port(p["lmtp"])
         wait_files(data, "bob@example.test", 5)
-        time.sleep(0.5)
+        wait_queue_empty(data)  # every entry done: no duplicate can come after this
         assert _subjects(data, "bob@example.test") == {f"crash-{i}": 1 for i in range(5)}
 
 
@@ -192,7 +200,7 @@ def test_kill9_mta_during_deliveries_never_loses_or_duplicates(setup) -> None:
         with proc("serve", "mta", "--config", str(cfg)):
             for who in ("bob@example.test", "alice@example.test"):
                 wait_files(data, who, len(accepted))
-            time.sleep(1.0)
+            wait_queue_empty(data)  # every entry done: no duplicate can come after this
             for who in ("bob@example.test", "alice@example.test"):
                 got = _subjects(data, who)
                 assert got == {s: 1 for s in accepted}, (who, got)

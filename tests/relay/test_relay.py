@@ -57,6 +57,15 @@ async def deferred_with(st: Stack, code: str, timeout: float = 15.0):
         await asyncio.sleep(0.05)
 
 
+async def queue_drained(st: Stack, timeout: float = 30.0) -> None:
+    """Wait until the mta's queue is empty (every entry finished: nothing more will be sent)."""
+    spool = Spool(st.cfg.data_dir / "queue")
+    deadline = asyncio.get_running_loop().time() + timeout
+    while spool.ids():
+        assert asyncio.get_running_loop().time() < deadline, spool.load_all()
+        await asyncio.sleep(0.02)
+
+
 def bounce_of(raw: bytes) -> tuple[email.message.Message, list[email.message.Message]]:
     msg = email.message_from_bytes(raw)
     assert msg.get_content_type() == "multipart/report", raw[:400]
@@ -143,7 +152,7 @@ async def test_destination_down_then_up_is_retried(config_factory) -> None:
         await sink.start()
         [got] = await sink.wait(1)
         assert got.rcpts == ["bob@example.net"]
-        await asyncio.sleep(1.5)
+        await queue_drained(st)  # removed from the queue: no later attempt can come
         assert len(sink.messages) == 1, "delivered once"
     await sink.stop()
 
@@ -156,7 +165,7 @@ async def test_4xx_then_success_and_5xx_for_one_of_two(config_factory) -> None:
         await send(st, ["bob@example.net", "gone@example.net"], subject="mixed")
         [got] = await sink.wait(1)
         bounces = await st.wait_messages("alice@example.test", 1)
-        await asyncio.sleep(1.5)
+        await queue_drained(st)  # removed from the queue: no later attempt can come
     assert got.rcpts == ["bob@example.net"] and len(sink.messages) == 1
     assert len(bounces) == 1
     _, rcpts = bounce_of(bounces[0])
@@ -172,7 +181,7 @@ async def test_connection_dropped_mid_data_is_retried_once(config_factory) -> No
                            transport=f'"example.net" = "127.0.0.1:{sink.port}"') as st:
         await send(st, ["bob@example.net"])
         await sink.wait(1)
-        await asyncio.sleep(1.5)
+        await queue_drained(st)  # removed from the queue: no later attempt can come
     assert len(sink.messages) == 1
     await sink.stop()
 
