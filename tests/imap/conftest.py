@@ -77,6 +77,17 @@ async def imap(cfg: Config, client_ssl: ssl.SSLContext) -> AsyncIterator[Server]
                      daemon=daemon)
 
 
+@pytest.fixture
+async def imap_on_each_loop(config_factory, daemon_loop: str,
+                            client_ssl: ssl.SSLContext) -> AsyncIterator[Server]:
+    """``imap`` on uvloop and on plain asyncio (for STARTTLS and other transport details)."""
+    cfg = config_factory(daemon_loop)
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg) as daemon:
+        yield Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl,
+                     daemon=daemon)
+
+
 class Raw:
     """A line-oriented raw IMAP client for exact-sequence tests."""
 

@@ -62,7 +62,8 @@ async def test_login_with_literals(imap):
     ok(await c.until("a"), "a")
 
 
-async def test_starttls_discards_pipelined_plaintext(imap):
+async def test_starttls_discards_pipelined_plaintext(imap_on_each_loop):
+    imap = imap_on_each_loop
     c = await Raw.connect(imap)
     await c.send(f"a STARTTLS\r\nb LOGIN {USER} {PASSWORD}\r\n")
     assert (await c.line()).startswith(b"a OK")

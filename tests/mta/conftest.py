@@ -76,6 +76,16 @@ def make_stack(cfg: Config) -> Stack:
 
 
 @pytest.fixture
+async def stack_on_each_loop(config_factory, daemon_loop: str) -> AsyncIterator[Stack]:
+    """``stack`` with the mta and mda on uvloop and on plain asyncio."""
+    cfg = config_factory(daemon_loop)
+    st = make_stack(cfg)
+    async with running("mda", cfg) as mda, running("mta", cfg) as mta:
+        st.daemons.update(mda=mda, mta=mta)
+        yield st
+
+
+@pytest.fixture
 async def stack(cfg: Config) -> AsyncIterator[Stack]:
     st = make_stack(cfg)
     async with running("mda", cfg) as mda, running("mta", cfg) as mta:
