@@ -9,6 +9,7 @@ environment variables, and ``--port-offset``. An unknown key or a bad value rais
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -90,6 +91,11 @@ class ServerSection:
     #: the account that gets mail for postmaster@<each domain> and <postmaster> when there is
     #: no postmaster account of that name; empty: see users.postmaster_account
     postmaster: str = ""
+    #: listener addresses (CIDR) on which IMAP and POP3 accept a password before TLS;
+    #: everywhere else LOGINDISABLED / -ERR [AUTH] until STARTTLS/STLS or on the TLS port
+    plaintext_login_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: "uvloop" (the default; plain asyncio where uvloop is not installed) or "asyncio"
+    event_loop: str = "uvloop"
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class TLSSection:
 
 
 TLS_POLICIES = ("none", "opportunistic", "required")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,8 @@ class POP3Section:
 @dataclass(frozen=True)
 class AutoconfigSection:
     http: Port = Port(80)  # Mozilla autoconfig + CA download (0 disables)
+    #: a client that sends nothing (or not the rest of its request) this long is disconnected
+    idle_timeout: Duration = Duration(30)
 
 
 @dataclass(frozen=True)
@@ -424,6 +433,15 @@ def _validate_section(name: str, section: Any, source: str) -> None:
                 raise ConfigError(f"{source}: bad value for [server].postmaster: expected an "
                                   f"account in one of [server].domains, got "
                                   f"{section.postmaster!r}")
+        for net in section.plaintext_login_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{source}: bad value for [server].plaintext_login_networks: "
+                                  f"{net!r} is not an address or network") from None
+        if section.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"{source}: bad value for [server].event_loop: use "
+                              f"{' or '.join(EVENT_LOOPS)}")
     if name == "tls" and bool(section.cert) != bool(section.key):
         raise ConfigError(f"{source}: [tls].cert and [tls].key go together: set both or neither")
     if name == "mta":

@@ -21,6 +21,7 @@ from typing import cast
 
 from .allocator import configure_allocator
 from .config import Config
+from .diskfault import install_disk_full_fault
 from .fsutil import private_umask
 from .netserver import BindError, install_uvloop, raise_nofile_limit
 
@@ -73,7 +74,9 @@ def run(name: str, cfg: Config) -> int:
     private_umask()  # also for daemons forked without the CLI (the test fork server)
     setup_logging(name, cfg.server.log_level)
     serve = load_serve(name)
-    install_uvloop()
+    if cfg.server.event_loop == "uvloop":
+        install_uvloop()
+    install_disk_full_fault()
     raise_nofile_limit()
     configure_allocator()
     log = logging.getLogger(f"mailstack.{name}")
@@ -83,6 +86,7 @@ def run(name: str, cfg: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        log.info("event loop: %s", type(loop).__module__.partition(".")[0])
         await serve(cfg, stop)
 
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import resource
 import socket
@@ -281,11 +282,22 @@ def peer_ip(writer: asyncio.StreamWriter) -> str:
 
 def is_loopback(writer: asyncio.StreamWriter) -> bool:
     """True when the connection arrived on a loopback address."""
+    return arrived_on(writer, ("127.0.0.0/8", "::1/128"))
+
+
+def arrived_on(writer: asyncio.StreamWriter, networks: Sequence[str]) -> bool:
+    """True when the connection arrived on (its local address is in) one of ``networks``
+    (``[server] plaintext_login_networks``: where a password may travel before TLS)."""
     sock = writer.get_extra_info("sockname")
     if not sock:
         return False
-    host = str(sock[0])
-    return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1", "localhost")
+    try:
+        addr = ipaddress.ip_address(str(sock[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
 async def starttls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

@@ -38,6 +38,7 @@ class AutoconfigServer:
         self.ca = files.ca.read_bytes() if files.ca else None
         self.open: set[asyncio.StreamWriter] = set()
         self.names = frozenset([*certificate_names(cfg), *LOOPBACK_IPS])
+        self.idle_timeout = float(cfg.autoconfig.idle_timeout)
 
     def server_name(self, host: str) -> str:
         """The Host header's name when it is one we serve, else ``[server] hostname``."""
@@ -70,7 +71,7 @@ class AutoconfigServer:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    data = await asyncio.wait_for(reader.read(8192), 30)
+                    data = await asyncio.wait_for(reader.read(8192), self.idle_timeout)
                     conn.receive_data(data)
                     continue
                 if isinstance(event, h11.Request):

@@ -50,7 +50,9 @@ class IMAPServer:
                 with contextlib.suppress(Exception):
                     session.unselect()  # writes metadata the session added to the cache
                 writer.close()
-                with contextlib.suppress(Exception):
+                # a shutdown may cancel this task here too (the session had just ended):
+                # ending quietly, or the streams callback logs the CancelledError as an error
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(writer.wait_closed(), 2)
         return handle
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..netserver import LineReader, LineTooLong, is_loopback, peer_ip, starttls
+from ..netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
 from ..store import watch
 from ..store.account import StoreError
 from ..store.maildir import MaildirError, open_user_mailbox
@@ -91,7 +91,8 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.tls = implicit_tls
-        self.loopback = is_loopback(writer)
+        #: a password may be sent before TLS (a loopback listener, by default)
+        self.loopback = arrived_on(writer, self.cfg.server.plaintext_login_networks)
         self.peer = peer_ip(writer)
         self.lines = LineReader(reader, MAX_LINE, float(self.cfg.imap.idle_timeout))
         self.state = NOTAUTH

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..authlimit import AuthThrottle
 from ..config import Config
-from ..netserver import LineTooLong, is_loopback, peer_ip, starttls
+from ..netserver import LineTooLong, arrived_on, peer_ip, starttls
 from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailbox
 from ..users import UserDB
 from . import protocol as p
@@ -64,7 +64,8 @@ class Session:
         cfg = shared.cfg
         self.proto = p.POP3Protocol(
             tls=implicit_tls, tls_available=shared.tls_context is not None,
-            plaintext_auth=is_loopback(writer), login_delay=int(cfg.pop3.login_delay))
+            plaintext_auth=arrived_on(writer, cfg.server.plaintext_login_networks),
+            login_delay=int(cfg.pop3.login_delay))
         self.loop = asyncio.get_running_loop()
         self.idle_timeout = float(cfg.pop3.idle_timeout)
         self.waiting_since: float | None = None  # when the current wait for a command began

@@ -4,12 +4,15 @@ Starting ``python -m mailstack serve NAME`` costs most of a second of imports (a
 cryptography, argon2, dnspython); four of them at once take seconds on a small machine. This
 process (``python -m mailstack.testing.forkserver``) pays that once per test session, then
 forks a fresh child per daemon on request. Each child is a real, separate daemon process that
-runs exactly what ``mailstack serve NAME`` runs (:func:`mailstack.daemon.run`), with its output
-in a log file. The server itself never starts a thread or an event loop, so forking is safe.
+runs exactly what ``mailstack serve NAME --config FILE`` runs (:func:`mailstack.cli.main` with
+those arguments: the config is loaded, ``$MAILSTACK_*`` overrides applied, uvloop installed by
+:func:`mailstack.daemon.run`), with its output in a log file. The server itself never starts a
+thread or an event loop, so forking is safe.
 
 Protocol: one JSON object a line on stdin, one reply a line on stdout.
 
-- ``{"op": "spawn", "name": "mta", "config": FILE, "log": FILE}`` → ``{"pid": N}``
+- ``{"op": "spawn", "name": "mta", "config": FILE, "log": FILE, "env": {...}}`` → ``{"pid": N}``
+  (``env``, optional: variables set in the child's environment)
 - ``{"op": "status", "pids": [...]}`` → ``{"exited": {"N": code, ...}}``
 - ``{"op": "stop", "pids": [...], "timeout": 5}`` → SIGTERM, then SIGKILL after the timeout;
   ``{"exited": {...}}``
@@ -43,7 +46,7 @@ def _reap() -> None:
             _children[pid] = os.waitstatus_to_exitcode(status)
 
 
-def _child(name: str, config: str, logfile: str) -> int:
+def _child(name: str, config: str, logfile: str, env: dict[str, str]) -> int:
     os.setsid()
     fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -57,10 +60,10 @@ def _child(name: str, config: str, logfile: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     random.seed()
-    from ..config import load
-    from ..daemon import run
+    os.environ.update(env)
+    from ..cli import main as cli_main
 
-    return run(name, load(config, env={}))
+    return cli_main(["serve", name, "--config", config])
 
 
 def _stop(pids: list[int], timeout: float) -> None:
@@ -90,6 +93,7 @@ def main() -> int:
     from ..daemon import available_daemons
 
     available_daemons()  # imports every daemon module: the point of this process
+    import mailstack.cli  # noqa: F401
     out = sys.stdout
     out.write(json.dumps({"ready": os.getpid()}) + "\n")
     out.flush()
@@ -103,7 +107,8 @@ def main() -> int:
             if pid == 0:
                 code = 1
                 try:
-                    code = _child(req["name"], req["config"], req["log"])
+                    code = _child(req["name"], req["config"], req["log"],
+                                  dict(req.get("env") or {}))
                 except BaseException:
                     traceback.print_exc()
                 finally:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -27,9 +28,10 @@ def child_env() -> dict[str, str]:
 
 
 class Launcher(Protocol):
-    def spawn(self, name: str, config: Path, log: Path) -> int: ...
+    def spawn(self, name: str, config: Path, log: Path,
+              env: Mapping[str, str] | None = None) -> int: ...
     def exited(self, pids: list[int]) -> dict[int, int]: ...
-    def stop(self, pids: list[int], timeout: float) -> None: ...
+    def stop(self, pids: list[int], timeout: float) -> dict[int, int]: ...
 
 
 class ForkServerLauncher:
@@ -78,17 +80,20 @@ class ForkServerLauncher:
             proc.stdin.flush()
             return self._read(proc.stdout)
 
-    def spawn(self, name: str, config: Path, log: Path) -> int:
+    def spawn(self, name: str, config: Path, log: Path,
+              env: Mapping[str, str] | None = None) -> int:
         reply = self._call({"op": "spawn", "name": name, "config": str(config),
-                            "log": str(log)})
+                            "log": str(log), "env": dict(env or {})})
         return int(reply["pid"])  # type: ignore[call-overload]
 
     def exited(self, pids: list[int]) -> dict[int, int]:
         reply = self._call({"op": "status", "pids": pids})
         return {int(k): int(v) for k, v in reply["exited"].items()}  # type: ignore[union-attr]
 
-    def stop(self, pids: list[int], timeout: float) -> None:
-        self._call({"op": "stop", "pids": pids, "timeout": timeout})
+    def stop(self, pids: list[int], timeout: float) -> dict[int, int]:
+        """SIGTERM, SIGKILL after ``timeout``; the exit codes (negative: killed by a signal)."""
+        reply = self._call({"op": "stop", "pids": pids, "timeout": timeout})
+        return {int(k): int(v) for k, v in reply["exited"].items()}  # type: ignore[union-attr]
 
     def close(self) -> None:
         with self._lock:
@@ -117,12 +122,13 @@ class SubprocessLauncher:
             if proc.poll() is None:
                 proc.kill()
 
-    def spawn(self, name: str, config: Path, log: Path) -> int:
+    def spawn(self, name: str, config: Path, log: Path,
+              env: Mapping[str, str] | None = None) -> int:
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mailstack", "serve", name, "--config", str(config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=child_env(), start_new_session=True)
+                env={**child_env(), **(env or {})}, start_new_session=True)
         self._procs[proc.pid] = proc
         return proc.pid
 
@@ -134,7 +140,7 @@ class SubprocessLauncher:
                 out[pid] = code
         return out
 
-    def stop(self, pids: list[int], timeout: float) -> None:
+    def stop(self, pids: list[int], timeout: float) -> dict[int, int]:
         procs = [self._procs.pop(p) for p in pids if p in self._procs]
         for proc in procs:
             if proc.poll() is None:
@@ -146,6 +152,7 @@ class SubprocessLauncher:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        return {proc.pid: proc.returncode for proc in procs}
 
 
 _fork_server: ForkServerLauncher | None = None

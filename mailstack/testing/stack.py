@@ -26,6 +26,7 @@ import ssl
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
@@ -102,6 +103,37 @@ def _tls_source(hostname: str, domains: tuple[str, ...]) -> Path:
         return _tls_cache[key]
 
 
+def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """Deep-merge ``extra`` into ``into`` (tables merge; arrays of tables are appended)."""
+    for key, value in extra.items():
+        old = into.get(key)
+        if isinstance(old, dict) and isinstance(value, Mapping):
+            _merge(old, value)
+        elif isinstance(old, list) and isinstance(value, list) and key == "faults":
+            old.extend(value)
+        else:
+            into[key] = value
+
+
+def _key(name: str) -> str:
+    return name if name.replace("_", "").replace("-", "").isalnum() else _toml(name)
+
+
+def _dump_toml(doc: Mapping[str, Any], prefix: str = "") -> str:
+    """TOML for the config's shapes: scalars, lists, tables, arrays of tables."""
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in doc.items():
+        name = f"{prefix}.{_key(key)}" if prefix else _key(key)
+        if isinstance(value, Mapping):
+            tables.append(f"[{name}]\n" + _dump_toml(value, name))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            tables += [f"[[{name}]]\n" + _dump_toml(v, name) for v in value]
+        else:
+            lines.append(f"{_key(key)} = {_toml(value)}\n")
+    return "".join(lines) + "".join(tables)
+
+
 def _write_min_config(base: Path, hostname: str, domains: tuple[str, ...]) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     path = base / "tls.toml"
@@ -127,7 +159,8 @@ class MailStack:
     address in the catch-all account, relay nothing), ``faults`` (``[[faults]]`` tables as
     dicts: ``{"match": "*@fail.test", "at": "rcpt", "reply": "451 4.3.0 try later"}``),
     ``launcher`` (``"fork"`` or ``"subprocess"``), ``data_dir`` (default: a new temp dir,
-    removed on close), ``extra_config`` (TOML text appended to the generated config).
+    removed on close), ``extra_config`` (TOML merged into the generated config: its keys
+    override the generated ones).
     """
 
     host = "127.0.0.1"
@@ -206,26 +239,31 @@ class MailStack:
         return self
 
     def _config_text(self) -> str:
+        """The generated config with ``extra_config`` merged in: its keys override the
+        generated ones table by table (``[mta] max_message_size = ...`` works although the
+        stack writes an ``[mta]`` table itself)."""
         assert self.base is not None
         p = self.ports
-        lines = [
-            "[server]", f"hostname = {_toml(self.hostname)}",
-            f"domains = {_toml(list(self.domains))}",
-            f"data_dir = {_toml(str(self.base / 'data'))}", 'bind = ["127.0.0.1"]',
-            f"log_level = {_toml(self.log_level)}",
-            "[mta]", f"smtp = {p['smtp']}", f"submission = {p['submission']}",
-            f"submissions = {p['submissions']}", 'retry_initial = "1s"', 'retry_max = "2s"',
-            "[mda]", f"lmtp = {p['lmtp']}", "[imap]", f"imap = {p['imap']}",
-            f"imaps = {p['imaps']}", "[pop3]", f"pop3 = {p['pop3']}", f"pop3s = {p['pop3s']}",
-            "[autoconfig]", "http = 0",
-        ]
+        doc: dict[str, Any] = {
+            "server": {"hostname": self.hostname, "domains": list(self.domains),
+                       "data_dir": str(self.base / "data"), "bind": ["127.0.0.1"],
+                       "log_level": self.log_level},
+            "mta": {"smtp": p["smtp"], "submission": p["submission"],
+                    "submissions": p["submissions"], "retry_initial": "1s", "retry_max": "2s"},
+            "mda": {"lmtp": p["lmtp"]}, "imap": {"imap": p["imap"], "imaps": p["imaps"]},
+            "pop3": {"pop3": p["pop3"], "pop3s": p["pop3s"]}, "autoconfig": {"http": 0},
+        }
         if self.capture:
-            lines += ["[capture]", "enabled = true", f"address = {_toml(CAPTURE_ADDRESS)}",
-                      f"password = {_toml(CAPTURE_PASSWORD)}"]
-        for fault in self.faults:
-            lines.append("[[faults]]")
-            lines += [f"{k} = {_toml(v)}" for k, v in fault.items()]
-        return "\n".join(lines) + "\n" + self.extra_config + "\n"
+            doc["capture"] = {"enabled": True, "address": CAPTURE_ADDRESS,
+                              "password": CAPTURE_PASSWORD}
+        if self.faults:
+            doc["faults"] = [dict(f) for f in self.faults]
+        try:
+            extra = tomllib.loads(self.extra_config)
+        except tomllib.TOMLDecodeError as exc:
+            raise MailStackError(f"extra_config is not valid TOML: {exc}") from None
+        _merge(doc, extra)
+        return _dump_toml(doc)
 
     def _wait_listening(self) -> None:
         assert self._launcher is not None

@@ -75,13 +75,19 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait()
-        self._reader.join(5)
+        self._close_output()
         return self.popen.returncode
+
+    def _close_output(self) -> None:
+        self._reader.join(5)
+        if self.popen.stdout is not None and not self._reader.is_alive():
+            self.popen.stdout.close()
 
     def kill9(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
+        self._close_output()
 
 
 @contextlib.contextmanager

@@ -137,6 +137,14 @@ def test_queue_delete(setup) -> None:
         assert "Mail queue is empty" in mailstack("queue", "list", "--config", str(cfg)).stdout
 
 
+def wait_queue_empty(data: Path, timeout: float = 30) -> None:
+    queue = data / "queue"
+    deadline = time.monotonic() + timeout
+    while [p for p in queue.iterdir() if p.is_file()]:
+        assert time.monotonic() < deadline, sorted(p.name for p in queue.iterdir())
+        time.sleep(0.02)
+
+
 def _subjects(data: Path, address: str) -> collections.Counter[str]:
     return collections.Counter(email.message_from_bytes(f.read_bytes())["Subject"]
                                for f in maildir_files(data, address))
@@ -159,7 +167,7 @@ def test_kill9_mta_with_queued_mail_delivers_exactly_once(setup) -> None:
     with proc("serve", "mda", "--config", str(cfg)), proc("serve", "mta", "--config", str(cfg)):
         wait_port(p["lmtp"])
         wait_files(data, "bob@example.test", 5)
-        time.sleep(0.5)
+        wait_queue_empty(data)  # every entry done: no duplicate can come after this
         assert _subjects(data, "bob@example.test") == {f"crash-{i}": 1 for i in range(5)}
 
 
@@ -192,7 +200,7 @@ def test_kill9_mta_during_deliveries_never_loses_or_duplicates(setup) -> None:
         with proc("serve", "mta", "--config", str(cfg)):
             for who in ("bob@example.test", "alice@example.test"):
                 wait_files(data, who, len(accepted))
-            time.sleep(1.0)
+            wait_queue_empty(data)  # every entry done: no duplicate can come after this
             for who in ("bob@example.test", "alice@example.test"):
                 got = _subjects(data, who)
                 assert got == {s: 1 for s in accepted}, (who, got)
@@ -229,12 +237,16 @@ def test_privileged_port_message_names_the_fixes(tmp_path: Path) -> None:
     cfg = tmp_path / "m.toml"
     cfg.write_text(f'[server]\ndata_dir = "{tmp_path / "d"}"\nbind = ["127.0.0.1"]\n'
                    "[mda]\nlmtp = 24\n")
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start <= 24:
+        pytest.skip(f"net.ipv4.ip_unprivileged_port_start = {start}: port 24 is not privileged")
     # without CAP_NET_BIND_SERVICE (even as root) port 24 is refused
     r = subprocess.run(["setpriv", "--bounding-set", "-net_bind_service", sys.executable, "-m",
                         "mailstack", "serve", "mda", "--config", str(cfg)],
                        capture_output=True, text=True, env=cli_env(), timeout=30)
-    if r.returncode == 0 or ("Operation not permitted" in r.stderr and "setpriv" in r.stderr):
-        pytest.skip("cannot drop the capability here")
-    assert r.returncode == 2, r.stderr
+    if r.returncode != 0 and r.stderr.startswith("setpriv:"):
+        pytest.skip(f"setpriv cannot drop the capability here: {r.stderr.strip()}")
+    # a daemon that exits 0 here (without serving) is a bug, not a reason to skip
+    assert r.returncode == 2, (r.returncode, r.stderr)
     assert "CAP_NET_BIND_SERVICE" in r.stderr and "--port-offset" in r.stderr
     assert "Traceback" not in r.stderr

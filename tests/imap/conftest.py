@@ -1,4 +1,5 @@
-"""Fixtures for the IMAP tests: a running imap daemon on free ports with one user."""
+"""Fixtures for the IMAP tests: an imap daemon process (uvloop, as in production) on free ports
+with one user."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from mailstack.config import Config
 from mailstack.store.maildir import Maildir, MaildirMessage, mailbox_path
-from tests.conftest import add_user, running
+from tests.conftest import Daemon, add_user, running
 
 USER = "alice@example.test"
 PASSWORD = "wonderland"
@@ -26,6 +27,12 @@ class Server:
     ssl: ssl.SSLContext
     user: str = USER
     password: str = PASSWORD
+    daemon: Daemon | None = None
+
+    def log(self) -> str:
+        """The imap daemon's log so far."""
+        assert self.daemon is not None, "started without running()"
+        return self.daemon.log()
 
     @property
     def inbox(self) -> Maildir:
@@ -65,8 +72,20 @@ def message(subject: str = "Hello", body: str = "Hi there.\n", sender: str = "bo
 @pytest.fixture
 async def imap(cfg: Config, client_ssl: ssl.SSLContext) -> AsyncIterator[Server]:
     add_user(cfg, USER, PASSWORD)
-    async with running("imap", cfg):
-        yield Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl)
+    async with running("imap", cfg) as daemon:
+        yield Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl,
+                     daemon=daemon)
+
+
+@pytest.fixture
+async def imap_on_each_loop(config_factory, daemon_loop: str,
+                            client_ssl: ssl.SSLContext) -> AsyncIterator[Server]:
+    """``imap`` on uvloop and on plain asyncio (for STARTTLS and other transport details)."""
+    cfg = config_factory(daemon_loop)
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg) as daemon:
+        yield Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl,
+                     daemon=daemon)
 
 
 class Raw:

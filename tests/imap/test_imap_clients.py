@@ -61,7 +61,7 @@ async def test_aioimaplib_session(imap):
     assert r.result == "OK" and any(b"Subject: for aioimaplib" in bytes(x) for x in r.lines)
     idle = await c.idle_start(timeout=5)
     imap.deliver(message("idle push"))
-    pushed = await asyncio.wait_for(c.wait_server_push(), 3)
+    pushed = await asyncio.wait_for(c.wait_server_push(), 15)
     c.idle_done()
     await asyncio.wait_for(idle, 5)
     assert any(b"EXISTS" in (x if isinstance(x, bytes) else x.encode()) for x in pushed)

@@ -7,11 +7,14 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.conftest import wait_port
 from tests.imap.conftest import PASSWORD, USER, Raw, message
+
+#: how long a test waits for an untagged update: a ceiling for slow machines, not a latency
+#: figure (bench/imap_bench.py measures delivery → EXISTS latency)
+IDLE_WAIT = 15.0
 
 
 def ok(lines: list[bytes], tag: str) -> list[bytes]:
@@ -41,14 +44,12 @@ async def done(c: Raw) -> list[bytes]:
     return ok(await c.until("I"), "I")
 
 
-async def test_idle_sees_delivery_within_a_second(imap):
+async def test_idle_sees_delivery(imap):
     c = await session(imap)
     await idle(c)
-    t0 = time.monotonic()
     imap.deliver(message("while idle"))
-    assert await c.line(timeout=1.0) == b"* 1 EXISTS\r\n"
-    assert time.monotonic() - t0 < 1.0
-    assert await c.line(timeout=1.0) == b"* 1 RECENT\r\n"
+    assert await c.line(timeout=IDLE_WAIT) == b"* 1 EXISTS\r\n"
+    assert await c.line(timeout=IDLE_WAIT) == b"* 1 RECENT\r\n"
     await done(c)
     r = ok(await c.cmd("f", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])"), "f")
     assert b"Subject: while idle" in r[0]
@@ -61,12 +62,12 @@ async def test_two_sessions_see_store_and_expunge(imap):
     b = await session(imap)
     await idle(b)
     ok(await a.cmd("1", "STORE 2 +FLAGS (\\Flagged)"), "1")
-    got = await b.line(timeout=1.0)
+    got = await b.line(timeout=IDLE_WAIT)
     assert got.startswith(b"* 2 FETCH (UID 2 FLAGS (\\Flagged")
     ok(await a.cmd("2", "STORE 1 +FLAGS (\\Deleted)"), "2")
-    assert (await b.line(timeout=1.0)).startswith(b"* 1 FETCH (UID 1 FLAGS (\\Deleted")
+    assert (await b.line(timeout=IDLE_WAIT)).startswith(b"* 1 FETCH (UID 1 FLAGS (\\Deleted")
     ok(await a.cmd("3", "EXPUNGE"), "3")
-    assert await b.line(timeout=1.0) == b"* 1 EXPUNGE\r\n"
+    assert await b.line(timeout=IDLE_WAIT) == b"* 1 EXPUNGE\r\n"
     await done(b)
     # without IDLE: the change arrives with the next command, but not during FETCH
     ok(await a.cmd("4", "STORE 1 +FLAGS (\\Deleted)"), "4")
@@ -86,7 +87,7 @@ async def test_external_deletion_like_pop3(imap):
     await idle(c)
     for msg in imap.inbox.scan()[:1]:
         imap.inbox.remove(msg)
-    assert await c.line(timeout=1.0) == b"* 1 EXPUNGE\r\n"
+    assert await c.line(timeout=IDLE_WAIT) == b"* 1 EXPUNGE\r\n"
     await done(c)
 
 
@@ -105,13 +106,14 @@ async def test_second_imap_process_shares_the_mailbox(imap, config_factory, tmp_
         there = await session(imap, port=port2)
         await idle(there)
         ok(await here.cmd("1", "STORE 1 +FLAGS (\\Answered)"), "1")
-        assert (await there.line(timeout=1.0)).startswith(b"* 1 FETCH (UID 1 FLAGS (\\Answered")
+        line = await there.line(timeout=IDLE_WAIT)
+        assert line.startswith(b"* 1 FETCH (UID 1 FLAGS (\\Answered")
         await done(there)
         await idle(here)
         msg = message("from there").replace(b"\n", b"\r\n")
         r = ok(await there.cmd("2", b"APPEND INBOX {%d+}\r\n" % len(msg) + msg), "2")
         assert b"[APPENDUID" in r[-1] and b" 2]" in r[-1]
-        assert await here.line(timeout=1.0) == b"* 2 EXISTS\r\n"
+        assert await here.line(timeout=IDLE_WAIT) == b"* 2 EXISTS\r\n"
         await done(here)
     finally:
         proc.terminate()
@@ -164,7 +166,7 @@ async def test_idle_with_polling_fallback(imap, monkeypatch):
     c = await session(imap)
     await idle(c)
     imap.deliver(message("polled"))
-    assert await c.line(timeout=1.0) == b"* 1 EXISTS\r\n"
+    assert await c.line(timeout=IDLE_WAIT) == b"* 1 EXISTS\r\n"
     await done(c)
 
 

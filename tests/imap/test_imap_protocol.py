@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import re
 
 import pytest
@@ -63,7 +62,8 @@ async def test_login_with_literals(imap):
     ok(await c.until("a"), "a")
 
 
-async def test_starttls_discards_pipelined_plaintext(imap):
+async def test_starttls_discards_pipelined_plaintext(imap_on_each_loop):
+    imap = imap_on_each_loop
     c = await Raw.connect(imap)
     await c.send(f"a STARTTLS\r\nb LOGIN {USER} {PASSWORD}\r\n")
     assert (await c.line()).startswith(b"a OK")
@@ -331,72 +331,74 @@ async def test_imaplib_over_tls(imap):
     await asyncio.to_thread(go)
 
 
+async def _logindisabled_then_starttls(ip: str, port: int, cmd: str, client_ssl) -> None:
+    r, w = await asyncio.open_connection(ip, port)
+    c = Raw(r, w)
+    greeting = await c.line()
+    assert b"LOGINDISABLED" in greeting and b"AUTH=PLAIN" not in greeting, greeting
+    out = await c.cmd("a", cmd)
+    assert out[-1].startswith(b"a NO [PRIVACYREQUIRED]"), out
+    ok(await c.cmd("b", "STARTTLS"), "b")
+    await w.start_tls(client_ssl, server_hostname="localhost")
+    caps = ok(await c.cmd("c", "CAPABILITY"), "c")
+    assert b"AUTH=PLAIN" in caps[0] and b"LOGINDISABLED" not in caps[0]
+    ok(await c.cmd("d", f"LOGIN {USER} {PASSWORD}"), "d")
+    await c.close()
+
+
 @pytest.mark.parametrize("cmd", ["LOGIN a b", "AUTHENTICATE PLAIN"])
-async def test_logindisabled_on_non_loopback(config_factory, client_ssl, cmd):
-    """A listener on a non-loopback address refuses plaintext login before STARTTLS."""
+async def test_logindisabled_off_the_plaintext_networks(config_factory, client_ssl, daemon_loop,
+                                                         cmd):
+    """A listener address outside [server] plaintext_login_networks (here 127.0.0.2, so the
+    test needs no network interface) refuses plaintext login before STARTTLS; 127.0.0.1, inside
+    them, allows it; the TLS port allows it everywhere."""
+    from tests.conftest import NON_LOOPBACK, NON_LOOPBACK_EXTRA, add_user, running
+
+    cfg = config_factory(NON_LOOPBACK_EXTRA + daemon_loop)
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg):
+        await _logindisabled_then_starttls(NON_LOOPBACK, cfg.port("imap", "imap"), cmd,
+                                           client_ssl)
+        c = Raw(*await asyncio.open_connection("127.0.0.1", cfg.port("imap", "imap")))
+        greeting = await c.line()
+        assert b"AUTH=PLAIN" in greeting and b"LOGINDISABLED" not in greeting, greeting
+        ok(await c.cmd("a", f"LOGIN {USER} {PASSWORD}"), "a")
+        await c.close()
+        r, w = await asyncio.open_connection(NON_LOOPBACK, cfg.port("imap", "imaps"),
+                                             ssl=client_ssl, server_hostname="localhost")
+        c = Raw(r, w)
+        assert b"AUTH=PLAIN" in await c.line()
+        ok(await c.cmd("a", f"LOGIN {USER} {PASSWORD}"), "a")
+        await c.close()
+
+
+@pytest.mark.parametrize("cmd", ["LOGIN a b", "AUTHENTICATE PLAIN"])
+async def test_logindisabled_on_a_real_interface(config_factory, client_ssl, cmd):
+    """With the default plaintext_login_networks, a real (non-loopback) interface address
+    refuses plaintext login before STARTTLS."""
     import socket
 
-    from tests.conftest import add_user
+    from tests.conftest import add_user, running
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect(("192.0.2.1", 9))
             ip = s.getsockname()[0]
     except OSError:
-        pytest.skip("no non-loopback address")
+        ip = "127.0.0.1"
     if ip.startswith("127."):
-        pytest.skip("no non-loopback address")
-    cfg = config_factory()
-    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, bind=(ip,)))
-    add_user(cfg, USER, PASSWORD)
-    async with _running_on(cfg, ip):
-        r, w = await asyncio.open_connection(ip, cfg.port("imap", "imap"))
-        c = Raw(r, w)
-        greeting = await c.line()
-        assert b"LOGINDISABLED" in greeting and b"AUTH=PLAIN" not in greeting
-        out = await c.cmd("a", cmd)
-        assert out[-1].startswith(b"a NO [PRIVACYREQUIRED]"), out
-        ok(await c.cmd("b", "STARTTLS"), "b")
-        await w.start_tls(client_ssl, server_hostname="localhost")
-        caps = ok(await c.cmd("c", "CAPABILITY"), "c")
-        assert b"AUTH=PLAIN" in caps[0] and b"LOGINDISABLED" not in caps[0]
-        ok(await c.cmd("d", f"LOGIN {USER} {PASSWORD}"), "d")
-        await c.close()
-
-
-def _running_on(cfg, ip):
-    """Like tests.conftest.running, but waits for the port on ``ip``."""
-    import contextlib
-
-    from mailstack.daemon import load_serve
-
-    @contextlib.asynccontextmanager
-    async def ctx():
-        stop = asyncio.Event()
-        task = asyncio.create_task(load_serve("imap")(cfg, stop))
-        for _ in range(200):
-            try:
-                _, w = await asyncio.open_connection(ip, cfg.port("imap", "imap"))
-                w.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
-    return ctx()
-
-
-
-async def test_shutdown_says_bye(cfg, client_ssl, caplog):
-    import logging
-
-    from tests.conftest import add_user, running
-    from tests.imap.conftest import Server
-    caplog.set_level(logging.INFO, "mailstack.imap")
+        pytest.skip("no non-loopback address (test_logindisabled_off_the_plaintext_networks "
+                    "covers this on 127.0.0.2)")
+    cfg = config_factory(f'[server]\nbind = ["{ip}"]\n')
     add_user(cfg, USER, PASSWORD)
     async with running("imap", cfg):
+        await _logindisabled_then_starttls(ip, cfg.port("imap", "imap"), cmd, client_ssl)
+
+
+async def test_shutdown_says_bye(cfg, client_ssl):
+    from tests.conftest import add_user, running
+    from tests.imap.conftest import Server
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg) as daemon:
         srv = Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl)
         c = await login(srv)
         ok(await c.cmd("a", "SELECT INBOX"), "a")
@@ -404,6 +406,6 @@ async def test_shutdown_says_bye(cfg, client_ssl, caplog):
         assert (await c.line()).startswith(b"+")
     assert (await c.line()) == b"* BYE server shutting down\r\n"
     assert await c.line() == b""
-    logs = [r.message for r in caplog.records]
-    assert any(m.startswith("listening on 127.0.0.1:") and m.endswith("(imap, STARTTLS)")
-               for m in logs)
+    port = cfg.port("imap", "imap")
+    assert f"INFO: listening on 127.0.0.1:{port} (imap, STARTTLS)\n" in daemon.log()
+    assert daemon.exit_code == 0

@@ -1,4 +1,5 @@
-"""Fixtures for protocol tests of the mta and mda: both daemons in the test's event loop."""
+"""Fixtures for protocol tests of the mta and mda: both daemons as processes (uvloop), as
+production runs them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import smtplib
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from mailstack.config import Config
 from mailstack.tls import client_context, ensure_tls_files
 
-from ..conftest import add_user, running
+from ..conftest import Daemon, add_user, running
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Stack:
     cfg: Config
     ssl: ssl.SSLContext
     ca: Path
+    #: the daemon processes by name (their pids and logs), once started
+    daemons: dict[str, Daemon] = field(default_factory=dict)
 
     @property
     def smtp(self) -> int:
@@ -73,7 +76,18 @@ def make_stack(cfg: Config) -> Stack:
 
 
 @pytest.fixture
+async def stack_on_each_loop(config_factory, daemon_loop: str) -> AsyncIterator[Stack]:
+    """``stack`` with the mta and mda on uvloop and on plain asyncio."""
+    cfg = config_factory(daemon_loop)
+    st = make_stack(cfg)
+    async with running("mda", cfg) as mda, running("mta", cfg) as mta:
+        st.daemons.update(mda=mda, mta=mta)
+        yield st
+
+
+@pytest.fixture
 async def stack(cfg: Config) -> AsyncIterator[Stack]:
     st = make_stack(cfg)
-    async with running("mda", cfg), running("mta", cfg):
+    async with running("mda", cfg) as mda, running("mta", cfg) as mta:
+        st.daemons.update(mda=mda, mta=mta)
         yield st

@@ -140,9 +140,10 @@ async def test_bare_cr_in_the_header_is_refused(stack: Stack) -> None:
     assert len(msgs) == 1 and b"Subject: fine" in msgs[0]
 
 
-async def test_starttls_abuse(stack: Stack) -> None:
+async def test_starttls_abuse(stack_on_each_loop: Stack) -> None:
     """A handshake that is not TLS, a second STARTTLS, an argument, a client that leaves
     mid-handshake: each ends that session only, and the mta keeps serving."""
+    stack = stack_on_each_loop
     c = await Client.connect(stack.smtp)
     await c.cmd("EHLO x")
     assert (await c.cmd("STARTTLS now")).startswith("501 5.5.4")
@@ -166,7 +167,9 @@ async def test_starttls_abuse(stack: Stack) -> None:
     other.close()
 
 
-async def test_pipelined_commands_after_starttls_are_discarded(stack: Stack) -> None:
+async def test_pipelined_commands_after_starttls_are_discarded(stack_on_each_loop: Stack
+                                                               ) -> None:
+    stack = stack_on_each_loop
     c = await Client.connect(stack.smtp)
     await c.cmd("EHLO x")
     c.writer.write(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")

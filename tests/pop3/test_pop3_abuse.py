@@ -4,8 +4,8 @@ without harm, and the server must keep serving."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import logging
+import os
+import signal
 import socket
 import ssl
 import struct
@@ -16,7 +16,7 @@ import pytest
 from mailstack.config import Config
 from mailstack.store.maildir import Maildir
 
-from ..conftest import running
+from ..conftest import NON_LOOPBACK, NON_LOOPBACK_EXTRA, running
 from .pop3_helpers import ALICE, PASSWORD, RawPOP3, make_alice
 
 
@@ -95,12 +95,10 @@ async def test_too_many_bad_commands_close_the_connection(cfg: Config, alice: Ma
         await still_serving(cfg)
 
 
-async def test_wrong_passwords_growing_delay(cfg: Config, alice: Maildir,
-                                             caplog: pytest.LogCaptureFixture) -> None:
-    cfg = dataclasses.replace(cfg, server=dataclasses.replace(
-        cfg.server, auth_failures_free=1, auth_max_delay=5))
-    caplog.set_level(logging.INFO)
-    async with running("pop3", cfg):
+async def test_wrong_passwords_growing_delay(config_factory) -> None:
+    cfg = config_factory("[server]\nauth_failures_free = 1\nauth_max_delay = 5\n")
+    make_alice(cfg, messages=3)
+    async with running("pop3", cfg) as daemon:
         c = await RawPOP3.connect(port(cfg))
         delays = []
         for user, password in (("nobody@example.test", "x"), (ALICE, "wrong-1"),
@@ -114,16 +112,17 @@ async def test_wrong_passwords_growing_delay(cfg: Config, alice: Maildir,
         assert (await c.login()).startswith("+OK Logged in")  # right password still works
         await c.cmd("QUIT")
         await c.close()
-    assert "pop3 auth failed for 'alice@example.test'" in caplog.text
-    assert "wrong-" not in caplog.text and PASSWORD not in caplog.text
-    assert "session end: user=alice@example.test ip=127.0.0.1 tls=no retr=0/0" in caplog.text
+        await daemon.wait_log("session end: user=alice@example.test ip=127.0.0.1 tls=no retr=0/0")
+    log = daemon.log()
+    assert "pop3 auth failed for 'alice@example.test'" in log
+    assert "wrong-" not in log and PASSWORD not in log
 
 
-async def test_stls_injection_is_discarded(cfg: Config, alice: Maildir,
-                                           client_ssl: ssl.SSLContext,
-                                           caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
-    async with running("pop3", cfg):
+async def test_stls_injection_is_discarded(config_factory, daemon_loop: str,
+                                           client_ssl: ssl.SSLContext) -> None:
+    cfg = config_factory(daemon_loop)
+    make_alice(cfg, messages=3)
+    async with running("pop3", cfg) as daemon:
         reader, writer = await asyncio.open_connection("127.0.0.1", port(cfg))
         assert (await reader.readline()).startswith(b"+OK")
         # the plaintext after STLS arrives in the same segment as STLS itself
@@ -136,14 +135,49 @@ async def test_stls_injection_is_discarded(cfg: Config, alice: Maildir,
         assert (await c.cmd("STAT")).startswith("-ERR STAT is not valid in the AUTHORIZATION")
         assert (await c.cmd(f"PASS {PASSWORD}")) == "-ERR USER first"
         injected = len(f"USER {ALICE}\r\nPASS {PASSWORD}\r\nQUIT\r\n")
-        assert f"discarded {injected} octets pipelined after STLS" in caplog.text
+        await daemon.wait_log(f"discarded {injected} octets pipelined after STLS")
         assert (await c.login()).startswith("+OK Logged in")
         await c.cmd("QUIT")
         await c.close()
 
 
-async def test_plaintext_login_refused_on_non_loopback(cfg: Config, alice: Maildir,
-                                                       client_ssl: ssl.SSLContext) -> None:
+async def _plaintext_refused_then_tls(cfg: Config, ip: str, client_ssl: ssl.SSLContext) -> None:
+    c = await RawPOP3.connect(port(cfg), host=ip)
+    assert (await c.cmd("CAPA")).startswith("+OK")
+    caps = [x.decode() for x in await c.multi()]
+    assert "STLS" in caps and "USER" not in caps and "SASL PLAIN" not in caps
+    assert (await c.cmd(f"USER {ALICE}")).startswith("-ERR [AUTH]")
+    assert (await c.cmd(f"PASS {PASSWORD}")).startswith("-ERR [AUTH]")
+    assert (await c.cmd("AUTH PLAIN AGFAYgBj")).startswith("-ERR [AUTH]")
+    assert await c.cmd("STLS") == "+OK Begin TLS negotiation"
+    await c.writer.start_tls(client_ssl, server_hostname="localhost")
+    assert (await c.login()).startswith("+OK Logged in")
+    await c.cmd("QUIT")
+    await c.close()
+    # implicit TLS on the same address allows the login at once
+    c = await RawPOP3.connect(cfg.port("pop3", "pop3s"), host=ip, ssl_context=client_ssl)
+    assert (await c.login()).startswith("+OK Logged in")
+    await c.close()
+
+
+async def test_plaintext_login_refused_off_the_plaintext_networks(
+        config_factory, daemon_loop: str, client_ssl: ssl.SSLContext) -> None:
+    """127.0.0.2 outside [server] plaintext_login_networks stands in for a network interface
+    (unprivileged, offline); 127.0.0.1 inside them still allows USER/PASS."""
+    cfg = config_factory(NON_LOOPBACK_EXTRA + daemon_loop)
+    make_alice(cfg, messages=1)
+    async with running("pop3", cfg):
+        await _plaintext_refused_then_tls(cfg, NON_LOOPBACK, client_ssl)
+        c = await RawPOP3.connect(port(cfg))
+        assert (await c.cmd("CAPA")).startswith("+OK")
+        assert b"USER" in await c.multi()
+        assert (await c.login()).startswith("+OK Logged in")
+        await c.close()
+
+
+async def test_plaintext_login_refused_on_a_real_interface(config_factory,
+                                                           client_ssl: ssl.SSLContext) -> None:
+    """With the default plaintext_login_networks, a real interface address refuses it."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a source address
@@ -151,26 +185,12 @@ async def test_plaintext_login_refused_on_non_loopback(cfg: Config, alice: Maild
         except OSError:
             ip = "127.0.0.1"
     if ip.startswith("127."):
-        pytest.skip("no non-loopback IPv4 address on this host")
-    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server,
-                                                              bind=("127.0.0.1", ip)))
+        pytest.skip("no non-loopback IPv4 address on this host (the 127.0.0.2 variant covers "
+                    "the behaviour)")
+    cfg = config_factory(f'[server]\nbind = ["127.0.0.1", "{ip}"]\n')
+    make_alice(cfg, messages=1)
     async with running("pop3", cfg):
-        c = await RawPOP3.connect(port(cfg), host=ip)
-        assert (await c.cmd("CAPA")).startswith("+OK")
-        caps = [x.decode() for x in await c.multi()]
-        assert "STLS" in caps and "USER" not in caps and "SASL PLAIN" not in caps
-        assert (await c.cmd(f"USER {ALICE}")).startswith("-ERR [AUTH]")
-        assert (await c.cmd(f"PASS {PASSWORD}")).startswith("-ERR [AUTH]")
-        assert (await c.cmd("AUTH PLAIN AGFAYgBj")).startswith("-ERR [AUTH]")
-        assert await c.cmd("STLS") == "+OK Begin TLS negotiation"
-        await c.writer.start_tls(client_ssl, server_hostname="localhost")
-        assert (await c.login()).startswith("+OK Logged in")
-        await c.cmd("QUIT")
-        await c.close()
-        # implicit TLS on the same address allows the login at once
-        c = await RawPOP3.connect(cfg.port("pop3", "pop3s"), host=ip, ssl_context=client_ssl)
-        assert (await c.login()).startswith("+OK Logged in")
-        await c.close()
+        await _plaintext_refused_then_tls(cfg, ip, client_ssl)
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -193,7 +213,9 @@ async def login_when_unlocked(cfg: Config) -> RawPOP3:
     raise AssertionError("the mailbox stayed locked")
 
 
-async def test_disconnect_mid_retr_deletes_nothing(cfg: Config, alice: Maildir) -> None:
+async def test_disconnect_mid_retr_deletes_nothing(config_factory, daemon_loop: str) -> None:
+    cfg = config_factory(daemon_loop)
+    alice = make_alice(cfg, messages=3)
     # 8 MB of dot-led lines, far more than the socket buffers hold
     alice.deliver(b"Subject: big\n\n" + (b"." + b"z" * 77 + b"\n") * 100_000)
     async with running("pop3", cfg):
@@ -270,3 +292,25 @@ async def test_login_delay(config_factory) -> None:
         c = await RawPOP3.connect(port(cfg))
         assert (await c.login()).startswith("-ERR [LOGIN-DELAY]")
         await c.close()
+
+
+async def test_the_mailbox_lock_dies_with_the_daemon(cfg: Config, alice: Maildir) -> None:
+    """docs/pop3.md: the kernel releases the session's flock when the daemon dies, so a killed
+    daemon never leaves a mailbox IN-USE for its successor; nothing marked is deleted."""
+    async with running("pop3", cfg, expect_exit=-signal.SIGKILL) as daemon:
+        c = await RawPOP3.connect(port(cfg))
+        assert (await c.login()).startswith("+OK Logged in")
+        assert (await c.cmd("DELE 1")).startswith("+OK")
+        other = await RawPOP3.connect(port(cfg))
+        assert (await other.login()).startswith("-ERR [IN-USE]")  # the lock is held
+        await other.close()
+        os.kill(daemon.pid, signal.SIGKILL)
+        assert await c.closed()
+        await c.close()
+    async with running("pop3", cfg):
+        c = await RawPOP3.connect(port(cfg))
+        assert (await c.login()).startswith("+OK Logged in")
+        assert (await c.cmd("STAT")).startswith("+OK 3 ")
+        await c.cmd("QUIT")
+        await c.close()
+    assert len(alice.scan()) == 3

@@ -153,8 +153,9 @@ async def test_cli_serve_pop3_subprocess(cfg: Config, alice: Maildir,
         stderr=asyncio.subprocess.PIPE, env=env)
     assert proc.stderr is not None
     try:
-        lines = [await asyncio.wait_for(proc.stderr.readline(), 20) for _ in range(2)]
+        lines = [await asyncio.wait_for(proc.stderr.readline(), 20) for _ in range(3)]
         text = b"".join(lines).decode()
+        assert "INFO: event loop: uvloop\n" in text  # as `mailstack serve` runs in production
         assert f"listening on 127.0.0.1:{cfg.port('pop3', 'pop3')} (pop3, STLS)" in text
         assert f"listening on 127.0.0.1:{cfg.port('pop3', 'pop3s')} (pop3s, implicit TLS)" \
             in text

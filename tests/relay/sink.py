@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 @dataclass
@@ -29,15 +30,30 @@ class Script:
     drop_in_data: int = 0  # close the connection during DATA this many times
     stall: float = 0.0  # sleep this long before answering MAIL
     size: int | None = None
+    smtputf8: bool = False  # offer SMTPUTF8 in EHLO
+    #: offer AUTH (after STARTTLS when the sink has TLS) and accept only this login/password
+    auth: tuple[str, str] | None = None
 
 
 class SinkHandler:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.messages: list[Received] = []
-        self.connections = 0
+        self.connections = 0  # opened in all
+        self.active = 0  # open now
+        self.max_active = 0  # most open at once
+        self.mail_times: list[float] = []  # time.time() of every MAIL command
+        self.logins: list[tuple[str, str, bool]] = []  # AUTH attempts: login, password, TLS?
+
+    def authenticate(self, server, session, envelope, mechanism: str,
+                     auth_data: Any) -> AuthResult:
+        assert isinstance(auth_data, LoginPassword)
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        self.logins.append((login, password, server._tls_protocol is not None))
+        return AuthResult(success=(login, password) == self.script.auth, handled=False)
 
     async def handle_MAIL(self, server, session, envelope, address, options) -> str:
+        self.mail_times.append(time.time())
         if self.script.stall:
             await asyncio.sleep(self.script.stall)
         envelope.mail_from = address
@@ -80,10 +96,28 @@ class Sink:
     async def start(self, host: str = "127.0.0.1") -> Sink:
         loop = asyncio.get_running_loop()
 
+        handler = self.handler
+        script = self.script
+        auth: dict[str, Any] = {}
+        if script.auth:
+            auth = dict(authenticator=handler.authenticate, auth_require_tls=self.tls is not None,
+                        auth_exclude_mechanism=["LOGIN"])
+
+        class Counted(SMTP):
+            _counted = True
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if self._counted:
+                    self._counted = False
+                    handler.active -= 1
+                super().connection_lost(exc)
+
         def factory() -> Any:
-            self.handler.connections += 1
-            return SMTP(self.handler, hostname="sink.example.net", tls_context=self.tls,
-                        data_size_limit=self.script.size, enable_SMTPUTF8=False)
+            handler.connections += 1
+            handler.active += 1
+            handler.max_active = max(handler.max_active, handler.active)
+            return Counted(handler, hostname="sink.example.net", tls_context=self.tls,
+                           data_size_limit=script.size, enable_SMTPUTF8=script.smtputf8, **auth)
 
         self.server = await loop.create_server(factory, host, self.port)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ from mailstack.config import Config
 from mailstack.mta.queue import Spool
 
 from ..conftest import free_port, running
+from ..e2e.helpers import cli_env
 from ..mta.conftest import Stack, make_stack
 from .dnsserver import Zone, start_dns
 from .sink import Script, Sink
@@ -24,13 +26,15 @@ FAST = ('retry_initial = "1s"', 'retry_max = "1s"', 'connect_timeout = "2s"',
 
 @asynccontextmanager
 async def relay_stack(config_factory: Callable[..., Config], mta_extra: str = "",
-                      transport: str = "") -> AsyncIterator[Stack]:
+                      transport: str = "",
+                      mta_env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
     extra = "[mta]\n" + "\n".join(FAST) + "\n" + mta_extra + "\n"
     if transport:
         extra += "[mta.transport]\n" + transport + "\n"
     cfg = config_factory(extra)
     st = make_stack(cfg)
-    async with running("mda", cfg), running("mta", cfg):
+    async with running("mda", cfg) as mda, running("mta", cfg, env=mta_env) as mta:
+        st.daemons.update(mda=mda, mta=mta)
         yield st
 
 
@@ -51,6 +55,15 @@ async def deferred_with(st: Stack, code: str, timeout: float = 15.0):
             return entries[0]
         assert asyncio.get_running_loop().time() < deadline, entries
         await asyncio.sleep(0.05)
+
+
+async def queue_drained(st: Stack, timeout: float = 30.0) -> None:
+    """Wait until the mta's queue is empty (every entry finished: nothing more will be sent)."""
+    spool = Spool(st.cfg.data_dir / "queue")
+    deadline = asyncio.get_running_loop().time() + timeout
+    while spool.ids():
+        assert asyncio.get_running_loop().time() < deadline, spool.load_all()
+        await asyncio.sleep(0.02)
 
 
 def bounce_of(raw: bytes) -> tuple[email.message.Message, list[email.message.Message]]:
@@ -139,7 +152,7 @@ async def test_destination_down_then_up_is_retried(config_factory) -> None:
         await sink.start()
         [got] = await sink.wait(1)
         assert got.rcpts == ["bob@example.net"]
-        await asyncio.sleep(1.5)
+        await queue_drained(st)  # removed from the queue: no later attempt can come
         assert len(sink.messages) == 1, "delivered once"
     await sink.stop()
 
@@ -152,7 +165,7 @@ async def test_4xx_then_success_and_5xx_for_one_of_two(config_factory) -> None:
         await send(st, ["bob@example.net", "gone@example.net"], subject="mixed")
         [got] = await sink.wait(1)
         bounces = await st.wait_messages("alice@example.test", 1)
-        await asyncio.sleep(1.5)
+        await queue_drained(st)  # removed from the queue: no later attempt can come
     assert got.rcpts == ["bob@example.net"] and len(sink.messages) == 1
     assert len(bounces) == 1
     _, rcpts = bounce_of(bounces[0])
@@ -168,7 +181,7 @@ async def test_connection_dropped_mid_data_is_retried_once(config_factory) -> No
                            transport=f'"example.net" = "127.0.0.1:{sink.port}"') as st:
         await send(st, ["bob@example.net"])
         await sink.wait(1)
-        await asyncio.sleep(1.5)
+        await queue_drained(st)  # removed from the queue: no later attempt can come
     assert len(sink.messages) == 1
     await sink.stop()
 
@@ -234,19 +247,27 @@ async def test_expiry_bounces(config_factory) -> None:
 
 
 async def test_bounce_is_never_sent_to_null_sender(config_factory) -> None:
+    """A message from <> that fails permanently is dropped with a log line: no bounce is
+    queued (it would go to nobody, or loop)."""
     sink = await Sink(Script(rcpt_replies={"gone": "550 5.1.1 no"})).start()
     async with relay_stack(config_factory,
                            transport=f'"example.net" = "127.0.0.1:{sink.port}"') as st:
+        mta = st.daemons["mta"]
         proc = await asyncio.create_subprocess_exec(
-            "python3", "-m", "mailstack", "sendmail", "-f", "<>", "gone@example.net",
-            "--config", st.cfg.source, stdin=asyncio.subprocess.PIPE)
-        await proc.communicate(b"Subject: from null\n\nx\n")
+            sys.executable, "-m", "mailstack", "sendmail", "-f", "<>", "gone@example.net",
+            "--config", st.cfg.source, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=cli_env())
+        out, _ = await proc.communicate(b"Subject: from null\n\nx\n")
+        assert proc.returncode == 0, out.decode()
+        # the entry is tried, fails permanently and is removed; a bounce would have been
+        # queued (and logged) before that
+        await mta.wait_log_match(r"(?m): removed$")
+        log = mta.log()
+        assert "to=<gone@example.net>" in log and "status=bounced" in log, log
+        assert "non-delivery notification" not in log, log
+        assert "not bouncing to the null sender: 1 recipient(s) failed" in log
         spool = Spool(st.cfg.data_dir / "queue")
-        for _ in range(200):  # the entry is tried, fails permanently and is removed
-            if not spool.ids():
-                break
-            await asyncio.sleep(0.05)
-        assert spool.load_all() == []
-        await asyncio.sleep(0.5)
-        assert spool.ids() == [], "no bounce was queued for the null sender"
+        assert spool.ids() == [] and spool.load_all() == []
+        assert mta.log().count(": removed") == 1, mta.log()
+    assert sink.messages == []
     await sink.stop()

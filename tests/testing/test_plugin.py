@@ -183,3 +183,49 @@ def test_stack_with_a_dead_daemon_is_replaced(pytester: pytest.Pytester,
     pytester.makepyfile(test_dead=DEAD_DAEMON_TEST)
     result = pytester.runpytest_subprocess(*plugin_args(), "-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_plugin_can_be_disabled(pytester: pytest.Pytester, plugin_env: None) -> None:
+    """`-p no:mailstack` turns the plugin off: no fixtures, no options, no fork server."""
+    pytester.makepyfile(test_off='''
+        def test_wants_a_stack(mailstack):
+            pass
+
+        def test_plain():
+            pass
+    ''')
+    installed = not plugin_args()  # loaded by its pytest11 entry point, named "mailstack"
+    off = ["-p", "no:mailstack"] if installed else []
+    result = pytester.runpytest_subprocess(*off, "-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'mailstack' not found*"])
+    result = pytester.runpytest_subprocess(*off, "-q", "--mailstack-scope=function")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unrecognized arguments: --mailstack-scope*"])
+
+
+def test_ini_keys_scope_and_launcher(pytester: pytest.Pytester, plugin_env: None) -> None:
+    """mailstack_scope = function and mailstack_launcher = subprocess in the ini file: a new
+    stack per test, its daemons children of the test process (`python -m mailstack serve`)
+    rather than of the fork server."""
+    pytester.makeini("[pytest]\nmailstack_scope = function\nmailstack_launcher = subprocess\n")
+    pytester.makepyfile(test_ini='''
+        import os
+        from pathlib import Path
+
+        seen = []
+
+        def parent(pid):
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+        def test_one(mailstack):
+            seen.append(mailstack.ports["smtp"])
+            assert {parent(pid) for pid in mailstack.pids.values()} == {os.getpid()}
+            cmdline = Path(f"/proc/{mailstack.pids['mta']}/cmdline").read_bytes().split(b"\\0")
+            assert cmdline[1:4] == [b"-m", b"mailstack", b"serve"], cmdline
+
+        def test_two(mailstack):
+            assert mailstack.ports["smtp"] != seen[0]
+    ''')
+    result = pytester.runpytest_subprocess(*plugin_args(), "-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

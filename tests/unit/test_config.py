@@ -55,6 +55,10 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     ('[server]\ndomains = ["bad domain"]\n', "[server].domains"),
     ('[tls]\ncert = "x.pem"\n', "[tls].cert"),
     ('[mta]\nretry_initial = "soon"\n', "[mta].retry_initial"),
+    ('[server]\nplaintext_login_networks = ["10.0.0.0/33"]\n',
+     "[server].plaintext_login_networks"),
+    ('[server]\nevent_loop = "trio"\n', "[server].event_loop"),
+    ('[autoconfig]\nidle_timeout = "a while"\n', "[autoconfig].idle_timeout"),
 ])
 def test_bad_values(tmp_path: Path, body: str, key: str) -> None:
     p = tmp_path / "c.toml"
@@ -138,3 +142,24 @@ def test_concurrent_user_adds_are_not_lost(tmp_path: Path) -> None:
         list(pool.map(add, range(16)))
     assert len(UserDB(tmp_path / "users").list()) == 16
     assert oct((tmp_path / "users").stat().st_mode & 0o777) == "0o600"
+
+
+def test_plaintext_login_networks_match_listener_addresses() -> None:
+    """arrived_on() decides by the address the connection arrived on (sockname)."""
+    from mailstack.netserver import arrived_on
+
+    class Writer:
+        def __init__(self, host: str) -> None:
+            self.host = host
+
+        def get_extra_info(self, name: str) -> tuple[str, int]:
+            assert name == "sockname"
+            return (self.host, 143)
+
+    default = load(None, env={}).server.plaintext_login_networks
+    for host, want in [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True),
+                       ("::ffff:127.0.0.1", True), ("192.0.2.2", False), ("::", False),
+                       ("fe80::1%eth0", False), ("not-an-address", False)]:
+        assert arrived_on(Writer(host), default) is want, host  # type: ignore[arg-type]
+    assert not arrived_on(Writer("127.0.0.2"), ["127.0.0.1/32"])  # type: ignore[arg-type]
+    assert not arrived_on(Writer("127.0.0.1"), [])  # type: ignore[arg-type]
