@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import smtplib
 import socket
 import stat
@@ -30,24 +29,18 @@ SOCKET_ONLY = "[mda]\nlmtp = 0\n"
 
 @contextlib.asynccontextmanager
 async def mda_on_socket(cfg: Config) -> AsyncIterator[Path]:
-    """Run the mda in this loop until the block ends; yields its socket once it answers."""
+    """Run the mda as its own process (as production does) until the block ends; yields its
+    socket once it answers."""
     path = cfg.lmtp_socket
     assert path is not None
-    stop = asyncio.Event()
-    task = asyncio.create_task(load_serve("mda")(cfg, stop))
-    try:
+    async with running("mda", cfg):
         for _ in range(300):
-            if task.done():
-                task.result()
             with contextlib.suppress(OSError):
                 _, w = await unixsock.open_connection(path)
                 w.close()
                 break
             await asyncio.sleep(0.05)
         yield path
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def _lhlo(path: Path) -> str:
@@ -60,13 +53,12 @@ async def _lhlo(path: Path) -> str:
 
 
 async def test_default_is_a_private_socket_and_the_mta_delivers_through_it(
-        config_factory, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
+        config_factory) -> None:
     cfg: Config = config_factory(SOCKET_ONLY)
     st = make_stack(cfg)
     assert cfg.lmtp_target == cfg.data_dir / "run" / "lmtp.sock"
     assert [lst.path for lst in listeners(cfg) if lst.daemon == "mda"] == [str(cfg.lmtp_target)]
-    async with mda_on_socket(cfg) as path, running("mta", cfg):
+    async with mda_on_socket(cfg) as path, running("mta", cfg) as mta:
         mode = path.lstat().st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -74,7 +66,7 @@ async def test_default_is_a_private_socket_and_the_mta_delivers_through_it(
         await asyncio.to_thread(_send, cfg.port("mta", "smtp"), "alice@example.test")
         [raw] = await st.wait_messages("alice@example.test", 1)
         assert b"Subject: over the socket" in raw
-    assert f"relay=mda[unix:{path}]" in caplog.text
+        await mta.wait_log(f"relay=mda[unix:{path}]")
     assert not path.exists(), "the socket file is removed at stop"
 
 

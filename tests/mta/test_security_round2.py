@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import email
-import logging
 import smtplib
 from collections.abc import AsyncIterator
 
@@ -81,9 +80,7 @@ async def test_helo_names_with_control_characters_are_refused(stack: Stack, line
     c.close()
 
 
-async def test_no_injected_header_reaches_the_mailbox_or_the_log(
-        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
+async def test_no_injected_header_reaches_the_mailbox_or_the_log(stack: Stack) -> None:
     c = await Client.connect(stack.smtp)
     await c.cmd(INJECTED)
     await c.cmd("HELO mx.evil.test")
@@ -97,9 +94,9 @@ async def test_no_injected_header_reaches_the_mailbox_or_the_log(
     assert msg["Authentication-Results"] is None and msg["X-Spam-Flag"] is None
     assert msg["Received"].startswith("from mx.evil.test ")
     assert not any(ch in raw for ch in (b"\r", b"\x1b", b"\x00"))
-    assert "greeting refused: control characters in name" in caplog.text
-    assert "helo=mx.evil.test," in caplog.text
-    assert not any(ch in caplog.text for ch in ("\r", "\x1b", "\x00"))
+    log = await stack.daemons["mta"].wait_log("helo=mx.evil.test,")  # the daemon's own log
+    assert "greeting refused: control characters in name" in log
+    assert not any(ch in log for ch in ("\r", "\x1b", "\x00"))
 
 
 async def test_lhlo_with_control_characters_is_refused(stack: Stack) -> None:

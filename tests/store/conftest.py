@@ -41,9 +41,12 @@ class Stack:
     imap_ports: list[int]
     pop3_port: int
     procs: list[Proc] = field(default_factory=list)
+    killed_logs: list[str] = field(default_factory=list)  # of daemons killed by a test
+    clients: list[imaplib.IMAP4 | poplib.POP3] = field(default_factory=list)
 
     def imap(self, which: int = 0, *, select: str | None = "INBOX") -> imaplib.IMAP4:
         c = imaplib.IMAP4("127.0.0.1", self.imap_ports[which], timeout=30)
+        self.clients.append(c)
         c.login(USER, PASSWORD)
         if select:
             typ, _ = c.select(select)
@@ -52,13 +55,14 @@ class Stack:
 
     def pop3(self) -> poplib.POP3:
         c = poplib.POP3("127.0.0.1", self.pop3_port, timeout=30)
+        self.clients.append(c)
         c.user(USER)
         c.pass_(PASSWORD)
         return c
 
     @property
     def logs(self) -> str:
-        return "".join(p.output for p in self.procs)
+        return "".join(self.killed_logs) + "".join(p.output for p in self.procs)
 
 
 @pytest.fixture
@@ -80,7 +84,16 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             wait_port(port, proc)
         yield st
     finally:
+        for c in st.clients:
+            sock = getattr(c, "sock", None)
+            if sock is not None:
+                sock.close()
+            f = getattr(c, "file", None)
+            if f is not None:
+                f.close()
         for p in st.procs:
             p.terminate()
+            if p.popen.stdout is not None:
+                p.popen.stdout.close()
     assert "Traceback" not in st.logs, st.logs
     assert "SERVERBUG" not in st.logs, st.logs

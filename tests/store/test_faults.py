@@ -79,7 +79,11 @@ def test_kill_9_mid_operations_loses_and_duplicates_nothing(stack: Stack) -> Non
         for _ in range(4):
             time.sleep(0.4)
             os.killpg(stack.procs[0].popen.pid, signal.SIGKILL)
-            stack.procs[0].popen.wait()
+            killed = stack.procs[0]
+            killed.terminate()  # reaps it and collects its output
+            stack.killed_logs.append(killed.output)
+            if killed.popen.stdout is not None:
+                killed.popen.stdout.close()
             stack.procs[0] = Proc("serve", "imap", "--config", config)
             wait_port(stack.imap_ports[0], stack.procs[0])
         time.sleep(0.4)
