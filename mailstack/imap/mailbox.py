@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fsutil import atomic_write
 from ..store.account import AccountStore, FlagResult, StoreError
 from ..store.maildir import (
     SPECIAL_FOLDERS,
@@ -158,27 +157,15 @@ class Account:
 
     # -- subscriptions --------------------------------------------------------------------
     def subscriptions(self) -> list[str]:
-        try:
-            text = (self.root / "subscriptions").read_text("utf-8")
-        except FileNotFoundError:
-            return []
-        return [line.strip() for line in text.splitlines() if line.strip()]
-
-    def _write_subscriptions(self, names: list[str]) -> None:
-        atomic_write(self.root / "subscriptions", "".join(f"{n}\n" for n in names).encode())
+        return self.store.subscriptions()
 
     def subscribe(self, name: str) -> None:
-        name = normalize_name(name)
-        subs = self.subscriptions()
-        if name not in subs:
-            self._write_subscriptions([*subs, name])
+        self.store.set_subscribed(normalize_name(name), True)
 
     def unsubscribe(self, name: str) -> None:
         name = normalize_name(name)
-        subs = self.subscriptions()
-        if name not in subs:
+        if not self.store.set_subscribed(name, False):
             raise MailboxError("not subscribed", "NONEXISTENT")
-        self._write_subscriptions([s for s in subs if s != name])
 
     # -- status ---------------------------------------------------------------------------
     def status(self, name: str) -> tuple[Snapshot, int]:

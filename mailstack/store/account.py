@@ -38,10 +38,10 @@ import threading
 import time
 import typing
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fsutil import fsync_dir
+from ..fsutil import atomic_write, fsync_dir
 from . import watch
 from .flags import format_stored, from_letters, match_keywords, mirrored, parse_stored, to_letters
 from .ingest import Ingested, NotAMessage, ingest, read_message
@@ -55,6 +55,8 @@ INDEX_FILE = "mailstack-index.sqlite"
 UIDVALIDITY_FILE = "mailstack-uidvalidity"
 LEGACY_UIDLIST = "mailstack-uidlist"
 POKE = ".mailstack-changed"
+SUBSCRIPTIONS = "subscriptions"
+ROLES = {"Sent": "sent", "Drafts": "drafts", "Trash": "trash", "Junk": "junk"}
 SCHEMA_VERSION = 1
 CHANGELOG_KEEP = 100_000  # change-log rows kept (the horizon of "changes since")
 RACY_NS = 20_000_000  # a directory changed this recently may change again in the same tick
@@ -109,6 +111,39 @@ class StoreError(Exception):
 class OverQuota(StoreError):
     def __init__(self, text: str = "mailbox is full") -> None:
         super().__init__(text, "OVERQUOTA")
+
+
+@dataclass(frozen=True)
+class MailboxInfo:
+    """A mailbox as faces list it (JMAP Mailbox, IMAP LIST/STATUS)."""
+
+    id: int
+    name: str
+    parent: str  # "" at the top
+    role: str  # inbox, sent, drafts, trash, junk or ""
+    subscribed: bool
+    uidvalidity: int
+    uidnext: int
+    total: int
+    unread: int
+
+
+class ChangesUnavailable(StoreError):
+    """The change log no longer reaches back to the asked state (JMAP cannotCalculateChanges,
+    QRESYNC: a full resync)."""
+
+
+@dataclass
+class Changes:
+    """Ids changed between ``old_state`` and ``new_state`` (modseqs); ``has_more`` when the
+    limit cut the list (ask again from ``new_state``)."""
+
+    old_state: int
+    new_state: int
+    has_more: bool
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    destroyed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -1048,7 +1083,90 @@ class AccountStore:
             self._changed(sfolder, poke=False)
         return validity, src_uids, new_uids
 
+    # -- change log (JMAP /changes, QRESYNC) ----------------------------------------------------
+    def changes(self, kind: str, since: int, limit: int = 10_000) -> Changes:
+        """What changed for ``kind`` (``Mailbox``, ``Email``, ``Thread``) after modseq
+        ``since``: ids created, updated and destroyed, collapsed per id as JMAP wants (created
+        then destroyed is nothing; created then updated is created). Raises
+        :class:`ChangesUnavailable` when ``since`` is older than the log keeps."""
+        with self._read() as conn:
+            oldest = conn.execute("SELECT min(modseq) FROM changelog").fetchone()[0]
+            top = conn.execute("SELECT value FROM meta WHERE name='modseq'").fetchone()[0]
+            if since > top:
+                raise ChangesUnavailable(f"state {since} is in the future (now {top})")
+            if oldest is not None and since < oldest - 1 and since < top:
+                raise ChangesUnavailable(f"state {since} is older than the change log "
+                                         f"(from {oldest})")
+            rows = conn.execute("SELECT modseq, id, op FROM changelog WHERE kind=? AND modseq>? "
+                                "ORDER BY modseq, rowid", (kind, since)).fetchall()
+        state: dict[str, str] = {}
+        last = since
+        more = False
+        for modseq, ident, op in rows:
+            if len(state) >= limit and ident not in state and modseq > last:
+                more = True
+                break
+            last = modseq
+            before = state.get(ident)
+            if op == "created":
+                state[ident] = "created" if before != "destroyed" else "updated"
+            elif op == "destroyed":
+                if before == "created":
+                    state.pop(ident)
+                    state[ident] = "gone"
+                else:
+                    state[ident] = "destroyed"
+            elif before is None:
+                state[ident] = "updated"
+        out = Changes(since, top if not more else last, more)
+        for ident, what in state.items():
+            if what == "created":
+                out.created.append(ident)
+            elif what == "updated":
+                out.updated.append(ident)
+            elif what == "destroyed":
+                out.destroyed.append(ident)
+        return out
+
     # -- mailboxes ------------------------------------------------------------------------------
+    def subscriptions(self) -> list[str]:
+        """Subscribed mailbox names (Dovecot's ``subscriptions`` file, one a line)."""
+        try:
+            text = (self.root / SUBSCRIPTIONS).read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def set_subscribed(self, name: str, subscribed: bool) -> bool:
+        """Subscribe or unsubscribe ``name``; False when nothing changed."""
+        with self._write() as conn:
+            subs = self.subscriptions()
+            if (name in subs) == subscribed:
+                return False
+            subs = [*subs, name] if subscribed else [n for n in subs if n != name]
+            atomic_write(self.root / SUBSCRIPTIONS, "".join(f"{n}\n" for n in subs).encode())
+            row = self._mailbox_row(conn, name, create=False)
+            if row is not None:
+                self._log(conn, self._next_modseq(conn), "Mailbox", str(row[0]), "updated")
+        return True
+
+    def mailboxes(self) -> list[MailboxInfo]:
+        """Every mailbox with its id, parent, role, subscription and counts (synced)."""
+        names = ["INBOX", *Maildir(self.root).list_folders()]
+        subs = set(self.subscriptions())
+        out = []
+        for name in names:
+            try:
+                snap, _ = self.sync(name)
+            except StoreError:
+                continue
+            parent = name.rpartition(".")[0] if "." in name else ""
+            role = "inbox" if name == "INBOX" else ROLES.get(name, "")
+            out.append(MailboxInfo(snap.mailbox_id, name, parent, role, name in subs,
+                                   snap.uidvalidity, snap.uidnext, len(snap.entries),
+                                   sum(1 for e in snap.entries if not e.seen)))
+        return out
+
     def create_mailbox(self, name: str) -> None:
         """Create a folder (and its missing parents)."""
         with self._write() as conn:

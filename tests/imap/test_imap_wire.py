@@ -229,3 +229,33 @@ def test_fast_address_parsing_agrees_with_the_email_package(addrs):
     fast = mime._address_pairs([value])
     assert [(n.strip(), a) for n, a in fast] == [
         (n.strip(), a) for n, a in email.utils.getaddresses([value])]
+
+
+def test_change_log_collapses_per_id_and_knows_its_horizon(tmp_path):
+    from mailstack.store.account import ChangesUnavailable
+    md = Maildir(tmp_path / "box")
+    md.create()
+    store = AccountStore(md.root)
+    start = store.highest_modseq()
+    md.deliver(b"Subject: a\n\na\n")
+    md.deliver(b"Subject: b\n\nb\n")
+    snap, _ = store.sync("INBOX")
+    a, b = snap.entries
+    mid = store.highest_modseq()
+    store.store_flags("INBOX", [a.uid], "+", ["\\Seen"])
+    store.store_flags("INBOX", [b.uid], "+", ["\\Deleted"])
+    store.expunge("INBOX")
+    full = store.changes("Email", start)
+    assert full.created == [a.emailid] and full.updated == [] and full.destroyed == []
+    later = store.changes("Email", mid)
+    assert later.created == [] and later.updated == [a.emailid]
+    assert later.destroyed == [b.emailid]
+    assert later.new_state == store.highest_modseq() and not later.has_more
+    assert store.changes("Email", later.new_state).updated == []
+    with pytest.raises(ChangesUnavailable):
+        store.changes("Email", later.new_state + 5)
+    mailboxes = {m.name: m for m in store.mailboxes()}
+    assert mailboxes["INBOX"].role == "inbox" and mailboxes["INBOX"].total == 1
+    inbox = str(mailboxes["INBOX"].id)  # the index meets INBOX at its first sync
+    assert store.changes("Mailbox", start).created == [inbox]
+    assert store.changes("Mailbox", mid).updated == [inbox]
