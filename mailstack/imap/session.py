@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..logsafe import safe
 from ..netserver import LineReader, LineTooLong, is_loopback, peer_ip, starttls
 from ..store import watch
 from ..store.maildir import MaildirError, open_user_mailbox
 from ..users import UserError, normalize_address
-from . import wire
 from .cache import FolderCache
+from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
 from .wire import ParseError, Parser
 
@@ -147,6 +148,7 @@ class Session:
                     continue
                 await self.dispatch(raw)
                 await self.flush()
+                await asyncio.sleep(0)  # pipelined commands: let other sessions in between
         except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except TimeoutError:
@@ -156,42 +158,42 @@ class Session:
             except (TimeoutError, ConnectionError):
                 pass
 
+    def command_limits(self) -> Limits:
+        """Before login a whole command is small (8 KiB); after it, literals up to
+        ``max_literal`` plus a little."""
+        if self.state == NOTAUTH:
+            return Limits(PREAUTH_MAX_COMMAND, PREAUTH_MAX_COMMAND)
+        max_literal = int(self.cfg.imap.max_literal)
+        return Limits(max_literal + MAX_COMMAND_EXTRA, max_literal)
+
     async def read_command(self) -> bytes | None:
         """A whole command with its literals; None when it was refused and skipped."""
-        buf = bytearray()
-        budget = int(self.cfg.imap.max_literal) + MAX_COMMAND_EXTRA
+        cmd = CommandAssembler(self.command_limits())
         while True:
             try:
                 line = await self.lines.readline()
-            except LineTooLong:
-                log.info("imap %s: line too long", self.peer)
-                self.send(b"* BAD line too long\r\n")
-                return None
-            if not line:
-                raise Disconnect()
-            if not line.endswith(b"\n"):
-                raise Disconnect()  # EOF inside a line
-            buf += line
-            lit = wire.literal_at_end(line)
-            if lit is None:
-                return bytes(buf)
-            size, nonsync = lit
-            tag = _guess_tag(bytes(buf))
-            if size > int(self.cfg.imap.max_literal) or size > budget:
-                log.info("imap %s: literal of %d bytes refused", self.peer, size)
-                self.send(f"{tag} BAD [TOOBIG] literal larger than "
-                          f"{int(self.cfg.imap.max_literal)} bytes\r\n".encode())
-                if nonsync:  # its bytes are already coming: the stream is lost
-                    self.untagged("BYE literal too large")
+            except LineTooLong as exc:
+                step: Step = cmd.line_too_long(exc.head)
+            else:
+                if not line:
+                    raise Disconnect()
+                if not line.endswith(b"\n"):
+                    raise Disconnect()  # EOF inside a line
+                step = cmd.add_line(line)
+            if isinstance(step, Complete):
+                return step.data
+            if isinstance(step, Refuse):
+                log.info("imap %s: %s refused", self.peer, step.reason)
+                self.send(step.reply)
+                if step.close:
                     await self.flush()
                     raise Disconnect()
                 return None
-            budget -= size
-            if not nonsync:
+            if not step.nonsync:
                 self.send(b"+ Ready for literal data\r\n")
                 await self.flush()
             try:
-                await self.lines.read_into(buf, size)
+                await self.lines.read_into(cmd.buf, step.size)
             except asyncio.IncompleteReadError:
                 raise Disconnect() from None
 
@@ -203,7 +205,8 @@ class Session:
             p.sp()
             name = p.atom().upper()
         except ParseError:
-            log.info("imap %s: malformed command %r", self.peer, raw[:80])
+            # never the text: an out-of-step SASL response or literal may hold a password
+            log.info("imap %s: malformed command (%d octets)", self.peer, len(raw))
             self.send(f"{tag} BAD malformed command\r\n".encode())
             return
         uid = False
@@ -218,7 +221,10 @@ class Session:
             uid = True
         cmd = COMMANDS.get(name)
         if cmd is None or (uid and not cmd.uid_ok):
-            log.info("imap %s: unknown command %s", self.peer, name[:40])
+            if self.state == NOTAUTH:  # could be a stray piece of a password
+                log.info("imap %s: unknown command (%d characters)", self.peer, len(name))
+            else:
+                log.info("imap %s: unknown command %s", self.peer, safe(name, 40))
             self.send(f"{tag} BAD unknown command\r\n".encode())
             return
         if self.state not in cmd.states:
@@ -232,7 +238,7 @@ class Session:
         try:
             text = await cmd.handler(self, tag, p, uid)
         except (ParseError, Bad) as exc:
-            log.info("imap %s: BAD %s: %s", self.peer, name, exc)
+            log.info("imap %s: BAD %s: %s", self.peer, name, safe(str(exc)))
             self.send(f"{tag} BAD {name}: {exc}\r\n".encode())
             return
         except (No, MailboxError) as exc:
@@ -308,7 +314,7 @@ class Session:
                      "PRIVACYREQUIRED")
         throttle = self.server.throttle
         try:
-            addr = normalize_address(user)
+            addr = normalize_address(user) if user == user.strip() else ""  # no padded names
         except UserError:
             addr = ""
         ok = bool(addr) and await self.server.users.authenticate(addr, password)
@@ -322,13 +328,6 @@ class Session:
         self.state = AUTH
         log.info("imap login %s from %s", addr, self.peer)
         return f"[CAPABILITY {self.capabilities()}] logged in"
-
-
-def _guess_tag(raw: bytes) -> str:
-    try:
-        return Parser(raw).tag()
-    except ParseError:
-        return "*"
 
 
 # -- any state ------------------------------------------------------------------------------
@@ -376,8 +375,8 @@ async def cmd_id(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if len(fields) > 60:
             raise Bad("too many ID fields")
         pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-        log.info("imap %s: client %s %s", s.peer, pairs.get(b"name", b"?").decode(errors="replace"),
-                 pairs.get(b"version", b"").decode(errors="replace"))
+        log.info("imap %s: client %s %s", s.peer, safe(pairs.get(b"name", b"?"), 60),
+                 safe(pairs.get(b"version", b""), 60))
     p.end()
     s.untagged(f'ID ("name" "mailstack" "version" "{__version__}")')
     return "ID completed"
