@@ -12,7 +12,8 @@ from ..store.keywords import KeywordLimit
 from ..store.maildir import Maildir
 from ..store.uidlist import UidList
 from . import wire
-from .mailbox import MailboxError, Selected, keywords_for, normalize_name, pattern_regex
+from .listmatch import compile_pattern
+from .mailbox import MailboxError, Selected, keywords_for, normalize_name
 from .session import AUTH, SELECTED, No, Session, command
 from .wire import ParseError, Parser
 
@@ -144,6 +145,9 @@ async def cmd_unsubscribe(s: Session, tag: str, p: Parser, uid: bool) -> str:
 
 
 # -- LIST / LSUB ---------------------------------------------------------------------------
+MAX_PATTERNS = 32  # patterns in one LIST (RFC 5258)
+
+
 def _atom_list(p: Parser) -> list[str]:
     p.open_paren()
     out = []
@@ -169,6 +173,8 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
         patterns = [p.list_mailbox()]
         while p.maybe_sp():
             patterns.append(p.list_mailbox())
+            if len(patterns) > MAX_PATTERNS:
+                raise ParseError(f"more than {MAX_PATTERNS} patterns")
         p.close_paren()
     else:
         patterns = [p.list_mailbox()]
@@ -205,9 +211,9 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
     subscribed_only = "SUBSCRIBED" in select_opts
     special_only = "SPECIAL-USE" in select_opts
     show_subscribed = subscribed_only or "SUBSCRIBED" in return_opts
-    tree = s.account.tree()
+    tree = await asyncio.to_thread(s.account.tree)
     subs = set(s.account.subscriptions())
-    regexes = [pattern_regex(reference, pat) for pat in patterns]
+    regexes = [compile_pattern(reference, pat) for pat in patterns]
     names = subs if subscribed_only else set(tree)
     childinfo: set[str] = set()
     if subscribed_only and "RECURSIVEMATCH" in select_opts:
@@ -219,7 +225,10 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
                 if parent not in subs and any(r.match(parent) for r in regexes):
                     childinfo.add(parent)
         names = names | childinfo
-    for name in sorted(names, key=lambda n: (n != "INBOX", n)):
+    for i, name in enumerate(sorted(names, key=lambda n: (n != "INBOX", n))):
+        if i % 128 == 127:  # thousands of folders: let other sessions run in between
+            await s.maybe_flush()
+            await asyncio.sleep(0)
         if not any(r.match(name) for r in regexes):
             continue
         info = tree.get(name)
@@ -252,8 +261,8 @@ async def cmd_lsub(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     assert s.account is not None
     subs = s.account.subscriptions()
-    regex = pattern_regex(reference, pattern)
-    tree = s.account.tree()
+    regex = compile_pattern(reference, pattern)
+    tree = await asyncio.to_thread(s.account.tree)
     shown = set()
     for name in subs:
         if regex.match(name):
