@@ -11,7 +11,7 @@ from ..store import watch
 from ..store.keywords import KeywordLimit
 from ..store.maildir import Maildir
 from ..store.uidlist import UidList
-from . import wire
+from . import namelimit, wire
 from .listmatch import compile_pattern
 from .mailbox import MailboxError, Selected, keywords_for, normalize_name
 from .session import AUTH, SELECTED, No, Session, command
@@ -27,6 +27,8 @@ def mailbox_arg(p: Parser) -> str:
         name = raw.decode("ascii")
     except UnicodeDecodeError:
         raise No("mailbox names must be modified UTF-7", "CANNOT") from None
+    if not namelimit.fits(name):
+        raise No(f"mailbox name longer than {namelimit.MAX_NAME} octets", "CANNOT")
     return name
 
 
@@ -115,6 +117,8 @@ async def cmd_rename(s: Session, tag: str, p: Parser, uid: bool) -> str:
     new = mailbox_arg(p)
     p.end()
     assert s.account is not None
+    if not namelimit.renamed_fit(normalize_name(old), normalize_name(new), s.account.names()):
+        raise No(f"a renamed mailbox would be longer than {namelimit.MAX_NAME} octets", "CANNOT")
     await asyncio.to_thread(s.account.rename, old, new)
     sel = s.selected
     if sel is not None and sel.name != "INBOX":

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -250,6 +251,13 @@ class Session:
             return
         except (Disconnect, ConnectionError, TimeoutError):
             raise
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # a path the file system cannot hold
+                self.send(f"{tag} NO [CANNOT] name too long\r\n".encode())
+                return
+            log.exception("imap %s: %s failed", self.peer, name)
+            self.send(f"{tag} NO [SERVERBUG] internal error\r\n".encode())
+            return
         except Exception:
             log.exception("imap %s: %s failed", self.peer, name)
             self.send(f"{tag} NO [SERVERBUG] internal error\r\n".encode())
@@ -431,6 +439,8 @@ async def cmd_authenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
             raise Bad("response too long") from None
         if not line:
             raise Disconnect()
+        if len(line) > PREAUTH_MAX_COMMAND:
+            raise Bad("response too long")
         initial = line.rstrip(b"\r\n")
         if initial == b"*":
             raise Bad("authentication cancelled")

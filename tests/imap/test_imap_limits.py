@@ -99,3 +99,33 @@ async def test_overlong_line_without_a_tag_gets_bye(imap):
     await c.send(b"(" * 200_000 + b"\r\n")
     assert (await c.line()).startswith(b"* BYE line too long")
     assert await closed(c)
+
+
+@pytest.mark.parametrize("length", [255, 256, 300, 4000])
+async def test_mailbox_names_too_long_for_the_file_system_get_a_clean_no(imap, caplog, length):
+    """A folder is one directory entry "." + name: 254 octets fit NAME_MAX, 255 do not."""
+    caplog.set_level(logging.ERROR, "mailstack.imap")
+    c = await Raw.connect(imap)
+    assert (await c.cmd("L", f"LOGIN {USER} {PASSWORD}"))[-1].startswith(b"L OK")
+    name = "a" * length
+    for tag, cmd in [("c", f"CREATE {name}"), ("s", f"SELECT {name}"),
+                     ("r", f"RENAME Trash {name}"), ("t", f"STATUS {name} (MESSAGES)"),
+                     ("d", f"DELETE {name}"), ("p", f"APPEND {name} {{1+}}\r\nx")]:
+        r = await c.cmd(tag, cmd)
+        assert r[-1].startswith(f"{tag} NO [CANNOT]".encode()), (tag, r)
+    assert not caplog.records  # no traceback
+    assert (imap.inbox.root / ".Trash").is_dir()
+
+
+async def test_rename_that_would_make_a_child_name_too_long_changes_nothing(imap, caplog):
+    caplog.set_level(logging.ERROR, "mailstack.imap")
+    c = await Raw.connect(imap)
+    assert (await c.cmd("L", f"LOGIN {USER} {PASSWORD}"))[-1].startswith(b"L OK")
+    assert (await c.cmd("a", "CREATE p.child"))[-1].startswith(b"a OK")
+    longest = "n" * 254
+    assert (await c.cmd("b", f"CREATE {longest}"))[-1].startswith(b"b OK")  # 254 octets fit
+    assert (await c.cmd("x", f"DELETE {longest}"))[-1].startswith(b"x OK")
+    r = await c.cmd("r", f"RENAME p {'q' * 250}")  # p fits (250), p.child would not (256)
+    assert r[-1].startswith(b"r NO [CANNOT]"), r
+    assert (imap.inbox.root / ".p").is_dir() and (imap.inbox.root / ".p.child").is_dir()
+    assert not caplog.records
