@@ -15,7 +15,7 @@ import contextlib
 import errno
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,8 @@ log = logging.getLogger("mailstack.imap")
 NOTAUTH, AUTH, SELECTED, LOGOUT = range(4)
 MAX_LINE = 64 * 1024
 MAX_COMMAND_EXTRA = 1024 * 1024  # bytes of literals beyond max_literal in one command
+OUT_BUDGET = 256 * 1024  # response octets gathered before they are written and drained
+OUT_CHUNK = 64 * 1024  # a larger piece is written in slices of this size
 
 
 class Bad(Exception):
@@ -118,8 +120,24 @@ class Session:
         await self.writer.drain()
 
     async def maybe_flush(self) -> None:
-        if self.out_size > 256 * 1024:
+        if self.out_size > OUT_BUDGET:
             await self.flush()
+
+    async def send_pieces(self, pieces: Iterable[bytes | memoryview]) -> None:
+        """Send a response piece by piece with bounded memory: small pieces are gathered up
+        to OUT_BUDGET, a large one (a literal's data, not copied) goes out in OUT_CHUNK slices,
+        each waiting until the transport has taken the previous ones."""
+        for piece in pieces:
+            if len(piece) < OUT_CHUNK:
+                self.send(bytes(piece))
+                if self.out_size > OUT_BUDGET:
+                    await self.flush()
+                continue
+            await self.flush()
+            view = memoryview(piece)
+            for start in range(0, len(view), OUT_CHUNK):
+                self.writer.write(view[start:start + OUT_CHUNK])
+                await self.writer.drain()
 
     # -- capabilities ---------------------------------------------------------------------
     @property
