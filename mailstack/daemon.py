@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from .allocator import configure_allocator
+from .allocator import Trimmer, configure_allocator
 from .config import Config
 from .netserver import BindError, install_uvloop, raise_nofile_limit
 
@@ -81,7 +81,11 @@ def run(name: str, cfg: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(cfg, stop)
+        trimmer = asyncio.create_task(Trimmer().run())
+        try:
+            await serve(cfg, stop)
+        finally:
+            trimmer.cancel()
 
     try:
         asyncio.run(main())
