@@ -16,7 +16,7 @@ MESSAGES = 30
 
 
 def encoded_message(i: int) -> bytes:
-    text = ("Grüße aus Köln, Zeile %d\n" % i) * 1500  # ~40 KiB of text, base64 on disk
+    text = f"Grüße aus Köln, Zeile {i}\n" * 1500  # ~40 KiB of text, base64 on disk
     body = base64.encodebytes(text.encode("utf-8")).decode()
     return (f"From: bob@example.test\nTo: {USER}\nSubject: =?UTF-8?B?R3LDvMOfZQ==?= {i}\n"
             "MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"

@@ -9,6 +9,7 @@ and the output budget.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -170,3 +171,32 @@ def test_memory_returns_after_a_burst(imapd: Stack) -> None:
           f"{now / MiB:.1f} MiB ({len(samples)} samples)")
     assert now <= resting * 1.2, (f"still {now / MiB:.1f} MiB a minute after the burst "
                                   f"(resting {resting / MiB:.1f} MiB)")
+
+
+# -- CPU before login ----------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_prelogin_literal_flood_costs_little_cpu_and_others_are_served(imapd: Stack) -> None:
+    """``a1 LOGIN {0+}`` and then 512 KiB of ``{0+}`` lines: the rescan per literal made this
+    quadratic (2.7 MiB took 88 s of CPU while nobody else was greeted); now the command is
+    refused at 8 KiB and the connection closed."""
+    pid = imapd.pid("imap")
+    c = Raw(imapd.port("imap", "imap"))
+    assert c.line().startswith(b"* OK")
+    before = cpu_seconds(pid)
+    sent = c.stream(512 * 1024, b"a1 LOGIN {0+}\r\n" + b"{0+}\r\n" * 8191)
+    replies = [c.line() for _ in range(3)]
+    used = cpu_seconds(pid) - before
+    print(f"\n{sent} octets of empty literals before login: {used:.3f} s of daemon CPU")
+    assert replies[0].startswith(b"a1 BAD"), replies
+    assert replies[1].startswith(b"* BYE"), replies
+    assert replies[2] == b"", replies
+    assert used < 0.5
+    other = Raw(imapd.port("imap", "imap"))
+    assert other.line().startswith(b"* OK")  # a new client is greeted
+    other.close()
+    c.close()
