@@ -113,12 +113,12 @@ async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
     since = loop.time()
     for batch in _batches(msgs, heavy):
         loads = deque(fetch.Loaded(sel, m) for _, m in batch)
+        ready: list[bool] | None = None
         if heavy:
             ready = await asyncio.to_thread(_prepare_all, loads, atts)
-        else:
-            ready = _prepare_all(loads, atts)
-        for (seq, _), ok in zip(batch, ready, strict=True):
+        for i, (seq, _) in enumerate(batch):
             load = loads.popleft()  # its data is freed once its response is sent
+            ok = ready[i] if ready is not None else fetch.prepare(load, atts)
             if not ok:
                 missing = True
                 continue
