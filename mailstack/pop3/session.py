@@ -176,6 +176,7 @@ class Session:
                 await self.writer.drain()
                 return
             await self.writer.drain()
+            await asyncio.sleep(0)  # pipelined commands: let other sessions in between
 
     # -- commands ----------------------------------------------------------------------------------
     async def _handle(self, ev: p.Event) -> bool:
