@@ -47,6 +47,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from .logsafe import safe
+
 if TYPE_CHECKING:
     from .config import Config
 
@@ -55,6 +57,12 @@ log = logging.getLogger("mailstack.auth")
 T = TypeVar("T")
 BASE_DELAY = 0.5
 PRUNE_EVERY = 1000
+
+
+def account_key(name: str) -> str:
+    """The key failures against a login name are counted under: the account it would look up
+    (``"  Alice@x "`` counts against ``alice@x``, so padding cannot start a fresh count)."""
+    return "user:" + name.strip().lower()
 
 
 def db_path(cfg: Config) -> Path:
@@ -271,9 +279,10 @@ class AuthThrottle:
 
     async def fail(self, client: str, account: str, protocol: str) -> None:
         """Record a failure, log it, and sleep the growing delay."""
-        worst = await self._run(self.record_failure, f"ip:{client}", f"user:{account.lower()}")
+        worst = await self._run(self.record_failure, f"ip:{client}", account_key(account))
         delay = self.delay(worst)
-        log.warning("%s auth failed for %r from %s (delay %.1fs)", protocol, account, client, delay)
+        log.warning("%s auth failed for '%s' from %s (delay %.1fs)", protocol,
+                    safe(account, 80), client, delay)
         if delay:
             await asyncio.sleep(delay)
 

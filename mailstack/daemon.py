@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from .allocator import configure_allocator
+from .allocator import Trimmer, configure_allocator
 from .config import Config
 from .diskfault import install_disk_full_fault
 from .fsutil import private_umask
@@ -87,7 +87,11 @@ def run(name: str, cfg: Config) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info("event loop: %s", type(loop).__module__.partition(".")[0])
-        await serve(cfg, stop)
+        trimmer = asyncio.create_task(Trimmer().run())
+        try:
+            await serve(cfg, stop)
+        finally:
+            trimmer.cancel()
 
     try:
         asyncio.run(main())

@@ -320,7 +320,15 @@ async def starttls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 class LineTooLong(Exception):
-    """A line exceeded the limit; the rest of it was discarded."""
+    """A line exceeded the limit; the rest of it was discarded. ``head`` keeps its first
+    octets (at most :data:`HEAD`), where a protocol's tag is."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        super().__init__("line too long")
+        self.head = head
+
+
+HEAD = 256
 
 
 class LineReader:
@@ -339,10 +347,12 @@ class LineReader:
         except asyncio.IncompleteReadError as exc:
             return exc.partial if len(exc.partial) <= self.max_line else b""
         except asyncio.LimitOverrunError:
+            # the line's start is still in the stream's buffer (there is no public peek)
+            head = bytes(self.reader._buffer[:HEAD])  # type: ignore[attr-defined]
             await self._discard_line()
-            raise LineTooLong() from None
+            raise LineTooLong(head) from None
         if len(line) > self.max_line:
-            raise LineTooLong()
+            raise LineTooLong(line[:HEAD])
         return line
 
     async def _discard_line(self) -> None:

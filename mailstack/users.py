@@ -146,6 +146,8 @@ class UserDB:
         password or a deleted user misses at once, and no password is kept in memory.
         """
         addr = address.strip().lower()
+        if addr != address.lower():
+            addr = ""  # a padded name is no account's name: refused like a wrong password
         hashed = self._load(fresh=True).get(addr)  # a stat: a changed password counts at once
         token = hmac.new(_CACHE_KEY, f"{addr}\0{password}\0{hashed}".encode("utf-8",
                          "surrogatepass"), hashlib.sha256).digest()

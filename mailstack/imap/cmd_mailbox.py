@@ -8,8 +8,9 @@ import errno
 
 from ..store.account import OverQuota, StoreError
 from ..store.flags import FlagError
-from . import wire
-from .mailbox import MailboxError, Selected, normalize_name, pattern_regex
+from . import namelimit, wire
+from .listmatch import compile_pattern
+from .mailbox import MailboxError, Selected, normalize_name
 from .session import AUTH, SELECTED, No, Session, command
 from .wire import ParseError, Parser
 
@@ -23,6 +24,8 @@ def mailbox_arg(p: Parser) -> str:
         name = raw.decode("ascii")
     except UnicodeDecodeError:
         raise No("mailbox names must be modified UTF-7", "CANNOT") from None
+    if not namelimit.fits(name):
+        raise No(f"mailbox name longer than {namelimit.MAX_NAME} octets", "CANNOT")
     return name
 
 
@@ -110,6 +113,8 @@ async def cmd_rename(s: Session, tag: str, p: Parser, uid: bool) -> str:
     new = mailbox_arg(p)
     p.end()
     assert s.account is not None
+    if not namelimit.renamed_fit(normalize_name(old), normalize_name(new), s.account.names()):
+        raise No(f"a renamed mailbox would be longer than {namelimit.MAX_NAME} octets", "CANNOT")
     await asyncio.to_thread(s.account.rename, old, new)
     sel = s.selected
     if sel is not None and sel.name != "INBOX":
@@ -140,6 +145,9 @@ async def cmd_unsubscribe(s: Session, tag: str, p: Parser, uid: bool) -> str:
 
 
 # -- LIST / LSUB ---------------------------------------------------------------------------
+MAX_PATTERNS = 32  # patterns in one LIST (RFC 5258)
+
+
 def _atom_list(p: Parser) -> list[str]:
     p.open_paren()
     out = []
@@ -165,6 +173,8 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
         patterns = [p.list_mailbox()]
         while p.maybe_sp():
             patterns.append(p.list_mailbox())
+            if len(patterns) > MAX_PATTERNS:
+                raise ParseError(f"more than {MAX_PATTERNS} patterns")
         p.close_paren()
     else:
         patterns = [p.list_mailbox()]
@@ -201,9 +211,9 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
     subscribed_only = "SUBSCRIBED" in select_opts
     special_only = "SPECIAL-USE" in select_opts
     show_subscribed = subscribed_only or "SUBSCRIBED" in return_opts
-    tree = s.account.tree()
+    tree = await asyncio.to_thread(s.account.tree)
     subs = set(s.account.subscriptions())
-    regexes = [pattern_regex(reference, pat) for pat in patterns]
+    regexes = [compile_pattern(reference, pat) for pat in patterns]
     names = subs if subscribed_only else set(tree)
     childinfo: set[str] = set()
     if subscribed_only and "RECURSIVEMATCH" in select_opts:
@@ -215,7 +225,10 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
                 if parent not in subs and any(r.match(parent) for r in regexes):
                     childinfo.add(parent)
         names = names | childinfo
-    for name in sorted(names, key=lambda n: (n != "INBOX", n)):
+    for i, name in enumerate(sorted(names, key=lambda n: (n != "INBOX", n))):
+        if i % 128 == 127:  # thousands of folders: let other sessions run in between
+            await s.maybe_flush()
+            await asyncio.sleep(0)
         if not any(r.match(name) for r in regexes):
             continue
         info = tree.get(name)
@@ -248,8 +261,8 @@ async def cmd_lsub(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     assert s.account is not None
     subs = s.account.subscriptions()
-    regex = pattern_regex(reference, pattern)
-    tree = s.account.tree()
+    regex = compile_pattern(reference, pattern)
+    tree = await asyncio.to_thread(s.account.tree)
     shown = set()
     for name in subs:
         if regex.match(name):

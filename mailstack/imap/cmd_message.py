@@ -4,6 +4,8 @@ UNSELECT (each also as UID command where RFC 3501/4315/6851 allow)."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Iterable, Iterator
 
 from ..store.account import OverQuota
 from ..store.flags import FlagError
@@ -13,6 +15,9 @@ from .cmd_mailbox import existing_mailbox, mailbox_arg, quota_of
 from .mailbox import Msg, Selected
 from .session import SELECTED, Bad, Disconnect, No, Session, command
 from .wire import ParseError, Parser, SeqSet
+
+BATCH_BYTES = 1 << 20  # message octets read per worker-thread hop in a FETCH
+YIELD_AFTER = 0.005  # seconds of rendering in the event loop before other sessions get a turn
 
 
 def _selected(s: Session) -> Selected:
@@ -74,26 +79,7 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
             msgs = _current(sel, msgs)
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
-    missing = False
-    drop = bool(s.cfg.faults) and s.cfg.faults_at("fetch", s.user) is not None
-    batch = 64 if _heavy(atts) else 512
-    for i in range(0, len(msgs), batch):
-        chunk = msgs[i:i + batch]
-        if batch == 64:  # whole bodies: read and encode in a worker thread
-            lines = await asyncio.to_thread(_render_all, sel, chunk, atts, uid, s.condstore)
-        else:
-            lines = _render_all(sel, chunk, atts, uid, s.condstore)
-        for line in lines:
-            if line is None:
-                missing = True
-            elif drop:  # [[faults]] at = "fetch": half a response, then the connection is gone
-                s.send(line[:len(line) // 2])
-                await s.flush()
-                raise Disconnect("fault injected: connection dropped mid-FETCH")
-            else:
-                s.send(line)
-        await s.maybe_flush()
-        await asyncio.sleep(0)  # let other sessions run between batches
+    missing = await _send_fetch(s, sel, msgs, atts, uid)
     cache = FolderCache.for_root(sel.maildir.root)
     if cache.due():
         await asyncio.to_thread(cache.save, {m.key for m in sel.msgs})
@@ -102,9 +88,63 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     return f"{'UID ' if uid else ''}FETCH completed"
 
 
-def _render_all(sel: Selected, msgs: list[tuple[int, Msg]], atts: list[fetch.Att], uid: bool,
-                condstore: bool) -> list[bytes | None]:
-    return [fetch.render(sel, seq, m, atts, uid=uid, modseq=condstore) for seq, m in msgs]
+async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
+                      atts: list[fetch.Att], uid: bool) -> bool:
+    """Render and send one response per message, streaming; True when some were gone.
+
+    Whole messages are read in a worker thread, a batch of at most BATCH_BYTES (or one
+    message) at a time; each response goes out in pieces with the session's output budget, so
+    memory stays bounded whatever the attributes ask for. Metadata-only FETCHes render in the
+    loop and yield every YIELD_AFTER seconds."""
+    missing = False
+    drop = bool(s.cfg.faults) and s.cfg.faults_at("fetch", s.user) is not None
+    heavy = fetch.needs_body(atts)
+    loop = asyncio.get_running_loop()
+    since = loop.time()
+    for batch in _batches(msgs, heavy):
+        loads = deque(fetch.Loaded(sel, m) for _, m in batch)
+        ready: list[bool] | None = None
+        if heavy:
+            ready = await asyncio.to_thread(_prepare_all, loads, atts)
+        for i, (seq, _) in enumerate(batch):
+            load = loads.popleft()  # its data is freed once its response is sent
+            ok = ready[i] if ready is not None else fetch.prepare(load, atts)
+            if not ok:
+                missing = True
+                continue
+            parts = fetch.pieces(load, seq, atts, uid=uid, modseq=s.condstore)
+            if drop:  # [[faults]] at = "fetch": half a response, then the connection is gone
+                line = b"".join(parts)
+                s.send(line[:len(line) // 2])
+                await s.flush()
+                raise Disconnect("fault injected: connection dropped mid-FETCH")
+            await s.send_pieces(parts)
+            if loop.time() - since > YIELD_AFTER:
+                await s.maybe_flush()
+                await asyncio.sleep(0)  # let other sessions run
+                since = loop.time()
+    return missing
+
+
+def _batches(msgs: list[tuple[int, Msg]], heavy: bool) -> Iterator[list[tuple[int, Msg]]]:
+    """Messages in groups: whole-message reads up to BATCH_BYTES of files (at least one)."""
+    if not heavy:
+        yield from (msgs[i:i + 512] for i in range(0, len(msgs), 512))
+        return
+    batch: list[tuple[int, Msg]] = []
+    size = 0
+    for item in msgs:
+        batch.append(item)
+        size += item[1].size or BATCH_BYTES
+        if size >= BATCH_BYTES or len(batch) >= 64:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _prepare_all(loads: Iterable[fetch.Loaded], atts: list[fetch.Att]) -> list[bool]:
+    return [fetch.prepare(load, atts) for load in loads]
 
 
 def _current(sel: Selected, msgs: list[tuple[int, Msg]]) -> list[tuple[int, Msg]]:
@@ -115,12 +155,6 @@ def _current(sel: Selected, msgs: list[tuple[int, Msg]]) -> list[tuple[int, Msg]
         if seq is not None:
             out.append((seq, sel.msgs[seq - 1]))
     return out
-
-
-def _heavy(atts: list[fetch.Att]) -> bool:
-    """Whole-body attributes: render in a thread to keep the loop responsive."""
-    return any(a.name in ("RFC822", "RFC822.TEXT") or (a.section is not None and a.spec in
-               ("", "TEXT")) for a in atts)
 
 
 # -- STORE ----------------------------------------------------------------------------------

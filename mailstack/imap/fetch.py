@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import mime, wire
@@ -11,6 +12,7 @@ from .wire import ParseError, Parser
 
 _SIMPLE = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
            "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ"}
+MAX_ATTS = 64  # fetch attributes in one FETCH (Thunderbird asks for 4 to 10)
 _MACROS = {"ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
            "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
            "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"]}
@@ -100,6 +102,8 @@ def parse_atts(p: Parser) -> list[Att]:
         atts = [parse_att(p)]
         while p.maybe_sp():
             atts.append(parse_att(p))
+            if len(atts) > MAX_ATTS:
+                raise ParseError(f"more than {MAX_ATTS} fetch attributes")
         p.close_paren()
         return atts
     start = p.pos
@@ -111,36 +115,50 @@ def parse_atts(p: Parser) -> list[Att]:
 
 
 class Loaded:
-    """Lazily read message data for one FETCH response."""
+    """One message's data for one FETCH response, each read or computed at most once.
 
-    __slots__ = ("cache", "data", "msg", "part", "sel")
+    :func:`prepare` does every read the attributes need (in a worker thread for whole bodies);
+    :func:`pieces` then only formats what is loaded."""
+
+    __slots__ = ("_envelope", "_header", "_structure", "cache", "data", "msg", "part", "sel")
 
     def __init__(self, sel: Selected, msg: Msg) -> None:
         self.sel, self.msg = sel, msg
         self.data: bytes | None = None
         self.part: mime.Part | None = None
         self.cache = FolderCache.for_root(sel.maildir.root)
+        self._header: bytes | None = None
+        self._envelope: bytes | None = None
+        self._structure: dict[bool, bytes] = {}
 
     def header(self) -> bytes | None:
         if self.part is not None:
             return self.part.header
-        return self.cache.header(self.msg.key, self._path())
+        if self._header is None:
+            self._header = self.cache.header(self.msg.key, self._path())
+        return self._header
 
     def envelope(self) -> bytes | None:
-        if self.part is not None:
-            return mime.envelope(self.part)
-        return self.cache.envelope(self.msg.key, self._path())
+        if self._envelope is None:
+            if self.part is not None:
+                self._envelope = mime.envelope(self.part)
+            else:
+                self._envelope = self.cache.envelope(self.msg.key, self._path())
+        return self._envelope
 
     def structure(self, extended: bool) -> bytes | None:
+        known = self._structure.get(extended)
+        if known is not None:
+            return known
         field = BODYSTRUCTURE if extended else BODY
-        cached = self.cache.get(self.msg.key, field)
-        if cached is not None:
-            return cached
-        tree = self.tree()
-        if tree is None:
-            return None
-        value = mime.bodystructure(tree, extended)
-        self.cache.put(self.msg.key, field, value)
+        value = self.cache.get(self.msg.key, field)
+        if value is None:
+            tree = self.tree()
+            if tree is None:
+                return None
+            value = mime.bodystructure(tree, extended)
+            self.cache.put(self.msg.key, field, value)
+        self._structure[extended] = value
         return value
 
     def _path(self):
@@ -164,40 +182,88 @@ class Loaded:
             self.part = mime.Part(raw)
         return self.part
 
+    def size(self) -> int:
+        """RFC822.SIZE (octets with CRLF line ends)."""
+        return self.msg.size  # the index knows it
 
-def _partial(data: bytes, att: Att) -> tuple[bytes, bytes]:
+
+def _raw_only(a: Att) -> bool:
+    """BODY[] and BODY[TEXT]: the message bytes, no MIME parse needed."""
+    return a.section is not None and not a.numbers and a.spec in ("", "TEXT")
+
+
+def needs_tree(atts: list[Att]) -> bool:
+    """Whether rendering parses the message's MIME structure."""
+    return any(a.name in ("RFC822", "RFC822.TEXT") or (a.section is not None and not _raw_only(a)
+               and not (not a.numbers and a.spec.startswith("HEADER"))) for a in atts)
+
+
+def needs_body(atts: list[Att]) -> bool:
+    """Whether rendering reads the whole message (then it is read in a worker thread)."""
+    return needs_tree(atts) or any(_raw_only(a) for a in atts)
+
+
+def prepare(load: Loaded, atts: list[Att]) -> bool:
+    """Read what ``atts`` need, the message file at most once; False when it is gone."""
+    if needs_tree(atts) and load.tree() is None:
+        return False  # with the tree loaded, header and envelope come from it
+    if any(_raw_only(a) for a in atts) and load.raw() is None:
+        return False
+    for att in atts:
+        name = att.name
+        if name in ("RFC822.HEADER",) or (att.section is not None and not att.numbers
+                                          and att.spec.startswith("HEADER")):
+            ok = load.header() is not None
+        elif name == "ENVELOPE":
+            ok = load.envelope() is not None
+        elif name in ("BODYSTRUCTURE", "BODY") and att.section is None:
+            ok = load.structure(name == "BODYSTRUCTURE") is not None
+        else:
+            ok = True
+        if not ok:
+            return False
+    return True
+
+
+def _partial(data: bytes | memoryview, att: Att) -> tuple[bytes | memoryview, bytes]:
     if att.partial is None:
         return data, b""
     start, length = att.partial
-    return data[start:start + length], b"<%d>" % start
+    return memoryview(data)[start:start + length], b"<%d>" % start  # a view: no copy
 
 
-def render(sel: Selected, seq: int, msg: Msg, atts: list[Att], *, uid: bool,
-           modseq: bool) -> bytes | None:
-    """The ``* seq FETCH (...)`` line for one message; None when the message is gone."""
-    items: list[bytes] = []
+Piece = bytes | memoryview
+
+
+def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
+           modseq: bool) -> Iterator[Piece]:
+    """The ``* seq FETCH (...)`` response of a prepared message, in pieces: literal data is
+    yielded as a reference to the loaded message (never copied, never joined), so the caller
+    can send and drain piece by piece whatever the attributes ask for."""
+    sel, msg = load.sel, load.msg
     names = {a.name for a in atts}
+    yield b"* %d FETCH (" % seq
+    sep = b""
     if uid and "UID" not in names:
-        items.append(b"UID %d" % msg.uid)
-    load = Loaded(sel, msg)
+        yield b"UID %d" % msg.uid
+        sep = b" "
     for att in atts:
         name = att.name
         if name == "UID":
-            items.append(b"UID %d" % msg.uid)
+            yield sep + b"UID %d" % msg.uid
         elif name == "FLAGS":
-            items.append(b"FLAGS (" + " ".join(sel.flags(msg)).encode() + b")")
+            yield sep + b"FLAGS (" + " ".join(sel.flags(msg)).encode() + b")"
         elif name == "MODSEQ":
-            items.append(b"MODSEQ (%d)" % msg.modseq)
+            yield sep + b"MODSEQ (%d)" % msg.modseq
         elif name == "INTERNALDATE":
-            items.append(b'INTERNALDATE "' + wire.imap_datetime(sel.internal_date(msg)).encode()
-                         + b'"')
+            yield (sep + b'INTERNALDATE "' + wire.imap_datetime(sel.internal_date(msg)).encode()
+                   + b'"')
         elif name == "RFC822.SIZE":
-            items.append(b"RFC822.SIZE %d" % sel.size(msg))
+            yield sep + b"RFC822.SIZE %d" % load.size()
         elif att.section is not None:
+            data: bytes | memoryview
             if not att.numbers and att.spec.startswith("HEADER"):
-                header = load.header()
-                if header is None:
-                    return None
+                header = load.header() or b""
                 if att.spec == "HEADER":
                     data = header
                 else:
@@ -205,40 +271,39 @@ def render(sel: Selected, seq: int, msg: Msg, atts: list[Att], *, uid: bool,
                                               exclude=att.spec.endswith(".NOT"))
             elif not att.numbers and att.spec in ("", "TEXT"):  # the whole message or its
                 raw = load.raw()  # text: no MIME parse needed (Thunderbird's BODY.PEEK[])
-                if raw is None:
-                    return None
+                assert raw is not None  # prepare() loaded it
                 data = raw if not att.spec else mime.split_header(raw)[1]
             else:
                 tree = load.tree()
-                if tree is None:
-                    return None
+                assert tree is not None  # prepare() loaded it
                 data = mime.section_bytes(tree, att.numbers, att.spec, att.fields)
             data, origin = _partial(data, att)
-            items.append(b"BODY[" + att.section.encode() + b"]" + origin + b" "
-                         + wire.literal(data))
+            yield sep + b"BODY[" + att.section.encode() + b"]" + origin + b" {%d}\r\n" % len(data)
+            yield data
         elif name == "ENVELOPE":
-            env = load.envelope()
-            if env is None:
-                return None
-            items.append(b"ENVELOPE " + env)
+            yield sep + b"ENVELOPE " + (load.envelope() or b"NIL")
         elif name in ("BODYSTRUCTURE", "BODY"):
-            value = load.structure(name == "BODYSTRUCTURE")
-            if value is None:
-                return None
-            items.append(name.encode() + b" " + value)
+            yield sep + name.encode() + b" " + (load.structure(name == "BODYSTRUCTURE") or b"NIL")
         elif name == "RFC822.HEADER":
-            header = load.header()
-            if header is None:
-                return None
-            items.append(b"RFC822.HEADER " + wire.literal(header))
+            header = load.header() or b""
+            yield sep + b"RFC822.HEADER {%d}\r\n" % len(header)
+            yield header
         else:
             tree = load.tree()
-            if tree is None:
-                return None
-            if name == "RFC822":
-                items.append(b"RFC822 " + wire.literal(tree.raw))
-            elif name == "RFC822.TEXT":
-                items.append(b"RFC822.TEXT " + wire.literal(tree.body))
+            assert tree is not None
+            data = tree.raw if name == "RFC822" else tree.body
+            yield sep + name.encode() + b" {%d}\r\n" % len(data)
+            yield data
+        sep = b" "
     if modseq and "MODSEQ" not in names:
-        items.append(b"MODSEQ (%d)" % msg.modseq)
-    return b"* %d FETCH (" % seq + b" ".join(items) + b")\r\n"
+        yield sep + b"MODSEQ (%d)" % msg.modseq
+    yield b")\r\n"
+
+
+def render(sel: Selected, seq: int, msg: Msg, atts: list[Att], *, uid: bool,
+           modseq: bool) -> bytes | None:
+    """The whole ``* seq FETCH (...)`` line for one message; None when the message is gone."""
+    load = Loaded(sel, msg)
+    if not prepare(load, atts):
+        return None
+    return b"".join(pieces(load, seq, atts, uid=uid, modseq=modseq))

@@ -8,7 +8,6 @@ the user's Maildir can ever be formed. ``INBOX`` is the Maildir itself.
 from __future__ import annotations
 
 import bisect
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,23 +50,6 @@ def normalize_name(name: str) -> str:
     except (mutf7.MUTF7Error, MaildirError) as exc:
         raise MailboxError(f"bad mailbox name: {exc}", "CANNOT") from None
     return name
-
-
-def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
-    """LIST pattern → regex: ``*`` matches anything, ``%`` anything but the delimiter."""
-    full = reference + pattern
-    out = []
-    for ch in full:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append("[^.]*")
-        else:
-            out.append(re.escape(ch))
-    regex = "".join(out)
-    if full[:5].upper() == "INBOX":  # INBOX is case-insensitive
-        regex = "(?i:INBOX)" + regex[len(re.escape(full[:5])):] if full[:5] else regex
-    return re.compile(regex + r"\Z", re.DOTALL)
 
 
 @dataclass

@@ -26,6 +26,7 @@ _FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
 _HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 CHARSETS = ("UTF-8", "US-ASCII")
+MAX_KEYS = 256  # search keys in one SEARCH (a client's filter needs a few dozen at most)
 
 
 @dataclass
@@ -42,21 +43,37 @@ def _text(p: Parser, charset: str) -> str:
         raise ParseError("search string is not in the given charset") from exc
 
 
-def parse_key(p: Parser, charset: str) -> Node:
+class _Budget:
+    """Keys a search program may still hold."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, keys: int = MAX_KEYS) -> None:
+        self.left = keys
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ParseError(f"more than {MAX_KEYS} search keys")
+
+
+def parse_key(p: Parser, charset: str, budget: _Budget | None = None) -> Node:
+    budget = budget or _Budget()
+    budget.take()
     p.depth += 1
     try:
-        return _parse_key(p, charset)
+        return _parse_key(p, charset, budget)
     finally:
         p.depth -= 1
 
 
-def _parse_key(p: Parser, charset: str) -> Node:
+def _parse_key(p: Parser, charset: str, budget: _Budget) -> Node:
     if p.depth > MAX_DEPTH:
         raise ParseError("search keys nested too deeply")
     if p.maybe_open():
-        keys = [parse_key(p, charset)]
+        keys = [parse_key(p, charset, budget)]
         while p.maybe_sp():
-            keys.append(parse_key(p, charset))
+            keys.append(parse_key(p, charset, budget))
         p.close_paren()
         return Node("AND", tuple(keys))
     c = p.peek()
@@ -87,12 +104,12 @@ def _parse_key(p: Parser, charset: str) -> Node:
         return Node(word, (p.seq_set(),))
     if word == "NOT":
         p.sp()
-        return Node(word, (parse_key(p, charset),))
+        return Node(word, (parse_key(p, charset, budget),))
     if word == "OR":
         p.sp()
-        a = parse_key(p, charset)
+        a = parse_key(p, charset, budget)
         p.sp()
-        return Node(word, (a, parse_key(p, charset)))
+        return Node(word, (a, parse_key(p, charset, budget)))
     if word == "MODSEQ":
         p.sp()
         if p.peek() == 0x22:  # entry-name entry-type-req
@@ -112,9 +129,10 @@ def parse(p: Parser) -> tuple[Node, bool]:
         if charset not in CHARSETS:
             raise BadCharset(charset)
         p.sp()
-    keys = [parse_key(p, charset)]
+    budget = _Budget()
+    keys = [parse_key(p, charset, budget)]
     while p.maybe_sp():
-        keys.append(parse_key(p, charset))
+        keys.append(parse_key(p, charset, budget))
     p.end()
     tree = Node("AND", tuple(keys))
     return tree, _uses(tree, "MODSEQ")
@@ -179,11 +197,18 @@ def _header_text(part: mime.Part) -> str:
 
 
 class Context:
-    """Lazily loaded data of one message during a search."""
+    """Lazily loaded data of one message during a search: the file is read and parsed once,
+    and each decoded form (a header's values, the text parts, the whole header) is made once
+    per SEARCH however many keys ask for it."""
 
     def __init__(self, sel: Selected, seq: int, msg: Msg) -> None:
         self.sel, self.seq, self.msg = sel, seq, msg
         self._part: mime.Part | bool | None = False
+        self._headers: dict[str, list[str]] = {}
+        self._body: str | None = None
+        self._header_text: str | None = None
+        self._internal: dt.date | None = None
+        self.results: dict[tuple[str, str], bool] = {}  # text keys already answered
 
     def part(self) -> mime.Part | None:
         if self._part is False:
@@ -192,10 +217,26 @@ class Context:
         return self._part  # type: ignore[return-value]
 
     def header(self, name: str) -> list[str]:
-        part = self.part()
-        if part is None:
-            return []
-        return [_decode_header(str(v)) for v in part.msg.get_all(name) or []]
+        key = name.lower()
+        values = self._headers.get(key)
+        if values is None:
+            part = self.part()
+            values = [] if part is None else [_decode_header(str(v))
+                                              for v in part.msg.get_all(key) or []]
+            self._headers[key] = values
+        return values
+
+    def body_text(self, part: mime.Part) -> str:
+        """The decoded text parts, case-folded."""
+        if self._body is None:
+            self._body = _part_text(part).casefold()
+        return self._body
+
+    def header_text(self, part: mime.Part) -> str:
+        """The decoded header, case-folded."""
+        if self._header_text is None:
+            self._header_text = _header_text(part).casefold()
+        return self._header_text
 
     def sent_date(self) -> dt.date | None:
         values = self.header("date")
@@ -207,7 +248,9 @@ class Context:
             return None
 
     def internal_date(self) -> dt.date:
-        return dt.datetime.fromtimestamp(self.sel.internal_date(self.msg)).date()
+        if self._internal is None:
+            self._internal = dt.datetime.fromtimestamp(self.sel.internal_date(self.msg)).date()
+        return self._internal
 
 
 def _date_cmp(kind: str, value: dt.date | None, ref: dt.date) -> bool:
@@ -264,15 +307,21 @@ def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bo
         name, needle = node.args
         values = ctx.header(name)
         return bool(values) and any(needle in v.casefold() for v in values)
+    if op not in ("BODY", "TEXT"):
+        raise ValueError(op)
+    known = ctx.results.get((op, node.args[0]))
+    if known is None:
+        known = ctx.results[op, node.args[0]] = _text_match(op, node.args[0], ctx)
+    return known
+
+
+def _text_match(op: str, needle: str, ctx: Context) -> bool:
     part = ctx.part()
     if part is None:
         return False
     if op == "BODY":
-        return node.args[0] in _part_text(part).casefold()
-    if op == "TEXT":
-        return (node.args[0] in _header_text(part).casefold()
-                or node.args[0] in _part_text(part).casefold())
-    raise ValueError(op)
+        return needle in ctx.body_text(part)
+    return needle in ctx.header_text(part) or needle in ctx.body_text(part)
 
 
 def _split_text_keys(tree: Node) -> tuple[list[tuple[str, str]], Node]:

@@ -12,21 +12,23 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import logging
 import sqlite3
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..logsafe import safe
 from ..netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
 from ..store import watch
 from ..store.account import StoreError
 from ..store.maildir import MaildirError, open_user_mailbox
 from ..users import UserError, normalize_address
-from . import wire
 from .cache import FolderCache
+from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
 from .wire import ParseError, Parser
 
@@ -38,6 +40,8 @@ log = logging.getLogger("mailstack.imap")
 NOTAUTH, AUTH, SELECTED, LOGOUT = range(4)
 MAX_LINE = 64 * 1024
 MAX_COMMAND_EXTRA = 1024 * 1024  # bytes of literals beyond max_literal in one command
+OUT_BUDGET = 256 * 1024  # response octets gathered before they are written and drained
+OUT_CHUNK = 64 * 1024  # a larger piece is written in slices of this size
 
 
 class Bad(Exception):
@@ -119,8 +123,24 @@ class Session:
         await self.writer.drain()
 
     async def maybe_flush(self) -> None:
-        if self.out_size > 256 * 1024:
+        if self.out_size > OUT_BUDGET:
             await self.flush()
+
+    async def send_pieces(self, pieces: Iterable[bytes | memoryview]) -> None:
+        """Send a response piece by piece with bounded memory: small pieces are gathered up
+        to OUT_BUDGET, a large one (a literal's data, not copied) goes out in OUT_CHUNK slices,
+        each waiting until the transport has taken the previous ones."""
+        for piece in pieces:
+            if len(piece) < OUT_CHUNK:
+                self.send(bytes(piece))
+                if self.out_size > OUT_BUDGET:
+                    await self.flush()
+                continue
+            await self.flush()
+            view = memoryview(piece)
+            for start in range(0, len(view), OUT_CHUNK):
+                self.writer.write(view[start:start + OUT_CHUNK])
+                await self.writer.drain()
 
     # -- capabilities ---------------------------------------------------------------------
     @property
@@ -150,6 +170,7 @@ class Session:
                     continue
                 await self.dispatch(raw)
                 await self.flush()
+                await asyncio.sleep(0)  # pipelined commands: let other sessions in between
         except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except TimeoutError:
@@ -159,42 +180,42 @@ class Session:
             except (TimeoutError, ConnectionError):
                 pass
 
+    def command_limits(self) -> Limits:
+        """Before login a whole command is small (8 KiB); after it, literals up to
+        ``max_literal`` plus a little."""
+        if self.state == NOTAUTH:
+            return Limits(PREAUTH_MAX_COMMAND, PREAUTH_MAX_COMMAND)
+        max_literal = int(self.cfg.imap.max_literal)
+        return Limits(max_literal + MAX_COMMAND_EXTRA, max_literal)
+
     async def read_command(self) -> bytes | None:
         """A whole command with its literals; None when it was refused and skipped."""
-        buf = bytearray()
-        budget = int(self.cfg.imap.max_literal) + MAX_COMMAND_EXTRA
+        cmd = CommandAssembler(self.command_limits())
         while True:
             try:
                 line = await self.lines.readline()
-            except LineTooLong:
-                log.info("imap %s: line too long", self.peer)
-                self.send(b"* BAD line too long\r\n")
-                return None
-            if not line:
-                raise Disconnect()
-            if not line.endswith(b"\n"):
-                raise Disconnect()  # EOF inside a line
-            buf += line
-            lit = wire.literal_at_end(line)
-            if lit is None:
-                return bytes(buf)
-            size, nonsync = lit
-            tag = _guess_tag(bytes(buf))
-            if size > int(self.cfg.imap.max_literal) or size > budget:
-                log.info("imap %s: literal of %d bytes refused", self.peer, size)
-                self.send(f"{tag} BAD [TOOBIG] literal larger than "
-                          f"{int(self.cfg.imap.max_literal)} bytes\r\n".encode())
-                if nonsync:  # its bytes are already coming: the stream is lost
-                    self.untagged("BYE literal too large")
+            except LineTooLong as exc:
+                step: Step = cmd.line_too_long(exc.head)
+            else:
+                if not line:
+                    raise Disconnect()
+                if not line.endswith(b"\n"):
+                    raise Disconnect()  # EOF inside a line
+                step = cmd.add_line(line)
+            if isinstance(step, Complete):
+                return step.data
+            if isinstance(step, Refuse):
+                log.info("imap %s: %s refused", self.peer, step.reason)
+                self.send(step.reply)
+                if step.close:
                     await self.flush()
                     raise Disconnect()
                 return None
-            budget -= size
-            if not nonsync:
+            if not step.nonsync:
                 self.send(b"+ Ready for literal data\r\n")
                 await self.flush()
             try:
-                await self.lines.read_into(buf, size)
+                await self.lines.read_into(cmd.buf, step.size)
             except asyncio.IncompleteReadError:
                 raise Disconnect() from None
 
@@ -206,7 +227,8 @@ class Session:
             p.sp()
             name = p.atom().upper()
         except ParseError:
-            log.info("imap %s: malformed command %r", self.peer, raw[:80])
+            # never the text: an out-of-step SASL response or literal may hold a password
+            log.info("imap %s: malformed command (%d octets)", self.peer, len(raw))
             self.send(f"{tag} BAD malformed command\r\n".encode())
             return
         uid = False
@@ -221,7 +243,10 @@ class Session:
             uid = True
         cmd = COMMANDS.get(name)
         if cmd is None or (uid and not cmd.uid_ok):
-            log.info("imap %s: unknown command %s", self.peer, name[:40])
+            if self.state == NOTAUTH:  # could be a stray piece of a password
+                log.info("imap %s: unknown command (%d characters)", self.peer, len(name))
+            else:
+                log.info("imap %s: unknown command %s", self.peer, safe(name, 40))
             self.send(f"{tag} BAD unknown command\r\n".encode())
             return
         if self.state not in cmd.states:
@@ -241,7 +266,7 @@ class Session:
         try:
             text = await cmd.handler(self, tag, p, uid)
         except (ParseError, Bad) as exc:
-            log.info("imap %s: BAD %s: %s", self.peer, name, exc)
+            log.info("imap %s: BAD %s: %s", self.peer, name, safe(str(exc)))
             self.send(f"{tag} BAD {name}: {exc}\r\n".encode())
             return
         except (No, MailboxError) as exc:
@@ -263,6 +288,13 @@ class Session:
             return
         except (Disconnect, ConnectionError, TimeoutError):
             raise
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # a path the file system cannot hold
+                self.send(f"{tag} NO [CANNOT] name too long\r\n".encode())
+                return
+            log.exception("imap %s: %s failed", self.peer, name)
+            self.send(f"{tag} NO [SERVERBUG] internal error\r\n".encode())
+            return
         except Exception:
             log.exception("imap %s: %s failed", self.peer, name)
             self.send(f"{tag} NO [SERVERBUG] internal error\r\n".encode())
@@ -333,7 +365,7 @@ class Session:
                      "PRIVACYREQUIRED")
         throttle = self.server.throttle
         try:
-            addr = normalize_address(user)
+            addr = normalize_address(user) if user == user.strip() else ""  # no padded names
         except UserError:
             addr = ""
         ok = bool(addr) and await self.server.users.authenticate(addr, password)
@@ -347,13 +379,6 @@ class Session:
         self.state = AUTH
         log.info("imap login %s from %s", addr, self.peer)
         return f"[CAPABILITY {self.capabilities()}] logged in"
-
-
-def _guess_tag(raw: bytes) -> str:
-    try:
-        return Parser(raw).tag()
-    except ParseError:
-        return "*"
 
 
 # -- any state ------------------------------------------------------------------------------
@@ -401,8 +426,8 @@ async def cmd_id(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if len(fields) > 60:
             raise Bad("too many ID fields")
         pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-        log.info("imap %s: client %s %s", s.peer, pairs.get(b"name", b"?").decode(errors="replace"),
-                 pairs.get(b"version", b"").decode(errors="replace"))
+        log.info("imap %s: client %s %s", s.peer, safe(pairs.get(b"name", b"?"), 60),
+                 safe(pairs.get(b"version", b""), 60))
     p.end()
     s.untagged(f'ID ("name" "mailstack" "version" "{__version__}")')
     return "ID completed"
@@ -457,6 +482,8 @@ async def cmd_authenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
             raise Bad("response too long") from None
         if not line:
             raise Disconnect()
+        if len(line) > PREAUTH_MAX_COMMAND:
+            raise Bad("response too long")
         initial = line.rstrip(b"\r\n")
         if initial == b"*":
             raise Bad("authentication cancelled")

@@ -18,7 +18,6 @@ _ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0x00, 0x20)) | {0x7F}
 _ATOM_CHARS = bytes(c for c in range(0x21, 0x7F) if c not in _ATOM_SPECIALS)
 _ASTRING_CHARS = _ATOM_CHARS + b"]"
 _LITERAL_RE = re.compile(rb"\{(\d{1,19})\+?\}\r?\n")
-_LITERAL_END_RE = re.compile(rb"\{(\d{1,19})(\+?)\}\r?\n\Z")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DATE_TIME_RE = re.compile(
     rb"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
@@ -29,12 +28,30 @@ class ParseError(Exception):
     """The command does not follow the grammar (answered with BAD)."""
 
 
-def literal_at_end(line: bytes) -> tuple[int, bool] | None:
-    """``(size, non_synchronising)`` when ``line`` ends with a literal announcement."""
-    m = _LITERAL_END_RE.search(line)
-    if not m:
+def literal_at_end(line: bytes | bytearray) -> tuple[int, bool] | None:
+    """``(size, non_synchronising)`` when ``line`` ends with a literal announcement.
+
+    Looks only at the last few octets (``{`` 1-19 digits ``+``? ``}`` CR? LF), so the cost does
+    not depend on the length of the line."""
+    end = len(line)
+    if end and line[end - 1] == 0x0A:
+        end -= 1
+    else:
         return None
-    return int(m.group(1)), bool(m.group(2))
+    if end and line[end - 1] == 0x0D:
+        end -= 1
+    if not end or line[end - 1] != 0x7D:  # }
+        return None
+    end -= 1
+    nonsync = bool(end) and line[end - 1] == 0x2B  # +
+    if nonsync:
+        end -= 1
+    start = end
+    while start > 0 and end - start < 20 and 0x30 <= line[start - 1] <= 0x39:
+        start -= 1
+    if not 1 <= end - start <= 19 or start == 0 or line[start - 1] != 0x7B:  # {
+        return None
+    return int(line[start:end]), nonsync
 
 
 @dataclass(frozen=True)
@@ -74,8 +91,8 @@ class Parser:
         return self.data[self.pos] if self.pos < len(self.data) else None
 
     def at_end(self) -> bool:
-        rest = self.data[self.pos:]
-        return rest in (b"", b"\r\n", b"\n")
+        left = len(self.data) - self.pos
+        return left <= 2 and self.data[self.pos:] in (b"", b"\r\n", b"\n")
 
     def end(self) -> None:
         if not self.at_end():

@@ -201,7 +201,8 @@ class POP3Protocol:
         self.plaintext_auth = plaintext_auth
         self.implementation = implementation
         self.login_delay = login_delay
-        self.user: str | None = None  # from a USER command, waiting for PASS
+        self.user: str | None = None  # from the USER command just before, waiting for PASS
+        self._after_user: str | None = None  # the name while the line after USER is handled
         self.sasl_pending = False  # AUTH PLAIN sent without an initial response
         self.bad_commands = 0
 
@@ -242,6 +243,7 @@ class POP3Protocol:
 
     # -- input --------------------------------------------------------------------------------
     def line_too_long(self) -> Reply:
+        self.user = None  # PASS only directly after USER, not after a refused line
         if self.sasl_pending:
             self.sasl_pending = False
             return self._bad(err("Authentication response too long", "AUTH"))
@@ -252,6 +254,9 @@ class POP3Protocol:
         if self.state is State.UPDATE:
             return Reply(err("Session is over"), close=True)
         text = line.rstrip(b"\r\n")
+        # RFC 1939: PASS is valid only directly after a successful USER; any other line, also
+        # a refused one, forgets the name
+        self._after_user, self.user = self.user, None
         if self.sasl_pending:
             return self._sasl_response(text)
         if b"\r" in text or b"\n" in text or b"\0" in text:  # "USER a\rPASS b": one bad line
@@ -274,8 +279,6 @@ class POP3Protocol:
         if isinstance(event, Reply) and event.data.startswith(b"-ERR"):
             return self._bad(event.data, event.close)
         self.bad_commands = 0
-        if name != "USER" and self.state is State.AUTHORIZATION and not isinstance(event, Pass):
-            self.user = None  # USER must be followed directly by PASS
         return event
 
     def _bad(self, data: bytes, close: bool = False) -> Reply:
@@ -290,14 +293,13 @@ class POP3Protocol:
             return Reply(err("Plaintext authentication is refused without TLS: use STLS", "AUTH"))
         if not rest or " " in rest.strip() or len(rest) > 200:
             return Reply(err("Syntax: USER name"))
-        self.user = rest.strip()
+        self.user = rest  # as sent: a padded name is refused at PASS like a wrong one
         return Reply(ok("Send PASS"))
 
     def _cmd_pass(self, rest: str) -> Event:
         if not self.auth_allowed:
             return Reply(err("Plaintext authentication is refused without TLS: use STLS", "AUTH"))
-        user = self.user
-        self.user = None
+        user = self._after_user
         if user is None:
             return Reply(err("USER first"))
         if not rest:

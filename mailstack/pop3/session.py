@@ -177,6 +177,7 @@ class Session:
                 await self.writer.drain()
                 return
             await self.writer.drain()
+            await asyncio.sleep(0)  # pipelined commands: let other sessions in between
 
     # -- commands ----------------------------------------------------------------------------------
     async def _handle(self, ev: p.Event) -> bool:
@@ -315,9 +316,10 @@ class Session:
 
     async def _login(self, user: str, password: str, authzid: str) -> None:
         sh, write = self.shared, self.writer.write
-        account = user.strip().lower()
-        prefetch = self._prefetch(account)
-        good = (not authzid or authzid.strip().lower() == account) and \
+        account = user.strip().lower()  # what failures are counted under
+        padded = account != user.lower()  # "  alice@x": no account's name, refused
+        prefetch = None if padded else self._prefetch(account)
+        good = not padded and (not authzid or authzid.strip().lower() == account) and \
             await sh.users.authenticate(account, password)
         if not good:
             self.proto.auth_failed()

@@ -352,7 +352,7 @@ def validate_folder_name(name: str) -> str:
     Refuses anything that could leave the user's Maildir: empty levels (leading, trailing or
     double dots), '/', '\\', control characters, and the names '.' and '..'.
     """
-    if not name or len(name) > 255:
+    if not name or len(name.encode("utf-8", "surrogateescape")) > 254:  # "." + name: NAME_MAX
         raise MaildirError("folder name is empty or too long")
     for part in name.split("."):
         if not part or not _FOLDER_PART_RE.fullmatch(part) or part in (".", ".."):

@@ -65,14 +65,6 @@ async def test_wrong_state_after_login(imap, cmd):
     assert r[-1].startswith(b"a BAD"), r
 
 
-async def test_overlong_line(imap):
-    c = await login(imap)
-    await c.send(b"a NOOP " + b"x" * 200_000 + b"\r\n")
-    assert (await c.line()).startswith(b"* BAD line too long")
-    ok(await c.cmd("b", "NOOP"), "b")
-    await imap.daemon.wait_log("line too long")
-
-
 async def test_literal_larger_than_limit_is_refused_before_reading(config_factory, client_ssl):
     from tests.conftest import add_user, running
     from tests.imap.conftest import Server
