@@ -73,7 +73,8 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
         msgs = [(q, m) for q, m in msgs if m.modseq > changed_since]
     if not sel.readonly and any(a.sets_seen for a in atts):
         unseen = [m.uid for _, m in msgs if not m.seen]
-        seen = set(sel.store_flags(unseen, "+", ["\\Seen"]).changed) if unseen else set()
+        seen = set((await asyncio.to_thread(sel.store_flags, unseen, "+", ["\\Seen"])).changed
+                   ) if unseen else set()
         if seen:
             s.send_changes(sel.refresh(expunge_ok=False, own=seen))
             msgs = _current(sel, msgs)
@@ -106,23 +107,31 @@ async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
         ready: list[bool] | None = None
         if heavy:
             ready = await asyncio.to_thread(_prepare_all, loads, atts)
-        for i, (seq, _) in enumerate(batch):
-            load = loads.popleft()  # its data is freed once its response is sent
-            ok = ready[i] if ready is not None else fetch.prepare(load, atts)
-            if not ok:
-                missing = True
-                continue
-            parts = fetch.pieces(load, seq, atts, uid=uid, modseq=s.condstore)
-            if drop:  # [[faults]] at = "fetch": half a response, then the connection is gone
-                line = b"".join(parts)
-                s.send(line[:len(line) // 2])
-                await s.flush()
-                raise Disconnect("fault injected: connection dropped mid-FETCH")
-            await s.send_pieces(parts)
-            if loop.time() - since > YIELD_AFTER:
-                await s.maybe_flush()
-                await asyncio.sleep(0)  # let other sessions run
-                since = loop.time()
+        try:
+            for i, (seq, _) in enumerate(batch):
+                load = loads.popleft()  # its data is freed once its response is sent
+                ok = ready[i] if ready is not None else fetch.prepare(load, atts)
+                if not ok:
+                    load.close()
+                    missing = True
+                    continue
+                parts = fetch.pieces(load, seq, atts, uid=uid, modseq=s.condstore)
+                if drop:  # [[faults]] at = "fetch": half a response, then the connection goes
+                    line = b"".join(parts)
+                    s.send(line[:len(line) // 2])
+                    await s.flush()
+                    raise Disconnect("fault injected: connection dropped mid-FETCH")
+                try:
+                    await s.send_pieces(parts)
+                finally:
+                    load.close()
+                if loop.time() - since > YIELD_AFTER:
+                    await s.maybe_flush()
+                    await asyncio.sleep(0)  # let other sessions run
+                    since = loop.time()
+        finally:
+            for load in loads:  # what an error left unsent
+                load.close()
     return missing
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ..store.ingest import NotAMessage, open_message
+from ..store.maildir import to_crlf
 from . import mime, wire
 from .cache import BODY, BODYSTRUCTURE, FolderCache
 from .mailbox import Msg, Selected
@@ -13,6 +16,8 @@ from .wire import ParseError, Parser
 _SIMPLE = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
            "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ"}
 MAX_ATTS = 64  # fetch attributes in one FETCH (Thunderbird asks for 4 to 10)
+STREAM_OVER = 1 << 20  # a whole message bigger than this is sent from its file in pieces
+STREAM_PIECE = 256 * 1024
 _MACROS = {"ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
            "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
            "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"]}
@@ -120,7 +125,8 @@ class Loaded:
     :func:`prepare` does every read the attributes need (in a worker thread for whole bodies);
     :func:`pieces` then only formats what is loaded."""
 
-    __slots__ = ("_envelope", "_header", "_structure", "cache", "data", "msg", "part", "sel")
+    __slots__ = ("_envelope", "_header", "_structure", "cache", "data", "fd", "msg", "part",
+                 "sel")
 
     def __init__(self, sel: Selected, msg: Msg) -> None:
         self.sel, self.msg = sel, msg
@@ -130,6 +136,12 @@ class Loaded:
         self._header: bytes | None = None
         self._envelope: bytes | None = None
         self._structure: dict[bool, bytes] = {}
+        self.fd: int | None = None  # a big message streamed from its file (see can_stream)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def header(self) -> bytes | None:
         if self.part is not None:
@@ -203,8 +215,22 @@ def needs_body(atts: list[Att]) -> bool:
     return needs_tree(atts) or any(_raw_only(a) for a in atts)
 
 
+def can_stream(load: Loaded, atts: list[Att]) -> bool:
+    """A big message asked for whole (``BODY[]``, no partial) and nothing that parses it:
+    its literal is read from the file piece by piece instead of being loaded."""
+    return (load.msg.size > STREAM_OVER and not needs_tree(atts)
+            and all(a.spec == "" and a.partial is None for a in atts if _raw_only(a)))
+
+
 def prepare(load: Loaded, atts: list[Att]) -> bool:
     """Read what ``atts`` need, the message file at most once; False when it is gone."""
+    if any(_raw_only(a) for a in atts) and can_stream(load, atts):
+        try:
+            load.fd = open_message(str(load._path()))
+        except NotAMessage:
+            return False
+        return all(load.header() is not None for a in atts if a.name == "RFC822.HEADER"
+                   or (a.section is not None and a.spec.startswith("HEADER")))
     if needs_tree(atts) and load.tree() is None:
         return False  # with the tree loaded, header and envelope come from it
     if any(_raw_only(a) for a in atts) and load.raw() is None:
@@ -223,6 +249,30 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
         if not ok:
             return False
     return True
+
+
+def _file_crlf(fd: int, size: int) -> Iterator[bytes]:
+    """The message file from its start with CRLF line ends, exactly ``size`` octets (the
+    index's CRLF size), in pieces of about STREAM_PIECE."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    sent = 0
+    carry = b""
+    while sent < size:
+        chunk = os.read(fd, STREAM_PIECE)
+        if not chunk:
+            break
+        chunk = carry + chunk
+        carry = b""
+        if chunk.endswith(b"\r"):  # its LF may start the next chunk
+            chunk, carry = chunk[:-1], b"\r"
+        out = to_crlf(chunk)[:size - sent]
+        sent += len(out)
+        yield out
+    if carry and sent < size:
+        sent += 1
+        yield carry
+    if sent < size:  # the file is shorter than the index says: keep the literal's length
+        yield b" " * (size - sent)
 
 
 def _partial(data: bytes | memoryview, att: Att) -> tuple[bytes | memoryview, bytes]:
@@ -270,6 +320,11 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
                     data = mime.header_fields(header, att.fields,
                                               exclude=att.spec.endswith(".NOT"))
             elif not att.numbers and att.spec in ("", "TEXT"):  # the whole message or its
+                if load.fd is not None:  # a big message, straight from its file
+                    yield sep + b"BODY[]" + b" {%d}\r\n" % msg.size
+                    yield from _file_crlf(load.fd, msg.size)
+                    sep = b" "
+                    continue
                 raw = load.raw()  # text: no MIME parse needed (Thunderbird's BODY.PEEK[])
                 assert raw is not None  # prepare() loaded it
                 data = raw if not att.spec else mime.split_header(raw)[1]
