@@ -29,6 +29,11 @@ from .queue import DELIVERED, FAILED, Envelope, QueueEntry, Recipient, Spool
 
 log = logging.getLogger("mailstack.queue")
 
+#: how long a stopping mta waits for deliveries in flight; what is not done by then stays
+#: queued and is retried (once: the mda recognises the queue id). Shorter than the
+#: supervisor's and docker-compose's grace periods (10 s and 30 s) before SIGKILL.
+STOP_DRAIN = 5.0
+
 #: remote delivery: (entry, recipients, message) → (reply, relay name) per recipient
 RemoteDeliver = Callable[[QueueEntry, list[Recipient], bytes],
                          Awaitable[list[tuple[Reply, str]]]]
@@ -123,7 +128,7 @@ class QueueRunner:
         finally:
             watcher.cancel()
             if self._tasks:
-                await asyncio.wait(self._tasks, timeout=10)
+                await asyncio.wait(self._tasks, timeout=STOP_DRAIN)
             await self.lmtp.close()
 
     def backoff(self, attempts: int) -> float:
