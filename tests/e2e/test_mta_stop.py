@@ -106,3 +106,24 @@ async def test_stop_with_a_delivery_in_flight_is_clean_and_delivers_once(config_
             await asyncio.sleep(0.05)
         await mta2.wait_log("removed")
     assert len(list(box.iterdir())) == 1
+
+
+async def test_mail_taken_before_the_mda_listens_is_retried_every_second(config_factory) -> None:
+    # docker-compose starts the mta with the mda container, not after its health check
+    cfg = config_factory('[mta]\nretry_initial = "1h"\nretry_max = "1h"\n')
+    add_user(cfg, "bob@example.test")
+    async with running("mta", cfg) as mta:
+        with socket.create_connection(("127.0.0.1", cfg.port("mta", "smtp")),
+                                      timeout=10) as c:
+            _reply(c)
+            c.sendall(b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\n"
+                      b"RCPT TO:<bob@example.test>\r\nDATA\r\n")
+            while b"354" not in _reply(c):
+                pass
+            c.sendall(b"Subject: early\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            assert b"250" in _reply(c)
+        await mta.wait_log("next attempt in 1s")
+        async with running("mda", cfg):
+            box = cfg.data_dir / "mail" / "example.test" / "bob" / "new"
+            await mta.wait_log("status=sent", timeout=30)
+            assert len(list(box.iterdir())) == 1
