@@ -158,10 +158,6 @@ def _warn_new_data_dir(cfg: Config) -> None:
 
 
 def cmd_user(args: argparse.Namespace, cfg: Config) -> int:
-    from .store.maildir import create_user_mailbox
-    from .users import UserDB, UserError
-
-    db = UserDB(cfg.data_dir / "users")
     if args.action in ("add", "passwd"):
         # before asking for a password; a problem here is better found now than after it
         problems = [p for p in _check(cfg) if "data_dir" in p]
@@ -169,6 +165,10 @@ def cmd_user(args: argparse.Namespace, cfg: Config) -> int:
             return _die(problems[0])
     if args.action == "add":
         _warn_new_data_dir(cfg)
+    from .store.maildir import create_user_mailbox
+    from .users import UserDB, UserError
+
+    db = UserDB(cfg.data_dir / "users")
     try:
         if args.action == "list":
             for addr in db.list():

@@ -509,6 +509,9 @@ def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"{source}: no such config file") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the config file ({exc.strerror or exc});"
+                              " check its path and permissions") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     faults = _parse_faults(data.pop("faults"), source) if "faults" in data else ()

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -123,17 +124,37 @@ def _as_other_user() -> dict:
 
 
 def test_unwritable_data_dir_on_user_add(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    tmp_path.chmod(0o755)
-    data.chmod(0o555)
-    conf = _config(tmp_path, "")
-    conf.chmod(0o644)
-    r = run("user", "add", "a@example.test", "--password-stdin", "--config", str(conf),
-            input="pw\n", **_as_other_user())
-    assert r.returncode != 0
-    assert "[server].data_dir" in r.stderr and "not writable" in r.stderr, r.stderr
-    assert "chown/chmod" in r.stderr
+    # under /tmp itself: pytest's own directories are closed to other users
+    base = Path(tempfile.mkdtemp(prefix="mailstack-perm-"))
+    try:
+        base.chmod(0o755)
+        data = base / "data"
+        data.mkdir(mode=0o555)
+        data.chmod(0o555)
+        conf = base / "mailstack.toml"
+        conf.write_text(f'[server]\ndata_dir = "{data}"\n')
+        conf.chmod(0o644)
+        r = run("user", "add", "a@example.test", "--password-stdin", "--config", str(conf),
+                input="pw\n", **_as_other_user())
+        assert r.returncode != 0
+        assert f"{conf}: [server].data_dir {data} is not writable" in r.stderr, r.stderr
+        assert "chown/chmod" in r.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_unreadable_config_file(tmp_path: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="mailstack-perm-"))
+    try:
+        base.chmod(0o755)
+        conf = base / "mailstack.toml"
+        conf.write_text("[server]\n")
+        conf.chmod(0o600)
+        r = run("config", "check", "--config", str(conf), **_as_other_user())
+        assert r.returncode == 2
+        assert r.stderr.startswith(f"mailstack: {conf}: cannot read the config file"), r.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_user_add_without_a_terminal_says_password_stdin(tmp_path: Path) -> None:
