@@ -1,10 +1,13 @@
 """``mailstack up``: every daemon as a child process (``mailstack serve NAME``).
 
-The supervisor prefixes each child's output with its name, prints a banner once every listener
-answers, restarts a child that dies (backoff 1 s doubling to 30 s; reset after a minute of
-uptime), and on SIGINT/SIGTERM stops all children (SIGTERM, then SIGKILL after 10 s). A child
-that fails at its first start with exit code 2 (a port it may not bind, a bad config) stops the
-whole stack with that message rather than restarting in a loop.
+It first checks the files the config names (``config.check_files``) and locks the data
+directory (``run/up.lock``; each daemon holds ``run/<name>.lock``), so a second stack on the
+same data stops with the first one's pid and ports. The supervisor prefixes each child's output
+with its name, prints a banner once each child has logged every one of its listeners and
+answers its health check, restarts a child that dies (backoff 1 s doubling to 30 s; reset
+after a minute of uptime), and on SIGINT/SIGTERM stops all children (SIGTERM, then SIGKILL
+after 10 s). A child that fails at its first start with exit code 2 (a port it may not bind, a
+bad config) stops the whole stack with that message rather than restarting in a loop.
 """
 
 from __future__ import annotations
