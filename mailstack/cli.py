@@ -16,6 +16,9 @@ from . import __version__
 from .config import Config, ConfigError, load
 from .fsutil import private_umask
 
+#: daemons of which one process per data directory may run (`serve` takes a lock)
+SINGLE_DAEMONS = frozenset({"mta"})
+
 EPILOG = """\
 examples:
   mailstack up                                  run every daemon on the default config
@@ -262,7 +265,10 @@ def _main(args: argparse.Namespace) -> int:
         if problems:
             return 2
         try:
-            lock_data_dir(cfg, args.daemon)  # held until the process exits
+            # one mta per queue (its runner and run/mta.pid); imap, pop3 and the mda may run in
+            # several processes on one data dir (the store is made for that)
+            if args.daemon in SINGLE_DAEMONS:
+                lock_data_dir(cfg, args.daemon)  # held until the process exits
         except DataDirBusy as exc:
             return _die(str(exc), 2)
         return run(args.daemon, cfg)

@@ -8,14 +8,16 @@ environment variables, and ``--port-offset``. An unknown key or a bad value rais
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import ipaddress
 import os
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -577,12 +579,29 @@ def check_files(cfg: Config) -> list[str]:
     else:
         tls = d / "tls"
         cert, key = tls / "cert.pem", tls / "key.pem"
-        if cert.exists() or key.exists():
+        if cert.exists() and key.exists() and (tls / "ca.pem").exists():
             fix = (f"remove {tls} to have a new certificate generated (then import the new "
                    "ca.pem in your mail clients)")
-            problems += _check_pem_pair(cert, key, f"generated certificate {cert}",
-                                        f"generated key {key}", fix)
+            with _tls_lock(tls):  # not while a daemon starting beside us writes them
+                problems += _check_pem_pair(cert, key, "generated certificate",
+                                            "generated key", fix)
     return problems
+
+
+@contextlib.contextmanager
+def _tls_lock(tls: Path) -> Iterator[None]:
+    """A shared hold on the lock ``tls.ensure_tls_files`` writes the generated files under."""
+    try:
+        fd = os.open(tls / ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _read_only(path: Path) -> bool:
