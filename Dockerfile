@@ -1,5 +1,8 @@
 # One image for every mailstack daemon; docker-compose runs `mailstack serve NAME` per service.
-FROM python:3.11-slim
+# PYTHON_IMAGE: any image with Python 3.11+ and pip (CI builds a Debian stand-in when Docker Hub
+# cannot be reached: .ci/docker-base)
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 # a non-root user; it binds the standard ports thanks to the compose file's
 # net.ipv4.ip_unprivileged_port_start=0 (or grant CAP_NET_BIND_SERVICE with setcap)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from os.path import abspath
 
 from .config import Config
 
@@ -65,7 +66,12 @@ def banner(cfg: Config, daemons: list[str], ca_path: str | None) -> str:
     from .capture import capture_banner
 
     lines += capture_banner(cfg)
-    cfgflag = f" --config {cfg.source}" if cfg.source != "<defaults>" else ""
-    lines += [f"  add user:  mailstack user add alice@{cfg.server.domains[0]}{cfgflag}",
+    # absolute, so that the command works from any directory (the default data dir is relative
+    # to the directory `up` was started in)
+    if cfg.source != "<defaults>":
+        add = f"mailstack user add alice@{cfg.server.domains[0]} --config {abspath(cfg.source)}"
+    else:
+        add = f"MAILSTACK_DATA={cfg.data_dir} mailstack user add alice@{cfg.server.domains[0]}"
+    lines += [f"  add user:  {add}",
               "  stop:      Ctrl-C", ""]
     return "\n".join(lines)

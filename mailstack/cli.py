@@ -10,10 +10,14 @@ import argparse
 import getpass
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .config import Config, ConfigError, load
 from .fsutil import private_umask
+
+#: daemons of which one process per data directory may run (`serve` takes a lock)
+SINGLE_DAEMONS = frozenset({"mta"})
 
 EPILOG = """\
 examples:
@@ -73,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("queue", help="inspect and manage the mta's queue (like mailq/postqueue)")
     qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    _common(qsub.add_parser("list", help="list queued messages and their recipients"))
+    q = qsub.add_parser("list", help="list queued messages and their recipients")
+    q.add_argument("--json", action="store_true",
+                   help="print the queue as JSON (a list of entries with their recipients)")
+    _common(q)
     q = qsub.add_parser("show", help="print one queued message with its envelope")
     q.add_argument("id")
     _common(q)
@@ -116,15 +123,51 @@ def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         pw = sys.stdin.readline().rstrip("\r\n")
     else:
-        pw = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != pw:
-            raise ValueError("the passwords differ")
+        if not sys.stdin.isatty():
+            raise ValueError("no terminal to ask for the password on: pipe it in with "
+                             f"--password-stdin (echo PASSWORD | mailstack user {args.action} "
+                             f"{args.address} --password-stdin)")
+        try:
+            pw = getpass.getpass("password: ")
+            if getpass.getpass("again: ") != pw:
+                raise ValueError("the passwords differ")
+        except EOFError:
+            raise ValueError("no password given (end of input)") from None
     if not pw:
         raise ValueError("empty password")
     return pw
 
 
+def _stack_hint(cfg: Config) -> str:
+    """How to point a command at the data directory it is using now, from anywhere."""
+    if cfg.source != "<defaults>":
+        return f"--config {Path(cfg.source).absolute()}"
+    return f"MAILSTACK_DATA={cfg.data_dir}"
+
+
+def _warn_new_data_dir(cfg: Config) -> None:
+    """``user add`` with no config and no stack: say where the account goes before making a
+    data directory nobody runs (the default is relative to the current directory)."""
+    from .supervisor import data_dir_in_use
+
+    if not cfg.data_dir.exists():
+        print(f"mailstack: warning: {cfg.data_dir} does not exist: creating a new data "
+              f"directory (from {cfg.source}). If your stack runs elsewhere, point at its data "
+              "directory with --config FILE or MAILSTACK_DATA=DIR", file=sys.stderr)
+    elif cfg.source == "<defaults>" and not data_dir_in_use(cfg):
+        print(f"mailstack: warning: no mailstack runs on {cfg.data_dir} (built-in defaults, "
+              "no --config): the account is added there; if your stack runs elsewhere, use "
+              "--config FILE or MAILSTACK_DATA=DIR", file=sys.stderr)
+
+
 def cmd_user(args: argparse.Namespace, cfg: Config) -> int:
+    if args.action in ("add", "passwd"):
+        # before asking for a password; a problem here is better found now than after it
+        problems = [p for p in _check(cfg) if "data_dir" in p]
+        if problems:
+            return _die(problems[0])
+    if args.action == "add":
+        _warn_new_data_dir(cfg)
     from .store.maildir import create_user_mailbox
     from .users import UserDB, UserError
 
@@ -153,12 +196,27 @@ def cmd_user(args: argparse.Namespace, cfg: Config) -> int:
             print(f"password changed for {args.address.lower()}")
     except (UserError, ValueError) as exc:
         return _die(str(exc))
+    except OSError as exc:
+        return _die(f"cannot write to {cfg.data_dir}: {exc.strerror or exc} "
+                    f"({exc.filename or cfg.data_dir}); run as the owner of the data "
+                    "directory or fix its permissions")
     return 0
+
+
+def _check(cfg: Config) -> list[str]:
+    from .config import check_files
+
+    return check_files(cfg)
 
 
 def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     from .banner import listeners
 
+    problems = _check(cfg)
+    for problem in problems:
+        print(f"mailstack: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"{cfg.source}: OK")
     print(f"  hostname  {cfg.server.hostname}")
     print(f"  domains   {', '.join(cfg.server.domains)}")
@@ -179,6 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     private_umask()  # files and directories made by any subcommand are the owner's only
     args = build_parser().parse_args(argv)
     try:
+        return _main(args)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:  # a file or directory the command needs: one line, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _die(f"{exc.strerror or exc}{where}; check the path and its permissions")
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
         cfg = load(args.config, port_offset=getattr(args, "port_offset", 0) or 0)
     except ConfigError as exc:
         return _die(str(exc), 2)
@@ -189,6 +257,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return up(cfg)
     if args.command == "serve":
         from .daemon import run
+        from .supervisor import DataDirBusy, lock_data_dir
+
+        problems = _check(cfg)
+        for problem in problems:
+            print(f"mailstack: {problem}", file=sys.stderr)
+        if problems:
+            return 2
+        try:
+            # one mta per queue (its runner and run/mta.pid); imap, pop3 and the mda may run in
+            # several processes on one data dir (the store is made for that)
+            if args.daemon in SINGLE_DAEMONS:
+                lock_data_dir(cfg, args.daemon)  # held until the process exits
+        except DataDirBusy as exc:
+            return _die(str(exc), 2)
         return run(args.daemon, cfg)
     if args.command == "user":
         return cmd_user(args, cfg)

@@ -8,14 +8,16 @@ environment variables, and ``--port-offset``. An unknown key or a bad value rais
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import ipaddress
 import os
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,10 +137,11 @@ class Transport:
         unknown = set(value) - {"host", "tls", "verify", "username", "password"}
         if unknown:
             raise ValueError(f"unknown transport key(s) {', '.join(sorted(unknown))}")
-        m = re.fullmatch(r"\[?([^\s\]]+?)\]?(?::(\d+))?", str(value.get("host", "")))
+        m = re.fullmatch(r"\[?([^\s\]]+?)\]?:(\d+)", str(value.get("host", "")))
         if not m:
-            raise ValueError(f"expected host:port, got {value.get('host')!r}")
-        port = int(m.group(2) or 25)
+            raise ValueError(f"expected host:port (e.g. \"smtp.example.net:25\"), got "
+                             f"{value.get('host')!r}")
+        port = int(m.group(2))
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port}")
         tls = str(value.get("tls", "opportunistic"))
@@ -356,8 +359,9 @@ _SECTION_TYPES: dict[str, type] = {
 }
 
 
-def _convert(typ: Any, value: Any) -> Any:
-    """Convert a TOML value to the field's type or raise ValueError."""
+def _convert(typ: Any, value: Any, *, from_env: bool = False) -> Any:
+    """Convert a TOML value to the field's type or raise ValueError (a plain string for a list
+    is taken as a list of one only from the environment: ``MAILSTACK_SERVER_DOMAINS=x.test``)."""
     if typ in (Size, Duration, Port):
         return typ.parse(value)
     if typ is Path:
@@ -378,14 +382,15 @@ def _convert(typ: Any, value: Any) -> Any:
         return value
     origin = typing.get_origin(typ)
     if origin is tuple:
-        if isinstance(value, str):
+        if isinstance(value, str) and from_env:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"expected a list of strings, got {value!r}")
+            example = f"[{value!r}]" if isinstance(value, str) else '["a", "b"]'
+            raise ValueError(f"expected a list of strings such as {example}, got {value!r}")
         return tuple(value)
     if origin in (Mapping, dict):
         if not isinstance(value, dict):
-            raise ValueError("expected a table")
+            raise ValueError('expected a table such as { "example.net" = "host:25" }')
         out = {}
         for k, v in value.items():
             try:
@@ -396,7 +401,8 @@ def _convert(typ: Any, value: Any) -> Any:
     raise ValueError(f"unsupported type {typ!r}")
 
 
-def _build_section(name: str, values: Mapping[str, Any], source: str) -> Any:
+def _build_section(name: str, values: Mapping[str, Any], source: str,
+                   env_keys: frozenset[str] = frozenset()) -> Any:
     cls = _SECTION_TYPES[name]
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
@@ -406,9 +412,11 @@ def _build_section(name: str, values: Mapping[str, Any], source: str) -> Any:
             raise ConfigError(f"{source}: unknown key [{name}].{key} "
                               f"(known keys: {', '.join(sorted(known))})")
         try:
-            kwargs[key] = _convert(hints[key], value)
+            kwargs[key] = _convert(hints[key], value, from_env=key in env_keys)
         except ValueError as exc:
-            raise ConfigError(f"{source}: bad value for [{name}].{key}: {exc}") from None
+            where = f"MAILSTACK_{name.upper()}_{key.upper()}" if key in env_keys \
+                else f"[{name}].{key}"
+            raise ConfigError(f"{source}: bad value for {where}: {exc}") from None
     section = cls(**kwargs)
     _validate_section(name, section, source)
     return section
@@ -503,6 +511,9 @@ def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"{source}: no such config file") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the config file ({exc.strerror or exc});"
+                              " check its path and permissions") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     faults = _parse_faults(data.pop("faults"), source) if "faults" in data else ()
@@ -513,13 +524,14 @@ def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
     merged = {name: dict(data.get(name, {})) for name in _SECTION_TYPES}
     if path is None and env.get("MAILSTACK_DATA"):
         merged["server"]["data_dir"] = env["MAILSTACK_DATA"]
-    for section, values in _env_overrides(env).items():
+    overrides = _env_overrides(env)
+    for section, values in overrides.items():
         merged[section].update(values)
     sections = {}
     for name, values in merged.items():
-        label = source if not any(k for k in values if k not in data.get(name, {})) \
-            else f"{source} (with MAILSTACK_* environment)"
-        sections[name] = _build_section(name, values, label)
+        env_keys = frozenset(overrides.get(name, {}))
+        label = source if not env_keys else f"{source} (with MAILSTACK_* environment)"
+        sections[name] = _build_section(name, values, label, env_keys)
     server: ServerSection = sections["server"]
     sections["server"] = dataclasses.replace(
         server, domains=tuple(d.lower() for d in server.domains),
@@ -539,3 +551,95 @@ def dump_effective(cfg: Config) -> str:
     lines = [f"config: {cfg.source}", f"data_dir: {cfg.data_dir}",
              f"domains: {', '.join(cfg.server.domains)}", f"hostname: {cfg.server.hostname}"]
     return "\n".join(lines)
+
+
+def check_files(cfg: Config) -> list[str]:
+    """What ``up`` would trip over in the files the configuration names: the data directory
+    (writable), the ``[tls]`` certificate and key, or the generated ones when they exist (each
+    parses as PEM, and the key matches the certificate). One message per problem, naming the
+    file and the key and saying how to fix it; empty when all is well."""
+    problems: list[str] = []
+    src = cfg.source
+    d = cfg.data_dir
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        problems.append(f"{src}: [server].data_dir {d}: {probe} is not a directory; choose "
+                        "another data_dir")
+    elif not os.access(probe, os.W_OK | os.X_OK) or _read_only(probe):
+        what = "is" if probe == d else f"cannot be created: {probe}"
+        problems.append(f"{src}: [server].data_dir {d} {what} not writable by uid "
+                        f"{os.getuid()}; run mailstack as the directory's owner, change its "
+                        "owner or mode (chown/chmod), or set another data_dir")
+    if cfg.tls.cert:
+        fix = "fix [tls].cert/key, or leave both empty to generate a certificate"
+        problems += _check_pem_pair(Path(cfg.tls.cert), Path(cfg.tls.key),
+                                    f"{src}: [tls].cert", f"{src}: [tls].key", fix)
+    else:
+        tls = d / "tls"
+        cert, key = tls / "cert.pem", tls / "key.pem"
+        if cert.exists() and key.exists() and (tls / "ca.pem").exists():
+            fix = (f"remove {tls} to have a new certificate generated (then import the new "
+                   "ca.pem in your mail clients)")
+            with _tls_lock(tls):  # not while a daemon starting beside us writes them
+                problems += _check_pem_pair(cert, key, "generated certificate",
+                                            "generated key", fix)
+    return problems
+
+
+@contextlib.contextmanager
+def _tls_lock(tls: Path) -> Iterator[None]:
+    """A shared hold on the lock ``tls.ensure_tls_files`` writes the generated files under."""
+    try:
+        fd = os.open(tls / ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _check_pem_pair(cert: Path, key: Path, cert_name: str, key_name: str,
+                    fix: str) -> list[str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    blobs: dict[str, bytes] = {}
+    problems = []
+    for name, path in ((cert_name, cert), (key_name, key)):
+        try:
+            blobs[name] = path.read_bytes()
+        except OSError as exc:
+            problems.append(f"{name} {path}: cannot be read ({exc.strerror or exc}); {fix}")
+    if problems:
+        return problems
+    try:
+        certs = x509.load_pem_x509_certificates(blobs[cert_name])
+    except ValueError:
+        return [f"{cert_name} {cert}: not a PEM certificate (expected -----BEGIN "
+                f"CERTIFICATE-----); {fix}"]
+    try:
+        private = serialization.load_pem_private_key(blobs[key_name], password=None)
+    except TypeError:
+        return [f"{key_name} {key}: the key is encrypted; store it without a passphrase "
+                f"(openssl pkey -in KEY -out KEY.plain) or {fix}"]
+    except Exception:  # ValueError, UnsupportedAlgorithm
+        return [f"{key_name} {key}: not a PEM private key (expected -----BEGIN PRIVATE KEY-----"
+                f" or similar); {fix}"]
+    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if certs[0].public_key().public_bytes(*der) != private.public_key().public_bytes(*der):
+        return [f"{key_name} {key} does not belong to {cert_name} {cert} (the first "
+                f"certificate in the file must be the server's); {fix}"]
+    return []

@@ -3,6 +3,10 @@
 For container health checks (docker-compose ``healthcheck``) and scripts. Connects to the
 daemon's first listener on loopback (or the first bind address), reads the greeting — ``220``
 for SMTP/LMTP, ``* OK`` for IMAP, ``+OK`` for POP3, an HTTP 200 for autoconfig — and says so.
+
+Probes run every few seconds, so the daemons log them at debug level only: the probe sends no
+command to the mail daemons (a session without commands is logged at debug) and asks
+autoconfig for ``/health``.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from . import unixsock
 from .banner import listeners
 from .config import Config
+
+#: the autoconfig daemon's health path (logged at debug there)
+HEALTH_PATH = "/health"
 
 EXPECT = {"mta": b"220", "mda": b"220", "imap": b"* OK", "pop3": b"+OK",
           "autoconfig": b"HTTP/1.1 200"}
@@ -30,11 +36,16 @@ def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     where = f"unix:{lst.path}" if lst.path else f"{host}:{lst.port}"
     try:
-        sock = unixsock.connect_blocking(Path(lst.path), timeout) if lst.path \
-            else socket.create_connection((host, lst.port), timeout)
+        if lst.path:
+            from . import unixsock  # imports asyncio: only when needed (probes are frequent)
+
+            sock = unixsock.connect_blocking(Path(lst.path), timeout)
+        else:
+            sock = socket.create_connection((host, lst.port), timeout)
         with sock as s:
             if daemon == "autoconfig":
-                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                s.sendall(f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: localhost\r\n"
+                          "User-Agent: mailstack-health\r\nConnection: close\r\n\r\n".encode())
             greeting = s.recv(256)
     except OSError as exc:
         return False, f"{daemon} {lst.name} on {where}: {exc.strerror or exc}"

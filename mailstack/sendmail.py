@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import email.utils
 import getpass
+import os
+import pwd
 import socket
 import sys
 
@@ -74,6 +76,23 @@ def _without(lines: list[bytes], name: bytes) -> list[bytes]:
     return kept
 
 
+def invoking_user() -> str:
+    """The login name of the real user id (not $USER or $LOGNAME, which the caller sets)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        return getpass.getuser()
+
+
+def _has_account(cfg: Config, address: str) -> bool:
+    from .users import UserDB
+
+    try:
+        return UserDB(cfg.data_dir / "users").exists(address)
+    except OSError:
+        return False
+
+
 def main(args: argparse.Namespace, cfg: Config) -> int:
     raw = normalize_crlf(sys.stdin.buffer.read())
     if not raw.strip():
@@ -94,7 +113,13 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     if not rcpts:
         print("mailstack sendmail: no recipients (name them, or use -t)", file=sys.stderr)
         return EX_USAGE
-    sender = args.sender or f"{getpass.getuser()}@{cfg.server.domains[0]}"
+    login = invoking_user()
+    # like Postfix: the invoking user at the first local domain, unless -f says otherwise
+    sender = args.sender or f"{login}@{cfg.server.domains[0]}"
+    if not args.sender and not _has_account(cfg, sender):
+        print(f"mailstack sendmail: warning: envelope sender {sender} (you, at the first local "
+              "domain) has no account: a bounce of this message will be lost; use -f ADDRESS",
+              file=sys.stderr)
     try:
         for a in [*rcpts, *([sender] if sender != "<>" else [])]:
             parse_mailbox(a)
@@ -108,13 +133,13 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     raw = submission_fixups(raw, cfg.server.hostname)
     qid = new_queue_id()
     trace = received_header(helo=socket.gethostname(), client_ip="127.0.0.1",
-                            client_host=f"local user {getpass.getuser()}",
+                            client_host=f"local user {login}",
                             by=cfg.server.hostname, protocol="local", qid=qid,
                             rcpt=rcpts[0] if len(rcpts) == 1 else None)
     message = trace + raw
     env = Envelope(sender=sender, recipients=rcpts, size=len(message), body="8BITMIME",
                    client_ip="127.0.0.1", client_helo="localhost",
-                   auth_user=getpass.getuser(), listener="sendmail")
+                   auth_user=login, listener="sendmail")
     try:
         Spool(cfg.data_dir / "queue").put(message, env, qid)
     except OSError as exc:

@@ -1,24 +1,27 @@
 """``mailstack up``: every daemon as a child process (``mailstack serve NAME``).
 
-The supervisor prefixes each child's output with its name, prints a banner once every listener
-answers, restarts a child that dies (backoff 1 s doubling to 30 s; reset after a minute of
-uptime), and on SIGINT/SIGTERM stops all children (SIGTERM, then SIGKILL after 10 s). A child
-that fails at its first start with exit code 2 (a port it may not bind, a bad config) stops the
-whole stack with that message rather than restarting in a loop.
+It first checks the files the config names (``config.check_files``) and locks the data
+directory (``run/up.lock``; each daemon holds ``run/<name>.lock``), so a second stack on the
+same data stops with the first one's pid and ports. The supervisor prefixes each child's output
+with its name, prints a banner once each child has logged every one of its listeners and
+answers its health check, restarts a child that dies (backoff 1 s doubling to 30 s; reset
+after a minute of uptime), and on SIGINT/SIGTERM stops all children (SIGTERM, then SIGKILL
+after 10 s). A child that fails at its first start with exit code 2 (a port it may not bind, a
+bad config) stops the whole stack with that message rather than restarting in a loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import re
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from . import unixsock
 from .banner import banner, listeners
 from .capture import ensure_capture_account
 from .config import Config
@@ -39,6 +42,8 @@ class Child:
     restarts: int = 0
     given_up: bool = False
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: the ``listening on ...`` lines of its current process (how `up` knows it is ready)
+    listening: list[str] = field(default_factory=list)
 
 
 def _out(line: str) -> None:
@@ -68,6 +73,7 @@ class Supervisor:
             *child.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True)
         child.started = time.monotonic()
+        child.listening = []
         child.pump = asyncio.create_task(self._pump(child, child.proc))
 
     async def _pump(self, child: Child, proc: asyncio.subprocess.Process) -> None:
@@ -77,7 +83,10 @@ class Supervisor:
             line = await proc.stdout.readline()
             if not line:
                 break
-            _out(prefix + line.decode("utf-8", "replace").rstrip("\n"))
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            if " listening on " in text and child.proc is proc:
+                child.listening.append(text)
+            _out(prefix + text)
         await proc.wait()
         self._changed.set()
 
@@ -116,25 +125,35 @@ class Supervisor:
             await self._spawn(child)
 
     async def _wait_listening(self, timeout: float = 20.0) -> bool:
+        """True once every listener of every child is open *by that child* (its ``listening
+        on`` line for the port or socket: another stack answering on the same port does not
+        count) and each daemon answers its health check."""
+        from .health import check
+
         deadline = time.monotonic() + timeout
-        pending = [(lst.daemon, a, lst.port) for lst in listeners(self.cfg)
-                   for a in (lst.addresses[:1] if not lst.path else [lst.path])
-                   if lst.daemon in {c.name for c in self.children}]
-        while pending and time.monotonic() < deadline and not self.stopping:
-            given_up = {c.name for c in self.children if c.given_up}
-            pending = [p for p in pending if p[0] not in given_up]
-            if not pending:
-                break
-            _, host, port = pending[0]
-            try:
-                connect = unixsock.open_connection(Path(host)) if not port \
-                    else asyncio.open_connection(host, port)
-                _, w = await asyncio.wait_for(connect, 1)
-                w.close()
-                pending.pop(0)
-            except (OSError, TimeoutError):
+        by_name = {c.name: c for c in self.children}
+        pending = [(lst.daemon, re.compile(
+            rf" listening on (unix:{re.escape(lst.path)}|\S*:{lst.port}) " if lst.path
+            else rf" listening on \S*:{lst.port} "))
+            for lst in listeners(self.cfg) if lst.daemon in by_name]
+        while pending and not self.stopping:
+            if time.monotonic() > deadline:
+                return False
+            pending = [(d, rx) for d, rx in pending if not by_name[d].given_up
+                       and not any(rx.search(line) for line in by_name[d].listening)]
+            await asyncio.sleep(0.05)
+        for child in self.children:
+            if self.stopping:
+                return False
+            if child.given_up or child.proc is None or child.proc.returncode is not None:
+                continue
+            while not (await asyncio.to_thread(check, self.cfg, child.name, 2.0))[0]:
+                if time.monotonic() > deadline or self.stopping:
+                    return False
                 await asyncio.sleep(0.1)
-        return not pending
+        return not self.stopping and all(
+            c.given_up or (c.proc is not None and c.proc.returncode is None)
+            for c in self.children)
 
     async def _stop_all(self) -> None:
         self.stopping = True
@@ -183,6 +202,57 @@ class Supervisor:
         return 0
 
 
+class DataDirBusy(Exception):
+    """Another mailstack holds the data directory; the message names its pid and ports."""
+
+
+def lock_data_dir(cfg: Config, who: str) -> int:
+    """Hold ``<data_dir>/run/<who>.lock`` for this process's life (``who``: ``up`` or a daemon).
+
+    Two stacks, or two of one daemon, on one data directory would share its queue and
+    mailboxes behind each other's back; the second stops with :class:`DataDirBusy` instead.
+    The lock is an ``flock``, so a crashed holder leaves nothing to clean up; it also works
+    across containers sharing the volume. Returns the descriptor (not inherited by children).
+    """
+    from .banner import listeners
+
+    run = cfg.data_dir / "run"
+    run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = run / f"{who}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        os.close(fd)
+        what = "mailstack up" if who == "up" else f"mailstack serve {who}"
+        raise DataDirBusy(
+            f"{cfg.data_dir} is in use by {what} ({holder or 'pid unknown'}); stop it first, "
+            "or give this one its own data_dir (--config FILE, or MAILSTACK_DATA=DIR)") from None
+    daemons = None if who == "up" else {who}
+    ports = ", ".join(f"{lst.name} {lst.port}" for lst in listeners(cfg)
+                      if lst.port and (daemons is None or lst.daemon in daemons))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}{', ports ' + ports if ports else ''}\n".encode(), 0)
+    return fd
+
+
+def data_dir_in_use(cfg: Config) -> bool:
+    """True when a ``mailstack up`` or any daemon holds its lock on the data directory."""
+    for path in (cfg.data_dir / "run").glob("*.lock"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+    return False
+
+
 def prepare_data_dir(cfg: Config) -> TLSFiles:
     """Create the data directory's folders and TLS files (idempotent)."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -192,12 +262,29 @@ def prepare_data_dir(cfg: Config) -> TLSFiles:
 
 
 def up(cfg: Config) -> int:
-    """Prepare the data directory, then run the supervisor until a signal."""
+    """Check the files, lock and prepare the data directory, then run the supervisor until a
+    signal."""
+    from .config import check_files
+
+    problems = check_files(cfg)
+    for problem in problems:
+        print(f"mailstack: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    try:
+        lock = lock_data_dir(cfg, "up")
+    except DataDirBusy as exc:
+        print(f"mailstack: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"mailstack: cannot lock {cfg.data_dir}: {exc}", file=sys.stderr)
+        return 1
     try:
         prepare_data_dir(cfg)  # before the children start, so they do not race to make it
         ensure_capture_account(cfg)
     except OSError as exc:
         print(f"mailstack: cannot prepare {cfg.data_dir}: {exc}", file=sys.stderr)
+        os.close(lock)
         return 1
     daemons = available_daemons()
     return asyncio.run(Supervisor(cfg, daemons).run())

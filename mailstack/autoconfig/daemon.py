@@ -21,6 +21,7 @@ import re
 import h11
 
 from ..config import Config
+from ..health import HEALTH_PATH  # answered 200 and logged at debug level only
 from ..netserver import format_sockname, limiter_for, peer_ip, start_server
 from ..tls import LOOPBACK_IPS, certificate_names, ensure_tls_files
 from .xml import client_config
@@ -51,6 +52,8 @@ class AutoconfigServer:
         path = target.split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET and HEAD\n"
+        if path == HEALTH_PATH:
+            return 200, "text/plain", b"ok\n"
         if path in XML_PATHS:
             return 200, "application/xml", client_config(self.cfg, self.server_name(host)).encode()
         if path == "/ca.pem" and self.ca:
@@ -78,7 +81,10 @@ class AutoconfigServer:
                     host = dict(event.headers).get(b"host", b"").decode("latin-1")
                     method, target = event.method.decode(), event.target.decode("latin-1")
                     status, ctype, body = self.respond(method, target, host)
-                    log.info("%s %s %s %d %d", client, method, target[:200], status, len(body))
+                    # health probes (`mailstack health`, every few seconds) only at debug
+                    level = logging.DEBUG if target == HEALTH_PATH else logging.INFO
+                    log.log(level, "%s %s %s %d %d", client, method, target[:200], status,
+                            len(body))
                     headers = [("content-type", ctype), ("content-length", str(len(body))),
                                ("cache-control", "no-cache")]
                     writer.write(conn.send(h11.Response(status_code=status, headers=headers)))

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+import weakref
 from typing import Any
 
 from ..authlimit import AuthThrottle
@@ -21,7 +22,7 @@ from ..users import UserDB
 from .handler import MTAHandler
 from .queue import Spool
 from .relay import Relay
-from .runner import QueueRunner
+from .runner import STOP_DRAIN, QueueRunner
 from .smtp import ErrorLimits, MailstackSMTP
 
 log = logging.getLogger("mailstack.mta")
@@ -46,6 +47,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     errors = ErrorLimits(cfg.mta.soft_error_limit, cfg.mta.hard_error_limit,
                          float(cfg.mta.error_delay))
 
+    sessions: weakref.WeakSet[MailstackSMTP] = weakref.WeakSet()
+
     def factory(listener: str) -> Any:
         implicit = listener == "submissions"
 
@@ -63,6 +66,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             proto.handshake_timeout = float(cfg.server.tls_handshake_timeout)
             if implicit:
                 proto.implicit_tls = tls
+            sessions.add(proto)
             return proto
         return make
 
@@ -95,7 +99,10 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     await stop.wait()
     for srv in servers:
         srv.close()
-    await run_task
+    # open sessions: 421 to each (after a message being queued got its 250), then closed;
+    # meanwhile the runner lets deliveries in flight finish (both within STOP_DRAIN)
+    await asyncio.gather(run_task, *(s.shut_down(STOP_DRAIN) for s in list(sessions)))
+    await asyncio.sleep(0)  # let the closed transports flush their 421
     await relay.close()
     spool.close()
     throttle.close()

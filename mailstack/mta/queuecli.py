@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
+from typing import Any
 
 from ..config import Config
-from .queue import PENDING, Spool
+from .queue import PENDING, QueueEntry, Spool
 
 
 def signal_mta(cfg: Config) -> bool:
@@ -25,6 +27,18 @@ def signal_mta(cfg: Config) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def _entry_json(e: QueueEntry) -> dict[str, Any]:
+    """One queue entry for ``queue list --json`` (times as Unix seconds)."""
+    env = e.envelope
+    return {"id": e.id, "sender": env.sender, "size": env.size, "arrived": env.created,
+            "attempts": e.attempts, "next_attempt": e.next_attempt,
+            "last_error": e.last_error or None, "client_ip": env.client_ip,
+            "auth_user": env.auth_user or None, "listener": env.listener,
+            "recipients": [{"address": r.address, "status": r.status, "attempts": r.attempts,
+                            "last_reply": r.last_reply or None, "via": r.remote or None}
+                           for r in e.recipients]}
 
 
 def _ago(ts: float) -> str:
@@ -39,6 +53,10 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     spool = Spool(cfg.data_dir / "queue")
     if args.action == "list":
         entries = spool.load_all()
+        if getattr(args, "json", False):
+            json.dump([_entry_json(e) for e in entries], sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return 0
         if not entries:
             print("Mail queue is empty")
             return 0
@@ -49,8 +67,14 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
             arrived = time.strftime("%a %b %d %H:%M:%S", time.localtime(env.created))
             print(f"{e.id}  {env.size:>8}  {arrived}  <{env.sender}>  attempts={e.attempts}"
                   f"  next={nxt}")
+            # one error shared by every pending recipient (the mda or a host unreachable) is
+            # printed once for the message, not once per recipient
+            replies = {r.last_reply for r in e.pending}
+            shared = replies.pop() if len(replies) == 1 and len(e.pending) > 1 else ""
+            if shared:
+                print(f"    ({shared})")
             for r in e.recipients:
-                detail = f" ({r.last_reply})" if r.last_reply else ""
+                detail = f" ({r.last_reply})" if r.last_reply and r.last_reply != shared else ""
                 print(f"    {r.status:<9} <{r.address}> via {r.remote or '-'}{detail}")
         pending = sum(len(e.pending) for e in entries)
         print(f"-- {len(entries)} message(s), {pending} recipient(s) pending")

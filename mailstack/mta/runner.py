@@ -29,6 +29,15 @@ from .queue import DELIVERED, FAILED, Envelope, QueueEntry, Recipient, Spool
 
 log = logging.getLogger("mailstack.queue")
 
+#: how long a stopping mta waits for deliveries in flight; what is not done by then stays
+#: queued and is retried (once: the mda recognises the queue id). Shorter than the
+#: supervisor's and docker-compose's grace periods (10 s and 30 s) before SIGKILL.
+STOP_DRAIN = 5.0
+#: for this long after the mta starts, mail the local mda refuses to take because it is not
+#: listening yet (containers started side by side) is retried every second, not after
+#: retry_initial
+STARTUP_WINDOW = 30.0
+
 #: remote delivery: (entry, recipients, message) → (reply, relay name) per recipient
 RemoteDeliver = Callable[[QueueEntry, list[Recipient], bytes],
                          Awaitable[list[tuple[Reply, str]]]]
@@ -47,6 +56,7 @@ class QueueRunner:
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(concurrency)
+        self.started = clock()
         target = cfg.lmtp_target
         if isinstance(target, tuple):
             host, port = target
@@ -123,7 +133,7 @@ class QueueRunner:
         finally:
             watcher.cancel()
             if self._tasks:
-                await asyncio.wait(self._tasks, timeout=10)
+                await asyncio.wait(self._tasks, timeout=STOP_DRAIN)
             await self.lmtp.close()
 
     def backoff(self, attempts: int) -> float:
@@ -200,6 +210,9 @@ class QueueRunner:
             replies = result.replies * len(rcpts) if len(to) < len(rcpts) else result.replies
         except LMTPError as exc:
             replies = [Reply(451, "4.4.1", str(exc))] * len(rcpts)
+            if str(exc).startswith("cannot connect") and \
+                    self.clock() - self.started < STARTUP_WINDOW:
+                entry.next_attempt = min(entry.next_attempt, self.clock() + 1.0)
         self._apply(entry, rcpts, [(r, self.lmtp_name) for r in replies])
 
     async def _deliver_remote(self, entry: QueueEntry, rcpts: list[Recipient],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import logging
 import ssl
 from base64 import b64decode
@@ -47,6 +48,33 @@ class MailstackSMTP(ProtocolMixin, SMTP):
         self.listener = listener
         self.error_limits = error_limits
         self.errors = 0
+        self.committing = False  # the DATA hook is writing the message to the queue
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        if command != "DATA":
+            return await super()._call_handler_hook(command, *args)
+        self.committing = True
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self.committing = False
+
+    async def shut_down(self, grace: float) -> None:
+        """The mta is stopping: a message being queued gets its reply first (up to ``grace``
+        seconds), then the client gets ``421`` (RFC 5321 §3.8) and the connection is closed —
+        also in the middle of DATA, where the client then knows the message was not taken."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.committing and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        peer = self.session.peer if self.session else None
+        log.info("%s: mta stopping: 421 to the client", peer[0] if peer else "?")
+        with contextlib.suppress(Exception):
+            transport.write(b"421 4.3.2 mailstack shutting down, try again later\r\n")
+        transport.close()
 
     async def push(self, status: Any) -> None:
         """Count error replies: slow a client down that collects them (address probing,

@@ -74,6 +74,7 @@ class Session:
         self.drop: Maildrop | None = None
         self.deleted = 0
         self.reason = "disconnected"
+        self.commands = 0  # command lines read; 0 at the end: a probe (health check, scanner)
 
     # -- the connection's life ----------------------------------------------------------------
     async def run(self) -> None:
@@ -108,7 +109,9 @@ class Session:
 
     def _log_end(self) -> None:
         d = self.drop
-        log.info("session end: user=%s ip=%s tls=%s retr=%d/%d top=%d del=%d/%d reason=%s",
+        # a connection that sent no command (`mailstack health`, a port scan) only at debug
+        level = logging.INFO if self.commands or self.reason != "disconnected" else logging.DEBUG
+        log.log(level, "session end: user=%s ip=%s tls=%s retr=%d/%d top=%d del=%d/%d reason=%s",
                  self.user, self.ip, self.tls, d.retrieved if d else 0,
                  d.retrieved_bytes if d else 0, d.top_count if d else 0, self.deleted,
                  len(d.entries) if d else 0, self.reason)
@@ -166,6 +169,7 @@ class Session:
                 continue
             if not line.endswith(b"\n"):
                 return  # EOF, possibly in the middle of a line: never act on half a command
+            self.commands += 1
             event = proto.receive_line(line)
             if type(event) is p.Reply:
                 write(event.data)

@@ -59,7 +59,12 @@ def test_published_ports_match_the_listeners() -> None:
             continue
         published = {int(p.rsplit(":", 1)[1]): p for p in services[lst.daemon]["ports"]}
         assert lst.port in published, (lst, published)
-        assert published[lst.port].startswith("127.0.0.1:"), "loopback only by default"
+        # "${MAILSTACK_PUBLISH_ADDRESS:-127.0.0.1}:${MAILSTACK_PUBLISH_SMTP:-25}:25"
+        m = re.fullmatch(r"\$\{MAILSTACK_PUBLISH_ADDRESS:-([^}]*)\}:"
+                         r"\$\{MAILSTACK_PUBLISH_[A-Z0-9]+:-(\d+)\}:(\d+)", published[lst.port])
+        assert m, published[lst.port]
+        assert m.group(1) == "127.0.0.1", "loopback only by default"
+        assert m.group(2) == m.group(3) == str(lst.port), "the standard port by default"
     for name in ORDER[1:]:
         assert services[name]["healthcheck"]["test"] == ["CMD", "mailstack", "health", name]
 
