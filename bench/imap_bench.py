@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mailstack.config import load  # noqa: E402
+from mailstack.runtime.tls import client_context, ensure_tls_files  # noqa: E402
 from mailstack.store.maildir import create_user_mailbox  # noqa: E402
-from mailstack.tls import client_context, ensure_tls_files  # noqa: E402
 
 USER, PASSWORD = "bench@example.test", "bench-password"
 WORDS = ["alpha", "beta", "gamma", "delta", "report", "meeting", "lunch", "invoice", "project",

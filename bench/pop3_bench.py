@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mailstack.accounts.users import UserDB  # noqa: E402
 from mailstack.pop3.maildrop import Maildrop, SnapshotCache  # noqa: E402
 from mailstack.store.maildir import INFO_SEP, Maildir, create_user_mailbox  # noqa: E402
-from mailstack.users import UserDB  # noqa: E402
 
 ALICE, EMPTY, PASSWORD = "alice@example.test", "empty@example.test", "bench-password"
 TICK = os.sysconf("SC_CLK_TCK")

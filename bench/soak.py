@@ -72,9 +72,9 @@ from imap_bench import proc_rss_mib
 from pop3_bench import Client as Pop3Client
 from smtp_bench import ROOT, free_port, read_reply
 
-from mailstack.banner import listeners
 from mailstack.config import load
-from mailstack.tls import client_context, ensure_tls_files
+from mailstack.runtime.banner import listeners
+from mailstack.runtime.tls import client_context, ensure_tls_files
 
 DOMAIN = "example.test"
 PROTOCOLS = ("smtp", "imap", "pop3")

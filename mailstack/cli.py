@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, ConfigError, load
-from .fsutil import private_umask
+from .runtime.fsutil import private_umask
 
 #: daemons of which one process per data directory may run (`serve` takes a lock)
 SINGLE_DAEMONS = frozenset({"mta"})
@@ -148,7 +148,7 @@ def _stack_hint(cfg: Config) -> str:
 def _warn_new_data_dir(cfg: Config) -> None:
     """``user add`` with no config and no stack: say where the account goes before making a
     data directory nobody runs (the default is relative to the current directory)."""
-    from .supervisor import data_dir_in_use
+    from .runtime.supervisor import data_dir_in_use
 
     if not cfg.data_dir.exists():
         print(f"mailstack: warning: {cfg.data_dir} does not exist: creating a new data "
@@ -168,8 +168,8 @@ def cmd_user(args: argparse.Namespace, cfg: Config) -> int:
             return _die(problems[0])
     if args.action == "add":
         _warn_new_data_dir(cfg)
+    from .accounts.users import UserDB, UserError
     from .store.maildir import create_user_mailbox
-    from .users import UserDB, UserError
 
     db = UserDB(cfg.data_dir / "users")
     try:
@@ -210,7 +210,7 @@ def _check(cfg: Config) -> list[str]:
 
 
 def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
-    from .banner import listeners
+    from .runtime.banner import listeners
 
     problems = _check(cfg)
     for problem in problems:
@@ -253,11 +253,11 @@ def _main(args: argparse.Namespace) -> int:
     if getattr(args, "capture", False):
         cfg = cfg.with_capture()
     if args.command == "up":
-        from .supervisor import up
+        from .runtime.supervisor import up
         return up(cfg)
     if args.command == "serve":
-        from .daemon import run
-        from .supervisor import DataDirBusy, lock_data_dir
+        from .runtime.daemon import run
+        from .runtime.supervisor import DataDirBusy, lock_data_dir
 
         problems = _check(cfg)
         for problem in problems:
@@ -283,7 +283,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "config":
         return cmd_config(args, cfg)
     if args.command == "init":
-        from .supervisor import prepare_data_dir
+        from .runtime.supervisor import prepare_data_dir
         try:
             files = prepare_data_dir(cfg)
         except OSError as exc:
@@ -292,7 +292,7 @@ def _main(args: argparse.Namespace) -> int:
                                                          if files.ca else ""))
         return 0
     if args.command == "health":
-        from .health import check
+        from .runtime.health import check
         ok, text = check(cfg, args.daemon)
         print(text, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1

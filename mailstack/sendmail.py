@@ -18,11 +18,11 @@ import pwd
 import socket
 import sys
 
-from .address import AddressError, parse_mailbox
 from .config import Config
 from .mta.message import FIELD, normalize_crlf, received_header, submission_fixups
 from .mta.queue import Envelope, Spool, new_queue_id
 from .mta.queuecli import signal_mta
+from .smtp.address import AddressError, parse_mailbox
 
 EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 64, 65, 75
 
@@ -85,7 +85,7 @@ def invoking_user() -> str:
 
 
 def _has_account(cfg: Config, address: str) -> bool:
-    from .users import UserDB
+    from .accounts.users import UserDB
 
     try:
         return UserDB(cfg.data_dir / "users").exists(address)

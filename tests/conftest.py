@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from mailstack.accounts.users import UserDB
 from mailstack.config import Config, load
-from mailstack.daemon import load_serve
+from mailstack.runtime.daemon import load_serve
+from mailstack.runtime.tls import client_context, ensure_tls_files
 from mailstack.store.maildir import create_user_mailbox
 from mailstack.testing.launcher import get_launcher
 from mailstack.testing.ports import free_port
-from mailstack.tls import client_context, ensure_tls_files
-from mailstack.users import UserDB
 
 PORT_KEYS = {
     "mta": ("smtp", "submission", "submissions"),

@@ -21,9 +21,9 @@ import re
 import h11
 
 from ..config import Config
-from ..health import HEALTH_PATH  # answered 200 and logged at debug level only
-from ..netserver import format_sockname, limiter_for, peer_ip, start_server
-from ..tls import LOOPBACK_IPS, certificate_names, ensure_tls_files
+from ..runtime.health import HEALTH_PATH  # answered 200 and logged at debug level only
+from ..runtime.netserver import format_sockname, limiter_for, peer_ip, start_server
+from ..runtime.tls import LOOPBACK_IPS, certificate_names, ensure_tls_files
 from .xml import client_config
 
 log = logging.getLogger("mailstack.autoconfig")

@@ -7,11 +7,11 @@ import contextlib
 import logging
 import ssl
 
-from ..authlimit import AuthThrottle
+from ..accounts.authlimit import AuthThrottle
+from ..accounts.users import UserDB
 from ..config import Config
-from ..netserver import format_sockname, limiter_for, peer_ip, set_keepalive, start_server
-from ..tls import ensure_tls_files, server_context
-from ..users import UserDB
+from ..runtime.netserver import format_sockname, limiter_for, peer_ip, set_keepalive, start_server
+from ..runtime.tls import ensure_tls_files, server_context
 from . import cmd_mailbox, cmd_message  # noqa: F401  (register the commands)
 from .session import Session
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..logsafe import safe
-from ..netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
+from ..accounts.users import UserError, normalize_address
+from ..runtime.logsafe import safe
+from ..runtime.netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
 from ..store import watch
 from ..store.account import StoreError
 from ..store.maildir import MaildirError, open_user_mailbox
-from ..users import UserError, normalize_address
 from .cache import FolderCache
 from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged

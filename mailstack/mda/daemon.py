@@ -19,11 +19,11 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
-from .. import unixsock
+from ..accounts.users import UserDB, resolve_recipient
 from ..config import Config
-from ..groupcommit import GroupCommit
-from ..netserver import BindError, format_sockname, limiter_for, start_server
-from ..users import UserDB, resolve_recipient
+from ..runtime import unixsock
+from ..runtime.groupcommit import GroupCommit
+from ..runtime.netserver import BindError, format_sockname, limiter_for, start_server
 from .delivery import (
     Copy,
     Delivered,

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..fsutil import fsync_dir
 from ..mta.queue import queue_id_time
+from ..runtime.fsutil import fsync_dir
 from ..store.maildir import (
     Maildir,
     MaildirMessage,

@@ -21,7 +21,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING
 
-from ..smtpbase import ProtocolMixin
+from ..smtp.base import ProtocolMixin
 
 _ENVID = re.compile(r"\s+ENVID=(\S+)", re.I)
 _XRETRY = re.compile(r"\s+XRETRY(?=\s|$)", re.I)

@@ -13,12 +13,12 @@ import signal
 import weakref
 from typing import Any
 
-from ..authlimit import AuthThrottle
-from ..capture import ensure_capture_account
+from ..accounts.authlimit import AuthThrottle
+from ..accounts.capture import ensure_capture_account
+from ..accounts.users import UserDB
 from ..config import Config
-from ..netserver import format_sockname, limiter_for, start_server
-from ..tls import ensure_tls_files, server_context
-from ..users import UserDB
+from ..runtime.netserver import format_sockname, limiter_for, start_server
+from ..runtime.tls import ensure_tls_files, server_context
 from .handler import MTAHandler
 from .queue import Spool
 from .relay import Relay

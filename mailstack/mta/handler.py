@@ -22,10 +22,10 @@ from typing import Any
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session
 
-from ..address import AddressError, parse_mailbox
-from ..authlimit import AuthThrottle
+from ..accounts.authlimit import AuthThrottle
+from ..accounts.users import UserDB, resolve_recipient
 from ..config import Config
-from ..users import UserDB, resolve_recipient
+from ..smtp.address import AddressError, parse_mailbox
 from .faults import inject
 from .message import (
     count_received,

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import unixsock
-from ..smtpreply import Reply
+from ..runtime import unixsock
+from ..smtp.reply import Reply
 
 _LINE = re.compile(rb"(\d{3})([ -])(.*)")
 

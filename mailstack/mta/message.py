@@ -10,7 +10,7 @@ import re
 import secrets
 import time
 
-from ..validate import header_text
+from ..smtp.validate import header_text
 
 #: a header field's start: its name (RFC 5322 ftext) and the colon
 FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.M)

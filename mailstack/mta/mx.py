@@ -18,7 +18,7 @@ import dns.inet
 import dns.rdatatype
 import dns.resolver
 
-from ..smtpreply import Reply
+from ..smtp.reply import Reply
 
 
 class DNSFailure(Exception):

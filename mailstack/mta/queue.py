@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fsutil import fsync_dir, write_fsync
-from ..groupcommit import GroupCommit
+from ..runtime.fsutil import fsync_dir, write_fsync
+from ..runtime.groupcommit import GroupCommit
 
 log = logging.getLogger("mailstack.queue")
 

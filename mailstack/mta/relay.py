@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from ..config import Config, Transport
-from ..smtpreply import Reply
+from ..smtp.reply import Reply
 from .mx import DNSFailure, host_addresses, lookup_mx, make_resolver
 from .queue import QueueEntry, Recipient
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ..config import Config
-from ..smtpreply import Reply
+from ..smtp.reply import Reply
 from .dsn import FailedRecipient, make_bounce
 from .lmtp_client import LMTPError, LMTPPool
 from .queue import DELIVERED, FAILED, Envelope, QueueEntry, Recipient, Spool

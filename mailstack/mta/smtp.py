@@ -21,9 +21,9 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
-from ..address import AddressError, parse_mailbox, split_path
-from ..netserver import starttls
-from ..smtpbase import ProtocolMixin
+from ..runtime.netserver import starttls
+from ..smtp.address import AddressError, parse_mailbox, split_path
+from ..smtp.base import ProtocolMixin
 
 log = logging.getLogger("mailstack.mta")
 

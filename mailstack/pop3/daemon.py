@@ -13,11 +13,11 @@ import contextlib
 import functools
 import logging
 
-from ..authlimit import AuthThrottle
+from ..accounts.authlimit import AuthThrottle
+from ..accounts.users import UserDB
 from ..config import Config
-from ..netserver import format_sockname, limiter_for, start_server
-from ..tls import ensure_tls_files, server_context
-from ..users import UserDB
+from ..runtime.netserver import format_sockname, limiter_for, start_server
+from ..runtime.tls import ensure_tls_files, server_context
 from .session import Shared, handle
 
 log = logging.getLogger("mailstack.pop3")

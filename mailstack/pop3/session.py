@@ -17,11 +17,11 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from ..authlimit import AuthThrottle
+from ..accounts.authlimit import AuthThrottle
+from ..accounts.users import UserDB
 from ..config import Config
-from ..netserver import LineTooLong, arrived_on, peer_ip, starttls
+from ..runtime.netserver import LineTooLong, arrived_on, peer_ip, starttls
 from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailbox
-from ..users import UserDB
 from . import protocol as p
 from .maildrop import (
     Maildrop,

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fsutil import atomic_write, fsync_dir
+from ..runtime.fsutil import atomic_write, fsync_dir
 from . import watch
 from .flags import format_stored, from_letters, match_keywords, mirrored, parse_stored, to_letters
 from .ingest import Ingested, NotAMessage, ingest, read_message

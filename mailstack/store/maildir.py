@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import fsync_dir
+from ..runtime.fsutil import fsync_dir
 
 SPECIAL_FOLDERS = ("Sent", "Drafts", "Trash", "Junk")
 INFO_SEP = ":2,"

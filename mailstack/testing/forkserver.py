@@ -6,8 +6,8 @@ process (``python -m mailstack.testing.forkserver``) pays that once per test ses
 forks a fresh child per daemon on request. Each child is a real, separate daemon process that
 runs exactly what ``mailstack serve NAME --config FILE`` runs (:func:`mailstack.cli.main` with
 those arguments: the config is loaded, ``$MAILSTACK_*`` overrides applied, uvloop installed by
-:func:`mailstack.daemon.run`), with its output in a log file. The server itself never starts a
-thread or an event loop, so forking is safe.
+:func:`mailstack.runtime.daemon.run`), with its output in a log file. The server itself never
+starts a thread or an event loop, so forking is safe.
 
 Protocol: one JSON object a line on stdin, one reply a line on stdout.
 
@@ -90,7 +90,7 @@ def _stop(pids: list[int], timeout: float) -> None:
 
 
 def main() -> int:
-    from ..daemon import available_daemons
+    from ..runtime.daemon import available_daemons
 
     available_daemons()  # imports every daemon module: the point of this process
     import mailstack.cli  # noqa: F401

@@ -35,12 +35,12 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 
+from ..accounts.users import UserDB, normalize_address
 from ..config import Config, load
 from ..mta.lmtp_client import LMTPConnection
 from ..mta.queue import new_queue_id
+from ..runtime.tls import client_context, ensure_tls_files
 from ..store.maildir import create_user_mailbox, mailbox_path
-from ..tls import client_context, ensure_tls_files
-from ..users import UserDB, normalize_address
 from .launcher import Launcher, get_launcher
 from .mailboxes import original_recipients, read_folder, subject_matches
 from .ports import free_port

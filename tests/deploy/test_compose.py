@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mailstack.banner import listeners
 from mailstack.config import load
+from mailstack.runtime.banner import listeners
 
 from ..conftest import free_port
 from ..e2e.helpers import ROOT, cli_env, submit, wait_files

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailstack.config import Config, load
-from mailstack.tls import client_context, ensure_tls_files
+from mailstack.runtime.tls import client_context, ensure_tls_files
 
 from ..conftest import add_user, running, write_config
 from ..e2e.helpers import cli_env, proc

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from mailstack.config import Config
-from mailstack.diskfault import ENV as DISK_FULL_ENV
 from mailstack.mta.queue import Spool
+from mailstack.runtime.diskfault import ENV as DISK_FULL_ENV
+from mailstack.runtime.tls import client_context, ensure_tls_files
 from mailstack.store.maildir import Maildir, mailbox_path
-from mailstack.tls import client_context, ensure_tls_files
 
 from ..conftest import add_user, running
 

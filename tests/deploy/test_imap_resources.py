@@ -19,8 +19,8 @@ import pytest
 
 from mailstack.config import load
 from mailstack.imap.fetch import MAX_ATTS
+from mailstack.runtime.tls import ensure_tls_files
 from mailstack.store.maildir import Maildir, mailbox_path
-from mailstack.tls import ensure_tls_files
 
 from ..conftest import add_user, write_config
 from ..e2e.helpers import Proc, wait_port

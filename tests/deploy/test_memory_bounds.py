@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from mailstack.config import Config, load
-from mailstack.tls import ensure_tls_files
+from mailstack.runtime.tls import ensure_tls_files
 
 from ..conftest import add_user, write_config
 from ..e2e.helpers import Proc, maildir_files, wait_port

@@ -15,9 +15,9 @@ from typing import TypeVar
 
 import pytest
 
-from mailstack.authlimit import db_path
+from mailstack.accounts.authlimit import db_path
 from mailstack.config import Config
-from mailstack.tls import client_context, ensure_tls_files
+from mailstack.runtime.tls import client_context, ensure_tls_files
 
 from ..conftest import Daemon, add_user, running
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mailstack.accounts.users import UserDB
 from mailstack.config import Config, load
-from mailstack.users import UserDB
 
 from ..conftest import running, write_config
 from .helpers import maildir_files, mailstack, proc, submit, wait_files, wait_port

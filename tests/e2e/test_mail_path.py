@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.daemon import available_daemons
+from mailstack.runtime.daemon import available_daemons
 
 from .helpers import free_offset, mailstack, proc, submit, wait_files
 

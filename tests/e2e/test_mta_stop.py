@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mailstack.config import load
 from mailstack.mta.runner import STOP_DRAIN
-from mailstack.supervisor import STOP_GRACE
+from mailstack.runtime.supervisor import STOP_GRACE
 
 from ..conftest import add_user, running
 

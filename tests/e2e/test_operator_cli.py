@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mailstack.tls import generate_ca_and_leaf
+from mailstack.runtime.tls import generate_ca_and_leaf
 
 from ..conftest import write_config
 from .helpers import ROOT, cli_env, proc

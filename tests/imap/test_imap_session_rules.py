@@ -67,7 +67,7 @@ async def short_idle(config_factory) -> Config:
 
 
 async def test_idle_timeout_ends_with_bye(short_idle: Config) -> None:
-    from mailstack.tls import client_context, ensure_tls_files
+    from mailstack.runtime.tls import client_context, ensure_tls_files
     client_ssl = client_context(ensure_tls_files(short_idle).ca)
     add_user(short_idle, USER, PASSWORD)
     async with running("imap", short_idle):

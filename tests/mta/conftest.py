@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailstack.config import Config
-from mailstack.tls import client_context, ensure_tls_files
+from mailstack.runtime.tls import client_context, ensure_tls_files
 
 from ..conftest import Daemon, add_user, running
 

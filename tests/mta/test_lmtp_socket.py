@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import unixsock
-from mailstack.banner import listeners
 from mailstack.config import Config, load
-from mailstack.daemon import load_serve
-from mailstack.netserver import BindError
+from mailstack.runtime import unixsock
+from mailstack.runtime.banner import listeners
+from mailstack.runtime.daemon import load_serve
+from mailstack.runtime.netserver import BindError
 
 from ..conftest import add_user, running, write_config
 from ..e2e.helpers import mailstack

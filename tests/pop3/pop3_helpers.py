@@ -9,9 +9,9 @@ import asyncio
 import contextlib
 import ssl
 
+from mailstack.accounts.users import UserDB
 from mailstack.config import Config
 from mailstack.store.maildir import Maildir, create_user_mailbox
-from mailstack.users import UserDB
 
 ALICE = "alice@example.test"
 PASSWORD = "correct horse"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 
-from mailstack.authlimit import AuthThrottle, db_path
+from mailstack.accounts.authlimit import AuthThrottle, db_path
 from mailstack.config import Config
 from mailstack.pop3.protocol import Pass, POP3Protocol, Reply
 

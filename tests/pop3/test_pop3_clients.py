@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from mailstack.config import Config
-from mailstack.daemon import available_daemons
+from mailstack.runtime.daemon import available_daemons
+from mailstack.runtime.tls import ensure_tls_files
 from mailstack.store.maildir import Maildir
-from mailstack.tls import ensure_tls_files
 
 from ..conftest import running
 from .pop3_helpers import ALICE, PASSWORD, make_alice, message

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from mailstack import allocator
+from mailstack.runtime import allocator
 
 SCRIPT = r"""
 import asyncio
-from mailstack import allocator
+from mailstack.runtime import allocator
 allocator.configure_allocator()
 blocks, pins = [], []
 for i in range(1280):

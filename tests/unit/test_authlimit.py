@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import authlimit
-from mailstack.authlimit import AuthThrottle
+from mailstack.accounts import authlimit
+from mailstack.accounts.authlimit import AuthThrottle
 
 
 class Clock:

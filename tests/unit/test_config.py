@@ -106,7 +106,7 @@ def test_users_db_is_consistent_under_concurrent_first_use(tmp_path: Path) -> No
     """Regression: threads racing on the first load saw an empty user table."""
     import concurrent.futures
 
-    from mailstack.users import UserDB
+    from mailstack.accounts.users import UserDB
 
     UserDB(tmp_path / "users").add("a@x.test", "pw")
     for _ in range(5):
@@ -116,7 +116,7 @@ def test_users_db_is_consistent_under_concurrent_first_use(tmp_path: Path) -> No
 
 
 async def test_auth_cache_hits_and_misses_on_password_change(tmp_path: Path) -> None:
-    from mailstack.users import UserDB
+    from mailstack.accounts.users import UserDB
 
     db = UserDB(tmp_path / "users")
     db.add("a@x.test", "pw1")
@@ -133,7 +133,7 @@ async def test_auth_cache_hits_and_misses_on_password_change(tmp_path: Path) -> 
 def test_concurrent_user_adds_are_not_lost(tmp_path: Path) -> None:
     import concurrent.futures
 
-    from mailstack.users import UserDB
+    from mailstack.accounts.users import UserDB
 
     def add(i: int) -> str:
         return UserDB(tmp_path / "users").add(f"u{i}@x.test", "pw")
@@ -146,7 +146,7 @@ def test_concurrent_user_adds_are_not_lost(tmp_path: Path) -> None:
 
 def test_plaintext_login_networks_match_listener_addresses() -> None:
     """arrived_on() decides by the address the connection arrived on (sockname)."""
-    from mailstack.netserver import arrived_on
+    from mailstack.runtime.netserver import arrived_on
 
     class Writer:
         def __init__(self, host: str) -> None:

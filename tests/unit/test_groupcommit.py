@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from mailstack.groupcommit import GroupCommit
+from mailstack.runtime.groupcommit import GroupCommit
 
 
 async def test_concurrent_jobs_are_batched_and_results_stay_in_order() -> None:

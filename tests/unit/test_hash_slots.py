@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from mailstack import users
-from mailstack.users import UserDB
+from mailstack.accounts import users
+from mailstack.accounts.users import UserDB
 
 
 class CountingHasher:

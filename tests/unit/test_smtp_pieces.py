@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailstack.address import AddressError, parse_mailbox, split_path
 from mailstack.mta.dsn import FailedRecipient, make_bounce
 from mailstack.mta.lmtp_client import dot_stuff
 from mailstack.mta.message import (
@@ -20,8 +19,9 @@ from mailstack.mta.message import (
     submission_fixups,
 )
 from mailstack.mta.queue import Envelope, Spool
-from mailstack.smtpreply import Reply, enhance
-from mailstack.validate import helo_error
+from mailstack.smtp.address import AddressError, parse_mailbox, split_path
+from mailstack.smtp.reply import Reply, enhance
+from mailstack.smtp.validate import helo_error
 
 
 @pytest.mark.parametrize("good", ["a@b.test", "a.b+c@x-y.test", '"q u"@x.test', "a@[127.0.0.1]",
@@ -141,7 +141,7 @@ def _reference_data(stream: bytes) -> tuple[bytes, bytes] | None:
                                  b"..", b"x" * 7]), max_size=30),
        st.lists(st.integers(1, 9), min_size=1, max_size=10))
 def test_data_reader_matches_line_by_line_reading(pieces: list[bytes], cuts: list[int]) -> None:
-    from mailstack.smtpdata import DataReader
+    from mailstack.smtp.data import DataReader
 
     stream = b"".join(pieces)
     expected = _reference_data(stream)
@@ -159,7 +159,7 @@ def test_data_reader_matches_line_by_line_reading(pieces: list[bytes], cuts: lis
 
 
 def test_data_reader_limits() -> None:
-    from mailstack.smtpdata import DataReader
+    from mailstack.smtp.data import DataReader
 
     r = DataReader(10)
     assert r.feed(b"0123456789abcdef\r\n" * 100) == b""
@@ -175,7 +175,7 @@ def test_data_reader_limits() -> None:
 def test_long_line_scan_matches_a_regular_expression(pieces: list[bytes], limit: int) -> None:
     import re
 
-    from mailstack.smtpdata import has_long_line
+    from mailstack.smtp.data import has_long_line
 
     data = b"".join(pieces)
     assert has_long_line(data, limit) == bool(re.search(rb"[^\n]{%d}" % limit, data))

@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography import x509
 
 from mailstack.config import load
-from mailstack.tls import ensure_tls_files, server_context
+from mailstack.runtime.tls import ensure_tls_files, server_context
 
 
 def test_generated_ca_and_leaf(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING
 
+from ..runtime.netserver import CountedProtocol
 from .address import split_path
-from .netserver import CountedProtocol
-from .smtpdata import DataReader
-from .smtpreply import enhance
+from .data import DataReader
+from .reply import enhance
 from .validate import helo_error
 
 log = logging.getLogger("mailstack.smtp")

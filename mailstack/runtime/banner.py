@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from os.path import abspath
 
-from .config import Config
+from ..config import Config
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def banner(cfg: Config, daemons: list[str], ca_path: str | None) -> str:
     if ca_path:
         lines.append(f"  CA cert:   {ca_path}   (import it into Thunderbird: Settings > "
                      "Privacy & Security > Certificates > Authorities > Import)")
-    from .capture import capture_banner
+    from ..accounts.capture import capture_banner
 
     lines += capture_banner(cfg)
     # absolute, so that the command works from any directory (the default data dir is relative

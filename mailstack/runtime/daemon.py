@@ -19,8 +19,8 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import cast
 
+from ..config import Config
 from .allocator import Trimmer, configure_allocator
-from .config import Config
 from .diskfault import install_disk_full_fault
 from .fsutil import private_umask
 from .netserver import BindError, install_uvloop, raise_nofile_limit

@@ -14,8 +14,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from ..config import Config
 from .banner import listeners
-from .config import Config
 
 #: the autoconfig daemon's health path (logged at debug there)
 HEALTH_PATH = "/health"

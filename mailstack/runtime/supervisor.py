@@ -22,9 +22,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from ..accounts.capture import ensure_capture_account
+from ..config import Config
 from .banner import banner, listeners
-from .capture import ensure_capture_account
-from .config import Config
 from .daemon import available_daemons
 from .tls import TLSFiles, ensure_tls_files
 
@@ -264,7 +264,7 @@ def prepare_data_dir(cfg: Config) -> TLSFiles:
 def up(cfg: Config) -> int:
     """Check the files, lock and prepare the data directory, then run the supervisor until a
     signal."""
-    from .config import check_files
+    from ..config import check_files
 
     problems = check_files(cfg)
     for problem in problems:

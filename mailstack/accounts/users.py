@@ -23,7 +23,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .fsutil import atomic_write
+from ..runtime.fsutil import atomic_write
 
 # argon2id with OWASP's parameters (19 MiB, 2 passes, 1 lane): ~20 ms a check. A mail server
 # checks passwords on every IMAP/POP3/SMTP login (Thunderbird opens up to 5 connections), so the
@@ -220,7 +220,7 @@ def resolve_recipient(users: UserDB, local_domains: tuple[str, ...], address: st
     ``postmaster@<local domain>`` (RFC 5321 §4.5.1 requires it) always has an account: see
     :func:`postmaster_account`.
     """
-    from .address import AddressError, account_key, parse_mailbox
+    from ..smtp.address import AddressError, account_key, parse_mailbox
 
     try:
         mbox = parse_mailbox(address)

@@ -3,8 +3,8 @@ IMAP/POP3 clients such as Thunderbird can read everything the mta captured."""
 
 from __future__ import annotations
 
-from .config import Config
-from .store.maildir import create_user_mailbox
+from ..config import Config
+from ..store.maildir import create_user_mailbox
 from .users import UserDB
 
 

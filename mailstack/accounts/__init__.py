@@ -1,0 +1,1 @@
+"""Accounts: the users file, the failed-login throttle, capture mode's account."""

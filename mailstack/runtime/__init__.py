@@ -1,0 +1,1 @@
+"""How a daemon runs: start-up, listeners, TLS, supervision, health, durable writes."""

@@ -1,0 +1,1 @@
+"""SMTP pieces shared by the mta and the mda: addresses, commands, DATA, replies, names."""
