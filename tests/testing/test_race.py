@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mailstack.config import load
@@ -16,7 +17,7 @@ from mailstack.testing.launcher import get_launcher
 from ..conftest import write_config
 
 
-def _wait_for(cond, what: str, timeout: float = 20.0) -> None:  # noqa: ANN001
+def _wait_for(cond: Callable[[], object], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, what
