@@ -87,12 +87,11 @@ class MailMessage(EmailMessage):
 
     @property
     def attachments(self) -> list[Attachment]:
-        """Every attached file (``Content-Disposition: attachment``, or a named inline part
-        that is not the body), in order."""
+        """Every attached file (``Content-Disposition: attachment``, or a named part below
+        the top), in order."""
         out = []
-        bodies = {id(self.get_body(preferencelist=(t,))) for t in ("plain", "html")}
         for part in self.walk():
-            if part.is_multipart() or id(part) in bodies:
+            if part.is_multipart():
                 continue
             disposition = part.get_content_disposition()
             name = part.get_filename() or ""
