@@ -150,11 +150,10 @@ def normalize(spec: Mapping[str, Any]) -> dict[str, Any]:
 def write(path: Path, faults: Sequence[Mapping[str, Any]], seed: int) -> None:
     """Replace the fault file (atomically); no faults: no file."""
     if not faults:
-        for p in (path, hits_path(path)):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -164,6 +163,13 @@ def write(path: Path, faults: Sequence[Mapping[str, Any]], seed: int) -> None:
 
 def hits_path(path: Path) -> Path:
     return path.with_name(path.name + ".hits")
+
+
+def clear_hits(path: Path) -> None:
+    try:
+        hits_path(path).unlink()
+    except FileNotFoundError:
+        pass
 
 
 def hits(path: Path) -> dict[int, int]:
@@ -310,14 +316,17 @@ def smtp_subjects(command: str, arg: str | None, envelope: Any) -> list[str]:
         return list(getattr(envelope, "rcpt_tos", None) or [])
     if command in ("EHLO", "HELO", "LHLO"):
         return [arg.strip()]
-    if command == "AUTH":  # the user of an initial PLAIN response, when there is one
+    if command == "AUTH":  # the user of an initial PLAIN or LOGIN response, when there is one
         words = arg.split()
-        if len(words) == 2 and words[0].upper() == "PLAIN":
+        if len(words) == 2 and words[0].upper() in ("PLAIN", "LOGIN"):
             try:
-                parts = base64.b64decode(words[1], validate=True).split(b"\0")
-                return [parts[1].decode("utf-8", "replace")] if len(parts) == 3 else [""]
+                blob = base64.b64decode(words[1], validate=True)
             except (binascii.Error, ValueError):
                 return [""]
+            if words[0].upper() == "LOGIN":
+                return [blob.decode("utf-8", "replace")]
+            parts = blob.split(b"\0")
+            return [parts[1].decode("utf-8", "replace")] if len(parts) == 3 else [""]
     return [""]
 
 

@@ -644,6 +644,7 @@ class MailStack:
         """Remove every runtime fault (and their hit counts)."""
         self._runtime_faults = []
         self._write_faults()
+        chaos.clear_hits(self.chaos_file)
 
     @property
     def active_faults(self) -> list[InjectedFault]:
@@ -677,7 +678,8 @@ class MailStack:
         mailboxes, an empty queue and delivery journal, no failed-login counts, no runtime
         faults. Fast (milliseconds)."""
         data = self.data_dir
-        if self._runtime_faults or self.chaos_file.exists():
+        if self._runtime_faults or self.chaos_file.exists() \
+                or chaos.hits_path(self.chaos_file).exists():
             self.clear_faults()
         self._settle_queue()
         queued = self._queue_files()
