@@ -135,10 +135,13 @@ def _stack(request: pytest.FixtureRequest, pool: StackPool,
 
     options, faults = _options(request, **forced)
     if _setting(request.config, "scope") == "function":
-        with MailStack(launcher=pool.launcher, **options) as stack:
+        stack = MailStack(launcher=pool.launcher, **options).start()
+        try:
             for fault in faults:
                 stack._add_fault_spec(fault)
             yield stack
+        finally:  # the daemons end and the directory goes while the next test runs
+            stack.close(wait=False)
         return
     stack = pool.get(options)
     stack.reset()

@@ -19,12 +19,13 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
 import shutil
 import signal
-import socket
+import sqlite3
 import ssl
 import tempfile
 import threading
@@ -38,7 +39,7 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 
-from ..authlimit import db_path, forget_all
+from ..authlimit import connect_counts, db_path, forget_all
 from ..config import _SECTION_TYPES, Config, load
 from ..mta.lmtp_client import LMTPConnection
 from ..mta.queue import new_queue_id
@@ -126,6 +127,80 @@ def config_dict(extra: str | Mapping[str, Any]) -> dict[str, Any]:
 def merge_config(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
     """Merge ``extra`` into ``into`` key by key (tables merge, ``faults`` arrays append)."""
     _merge(into, extra)
+
+
+def _template_root() -> Path:
+    global _tls_root
+    with _tls_lock:
+        if _tls_root is None:
+            _tls_root = Path(tempfile.mkdtemp(prefix="mailstack-tls-"))
+            atexit.register(shutil.rmtree, _tls_root, True)
+        return _tls_root
+
+
+_mailbox_template: Path | None = None
+
+
+def _make_mailbox(data_dir: Path, address: str) -> None:
+    """An account's Maildir with its folders, copied from one made once per process (what
+    ``create_user_mailbox`` makes, without its directory fsyncs: test mail needs no
+    durability)."""
+    global _mailbox_template
+    box = mailbox_path(data_dir, address)
+    if box.exists():
+        return
+    if _mailbox_template is None:
+        template = _template_root() / "mailbox"
+        create_user_mailbox(template, "template@template.test")
+        _mailbox_template = mailbox_path(template, "template@template.test")
+    box.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = box.parent / f".{box.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    shutil.copytree(_mailbox_template, tmp, symlinks=True)
+    try:
+        tmp.rename(box)
+    except OSError:  # made meanwhile (the mda, for a delivery)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _edit_users(path: Path, change: Callable[[dict[str, str]], None]) -> None:
+    """Change the users file as ``UserDB`` does (same lock, atomic replace) without its
+    fsyncs; the daemons see the new file (a new inode) at their next look-up."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        users = dict(UserDB(path)._load(fresh=True))
+        before = dict(users)
+        change(users)
+        if users == before:
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{a}:{h}\n" for a, h in sorted(users.items())))
+        os.replace(tmp, path)
+
+
+_closing: list[threading.Thread] = []
+
+
+def _finish_close(launcher: Launcher, pids: list[int], base: Path | None,
+                  timeout: float) -> None:
+    """The rest of ``close(wait=False)``: wait for the daemons, then remove the directory."""
+    deadline = time.monotonic() + timeout
+    try:
+        while len(launcher.exited(pids)) < len(pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        launcher.stop(pids, 1.0)  # reaps them (SIGKILL for any still there)
+    except (RuntimeError, OSError):  # the fork server is gone: its children went with it
+        pass
+    if base is not None:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@atexit.register
+def _wait_for_closing() -> None:
+    for thread in _closing:
+        thread.join(10)
 
 
 def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -247,6 +322,7 @@ class MailStack:
         self._runtime_faults: list[InjectedFault] = []
         self._fault_ids = 0
         self._catch_all_fresh: tuple[list[str], ...] = ()
+        self._authdb: sqlite3.Connection | None = None
         self.startup_seconds = 0.0
 
     # -- life cycle ------------------------------------------------------------------------
@@ -352,30 +428,56 @@ class MailStack:
         return _dump_toml(doc)
 
     def _wait_listening(self) -> None:
-        assert self._launcher is not None
+        """Wait until every daemon logged its ``listening on`` line for each of its ports (it
+        logs one once the socket listens): no probe connections that the daemons would have
+        to serve while they start."""
+        assert self._launcher is not None and self.base is not None
         deadline = time.monotonic() + self.start_timeout
-        for port in self.ports.values():
-            while True:
+        expect = {name: [f"listening on {self.host}:{self.ports[lst]} (".encode()
+                         for lst in LISTENERS[name]] for name in DAEMONS}
+        pending = set(DAEMONS)
+        while True:
+            for name in list(pending):
                 try:
-                    with socket.create_connection((self.host, port), 0.5):
-                        break
-                except OSError:
-                    pass
-                dead = self._launcher.exited(list(self.pids.values()))
-                if dead or time.monotonic() > deadline:
-                    names = [n for n, pid in self.pids.items() if pid in dead]
-                    why = f"{', '.join(names)} exited" if names else \
-                        f"port {port} did not answer within {self.start_timeout:.0f}s"
-                    raise MailStackError(f"mailstack did not start: {why}\n{self.logs()}")
-                time.sleep(0.002)
+                    text = (self.base / "logs" / f"{name}.log").read_bytes()
+                except FileNotFoundError:
+                    continue
+                if all(line in text for line in expect[name]):
+                    pending.discard(name)
+            if not pending:
+                return
+            dead = self._launcher.exited(list(self.pids.values()))
+            if dead or time.monotonic() > deadline:
+                names = [n for n, pid in self.pids.items() if pid in dead]
+                why = f"{', '.join(names)} exited" if names else \
+                    f"{', '.join(sorted(pending))} did not listen within " \
+                    f"{self.start_timeout:.0f}s"
+                raise MailStackError(f"mailstack did not start: {why}\n{self.logs()}")
+            time.sleep(0.002)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop every daemon (SIGTERM, then SIGKILL after ``timeout``); remove the temp dir."""
-        if self._launcher is not None and self.pids:
-            self._launcher.stop(list(self.pids.values()), timeout)
-        self.pids = {}
-        if self._own_dir and self.base is not None:
-            shutil.rmtree(self.base, ignore_errors=True)
+    def close(self, timeout: float = 5.0, *, wait: bool = True) -> None:
+        """Stop every daemon (SIGTERM, then SIGKILL after ``timeout``); remove the temp dir.
+
+        ``wait=False``: send SIGTERM and return at once; a background thread waits for the
+        daemons to exit and then removes the directory (the plugin's function scope does
+        this; the process waits for such threads when it exits)."""
+        if self._authdb is not None:
+            self._authdb.close()
+            self._authdb = None
+        launcher, pids, self.pids = self._launcher, list(self.pids.values()), {}
+        base = self.base if self._own_dir else None
+        if not wait and launcher is not None and pids:
+            launcher.terminate(pids)
+            thread = threading.Thread(target=_finish_close, args=(launcher, pids, base, timeout),
+                                      name="mailstack-close", daemon=True)
+            _closing[:] = [t for t in _closing if t.is_alive()]
+            _closing.append(thread)
+            thread.start()
+            return
+        if launcher is not None and pids:
+            launcher.stop(pids, timeout)
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
 
     def logs(self) -> str:
         """Every daemon's log so far (for failure messages)."""
@@ -419,8 +521,9 @@ class MailStack:
         """Create (or give a new password to) an account with its Maildir; fast."""
         password = password if password is not None else secrets.token_urlsafe(12)
         addr = normalize_address(address)
-        UserDB(self.data_dir / "users").put_hash(addr, _cheap_hasher.hash(password))
-        create_user_mailbox(self.data_dir, addr)
+        hashed = _cheap_hasher.hash(password)
+        _edit_users(self.data_dir / "users", lambda users: users.__setitem__(addr, hashed))
+        _make_mailbox(self.data_dir, addr)
         return User(addr, password)
 
     def users(self) -> list[str]:
@@ -697,26 +800,52 @@ class MailStack:
                     if path.stat().st_size:
                         os.truncate(path, 0)
         keep = self.capture_user.address if self.capture_user else None
-        users = UserDB(data / "users")
-        if [a for a in users.list() if a != keep]:
-            with users._editing() as accounts:
-                for addr in [a for a in accounts if a != keep]:
-                    del accounts[addr]
+
+        def only_the_catch_all(accounts: dict[str, str]) -> None:
+            for addr in [a for a in accounts if a != keep]:
+                del accounts[addr]
+        _edit_users(data / "users", only_the_catch_all)
         mail = data / "mail"
         if mail.exists():
-            for domain in mail.iterdir():
-                if keep is None or domain.name != keep.rpartition("@")[2]:
-                    shutil.rmtree(domain, ignore_errors=True)
+            gone = [d for d in mail.iterdir()
+                    if keep is None or d.name != keep.rpartition("@")[2]]
+            self._discard(gone)
         if keep is not None:
             self._empty_catch_all(keep)
-        forget_all(db_path(self.config))
+        self._forget_failed_logins()
+
+    def _forget_failed_logins(self) -> None:
+        path = db_path(self.config)
+        if self._authdb is None and path.exists():
+            self._authdb = connect_counts(path)
+        if self._authdb is not None:
+            forget_all(path, self._authdb)
+
+    def _discard(self, paths: list[Path]) -> None:
+        """Move directories out of the way at once (a rename) and delete them in the
+        background: removing a few Maildirs costs milliseconds, a rename microseconds."""
+        if not paths:
+            return
+        trash = self.data_dir / "trash"
+        trash.mkdir(exist_ok=True)
+        moved = []
+        for path in paths:
+            dest = trash / f"{path.name}.{secrets.token_hex(4)}"
+            try:
+                path.rename(dest)
+                moved.append(dest)
+            except OSError:
+                shutil.rmtree(path, ignore_errors=True)
+        if moved:
+            threading.Thread(target=lambda: [shutil.rmtree(p, ignore_errors=True)
+                                             for p in moved], daemon=True).start()
 
     def _empty_catch_all(self, address: str) -> None:
         """Re-create the catch-all's Maildir unless nothing was filed or made in it."""
         box = mailbox_path(self.data_dir, address)
         if self._catch_all_state(box) != self._catch_all_fresh:
-            shutil.rmtree(box.parent, ignore_errors=True)
-            create_user_mailbox(self.data_dir, address)
+            self._discard([box.parent])
+            _make_mailbox(self.data_dir, address)
             self._catch_all_fresh = self._catch_all_state(box)
 
     @staticmethod
