@@ -95,11 +95,19 @@ def main() -> int:
     from ..daemon import available_daemons
 
     available_daemons()  # imports every daemon module: the point of this process
-    import mailstack.cli  # noqa: F401
+    import mailstack.cli
     try:  # what every child's first step (mailstack.daemon.run) imports next
         import uvloop  # noqa: F401
     except ImportError:
         pass
+    # daemon.run's allocator set-up looks up libc with ctypes.util.find_library, which runs
+    # `ldconfig -p` in a subprocess each time: once here, the children inherit the answer
+    import ctypes.util
+    import functools
+
+    ctypes.util.find_library = functools.cache(ctypes.util.find_library)
+    ctypes.util.find_library("c")
+    mailstack.cli.build_parser()  # argparse's lazy imports and compiled patterns, inherited
     out = sys.stdout
     out.write(json.dumps({"ready": os.getpid()}) + "\n")
     out.flush()
