@@ -1,3 +1,3 @@
 """mailstack: a real, networked mail stack (SMTP, LMTP, IMAP, POP3 over Maildir) in asyncio."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -229,10 +229,29 @@ class CaptureSection:
     enabled: bool = False
     address: str = "capture@capture.test"  # the catch-all account (created at start)
     password: str = "capture"  # its password, for IMAP/POP3 clients
+    #: mail for domains the stack does not serve goes to the catch-all account (one
+    #: X-Original-To header per such recipient) instead of being relayed; local mail is
+    #: delivered as usual (test stacks set this unless told to relay)
+    outbound: bool = False
+
+    @property
+    def active(self) -> bool:
+        """The catch-all account is in use (capture mode or captured outbound mail)."""
+        return self.enabled or self.outbound
 
     @property
     def domain(self) -> str:
         return self.address.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True)
+class ChaosSection:
+    """Faults added and removed at run time (test stacks): see ``mailstack.runtime.chaos``."""
+
+    #: the JSON file of current faults that the daemons re-read (relative to data_dir or
+    #: absolute); empty: off, and no daemon looks for it
+    file: str = ""
+    seed: int = 0  # seeds each fault's probability draws: the same seed, the same faults
 
 
 FAULT_POINTS = ("rcpt", "data", "fetch")
@@ -298,6 +317,7 @@ class Config:
     pop3: POP3Section = field(default_factory=POP3Section)
     autoconfig: AutoconfigSection = field(default_factory=AutoconfigSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
+    chaos: ChaosSection = field(default_factory=ChaosSection)
     faults: tuple[Fault, ...] = ()
     port_offset: int = 0
     source: str = "<defaults>"
@@ -346,7 +366,7 @@ class Config:
 
 
 def _capture_domains(cfg: Config) -> Config:
-    if not cfg.capture.enabled or cfg.capture.domain in cfg.server.domains:
+    if not cfg.capture.active or cfg.capture.domain in cfg.server.domains:
         return cfg
     server = dataclasses.replace(cfg.server, domains=(*cfg.server.domains, cfg.capture.domain))
     return dataclasses.replace(cfg, server=server)
@@ -355,7 +375,7 @@ def _capture_domains(cfg: Config) -> Config:
 _SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "mta": MTASection, "mda": MDASection,
     "imap": IMAPSection, "pop3": POP3Section, "autoconfig": AutoconfigSection,
-    "capture": CaptureSection,
+    "capture": CaptureSection, "chaos": ChaosSection,
 }
 
 

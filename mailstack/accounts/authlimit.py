@@ -70,6 +70,33 @@ def db_path(cfg: Config) -> Path:
     return cfg.data_dir / "state" / "auth-failures.db"
 
 
+def forget_all(path: Path, conn: sqlite3.Connection | None = None) -> None:
+    """Forget every failed-login count in the shared database at ``path`` (a test stack's
+    ``reset()``; ``conn``: a connection to it to reuse); the daemons keep their connections and
+    read the empty table at once."""
+    if conn is None and not path.exists():
+        return
+    own = conn is None
+    db = conn if conn is not None else connect_counts(path)
+    try:
+        if db.execute("SELECT 1 FROM failures LIMIT 1").fetchone():  # a read: no lock
+            db.execute("DELETE FROM failures")
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+    finally:
+        if own:
+            db.close()
+
+
+def connect_counts(path: Path) -> sqlite3.Connection:
+    """A connection to the shared counts as the daemons open it (no fsync per commit)."""
+    conn = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=2000")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 class _Store(Protocol):
     def counts(self, keys: Sequence[str], cutoff: float) -> list[int]: ...
     def bump(self, keys: Sequence[str], now: float, cutoff: float) -> list[int]: ...

@@ -9,8 +9,9 @@ from .users import UserDB
 
 
 def ensure_capture_account(cfg: Config) -> None:
-    """Make the ``[capture] address`` account exist with ``[capture] password``."""
-    if not cfg.capture.enabled:
+    """Make the ``[capture] address`` account exist with ``[capture] password`` (capture mode,
+    or ``[capture] outbound``)."""
+    if not cfg.capture.active:
         return
     db = UserDB(cfg.data_dir / "users")
     addr = cfg.capture.address.lower()

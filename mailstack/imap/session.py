@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..accounts.users import UserError, normalize_address
+from ..runtime import chaos
 from ..runtime.logsafe import safe
 from ..runtime.netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
 from ..store import watch
@@ -160,8 +161,10 @@ class Session:
 
     # -- main loop ------------------------------------------------------------------------
     async def run(self) -> None:
-        self.untagged(f"OK [CAPABILITY {self.capabilities()}] mailstack IMAP ready")
         try:
+            if chaos.ENGINE is not None and await self._fault("CONNECT", "*", b""):
+                return
+            self.untagged(f"OK [CAPABILITY {self.capabilities()}] mailstack IMAP ready")
             await self.flush()
             while self.state != LOGOUT:
                 raw = await self.read_command()
@@ -257,6 +260,8 @@ class Session:
                 what = "already logged in"
             self.send(f"{tag} BAD {name}: {what}\r\n".encode())
             return
+        if chaos.ENGINE is not None and await self._fault(name, tag, raw):
+            return
         if self.state == SELECTED and not cmd.expunge_ok:
             # FETCH, STORE and SEARCH see current flags (expunges wait until after them)
             self.announce(expunge_ok=False)
@@ -305,6 +310,24 @@ class Session:
                 return
         if text is not None:
             self.send(f"{tag} OK {text}\r\n".encode())
+
+    async def _fault(self, name: str, tag: str, raw: bytes) -> bool:
+        """A runtime fault (test stacks) at imap.<command>: True when it answered instead
+        (NO/BAD tagged, BYE untagged); a drop ends the connection."""
+        assert chaos.ENGINE is not None
+        subject = self.peer if name == "CONNECT" else chaos.imap_subject(name, self.user, raw)
+        action = await chaos.ENGINE.check(f"imap.{name.lower()}", [subject], self.peer)
+        if action is None:
+            return False
+        if action.drop:
+            raise Disconnect("fault injected: connection dropped")
+        if action.reply.startswith("BYE") or name == "CONNECT":
+            self.untagged(action.reply if action.reply.startswith("BYE")
+                          else "BYE " + action.reply.split(" ", 1)[-1])
+            await self.flush()
+            raise Disconnect("fault injected: BYE")
+        self.send(f"{tag} {action.reply}\r\n".encode())
+        return True
 
     # -- mailbox updates ------------------------------------------------------------------
     def announce(self, *, expunge_ok: bool = True) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING
 
+from ..runtime import chaos
 from ..smtp.base import ProtocolMixin
 
 _ENVID = re.compile(r"\s+ENVID=(\S+)", re.I)
@@ -33,6 +34,8 @@ class PerRecipient(list[str]):
 
 
 class MultiReplyLMTP(ProtocolMixin, LMTP):
+    chaos_service = "lmtp"
+
     async def push(self, status: Any) -> None:
         if isinstance(status, PerRecipient):
             for line in status:
@@ -91,6 +94,8 @@ class MultiReplyLMTP(ProtocolMixin, LMTP):
             await self.push(f"250 2.0.0 {size} octets received")
             return
         envelope.content = envelope.original_content = b"".join(chunks)
+        if chaos.ENGINE is not None and await self._message_fault():
+            return
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)

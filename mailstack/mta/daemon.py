@@ -70,6 +70,11 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             return proto
         return make
 
+    # SIGUSR1 is handled before any listener accepts: whoever sees a port answer (a test
+    # stack's reset(), `queue flush` after start) may signal at once; its default kills
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGUSR1, _flush, runner)
     servers: list[asyncio.Server] = []
     for listener, mode in (("smtp", "STARTTLS"), ("submission", "STARTTLS required"),
                            ("submissions", "implicit TLS")):
@@ -92,9 +97,6 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     pidf = pid_file(cfg)
     pidf.parent.mkdir(parents=True, exist_ok=True)
     pidf.write_text(f"{os.getpid()}\n")
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGUSR1, _flush, runner)
     run_task = asyncio.create_task(runner.run(stop))
     await stop.wait()
     for srv in servers:

@@ -10,7 +10,8 @@ then failed.
 
 Capture mode (``[capture] enabled``): nothing is relayed; every message, bounces included, is
 delivered once over LMTP to the catch-all account with an ``X-Original-To`` header per
-original recipient.
+original recipient. ``[capture] outbound`` does the same for recipients on domains the stack
+does not serve only (test stacks: nothing leaves the machine); local mail is delivered as usual.
 """
 
 from __future__ import annotations
@@ -199,7 +200,9 @@ class QueueRunner:
                              message: bytes) -> None:
         env = entry.envelope
         to = [r.address for r in rcpts]
-        if self.cfg.capture.enabled:  # one copy for the catch-all, the recipients in headers
+        if self.cfg.capture.active and (self.cfg.capture.enabled
+                                        or not self._is_local(to[0])):
+            # one copy for the catch-all, the recipients in headers
             message = b"".join(f"X-Original-To: {a}\r\n".encode() for a in to) + message
             to = [self.cfg.capture.address]
         try:
@@ -217,6 +220,9 @@ class QueueRunner:
 
     async def _deliver_remote(self, entry: QueueEntry, rcpts: list[Recipient],
                               message: bytes) -> None:
+        if self.cfg.capture.outbound:  # kept in the catch-all account, never relayed
+            await self._deliver_local(entry, rcpts, message)
+            return
         if self.remote is None:
             results = [(Reply(550, "5.7.1", "relaying to other domains is not configured"),
                         "none")] * len(rcpts)

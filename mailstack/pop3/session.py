@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ..accounts.authlimit import AuthThrottle
 from ..accounts.users import UserDB
 from ..config import Config
+from ..runtime import chaos
 from ..runtime.netserver import LineTooLong, arrived_on, peer_ip, starttls
 from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailbox
 from . import protocol as p
@@ -80,6 +81,8 @@ class Session:
     async def run(self) -> None:
         self._idle = self.loop.call_later(self.idle_timeout, self._idle_check)
         try:
+            if chaos.ENGINE is not None and await self._fault("connect", [self.ip]):
+                return
             self.writer.write(p.ok(f"{self.shared.cfg.server.hostname} POP3 server ready"))
             await self._loop()
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
@@ -188,6 +191,12 @@ class Session:
         """Carry out one command; True when the connection should close."""
         write = self.writer.write
         drop = self.drop
+        if chaos.ENGINE is not None:
+            name = type(ev).__name__.lower()
+            name = "auth" if name in ("pass", "authplain") else name
+            user = getattr(ev, "user", None) or (self.user if self.user != "-" else "")
+            if await self._fault(name, [user]):
+                return self.writer.transport.is_closing()
         match ev:
             case p.Retr(n):
                 assert drop is not None
@@ -247,6 +256,22 @@ class Session:
             case p.Stls():
                 await self._stls()
         return False
+
+    async def _fault(self, point: str, subjects: list[str]) -> bool:
+        """A runtime fault (test stacks) at pop3.<point>: True when it answered (-ERR) or
+        dropped the connection instead."""
+        assert chaos.ENGINE is not None
+        action = await chaos.ENGINE.check(f"pop3.{point}", subjects, self.ip)
+        if action is None:
+            return False
+        self.reason = "fault injected"
+        if action.drop:
+            self.writer.transport.abort()
+        else:
+            self.writer.write(action.reply.encode() + b"\r\n")
+            if point == "connect":
+                await self.writer.drain()
+        return True
 
     async def _retr(self, drop: Maildrop, n: int) -> None:
         data = await self._read(drop, n)

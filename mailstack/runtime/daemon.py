@@ -77,6 +77,10 @@ def run(name: str, cfg: Config) -> int:
     if cfg.server.event_loop == "uvloop":
         install_uvloop()
     install_disk_full_fault()
+    if cfg.chaos.file:  # runtime faults (test stacks)
+        from . import chaos
+
+        chaos.install(cfg)
     raise_nofile_limit()
     configure_allocator()
     log = logging.getLogger(f"mailstack.{name}")

@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 from aiosmtpd.smtp import MISSING
 
+from ..runtime import chaos
 from ..runtime.netserver import CountedProtocol
 from .address import split_path
 from .data import DataReader
@@ -35,6 +37,60 @@ class ProtocolMixin(CountedProtocol):
     _plain_reply = False
     _held: list[bytes] | None = None
     busy_reply = b"421 4.7.0 Too many connections, try again later\r\n"
+    chaos_service = "smtp"  # runtime faults (test stacks): smtp.<point> / lmtp.<point>
+
+    # -- runtime faults (mailstack.runtime.chaos; only when [chaos] file is set) -------------
+    def _peer_ip(self) -> str:
+        peer = self.session.peer if self.session else None  # type: ignore[attr-defined]
+        return str(peer[0]) if peer else "?"
+
+    async def _handle_client(self) -> None:
+        engine = chaos.ENGINE
+        if engine is not None:
+            self._smtp_methods = {  # type: ignore[attr-defined]
+                name: m if name in ("DATA", "BDAT") else self._chaotic(name, m)
+                for name, m in self._smtp_methods.items()}  # type: ignore[attr-defined]
+            ip = self._peer_ip()
+            action = await engine.check(f"{self.chaos_service}.connect", [ip], ip)
+            if action is not None:
+                if action.reply:
+                    self.transport.write(action.reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+                self.transport.close()  # type: ignore[attr-defined]
+                return
+        await super()._handle_client()  # type: ignore[misc]
+
+    def _chaotic(self, name: str, method: Any) -> Any:
+        point = f"{self.chaos_service}.{chaos.SMTP_POINT.get(name, name.lower())}"
+
+        @functools.wraps(method)
+        async def command(arg: str | None) -> None:
+            engine = chaos.ENGINE
+            action = None if engine is None else await engine.check(
+                point, chaos.smtp_subjects(name, arg, self.envelope),  # type: ignore[attr-defined]
+                self._peer_ip())
+            if action is None:
+                await method(arg)
+            elif action.drop:
+                self.transport.close()  # type: ignore[attr-defined]
+            else:
+                await self.push(action.reply)
+        return command
+
+    async def _message_fault(self) -> bool:
+        """A runtime fault at DATA/BDAT, after the message: True when it answered instead."""
+        engine = chaos.ENGINE
+        if engine is None:
+            return False
+        action = await engine.check(f"{self.chaos_service}.data",
+                                    list(self.envelope.rcpt_tos),  # type: ignore[attr-defined]
+                                    self._peer_ip())
+        if action is None:
+            return False
+        if action.drop:
+            self.transport.close()  # type: ignore[attr-defined]
+        else:
+            await self.refuse_message(action.reply)
+        return True
 
     async def push(self, status: Any) -> None:
         """Write a reply. Replies are held back while the client has already sent its next
@@ -120,6 +176,8 @@ class ProtocolMixin(CountedProtocol):
                                       else "500 Line too long")
             return
         envelope.content = envelope.original_content = result.data
+        if chaos.ENGINE is not None and await self._message_fault():
+            return
         status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
         self._set_post_data_state()  # type: ignore[attr-defined]
         await self.push("250 OK" if status is MISSING else status)

@@ -10,12 +10,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .stack import AsyncMailStack, MailStack, MailStackError, User
+    from .mailboxes import Attachment, MailMessage
+    from .stack import AsyncMailStack, InjectedFault, MailStack, MailStackError, User
 
-__all__ = ["AsyncMailStack", "MailStack", "MailStackError", "User"]
+__all__ = ["AsyncMailStack", "Attachment", "InjectedFault", "MailMessage", "MailStack",
+           "MailStackError", "User"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("Attachment", "MailMessage"):
+        from . import mailboxes
+
+        return getattr(mailboxes, name)
     if name in __all__:
         from . import stack
 

@@ -16,6 +16,8 @@ Protocol: one JSON object a line on stdin, one reply a line on stdout.
 - ``{"op": "status", "pids": [...]}`` → ``{"exited": {"N": code, ...}}``
 - ``{"op": "stop", "pids": [...], "timeout": 5}`` → SIGTERM, then SIGKILL after the timeout;
   ``{"exited": {...}}``
+- ``{"op": "term", "pids": [...]}`` → SIGTERM and an answer at once (``{}``); ``status``
+  tells when they are gone, ``stop`` ends what is left
 
 When stdin closes (the test process ended, however it ended) every child is killed.
 """
@@ -93,7 +95,19 @@ def main() -> int:
     from ..runtime.daemon import available_daemons
 
     available_daemons()  # imports every daemon module: the point of this process
-    import mailstack.cli  # noqa: F401
+    import mailstack.cli
+    try:  # what every child's first step (mailstack.runtime.daemon.run) imports next
+        import uvloop  # noqa: F401
+    except ImportError:
+        pass
+    # daemon.run's allocator set-up looks up libc with ctypes.util.find_library, which runs
+    # `ldconfig -p` in a subprocess each time: once here, the children inherit the answer
+    import ctypes.util
+    import functools
+
+    ctypes.util.find_library = functools.cache(ctypes.util.find_library)
+    ctypes.util.find_library("c")
+    mailstack.cli.build_parser()  # argparse's lazy imports and compiled patterns, inherited
     out = sys.stdout
     out.write(json.dumps({"ready": os.getpid()}) + "\n")
     out.flush()
@@ -115,6 +129,13 @@ def main() -> int:
                     os._exit(code)
             _children[pid] = None
             reply = {"pid": pid}
+        elif op == "term":
+            for pid in [int(p) for p in req.get("pids", [])]:
+                if _children.get(pid, 0) is None:
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
         elif op in ("status", "stop"):
             pids = [int(p) for p in req.get("pids", [])]
             if op == "stop":

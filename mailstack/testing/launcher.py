@@ -32,6 +32,7 @@ class Launcher(Protocol):
               env: Mapping[str, str] | None = None) -> int: ...
     def exited(self, pids: list[int]) -> dict[int, int]: ...
     def stop(self, pids: list[int], timeout: float) -> dict[int, int]: ...
+    def terminate(self, pids: list[int]) -> None: ...
 
 
 class ForkServerLauncher:
@@ -90,6 +91,10 @@ class ForkServerLauncher:
         reply = self._call({"op": "status", "pids": pids})
         return {int(k): int(v) for k, v in reply["exited"].items()}  # type: ignore[union-attr]
 
+    def terminate(self, pids: list[int]) -> None:
+        """SIGTERM without waiting (:meth:`exited` tells when they are gone)."""
+        self._call({"op": "term", "pids": pids})
+
     def stop(self, pids: list[int], timeout: float) -> dict[int, int]:
         """SIGTERM, SIGKILL after ``timeout``; the exit codes (negative: killed by a signal)."""
         reply = self._call({"op": "stop", "pids": pids, "timeout": timeout})
@@ -139,6 +144,12 @@ class SubprocessLauncher:
             if code is not None:
                 out[pid] = code
         return out
+
+    def terminate(self, pids: list[int]) -> None:
+        for pid in pids:
+            proc = self._procs.get(pid)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
 
     def stop(self, pids: list[int], timeout: float) -> dict[int, int]:
         procs = [self._procs.pop(p) for p in pids if p in self._procs]

@@ -6,7 +6,9 @@ Fixtures (all hand out :class:`~mailstack.testing.MailStack` objects):
   default one stack per distinct set of options is started per session (per xdist worker) and
   reused; ``--mailstack-scope=function`` (or ini ``mailstack_scope = function``) starts a fresh
   stack for every test instead. Options come from the marker
-  ``@pytest.mark.mailstack(capture=True, faults=[...], domains=[...])``.
+  ``@pytest.mark.mailstack(capture=True, domains=[...], extra_config=...)`` (markers on the
+  module, class and function merge key by key, the closest winning); its ``faults=[...]``
+  become runtime faults of the shared stack for this test (no stack of their own).
 - ``mailstack_capture``: the same in capture mode (any address, nothing relayed).
 - ``mailstack_user``: a fresh account ``user@<first domain>`` on ``mailstack`` (a ``User`` with
   ``.address`` and ``.password``).
@@ -29,8 +31,9 @@ FIXTURES = ("mailstack", "mailstack_capture", "mailstack_user", "mailstack_facto
             "amailstack")
 
 MARKER = ("mailstack(**options): options for the mailstack fixture's stack, e.g. "
-          "capture=True, faults=[{'match': '*@fail.test', 'at': 'rcpt', 'reply': "
-          "'451 4.3.0 try later'}], domains=['example.test']")
+          "capture=True, relay=True, domains=['example.test'], extra_config={...}, and runtime "
+          "faults for this test: faults=[{'at': 'smtp.rcpt', 'match': '*@fail.test', "
+          "'reply': '451 4.3.0 try later', 'times': 1}]")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,12 +99,27 @@ class StackPool:
         self.stacks.clear()
 
 
-def _options(request: pytest.FixtureRequest, **forced: Any) -> dict[str, Any]:
+def _options(request: pytest.FixtureRequest,
+             **forced: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The stack options of the test's ``mailstack`` markers, the closest winning key by key
+    (``extra_config`` tables merge key by key too), and their ``faults`` (all of them)."""
+    from .stack import config_dict, merge_config
+
     options: dict[str, Any] = {}
-    for marker in reversed(list(request.node.iter_markers("mailstack"))):
-        options.update(marker.kwargs)  # the closest marker wins
+    extra: dict[str, Any] = {}
+    faults: list[dict[str, Any]] = []
+    for marker in reversed(list(request.node.iter_markers("mailstack"))):  # farthest first
+        for key, value in marker.kwargs.items():
+            if key == "extra_config":
+                merge_config(extra, config_dict(value))
+            elif key == "faults":
+                faults += [dict(f) for f in value]
+            else:
+                options[key] = value
+    if extra:
+        options["extra_config"] = extra
     options.update(forced)
-    return options
+    return options, faults
 
 
 @pytest.fixture(scope="session")
@@ -115,13 +133,20 @@ def _stack(request: pytest.FixtureRequest, pool: StackPool,
            **forced: Any) -> Iterator[MailStack]:
     from .stack import MailStack
 
-    options = _options(request, **forced)
+    options, faults = _options(request, **forced)
     if _setting(request.config, "scope") == "function":
-        with MailStack(launcher=pool.launcher, **options) as stack:
+        stack = MailStack(launcher=pool.launcher, **options).start()
+        try:
+            for fault in faults:
+                stack._add_fault_spec(fault)
             yield stack
+        finally:  # the daemons end and the directory goes while the next test runs
+            stack.close(wait=False)
         return
     stack = pool.get(options)
     stack.reset()
+    for fault in faults:  # runtime faults: the shared stack serves faulty tests too
+        stack._add_fault_spec(fault)
     yield stack
 
 

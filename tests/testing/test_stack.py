@@ -242,6 +242,9 @@ async def test_async_mail_stack() -> None:
     ('[capture]\nenable = true\n', "unknown key [capture].enable"),
     ('[capture]\nenabled = "yes"\n', "[capture].enabled"),
     ('[capture]\naddress = "nobody"\n', "[capture].address"),
+    ('[capture]\noutbound = "yes"\n', "[capture].outbound"),
+    ('[chaos]\nfiles = "run/chaos.json"\n', "unknown key [chaos].files"),
+    ('[chaos]\nseed = "x"\n', "[chaos].seed"),
 ])
 def test_config_errors(tmp_path: Path, toml: str, error: str) -> None:
     path = tmp_path / "bad.toml"
