@@ -541,14 +541,7 @@ class AccountStore:
             return None
 
     def _find_file(self, name: str, key: str) -> str | None:
-        root = self.maildir(name).root
-        prefix = key + INFO_SEP
-        for sub in ("new", "cur"):
-            with contextlib.suppress(FileNotFoundError):
-                for fname in os.listdir(root / sub):
-                    if fname == key or fname.startswith(prefix):
-                        return f"{root}/{sub}/{fname}"
-        return None
+        return self._find_file_in(self.maildir(name).root, key)
 
     def search_text(self, name: str, needles: Sequence[tuple[str, str]]) -> set[int]:
         """UIDs of the mailbox's messages whose indexed text contains every needle, each
