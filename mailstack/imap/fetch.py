@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -216,10 +217,10 @@ def needs_body(atts: list[Att]) -> bool:
 
 
 def can_stream(load: Loaded, atts: list[Att]) -> bool:
-    """A big message asked for whole (``BODY[]``, no partial) and nothing that parses it:
-    its literal is read from the file piece by piece instead of being loaded."""
+    """A big message asked for as ``BODY[]`` (whole or a ``<start.length>`` range) and nothing
+    that parses it: its literal is read from the file piece by piece instead of loaded."""
     return (load.msg.size > STREAM_OVER and not needs_tree(atts)
-            and all(a.spec == "" and a.partial is None for a in atts if _raw_only(a)))
+            and all(a.spec == "" for a in atts if _raw_only(a)))
 
 
 def prepare(load: Loaded, atts: list[Att]) -> bool:
@@ -229,6 +230,8 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
             load.fd = open_message(str(load._path()))
         except NotAMessage:
             return False
+        if any(a.partial and a.partial[0] for a in atts if _raw_only(a)):
+            _Checkpoints.of(load.fd)  # built here (a worker thread), not in the event loop
         return all(load.header() is not None for a in atts if a.name == "RFC822.HEADER"
                    or (a.section is not None and a.spec.startswith("HEADER")))
     if needs_tree(atts) and load.tree() is None:
@@ -251,28 +254,86 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
     return True
 
 
-def _file_crlf(fd: int, size: int) -> Iterator[bytes]:
-    """The message file from its start with CRLF line ends, exactly ``size`` octets (the
-    index's CRLF size), in pieces of about STREAM_PIECE."""
-    os.lseek(fd, 0, os.SEEK_SET)
+class _Checkpoints:
+    """Where the CRLF form of a big message file reaches each STREAM_PIECE of the file:
+    (file offset, CRLF offset, a CR held back), so a range is read from near its start
+    (Thunderbird fetches big messages in 64 KiB ranges). Built in one pass, kept for the
+    most recently used files."""
+
+    _cache: dict[tuple[int, int, int], list[tuple[int, int, bool]]] = {}
+    _order: list[tuple[int, int, int]] = []
+    _lock = threading.Lock()
+    KEEP = 64
+
+    @classmethod
+    def of(cls, fd: int) -> list[tuple[int, int, bool]]:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size)
+        with cls._lock:
+            points = cls._cache.get(key)
+        if points is None:
+            points = cls._build(fd)
+            with cls._lock:
+                cls._cache[key] = points
+                cls._order.append(key)
+                if len(cls._order) > cls.KEEP:
+                    cls._cache.pop(cls._order.pop(0), None)
+        return points
+
+    @staticmethod
+    def _build(fd: int) -> list[tuple[int, int, bool]]:
+        points = [(0, 0, False)]
+        pos = out = 0
+        carry = False
+        while True:
+            chunk = os.pread(fd, STREAM_PIECE, pos)
+            if not chunk:
+                return points
+            pos += len(chunk)
+            data = (b"\r" if carry else b"") + chunk
+            carry = data.endswith(b"\r")
+            if carry:
+                data = data[:-1]
+            out += len(data) + data.count(b"\n") - data.count(b"\r\n")
+            points.append((pos, out, carry))
+
+
+def _file_range(fd: int, size: int, start: int, length: int) -> Iterator[bytes]:
+    """``length`` octets from ``start`` of the message file's CRLF form (``size`` octets, the
+    index's CRLF size), read in pieces of about STREAM_PIECE."""
+    if length <= 0:
+        return
+    pos, out, held = 0, 0, False
+    if start:
+        for point in _Checkpoints.of(fd):
+            if point[1] > start:
+                break
+            pos, out, held = point
+    carry = b"\r" if held else b""
+    skip = start - out
     sent = 0
-    carry = b""
-    while sent < size:
-        chunk = os.read(fd, STREAM_PIECE)
+    while sent < length:
+        chunk = os.pread(fd, STREAM_PIECE, pos)
         if not chunk:
             break
+        pos += len(chunk)
         chunk = carry + chunk
         carry = b""
         if chunk.endswith(b"\r"):  # its LF may start the next chunk
             chunk, carry = chunk[:-1], b"\r"
-        out = to_crlf(chunk)[:size - sent]
-        sent += len(out)
-        yield out
-    if carry and sent < size:
+        converted = to_crlf(chunk)
+        if skip:
+            taken = min(skip, len(converted))
+            converted, skip = converted[taken:], skip - taken
+        piece = converted[:length - sent]
+        sent += len(piece)
+        if piece:
+            yield piece
+    if carry and sent < length and not skip:
         sent += 1
         yield carry
-    if sent < size:  # the file is shorter than the index says: keep the literal's length
-        yield b" " * (size - sent)
+    if sent < length:  # the file is shorter than the index says: keep the literal's length
+        yield b" " * (length - sent)
 
 
 def _partial(data: bytes | memoryview, att: Att) -> tuple[bytes | memoryview, bytes]:
@@ -321,8 +382,11 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
                                               exclude=att.spec.endswith(".NOT"))
             elif not att.numbers and att.spec in ("", "TEXT"):  # the whole message or its
                 if load.fd is not None:  # a big message, straight from its file
-                    yield sep + b"BODY[]" + b" {%d}\r\n" % msg.size
-                    yield from _file_crlf(load.fd, msg.size)
+                    start, length = att.partial or (0, msg.size)
+                    length = max(0, min(length, msg.size - start))
+                    origin = b"<%d>" % start if att.partial else b""
+                    yield sep + b"BODY[]" + origin + b" {%d}\r\n" % length
+                    yield from _file_range(load.fd, msg.size, start, length)
                     sep = b" "
                     continue
                 raw = load.raw()  # text: no MIME parse needed (Thunderbird's BODY.PEEK[])

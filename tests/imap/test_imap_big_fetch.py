@@ -45,3 +45,26 @@ def test_crlf_file_with_a_line_end_across_the_piece_boundary(imap) -> None:
     assert typ == "OK" and got[0][1] == data
     assert b"RFC822.SIZE %d" % len(data) in got[0][0]
     c.logout()
+
+
+def test_ranges_of_a_big_message_come_from_near_their_start(imap) -> None:
+    """Thunderbird fetches big messages as BODY.PEEK[]<start.length>: every range equals the
+    same slice of the whole message, across read pieces and CR LF pairs split between them."""
+    head = b"Subject: ranges\r\n\r\n"
+    filler = b"y" * (STREAM_PIECE - len(head) - 1)
+    rest = b"z" * 80 + b"\r\n"
+    crlf = head + filler + b"\r\n" + rest * (STREAM_OVER // len(rest) + 10)
+    (imap.inbox.root / "cur" / "1700000000.crlf.host:2,").write_bytes(crlf)
+    line = b"w" * 60 + b"\n"
+    lf = b"Subject: lf\n\n" + line * (2 * STREAM_OVER // len(line))
+    imap.deliver(lf)
+    c = _client(imap)
+    for seq, whole in (("1", crlf), ("2", lf.replace(b"\n", b"\r\n"))):
+        for start, length in ((0, 65536), (65536, 65536), (STREAM_PIECE - 3, 10),
+                              (STREAM_PIECE + 7, 3 * STREAM_PIECE), (len(whole) - 5, 100),
+                              (len(whole) + 10, 5)):
+            typ, data = c.fetch(seq, f"(BODY.PEEK[]<{start}.{length}>)")
+            assert typ == "OK", data
+            got = data[0][1] if isinstance(data[0], tuple) else b""
+            assert got == whole[start:start + length], (seq, start, length)
+    c.logout()
