@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..store.ingest import NotAMessage, open_message
 from ..store.maildir import to_crlf
 from . import mime, wire
-from .cache import BODY, BODYSTRUCTURE, FolderCache
+from .cache import BODY, BODYSTRUCTURE, ENVELOPE, HEADER, FolderCache
 from .mailbox import Msg, Selected
 from .wire import ParseError, Parser
 
@@ -148,7 +149,8 @@ class Loaded:
         if self.part is not None:
             return self.part.header
         if self._header is None:
-            self._header = self.cache.header(self.msg.key, self._path())
+            cached = self.cache.get(self.msg.key, HEADER)  # warm: no path, no stat
+            self._header = cached if cached is not None else self._from_file(self.cache.header)
         return self._header
 
     def envelope(self) -> bytes | None:
@@ -156,8 +158,20 @@ class Loaded:
             if self.part is not None:
                 self._envelope = mime.envelope(self.part)
             else:
-                self._envelope = self.cache.envelope(self.msg.key, self._path())
+                cached = self.cache.get(self.msg.key, ENVELOPE)
+                self._envelope = (cached if cached is not None
+                                  else self._from_file(self.cache.envelope))
         return self._envelope
+
+    def _from_file(self, read: Callable[[str, Path], bytes | None]) -> bytes | None:
+        """``read(key, path)`` of the message file, following a concurrent rename once."""
+        sel, msg = self.sel, self.msg
+        value = read(msg.key, Path(sel.store.path_of(sel.name, msg)))
+        if value is None:
+            found = sel.maildir.find(msg.key)
+            if found is not None:
+                value = read(msg.key, found.path(sel.maildir.root))
+        return value
 
     def structure(self, extended: bool) -> bytes | None:
         known = self._structure.get(extended)
@@ -174,12 +188,14 @@ class Loaded:
         self._structure[extended] = value
         return value
 
-    def _path(self):
-        path = self.sel.path(self.msg)
-        if not path.exists():
-            found = self.sel.maildir.find(self.msg.key)
+    def _path(self) -> str:
+        """Where the message file is (following a concurrent rename)."""
+        sel, msg = self.sel, self.msg
+        path = sel.store.path_of(sel.name, msg)
+        if not os.path.exists(path):
+            found = sel.maildir.find(msg.key)
             if found is not None:
-                return found.path(self.sel.maildir.root)
+                return str(found.path(sel.maildir.root))
         return path
 
     def raw(self) -> bytes | None:
@@ -227,7 +243,7 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
     """Read what ``atts`` need, the message file at most once; False when it is gone."""
     if any(_raw_only(a) for a in atts) and can_stream(load, atts):
         try:
-            load.fd = open_message(str(load._path()))
+            load.fd = open_message(load._path())
         except NotAMessage:
             return False
         if any(a.partial and a.partial[0] for a in atts if _raw_only(a)):

@@ -167,6 +167,7 @@ class _Folder:
 
     def __init__(self, maildir: Maildir) -> None:
         self.maildir = maildir
+        self.root = str(maildir.root)  # a string: the read path is hot
         self.keywords = Keywords(maildir.root)
         # new/ mtime, cur/ mtime, when new/ was listed: the state the index matches
         self.stamps: tuple[int, int, int] = (-1, -1, 0)
@@ -524,7 +525,7 @@ class AccountStore:
             return _usage(conn)
 
     def path_of(self, name: str, e: Entry) -> str:
-        return f"{self.maildir(name).root}/{e.subdir}/{e.filename}"
+        return f"{self._folder(name).root}/{e.subdir}/{e.filename}"
 
     def read(self, name: str, e: Entry) -> bytes | None:
         """The message as stored (LF line ends), or None when it is gone."""
