@@ -52,9 +52,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+MESSAGE_BYTES = 0  # --message-bytes: about this size (0: 5 to 200 lines of text)
+
+
 def make_message(i: int, rng: random.Random) -> bytes:
     subject = " ".join(rng.choice(WORDS) for _ in range(5))
-    body_lines = rng.randint(5, 200)
+    body_lines = max(1, (MESSAGE_BYTES - 480) // 70) if MESSAGE_BYTES else rng.randint(5, 200)
     body = "".join(" ".join(rng.choice(WORDS) for _ in range(10)) + "\n"
                    for _ in range(body_lines))
     return (f"Return-Path: <sender{i % 97}@example.net>\nDelivered-To: {USER}\n"
@@ -297,9 +300,13 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--idle", type=int, nargs="*", default=[1000])
     ap.add_argument("--deliveries", type=int, default=200)
+    ap.add_argument("--message-bytes", type=int, default=0,
+                    help="messages of about this size (default: 5 to 200 lines)")
     ap.add_argument("--fanout", type=int, default=5,
                     help="deliveries timed until every IDLE client has its EXISTS")
     args = ap.parse_args()
+    global MESSAGE_BYTES
+    MESSAGE_BYTES = args.message_bytes
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:

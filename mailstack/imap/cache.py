@@ -156,7 +156,7 @@ class FolderCache:
             rec[field] = value
             self.dirty += 1
 
-    def header(self, key: str, path: Path) -> bytes | None:
+    def header(self, key: str, path: str | Path) -> bytes | None:
         """The message header (CRLF, with its blank line), read from the start of the file."""
         cached = self.get(key, HEADER)
         if cached is not None:
@@ -167,7 +167,7 @@ class FolderCache:
         self.put(key, HEADER, header)
         return header
 
-    def envelope(self, key: str, path: Path) -> bytes | None:
+    def envelope(self, key: str, path: str | Path) -> bytes | None:
         cached = self.get(key, ENVELOPE)
         if cached is not None:
             return cached
@@ -182,7 +182,7 @@ class FolderCache:
 _BLANK_RE = re.compile(rb"\n\r?\n")
 
 
-def read_header(path: Path) -> bytes | None:
+def read_header(path: str | Path) -> bytes | None:
     """Read only as much of a message file as its header needs; None when the file is gone.
 
     Gives the same bytes as :func:`mime.split_header` on the whole message."""
@@ -190,15 +190,17 @@ def read_header(path: Path) -> bytes | None:
         fd = open_message(str(path))  # no symlink followed, no FIFO waited on
     except NotAMessage:
         return None
-    with open(fd, "rb") as fh:
-        data = fh.read(16384)
+    try:
+        data = os.read(fd, 8192)  # most headers fit: one system call, no buffered reader
         while True:
             if data.startswith((b"\n", b"\r\n")):
                 return b"\r\n"
             m = _BLANK_RE.search(data)
             if m:
                 return to_crlf(data[:m.end()])
-            more = fh.read(65536)
+            more = os.read(fd, 65536)
             if not more or len(data) > MAX_HEADER:
                 return to_crlf(data)
             data += more
+    finally:
+        os.close(fd)

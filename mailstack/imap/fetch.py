@@ -163,10 +163,10 @@ class Loaded:
                                   else self._from_file(self.cache.envelope))
         return self._envelope
 
-    def _from_file(self, read: Callable[[str, Path], bytes | None]) -> bytes | None:
+    def _from_file(self, read: Callable[[str, str | Path], bytes | None]) -> bytes | None:
         """``read(key, path)`` of the message file, following a concurrent rename once."""
         sel, msg = self.sel, self.msg
-        value = read(msg.key, Path(sel.store.path_of(sel.name, msg)))
+        value = read(msg.key, sel.store.path_of(sel.name, msg))
         if value is None:
             found = sel.maildir.find(msg.key)
             if found is not None:
