@@ -37,6 +37,7 @@ import sqlite3
 import threading
 import time
 import typing
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,8 +235,9 @@ def _round_trips(name: str) -> bool:
 class AccountStore:
     """One account's index, shared by every session of a process (:meth:`open`)."""
 
-    _registry: dict[Path, AccountStore] = {}
+    _registry: OrderedDict[Path, AccountStore] = OrderedDict()
     _registry_lock = threading.Lock()
+    registry_size = 128  # accounts whose handle a process keeps (least recently used go)
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -253,6 +255,10 @@ class AccountStore:
             inst = cls._registry.get(key)
             if inst is None:
                 inst = cls._registry[key] = cls(key)
+                while len(cls._registry) > cls.registry_size:
+                    cls._registry.popitem(last=False)  # sessions still using it keep it
+            else:
+                cls._registry.move_to_end(key)
             return inst
 
     @classmethod
@@ -290,6 +296,7 @@ class AccountStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA journal_size_limit=4194304")  # the WAL shrinks back to 4 MiB
+            conn.execute("PRAGMA cache_size=-512")  # 512 KiB of pages per account handle
             row = conn.execute("PRAGMA quick_check").fetchone()
             if row is None or row[0] != "ok":
                 raise _Corrupt(f"quick_check: {row[0] if row else '?'}")
