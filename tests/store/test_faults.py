@@ -146,3 +146,60 @@ def test_full_disk_during_a_flag_change_changes_nothing(tmp_path, monkeypatch) -
     snap, _ = AccountStore(box.root).sync("INBOX")
     assert snap.entries[0].flags == frozenset()
     assert store.store_flags("INBOX", [1], "+", ["\\Seen"]).changed == [1]
+
+
+def test_kill_9_of_pop3_mid_update_keeps_what_was_not_deleted(stack: Stack) -> None:
+    """POP3 sessions retrieve all and delete half while the pop3 daemon is killed at random
+    moments: a message never marked DELE is never lost, none is duplicated, and the index and
+    the Maildir agree afterwards."""
+    import poplib
+
+    c = stack.imap(0)
+    for n in range(60):
+        assert c.append("INBOX", None, None, f"Message-ID: <p{n}@faults.test>\r\n\r\nx\r\n"
+                        .encode())[0] == "OK"
+    dele_marked: set[str] = set()
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                p = poplib.POP3("127.0.0.1", stack.pop3_port, timeout=10)
+                p.user(USER)
+                p.pass_("wonderland")
+                count, _ = p.stat()
+                for i in range(1, count + 1):
+                    lines = p.retr(i)[1]
+                    mid = next((ln for ln in lines if ln.startswith(b"Message-ID:")), b"")
+                    if i % 2 and mid:
+                        dele_marked.add(mid.split(b"<")[1].split(b">")[0].decode())
+                        p.dele(i)
+                p.quit()
+            except (OSError, poplib.error_proto, EOFError, IndexError):
+                time.sleep(0.02)
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    config = stack.procs[2].popen.args[-1]
+    try:
+        for _ in range(4):
+            time.sleep(0.3)
+            os.killpg(stack.procs[2].popen.pid, signal.SIGKILL)
+            killed = stack.procs[2]
+            killed.terminate()
+            stack.killed_logs.append(killed.output)
+            if killed.popen.stdout is not None:
+                killed.popen.stdout.close()
+            stack.procs[2] = Proc("serve", "pop3", "--config", config)
+            wait_port(stack.pop3_port, stack.procs[2])
+    finally:
+        stop.set()
+        t.join(30)
+    fresh = stack.imap(1)
+    data = fresh.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")[1]
+    ids = re.findall(rb"<(p\d+@faults\.test)>", b"".join(x[1] for x in data
+                                                          if isinstance(x, tuple)))
+    assert len(ids) == len(set(ids)), "a message is there twice"
+    never_deleted = {f"p{n}@faults.test" for n in range(60)} - dele_marked
+    assert never_deleted <= {i.decode() for i in ids}
+    index_agrees_with_maildir(stack)
