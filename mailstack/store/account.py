@@ -537,7 +537,7 @@ class AccountStore:
     def read(self, name: str, e: Entry) -> bytes | None:
         """The message as stored (LF line ends), or None when it is gone."""
         try:
-            return read_message(self.path_of(name, e))
+            return read_message(self.path_of(name, e), hint=e.size)
         except NotAMessage:
             pass
         found = self._find_file(name, e.key)
