@@ -76,7 +76,7 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
         seen = set((await asyncio.to_thread(sel.store_flags, unseen, "+", ["\\Seen"])).changed
                    ) if unseen else set()
         if seen:
-            s.send_changes(sel.refresh(expunge_ok=False, own=seen))
+            await s.send_changes(await s.changes(expunge_ok=False, own=seen))
             msgs = _current(sel, msgs)
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
@@ -205,7 +205,7 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
         raise Bad(str(exc)) from None
     failed_uids = set(result.failed)
     failed = sorted(m.uid if uid else seq for seq, m in msgs if m.uid in failed_uids)
-    s.send_changes(sel.refresh(expunge_ok=False, own={m.uid for _, m in msgs}))
+    await s.send_changes(await s.changes(expunge_ok=False, own={m.uid for _, m in msgs}))
     for seq, m in _current(sel, msgs):
         if m.uid in failed_uids:
             continue
@@ -269,7 +269,7 @@ async def _copy_move(s: Session, p: Parser, uid: bool, move: bool) -> str:
     if move:
         if code:
             s.untagged(f"OK [{code}] moved")
-        s.announce(expunge_ok=True)
+        await s.announce(expunge_ok=True)
         return "MOVE completed"
     return f"[{code}] COPY completed" if code else "COPY completed"
 
@@ -298,7 +298,7 @@ async def cmd_expunge(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if sel.readonly:
         raise No("mailbox is read-only", "READ-ONLY")
     await asyncio.to_thread(sel.expunge, only)
-    s.announce(expunge_ok=True)
+    await s.announce(expunge_ok=True)
     return f"{'UID ' if uid else ''}EXPUNGE completed"
 
 

@@ -268,14 +268,17 @@ class Selected:
         return m.size
 
     # -- changes --------------------------------------------------------------------------
-    def refresh(self, *, expunge_ok: bool = True, own: frozenset[int] | set[int] = frozenset()
-                ) -> Changes:
+    def refresh(self, *, expunge_ok: bool = True, own: frozenset[int] | set[int] = frozenset(),
+                nonblocking: bool = False) -> Changes:
         """Bring this view up to date with the store; returns what to announce.
 
-        ``own`` names messages whose new flags the caller reports itself (STORE).
+        ``own`` names messages whose new flags the caller reports itself (STORE). With
+        ``nonblocking`` raises the store's ``WouldBlock`` (nothing changed here) when the
+        store would have to wait: call again from a worker thread.
         """
         ch = Changes()
-        snap, won = _store_call(self.store.sync, self.name, claim_recent=not self.readonly)
+        snap, won = _store_call(self.store.sync, self.name, claim_recent=not self.readonly,
+                                nonblocking=nonblocking)
         self.recent |= won
         if snap is self.snapshot and not (self.private and expunge_ok):
             return ch

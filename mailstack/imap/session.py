@@ -26,7 +26,7 @@ from ..runtime import chaos
 from ..runtime.logsafe import safe
 from ..runtime.netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
 from ..store import watch
-from ..store.account import StoreError
+from ..store.account import StoreError, WouldBlock
 from ..store.maildir import MaildirError, open_user_mailbox
 from .cache import FolderCache
 from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
@@ -264,7 +264,7 @@ class Session:
             return
         if self.state == SELECTED and not cmd.expunge_ok:
             # FETCH, STORE and SEARCH see current flags (expunges wait until after them)
-            self.announce(expunge_ok=False)
+            await self.announce(expunge_ok=False)
             if self.state == LOGOUT:
                 self.send(f"{tag} NO mailbox is gone\r\n".encode())
                 return
@@ -305,7 +305,7 @@ class Session:
             self.send(f"{tag} NO [SERVERBUG] internal error\r\n".encode())
             return
         if self.state == SELECTED and name not in ("SELECT", "EXAMINE"):
-            self.announce(expunge_ok=cmd.expunge_ok or uid)
+            await self.announce(expunge_ok=cmd.expunge_ok or uid)
             if self.state == LOGOUT:
                 return
         if text is not None:
@@ -330,12 +330,23 @@ class Session:
         return True
 
     # -- mailbox updates ------------------------------------------------------------------
-    def announce(self, *, expunge_ok: bool = True) -> None:
+    async def changes(self, *, expunge_ok: bool = True,
+                      own: frozenset[int] | set[int] = frozenset()) -> Changes:
+        """The selected mailbox's news: at once when the store has it at hand, else from a
+        worker thread (the store may have to wait for another process's write)."""
+        sel = self.selected
+        assert sel is not None
+        try:
+            return sel.refresh(expunge_ok=expunge_ok, own=own, nonblocking=True)
+        except WouldBlock:
+            return await asyncio.to_thread(sel.refresh, expunge_ok=expunge_ok, own=own)
+
+    async def announce(self, *, expunge_ok: bool = True) -> None:
         sel = self.selected
         if sel is None:
             return
         try:
-            changes = sel.refresh(expunge_ok=expunge_ok)
+            changes = await self.changes(expunge_ok=expunge_ok)
         except ValidityChanged:
             log.warning("imap %s: UIDVALIDITY of %s changed", self.peer, sel.name)
             self.untagged("BYE the mailbox's UIDs were reset: please reconnect")
@@ -348,9 +359,10 @@ class Session:
             self.untagged("BYE the selected mailbox was deleted or renamed elsewhere")
             self.state = LOGOUT
             return
-        self.send_changes(changes)
+        await self.send_changes(changes)
 
-    def send_changes(self, ch: Changes) -> None:
+    async def send_changes(self, ch: Changes) -> None:
+        """Untagged responses for ``ch``; a long list yields to other sessions as it goes."""
         sel = self.selected
         assert sel is not None
         if ch.keywords is not None:  # a new keyword: FLAGS before any FETCH that uses it
@@ -359,9 +371,15 @@ class Session:
             self.untagged(f"FLAGS ({flags})")
             if not sel.readonly:
                 self.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
-        for seq in ch.expunged:
+        for n, seq in enumerate(ch.expunged, 1):
             self.send(b"* %d EXPUNGE\r\n" % seq)
-        for m in ch.flags:
+            if n % 512 == 0:
+                await self.maybe_flush()
+                await asyncio.sleep(0)
+        for n, m in enumerate(ch.flags, 1):
+            if n % 512 == 0:
+                await self.maybe_flush()
+                await asyncio.sleep(0)
             seq = sel.seq_of(m.uid)
             if seq is None:
                 continue
@@ -562,7 +580,7 @@ async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
             # watch first, then look: nothing can slip between the last refresh and the watch
             stack.enter_context(watch.watching(s.selected.maildir.root, event))
         s.send(b"+ idling\r\n")
-        s.announce()
+        await s.announce()
         await s.flush()
         # one reader task and one event for the whole IDLE: a wake-up costs no new tasks
         read = asyncio.ensure_future(s.lines.reader.readline())
@@ -576,7 +594,7 @@ async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
                     break
                 if timed_out:
                     raise TimeoutError()
-                s.announce()
+                await s.announce()
                 if s.state == LOGOUT:
                     await s.flush()
                     raise Disconnect()

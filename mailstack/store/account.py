@@ -129,6 +129,10 @@ class MailboxInfo:
     unread: int
 
 
+class WouldBlock(Exception):
+    """``sync(nonblocking=True)`` would have to wait or write: call it from a thread."""
+
+
 class ChangesUnavailable(StoreError):
     """The change log no longer reaches back to the asked state (JMAP cannotCalculateChanges,
     QRESYNC: a full resync)."""
@@ -436,9 +440,24 @@ class AccountStore:
         folder.legacy_uids = pending  # consumed by the first sync of this folder
 
     # -- reading ----------------------------------------------------------------------------
-    def sync(self, name: str, *, claim_recent: bool = False) -> tuple[Snapshot, set[int]]:
+    def sync(self, name: str, *, claim_recent: bool = False,
+             nonblocking: bool = False) -> tuple[Snapshot, set[int]]:
         """The mailbox as it is now (Maildir changes picked up), and with ``claim_recent``
-        the \\Recent UIDs this caller takes. Raises StoreError when it does not exist."""
+        the \\Recent UIDs this caller takes. Raises StoreError when it does not exist.
+
+        Loading and publishing a snapshot happen under the handle's lock, so snapshots of a
+        folder are published in order. With ``nonblocking`` (an event loop's call), raises
+        :class:`WouldBlock` instead of waiting for the lock or writing: call again from a
+        worker thread."""
+        if not self._lock.acquire(blocking=not nonblocking):
+            raise WouldBlock(name)
+        try:
+            return self._sync(name, claim_recent, nonblocking)
+        finally:
+            self._lock.release()
+
+    def _sync(self, name: str, claim_recent: bool, nonblocking: bool
+              ) -> tuple[Snapshot, set[int]]:
         self._check_file()
         folder = self._folder(name)
         pub = folder.published
@@ -447,6 +466,8 @@ class AccountStore:
         if (pub is not None and not folder.stale()
                 and (not claim_recent or pub.first_recent >= pub.uidnext)):
             return pub, set()
+        if nonblocking:
+            raise WouldBlock(name)  # a write transaction may wait for another process
         won: set[int] = set()
         with self._write() as conn:
             row = self._mailbox_row(conn, name)
@@ -470,7 +491,8 @@ class AccountStore:
     def _load(self, name: str, folder: _Folder, missing_ok: bool) -> Snapshot | None: ...
 
     def _load(self, name: str, folder: _Folder, missing_ok: bool = False) -> Snapshot | None:
-        """Publish the mailbox's current rows as a snapshot (only what changed is read)."""
+        """Publish the mailbox's current rows as a snapshot (only what changed is read).
+        Called with the handle's lock held (:meth:`sync`)."""
         folder.version = self._version()
         with self._read() as conn:
             row = self._mailbox_row(conn, name, create=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,44 @@ def test_change_log_collapses_per_id_and_knows_its_horizon(tmp_path):
     inbox = str(mailboxes["INBOX"].id)  # the index meets INBOX at its first sync
     assert store.changes("Mailbox", start).created == [inbox]
     assert store.changes("Mailbox", mid).updated == [inbox]
+
+
+def test_snapshots_are_published_in_order_across_threads(tmp_path):
+    """Sessions of one process refresh from worker threads and the event loop at once while
+    another handle appends and files arrive: the snapshot each sees never goes back (an older
+    one published after a newer one would make new messages look expunged). The store loads
+    and publishes under its lock; this checks the property, the window itself is too narrow
+    to hit on demand."""
+    import threading
+
+    md = Maildir(tmp_path / "box")
+    md.create()
+    writer = AccountStore(md.root)  # another process's handle
+    store = AccountStore(md.root)
+    store.sync("INBOX")
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        last = (0, 0)
+        while not stop.is_set():
+            snap, _ = store.sync("INBOX")
+            now = (snap.uidnext, snap.highest_modseq)
+            if now < last:
+                errors.append(f"went back from {last} to {now}")
+            last = now
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show
+    for t in threads:
+        t.start()
+    for n in range(150):
+        writer.append("INBOX", f"Subject: {n}\r\n\r\nx\r\n".encode())
+        if n % 3 == 0:
+            md.deliver(b"Subject: dropped\r\n\r\nx\r\n", sync=False)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    sys.setswitchinterval(switch)
+    assert not errors, errors[:5]
