@@ -39,6 +39,18 @@ def index_agrees_with_maildir(stack: Stack) -> None:
         assert "".join(sorted(letters)) == to_letters(e.flags, kw, assign=False), (e, name)
 
 
+def kill_and_restart(stack: Stack, index: int, name: str, config: str, port: int) -> None:
+    """``kill -9`` daemon ``index`` of the stack, then start it again on the same config."""
+    os.killpg(stack.procs[index].popen.pid, signal.SIGKILL)
+    killed = stack.procs[index]
+    killed.terminate()  # reaps it and collects its output
+    stack.killed_logs.append(killed.output)
+    if killed.popen.stdout is not None:
+        killed.popen.stdout.close()
+    stack.procs[index] = Proc("serve", name, "--config", config)
+    wait_port(port, stack.procs[index])
+
+
 def test_kill_9_mid_operations_loses_and_duplicates_nothing(stack: Stack) -> None:
     appended: dict[str, int] = {}
     deleted: set[int] = set()
@@ -78,14 +90,7 @@ def test_kill_9_mid_operations_loses_and_duplicates_nothing(stack: Stack) -> Non
     try:
         for _ in range(4):
             time.sleep(0.4)
-            os.killpg(stack.procs[0].popen.pid, signal.SIGKILL)
-            killed = stack.procs[0]
-            killed.terminate()  # reaps it and collects its output
-            stack.killed_logs.append(killed.output)
-            if killed.popen.stdout is not None:
-                killed.popen.stdout.close()
-            stack.procs[0] = Proc("serve", "imap", "--config", config)
-            wait_port(stack.imap_ports[0], stack.procs[0])
+            kill_and_restart(stack, 0, "imap", config, stack.imap_ports[0])
         time.sleep(0.4)
     finally:
         stop.set()
@@ -184,14 +189,7 @@ def test_kill_9_of_pop3_mid_update_keeps_what_was_not_deleted(stack: Stack) -> N
     try:
         for _ in range(4):
             time.sleep(0.3)
-            os.killpg(stack.procs[2].popen.pid, signal.SIGKILL)
-            killed = stack.procs[2]
-            killed.terminate()
-            stack.killed_logs.append(killed.output)
-            if killed.popen.stdout is not None:
-                killed.popen.stdout.close()
-            stack.procs[2] = Proc("serve", "pop3", "--config", config)
-            wait_port(stack.pop3_port, stack.procs[2])
+            kill_and_restart(stack, 2, "pop3", config, stack.pop3_port)
     finally:
         stop.set()
         t.join(30)
