@@ -163,3 +163,38 @@ def test_plaintext_login_networks_match_listener_addresses() -> None:
         assert arrived_on(Writer(host), default) is want, host  # type: ignore[arg-type]
     assert not arrived_on(Writer("127.0.0.2"), ["127.0.0.1/32"])  # type: ignore[arg-type]
     assert not arrived_on(Writer("127.0.0.1"), [])  # type: ignore[arg-type]
+
+
+def test_health_probe_answers_by_the_greeting(tmp_path) -> None:
+    """The compose health probe: exit 0 on a protocol greeting, 1 on anything else or nothing."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    def serve(greeting: bytes) -> int:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+
+        def once() -> None:
+            conn, _ = srv.accept()
+            conn.sendall(greeting)
+            conn.close()
+            srv.close()
+
+        threading.Thread(target=once, daemon=True).start()
+        return srv.getsockname()[1]
+
+    def run(port: int) -> int:
+        return subprocess.run([sys.executable, "-m", "mailstack.runtime.probe", str(port)],
+                              timeout=30).returncode
+
+    assert run(serve(b"220 mail.example ESMTP\r\n")) == 0
+    assert run(serve(b"* OK ready\r\n")) == 0
+    assert run(serve(b"554 go away\r\n")) == 1
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    assert run(port) == 1
