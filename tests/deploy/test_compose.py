@@ -65,8 +65,11 @@ def test_published_ports_match_the_listeners() -> None:
         assert m, published[lst.port]
         assert m.group(1) == "127.0.0.1", "loopback only by default"
         assert m.group(2) == m.group(3) == str(lst.port), "the standard port by default"
+    probe_port = {"mda": "24", "mta": "25", "imap": "143", "pop3": "110", "autoconfig": "80"}
     for name in ORDER[1:]:
-        assert services[name]["healthcheck"]["test"] == ["CMD", "mailstack", "health", name]
+        http = ["--http"] if name == "autoconfig" else []
+        assert services[name]["healthcheck"]["test"] == [
+            "CMD", "python3", "-m", "mailstack.runtime.probe", probe_port[name], *http]
 
 
 def test_compose_commands_run_as_local_processes(tmp_path: Path) -> None:
@@ -108,7 +111,9 @@ def test_compose_commands_run_as_local_processes(tmp_path: Path) -> None:
         for name in ORDER[1:]:
             deadline = 50
             while True:
-                hc = run(name, *services[name]["healthcheck"]["test"][2:])
+                _, _, _, module, port, *rest = services[name]["healthcheck"]["test"]
+                hc = subprocess.run([sys.executable, "-m", module, str(ports[int(port)]), *rest],
+                                    capture_output=True, text=True, timeout=60)
                 if hc.returncode == 0:
                     break
                 deadline -= 1
