@@ -331,10 +331,6 @@ class Selected:
             expunged, changed = diff_entries(self.msgs, snap.entries)
         return expunged, changed
 
-    def current(self, uid: int) -> Entry | None:
-        seq = self.seq_of(uid)
-        return self.msgs[seq - 1] if seq is not None else None
-
     # -- changes through the store --------------------------------------------------------
     def store_flags(self, uids: list[int], mode: str, flags: list[str],
                     unchanged_since: int | None = None) -> FlagResult:

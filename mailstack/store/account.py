@@ -47,7 +47,7 @@ from . import watch
 from .flags import format_stored, from_letters, match_keywords, mirrored, parse_stored, to_letters
 from .ingest import Ingested, NotAMessage, ingest, read_message
 from .keywords import Keywords
-from .maildir import INFO_SEP, Maildir, MaildirError, delivery_order, unique_name
+from .maildir import INFO_SEP, Maildir, delivery_order, unique_name
 from .view import Entry, Snapshot
 
 log = logging.getLogger("mailstack.store")
@@ -548,11 +548,6 @@ class AccountStore:
     def status(self, name: str) -> Snapshot:
         return self.sync(name)[0]
 
-    def usage(self) -> int:
-        """Octets stored in every mailbox (what the quota counts)."""
-        with self._read() as conn:
-            return _usage(conn)
-
     def path_of(self, name: str, e: Entry) -> str:
         return f"{self._folder(name).root}/{e.subdir}/{e.filename}"
 
@@ -562,16 +557,13 @@ class AccountStore:
             return read_message(self.path_of(name, e), hint=e.size)
         except NotAMessage:
             pass
-        found = self._find_file(name, e.key)
+        found = _locate(self.maildir(name), e.key)
         if found is None:
             return None
         try:
             return read_message(found)
         except NotAMessage:
             return None
-
-    def _find_file(self, name: str, key: str) -> str | None:
-        return self._find_file_in(self.maildir(name).root, key)
 
     def search_text(self, name: str, needles: Sequence[tuple[str, str]]) -> set[int]:
         """UIDs of the mailbox's messages whose indexed text contains every needle, each
@@ -928,22 +920,12 @@ class AccountStore:
                 os.unlink(f"{root}/{r[1]}/{r[2]}")
                 subs.add(r[1])
             except FileNotFoundError:
-                found = self._find_file_in(root, r[2].split(INFO_SEP, 1)[0])
+                found = _locate(folder.maildir, r[2].split(INFO_SEP, 1)[0])
                 if found:
                     os.unlink(found)
         for sub in subs:
             with contextlib.suppress(OSError):
                 fsync_dir(root / sub)
-
-    @staticmethod
-    def _find_file_in(root: Path, key: str) -> str | None:
-        prefix = key + INFO_SEP
-        for sub in ("new", "cur"):
-            with contextlib.suppress(FileNotFoundError):
-                for fname in os.listdir(root / sub):
-                    if fname == key or fname.startswith(prefix):
-                        return f"{root}/{sub}/{fname}"
-        return None
 
     def remove_by_key(self, name: str, keys: Iterable[str]) -> int:
         """Remove messages by Maildir key, whatever their flags (POP3 DELE + QUIT)."""
@@ -1054,16 +1036,14 @@ class AccountStore:
                     flags = match_keywords(e.flags, known_kw)
                     all_flags.update(flags)
                     letters = to_letters(flags, dfolder.keywords)
-                    size = os.path.getsize(f"{sroot}/{e.subdir}/{e.filename}") \
-                        if os.path.exists(f"{sroot}/{e.subdir}/{e.filename}") else None
-                    if size is None:
-                        found = self._find_file_in(sroot, e.key)
+                    source = f"{sroot}/{e.subdir}/{e.filename}"
+                    try:
+                        size = os.path.getsize(source)
+                    except FileNotFoundError:  # renamed meanwhile: follow it once
+                        found = _locate(sfolder.maildir, e.key)
                         if found is None:
                             continue
-                        source = found
-                        size = os.path.getsize(found)
-                    else:
-                        source = f"{sroot}/{e.subdir}/{e.filename}"
+                        source, size = found, os.path.getsize(found)
                     key = unique_name(size, e.size)
                     target = f"{droot}/cur/{key}{INFO_SEP}{letters}"
                     try:
@@ -1255,6 +1235,12 @@ class AccountStore:
             self.transfer("INBOX", snap.uids, new, move=True)
 
 
+def _locate(md: Maildir, key: str) -> str | None:
+    """Where the message file ``key`` is now (:meth:`Maildir.find` follows a flag rename)."""
+    found = md.find(key)
+    return str(found.path(md.root)) if found is not None else None
+
+
 def _has(uids: list[int], uid: int) -> bool:
     i = bisect.bisect_left(uids, uid)
     return i < len(uids) and uids[i] == uid
@@ -1285,10 +1271,3 @@ def _link_or_copy(source: str, target: str, droot: Path) -> None:
     st = os.stat(source)
     os.utime(tmp, (st.st_atime, st.st_mtime))
     os.rename(tmp, target)
-
-
-def open_account(root: Path) -> AccountStore:
-    """The account store for the Maildir at ``root`` (must exist)."""
-    if not (Path(root) / "cur").is_dir():
-        raise MaildirError(f"no mailbox at {root}")
-    return AccountStore.open(root)

@@ -36,10 +36,6 @@ class Entry:
     def seen(self) -> bool:
         return "\\Seen" in self.flags
 
-    @property
-    def deleted(self) -> bool:
-        return "\\Deleted" in self.flags
-
     def __repr__(self) -> str:
         return f"Entry(uid={self.uid}, modseq={self.modseq}, flags={sorted(self.flags)})"
 
