@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS email_text(rowid INTEGER PRIMARY KEY, emailid TEXT NO
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(headers, body, tokenize='trigram', detail=none);
 """
 
+AppendItem = tuple[bytes | memoryview, Iterable[str], float | None]  # data, flags, date
+
 _COLS = ("uid, modseq, key, subdir, filename, flags, size, internaldate, emailid, threadid, "
          "savedate")
 
@@ -956,9 +958,20 @@ class AccountStore:
     def append(self, name: str, data: bytes | memoryview, flags: Iterable[str] = (),
                date: float | None = None, *, quota: int = 0) -> tuple[int, int]:
         """Store a message in mailbox ``name``; returns (UIDVALIDITY, UID)."""
+        validity, uids = self.append_many(name, [(data, flags, date)], quota=quota)
+        return validity, uids[0]
+
+    def append_many(self, name: str, items: Sequence[AppendItem], *,
+                    quota: int = 0) -> tuple[int, list[int]]:
+        """Store several messages in mailbox ``name``, all or none (MULTIAPPEND, RFC 3502);
+        returns (UIDVALIDITY, their UIDs in order).
+
+        Every file is written first, then all rows go in one transaction; when anything fails,
+        the rows are rolled back and the files written so far removed."""
         folder = self._folder(name)
+        paths: list[str] = []
         with self._write() as conn:
-            if quota and _usage(conn) + len(data) > quota:
+            if quota and _usage(conn) + sum(len(item[0]) for item in items) > quota:
                 raise OverQuota()
             row = self._mailbox_row(conn, name)
             if row is None:
@@ -966,28 +979,35 @@ class AccountStore:
             new_record = self._ensure(conn, row, folder)  # files that arrived first come first
             row = self._mailbox_row(conn, name)
             assert row is not None
-            mbid, validity, uid = row[0], row[1], row[2]
-            wanted = match_keywords(flags, row[5].split())
-            letters = to_letters(wanted, folder.keywords)
-            msg = folder.maildir.deliver(data, flags=letters)
-            path = f"{folder.maildir.root}/{msg.subdir}/{msg.filename}"
+            mbid, validity, first = row[0], row[1], row[2]
+            known = row[5].split()
             try:
-                if date is not None:
-                    os.utime(path, (date, date))
-                info = ingest(path)
+                delivered = []
+                for data, flags, date in items:
+                    wanted = match_keywords(flags, known)
+                    msg = folder.maildir.deliver(data, flags=to_letters(wanted, folder.keywords))
+                    path = f"{folder.maildir.root}/{msg.subdir}/{msg.filename}"
+                    paths.append(path)
+                    if date is not None:
+                        os.utime(path, (date, date))
+                    delivered.append((msg, path, wanted))
                 modseq = self._next_modseq(conn)
-                self._insert(conn, mbid, uid, msg.key, msg.subdir, msg.filename, wanted,
-                             modseq, info, time.time())
-                conn.execute("UPDATE mailbox SET uidnext=? WHERE id=?", (uid + 1, mbid))
+                now = time.time()
+                for uid, (msg, path, wanted) in enumerate(delivered, first):
+                    self._insert(conn, mbid, uid, msg.key, msg.subdir, msg.filename, wanted,
+                                 modseq, ingest(path), now)
+                conn.execute("UPDATE mailbox SET uidnext=? WHERE id=?",
+                             (first + len(delivered), mbid))
                 self._finish(conn, mbid, modseq)
-                self._grow_keywords(conn, mbid, row[5].split(), wanted)
+                self._grow_keywords(conn, mbid, known, [f for _, _, w in delivered for f in w])
                 self._after(conn, mbid, folder, new_record)
             except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+                for path in paths:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
                 raise
         self._changed(folder, poke=False)
-        return validity, uid
+        return validity, list(range(first, first + len(items)))
 
     def _grow_keywords(self, conn: sqlite3.Connection, mbid: int, known: list[str],
                        flags: Iterable[str]) -> None:
