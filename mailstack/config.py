@@ -196,6 +196,7 @@ class MDASection:
     lmtp: Port = Port(0)
     bind: tuple[str, ...] = ("127.0.0.1",)
     quota: Size = Size(0)  # 0: no quota
+    quota_messages: int = 0  # messages an account may hold (0: no limit)
 
 
 @dataclass(frozen=True)

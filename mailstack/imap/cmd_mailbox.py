@@ -4,10 +4,8 @@ STATUS and APPEND."""
 from __future__ import annotations
 
 import asyncio
-import errno
+from collections.abc import Callable
 
-from ..store.account import OverQuota, StoreError
-from ..store.flags import FlagError
 from . import namelimit, wire
 from .listmatch import compile_pattern
 from .mailbox import MailboxError, Selected, normalize_name
@@ -280,7 +278,8 @@ async def cmd_lsub(s: Session, tag: str, p: Parser, uid: bool) -> str:
 
 
 # -- STATUS ---------------------------------------------------------------------------------
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+                "SIZE", "APPENDLIMIT", "DELETED", "DELETED-STORAGE")
 
 
 @command("STATUS", AUTH, SELECTED)
@@ -299,11 +298,18 @@ async def cmd_status(s: Session, tag: str, p: Parser, uid: bool) -> str:
 async def _send_status(s: Session, name: str, items: list[str]) -> None:
     assert s.account is not None
     snap, recent = await asyncio.to_thread(s.account.status, name)
-    values = {"MESSAGES": len(snap.entries), "RECENT": recent, "UIDNEXT": snap.uidnext,
-              "UIDVALIDITY": snap.uidvalidity,
-              "UNSEEN": sum(1 for e in snap.entries if not e.seen),
-              "HIGHESTMODSEQ": snap.highest_modseq}
-    body = " ".join(f"{i} {values[i]}" for i in items)
+    entries = snap.entries
+    values: dict[str, Callable[[], int]] = {
+        "MESSAGES": lambda: len(entries), "RECENT": lambda: recent,
+        "UIDNEXT": lambda: snap.uidnext, "UIDVALIDITY": lambda: snap.uidvalidity,
+        "UNSEEN": lambda: sum(1 for e in entries if not e.seen),
+        "HIGHESTMODSEQ": lambda: snap.highest_modseq,
+        "SIZE": lambda: sum(e.size for e in entries),  # RFC 8438
+        "APPENDLIMIT": lambda: int(s.cfg.imap.max_literal),  # RFC 7889
+        "DELETED": lambda: sum(1 for e in entries if "\\Deleted" in e.flags),  # RFC 9208
+        "DELETED-STORAGE": lambda: -(-sum(e.size for e in entries  # KiB, RFC 9208
+                                          if "\\Deleted" in e.flags) // 1024)}
+    body = " ".join(f"{i} {values[i]()}" for i in items)
     s.send(b"* STATUS " + _wire_name(normalize_name(name)) + f" ({body})\r\n".encode())
 
 
@@ -319,46 +325,7 @@ def existing_mailbox(s: Session, name: str) -> str:
     return name
 
 
-def quota_of(s: Session) -> int:
-    """The account's storage quota in octets (``[mda] quota``; 0: none)."""
-    return int(s.cfg.mda.quota)
-
-
-# -- APPEND ---------------------------------------------------------------------------------
-@command("APPEND", AUTH, SELECTED)
-async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
-    p.sp()
-    name = mailbox_arg(p)
-    p.sp()
-    flags: list[str] = []
-    date = None
-    if p.peek() == 0x28:
-        flags = p.flag_list()
-        p.sp()
-    if p.peek() == 0x22:
-        date = p.date_time()
-        p.sp()
-    data = p.literal_view()
-    p.end()
-    target = existing_mailbox(s, name)
-    if not data:
-        raise No("cannot append an empty message")
-    if any(f.upper() == "\\RECENT" for f in flags):
-        raise ParseError("\\Recent cannot be set")
-    assert s.account is not None
-    store = s.account.store
-    try:
-        validity, new_uid = await asyncio.to_thread(
-            store.append, target, data, flags, date.timestamp() if date else None,
-            quota=quota_of(s))
-    except FlagError as exc:
-        raise ParseError(str(exc)) from None
-    except OverQuota:
-        raise No("not enough room in the mailbox quota", "OVERQUOTA") from None
-    except StoreError as exc:
-        raise No(str(exc), exc.code) from None
-    except OSError as exc:  # nothing half-written shows: the file and the row go together
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise No("not enough disk space to store the message", "OVERQUOTA") from None
-        raise No(f"cannot store the message: {exc.strerror}", "SERVERBUG") from None
-    return f"[APPENDUID {validity} {new_uid}] APPEND completed"
+def quota_of(s: Session) -> dict[str, int]:
+    """The account's limits as the store takes them: octets (``[mda] quota``) and messages
+    (``[mda] quota_messages``); 0: none."""
+    return {"quota": int(s.cfg.mda.quota), "quota_messages": int(s.cfg.mda.quota_messages)}

@@ -261,7 +261,7 @@ async def _copy_move(s: Session, p: Parser, uid: bool, move: bool) -> str:
     try:
         validity, src, new_uids = await asyncio.to_thread(
             sel.store.transfer, sel.name, [m.uid for m in msgs], dest, move=move,
-            quota=quota_of(s))
+            **quota_of(s))
     except OverQuota:
         raise No("not enough room in the mailbox quota", "OVERQUOTA") from None
     code = (f"COPYUID {validity} {_uid_ranges(src)} {_uid_ranges(new_uids)}"

@@ -157,6 +157,9 @@ class Session:
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
                      "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE"]
+            caps += ["MULTIAPPEND", "CATENATE", "BINARY", "QUOTA", "QUOTA=RES-STORAGE",
+                     "QUOTA=RES-MESSAGE", "STATUS=SIZE", "SAVEDATE",
+                     f"APPENDLIMIT={int(self.cfg.imap.max_literal)}"]
         return " ".join(caps)
 
     # -- main loop ------------------------------------------------------------------------

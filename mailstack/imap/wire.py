@@ -202,6 +202,13 @@ class Parser:
         self.pos = start + size
         return memoryview(self.data)[start:self.pos]
 
+    def literal8_view(self) -> tuple[memoryview, bool]:
+        """A ``literal`` or a ``literal8`` (``~{n}``, RFC 3516): (its data, whether literal8)."""
+        binary = self.maybe(b"~")
+        if binary and self.peek() != 0x7B:
+            raise ParseError("bad literal8")
+        return self.literal_view(), binary
+
     def string(self) -> bytes:
         c = self.peek()
         if c == 0x22:

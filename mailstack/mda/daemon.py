@@ -29,7 +29,7 @@ from .delivery import (
     Delivered,
     DeliveryLog,
     commit_copies,
-    mailbox_usage,
+    mailbox_usage_count,
     prepare,
     valid_envid,
 )
@@ -93,8 +93,9 @@ class DeliveryHandler:
         if account is None:  # removed between RCPT and DATA
             log.info("%s: to=<%s>, status=bounced (550 5.1.1 no such user)", qid, rcpt)
             return f"550 5.1.1 <{rcpt}>: no such user here"
-        if self.cfg.mda.quota and mailbox_usage(self.cfg.data_dir, account) + len(data) \
-                > self.cfg.mda.quota:
+        quota, most = self.cfg.mda.quota, self.cfg.mda.quota_messages
+        if (quota or most) and _over(mailbox_usage_count(self.cfg.data_dir, account),
+                                     len(data), quota, most):
             log.info("%s: to=<%s>, status=bounced (552 5.2.2 over quota)", qid, rcpt)
             return f"552 5.2.2 <{rcpt}>: mailbox full"
         # Preparing is in the event loop (no fsync); the durable part goes to the group commit:
@@ -187,3 +188,8 @@ async def _prune_forever(dlog: DeliveryLog) -> None:
             log.info("pruned %d old delivery records", removed)
         await asyncio.sleep(6 * 3600)
 
+
+def _over(usage: tuple[int, int], size: int, quota: int, most: int) -> bool:
+    """Whether one more message of ``size`` octets exceeds ``[mda] quota`` or
+    ``quota_messages`` (0: no limit)."""
+    return bool(quota and usage[0] + size > quota) or bool(most and usage[1] + 1 > most)

@@ -291,8 +291,13 @@ def _write_synced(path: str | Path, data: bytes) -> None:
 
 def mailbox_usage(data_dir: Path, account: str) -> int:
     """Bytes used by the account's mail (from the ``,S=`` sizes in file names)."""
+    return mailbox_usage_count(data_dir, account)[0]
+
+
+def mailbox_usage_count(data_dir: Path, account: str) -> tuple[int, int]:
+    """(bytes, messages) of the account's mail (sizes from the ``,S=`` in file names)."""
     box = open_user_mailbox(data_dir, account)
-    total = 0
+    total = count = 0
     for folder in [box, *(box.folder(n) for n in box.list_folders())]:
         for msg in folder.scan():
             size = msg.size
@@ -300,4 +305,5 @@ def mailbox_usage(data_dir: Path, account: str) -> int:
                 with contextlib.suppress(OSError):
                     size = msg.path(folder.root).stat().st_size
             total += size or 0
-    return total
+            count += 1
+    return total, count

@@ -547,6 +547,11 @@ class AccountStore:
         folder.published = snap
         return snap
 
+    def usage(self) -> tuple[int, int]:
+        """(octets, messages) the account's indexed mailboxes hold (QUOTA)."""
+        with self._read() as conn:
+            return _usage(conn), _count(conn)
+
     def status(self, name: str) -> Snapshot:
         return self.sync(name)[0]
 
@@ -956,13 +961,15 @@ class AccountStore:
 
     # -- writing: append, copy, move ------------------------------------------------------------
     def append(self, name: str, data: bytes | memoryview, flags: Iterable[str] = (),
-               date: float | None = None, *, quota: int = 0) -> tuple[int, int]:
+               date: float | None = None, *, quota: int = 0,
+               quota_messages: int = 0) -> tuple[int, int]:
         """Store a message in mailbox ``name``; returns (UIDVALIDITY, UID)."""
-        validity, uids = self.append_many(name, [(data, flags, date)], quota=quota)
+        validity, uids = self.append_many(name, [(data, flags, date)], quota=quota,
+                                          quota_messages=quota_messages)
         return validity, uids[0]
 
-    def append_many(self, name: str, items: Sequence[AppendItem], *,
-                    quota: int = 0) -> tuple[int, list[int]]:
+    def append_many(self, name: str, items: Sequence[AppendItem], *, quota: int = 0,
+                    quota_messages: int = 0) -> tuple[int, list[int]]:
         """Store several messages in mailbox ``name``, all or none (MULTIAPPEND, RFC 3502);
         returns (UIDVALIDITY, their UIDs in order).
 
@@ -971,12 +978,14 @@ class AccountStore:
         folder = self._folder(name)
         paths: list[str] = []
         with self._write() as conn:
-            if quota and _usage(conn) + sum(len(item[0]) for item in items) > quota:
-                raise OverQuota()
             row = self._mailbox_row(conn, name)
             if row is None:
                 raise StoreError("no such mailbox", "TRYCREATE")
             new_record = self._ensure(conn, row, folder)  # files that arrived first come first
+            if quota and _usage(conn) + sum(len(item[0]) for item in items) > quota:
+                raise OverQuota()
+            if quota_messages and _count(conn) + len(items) > quota_messages:
+                raise OverQuota("too many messages")
             row = self._mailbox_row(conn, name)
             assert row is not None
             mbid, validity, first = row[0], row[1], row[2]
@@ -1018,7 +1027,7 @@ class AccountStore:
                          (" ".join(known + sorted(set(new))), mbid))
 
     def transfer(self, src: str, uids: Iterable[int], dst: str, *, move: bool,
-                 quota: int = 0) -> tuple[int, list[int], list[int]]:
+                 quota: int = 0, quota_messages: int = 0) -> tuple[int, list[int], list[int]]:
         """COPY or MOVE messages; returns (destination UIDVALIDITY, source UIDs, new UIDs)."""
         sfolder, dfolder = self._folder(src), self._folder(dst)
         placed: list[tuple[str, str]] = []  # (new path, old path or "" for a link)
@@ -1046,6 +1055,8 @@ class AccountStore:
                     return validity, [], []
                 if quota and not move and _usage(conn) + sum(r[6] for r in rows) > quota:
                     raise OverQuota()
+                if quota_messages and not move and _count(conn) + len(rows) > quota_messages:
+                    raise OverQuota("too many messages")
                 modseq = self._next_modseq(conn)
                 src_uids, new_uids = [], []
                 known_kw = drow[5].split()
@@ -1268,6 +1279,10 @@ def _has(uids: list[int], uid: int) -> bool:
 
 def _usage(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT coalesce(sum(size), 0) FROM message").fetchone()[0]
+
+
+def _count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM message").fetchone()[0]
 
 
 def _chunks(items: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:

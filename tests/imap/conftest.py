@@ -88,6 +88,16 @@ async def imap_on_each_loop(config_factory, daemon_loop: str,
                      daemon=daemon)
 
 
+@pytest.fixture
+async def imap_quota(config_factory, client_ssl: ssl.SSLContext) -> AsyncIterator[Server]:
+    """``imap`` with ``[mda] quota`` of 10 KiB and a 3-message limit."""
+    cfg = config_factory('[mda]\nquota = "10KiB"\nquota_messages = 3')
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg) as daemon:
+        yield Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl,
+                     daemon=daemon)
+
+
 class Raw:
     """A line-oriented raw IMAP client for exact-sequence tests."""
 

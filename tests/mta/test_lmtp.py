@@ -66,6 +66,17 @@ async def test_over_quota_is_552_5_2_2(config_factory) -> None:
     assert (big.replies[0].code, big.replies[0].enhanced) == (552, "5.2.2")
 
 
+async def test_message_quota_is_552_5_2_2(config_factory) -> None:
+    cfg = config_factory("[mda]\nquota_messages = 2\n")
+    add_user(cfg, "alice@example.test")
+    async with running("mda", cfg):
+        conn = await LMTPConnection.open("127.0.0.1", cfg.port("mda", "lmtp"), "t")
+        codes = [(await conn.deliver(f"Q{i}", "s@x.org", ["alice@example.test"],
+                                     b"Subject: a\r\n\r\n")).replies[0].code for i in range(3)]
+        await conn.quit()
+    assert codes == [250, 250, 552]
+
+
 async def test_redelivery_with_same_envid_is_not_duplicated(cfg: Config) -> None:
     add_user(cfg, "alice@example.test")
     async with running("mda", cfg):
