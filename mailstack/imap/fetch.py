@@ -16,7 +16,7 @@ from .mailbox import Msg, Selected
 from .wire import ParseError, Parser
 
 _SIMPLE = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
-           "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ"}
+           "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE"}
 MAX_ATTS = 64  # fetch attributes in one FETCH (Thunderbird asks for 4 to 10)
 STREAM_OVER = 1 << 20  # a whole message bigger than this is sent from its file in pieces
 STREAM_PIECE = 256 * 1024
@@ -44,7 +44,8 @@ class Att:
 
     @property
     def needs_body(self) -> bool:
-        return self.name not in ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "MODSEQ")
+        return self.name not in ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "MODSEQ",
+                                 "SAVEDATE")
 
 
 def _section(p: Parser, att: Att) -> None:
@@ -387,6 +388,8 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
                    + b'"')
         elif name == "RFC822.SIZE":
             yield sep + b"RFC822.SIZE %d" % load.size()
+        elif name == "SAVEDATE":  # RFC 8514: when it was stored in this mailbox
+            yield sep + b'SAVEDATE "' + wire.imap_datetime(msg.savedate).encode() + b'"'
         elif att.section is not None:
             data: bytes | memoryview
             if not att.numbers and att.spec.startswith("HEADER"):

@@ -24,7 +24,8 @@ _FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
               "UNDELETED": ("\\Deleted", False), "UNDRAFT": ("\\Draft", False),
               "UNFLAGGED": ("\\Flagged", False), "UNSEEN": ("\\Seen", False)}
 _HEADER_KEYS = {"BCC", "CC", "FROM", "SUBJECT", "TO"}
-_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE",
+              "SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"}  # the last three: RFC 8514
 CHARSETS = ("UTF-8", "US-ASCII")
 MAX_KEYS = 256  # search keys in one SEARCH (a client's filter needs a few dozen at most)
 
@@ -82,6 +83,8 @@ def _parse_key(p: Parser, charset: str, budget: _Budget) -> Node:
     word = p.atom().upper()
     if word in ("ALL", "NEW", "OLD", "RECENT") or word in _FLAG_KEYS:
         return Node(word)
+    if word == "SAVEDATESUPPORTED":  # RFC 8514: every mailbox keeps save dates
+        return Node("ALL")
     if word in _HEADER_KEYS or word in ("BODY", "TEXT"):
         p.sp()
         return Node(word, (_text(p, charset).casefold(),))
@@ -301,6 +304,8 @@ def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bo
         return _date_cmp(op, ctx.internal_date(), node.args[0])
     if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         return _date_cmp(op, ctx.sent_date(), node.args[0])
+    if op in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
+        return _date_cmp(op, dt.datetime.fromtimestamp(m.savedate).date(), node.args[0])
     if op in _HEADER_KEYS:
         return any(node.args[0] in v.casefold() for v in ctx.header(op.lower()))
     if op == "HEADER":

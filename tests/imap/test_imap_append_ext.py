@@ -163,3 +163,26 @@ async def test_catenate_bad_urls_are_refused(imap):
         await c.send(f"v{n} APPEND Drafts {text}\r\n")
         assert (await c.until(f"v{n}"))[-1].startswith(f"v{n} BAD".encode())
     await c.close()
+
+
+async def test_savedate_fetch_and_search(imap):
+    """SAVEDATE (RFC 8514): when the message was stored, not its INTERNALDATE."""
+    import datetime as dt
+
+    c = await _login(imap)
+    msg = _crlf(message("old"))
+    await c.send(b'a APPEND INBOX "01-Jan-2001 10:00:00 +0000" {%d+}\r\n%s\r\n' % (len(msg), msg))
+    assert (await c.until("a"))[-1].startswith(b"a OK")
+    await c.cmd("s", "SELECT INBOX")
+    got = (await c.cmd("f", "FETCH 1 (INTERNALDATE SAVEDATE)"))[0]
+    saved = re.search(rb'SAVEDATE "([^"]+)"', got).group(1).decode()
+    assert b"2001" in got.split(b"SAVEDATE")[0]  # INTERNALDATE as APPEND gave it
+    when = dt.datetime.strptime(saved.strip(), "%d-%b-%Y %H:%M:%S %z")
+    assert abs((when - dt.datetime.now(dt.UTC)).total_seconds()) < 3600
+    today = dt.date.today().strftime("%d-%b-%Y")
+    assert (await c.cmd("x", f"SEARCH SAVEDON {today}"))[0] == b"* SEARCH 1\r\n"
+    assert (await c.cmd("y", f"SEARCH SAVEDBEFORE {today}"))[0] == b"* SEARCH\r\n"
+    assert (await c.cmd("z", "SEARCH SAVEDATESUPPORTED SAVEDSINCE 1-Jan-2001"))[0] == \
+        b"* SEARCH 1\r\n"
+    assert (await c.cmd("w", "SEARCH ON 1-Jan-2001"))[0] == b"* SEARCH 1\r\n"
+    await c.close()
