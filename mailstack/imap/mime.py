@@ -61,6 +61,14 @@ class Part:
         elif self.type == "message" and self.subtype == "rfc822":
             self.message = Part(self.body, "text/plain", depth + 1)
 
+    @property
+    def body_size(self) -> int:
+        return len(self.body)
+
+    @property
+    def body_lines(self) -> int:
+        return _lines(self.body)
+
     def params(self) -> list[tuple[str, bytes]]:
         if not self.msg.get("content-type"):
             return [("charset", b"us-ascii")] if self.type == "text" else []
@@ -256,12 +264,12 @@ def bodystructure(part: Part, extended: bool = True) -> bytes:
               wire.nstring(_unfold(_header_raw(msg, "content-id"))),
               wire.nstring(_unfold(_header_raw(msg, "content-description"))),
               wire.quote((str(msg.get("content-transfer-encoding") or "7BIT")).strip().upper()),
-              b"%d" % len(part.body)]
+              b"%d" % part.body_size]
     if part.message is not None:
         fields += [envelope(part.message), bodystructure(part.message, extended),
-                   b"%d" % _lines(part.body)]
+                   b"%d" % part.body_lines]
     elif part.type == "text":
-        fields.append(b"%d" % _lines(part.body))
+        fields.append(b"%d" % part.body_lines)
     if extended:
         fields += [wire.nstring(_unfold(_header_raw(msg, "content-md5"))), _disposition(part),
                    _language(part), wire.nstring(_unfold(_header_raw(msg, "content-location")))]
