@@ -7,9 +7,10 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable, Iterator
 
+from ..runtime.logsafe import safe
 from ..store.account import OverQuota
 from ..store.flags import FlagError
-from . import fetch, search
+from . import binary, fetch, search
 from .cache import FolderCache
 from .cmd_mailbox import existing_mailbox, mailbox_arg, quota_of
 from .mailbox import Msg, Selected
@@ -80,7 +81,11 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
             msgs = _current(sel, msgs)
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
-    missing = await _send_fetch(s, sel, msgs, atts, uid)
+    try:
+        missing = await _send_fetch(s, sel, msgs, atts, uid)
+    except binary.UnknownCTE as exc:
+        raise No(f"unknown Content-Transfer-Encoding {safe(str(exc), 40)}", "UNKNOWN-CTE"
+                 ) from None
     cache = FolderCache.for_root(sel.maildir.root)
     if cache.due():
         await asyncio.to_thread(cache.save, {m.key for m in sel.msgs})
@@ -99,7 +104,8 @@ async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
     loop and yield every YIELD_AFTER seconds."""
     missing = False
     drop = bool(s.cfg.faults) and s.cfg.faults_at("fetch", s.user) is not None
-    heavy = fetch.needs_body(atts)
+    heavy = fetch.needs_body(atts) or (fetch.needs_structure(atts) and any(
+        m.size > fetch.STREAM_OVER for _, m in msgs))  # a big message's scan: not in the loop
     loop = asyncio.get_running_loop()
     since = loop.time()
     for batch in _batches(msgs, heavy):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..store.ingest import NotAMessage, open_message
 from ..store.maildir import to_crlf
-from . import mime, wire
+from . import binary, mime, mimescan, wire
 from .cache import BODY, BODYSTRUCTURE, ENVELOPE, HEADER, FolderCache
 from .mailbox import Msg, Selected
 from .wire import ParseError, Parser
@@ -40,7 +40,12 @@ class Att:
     @property
     def sets_seen(self) -> bool:
         return (self.name in ("RFC822", "RFC822.TEXT")
-                or (self.section is not None and not self.peek))
+                or (self.section is not None and not self.peek and self.name != "BINARY.SIZE"))
+
+    @property
+    def is_body(self) -> bool:
+        """``BODY[...]`` (not BINARY, not the BODY structure)."""
+        return self.name == "BODY" and self.section is not None
 
     @property
     def needs_body(self) -> bool:
@@ -93,11 +98,35 @@ def _section(p: Parser, att: Att) -> None:
         att.partial = (start, length)
 
 
+def _binary_section(p: Parser, att: Att, *, partial: bool) -> None:
+    """``"[" [section-part] "]"`` and, unless BINARY.SIZE, ``["<" number "." nz-number ">"]``
+    (RFC 3516)."""
+    p.expect(b"[")
+    numbers: list[int] = []
+    if p.peek() != 0x5D:
+        numbers.append(p.nz_number())
+        while p.maybe(b"."):
+            numbers.append(p.nz_number())
+    p.expect(b"]")
+    att.numbers, att.section = numbers, ".".join(map(str, numbers))
+    if partial and p.maybe(b"<"):
+        start = p.number()
+        p.expect(b".")
+        length = p.nz_number()
+        p.expect(b">")
+        att.partial = (start, length)
+
+
 def parse_att(p: Parser) -> Att:
     word = p._run(bytes(c for c in range(0x21, 0x7F) if c not in b"()[]<> ")).decode().upper()
     if word in ("BODY", "BODY.PEEK") and p.peek() == 0x5B:
         att = Att("BODY", peek=word == "BODY.PEEK")
         _section(p, att)
+        return att
+    if word in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and p.peek() == 0x5B:
+        att = Att("BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY",
+                  peek=word == "BINARY.PEEK")
+        _binary_section(p, att, partial=word != "BINARY.SIZE")
         return att
     if word in _SIMPLE:
         return Att(word)
@@ -126,28 +155,45 @@ class Loaded:
     """One message's data for one FETCH response, each read or computed at most once.
 
     :func:`prepare` does every read the attributes need (in a worker thread for whole bodies);
-    :func:`pieces` then only formats what is loaded."""
+    :func:`pieces` then only formats what is loaded. A message bigger than STREAM_OVER is never
+    read whole: its structure comes from a streaming scan (:mod:`.mimescan`) and its sections
+    are sent from ranges of its file."""
 
-    __slots__ = ("_envelope", "_header", "_structure", "cache", "data", "fd", "msg", "part",
-                 "sel")
+    __slots__ = ("_envelope", "_header", "_structure", "binary", "cache", "data", "fd", "msg",
+                 "part", "sel")
 
     def __init__(self, sel: Selected, msg: Msg) -> None:
         self.sel, self.msg = sel, msg
         self.data: bytes | None = None
-        self.part: mime.Part | None = None
+        self.part: mime.Part | None = None  # a mimescan.Span for a big message
         self.cache = FolderCache.for_root(sel.maildir.root)
         self._header: bytes | None = None
         self._envelope: bytes | None = None
         self._structure: dict[bool, bytes] = {}
-        self.fd: int | None = None  # a big message streamed from its file (see can_stream)
+        self.fd: int | None = None  # a big message read from its file in ranges
+        #: BINARY sections: decoded (size, holds a NUL), None for a part that does not exist
+        self.binary: dict[str, tuple[int, bool] | None] = {}
+
+    @property
+    def big(self) -> bool:
+        return self.msg.size > STREAM_OVER
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
+    def open(self) -> bool:
+        """Open the message file for ranges (False when it is gone)."""
+        if self.fd is None:
+            try:
+                self.fd = open_message(self._path())
+            except NotAMessage:
+                return False
+        return True
+
     def header(self) -> bytes | None:
-        if self.part is not None:
+        if self.part is not None and not self.big:
             return self.part.header
         if self._header is None:
             cached = self.cache.get(self.msg.key, HEADER)  # warm: no path, no stat
@@ -156,7 +202,7 @@ class Loaded:
 
     def envelope(self) -> bytes | None:
         if self._envelope is None:
-            if self.part is not None:
+            if self.part is not None and not self.big:
                 self._envelope = mime.envelope(self.part)
             else:
                 cached = self.cache.get(self.msg.key, ENVELOPE)
@@ -206,69 +252,163 @@ class Loaded:
 
     def tree(self) -> mime.Part | None:
         if self.part is None:
+            if self.big:  # scanned from the file, never loaded
+                if not self.open():
+                    return None
+                assert self.fd is not None
+                self.part = _Structures.of(self.fd, self.msg.size)
+                return self.part
             raw = self.raw()
             if raw is None:
                 return None
             self.part = mime.Part(raw)
         return self.part
 
+    def span(self) -> mimescan.Span:
+        assert isinstance(self.part, mimescan.Span)
+        return self.part
+
     def size(self) -> int:
         """RFC822.SIZE (octets with CRLF line ends)."""
         return self.msg.size  # the index knows it
 
+    def file_range(self, start: int, end: int) -> Iterator[bytes]:
+        assert self.fd is not None
+        return _file_range(self.fd, self.msg.size, start, end - start)
+
+    def binary_content(self, numbers: list[int]) -> Callable[[], Iterator[bytes]] | None:
+        """A source of the decoded content of BINARY[numbers] (None: no such part).
+
+        The whole message (no numbers) is its header and its decoded body; a multipart or
+        message part is sent as it is (MIME allows only identity encodings there)."""
+        root = self.tree()
+        assert root is not None  # prepare() loaded it
+        part = mime.find_part(root, numbers) if numbers else root
+        if part is None:
+            return None
+        leaf = not part.children and part.message is None
+        cte = binary.encoding_of(part.msg.get("content-transfer-encoding")) if leaf else ""
+        if isinstance(part, mimescan.Span):
+            span = part
+
+            def body() -> Iterator[bytes]:
+                return self.file_range(span.body_start, span.end)
+
+            def header() -> Iterator[bytes]:
+                return self.file_range(span.start, span.body_start)
+        else:
+            whole = part
+
+            def body() -> Iterator[bytes]:
+                return iter((whole.body,))
+
+            def header() -> Iterator[bytes]:
+                return iter((whole.header,))
+
+        def content() -> Iterator[bytes]:
+            if not numbers:
+                yield from header()
+            yield from binary.decode(cte, body())
+        return content
+
 
 def _raw_only(a: Att) -> bool:
     """BODY[] and BODY[TEXT]: the message bytes, no MIME parse needed."""
-    return a.section is not None and not a.numbers and a.spec in ("", "TEXT")
+    return a.is_body and not a.numbers and a.spec in ("", "TEXT")
+
+
+def _top_header(a: Att) -> bool:
+    return a.name == "RFC822.HEADER" or (a.is_body and not a.numbers
+                                         and a.spec.startswith("HEADER"))
 
 
 def needs_tree(atts: list[Att]) -> bool:
     """Whether rendering parses the message's MIME structure."""
-    return any(a.name in ("RFC822", "RFC822.TEXT") or (a.section is not None and not _raw_only(a)
-               and not (not a.numbers and a.spec.startswith("HEADER"))) for a in atts)
+    return any(a.name in ("RFC822", "RFC822.TEXT", "BINARY", "BINARY.SIZE")
+               or (a.is_body and not _raw_only(a) and not _top_header(a)) for a in atts)
+
+
+def needs_structure(atts: list[Att]) -> bool:
+    """Whether rendering may compute a BODY or BODYSTRUCTURE (cached, or parsed)."""
+    return any(a.name in ("BODY", "BODYSTRUCTURE") and a.section is None for a in atts)
 
 
 def needs_body(atts: list[Att]) -> bool:
-    """Whether rendering reads the whole message (then it is read in a worker thread)."""
+    """Whether rendering reads the message's content (then it is done in a worker thread)."""
     return needs_tree(atts) or any(_raw_only(a) for a in atts)
 
 
-def can_stream(load: Loaded, atts: list[Att]) -> bool:
-    """A big message asked for as ``BODY[]`` (whole or a ``<start.length>`` range) and nothing
-    that parses it: its literal is read from the file piece by piece instead of loaded."""
-    return (load.msg.size > STREAM_OVER and not needs_tree(atts)
-            and all(a.spec == "" for a in atts if _raw_only(a)))
+def _from_file(load: Loaded, atts: list[Att]) -> bool:
+    """A big message: sections, RFC822 and BINARY come from ranges of its file."""
+    return load.big and any(a.name in ("RFC822", "RFC822.TEXT", "BINARY") or _raw_only(a)
+                            or (a.is_body and not _top_header(a)) for a in atts)
 
 
 def prepare(load: Loaded, atts: list[Att]) -> bool:
-    """Read what ``atts`` need, the message file at most once; False when it is gone."""
-    if any(_raw_only(a) for a in atts) and can_stream(load, atts):
-        try:
-            load.fd = open_message(load._path())
-        except NotAMessage:
+    """Read what ``atts`` need, the message file at most once; False when it is gone.
+
+    Raises :class:`binary.UnknownCTE` for BINARY of a part whose encoding is unknown."""
+    if _from_file(load, atts):
+        if not load.open():
             return False
-        if any(a.partial and a.partial[0] for a in atts if _raw_only(a)):
+        assert load.fd is not None
+        if any(a.partial and a.partial[0] for a in atts if _raw_only(a)) or needs_tree(atts):
             _Checkpoints.of(load.fd)  # built here (a worker thread), not in the event loop
-        return all(load.header() is not None for a in atts if a.name == "RFC822.HEADER"
-                   or (a.section is not None and a.spec.startswith("HEADER")))
     if needs_tree(atts) and load.tree() is None:
         return False  # with the tree loaded, header and envelope come from it
-    if any(_raw_only(a) for a in atts) and load.raw() is None:
+    if load.fd is None and any(_raw_only(a) for a in atts) and load.raw() is None:
         return False
     for att in atts:
         name = att.name
-        if name in ("RFC822.HEADER",) or (att.section is not None and not att.numbers
-                                          and att.spec.startswith("HEADER")):
+        if _top_header(att):
             ok = load.header() is not None
         elif name == "ENVELOPE":
             ok = load.envelope() is not None
         elif name in ("BODYSTRUCTURE", "BODY") and att.section is None:
             ok = load.structure(name == "BODYSTRUCTURE") is not None
+        elif name in ("BINARY", "BINARY.SIZE") and att.section not in load.binary:
+            content = load.binary_content(att.numbers)
+            load.binary[att.section or ""] = (binary.measure(content()) if content is not None
+                                              else None)
+            ok = True
         else:
             ok = True
         if not ok:
             return False
     return True
+
+
+class _Structures:
+    """The scanned structure of the most recently used big message files (a FETCH of
+    BODYSTRUCTURE, then of a part, scans once). Only small structures are kept."""
+
+    _cache: dict[tuple[int, int, int], mimescan.Span] = {}
+    _order: list[tuple[int, int, int]] = []
+    _lock = threading.Lock()
+    KEEP = 16
+    KEEP_SPANS = 64  # a structure with more parts than this is not kept
+
+    @classmethod
+    def of(cls, fd: int, size: int) -> mimescan.Span:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size)
+        with cls._lock:
+            found = cls._cache.get(key)
+        if found is not None:
+            return found
+        root = mimescan.scan(_file_range(fd, size, 0, size))
+        if _count_spans(root) <= cls.KEEP_SPANS:
+            with cls._lock:
+                cls._cache[key] = root
+                cls._order.append(key)
+                if len(cls._order) > cls.KEEP:
+                    cls._cache.pop(cls._order.pop(0), None)
+        return root
+
+
+def _count_spans(part: mime.Part) -> int:
+    return 1 + sum(_count_spans(c) for c in part.children) + (
+        _count_spans(part.message) if part.message is not None else 0)
 
 
 class _Checkpoints:
@@ -353,11 +493,62 @@ def _file_range(fd: int, size: int, start: int, length: int) -> Iterator[bytes]:
         yield b" " * (length - sent)
 
 
+
 def _partial(data: bytes | memoryview, att: Att) -> tuple[bytes | memoryview, bytes]:
     if att.partial is None:
         return data, b""
     start, length = att.partial
     return memoryview(data)[start:start + length], b"<%d>" % start  # a view: no copy
+
+
+def _literal_from_file(load: Loaded, label: bytes, att: Att | None, start: int,
+                       end: int) -> Iterator[Piece]:
+    """``label[<origin>] {n}`` and the octets ``start``-``end`` of the message (the
+    attribute's partial range applied), read from the file in pieces."""
+    origin = b""
+    if att is not None and att.partial is not None:
+        first, length = att.partial
+        origin = b"<%d>" % first
+        start = min(start + first, end)
+        end = min(start + length, end)
+    yield label + origin + b" {%d}\r\n" % max(0, end - start)
+    if end > start:
+        yield from load.file_range(start, end)
+
+
+def _big_section(load: Loaded, att: Att, label: bytes) -> Iterator[Piece]:
+    """A ``BODY[...]`` section of a big message, from its file."""
+    if att.spec.startswith("HEADER.FIELDS"):
+        header = mimescan.header_of(load.span(), att.numbers) or b""
+        data, origin = _partial(mime.header_fields(header, att.fields,
+                                                   exclude=att.spec.endswith(".NOT")), att)
+        yield label + origin + b" {%d}\r\n" % len(data)
+        yield data
+        return
+    rng = mimescan.section_range(load.span(), att.numbers, att.spec)
+    yield from _literal_from_file(load, label, att, *(rng or (0, 0)))
+
+
+def _binary_piece(load: Loaded, att: Att, sep: bytes) -> Iterator[Piece]:
+    """``BINARY[n]<origin> ~{size}`` (a literal8 when the content holds a NUL) or
+    ``BINARY.SIZE[n] size`` (RFC 3516)."""
+    key = att.section or ""
+    info = load.binary.get(key)
+    if att.name == "BINARY.SIZE":
+        yield sep + b"BINARY.SIZE[" + key.encode() + b"] %d" % (info[0] if info else 0)
+        return
+    label = sep + b"BINARY[" + key.encode() + b"]"
+    content = load.binary_content(att.numbers) if info is not None else None
+    if info is None or content is None:
+        yield label + b" NIL"
+        return
+    size, nul = info
+    start, length = att.partial or (0, size)
+    length = max(0, min(length, size - start))
+    origin = b"<%d>" % start if att.partial else b""
+    yield label + origin + (b" ~{%d}\r\n" if nul else b" {%d}\r\n") % length
+    if length:
+        yield from binary.window(content(), start, length)
 
 
 Piece = bytes | memoryview
@@ -366,8 +557,9 @@ Piece = bytes | memoryview
 def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
            modseq: bool) -> Iterator[Piece]:
     """The ``* seq FETCH (...)`` response of a prepared message, in pieces: literal data is
-    yielded as a reference to the loaded message (never copied, never joined), so the caller
-    can send and drain piece by piece whatever the attributes ask for."""
+    yielded as a reference to the loaded message (never copied, never joined) or read from
+    the file piece by piece, so the caller can send and drain piece by piece whatever the
+    attributes ask for."""
     sel, msg = load.sel, load.msg
     names = {a.name for a in atts}
     yield b"* %d FETCH (" % seq
@@ -390,25 +582,27 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
             yield sep + b"RFC822.SIZE %d" % load.size()
         elif name == "SAVEDATE":  # RFC 8514: when it was stored in this mailbox
             yield sep + b'SAVEDATE "' + wire.imap_datetime(msg.savedate).encode() + b'"'
+        elif name in ("BINARY", "BINARY.SIZE"):
+            yield from _binary_piece(load, att, sep)
         elif att.section is not None:
+            label = sep + b"BODY[" + att.section.encode() + b"]"
             data: bytes | memoryview
-            if not att.numbers and att.spec.startswith("HEADER"):
+            if _top_header(att):
                 header = load.header() or b""
                 if att.spec == "HEADER":
                     data = header
                 else:
                     data = mime.header_fields(header, att.fields,
                                               exclude=att.spec.endswith(".NOT"))
-            elif not att.numbers and att.spec in ("", "TEXT"):  # the whole message or its
-                if load.fd is not None:  # a big message, straight from its file
-                    start, length = att.partial or (0, msg.size)
-                    length = max(0, min(length, msg.size - start))
-                    origin = b"<%d>" % start if att.partial else b""
-                    yield sep + b"BODY[]" + origin + b" {%d}\r\n" % length
-                    yield from _file_range(load.fd, msg.size, start, length)
-                    sep = b" "
-                    continue
-                raw = load.raw()  # text: no MIME parse needed (Thunderbird's BODY.PEEK[])
+            elif load.fd is not None:  # a big message, straight from its file
+                if att.spec == "" and not att.numbers:
+                    yield from _literal_from_file(load, label, att, 0, msg.size)
+                else:
+                    yield from _big_section(load, att, label)
+                sep = b" "
+                continue
+            elif _raw_only(att):  # the whole message or its text: no MIME parse needed
+                raw = load.raw()  # (Thunderbird's BODY.PEEK[])
                 assert raw is not None  # prepare() loaded it
                 data = raw if not att.spec else mime.split_header(raw)[1]
             else:
@@ -416,7 +610,7 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
                 assert tree is not None  # prepare() loaded it
                 data = mime.section_bytes(tree, att.numbers, att.spec, att.fields)
             data, origin = _partial(data, att)
-            yield sep + b"BODY[" + att.section.encode() + b"]" + origin + b" {%d}\r\n" % len(data)
+            yield label + origin + b" {%d}\r\n" % len(data)
             yield data
         elif name == "ENVELOPE":
             yield sep + b"ENVELOPE " + (load.envelope() or b"NIL")
@@ -426,6 +620,10 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
             header = load.header() or b""
             yield sep + b"RFC822.HEADER {%d}\r\n" % len(header)
             yield header
+        elif load.fd is not None:  # RFC822 or RFC822.TEXT of a big message
+            span = load.span()
+            start = 0 if name == "RFC822" else span.body_start
+            yield from _literal_from_file(load, sep + name.encode(), None, start, msg.size)
         else:
             tree = load.tree()
             assert tree is not None

@@ -1,0 +1,102 @@
+"""BINARY (RFC 3516) over real sockets with imaplib: decoded parts, literal8, BINARY.SIZE,
+partial ranges, UNKNOWN-CTE and bad syntax, on small messages and on big ones (whose parts
+are decoded from file ranges)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import imaplib
+import os
+
+import pytest
+
+from mailstack.imap.fetch import STREAM_OVER
+from tests.imap.conftest import PASSWORD, USER
+
+BLOB = bytes(range(256)) * 4 + b"\0end\r\n\n\r"  # NULs, bare CR and LF: only a literal8 holds it
+TEXT = "Grüße = café\n".encode()
+
+
+def _message(blob: bytes) -> bytes:
+    b64 = base64.encodebytes(blob)  # 76-character lines
+    qp = binascii.b2a_qp(TEXT)
+    return (b"From: a@example.test\nSubject: binary\nMIME-Version: 1.0\n"
+            b"Content-Type: multipart/mixed; boundary=zz\n\n"
+            b"--zz\nContent-Type: text/plain; charset=utf-8\n"
+            b"Content-Transfer-Encoding: quoted-printable\n\n" + qp + b"\n"
+            b"--zz\nContent-Type: application/octet-stream\n"
+            b"Content-Transfer-Encoding: base64\n\n" + b64 +
+            b"--zz\nContent-Type: text/plain\nContent-Transfer-Encoding: x-uuencode\n\nbegin\n"
+            b"--zz\nContent-Type: message/rfc822\n\nSubject: inner\n\ninner body\n"
+            b"--zz--\n")
+
+
+def _client(imap) -> imaplib.IMAP4:
+    c = imaplib.IMAP4("127.0.0.1", imap.port, timeout=60)
+    c.login(USER, PASSWORD)
+    assert c.select("INBOX")[0] == "OK"
+    return c
+
+
+def _literal(data) -> bytes:
+    return data[0][1]
+
+
+@pytest.mark.parametrize("size", ["small", "big"])
+def test_binary_sections(imap, size: str) -> None:
+    blob = BLOB if size == "small" else os.urandom(STREAM_OVER + 4321) + BLOB
+    imap.deliver(_message(blob))
+    c = _client(imap)
+    assert b" BINARY " in c.capability()[1][0]
+    typ, data = c.fetch("1", "(BINARY.PEEK[2])")
+    assert typ == "OK"
+    assert b"BINARY[2] ~{%d}" % len(blob) in data[0][0], data[0][0]  # NULs: a literal8
+    assert _literal(data) == blob
+    typ, data = c.fetch("1", "(BINARY.SIZE[2] BINARY.SIZE[1] BINARY.SIZE[9])")
+    assert typ == "OK"
+    line = data[0]
+    assert b"BINARY.SIZE[2] %d" % len(blob) in line and b"BINARY.SIZE[1] %d" % len(
+        TEXT.replace(b"\n", b"\r\n")) in line and b"BINARY.SIZE[9] 0" in line, line
+    typ, data = c.fetch("1", "(BINARY.PEEK[1])")  # quoted-printable, no NUL: a plain literal
+    assert b"BINARY[1] {" in data[0][0] and _literal(data) == TEXT.replace(b"\n", b"\r\n")
+    typ, data = c.fetch("1", "(BINARY.PEEK[2]<250.20>)")
+    assert b"BINARY[2]<250> ~{20}" in data[0][0] and _literal(data) == blob[250:270]
+    typ, data = c.fetch("1", "(BINARY.PEEK[4])")  # a message part is sent as it is
+    assert _literal(data) == b"Subject: inner\r\n\r\ninner body"
+    typ, data = c.fetch("1", "(BINARY.PEEK[9])")
+    assert typ == "OK" and b"BINARY[9] NIL" in data[0], data
+    typ, data = c.fetch("1", "(BINARY.PEEK[3])")  # x-uuencode: the server cannot decode it
+    assert typ == "NO" and b"[UNKNOWN-CTE]" in data[0], data
+    typ, data = c.fetch("1", "(FLAGS)")
+    assert b"\\Seen" not in data[0]
+    typ, data = c.fetch("1", "(BINARY[1])")  # not PEEK: sets \Seen
+    assert typ == "OK" and any(b"\\Seen" in (d[0] if isinstance(d, tuple) else d)
+                               for d in data), data
+    c.logout()
+
+
+def test_binary_of_a_single_part_message(imap) -> None:
+    payload = b"\x00\x01\x02 binary payload \xff"
+    imap.deliver(b"Subject: one\nContent-Type: application/octet-stream\n"
+                 b"Content-Transfer-Encoding: BASE64\n\n" + base64.encodebytes(payload))
+    c = _client(imap)
+    typ, data = c.fetch("1", "(BINARY.PEEK[1] BINARY.PEEK[] BINARY.SIZE[])")
+    assert typ == "OK"
+    assert data[0][1] == payload
+    header = (b"Subject: one\r\nContent-Type: application/octet-stream\r\n"
+              b"Content-Transfer-Encoding: BASE64\r\n\r\n")
+    assert data[1][1] == header + payload
+    assert b"BINARY.SIZE[] %d" % len(header + payload) in data[2]
+    c.logout()
+
+
+def test_binary_bad_syntax(imap) -> None:
+    imap.deliver(b"Subject: x\n\nbody\n")
+    c = _client(imap)
+    for bad in ("BINARY[1.MIME]", "BINARY[TEXT]", "BINARY.SIZE[1]<0.5>", "BINARY[0]",
+                "BINARY[1.]", "BINARY.PEEK", "BINARY[1]<5>"):
+        with pytest.raises(imaplib.IMAP4.error, match="BAD"):
+            c.fetch("1", f"({bad})")
+    assert c.noop()[0] == "OK"
+    c.logout()
