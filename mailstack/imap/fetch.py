@@ -352,8 +352,12 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
         if not load.open():
             return False
         assert load.fd is not None
-        if any(a.partial and a.partial[0] for a in atts if _raw_only(a)) or needs_tree(atts):
+        spans = needs_tree(atts) or any(a.name == "RFC822.TEXT" or (
+            a.is_body and not _top_header(a) and (a.numbers or a.spec)) for a in atts)
+        if spans or any(a.partial and a.partial[0] for a in atts if _raw_only(a)):
             _Checkpoints.of(load.fd)  # built here (a worker thread), not in the event loop
+        if spans and load.tree() is None:
+            return False
     if needs_tree(atts) and load.tree() is None:
         return False  # with the tree loaded, header and envelope come from it
     if load.fd is None and any(_raw_only(a) for a in atts) and load.raw() is None:
@@ -621,8 +625,7 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
             yield sep + b"RFC822.HEADER {%d}\r\n" % len(header)
             yield header
         elif load.fd is not None:  # RFC822 or RFC822.TEXT of a big message
-            span = load.span()
-            start = 0 if name == "RFC822" else span.body_start
+            start = 0 if name == "RFC822" else load.span().body_start
             yield from _literal_from_file(load, sep + name.encode(), None, start, msg.size)
         else:
             tree = load.tree()

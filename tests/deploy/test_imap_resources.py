@@ -200,3 +200,52 @@ def test_prelogin_literal_flood_costs_little_cpu_and_others_are_served(imapd: St
     assert other.line().startswith(b"* OK")  # a new client is greeted
     other.close()
     c.close()
+
+
+BIG = 20 * MiB
+SESSIONS = 8
+PER_BIG_SESSION = 3 * MiB  # read pieces, their CRLF copies, the output budget: no message
+
+
+def _big_messages(stack: Stack) -> None:
+    """Message 2: 20 MiB with no line break at all; message 3: 20 MiB whose second part is a
+    base64 attachment (a part, its MIME header, its decoded content are asked for)."""
+    box = Maildir(mailbox_path(stack.cfg.data_dir, ALICE))
+    box.deliver(b"Subject: no breaks\n\n" + b"n" * BIG)
+    b64 = (b"QUJD" * 19 + b"\n") * (BIG // 77)
+    box.deliver(b"Subject: parts\nContent-Type: multipart/mixed; boundary=x\n\n--x\n\nsmall\n"
+                b"--x\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64"
+                b"\n\n" + b64 + b"--x--\n")
+
+
+def test_big_parts_fetched_by_many_sessions_stay_bounded(imapd: Stack) -> None:
+    """Issue 13: a part, RFC822.TEXT, BODYSTRUCTURE and BINARY of 20 MiB messages cost each
+    session no copy of the message (they took 2-3 times the message each)."""
+    _big_messages(imapd)
+    clients = [session(imapd) for _ in range(SESSIONS)]
+    commands = [b"A FETCH 2 (BODY.PEEK[TEXT])",
+                b"C FETCH 3 (BODYSTRUCTURE BODY.PEEK[2.MIME] BINARY.SIZE[2])",
+                b"D FETCH 3 (BINARY.PEEK[2])"]
+    sizes: dict[int, list[int]] = {}
+    with measure(imapd, "imap", f"{SESSIONS} sessions x parts of 20 MiB messages") as m:
+        def reader(i: int) -> None:
+            c = clients[i]
+            got = []
+            for command in commands:
+                c.send(command + b"\r\n")
+                got += read_fetch(c, command[:1])
+            sizes[i] = got
+
+        run_all(reader, list(range(SESSIONS)))
+    mime_header = (b"Content-Type: application/octet-stream\r\n"
+                   b"Content-Transfer-Encoding: base64\r\n\r\n")
+    for i in range(SESSIONS):
+        assert sizes[i] == [BIG, len(mime_header), BIG // 77 * 57]
+    assert m.growth < SESSIONS * PER_BIG_SESSION, f"grew by {m.growth / MiB:.1f} MiB"
+    for c in clients:
+        c.close()
+    deadline = time.monotonic() + 60  # and it gives back what the burst took
+    while (now := rss(imapd.pid("imap"))) > m.before * 1.2 and time.monotonic() < deadline:
+        time.sleep(0.5)  # polling the daemon's RSS, not waiting for an event
+    print(f"\nafter the burst: {now / MiB:.1f} MiB (before {m.before / MiB:.1f} MiB)")
+    assert now <= m.before * 1.2, f"still {now / MiB:.1f} MiB a minute after the burst"

@@ -68,3 +68,44 @@ def test_ranges_of_a_big_message_come_from_near_their_start(imap) -> None:
             got = data[0][1] if isinstance(data[0], tuple) else b""
             assert got == whole[start:start + length], (seq, start, length)
     c.logout()
+
+
+def _big_multipart() -> bytes:
+    line = b"q" * 70 + b"\n"
+    return (b"Subject: parts\nContent-Type: multipart/mixed; boundary=BB\n\npreamble\n"
+            b"--BB\nContent-Type: text/plain\n\nsmall first part\n"
+            b"--BB\nContent-Type: application/octet-stream\nX-Big: yes\n\n"
+            + line * (2 * STREAM_OVER // len(line)) +
+            b"--BB\nContent-Type: message/rfc822\n\nSubject: inner\nFrom: i@example.test\n\n"
+            + line * 2000 +
+            b"--BB--\nepilogue\n")
+
+
+def test_parts_of_a_big_message_equal_the_whole_parse(imap) -> None:
+    """BODYSTRUCTURE, part sections, RFC822 and RFC822.TEXT of a message over STREAM_OVER come
+    from a scan and file ranges: each equals what the whole-message parser gives."""
+    from mailstack.imap import mime
+
+    raw = _big_multipart()
+    imap.deliver(raw)
+    whole = mime.Part(raw.replace(b"\n", b"\r\n"))
+    c = _client(imap)
+    typ, data = c.fetch("1", "(BODYSTRUCTURE BODY)")
+    assert typ == "OK"
+    assert data[0].startswith(b"1 (BODYSTRUCTURE " + mime.bodystructure(whole, True)
+                              + b" BODY " + mime.bodystructure(whole, False) + b")"), data
+    sections = [([1], ""), ([2], ""), ([2], "MIME"), ([3], "HEADER"), ([3], "TEXT"), ([], "TEXT"),
+                ([3], "MIME"), ([4], ""), ([1, 2], "")]
+    for numbers, spec in sections:
+        name = ".".join([*map(str, numbers), spec] if spec else map(str, numbers))
+        typ, data = c.fetch("1", f"(BODY.PEEK[{name}])")
+        assert typ == "OK", data
+        got = data[0][1] if isinstance(data[0], tuple) else b""
+        assert got == mime.section_bytes(whole, numbers, spec, []), name
+    typ, data = c.fetch("1", "(BODY.PEEK[2]<70000.100000> BODY.PEEK[3.HEADER.FIELDS (SUBJECT)])")
+    assert data[0][1] == mime.section_bytes(whole, [2], "", [])[70000:170000]
+    assert data[1][1] == b"Subject: inner\r\n\r\n"
+    typ, data = c.fetch("1", "(RFC822.TEXT RFC822)")  # sets \Seen
+    assert data[0][1] == whole.body and data[1][1] == whole.raw
+    assert b"\\Seen" in b"".join(d[0] if isinstance(d, tuple) else d for d in data)
+    c.logout()

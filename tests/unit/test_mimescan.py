@@ -97,8 +97,8 @@ def _paths(part: mime.Part, prefix: list[int]) -> list[list[int]]:
     out = []
     if part.children:
         for i, child in enumerate(part.children, 1):
-            out.append(prefix + [i])
-            out += _paths(child, prefix + [i])
+            out.append([*prefix, i])
+            out += _paths(child, [*prefix, i])
     elif part.message is not None:
         out += _paths(part.message, prefix)
     return out
