@@ -31,6 +31,7 @@ HEADER, ENVELOPE, BODY, BODYSTRUCTURE = range(4)
 SAVE_AFTER = 200  # additions that trigger a write of the cache file …
 SAVE_EVERY = 30.0  # … or seconds since the last write, when anything was added
 MAX_HEADER = 1 << 20
+KEEP_HEADER = 64 * 1024  # a header longer than this is not kept in the cache (memory)
 
 
 class FolderCache:
@@ -164,7 +165,8 @@ class FolderCache:
         header = read_header(path)
         if header is None:
             return None
-        self.put(key, HEADER, header)
+        if len(header) <= KEEP_HEADER:  # a huge one is read again when asked for
+            self.put(key, HEADER, header)
         return header
 
     def envelope(self, key: str, path: str | Path) -> bytes | None:

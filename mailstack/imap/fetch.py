@@ -11,7 +11,7 @@ from pathlib import Path
 from ..store.ingest import NotAMessage, open_message
 from ..store.maildir import to_crlf
 from . import binary, mime, mimescan, wire
-from .cache import BODY, BODYSTRUCTURE, ENVELOPE, HEADER, FolderCache
+from .cache import BODY, BODYSTRUCTURE, ENVELOPE, HEADER, MAX_HEADER, FolderCache
 from .mailbox import Msg, Selected
 from .wire import ParseError, Parser
 
@@ -200,6 +200,11 @@ class Loaded:
             self._header = cached if cached is not None else self._from_file(self.cache.header)
         return self._header
 
+    def header_cut(self) -> bool:
+        """A big message whose header, as read from the file's start, is over MAX_HEADER
+        (cut there, or the whole message): its HEADER is sent from the scanned range."""
+        return self.big and self._header is not None and len(self._header) > MAX_HEADER
+
     def envelope(self) -> bytes | None:
         if self._envelope is None:
             if self.part is not None and not self.big:
@@ -366,6 +371,10 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
         name = att.name
         if _top_header(att):
             ok = load.header() is not None
+            if ok and load.header_cut() and (not load.open() or load.tree() is None):
+                return False
+            if load.fd is not None:
+                _Checkpoints.of(load.fd)
         elif name == "ENVELOPE":
             ok = load.envelope() is not None
         elif name in ("BODYSTRUCTURE", "BODY") and att.section is None:
@@ -593,6 +602,11 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
             data: bytes | memoryview
             if _top_header(att):
                 header = load.header() or b""
+                if att.spec == "HEADER" and load.header_cut():
+                    span = load.span()
+                    yield from _literal_from_file(load, label, att, span.start, span.body_start)
+                    sep = b" "
+                    continue
                 if att.spec == "HEADER":
                     data = header
                 else:
@@ -620,6 +634,10 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
             yield sep + b"ENVELOPE " + (load.envelope() or b"NIL")
         elif name in ("BODYSTRUCTURE", "BODY"):
             yield sep + name.encode() + b" " + (load.structure(name == "BODYSTRUCTURE") or b"NIL")
+        elif name == "RFC822.HEADER" and load.header_cut():
+            span = load.span()
+            yield from _literal_from_file(load, sep + b"RFC822.HEADER", None, span.start,
+                                          span.body_start)
         elif name == "RFC822.HEADER":
             header = load.header() or b""
             yield sep + b"RFC822.HEADER {%d}\r\n" % len(header)

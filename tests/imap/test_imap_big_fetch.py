@@ -109,3 +109,20 @@ def test_parts_of_a_big_message_equal_the_whole_parse(imap) -> None:
     assert data[0][1] == whole.body and data[1][1] == whole.raw
     assert b"\\Seen" in b"".join(d[0] if isinstance(d, tuple) else d for d in data)
     c.logout()
+
+
+def test_big_message_without_line_breaks(imap) -> None:
+    """No line break at all: the whole message is its header (as the whole-message parser
+    says), sent from the file; its text is empty; nothing of it is loaded whole."""
+    raw = b"Subject: " + b"n" * (2 * STREAM_OVER)
+    imap.deliver(raw)
+    c = _client(imap)
+    typ, data = c.fetch("1", "(BODY.PEEK[HEADER] BODY.PEEK[TEXT] RFC822.HEADER "
+                             "BODY.PEEK[HEADER]<5.10> BODYSTRUCTURE)")
+    assert typ == "OK", data
+    assert data[0][1] == raw and data[1][1] == b"" and data[2][1] == raw
+    assert data[3][1] == raw[5:15]
+    assert b'BODYSTRUCTURE ("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 0 0' in data[4]
+    typ, data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)] ENVELOPE)")
+    assert typ == "OK" and data[0][1] == b"\r\n", data[0][0]  # an unended line is no field
+    c.logout()
