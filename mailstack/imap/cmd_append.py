@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import errno
+import os
 from dataclasses import dataclass, field
 
 from ..store.account import OverQuota, StoreError
 from ..store.flags import FlagError
-from ..store.maildir import to_crlf
-from . import mime
+from ..store.ingest import NotAMessage, open_message
+from ..store.view import Entry
+from . import fetch, mime, mimescan
 from .catenate import MAX_PARTS, BadUrl, ImapUrl, parse_url, resp_text
 from .cmd_mailbox import existing_mailbox, mailbox_arg, quota_of
 from .cmd_message import _uid_ranges
@@ -121,8 +123,26 @@ def _storable(data: bytes) -> bool:
     return data.count(b"\n") == pairs and data.count(b"\r") == pairs
 
 
-def _url_bytes(account: Account, url: str, u: ImapUrl, room: int) -> bytes:
-    """The octets ``u`` names in the user's own mailboxes (at most ``room``)."""
+def _open(account: Account, name: str, entry: Entry) -> int | None:
+    """The message file, following a concurrent rename (a flag change) once."""
+    for path in (account.store.path_of(name, entry), None):
+        if path is None:
+            found = account.maildir(name).find(entry.key)
+            if found is None:
+                return None
+            path = str(found.path(account.maildir(name).root))
+        try:
+            return open_message(path)
+        except NotAMessage:
+            continue
+    return None
+
+
+def _url_bytes(account: Account, url: str, u: ImapUrl, out: bytearray, limit: int) -> None:
+    """Add the octets ``u`` names in the user's own mailboxes to ``out`` (within ``limit``).
+
+    The message is not loaded: its structure comes from a streaming scan and the section is
+    read from a range of its file, so a URL costs no more memory than what it adds."""
     bad = f"BADURL {resp_text(url)}"
     try:
         name = normalize_name(u.mailbox)
@@ -136,25 +156,38 @@ def _url_bytes(account: Account, url: str, u: ImapUrl, room: int) -> bytes:
     if i == len(uids) or uids[i] != u.uid:
         raise No("the URL names no message", bad)
     entry = snap.entries[i]
-    if entry.size > room and u.section is None and u.partial is None:
-        raise No("the catenated message is too large", "TOOBIG")
-    disk = account.store.read(name, entry)
-    if disk is None:
+    fd = _open(account, name, entry)
+    if fd is None:
         raise No("the URL names no message", bad)
-    data = to_crlf(disk)
-    del disk
-    if u.section is not None:
+    try:
+        start, end, fields = 0, entry.size, None
         att = u.section
-        root = mime.Part(data)
-        if att.numbers and mime.find_part(root, att.numbers) is None:
-            raise No("the URL names no such section", bad)
-        data = mime.section_bytes(root, att.numbers, att.spec, att.fields)
-    if u.partial is not None:
-        start, length = u.partial
-        data = data[start:] if length is None else data[start:start + length]
-    if len(data) > room:
-        raise No("the catenated message is too large", "TOOBIG")
-    return data
+        if att is not None:
+            root = mimescan.scan(fetch.file_range(fd, entry.size, 0, entry.size))
+            if att.numbers and mime.find_part(root, att.numbers) is None:
+                raise No("the URL names no such section", bad)
+            if att.spec.startswith("HEADER.FIELDS"):
+                fields = mime.header_fields(mimescan.header_of(root, att.numbers) or b"",
+                                            att.fields, exclude=att.spec.endswith(".NOT"))
+            else:
+                start, end = mimescan.section_range(root, att.numbers, att.spec) or (0, 0)
+        if u.partial is not None:
+            first, length = u.partial
+            start = min(start + first, end)
+            end = end if length is None else min(start + length, end)
+        size = len(fields) if fields is not None else end - start
+        if u.partial is not None and fields is not None:
+            fields = fields[u.partial[0]:][:u.partial[1]]
+            size = len(fields)
+        if len(out) + size > limit:
+            raise No("the catenated message is too large", "TOOBIG")
+        if fields is not None:
+            out += fields
+        else:
+            for piece in fetch.file_range(fd, entry.size, start, end - start):
+                out += piece
+    finally:
+        os.close(fd)
 
 
 def assemble(account: Account, msg: Pending, limit: int) -> bytes | memoryview:
@@ -171,7 +204,7 @@ def assemble(account: Account, msg: Pending, limit: int) -> bytes | memoryview:
                 out += part
             else:
                 assert isinstance(part, tuple)  # check_urls() parsed it
-                out += _url_bytes(account, part[0], part[1], limit - len(out))
+                _url_bytes(account, part[0], part[1], out, limit)
         data = bytes(out)
     if not data:
         raise No("cannot append an empty message")

@@ -279,7 +279,7 @@ class Loaded:
 
     def file_range(self, start: int, end: int) -> Iterator[bytes]:
         assert self.fd is not None
-        return _file_range(self.fd, self.msg.size, start, end - start)
+        return file_range(self.fd, self.msg.size, start, end - start)
 
     def binary_content(self, numbers: list[int]) -> Callable[[], Iterator[bytes]] | None:
         """A source of the decoded content of BINARY[numbers] (None: no such part).
@@ -409,7 +409,7 @@ class _Structures:
             found = cls._cache.get(key)
         if found is not None:
             return found
-        root = mimescan.scan(_file_range(fd, size, 0, size))
+        root = mimescan.scan(file_range(fd, size, 0, size))
         if _count_spans(root) <= cls.KEEP_SPANS:
             with cls._lock:
                 cls._cache[key] = root
@@ -468,7 +468,7 @@ class _Checkpoints:
             points.append((pos, out, carry))
 
 
-def _file_range(fd: int, size: int, start: int, length: int) -> Iterator[bytes]:
+def file_range(fd: int, size: int, start: int, length: int) -> Iterator[bytes]:
     """``length`` octets from ``start`` of the message file's CRLF form (``size`` octets, the
     index's CRLF size), read in pieces of about STREAM_PIECE."""
     if length <= 0:
