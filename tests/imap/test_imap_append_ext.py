@@ -186,3 +186,29 @@ async def test_savedate_fetch_and_search(imap):
         b"* SEARCH 1\r\n"
     assert (await c.cmd("w", "SEARCH ON 1-Jan-2001"))[0] == b"* SEARCH 1\r\n"
     await c.close()
+
+
+async def test_catenate_beyond_the_appendlimit_is_toobig(config_factory, client_ssl):
+    from tests.conftest import add_user, running
+    from tests.imap.conftest import Server
+
+    cfg = config_factory('[imap]\nmax_literal = "4KiB"')
+    add_user(cfg, USER, PASSWORD)
+    async with running("imap", cfg) as daemon:
+        imap = Server(cfg, cfg.port("imap", "imap"), cfg.port("imap", "imaps"), client_ssl,
+                      daemon=daemon)
+        imap.deliver(message("three k", body="z" * 3000 + "\n"))
+        c = await _login(imap)
+        caps = b"".join(await c.cmd("c", "CAPABILITY"))
+        assert b" APPENDLIMIT=4096" in caps
+        await c.send(b'a APPEND Drafts CATENATE (URL "/INBOX/;UID=1" URL "/INBOX/;UID=1")\r\n')
+        reply = (await c.until("a"))[-1]
+        assert reply.startswith(b"a NO [TOOBIG]"), reply
+        await c.send(b'b APPEND Drafts CATENATE (URL "/INBOX/;UID=1" TEXT {2000+}\r\n'
+                     + b"y" * 2000 + b")\r\n")
+        assert (await c.until("b"))[-1].startswith(b"b NO [TOOBIG]")
+        await c.send(b'c APPEND Drafts CATENATE (URL "/INBOX/;UID=1/;PARTIAL=0.100" '
+                     b'URL "/INBOX/;UID=1/;PARTIAL=3000")\r\n')
+        assert (await c.until("c"))[-1].startswith(b"c OK")
+        assert _files(imap, "Drafts") and len(_files(imap, "Drafts")) == 1
+        await c.close()
