@@ -228,7 +228,8 @@ async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
         return [(assemble(account, m, limit), m.flags, m.date) for m in messages]
 
     try:
-        items = await asyncio.to_thread(build)
+        urls = any(isinstance(part, tuple) for m in messages for part in m.parts)
+        items = await asyncio.to_thread(build) if urls else build()  # URLs read files
         validity, uids = await asyncio.to_thread(
             account.store.append_many, target, items, **quota_of(s))
     except FlagError as exc:
