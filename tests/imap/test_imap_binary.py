@@ -100,3 +100,25 @@ def test_binary_bad_syntax(imap) -> None:
             c.fetch("1", f"({bad})")
     assert c.noop()[0] == "OK"
     c.logout()
+
+
+async def test_binary_with_imapclient(imap) -> None:
+    import asyncio
+
+    from imapclient import IMAPClient
+
+    imap.deliver(_message(BLOB))
+
+    def go() -> dict:
+        with IMAPClient("127.0.0.1", port=imap.port, ssl=False, timeout=10) as c:
+            c.login(USER, PASSWORD)
+            c.select_folder("INBOX")
+            # (imapclient 4.1 does not parse a literal8, so no part with a NUL here)
+            got = c.fetch([1], ["BINARY.SIZE[2]", "BINARY.PEEK[1]", "BINARY.PEEK[4]"])[1]
+            c.logout()
+            return got
+
+    got = await asyncio.to_thread(go)
+    assert got[b"BINARY.SIZE[2]"] == len(BLOB)
+    assert got[b"BINARY[1]"] == TEXT.replace(b"\n", b"\r\n")
+    assert got[b"BINARY[4]"] == b"Subject: inner\r\n\r\ninner body"
