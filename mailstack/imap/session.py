@@ -43,6 +43,7 @@ MAX_LINE = 64 * 1024
 MAX_COMMAND_EXTRA = 1024 * 1024  # bytes of literals beyond max_literal in one command
 OUT_BUDGET = 256 * 1024  # response octets gathered before they are written and drained
 OUT_CHUNK = 64 * 1024  # a larger piece is written in slices of this size
+YIELD_AFTER = 0.005  # seconds of sending one response before other sessions get a turn
 
 
 class Bad(Exception):
@@ -131,6 +132,8 @@ class Session:
         """Send a response piece by piece with bounded memory: small pieces are gathered up
         to OUT_BUDGET, a large one (a literal's data, not copied) goes out in OUT_CHUNK slices,
         each waiting until the transport has taken the previous ones."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
         for piece in pieces:
             if len(piece) < OUT_CHUNK:
                 self.send(bytes(piece))
@@ -142,6 +145,9 @@ class Session:
             for start in range(0, len(view), OUT_CHUNK):
                 self.writer.write(view[start:start + OUT_CHUNK])
                 await self.writer.drain()
+            if loop.time() - since > YIELD_AFTER:  # a fast reader never pauses the
+                await asyncio.sleep(0)  # transport: let other sessions run between pieces
+                since = loop.time()
 
     # -- capabilities ---------------------------------------------------------------------
     @property

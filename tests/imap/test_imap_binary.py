@@ -122,3 +122,43 @@ async def test_binary_with_imapclient(imap) -> None:
     assert got[b"BINARY.SIZE[2]"] == len(BLOB)
     assert got[b"BINARY[1]"] == TEXT.replace(b"\n", b"\r\n")
     assert got[b"BINARY[4]"] == b"Subject: inner\r\n\r\ninner body"
+
+
+def test_others_are_served_while_a_big_part_is_decoded(imap) -> None:
+    """A 20 MiB attachment decoded for one session does not hold the event loop: another
+    session's NOOP is answered while the first response is still being sent."""
+    import socket
+    import threading
+
+    imap.deliver(_message(os.urandom(20 << 20)))
+    a = socket.create_connection(("127.0.0.1", imap.port), timeout=60)
+    a.recv(4096)
+    a.sendall(f"l LOGIN {USER} {PASSWORD}\r\ns SELECT INBOX\r\n".encode())
+    got = b""
+    while b"s OK" not in got:
+        got += a.recv(65536)
+    b = _client(imap)
+    a.sendall(b"f FETCH 1 (BINARY.PEEK[2])\r\n")
+    first = a.recv(65536)  # the response has started
+    assert first
+    done = threading.Event()
+    tail = bytearray(first)
+
+    def drain() -> None:
+        while not tail.endswith(b"f OK FETCH completed\r\n"):
+            data = a.recv(1 << 20)
+            if not data:
+                break
+            tail.extend(data[-64:] if len(tail) > 64 else data)
+            del tail[:-64]
+        done.set()
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    assert b.noop()[0] == "OK"
+    noop_before_fetch_end = not done.is_set()
+    reader.join()
+    assert tail.endswith(b"f OK FETCH completed\r\n"), bytes(tail)
+    assert noop_before_fetch_end
+    b.logout()
+    a.close()
