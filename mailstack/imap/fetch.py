@@ -399,7 +399,8 @@ class _Structures:
     _order: list[tuple[int, int, int]] = []
     _lock = threading.Lock()
     KEEP = 16
-    KEEP_SPANS = 64  # a structure with more parts than this is not kept
+    KEEP_SPANS = 64  # a structure with more parts than this is not kept …
+    KEEP_OCTETS = 64 * 1024  # … nor one with more header octets than this
 
     @classmethod
     def of(cls, fd: int, size: int) -> mimescan.Span:
@@ -410,13 +411,18 @@ class _Structures:
         if found is not None:
             return found
         root = mimescan.scan(file_range(fd, size, 0, size))
-        if _count_spans(root) <= cls.KEEP_SPANS:
+        if _count_spans(root) <= cls.KEEP_SPANS and _header_octets(root) <= cls.KEEP_OCTETS:
             with cls._lock:
                 cls._cache[key] = root
                 cls._order.append(key)
                 if len(cls._order) > cls.KEEP:
                     cls._cache.pop(cls._order.pop(0), None)
         return root
+
+
+def _header_octets(part: mime.Part) -> int:
+    return len(part.header) + sum(_header_octets(c) for c in part.children) + (
+        _header_octets(part.message) if part.message is not None else 0)
 
 
 def _count_spans(part: mime.Part) -> int:

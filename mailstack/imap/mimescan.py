@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from . import mime
 
 HEADER_KEEP = 64 * 1024  # octets of each part's header kept for parsing (beyond: truncated)
+HEADERS_KEEP = 1 << 20  # octets of all the parts' headers kept (beyond: later ones are cut)
 LINE_HEAD = 1024  # a delimiter line is at most this long (RFC 2046: boundaries ≤ 70)
 MAX_SPANS = 2000  # entities per message; further delimiters are content
 
@@ -58,12 +59,16 @@ class Span(mime.Part):
     def body_lines(self) -> int:
         return self.lines
 
-    def keep(self, data: bytes) -> None:
-        """Header octets as they pass (beyond HEADER_KEEP: counted, not kept)."""
-        room = HEADER_KEEP - self.head_len
+    def keep(self, data: bytes, budget: int) -> int:
+        """Header octets as they pass (beyond HEADER_KEEP or ``budget``: counted, not kept);
+        returns how many were kept."""
+        room = min(HEADER_KEEP - self.head_len, budget)
+        kept = 0
         if room > 0:
             self.head_parts.append(data[:room])
+            kept = min(room, len(data))
         self.head_len += len(data)
+        return kept
 
     def parse_header(self, body_start: int, nl_body: int) -> None:
         """The header ended at ``body_start``: read the content type."""
@@ -127,6 +132,7 @@ class _Scanner:
         self.nl = 0  # line ends in the message before absolute offset nl_at
         self.nl_at = 0
         self.at_line_start = True  # buf[pos] starts a line
+        self.budget = HEADERS_KEEP  # header octets that may still be kept
 
     # -- line-end accounting --------------------------------------------------------------
     def lines_before(self, offset: int) -> int:
@@ -148,7 +154,7 @@ class _Scanner:
         if upto > self.pos:
             top = self.open[-1]
             if top.body_start < 0:
-                top.keep(self.buf[self.pos:upto])
+                self.budget -= top.keep(self.buf[self.pos:upto], self.budget)
             self.at_line_start = self.buf[upto - 1:upto] == b"\n"
             self.pos = upto
 

@@ -166,3 +166,10 @@ def test_scan_bounds_memory_of_hostile_messages() -> None:
             + b"--b\r\n\r\nx\r\n" * (mimescan.MAX_SPANS * 2) + b"--b--\r\n")
     root = mimescan.scan(_pieces(many, [65536]))
     assert len(root.children) == mimescan.MAX_SPANS - 1
+    fat = b"X: " + b"f" * 60000 + b"\r\n\r\nx\r\n"  # 60 KB headers: the total is capped
+    many_fat = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                + (b"--b\r\n" + fat) * 40 + b"--b--\r\n")
+    root = mimescan.scan(_pieces(many_fat, [65536]))
+    kept = sum(len(c.header) for c in root.children)
+    assert len(root.children) == 40 and kept <= mimescan.HEADERS_KEEP
+    assert kept >= mimescan.HEADERS_KEEP - 100
