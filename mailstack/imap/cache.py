@@ -194,15 +194,23 @@ def read_header(path: str | Path) -> bytes | None:
         return None
     try:
         data = os.read(fd, 8192)  # most headers fit: one system call, no buffered reader
-        while True:
-            if data.startswith((b"\n", b"\r\n")):
-                return b"\r\n"
-            m = _BLANK_RE.search(data)
-            if m:
-                return to_crlf(data[:m.end()])
+        if data.startswith((b"\n", b"\r\n")):
+            return b"\r\n"
+        m = _BLANK_RE.search(data)
+        if m:
+            return to_crlf(data[:m.end()])
+        pieces, size = [data], len(data)  # a long header: pieces joined once (no regrowth)
+        while size <= MAX_HEADER:
             more = os.read(fd, 65536)
-            if not more or len(data) > MAX_HEADER:
-                return to_crlf(data)
-            data += more
+            if not more:
+                break
+            tail = pieces[-1][-2:]  # a blank line may span two pieces
+            m = _BLANK_RE.search(tail + more)
+            if m:
+                pieces.append(more[:m.end() - len(tail)])
+                break
+            pieces.append(more)
+            size += len(more)
+        return to_crlf(b"".join(pieces))
     finally:
         os.close(fd)

@@ -104,8 +104,7 @@ async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
     loop and yield every YIELD_AFTER seconds."""
     missing = False
     drop = bool(s.cfg.faults) and s.cfg.faults_at("fetch", s.user) is not None
-    heavy = fetch.needs_body(atts) or (fetch.needs_structure(atts) and any(
-        m.size > fetch.STREAM_OVER for _, m in msgs))  # a big message's scan: not in the loop
+    heavy = fetch.needs_thread(atts, (m for _, m in msgs))
     loop = asyncio.get_running_loop()
     since = loop.time()
     for batch in _batches(msgs, heavy):

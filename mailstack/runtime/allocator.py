@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("mailstack.allocator")
@@ -85,25 +86,36 @@ class Trimmer:
     is live (more connections, say): the floor moves up to it, so there is no trimming in vain.
     """
 
+    RETRY_FIRST = 8.0  # seconds after a vain trim before trying again (doubling) …
+    RETRY_MAX = 32.0  # … up to this: memory freed after a burst goes back within a minute
+
     def __init__(self, interval: float = 2.0, slack: int = 8 << 20) -> None:
         self.interval = interval
         self.slack = slack
         self.floor = 0
+        self.lowest = 0  # the lowest resident size seen (the floor only ever rises from it)
         self.trims = 0
+        self.retry_at = 0.0
+        self.backoff = self.RETRY_FIRST
 
     async def run(self) -> None:
         if malloc_trim is None or not resident():
             return
-        self.floor = resident()
+        self.floor = self.lowest = resident()
         while True:
             await asyncio.sleep(self.interval)
             await self.check()
 
     async def check(self) -> None:
         now = resident()
+        clock = time.monotonic()
+        self.lowest = min(self.lowest, now)
         if now <= self.floor + self.slack:
             self.floor = min(self.floor, now)
-            return
+            # a floor raised by a vain trim (memory live during a burst) is tried again later:
+            # once the burst is over, what it freed goes back
+            if not (now > self.lowest + self.slack and clock >= self.retry_at):
+                return
         assert malloc_trim is not None
         await asyncio.to_thread(malloc_trim, 0)
         self.trims += 1
@@ -111,3 +123,7 @@ class Trimmer:
         log.info("memory: malloc_trim, resident %d -> %d MiB", now >> 20, after >> 20)
         if now - after < self.slack // 2:
             self.floor = after
+            self.retry_at = clock + self.backoff
+            self.backoff = min(self.backoff * 2, self.RETRY_MAX)
+        else:
+            self.backoff = self.RETRY_FIRST

@@ -51,11 +51,11 @@ def imapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         proc.terminate()
 
 
-def session(stack: Stack) -> Raw:
+def session(stack: Stack, folder: str = "INBOX") -> Raw:
     c = Raw(stack.port("imap", "imap"))
     assert c.line().startswith(b"* OK")
     assert c.cmd(f"L LOGIN {ALICE} {PASSWORD}".encode()).startswith(b"L OK")
-    assert tagged(c, b"S SELECT INBOX").startswith(b"S OK")
+    assert tagged(c, b"S SELECT " + folder.encode()).startswith(b"S OK")
     return c
 
 
@@ -202,16 +202,31 @@ def test_prelogin_literal_flood_costs_little_cpu_and_others_are_served(imapd: St
     c.close()
 
 
+def settled_rss(pid: int, ceiling: float = 30) -> int:
+    """The daemon's RSS once it has stopped falling (its allocator Trimmer runs every 2 s):
+    two samples 3 s apart within 1 MiB of each other, or the last one after ``ceiling``."""
+    deadline = time.monotonic() + ceiling
+    last = rss(pid)
+    while time.monotonic() < deadline:
+        time.sleep(3)  # polling the daemon's RSS, not waiting for an event
+        now = rss(pid)
+        if abs(now - last) < MiB:
+            return now
+        last = now
+    return last
+
+
 BIG = 20 * MiB
 SESSIONS = 8
-PER_BIG_SESSION = 3 * MiB  # read pieces, their CRLF copies, the output budget: no message
+PER_BIG_SESSION = 3.5 * MiB  # buffers (read piece, CRLF and decoded copies, output budget) + 2 MiB
 
 
 def _big_messages(stack: Stack) -> None:
-    """Message 2: 20 MiB with no line break at all; message 3: 20 MiB whose second part is a
-    base64 attachment (a part, its MIME header, its decoded content are asked for)."""
-    box = Maildir(mailbox_path(stack.cfg.data_dir, ALICE))
-    box.deliver(b"Subject: no breaks\n\n" + b"n" * BIG)
+    """In folder Big, message 1: 20 MiB with no line break at all; message 2: 20 MiB whose
+    second part is a base64 attachment (a part, its MIME header, its decoded content)."""
+    box = Maildir(mailbox_path(stack.cfg.data_dir, ALICE)).folder("Big")
+    box.create(folder=True)
+    box.deliver(b"n" * BIG)
     b64 = (b"QUJD" * 19 + b"\n") * (BIG // 77)
     box.deliver(b"Subject: parts\nContent-Type: multipart/mixed; boundary=x\n\n--x\n\nsmall\n"
                 b"--x\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64"
@@ -219,13 +234,19 @@ def _big_messages(stack: Stack) -> None:
 
 
 def test_big_parts_fetched_by_many_sessions_stay_bounded(imapd: Stack) -> None:
-    """Issue 13: a part, RFC822.TEXT, BODYSTRUCTURE and BINARY of 20 MiB messages cost each
-    session no copy of the message (they took 2-3 times the message each)."""
+    """Issue 13: the text and header of a 20 MiB message without a line break, and the
+    structure, a part's MIME header and the decoded part of a 20 MiB message cost each session
+    no copy of the message (the text alone took 2-3 times the message each: +318 MiB), and the
+    daemon is back within 20 % of where it was within a minute."""
     _big_messages(imapd)
-    clients = [session(imapd) for _ in range(SESSIONS)]
-    commands = [b"A FETCH 2 (BODY.PEEK[TEXT])",
-                b"C FETCH 3 (BODYSTRUCTURE BODY.PEEK[2.MIME] BINARY.SIZE[2])",
-                b"D FETCH 3 (BINARY.PEEK[2])"]
+    pid = imapd.pid("imap")
+    warm = session(imapd, "Big")  # its SELECT indexes the two messages (the store reads them)
+    warm.close()
+    resting = settled_rss(pid)
+    clients = [session(imapd, "Big") for _ in range(SESSIONS)]
+    commands = [b"A FETCH 1 (BODY.PEEK[TEXT] BODY.PEEK[HEADER] ENVELOPE)",
+                b"C FETCH 2 (BODYSTRUCTURE BODY.PEEK[2.MIME] BINARY.SIZE[2])",
+                b"D FETCH 2 (BINARY.PEEK[2])"]
     sizes: dict[int, list[int]] = {}
     with measure(imapd, "imap", f"{SESSIONS} sessions x parts of 20 MiB messages") as m:
         def reader(i: int) -> None:
@@ -240,12 +261,12 @@ def test_big_parts_fetched_by_many_sessions_stay_bounded(imapd: Stack) -> None:
     mime_header = (b"Content-Type: application/octet-stream\r\n"
                    b"Content-Transfer-Encoding: base64\r\n\r\n")
     for i in range(SESSIONS):
-        assert sizes[i] == [BIG, len(mime_header), BIG // 77 * 57]
+        assert sizes[i] == [0, BIG, len(mime_header), BIG // 77 * 57]
     assert m.growth < SESSIONS * PER_BIG_SESSION, f"grew by {m.growth / MiB:.1f} MiB"
     for c in clients:
         c.close()
     deadline = time.monotonic() + 60  # and it gives back what the burst took
-    while (now := rss(imapd.pid("imap"))) > m.before * 1.2 and time.monotonic() < deadline:
+    while (now := rss(pid)) > resting * 1.2 and time.monotonic() < deadline:
         time.sleep(0.5)  # polling the daemon's RSS, not waiting for an event
-    print(f"\nafter the burst: {now / MiB:.1f} MiB (before {m.before / MiB:.1f} MiB)")
-    assert now <= m.before * 1.2, f"still {now / MiB:.1f} MiB a minute after the burst"
+    print(f"\nafter the burst: {now / MiB:.1f} MiB (resting {resting / MiB:.1f} MiB)")
+    assert now <= resting * 1.2, f"still {now / MiB:.1f} MiB a minute after the burst"

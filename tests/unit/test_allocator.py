@@ -55,3 +55,38 @@ def test_trimmer_stops_when_memory_is_live() -> None:
     assert t.trims == 1 and t.floor > 0
     asyncio.run(t.check())
     assert t.trims == 1
+
+
+SCRIPT_RETRY = r"""
+import asyncio
+from mailstack.runtime import allocator
+allocator.configure_allocator()
+start = allocator.resident()
+blocks, pins = [], []
+for i in range(1280):
+    blocks.append(bytearray(64 * 1024))
+    pins.append(bytearray(700))
+trimmer = allocator.Trimmer(slack=8 << 20)
+trimmer.floor = trimmer.lowest = start
+asyncio.run(trimmer.check())  # during the burst: the memory is live, the trim is in vain
+vain = trimmer.trims == 1 and trimmer.floor > start + (60 << 20)
+del blocks  # the burst is over: freed, but kept by the allocator
+freed = allocator.resident()
+asyncio.run(trimmer.check())  # too early to try again
+early = trimmer.trims
+trimmer.retry_at = 0  # the back-off has passed
+asyncio.run(trimmer.check())
+print(int(vain), early, trimmer.trims, freed >> 20, allocator.resident() >> 20)
+"""
+
+
+@pytest.mark.skipif(allocator.malloc_trim is None or not allocator.resident(),
+                    reason="needs glibc and /proc")
+def test_trimmer_tries_again_after_a_burst() -> None:
+    """A trim in vain during a burst raised the floor; once the burst's memory is freed, a
+    later trim (after a back-off) gives it back, so the daemon returns to where it rested."""
+    out = subprocess.run([sys.executable, "-c", SCRIPT_RETRY], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    vain, early, trims, freed, trimmed = map(int, out)
+    assert vain == 1 and early == 1 and trims == 2
+    assert freed - trimmed > 60, (freed, trimmed)
