@@ -374,9 +374,10 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
         name = att.name
         if _top_header(att):
             ok = load.header() is not None
-            if ok and load.header_cut() and (not load.open() or load.tree() is None):
-                return False
-            if load.fd is not None:
+            if ok and load.header_cut():  # sent from the scanned range of the file
+                if not load.open() or load.tree() is None:
+                    return False
+                assert load.fd is not None
                 _Checkpoints.of(load.fd)
         elif name == "ENVELOPE":
             ok = load.envelope() is not None
