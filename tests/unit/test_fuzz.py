@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailstack.imap import mime
+from mailstack.imap import binary, catenate, mime, mimescan
 from mailstack.imap.listmatch import MAX_PATTERN, PatternTooLong, compile_pattern
 from mailstack.pop3.protocol import POP3Protocol, Reply
 
@@ -51,6 +51,58 @@ def test_mime_structure_builder_never_fails(raw: bytes) -> None:
     for out in (env, body):
         assert out.startswith(b"(") and out.endswith(b")")
         assert _balanced(out), out
+
+
+@settings(max_examples=300)
+@given(st.lists(_MIME_PIECES, max_size=40).map(b"".join), st.integers(1, 64))
+def test_mime_scan_agrees_with_the_structure_builder(raw: bytes, piece: int) -> None:
+    """The streaming scan (big messages) gives the BODYSTRUCTURE the whole parse gives."""
+    scanned = mimescan.scan(raw[i:i + piece] for i in range(0, len(raw), piece))
+    assert mime.bodystructure(scanned) == mime.bodystructure(mime.Part(raw))
+
+
+_URL_PIECES = st.sampled_from(["imap://", "/", ";UID=", ";UIDVALIDITY=", ";SECTION=",
+                               ";PARTIAL=", ";URLAUTH=", "INBOX", "%", "%4", "%C3%A9", "@",
+                               "alice%40example.test", "localhost", ":143", "[::1]", "1",
+                               "0", "99999999999", ".", "HEADER.FIELDS%20(A)", "]", "\x00",
+                               ";AUTH=*", "..", "&AOk-"])
+
+
+@settings(max_examples=500)
+@given(st.lists(_URL_PIECES, max_size=14).map("".join))
+def test_catenate_urls_parse_or_are_refused(url: str) -> None:
+    """Any URL is parsed or refused with BadUrl; an accepted one names a UID and a mailbox."""
+    try:
+        u = catenate.parse_url(url, "alice@example.test", {"localhost", "[::1]"})
+    except catenate.BadUrl:
+        return
+    assert u.uid > 0 and u.mailbox and "]" not in catenate.resp_text(url)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=400), st.integers(1, 50))
+def test_streamed_decoding_equals_whole_decoding(data: bytes, piece: int) -> None:
+    import base64
+    import binascii
+
+    for cte, encoded, whole in (
+            ("base64", base64.encodebytes(data), data),
+            ("quoted-printable", binascii.b2a_qp(data), binascii.a2b_qp(binascii.b2a_qp(data))),
+            ("base64", data, binascii.a2b_base64(data, strict_mode=False) if _b64ok(data)
+             else None)):
+        if whole is None:
+            continue
+        pieces = [encoded[i:i + piece] for i in range(0, len(encoded), piece)]
+        assert b"".join(binary.decode(cte, pieces)) == whole
+
+
+def _b64ok(data: bytes) -> bool:
+    import binascii
+    try:
+        binascii.a2b_base64(data)
+        return True
+    except binascii.Error:
+        return False
 
 
 def _balanced(data: bytes) -> bool:
