@@ -104,7 +104,7 @@ async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
     loop and yield every YIELD_AFTER seconds."""
     missing = False
     drop = bool(s.cfg.faults) and s.cfg.faults_at("fetch", s.user) is not None
-    heavy = fetch.needs_thread(atts, (m for _, m in msgs))
+    heavy = fetch.needs_body(atts)
     loop = asyncio.get_running_loop()
     since = loop.time()
     for batch in _batches(msgs, heavy):
@@ -115,7 +115,12 @@ async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
         try:
             for i, (seq, _) in enumerate(batch):
                 load = loads.popleft()  # its data is freed once its response is sent
-                ok = ready[i] if ready is not None else fetch.prepare(load, atts)
+                if ready is not None:
+                    ok = ready[i]
+                elif fetch.scans(load, atts):  # a big message's structure: not in the loop
+                    ok = await asyncio.to_thread(fetch.prepare, load, atts)
+                else:
+                    ok = fetch.prepare(load, atts)
                 if not ok:
                     load.close()
                     missing = True

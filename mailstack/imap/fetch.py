@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -333,12 +333,12 @@ def needs_tree(atts: list[Att]) -> bool:
                or (a.is_body and not _raw_only(a) and not _top_header(a)) for a in atts)
 
 
-def needs_thread(atts: list[Att], msgs: Iterable[Msg]) -> bool:
-    """Whether preparing may read much of a message file (then it runs in a worker thread):
-    its content, or a big message's structure or header (a scan, or up to MAX_HEADER)."""
-    return needs_body(atts) or (
-        any(a.name in ("BODY", "BODYSTRUCTURE", "ENVELOPE") or _top_header(a) for a in atts)
-        and any(m.size > STREAM_OVER for m in msgs))
+def scans(load: Loaded, atts: list[Att]) -> bool:
+    """Whether preparing a big message for metadata may scan its file (its structure, or a
+    header over MAX_HEADER): then that message is prepared in a worker thread."""
+    return load.big and any((a.name in ("BODY", "BODYSTRUCTURE") and a.section is None)
+                            or a.name == "RFC822.HEADER"
+                            or (_top_header(a) and a.spec == "HEADER") for a in atts)
 
 
 def needs_body(atts: list[Att]) -> bool:
