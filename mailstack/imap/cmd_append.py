@@ -163,7 +163,7 @@ def _url_bytes(account: Account, url: str, u: ImapUrl, out: bytearray, limit: in
         start, end, fields = 0, entry.size, None
         att = u.section
         if att is not None:
-            root = mimescan.scan(fetch.file_range(fd, entry.size, 0, entry.size))
+            root = fetch.structure_of(fd, entry.size)
             if att.numbers and mime.find_part(root, att.numbers) is None:
                 raise No("the URL names no such section", bad)
             if att.spec.startswith("HEADER.FIELDS"):

@@ -424,6 +424,12 @@ class _Structures:
         return root
 
 
+def structure_of(fd: int, size: int) -> mimescan.Span:
+    """The scanned structure of an open message file (``size``: its CRLF size), cached per
+    file when small."""
+    return _Structures.of(fd, size)
+
+
 def _header_octets(part: mime.Part) -> int:
     return len(part.header) + sum(_header_octets(c) for c in part.children) + (
         _header_octets(part.message) if part.message is not None else 0)
