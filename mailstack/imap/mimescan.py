@@ -30,8 +30,9 @@ class Span(mime.Part):
     Quacks like :class:`mime.Part` for :func:`mime.bodystructure`, :func:`mime.envelope` and
     :func:`mime.find_part`; its ``raw`` and ``body`` are not held (see the offsets)."""
 
-    def __init__(self, start: int, default_type: str, depth: int) -> None:  # no super(): no
-        self.start = start  # first octet of the header             bytes to parse
+    def __init__(self, start: int, default_type: str, depth: int) -> None:
+        # mime.Part.__init__ is not called: it parses bytes, and a Span holds none
+        self.start = start  # first octet of the header
         self.body_start = -1  # first octet of the body (-1: header not finished)
         self.end = -1  # one past the last octet
         self.default_type = default_type
@@ -48,8 +49,13 @@ class Span(mime.Part):
         self.boundary: bytes | None = None
         self.after_delim = -1  # where this multipart's last delimiter line ended
 
-    raw = property(lambda self: b"")  # type: ignore[assignment]
-    body = property(lambda self: b"")  # type: ignore[assignment]
+    @property  # type: ignore[override]
+    def raw(self) -> bytes:
+        raise TypeError("a scanned part holds no bytes: read its offsets from the file")
+
+    @property  # type: ignore[override]
+    def body(self) -> bytes:
+        raise TypeError("a scanned part holds no bytes: read its offsets from the file")
 
     @property
     def body_size(self) -> int:
