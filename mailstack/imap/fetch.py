@@ -362,10 +362,10 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
         assert load.fd is not None
         spans = needs_tree(atts) or any(a.name == "RFC822.TEXT" or (
             a.is_body and not _top_header(a) and (a.numbers or a.spec)) for a in atts)
+        if spans and load.tree() is None:  # the scan also builds the checkpoints
+            return False
         if spans or any(a.partial and a.partial[0] for a in atts if _raw_only(a)):
             _Checkpoints.of(load.fd)  # built here (a worker thread), not in the event loop
-        if spans and load.tree() is None:
-            return False
     if needs_tree(atts) and load.tree() is None:
         return False  # with the tree loaded, header and envelope come from it
     if load.fd is None and any(_raw_only(a) for a in atts) and load.raw() is None:
@@ -414,7 +414,7 @@ class _Structures:
             found = cls._cache.get(key)
         if found is not None:
             return found
-        root = mimescan.scan(file_range(fd, size, 0, size))
+        root = mimescan.scan(_Checkpoints.crlf_pieces(fd))
         if _count_spans(root) <= cls.KEEP_SPANS and _header_octets(root) <= cls.KEEP_OCTETS:
             with cls._lock:
                 cls._cache[key] = root
@@ -459,12 +459,42 @@ class _Checkpoints:
             points = cls._cache.get(key)
         if points is None:
             points = cls._build(fd)
-            with cls._lock:
-                cls._cache[key] = points
-                cls._order.append(key)
-                if len(cls._order) > cls.KEEP:
-                    cls._cache.pop(cls._order.pop(0), None)
+            cls._remember(key, points)
         return points
+
+    @classmethod
+    def _remember(cls, key: tuple[int, int, int], points: list[tuple[int, int, bool]]) -> None:
+        with cls._lock:
+            if key not in cls._cache:
+                cls._order.append(key)
+            cls._cache[key] = points
+            if len(cls._order) > cls.KEEP:
+                cls._cache.pop(cls._order.pop(0), None)
+
+    @classmethod
+    def crlf_pieces(cls, fd: int) -> Iterator[bytes]:
+        """The whole file's CRLF form in pieces, its checkpoints remembered on the way (a
+        structure scan and the checkpoints in one read)."""
+        st = os.fstat(fd)
+        points = [(0, 0, False)]
+        pos = out = 0
+        carry = False
+        while True:
+            chunk = os.pread(fd, STREAM_PIECE, pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            data = (b"\r" if carry else b"") + chunk
+            carry = data.endswith(b"\r")
+            if carry:
+                data = data[:-1]
+            piece = to_crlf(data)
+            out += len(piece)
+            points.append((pos, out, carry))
+            yield piece
+        if carry:
+            yield b"\r"
+        cls._remember((st.st_dev, st.st_ino, st.st_size), points)
 
     @staticmethod
     def _build(fd: int) -> list[tuple[int, int, bool]]:

@@ -173,3 +173,25 @@ def test_scan_bounds_memory_of_hostile_messages() -> None:
     kept = sum(len(c.header) for c in root.children)
     assert len(root.children) == 40 and kept <= mimescan.HEADERS_KEEP
     assert kept >= mimescan.HEADERS_KEEP - 100
+
+
+@pytest.mark.parametrize("tail", [b"", b"\r", b"\r\n", b"x\r"])
+def test_scan_pieces_give_the_file_and_its_checkpoints(tmp_path, tail: bytes) -> None:
+    """The one read a big message's structure scan makes yields the file's CRLF form and
+    leaves the same range checkpoints a separate pass builds (a CR LF split by a piece)."""
+    import os
+
+    from mailstack.imap.fetch import STREAM_PIECE, _Checkpoints
+    from mailstack.store.maildir import to_crlf
+
+    data = b"a\n" * 1000 + b"b" * (STREAM_PIECE - 2001) + b"\r\n" + b"c\n" * 90000 + tail
+    assert data[STREAM_PIECE - 1:STREAM_PIECE + 1] == b"\r\n"
+    path = tmp_path / "m"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert b"".join(_Checkpoints.crlf_pieces(fd)) == to_crlf(data)
+        remembered = _Checkpoints.of(fd)  # from the cache the pieces filled
+        assert remembered == _Checkpoints._build(fd)
+    finally:
+        os.close(fd)
