@@ -26,11 +26,16 @@ def _selected(s: Session) -> Selected:
 
 
 def targets(sel: Selected, seqset: SeqSet, uid: bool) -> list[tuple[int, Msg]]:
-    """Messages named by a sequence set; a sequence number beyond EXISTS is an error."""
+    """Messages named by a sequence set; a sequence number beyond EXISTS is an error, but
+    ``1:*`` or ``*`` in an empty mailbox names no message (RFC 9051 6.4.4 ff.)."""
     if uid:
         largest = sel.uids[-1] if sel.uids else 0
         return sel.by_uidset(seqset.resolve(largest))
-    if seqset.max_explicit() > sel.exists or (not sel.exists and seqset.ranges):
+    if not sel.exists:
+        if any(None not in r for r in seqset.ranges):
+            raise Bad("invalid message sequence number")
+        return []
+    if seqset.max_explicit() > sel.exists:
         raise Bad("invalid message sequence number")
     return sel.by_seqset(seqset.resolve(sel.exists))
 
@@ -85,7 +90,7 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if cache.due():
         await asyncio.to_thread(cache.save, {m.key for m in sel.msgs})
     if missing:
-        raise No("some messages were expunged meanwhile", "EXPUNGEISSUED")
+        raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}FETCH completed"
 
 

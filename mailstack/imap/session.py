@@ -116,11 +116,22 @@ class Session:
     def untagged(self, text: str) -> None:
         self.send(b"* " + text.encode("utf-8") + b"\r\n")
 
+    def _write(self, data: bytes | memoryview) -> None:
+        """Hand ``data`` to the transport; a closed one (the client went away mid-response:
+        uvloop raises RuntimeError, asyncio drops the data) is a plain disconnect."""
+        if self.writer.is_closing():
+            raise Disconnect("connection closed while writing")
+        try:
+            self.writer.write(data)
+        except RuntimeError:
+            raise Disconnect("connection closed while writing") from None
+
     async def flush(self) -> None:
         if self.out:
-            self.writer.write(b"".join(self.out))
+            data = b"".join(self.out)
             self.out.clear()
             self.out_size = 0
+            self._write(data)
         await self.writer.drain()
 
     async def maybe_flush(self) -> None:
@@ -140,7 +151,7 @@ class Session:
             await self.flush()
             view = memoryview(piece)
             for start in range(0, len(view), OUT_CHUNK):
-                self.writer.write(view[start:start + OUT_CHUNK])
+                self._write(view[start:start + OUT_CHUNK])
                 await self.writer.drain()
 
     # -- capabilities ---------------------------------------------------------------------
@@ -174,8 +185,9 @@ class Session:
                 await self.dispatch(raw)
                 await self.flush()
                 await asyncio.sleep(0)  # pipelined commands: let other sessions in between
-        except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
+        except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.info("imap %s: disconnected%s", self.peer,
+                     f" ({safe(str(exc), 80)})" if str(exc) else "")
         except TimeoutError:
             self.untagged("BYE idle for too long")
             try:
