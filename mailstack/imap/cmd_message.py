@@ -9,12 +9,13 @@ from collections.abc import Iterable, Iterator
 
 from ..store.account import OverQuota
 from ..store.flags import FlagError
-from . import fetch, search
+from . import fetch, qresync, search
 from .cache import FolderCache
 from .cmd_mailbox import existing_mailbox, mailbox_arg, quota_of
 from .mailbox import Msg, Selected
 from .session import SELECTED, Bad, Disconnect, No, Session, command
 from .wire import ParseError, Parser, SeqSet
+from .wire import compact_set as _uid_ranges
 
 BATCH_BYTES = 1 << 20  # message octets read per worker-thread hop in a FETCH
 YIELD_AFTER = 0.005  # seconds of rendering in the event loop before other sessions get a turn
@@ -40,22 +41,6 @@ def targets(sel: Selected, seqset: SeqSet, uid: bool) -> list[tuple[int, Msg]]:
     return sel.by_seqset(seqset.resolve(sel.exists))
 
 
-def _uid_ranges(uids: list[int]) -> str:
-    out: list[str] = []
-    start = prev = None
-    for u in uids:
-        if start is None:
-            start = prev = u
-        elif u == prev + 1:  # type: ignore[operator]
-            prev = u
-        else:
-            out.append(f"{start}" if start == prev else f"{start}:{prev}")
-            start = prev = u
-    if start is not None:
-        out.append(f"{start}" if start == prev else f"{start}:{prev}")
-    return ",".join(out)
-
-
 # -- FETCH ----------------------------------------------------------------------------------
 @command("FETCH", SELECTED, uid_ok=True, expunge_ok=False)
 async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
@@ -63,17 +48,20 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     seqset = p.seq_set()
     p.sp()
     atts = fetch.parse_atts(p)
-    changed_since = None
-    if p.maybe_sp():
-        p.open_paren()
-        p.expect(b"CHANGEDSINCE")
-        p.sp()
-        changed_since = p.number64()
-        p.close_paren()
-        s.condstore = True
+    changed_since, vanished = qresync.parse_fetch_modifiers(p)
     p.end()
+    if vanished and not (uid and s.qresync):
+        raise Bad("VANISHED needs UID FETCH and ENABLE QRESYNC")
+    if changed_since is not None:
+        s.condstore = True
     sel = _selected(s)
     msgs = targets(sel, seqset, uid)
+    if vanished:
+        assert changed_since is not None and sel.snapshot is not None
+        gone = await asyncio.to_thread(sel.store.vanished, sel.snapshot.mailbox_id,
+                                       changed_since)
+        s.send(qresync.vanished_line(qresync.within(gone, seqset.resolve(1 << 32)),
+                                     earlier=True))
     if changed_since is not None:
         msgs = [(q, m) for q, m in msgs if m.modseq > changed_since]
     if not sel.readonly and any(a.sets_seen for a in atts):
@@ -304,6 +292,9 @@ async def cmd_expunge(s: Session, tag: str, p: Parser, uid: bool) -> str:
         raise No("mailbox is read-only", "READ-ONLY")
     await asyncio.to_thread(sel.expunge, only)
     await s.announce(expunge_ok=True)
+    if s.condstore and sel.snapshot is not None:  # RFC 7162 3.1.8 / 3.2.10
+        return (f"[HIGHESTMODSEQ {sel.snapshot.highest_modseq}] "
+                f"{'UID ' if uid else ''}EXPUNGE completed")
     return f"{'UID ' if uid else ''}EXPUNGE completed"
 
 

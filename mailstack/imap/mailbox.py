@@ -171,10 +171,11 @@ Msg = Entry  # a message as a session sees it: shared, immutable index entries
 
 @dataclass
 class Changes:
-    """What a refresh found: expunged sequence numbers (in reporting order), the new EXISTS
+    """What a refresh found: expunged sequence numbers (in reporting order) and UIDs, the new EXISTS
     count (or None), messages whose flags changed, and the keyword list when it grew."""
 
     expunged: list[int] = field(default_factory=list)
+    vanished: list[int] = field(default_factory=list)  # the same messages' UIDs, ascending
     exists: int | None = None
     recent: int = 0
     flags: list[Entry] = field(default_factory=list)
@@ -302,6 +303,7 @@ class Selected:
                 for i, uid in enumerate(self.uids):
                     if uid in expunged:
                         ch.expunged.append(i + 1 - removed)
+                        ch.vanished.append(uid)
                         removed += 1
                 self.recent -= expunged
             self.msgs, self.uids, self.private = snap.entries, snap.uids, False

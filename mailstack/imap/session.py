@@ -31,7 +31,7 @@ from ..store.maildir import MaildirError, open_user_mailbox
 from .cache import FolderCache
 from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
-from .wire import ParseError, Parser
+from .wire import ParseError, Parser, compact_set
 
 if TYPE_CHECKING:
     from .daemon import IMAPServer
@@ -105,6 +105,7 @@ class Session:
         self.account: Account | None = None
         self.selected: Selected | None = None
         self.condstore = False
+        self.qresync = False  # ENABLE QRESYNC: VANISHED instead of EXPUNGE (RFC 7162)
         self.out: list[bytes] = []
         self.out_size = 0
 
@@ -167,7 +168,7 @@ class Session:
             caps.append("AUTH=PLAIN" if self.login_allowed else "LOGINDISABLED")
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
-                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE"]
+                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC"]
         return " ".join(caps)
 
     # -- main loop ------------------------------------------------------------------------
@@ -383,11 +384,14 @@ class Session:
             self.untagged(f"FLAGS ({flags})")
             if not sel.readonly:
                 self.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
-        for n, seq in enumerate(ch.expunged, 1):
-            self.send(b"* %d EXPUNGE\r\n" % seq)
-            if n % 512 == 0:
-                await self.maybe_flush()
-                await asyncio.sleep(0)
+        if self.qresync and ch.vanished:
+            self.send(b"* VANISHED " + compact_set(ch.vanished).encode() + b"\r\n")
+        else:
+            for n, seq in enumerate(ch.expunged, 1):
+                self.send(b"* %d EXPUNGE\r\n" % seq)
+                if n % 512 == 0:
+                    await self.maybe_flush()
+                    await asyncio.sleep(0)
         for n, m in enumerate(ch.flags, 1):
             if n % 512 == 0:
                 await self.maybe_flush()
@@ -568,6 +572,9 @@ async def cmd_enable(s: Session, tag: str, p: Parser, uid: bool) -> str:
         cap = p.atom().upper()
         if cap == "CONDSTORE" and not s.condstore:
             s.condstore = True
+            enabled.append(cap)
+        elif cap == "QRESYNC" and not s.qresync:  # implies CONDSTORE (RFC 7162 3.2.3)
+            s.condstore = s.qresync = True
             enabled.append(cap)
     p.end()
     s.untagged("ENABLED" + "".join(" " + c for c in enabled))
