@@ -165,10 +165,11 @@ class Session:
         if self.state == NOTAUTH:
             if not self.tls and self.server.tls_context is not None:
                 caps.append("STARTTLS")
-            caps.append("AUTH=PLAIN" if self.login_allowed else "LOGINDISABLED")
+            caps += ["AUTH=PLAIN", "AUTH=LOGIN"] if self.login_allowed else ["LOGINDISABLED"]
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
-                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC"]
+                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "COMPRESS=DEFLATE",
+                     "UNAUTHENTICATE"]
         return " ".join(caps)
 
     # -- main loop ------------------------------------------------------------------------
@@ -515,6 +516,37 @@ async def cmd_login(s: Session, tag: str, p: Parser, uid: bool) -> str:
     return await s.login(user, password)
 
 
+SASL_MECHANISMS = ("PLAIN", "LOGIN")
+
+
+async def sasl_response(s: Session, challenge: bytes) -> bytes:
+    """Send a SASL challenge (``+ base64``) and read the client's response line, still
+    base64; ``*`` cancels (BAD)."""
+    s.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
+    await s.flush()
+    try:
+        line = await s.lines.readline()
+    except LineTooLong:
+        raise Bad("response too long") from None
+    if not line:
+        raise Disconnect()
+    if len(line) > PREAUTH_MAX_COMMAND:
+        raise Bad("response too long")
+    response = line.rstrip(b"\r\n")
+    if response == b"*":
+        raise Bad("authentication cancelled")
+    return response
+
+
+def sasl_decode(response: bytes) -> bytes:
+    if response == b"=":
+        return b""
+    try:
+        return base64.b64decode(response, validate=True)
+    except binascii.Error:
+        raise Bad("malformed SASL response") from None
+
+
 @command("AUTHENTICATE", NOTAUTH)
 async def cmd_authenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.sp()
@@ -525,37 +557,43 @@ async def cmd_authenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if not initial:
             raise Bad("bad initial response")
     p.end()
-    if mech != "PLAIN":
+    if mech not in SASL_MECHANISMS:
         raise No("unsupported authentication mechanism", "CANNOT")
     if not s.login_allowed:
         raise No("plaintext authentication is disabled here: use STARTTLS first",
                  "PRIVACYREQUIRED")
-    if initial is None:
-        s.send(b"+ \r\n")
-        await s.flush()
+    if mech == "LOGIN":  # the user name, then the password (Thunderbird's fallback)
+        name = sasl_decode(initial if initial is not None
+                           else await sasl_response(s, b"Username:"))
+        secret = sasl_decode(await sasl_response(s, b"Password:"))
         try:
-            line = await s.lines.readline()
-        except LineTooLong:
-            raise Bad("response too long") from None
-        if not line:
-            raise Disconnect()
-        if len(line) > PREAUTH_MAX_COMMAND:
-            raise Bad("response too long")
-        initial = line.rstrip(b"\r\n")
-        if initial == b"*":
-            raise Bad("authentication cancelled")
-    if initial == b"=":
-        initial = b""
+            return await s.login(name.decode(), secret.decode())
+        except UnicodeDecodeError:
+            raise Bad("malformed LOGIN response") from None
+    if initial is None:
+        initial = await sasl_response(s, b"")
     try:
-        decoded = base64.b64decode(initial, validate=True)
-        authz, authc, password = decoded.split(b"\x00")
+        authz, authc, password = sasl_decode(initial).split(b"\x00")
         authz_s, user, pw = authz.decode(), authc.decode(), password.decode()
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         raise Bad("malformed PLAIN response") from None
     if authz_s and authz_s.lower() != user.lower():
         await s.server.throttle.fail(s.peer, user, "imap")
         raise No("authorization identity must be empty or the user", "AUTHORIZATIONFAILED")
     return await s.login(user, pw)
+
+
+@command("UNAUTHENTICATE", AUTH, SELECTED)
+async def cmd_unauthenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    """RFC 8437: back to the not-authenticated state; TLS and compression stay."""
+    p.end()
+    s.unselect()
+    log.info("imap logout %s from %s (UNAUTHENTICATE)", s.user, s.peer)
+    s.user = ""
+    s.account = None
+    s.condstore = s.qresync = False
+    s.state = NOTAUTH
+    return "UNAUTHENTICATE completed"
 
 
 @command("NAMESPACE", AUTH, SELECTED)
