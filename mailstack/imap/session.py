@@ -35,6 +35,7 @@ from .wire import ParseError, Parser, compact_set
 
 if TYPE_CHECKING:
     from .daemon import IMAPServer
+    from .notify import Notifier
 
 log = logging.getLogger("mailstack.imap")
 
@@ -108,6 +109,9 @@ class Session:
         self.qresync = False  # ENABLE QRESYNC: VANISHED instead of EXPUNGE (RFC 7162)
         self.out: list[bytes] = []
         self.out_size = 0
+        #: held while a command runs: NOTIFY's responses between commands wait for it
+        self.out_lock = asyncio.Lock()
+        self.notifier: Notifier | None = None
 
     # -- output ---------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -169,7 +173,7 @@ class Session:
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
                      "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "COMPRESS=DEFLATE",
-                     "UNAUTHENTICATE"]
+                     "UNAUTHENTICATE", "NOTIFY"]
         return " ".join(caps)
 
     # -- main loop ------------------------------------------------------------------------
@@ -184,8 +188,9 @@ class Session:
                 if raw is None:
                     await self.flush()
                     continue
-                await self.dispatch(raw)
-                await self.flush()
+                async with self.out_lock:
+                    await self.dispatch(raw)
+                    await self.flush()
                 await asyncio.sleep(0)  # pipelined commands: let other sessions in between
         except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.info("imap %s: disconnected%s", self.peer,
@@ -194,8 +199,15 @@ class Session:
             self.untagged("BYE idle for too long")
             try:
                 await asyncio.wait_for(self.flush(), 5)
-            except (TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError, Disconnect):
                 pass
+        finally:
+            self.stop_notify()
+
+    def stop_notify(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stop()
+            self.notifier = None
 
     def command_limits(self) -> Limits:
         """Before login a whole command is small (8 KiB); after it, literals up to
@@ -463,6 +475,7 @@ async def cmd_check(s: Session, tag: str, p: Parser, uid: bool) -> str:
 async def cmd_logout(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     s.untagged("BYE logging out")
+    s.stop_notify()
     s.state = LOGOUT
     s.selected = None
     return "LOGOUT completed"
@@ -587,6 +600,7 @@ async def cmd_authenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
 async def cmd_unauthenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
     """RFC 8437: back to the not-authenticated state; TLS and compression stay."""
     p.end()
+    s.stop_notify()
     s.unselect()
     log.info("imap logout %s from %s (UNAUTHENTICATE)", s.user, s.peer)
     s.user = ""
@@ -636,6 +650,9 @@ async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if s.selected is not None:
             # watch first, then look: nothing can slip between the last refresh and the watch
             stack.enter_context(watch.watching(s.selected.maildir.root, event))
+        if s.notifier is not None:  # NOTIFY's events arrive during IDLE too (RFC 5465 4)
+            s.notifier.idle = event
+            stack.callback(setattr, s.notifier, "idle", None)
         s.send(b"+ idling\r\n")
         await s.announce()
         await s.flush()
@@ -652,6 +669,8 @@ async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
                 if timed_out:
                     raise TimeoutError()
                 await s.announce()
+                if s.notifier is not None and s.state != LOGOUT:
+                    await s.notifier.report()
                 if s.state == LOGOUT:
                     await s.flush()
                     raise Disconnect()
