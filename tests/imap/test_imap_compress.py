@@ -136,3 +136,21 @@ async def test_corrupt_deflate_stream_is_a_plain_disconnect(imap) -> None:
     assert imap.daemon.errors() == [], imap.log()
     other = await Raw.connect(imap)
     ok(await other.cmd("L", f"LOGIN {USER} {PASSWORD}"), "L")
+
+
+async def test_compress_over_tls_with_idle(imap) -> None:
+    c = await Raw.connect(imap, tls=True)
+    ok(await c.cmd("L", f"LOGIN {USER} {PASSWORD}"), "L")
+    ok(await c.cmd("z", "COMPRESS DEFLATE"), "z")
+    z = Deflated(c)
+    ok(await z.cmd("s", "SELECT INBOX"), "s")
+    await z.send(b"i IDLE\r\n")
+    assert (await z.line()).startswith(b"+ ")
+    imap.deliver(message("while idling"))
+    assert await z.line() == b"* 1 EXISTS\r\n"
+    await z.send(b"DONE\r\n")
+    while not (line := await z.line()).startswith(b"i "):
+        pass
+    assert line.startswith(b"i OK"), line
+    lines = ok(await z.cmd("f", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"), "f")
+    assert b"while idling" in lines[0]
