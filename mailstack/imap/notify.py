@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..store import watch
 from . import fetch, wire
 from .mailbox import Account, MailboxError, normalize_name
-from .session import AUTH, LOGOUT, SELECTED, No, Session, command
+from .session import AUTH, LOGOUT, SELECTED, Disconnect, No, Session, command
 from .wire import ParseError, Parser
 
 log = logging.getLogger("mailstack.imap")
@@ -335,7 +335,7 @@ class Notifier:
                     if self.s.state == LOGOUT:  # the selected mailbox is gone
                         self.s.writer.close()
                         return
-        except (ConnectionError, RuntimeError) as exc:
+        except (ConnectionError, Disconnect, TimeoutError) as exc:  # the client went away
             log.info("imap %s: NOTIFY stopped: %s", self.s.peer, exc)
         except Exception:  # the notifier must never take the session down silently
             log.exception("imap %s: NOTIFY failed", self.s.peer)
