@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..store import watch
 from . import fetch, wire
+from .cmd_message import _send_fetch as send_fetch  # the FETCH machinery, streaming
 from .mailbox import Account, MailboxError, normalize_name
 from .session import AUTH, LOGOUT, SELECTED, Disconnect, No, Session, command
 from .wire import ParseError, Parser
@@ -351,9 +352,8 @@ class Notifier:
             top = sel.uids[-1] if sel.uids else 0
             await s.announce(expunge_ok=group.kind == "SELECTED")
             if group.fetch_atts and s.selected is sel and sel.uids and sel.uids[-1] > top:
-                from .cmd_message import _send_fetch  # the FETCH machinery, streaming
                 new = [(q, m) for q, m in enumerate(sel.msgs, 1) if m.uid > top]
-                await _send_fetch(s, sel, new, list(group.fetch_atts), True)
+                await send_fetch(s, sel, new, list(group.fetch_atts), True)
         modseq = await asyncio.to_thread(self.account.store.highest_modseq)
         if modseq != self.modseq:
             self.modseq = modseq
