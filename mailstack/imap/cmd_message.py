@@ -199,8 +199,9 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     failed_uids = set(result.failed)
     failed = sorted(m.uid if uid else seq for seq, m in msgs if m.uid in failed_uids)
     await s.send_changes(await s.changes(expunge_ok=False, own={m.uid for _, m in msgs}))
+    gone = sel.gone([m.uid for _, m in msgs])  # expunged elsewhere: nothing was stored
     for seq, m in _current(sel, msgs):
-        if m.uid in failed_uids:
+        if m.uid in failed_uids or m.uid in gone:
             continue
         if silent and not s.condstore:
             continue
@@ -214,6 +215,8 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
         s.send(f"* {seq} FETCH ({' '.join(parts)})\r\n".encode())
     if failed:
         return f"[MODIFIED {','.join(map(str, failed))}] conditional STORE failed"
+    if gone:
+        raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}STORE completed"
 
 

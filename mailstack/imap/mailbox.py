@@ -233,6 +233,13 @@ class Selected:
         i = bisect.bisect_left(self.uids, uid)
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
 
+    def gone(self, uids: list[int]) -> set[int]:
+        """Those of ``uids`` expunged in the store whose EXPUNGE this session holds back."""
+        if not self.private or self.snapshot is None:
+            return set()
+        current = self.snapshot.uids
+        return {u for u in uids if not _has(current, u)}
+
     def by_seqset(self, ranges: list[tuple[int, int]]) -> list[tuple[int, Entry]]:
         if len(ranges) == 1:
             a, b = ranges[0]
@@ -295,8 +302,7 @@ class Selected:
             merged = [by_uid.get(e.uid, e) for e in self.msgs]
             merged += [e for e in snap.entries if e.uid > top]
             self.msgs, self.uids, self.private = merged, [e.uid for e in merged], True
-            self.snapshot = snap
-            expunged = set()
+            self.snapshot = snap  # held back: no flag news of them either (below)
         else:
             if expunged:
                 removed = 0
@@ -343,3 +349,8 @@ class Selected:
         """Remove messages whose current flags include \\Deleted, among those this session
         knows (only those in ``uids`` when given)."""
         return _store_call(self.store.expunge, self.name, uids=uids, below=self.known_uidnext)
+
+
+def _has(uids: list[int], uid: int) -> bool:
+    i = bisect.bisect_left(uids, uid)
+    return i < len(uids) and uids[i] == uid

@@ -61,6 +61,22 @@ async def test_fetch_of_a_message_expunged_elsewhere_follows_rfc_2180(imap) -> N
     assert "SERVERBUG" not in log and "Traceback" not in log, log
 
 
+async def test_store_on_a_message_expunged_elsewhere(imap) -> None:
+    for n in range(2):
+        imap.deliver(message(f"st{n}"))
+    a = await session(imap)
+    b = await session(imap)
+    ok(await b.cmd("x", "STORE 1 +FLAGS (\\Deleted)"), "x")
+    ok(await b.cmd("y", "EXPUNGE"), "y")
+    lines = await a.cmd("s", "STORE 1:2 +FLAGS (\\Seen)")
+    assert lines[-1].startswith(b"s NO [EXPUNGEISSUED]"), lines
+    assert b"no longer exist" in lines[-1], lines
+    fetches = [x for x in lines if b" FETCH (" in x]
+    assert len(fetches) == 1 and fetches[0].startswith(b"* 2 FETCH (FLAGS (\\Seen"), lines
+    lines = ok(await a.cmd("n", "NOOP"), "n")
+    assert b"* 1 EXPUNGE\r\n" in lines and not any(b"FETCH" in x for x in lines), lines
+
+
 async def test_fetch_all_on_an_empty_mailbox_is_not_bad(imap) -> None:
     c = await session(imap)
     for tag, command in (("a", "FETCH 1:* (FLAGS)"), ("b", "FETCH * (UID)"),
