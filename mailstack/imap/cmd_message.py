@@ -77,9 +77,17 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     cache = FolderCache.for_root(sel.maildir.root)
     if cache.due():
         await asyncio.to_thread(cache.save, {m.key for m in sel.msgs})
+    held_back_modseq(s, sel)
     if missing:
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}FETCH completed"
+
+
+def held_back_modseq(s: Session, sel: Selected) -> None:
+    """MODSEQs were sent while expunges wait: tell a QRESYNC client a HIGHESTMODSEQ below
+    them, so that a connection lost now cannot make it skip those expunges (RFC 7162 3.2)."""
+    if s.qresync and sel.private:
+        s.untagged(f"OK [HIGHESTMODSEQ {sel.held_modseq}] expunges pending")
 
 
 async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
@@ -213,6 +221,7 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if s.condstore:
             parts.append(f"MODSEQ ({m.modseq})")
         s.send(f"* {seq} FETCH ({' '.join(parts)})\r\n".encode())
+    held_back_modseq(s, sel)
     if failed:
         return f"[MODIFIED {','.join(map(str, failed))}] conditional STORE failed"
     if gone:

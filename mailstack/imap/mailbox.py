@@ -210,6 +210,8 @@ class Selected:
         self.uids: list[int] = snap.uids
         self.keywords: tuple[str, ...] = snap.keywords
         self.private = False
+        #: while expunges are held back: a modseq below theirs (RFC 7162 3.2, erratum 1810)
+        self.held_modseq = 0
 
     def moved_to(self, name: str) -> None:
         """Follow a RENAME of this mailbox made by this session."""
@@ -298,6 +300,8 @@ class Selected:
         expunged, changed = self._delta(snap)
         top = self.uids[-1] if self.uids else 0
         if expunged and not expunge_ok:
+            if not self.private and self.snapshot is not None:
+                self.held_modseq = self.snapshot.highest_modseq  # below the held expunges
             by_uid = {e.uid: e for e in snap.entries}
             merged = [by_uid.get(e.uid, e) for e in self.msgs]
             merged += [e for e in snap.entries if e.uid > top]

@@ -170,3 +170,26 @@ async def test_imapclient_resyncs_with_qresync(imap) -> None:
     assert info[b"EXISTS"] == 4 and resp is not None
     assert vanished == [b"(EARLIER) 2"], vanished
     assert any(b"$Work" in f and b"UID 3" in f for f in fetched), fetched
+
+
+async def test_highestmodseq_below_held_back_expunges(imap) -> None:
+    """RFC 7162 3.2 (erratum 1810): MODSEQs sent while an expunge waits come with a
+    HIGHESTMODSEQ lower than the expunge's."""
+    for n in range(3):
+        imap.deliver(message(f"h{n}"))
+    c = await login(imap)
+    ok(await c.cmd("s", "SELECT INBOX"), "s")
+    other = await login(imap, enable=False)
+    ok(await other.cmd("s", "SELECT INBOX"), "s")
+    ok(await other.cmd("d", "STORE 1 +FLAGS.SILENT (\\Deleted)"), "d")
+    ok(await other.cmd("x", "EXPUNGE"), "x")
+    ok(await other.cmd("f", "STORE 2 +FLAGS.SILENT (\\Flagged)"), "f")
+    lines = ok(await c.cmd("q", "FETCH 2 (FLAGS)"), "q")  # by number: the expunge waits
+    assert not any(b"VANISHED" in x for x in lines), lines
+    sent = int(re.search(rb"MODSEQ \((\d+)\)", b"".join(lines)).group(1))
+    held = code(lines, "HIGHESTMODSEQ")
+    lines = ok(await c.cmd("n", "NOOP"), "n")
+    assert b"* VANISHED 1\r\n" in lines, lines
+    lines = ok(await c.cmd("u", f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {held} VANISHED)"), "u")
+    assert lines[0] == b"* VANISHED (EARLIER) 1\r\n", lines  # resyncing from it finds it
+    assert held < sent
