@@ -360,8 +360,7 @@ class Notifier:
             now = await asyncio.to_thread(self._names)
             for line in self._name_events(self.known, now):
                 s.send(line)
-            self.known = now
-            self.dirty |= set(now.names)  # a store change may be a flag change anywhere
+            self.known = now  # message changes arrive through the folder watches
         covered = self._covered()
         self._rewatch(covered)
         dirty, self.dirty = self.dirty & covered, set()

@@ -156,3 +156,20 @@ async def test_notify_none_and_unknown_mailboxes(imap) -> None:
     await lines_until(loud, b"* STATUS Work")  # the event has happened and was reported
     lines = ok(await quiet.cmd("o", "NOOP"), "o")
     assert not any(b"STATUS" in x for x in lines), lines
+
+
+async def test_flag_changes_and_expunges_in_other_mailboxes(imap) -> None:
+    imap.folder("Work").create(folder=True)
+    for n in range(2):
+        imap.deliver(message(f"w{n}"), folder="Work")
+    c = await login(imap)
+    ok(await c.cmd("n", f"NOTIFY SET (PERSONAL {ALL_MESSAGE})"), "n")
+    other = await session(imap, "Work")  # another process would do the same: same store
+    ok(await other.cmd("f", "STORE 1 +FLAGS (\\Seen)"), "f")
+    got = await lines_until(c, b"* STATUS Work")
+    assert b"MESSAGES 2 " in got[-1] and b"UNSEEN 1" in got[-1], got
+    ok(await other.cmd("d", "STORE 2 +FLAGS (\\Deleted)"), "d")
+    ok(await other.cmd("x", "EXPUNGE"), "x")
+    while b"MESSAGES 1 " not in (got := await lines_until(c, b"* STATUS Work"))[-1]:
+        pass  # the \Deleted flag change may come first
+    assert b"UNSEEN 0" in got[-1], got
