@@ -173,3 +173,15 @@ async def test_flag_changes_and_expunges_in_other_mailboxes(imap) -> None:
     while b"MESSAGES 1 " not in (got := await lines_until(c, b"* STATUS Work"))[-1]:
         pass  # the \Deleted flag change may come first
     assert b"UNSEEN 0" in got[-1], got
+
+
+async def test_idle_without_a_selected_mailbox_gets_status(imap) -> None:
+    c = await login(imap)
+    ok(await c.cmd("n", "NOTIFY SET (INBOXES (MessageNew MessageExpunge))"), "n")
+    await c.send("i IDLE\r\n")
+    assert (await c.line()).startswith(b"+ ")
+    imap.deliver(message("for the inbox"))
+    got = await lines_until(c, b"* STATUS INBOX")
+    assert b"MESSAGES 1 " in got[-1], got
+    await c.send("DONE\r\n")
+    assert (await lines_until(c, b"i OK"))[-1].startswith(b"i OK")
