@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..store import watch
+from ..store.account import StoreError
 from . import fetch, wire
 from .cmd_message import _send_fetch as send_fetch  # the FETCH machinery, streaming
 from .mailbox import Account, MailboxError, normalize_name
@@ -348,7 +349,8 @@ class Notifier:
         """Send what changed since the last report (the caller holds the output lock)."""
         s = self.s
         sel, group = s.selected, self.spec.selected
-        if sel is not None and group is not None and group.events:
+        if sel is not None and group is not None and group.events and (
+                "FlagChange" in group.events or await self._messages_changed()):
             top = sel.uids[-1] if sel.uids else 0
             await s.announce(expunge_ok=group.kind == "SELECTED")
             if group.fetch_atts and s.selected is sel and sel.uids and sel.uids[-1] > top:
@@ -370,6 +372,17 @@ class Notifier:
                 continue
             self.status[name] = values
             s.send(self._status_line(name, values))
+
+    async def _messages_changed(self) -> bool:
+        """Did messages arrive in or leave the selected mailbox? (Without FlagChange, flag
+        news wait for the next command, as without NOTIFY.)"""
+        sel = self.s.selected
+        assert sel is not None
+        try:
+            snap, _ = await asyncio.to_thread(sel.store.sync, sel.name)
+        except (OSError, StoreError):
+            return True  # let the announcement find out what is wrong
+        return snap.uids != sel.uids
 
     def _name_events(self, old: _Names, new: _Names) -> Iterable[bytes]:
         """LIST responses for mailboxes created, deleted or renamed (MailboxName) and for

@@ -185,3 +185,18 @@ async def test_idle_without_a_selected_mailbox_gets_status(imap) -> None:
     assert b"MESSAGES 1 " in got[-1], got
     await c.send("DONE\r\n")
     assert (await lines_until(c, b"i OK"))[-1].startswith(b"i OK")
+
+
+async def test_selected_without_flagchange_gets_no_unsolicited_flags(imap) -> None:
+    imap.deliver(message("f"))
+    imap.folder("Work").create(folder=True)
+    c = await session(imap)
+    ok(await c.cmd("n", "NOTIFY SET (SELECTED (MessageNew MessageExpunge)) "
+                        "(PERSONAL (MessageNew MessageExpunge))"), "n")
+    other = await session(imap)
+    ok(await other.cmd("f", "STORE 1 +FLAGS (\\Flagged)"), "f")
+    imap.deliver(message("w"), folder="Work")
+    got = await lines_until(c, b"* STATUS Work")
+    assert not any(b"FETCH" in x for x in got), got
+    lines = ok(await c.cmd("o", "NOOP"), "o")  # the next command reports it, as usual
+    assert any(x.startswith(b"* 1 FETCH") and b"\\Flagged" in x for x in lines), lines
