@@ -224,7 +224,7 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     held_back_modseq(s, sel)
     if failed:
         return f"[MODIFIED {','.join(map(str, failed))}] conditional STORE failed"
-    if gone:
+    if gone and not uid:  # a UID that no longer exists is simply not there (RFC 3501 6.4.8)
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}STORE completed"
 
