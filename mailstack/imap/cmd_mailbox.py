@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from . import namelimit, wire
+from . import namelimit, qresync, wire
 from .listmatch import compile_pattern
 from .mailbox import MailboxError, Selected, normalize_name
 from .session import AUTH, SELECTED, No, Session, command
@@ -35,14 +35,12 @@ def _wire_name(name: str) -> bytes:
 async def _select(s: Session, p: Parser, readonly: bool) -> str:
     p.sp()
     name = mailbox_arg(p)
-    if p.maybe_sp():
-        p.open_paren()
-        while p.peek() != 0x29:
-            if p.atom().upper() == "CONDSTORE":
-                s.condstore = True
-            p.maybe_sp()
-        p.close_paren()
+    params = qresync.parse_select_params(p)
     p.end()
+    if params.resync is not None and not s.qresync:
+        raise ParseError("QRESYNC needs ENABLE QRESYNC first")
+    if params.condstore:
+        s.condstore = True
     assert s.account is not None
     if s.selected is not None:
         s.untagged("OK [CLOSED] previous mailbox closed")
@@ -66,6 +64,12 @@ async def _select(s: Session, p: Parser, readonly: bool) -> str:
     s.untagged(f"OK [HIGHESTMODSEQ {snap.highest_modseq}] highest modseq")
     s.selected = sel
     s.state = SELECTED
+    resync = params.resync
+    if resync is not None and resync.uidvalidity == snap.uidvalidity:  # else: a full resync
+        gone = await asyncio.to_thread(sel.store.vanished, snap.mailbox_id, resync.modseq)
+        for line in qresync.select_responses(sel, resync, gone):
+            s.send(line)
+            await s.maybe_flush()
     mode = "READ-ONLY" if readonly else "READ-WRITE"
     return f"[{mode}] {'EXAMINE' if readonly else 'SELECT'} completed"
 

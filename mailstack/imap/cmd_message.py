@@ -10,12 +10,13 @@ from collections.abc import Iterable, Iterator
 from ..runtime.logsafe import safe
 from ..store.account import OverQuota
 from ..store.flags import FlagError
-from . import binary, fetch, search
+from . import binary, fetch, qresync, search
 from .cache import FolderCache
 from .cmd_mailbox import existing_mailbox, mailbox_arg, quota_of
 from .mailbox import Msg, Selected
 from .session import SELECTED, Bad, Disconnect, No, Session, command
 from .wire import ParseError, Parser, SeqSet
+from .wire import compact_set as _uid_ranges
 
 BATCH_BYTES = 1 << 20  # message octets read per worker-thread hop in a FETCH
 YIELD_AFTER = 0.005  # seconds of rendering in the event loop before other sessions get a turn
@@ -27,29 +28,18 @@ def _selected(s: Session) -> Selected:
 
 
 def targets(sel: Selected, seqset: SeqSet, uid: bool) -> list[tuple[int, Msg]]:
-    """Messages named by a sequence set; a sequence number beyond EXISTS is an error."""
+    """Messages named by a sequence set; a sequence number beyond EXISTS is an error, but
+    ``1:*`` or ``*`` in an empty mailbox names no message (RFC 9051 6.4.4 ff.)."""
     if uid:
         largest = sel.uids[-1] if sel.uids else 0
         return sel.by_uidset(seqset.resolve(largest))
-    if seqset.max_explicit() > sel.exists or (not sel.exists and seqset.ranges):
+    if not sel.exists:
+        if any(None not in r for r in seqset.ranges):
+            raise Bad("invalid message sequence number")
+        return []
+    if seqset.max_explicit() > sel.exists:
         raise Bad("invalid message sequence number")
     return sel.by_seqset(seqset.resolve(sel.exists))
-
-
-def _uid_ranges(uids: list[int]) -> str:
-    out: list[str] = []
-    start = prev = None
-    for u in uids:
-        if start is None:
-            start = prev = u
-        elif u == prev + 1:  # type: ignore[operator]
-            prev = u
-        else:
-            out.append(f"{start}" if start == prev else f"{start}:{prev}")
-            start = prev = u
-    if start is not None:
-        out.append(f"{start}" if start == prev else f"{start}:{prev}")
-    return ",".join(out)
 
 
 # -- FETCH ----------------------------------------------------------------------------------
@@ -59,17 +49,20 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     seqset = p.seq_set()
     p.sp()
     atts = fetch.parse_atts(p)
-    changed_since = None
-    if p.maybe_sp():
-        p.open_paren()
-        p.expect(b"CHANGEDSINCE")
-        p.sp()
-        changed_since = p.number64()
-        p.close_paren()
-        s.condstore = True
+    changed_since, vanished = qresync.parse_fetch_modifiers(p)
     p.end()
+    if vanished and not (uid and s.qresync):
+        raise Bad("VANISHED needs UID FETCH and ENABLE QRESYNC")
+    if changed_since is not None:
+        s.condstore = True
     sel = _selected(s)
     msgs = targets(sel, seqset, uid)
+    if vanished:
+        assert changed_since is not None and sel.snapshot is not None
+        gone = await asyncio.to_thread(sel.store.vanished, sel.snapshot.mailbox_id,
+                                       changed_since)
+        s.send(qresync.vanished_line(qresync.within(gone, seqset.resolve(1 << 32)),
+                                     earlier=True))
     if changed_since is not None:
         msgs = [(q, m) for q, m in msgs if m.modseq > changed_since]
     if not sel.readonly and any(a.sets_seen for a in atts):
@@ -89,9 +82,17 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     cache = FolderCache.for_root(sel.maildir.root)
     if cache.due():
         await asyncio.to_thread(cache.save, {m.key for m in sel.msgs})
+    held_back_modseq(s, sel)
     if missing:
-        raise No("some messages were expunged meanwhile", "EXPUNGEISSUED")
+        raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}FETCH completed"
+
+
+def held_back_modseq(s: Session, sel: Selected) -> None:
+    """MODSEQs were sent while expunges wait: tell a QRESYNC client a HIGHESTMODSEQ below
+    them, so that a connection lost now cannot make it skip those expunges (RFC 7162 3.2)."""
+    if s.qresync and sel.private:
+        s.untagged(f"OK [HIGHESTMODSEQ {sel.held_modseq}] expunges pending")
 
 
 async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
@@ -216,8 +217,9 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     failed_uids = set(result.failed)
     failed = sorted(m.uid if uid else seq for seq, m in msgs if m.uid in failed_uids)
     await s.send_changes(await s.changes(expunge_ok=False, own={m.uid for _, m in msgs}))
+    gone = sel.gone([m.uid for _, m in msgs])  # expunged elsewhere: nothing was stored
     for seq, m in _current(sel, msgs):
-        if m.uid in failed_uids:
+        if m.uid in failed_uids or m.uid in gone:
             continue
         if silent and not s.condstore:
             continue
@@ -229,8 +231,11 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if s.condstore:
             parts.append(f"MODSEQ ({m.modseq})")
         s.send(f"* {seq} FETCH ({' '.join(parts)})\r\n".encode())
+    held_back_modseq(s, sel)
     if failed:
         return f"[MODIFIED {','.join(map(str, failed))}] conditional STORE failed"
+    if gone and not uid:  # a UID that no longer exists is simply not there (RFC 3501 6.4.8)
+        raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}STORE completed"
 
 
@@ -309,6 +314,9 @@ async def cmd_expunge(s: Session, tag: str, p: Parser, uid: bool) -> str:
         raise No("mailbox is read-only", "READ-ONLY")
     await asyncio.to_thread(sel.expunge, only)
     await s.announce(expunge_ok=True)
+    if s.condstore and sel.snapshot is not None:  # RFC 7162 3.1.8 / 3.2.10
+        return (f"[HIGHESTMODSEQ {sel.snapshot.highest_modseq}] "
+                f"{'UID ' if uid else ''}EXPUNGE completed")
     return f"{'UID ' if uid else ''}EXPUNGE completed"
 
 

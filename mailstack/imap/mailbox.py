@@ -171,10 +171,11 @@ Msg = Entry  # a message as a session sees it: shared, immutable index entries
 
 @dataclass
 class Changes:
-    """What a refresh found: expunged sequence numbers (in reporting order), the new EXISTS
+    """What a refresh found: expunged sequence numbers (in reporting order) and UIDs, the new EXISTS
     count (or None), messages whose flags changed, and the keyword list when it grew."""
 
     expunged: list[int] = field(default_factory=list)
+    vanished: list[int] = field(default_factory=list)  # the same messages' UIDs, ascending
     exists: int | None = None
     recent: int = 0
     flags: list[Entry] = field(default_factory=list)
@@ -209,6 +210,8 @@ class Selected:
         self.uids: list[int] = snap.uids
         self.keywords: tuple[str, ...] = snap.keywords
         self.private = False
+        #: while expunges are held back: a modseq below theirs (RFC 7162 3.2, erratum 1810)
+        self.held_modseq = 0
 
     def moved_to(self, name: str) -> None:
         """Follow a RENAME of this mailbox made by this session."""
@@ -231,6 +234,13 @@ class Selected:
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def gone(self, uids: list[int]) -> set[int]:
+        """Those of ``uids`` expunged in the store whose EXPUNGE this session holds back."""
+        if not self.private or self.snapshot is None:
+            return set()
+        current = self.snapshot.uids
+        return {u for u in uids if not _has(current, u)}
 
     def by_seqset(self, ranges: list[tuple[int, int]]) -> list[tuple[int, Entry]]:
         if len(ranges) == 1:
@@ -290,18 +300,20 @@ class Selected:
         expunged, changed = self._delta(snap)
         top = self.uids[-1] if self.uids else 0
         if expunged and not expunge_ok:
+            if not self.private and self.snapshot is not None:
+                self.held_modseq = self.snapshot.highest_modseq  # below the held expunges
             by_uid = {e.uid: e for e in snap.entries}
             merged = [by_uid.get(e.uid, e) for e in self.msgs]
             merged += [e for e in snap.entries if e.uid > top]
             self.msgs, self.uids, self.private = merged, [e.uid for e in merged], True
-            self.snapshot = snap
-            expunged = set()
+            self.snapshot = snap  # held back: no flag news of them either (below)
         else:
             if expunged:
                 removed = 0
                 for i, uid in enumerate(self.uids):
                     if uid in expunged:
                         ch.expunged.append(i + 1 - removed)
+                        ch.vanished.append(uid)
                         removed += 1
                 self.recent -= expunged
             self.msgs, self.uids, self.private = snap.entries, snap.uids, False
@@ -341,3 +353,8 @@ class Selected:
         """Remove messages whose current flags include \\Deleted, among those this session
         knows (only those in ``uids`` when given)."""
         return _store_call(self.store.expunge, self.name, uids=uids, below=self.known_uidnext)
+
+
+def _has(uids: list[int], uid: int) -> bool:
+    i = bisect.bisect_left(uids, uid)
+    return i < len(uids) and uids[i] == uid

@@ -31,10 +31,11 @@ from ..store.maildir import MaildirError, open_user_mailbox
 from .cache import FolderCache
 from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
-from .wire import ParseError, Parser
+from .wire import ParseError, Parser, compact_set
 
 if TYPE_CHECKING:
     from .daemon import IMAPServer
+    from .notify import Notifier
 
 log = logging.getLogger("mailstack.imap")
 
@@ -106,8 +107,12 @@ class Session:
         self.account: Account | None = None
         self.selected: Selected | None = None
         self.condstore = False
+        self.qresync = False  # ENABLE QRESYNC: VANISHED instead of EXPUNGE (RFC 7162)
         self.out: list[bytes] = []
         self.out_size = 0
+        #: held while a command runs: NOTIFY's responses between commands wait for it
+        self.out_lock = asyncio.Lock()
+        self.notifier: Notifier | None = None
 
     # -- output ---------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -117,11 +122,22 @@ class Session:
     def untagged(self, text: str) -> None:
         self.send(b"* " + text.encode("utf-8") + b"\r\n")
 
+    def _write(self, data: bytes | memoryview) -> None:
+        """Hand ``data`` to the transport; a closed one (the client went away mid-response:
+        uvloop raises RuntimeError, asyncio drops the data) is a plain disconnect."""
+        if self.writer.is_closing():
+            raise Disconnect("connection closed while writing")
+        try:
+            self.writer.write(data)
+        except RuntimeError:
+            raise Disconnect("connection closed while writing") from None
+
     async def flush(self) -> None:
         if self.out:
-            self.writer.write(b"".join(self.out))
+            data = b"".join(self.out)
             self.out.clear()
             self.out_size = 0
+            self._write(data)
         await self.writer.drain()
 
     async def maybe_flush(self) -> None:
@@ -143,7 +159,7 @@ class Session:
             await self.flush()
             view = memoryview(piece)
             for start in range(0, len(view), OUT_CHUNK):
-                self.writer.write(view[start:start + OUT_CHUNK])
+                self._write(view[start:start + OUT_CHUNK])
                 await self.writer.drain()
             if loop.time() - since > YIELD_AFTER:  # a fast reader never pauses the
                 await asyncio.sleep(0)  # transport: let other sessions run between pieces
@@ -159,10 +175,11 @@ class Session:
         if self.state == NOTAUTH:
             if not self.tls and self.server.tls_context is not None:
                 caps.append("STARTTLS")
-            caps.append("AUTH=PLAIN" if self.login_allowed else "LOGINDISABLED")
+            caps += ["AUTH=PLAIN", "AUTH=LOGIN"] if self.login_allowed else ["LOGINDISABLED"]
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
-                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE"]
+                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "COMPRESS=DEFLATE",
+                     "UNAUTHENTICATE", "NOTIFY"]
             caps += ["MULTIAPPEND", "CATENATE", "BINARY", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE", "STATUS=SIZE", "SAVEDATE",
                      f"APPENDLIMIT={int(self.cfg.imap.max_literal)}"]
@@ -180,17 +197,26 @@ class Session:
                 if raw is None:
                     await self.flush()
                     continue
-                await self.dispatch(raw)
-                await self.flush()
+                async with self.out_lock:
+                    await self.dispatch(raw)
+                    await self.flush()
                 await asyncio.sleep(0)  # pipelined commands: let other sessions in between
-        except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
+        except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.info("imap %s: disconnected%s", self.peer,
+                     f" ({safe(str(exc), 80)})" if str(exc) else "")
         except TimeoutError:
             self.untagged("BYE idle for too long")
             try:
                 await asyncio.wait_for(self.flush(), 5)
-            except (TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError, Disconnect):
                 pass
+        finally:
+            self.stop_notify()
+
+    def stop_notify(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stop()
+            self.notifier = None
 
     def command_limits(self) -> Limits:
         """Before login a whole command is small (8 KiB); after it, literals up to
@@ -380,11 +406,14 @@ class Session:
             self.untagged(f"FLAGS ({flags})")
             if not sel.readonly:
                 self.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
-        for n, seq in enumerate(ch.expunged, 1):
-            self.send(b"* %d EXPUNGE\r\n" % seq)
-            if n % 512 == 0:
-                await self.maybe_flush()
-                await asyncio.sleep(0)
+        if self.qresync and ch.vanished:
+            self.send(b"* VANISHED " + compact_set(ch.vanished).encode() + b"\r\n")
+        else:
+            for n, seq in enumerate(ch.expunged, 1):
+                self.send(b"* %d EXPUNGE\r\n" % seq)
+                if n % 512 == 0:
+                    await self.maybe_flush()
+                    await asyncio.sleep(0)
         for n, m in enumerate(ch.flags, 1):
             if n % 512 == 0:
                 await self.maybe_flush()
@@ -455,6 +484,7 @@ async def cmd_check(s: Session, tag: str, p: Parser, uid: bool) -> str:
 async def cmd_logout(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     s.untagged("BYE logging out")
+    s.stop_notify()
     s.state = LOGOUT
     s.selected = None
     return "LOGOUT completed"
@@ -508,6 +538,37 @@ async def cmd_login(s: Session, tag: str, p: Parser, uid: bool) -> str:
     return await s.login(user, password)
 
 
+SASL_MECHANISMS = ("PLAIN", "LOGIN")
+
+
+async def sasl_response(s: Session, challenge: bytes) -> bytes:
+    """Send a SASL challenge (``+ base64``) and read the client's response line, still
+    base64; ``*`` cancels (BAD)."""
+    s.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
+    await s.flush()
+    try:
+        line = await s.lines.readline()
+    except LineTooLong:
+        raise Bad("response too long") from None
+    if not line:
+        raise Disconnect()
+    if len(line) > PREAUTH_MAX_COMMAND:
+        raise Bad("response too long")
+    response = line.rstrip(b"\r\n")
+    if response == b"*":
+        raise Bad("authentication cancelled")
+    return response
+
+
+def sasl_decode(response: bytes) -> bytes:
+    if response == b"=":
+        return b""
+    try:
+        return base64.b64decode(response, validate=True)
+    except binascii.Error:
+        raise Bad("malformed SASL response") from None
+
+
 @command("AUTHENTICATE", NOTAUTH)
 async def cmd_authenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.sp()
@@ -518,37 +579,44 @@ async def cmd_authenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if not initial:
             raise Bad("bad initial response")
     p.end()
-    if mech != "PLAIN":
+    if mech not in SASL_MECHANISMS:
         raise No("unsupported authentication mechanism", "CANNOT")
     if not s.login_allowed:
         raise No("plaintext authentication is disabled here: use STARTTLS first",
                  "PRIVACYREQUIRED")
-    if initial is None:
-        s.send(b"+ \r\n")
-        await s.flush()
+    if mech == "LOGIN":  # the user name, then the password (Thunderbird's fallback)
+        name = sasl_decode(initial if initial is not None
+                           else await sasl_response(s, b"Username:"))
+        secret = sasl_decode(await sasl_response(s, b"Password:"))
         try:
-            line = await s.lines.readline()
-        except LineTooLong:
-            raise Bad("response too long") from None
-        if not line:
-            raise Disconnect()
-        if len(line) > PREAUTH_MAX_COMMAND:
-            raise Bad("response too long")
-        initial = line.rstrip(b"\r\n")
-        if initial == b"*":
-            raise Bad("authentication cancelled")
-    if initial == b"=":
-        initial = b""
+            return await s.login(name.decode(), secret.decode())
+        except UnicodeDecodeError:
+            raise Bad("malformed LOGIN response") from None
+    if initial is None:
+        initial = await sasl_response(s, b"")
     try:
-        decoded = base64.b64decode(initial, validate=True)
-        authz, authc, password = decoded.split(b"\x00")
+        authz, authc, password = sasl_decode(initial).split(b"\x00")
         authz_s, user, pw = authz.decode(), authc.decode(), password.decode()
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         raise Bad("malformed PLAIN response") from None
     if authz_s and authz_s.lower() != user.lower():
         await s.server.throttle.fail(s.peer, user, "imap")
         raise No("authorization identity must be empty or the user", "AUTHORIZATIONFAILED")
     return await s.login(user, pw)
+
+
+@command("UNAUTHENTICATE", AUTH, SELECTED)
+async def cmd_unauthenticate(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    """RFC 8437: back to the not-authenticated state; TLS and compression stay."""
+    p.end()
+    s.stop_notify()
+    s.unselect()
+    log.info("imap logout %s from %s (UNAUTHENTICATE)", s.user, s.peer)
+    s.user = ""
+    s.account = None
+    s.condstore = s.qresync = False
+    s.state = NOTAUTH
+    return "UNAUTHENTICATE completed"
 
 
 @command("NAMESPACE", AUTH, SELECTED)
@@ -565,6 +633,9 @@ async def cmd_enable(s: Session, tag: str, p: Parser, uid: bool) -> str:
         cap = p.atom().upper()
         if cap == "CONDSTORE" and not s.condstore:
             s.condstore = True
+            enabled.append(cap)
+        elif cap == "QRESYNC" and not s.qresync:  # implies CONDSTORE (RFC 7162 3.2.3)
+            s.condstore = s.qresync = True
             enabled.append(cap)
     p.end()
     s.untagged("ENABLED" + "".join(" " + c for c in enabled))
@@ -588,6 +659,9 @@ async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if s.selected is not None:
             # watch first, then look: nothing can slip between the last refresh and the watch
             stack.enter_context(watch.watching(s.selected.maildir.root, event))
+        if s.notifier is not None:  # NOTIFY's events arrive during IDLE too (RFC 5465 4)
+            s.notifier.idle = event
+            stack.callback(setattr, s.notifier, "idle", None)
         s.send(b"+ idling\r\n")
         await s.announce()
         await s.flush()
@@ -604,6 +678,8 @@ async def cmd_idle(s: Session, tag: str, p: Parser, uid: bool) -> str:
                 if timed_out:
                     raise TimeoutError()
                 await s.announce()
+                if s.notifier is not None and s.state != LOGOUT:
+                    await s.notifier.report()
                 if s.state == LOGOUT:
                     await s.flush()
                     raise Disconnect()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAX_DEPTH = 32  # parenthesis nesting accepted in a command
@@ -325,6 +326,22 @@ class Parser:
 
 
 # -- encoding ------------------------------------------------------------------------------
+def compact_set(numbers: Iterable[int]) -> str:
+    """Ascending numbers as a sequence set with ranges: ``1:3,5,7:9``."""
+    out: list[str] = []
+    start = prev = -2
+    for n in numbers:
+        if n == prev + 1:
+            prev = n
+            continue
+        if start >= 0:
+            out.append(f"{start}" if start == prev else f"{start}:{prev}")
+        start = prev = n
+    if start >= 0:
+        out.append(f"{start}" if start == prev else f"{start}:{prev}")
+    return ",".join(out)
+
+
 _SAFE_QUOTED_RE = re.compile(rb'[\x20\x21\x23-\x5b\x5d-\x7e]*')
 _CTL_RE = re.compile(rb"[\x00-\x1f\x7f]")  # quoted strings are 7-bit text without controls
 

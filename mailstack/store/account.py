@@ -1118,6 +1118,19 @@ class AccountStore:
         return validity, src_uids, new_uids
 
     # -- change log (JMAP /changes, QRESYNC) ----------------------------------------------------
+    def mailbox_ids(self) -> dict[str, int]:
+        """Indexed mailbox names with their ids (ids survive a rename: IMAP NOTIFY OLDNAME)."""
+        with self._read() as conn:
+            return {name: mbid for mbid, name in conn.execute("SELECT id, name FROM mailbox")}
+
+    def vanished(self, mailbox_id: int, since: int) -> list[int]:
+        """UIDs of mailbox ``mailbox_id`` expunged after modseq ``since``, ascending
+        (QRESYNC ``VANISHED (EARLIER)``; the log of expunged UIDs is kept whole)."""
+        with self._read() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT uid FROM vanished WHERE mailbox=? AND modseq>? ORDER BY uid",
+                (mailbox_id, since))]
+
     def changes(self, kind: str, since: int, limit: int = 10_000) -> Changes:
         """What changed for ``kind`` (``Mailbox``, ``Email``, ``Thread``) after modseq
         ``since``: ids created, updated and destroyed, collapsed per id as JMAP wants (created
