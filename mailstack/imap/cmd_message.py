@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 
 from ..store.account import OverQuota
 from ..store.flags import FlagError
-from . import fetch, search
+from . import fetch
 from .cache import FolderCache
 from .cmd_mailbox import existing_mailbox, mailbox_arg, quota_of
 from .mailbox import Msg, Selected
@@ -27,6 +27,8 @@ def _selected(s: Session) -> Selected:
 
 def targets(sel: Selected, seqset: SeqSet, uid: bool) -> list[tuple[int, Msg]]:
     """Messages named by a sequence set; a sequence number beyond EXISTS is an error."""
+    if seqset.saved:  # "$" (RFC 5182): what the last SEARCH saved, those still here
+        return sel.by_uids(sel.saved)
     if uid:
         largest = sel.uids[-1] if sel.uids else 0
         return sel.by_uidset(seqset.resolve(largest))
@@ -222,26 +224,6 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if failed:
         return f"[MODIFIED {','.join(map(str, failed))}] conditional STORE failed"
     return f"{'UID ' if uid else ''}STORE completed"
-
-
-# -- SEARCH ---------------------------------------------------------------------------------
-@command("SEARCH", SELECTED, uid_ok=True, expunge_ok=False)
-async def cmd_search(s: Session, tag: str, p: Parser, uid: bool) -> str:
-    p.sp()
-    try:
-        tree, uses_modseq = search.parse(p)
-    except search.BadCharset:
-        raise No("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)") from None
-    sel = _selected(s)
-    found = await asyncio.to_thread(search.run, sel, tree)
-    ids = [m.uid if uid else seq for seq, m in found]
-    text = "SEARCH" + "".join(f" {n}" for n in ids)
-    if uses_modseq:
-        s.condstore = True
-        if found:
-            text += f" (MODSEQ {max(m.modseq for _, m in found)})"
-    s.untagged(text)
-    return f"{'UID ' if uid else ''}SEARCH completed"
 
 
 # -- COPY / MOVE ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from ..accounts.users import UserDB
 from ..config import Config
 from ..runtime.netserver import format_sockname, limiter_for, peer_ip, set_keepalive, start_server
 from ..runtime.tls import ensure_tls_files, server_context
-from . import cmd_mailbox, cmd_message  # noqa: F401  (register the commands)
+from . import cmd_mailbox, cmd_message, cmd_search  # noqa: F401  (register the commands)
 from .session import Session
 
 log = logging.getLogger("mailstack.imap")

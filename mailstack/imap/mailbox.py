@@ -209,6 +209,25 @@ class Selected:
         self.uids: list[int] = snap.uids
         self.keywords: tuple[str, ...] = snap.keywords
         self.private = False
+        self.saved: list[int] = []  # UIDs of the saved search result (SEARCHRES, RFC 5182)
+        self._saved_set: frozenset[int] | None = None
+
+    def save_result(self, uids: list[int]) -> None:
+        self.saved, self._saved_set = uids, None
+
+    def saved_set(self) -> frozenset[int]:
+        if self._saved_set is None:
+            self._saved_set = frozenset(self.saved)
+        return self._saved_set
+
+    def by_uids(self, uids: list[int]) -> list[tuple[int, Entry]]:
+        """Messages with these UIDs (those still here), in sequence order."""
+        out = []
+        for u in sorted(set(uids)):
+            seq = self.seq_of(u)
+            if seq is not None:
+                out.append((seq, self.msgs[seq - 1]))
+        return out
 
     def moved_to(self, name: str) -> None:
         """Follow a RENAME of this mailbox made by this session."""

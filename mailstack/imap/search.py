@@ -14,6 +14,7 @@ import email.utils
 import quopri
 from dataclasses import dataclass
 
+from ..store import addrlist
 from . import mime
 from .mailbox import Msg, Selected
 from .wire import MAX_DEPTH, ParseError, Parser
@@ -77,6 +78,9 @@ def _parse_key(p: Parser, charset: str, budget: _Budget) -> Node:
         p.close_paren()
         return Node("AND", tuple(keys))
     c = p.peek()
+    if c == 0x24:  # "$": the saved result (RFC 5182)
+        p.pos += 1
+        return Node("SAVED")
     if c is not None and (chr(c).isdigit() or c == 0x2A):
         return Node("SEQ", (p.seq_set(),))
     word = p.atom().upper()
@@ -101,7 +105,11 @@ def _parse_key(p: Parser, charset: str, budget: _Budget) -> Node:
         return Node(word, (p.date(),))
     if word == "UID":
         p.sp()
-        return Node(word, (p.seq_set(),))
+        seqset = p.seq_set()
+        return Node("SAVED") if seqset.saved else Node(word, (seqset,))
+    if word in ("EMAILID", "THREADID"):  # RFC 8474
+        p.sp()
+        return Node(word, (p.atom(),))
     if word == "NOT":
         p.sp()
         return Node(word, (parse_key(p, charset, budget),))
@@ -121,14 +129,14 @@ def _parse_key(p: Parser, charset: str, budget: _Budget) -> Node:
     raise ParseError(f"unknown search key {word}")
 
 
-def parse(p: Parser) -> tuple[Node, bool]:
-    """``[CHARSET x] key *(SP key)`` → (tree, uses MODSEQ). Raises ParseError or BadCharset."""
-    charset = "UTF-8"
-    if p.maybe(b"CHARSET "):
-        charset = p.astring().decode("ascii", "replace").upper()
-        if charset not in CHARSETS:
-            raise BadCharset(charset)
-        p.sp()
+def parse(p: Parser, charset: str | None = None) -> tuple[Node, bool]:
+    """``[CHARSET x] key *(SP key)`` (or only the keys when ``charset`` is given, as SORT and
+    THREAD have it) → (tree, uses MODSEQ). Raises ParseError or BadCharset."""
+    if charset is None:
+        charset = "UTF-8"
+        if p.maybe(b"CHARSET "):
+            charset = check_charset(p.astring())
+            p.sp()
     budget = _Budget()
     keys = [parse_key(p, charset, budget)]
     while p.maybe_sp():
@@ -136,6 +144,14 @@ def parse(p: Parser) -> tuple[Node, bool]:
     p.end()
     tree = Node("AND", tuple(keys))
     return tree, _uses(tree, "MODSEQ")
+
+
+def check_charset(raw: bytes) -> str:
+    """A search charset name, upper-cased; BadCharset when not supported."""
+    charset = raw.decode("ascii", "replace").upper()
+    if charset not in CHARSETS:
+        raise BadCharset(charset)
+    return charset
 
 
 def _uses(node: Node, op: str) -> bool:
@@ -238,6 +254,15 @@ class Context:
             self._header_text = _header_text(part).casefold()
         return self._header_text
 
+    def addresses(self, name: str) -> list[str]:
+        """The field's mailboxes as ``name local@domain`` text, case-folded: comments, routes
+        and quoting left out (``<a (c)@ (c) b.org>`` is found as ``a@b.org``)."""
+        out = []
+        for value in self.header(name):
+            for a in addrlist.mailboxes(value):
+                out.append(f"{a.name or ''} {a.addr}".casefold())
+        return out
+
     def sent_date(self) -> dt.date | None:
         values = self.header("date")
         if not values:
@@ -302,7 +327,16 @@ def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bo
     if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         return _date_cmp(op, ctx.sent_date(), node.args[0])
     if op in _HEADER_KEYS:
-        return any(node.args[0] in v.casefold() for v in ctx.header(op.lower()))
+        needle = node.args[0]
+        if any(needle in v.casefold() for v in ctx.header(op.lower())):
+            return True
+        return op != "SUBJECT" and any(needle in v for v in ctx.addresses(op.lower()))
+    if op == "SAVED":
+        return m.uid in ctx.sel.saved_set()
+    if op == "EMAILID":
+        return m.emailid == node.args[0]
+    if op == "THREADID":
+        return m.threadid == node.args[0]
     if op == "HEADER":
         name, needle = node.args
         values = ctx.header(name)

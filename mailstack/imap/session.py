@@ -45,6 +45,10 @@ OUT_BUDGET = 256 * 1024  # response octets gathered before they are written and 
 OUT_CHUNK = 64 * 1024  # a larger piece is written in slices of this size
 
 
+SEARCH_CAPABILITIES = ("ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
+                       "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES")
+
+
 class Bad(Exception):
     """Answer the command with tagged BAD."""
 
@@ -105,6 +109,7 @@ class Session:
         self.account: Account | None = None
         self.selected: Selected | None = None
         self.condstore = False
+        self.rev2 = False  # ENABLE IMAP4rev2 (RFC 9051) was given
         self.out: list[bytes] = []
         self.out_size = 0
 
@@ -156,7 +161,7 @@ class Session:
             caps.append("AUTH=PLAIN" if self.login_allowed else "LOGINDISABLED")
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
-                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE"]
+                     "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", *SEARCH_CAPABILITIES]
         return " ".join(caps)
 
     # -- main loop ------------------------------------------------------------------------

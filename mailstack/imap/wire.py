@@ -59,6 +59,7 @@ class SeqSet:
     """A sequence set: ranges of (low, high) where None stands for ``*``."""
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    saved: bool = False  # ``$``: the saved search result (RFC 5182)
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Concrete ascending ranges once ``*`` means ``largest``."""
@@ -263,6 +264,9 @@ class Parser:
         return self.nz_number()
 
     def seq_set(self) -> SeqSet:
+        if self.peek() == 0x24:  # "$"
+            self.pos += 1
+            return SeqSet((), saved=True)
         ranges = []
         while True:
             lo = self.seq_number()

@@ -39,15 +39,21 @@ class Address:
         return f"{self.local}@{self.domain}" if self.domain is not None else self.local
 
 
-def _tokens(value: str) -> list[tuple[str, str]]:
-    """(kind, text) with kind one of ``q`` (quoted, unescaped), ``c`` (comment), ``l`` (domain
-    literal), ``s`` (special), ``a`` (atom); folding white space is dropped."""
-    out: list[tuple[str, str]] = []
+Tok = tuple[str, str, bool]
+
+
+def _tokens(value: str) -> list[Tok]:
+    """(kind, text, space before) with kind one of ``q`` (quoted, unescaped), ``c``
+    (comment), ``l`` (domain literal), ``s`` (special), ``a`` (atom)."""
+    out: list[Tok] = []
     i, n = 0, len(value)
+    space = False
     while i < n:
         c = value[i]
         if c in " \t\r\n":
+            space = True
             i += 1
+            continue
         elif c == '"':
             buf = []
             i += 1
@@ -57,7 +63,7 @@ def _tokens(value: str) -> list[tuple[str, str]]:
                 if value[i] not in "\r\n":
                     buf.append(value[i])
                 i += 1
-            out.append(("q", "".join(buf)))
+            out.append(("q", "".join(buf), space))
             i += 1
         elif c == "(":
             depth, buf = 1, []
@@ -75,15 +81,15 @@ def _tokens(value: str) -> list[tuple[str, str]]:
                         break
                 buf.append(ch)
                 i += 1
-            out.append(("c", " ".join("".join(buf).split())))
+            out.append(("c", " ".join("".join(buf).split()), space))
             i += 1
         elif c == "[":
             j = value.find("]", i)
             j = n if j < 0 else j + 1
-            out.append(("l", value[i:j]))
+            out.append(("l", value[i:j], space))
             i = j
         elif c in _SPECIALS:
-            out.append(("s", c))
+            out.append(("s", c, space))
             i += 1
         else:
             j = i
@@ -91,24 +97,41 @@ def _tokens(value: str) -> list[tuple[str, str]]:
                 j += 1
             if j == i:  # a stray ')' or ']'
                 j += 1
-            out.append(("a", value[i:j]))
+            out.append(("a", value[i:j], space))
             i = j
+        space = False
     return out
 
 
-def _words(toks: list[tuple[str, str]]) -> str:
-    return " ".join(t for k, t in toks if k in "qa" or (k == "s" and t == "."))
+def _is(tok: Tok, special: str) -> bool:
+    return tok[0] == "s" and tok[1] == special
 
 
-def _addr_spec(toks: list[tuple[str, str]]) -> tuple[str, str | None]:
+def _words(toks: list[Tok]) -> str:
+    """A phrase as written: words joined where white space (or a comment) was."""
+    out: list[str] = []
+    gap = False
+    for kind, text, space in toks:
+        if kind == "c":
+            gap = True
+            continue
+        if kind in "qa" or (kind == "s" and text == "."):
+            if out and (space or gap):
+                out.append(" ")
+            out.append(text)
+        gap = False
+    return "".join(out)
+
+
+def _addr_spec(toks: list[Tok]) -> tuple[str, str | None]:
     """(local part, domain or None) of addr-spec tokens; comments ignored."""
     toks = [t for t in toks if t[0] != "c"]
-    at = max((i for i, t in enumerate(toks) if t == ("s", "@")), default=-1)
+    at = max((i for i, t in enumerate(toks) if _is(t, "@")), default=-1)
     local_toks, domain_toks = (toks[:at], toks[at + 1:]) if at >= 0 else (toks, None)
-    local = "".join(t if k != "q" else _quote_local(t) for k, t in local_toks)
+    local = "".join(t if k != "q" else _quote_local(t) for k, t, _ in local_toks)
     if domain_toks is None:
         return local, None
-    return local, "".join(t for _, t in domain_toks)
+    return local, "".join(t for _, t, _ in domain_toks)
 
 
 def _quote_local(text: str) -> str:
@@ -118,25 +141,22 @@ def _quote_local(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _mailbox(toks: list[tuple[str, str]]) -> Address | None:
+def _mailbox(toks: list[Tok]) -> Address | None:
     if not toks:
         return None
-    try:
-        lt = toks.index(("s", "<"))
-    except ValueError:
-        lt = -1
+    lt = next((i for i, t in enumerate(toks) if _is(t, "<")), -1)
     if lt >= 0:
-        gt = next((i for i in range(lt + 1, len(toks)) if toks[i] == ("s", ">")), len(toks))
+        gt = next((i for i in range(lt + 1, len(toks)) if _is(toks[i], ">")), len(toks))
         inner = [t for t in toks[lt + 1:gt] if t[0] != "c"]
         route = None
-        colon = next((i for i, t in enumerate(inner) if t == ("s", ":")), -1)
-        if inner and inner[0] == ("s", "@") and colon > 0:
-            route = "".join(t for _, t in inner[:colon])
+        colon = next((i for i, t in enumerate(inner) if _is(t, ":")), -1)
+        if inner and _is(inner[0], "@") and colon > 0:
+            route = "".join(t for _, t, _ in inner[:colon])
             inner = inner[colon + 1:]
         local, domain = _addr_spec(inner)
         name = _words(toks[:lt]) or None
         return Address(name, route, local, domain)
-    comments = [t for k, t in toks if k == "c"]
+    comments = [t for k, t, _ in toks if k == "c"]
     local, domain = _addr_spec(toks)
     if not local and domain is None:
         return None
@@ -147,28 +167,28 @@ def parse(value: str) -> list[Address]:
     """Mailboxes and group markers of one header field's value, in order."""
     toks = _tokens(value)
     out: list[Address] = []
-    item: list[tuple[str, str]] = []
+    item: list[Tok] = []
     in_group = False
     angle = False
     for tok in toks:
         if len(out) >= MAX_ADDRESSES:
             break
-        if tok == ("s", "<"):
+        if _is(tok, "<"):
             angle = True
-        elif tok == ("s", ">"):
+        elif _is(tok, ">"):
             angle = False
-        if not angle and tok == ("s", ":") and not in_group:
+        if not angle and _is(tok, ":") and not in_group:
             out.append(Address(group=_words(item)))
             item, in_group = [], True
             continue
-        if not angle and tok == ("s", ";") and in_group:
+        if not angle and _is(tok, ";") and in_group:
             box = _mailbox(item)
             if box is not None:
                 out.append(box)
             out.append(Address(group=""))
             item, in_group = [], False
             continue
-        if not angle and tok == ("s", ","):
+        if not angle and _is(tok, ","):
             box = _mailbox(item)
             if box is not None:
                 out.append(box)

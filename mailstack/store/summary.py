@@ -146,12 +146,24 @@ def _strip_leader(s: str) -> tuple[str, bool]:
 
 def base_subject(subject: str) -> str:
     """The base subject of RFC 5256 §2.1 (decoded subject in, case kept)."""
+    return subject_info(subject)[0]
+
+
+def subject_info(subject: str) -> tuple[str, bool]:
+    """(base subject, whether a reply or forward marker was removed on the way): RFC 5256's
+    threading tells replies from originals by the latter."""
     s = _collapse(subject.replace("\t", " "))
+    reply = False
     while True:
+        before = s
         s = _strip_trailers(s)
+        reply |= len(s.rstrip(" ")) < len(before.rstrip(" "))
         while True:  # steps 3 to 5
             changed = False
-            s, stripped = _strip_leader(s)
+            s2, stripped = _strip_leader(s)
+            if stripped and s2 != s.lstrip(" "):
+                reply = True
+            s = s2
             changed |= stripped
             k = _blob_end(s, 0)
             if k >= 0 and s[k:]:
@@ -162,8 +174,9 @@ def base_subject(subject: str) -> str:
         low = s.lower()
         if low.startswith("[fwd:") and s.endswith("]"):  # step 6
             s = s[5:-1]
+            reply = True
             continue
-        return s
+        return s, reply
 
 
 # -- preview ------------------------------------------------------------------------------------
