@@ -217,12 +217,16 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
     names = subs if subscribed_only else set(tree)
     childinfo: set[str] = set()
     if subscribed_only and "RECURSIVEMATCH" in select_opts:
-        # a parent that does not match SUBSCRIBED but has a subscribed child (RFC 5258 3.5)
+        # a mailbox matching a pattern gets CHILDINFO when a subscribed descendant does not
+        # match any pattern itself (so is not listed): RFC 5258 3.5; one that is not
+        # subscribed is listed only for that reason
         for sub in subs:
+            if any(r.match(sub) for r in regexes):
+                continue
             parts = sub.split(".")
             for i in range(1, len(parts)):
                 parent = ".".join(parts[:i])
-                if parent not in subs and any(r.match(parent) for r in regexes):
+                if any(r.match(parent) for r in regexes):
                     childinfo.add(parent)
         names = names | childinfo
     for i, name in enumerate(sorted(names, key=lambda n: (n != "INBOX", n))):
