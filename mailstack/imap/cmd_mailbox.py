@@ -57,15 +57,20 @@ async def _select(s: Session, p: Parser, readonly: bool) -> str:
     else:
         s.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
     s.untagged(f"{sel.exists} EXISTS")
-    s.untagged(f"{len(sel.recent)} RECENT")
-    first_unseen = next((i for i, m in enumerate(sel.msgs, 1) if not m.seen), None)
-    if first_unseen:
-        s.untagged(f"OK [UNSEEN {first_unseen}] first unseen message")
+    if s.rev2:  # RFC 9051: no RECENT, no UNSEEN code; LIST-style mailbox name response
+        sel.show_recent = False
+        s.send(b'* LIST () "." ' + _wire_name(sel.name) + b"\r\n")
+    else:
+        s.untagged(f"{len(sel.recent)} RECENT")
+        first_unseen = next((i for i, m in enumerate(sel.msgs, 1) if not m.seen), None)
+        if first_unseen:
+            s.untagged(f"OK [UNSEEN {first_unseen}] first unseen message")
     snap = sel.snapshot
     assert snap is not None
     s.untagged(f"OK [UIDVALIDITY {snap.uidvalidity}] UIDs valid")
     s.untagged(f"OK [UIDNEXT {snap.uidnext}] predicted next UID")
     s.untagged(f"OK [HIGHESTMODSEQ {snap.highest_modseq}] highest modseq")
+    s.untagged(f"OK [MAILBOXID ({snap.mailbox_id})] mailbox id")  # RFC 8474
     s.selected = sel
     s.state = SELECTED
     mode = "READ-ONLY" if readonly else "READ-WRITE"
@@ -284,7 +289,8 @@ async def cmd_lsub(s: Session, tag: str, p: Parser, uid: bool) -> str:
 
 
 # -- STATUS ---------------------------------------------------------------------------------
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+                "MAILBOXID")
 
 
 @command("STATUS", AUTH, SELECTED)
@@ -306,7 +312,7 @@ async def _send_status(s: Session, name: str, items: list[str]) -> None:
     values = {"MESSAGES": len(snap.entries), "RECENT": recent, "UIDNEXT": snap.uidnext,
               "UIDVALIDITY": snap.uidvalidity,
               "UNSEEN": sum(1 for e in snap.entries if not e.seen),
-              "HIGHESTMODSEQ": snap.highest_modseq}
+              "HIGHESTMODSEQ": snap.highest_modseq, "MAILBOXID": f"({snap.mailbox_id})"}
     body = " ".join(f"{i} {values[i]}" for i in items)
     s.send(b"* STATUS " + _wire_name(normalize_name(name)) + f" ({body})\r\n".encode())
 

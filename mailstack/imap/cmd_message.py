@@ -82,6 +82,8 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
             msgs = _current(sel, msgs)
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
+    if any(a.name == "PREVIEW" for a in atts):  # the summaries at once, off the loop
+        await asyncio.to_thread(sel.store.summaries, sel.name, [m for _, m in msgs])
     missing = await _send_fetch(s, sel, msgs, atts, uid)
     cache = FolderCache.for_root(sel.maildir.root)
     if cache.due():

@@ -16,7 +16,9 @@ from .mailbox import Msg, Selected
 from .wire import ParseError, Parser
 
 _SIMPLE = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
-           "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ"}
+           "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "EMAILID", "THREADID"}
+_NO_BODY = ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "MODSEQ", "EMAILID", "THREADID",
+            "PREVIEW")  # answered from the index (PREVIEW: from the store's summary)
 MAX_ATTS = 64  # fetch attributes in one FETCH (Thunderbird asks for 4 to 10)
 STREAM_OVER = 1 << 20  # a whole message bigger than this is sent from its file in pieces
 STREAM_PIECE = 256 * 1024
@@ -44,7 +46,7 @@ class Att:
 
     @property
     def needs_body(self) -> bool:
-        return self.name not in ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "MODSEQ")
+        return self.name not in _NO_BODY
 
 
 def _section(p: Parser, att: Att) -> None:
@@ -99,6 +101,17 @@ def parse_att(p: Parser) -> Att:
         _section(p, att)
         return att
     if word in _SIMPLE:
+        return Att(word)
+    if word == "PREVIEW":  # RFC 8970; LAZY changes nothing: the preview is always at hand
+        if p.data[p.pos:p.pos + 2] == b" (":
+            p.pos += 1
+            p.open_paren()
+            while True:
+                if p.atom().upper() != "LAZY":
+                    raise ParseError("unknown PREVIEW modifier")
+                if not p.maybe_sp():
+                    break
+            p.close_paren()
         return Att(word)
     raise ParseError(f"unknown fetch attribute {word or '?'}")
 
@@ -210,6 +223,12 @@ class Loaded:
                 return None
             self.part = mime.Part(raw)
         return self.part
+
+    def preview(self) -> str:
+        """RFC 8970 preview text, from the store's summary of the message."""
+        sel, msg = self.sel, self.msg
+        summary = sel.store.summaries(sel.name, [msg]).get(msg.emailid)
+        return summary.preview if summary is not None else ""
 
     def size(self) -> int:
         """RFC822.SIZE (octets with CRLF line ends)."""
@@ -387,6 +406,12 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
                    + b'"')
         elif name == "RFC822.SIZE":
             yield sep + b"RFC822.SIZE %d" % load.size()
+        elif name == "EMAILID":  # RFC 8474: the store's ids, the same as JMAP's
+            yield sep + b"EMAILID (" + msg.emailid.encode() + b")"
+        elif name == "THREADID":
+            yield sep + b"THREADID (" + msg.threadid.encode() + b")"
+        elif name == "PREVIEW":
+            yield sep + b"PREVIEW " + wire.nstring(load.preview().encode("utf-8"))
         elif att.section is not None:
             data: bytes | memoryview
             if not att.numbers and att.spec.startswith("HEADER"):

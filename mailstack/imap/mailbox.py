@@ -209,6 +209,7 @@ class Selected:
         self.uids: list[int] = snap.uids
         self.keywords: tuple[str, ...] = snap.keywords
         self.private = False
+        self.show_recent = True  # False under IMAP4rev2, which has no \\Recent
         self.saved: list[int] = []  # UIDs of the saved search result (SEARCHRES, RFC 5182)
         self._saved_set: frozenset[int] | None = None
 
@@ -268,7 +269,7 @@ class Selected:
 
     def flags(self, m: Entry) -> list[str]:
         out = sorted(m.flags, key=_flag_order)
-        if m.uid in self.recent:
+        if m.uid in self.recent and self.show_recent:
             out.append("\\Recent")
         return out
 

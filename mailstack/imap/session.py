@@ -46,7 +46,7 @@ OUT_CHUNK = 64 * 1024  # a larger piece is written in slices of this size
 
 
 SEARCH_CAPABILITIES = ("ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
-                       "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES")
+                       "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "OBJECTID", "PREVIEW")
 
 
 class Bad(Exception):
@@ -154,7 +154,7 @@ class Session:
         return self.tls or self.loopback
 
     def capabilities(self) -> str:
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"]
+        caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"]
         if self.state == NOTAUTH:
             if not self.tls and self.server.tls_context is not None:
                 caps.append("STARTTLS")
@@ -392,7 +392,9 @@ class Session:
             self.send(f"* {seq} FETCH (UID {m.uid} FLAGS ({' '.join(sel.flags(m))}){extra})\r\n"
                       .encode())
         if ch.exists is not None:
-            self.send(b"* %d EXISTS\r\n* %d RECENT\r\n" % (ch.exists, ch.recent))
+            self.send(b"* %d EXISTS\r\n" % ch.exists)
+            if not self.rev2:  # IMAP4rev2 has no \Recent (RFC 9051 appendix E)
+                self.send(b"* %d RECENT\r\n" % ch.recent)
 
     def unselect(self) -> None:
         sel = self.selected
@@ -562,6 +564,9 @@ async def cmd_enable(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if cap == "CONDSTORE" and not s.condstore:
             s.condstore = True
             enabled.append(cap)
+        elif cap == "IMAP4REV2" and not s.rev2:
+            s.rev2 = True
+            enabled.append("IMAP4rev2")
     p.end()
     s.untagged("ENABLED" + "".join(" " + c for c in enabled))
     return "ENABLE completed"
