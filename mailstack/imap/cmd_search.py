@@ -4,8 +4,8 @@ UID command: RFC 3501, 4731, 5182, 5256, 5267, 5957, 9051."""
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 
-from ..store.summary import EMPTY
 from . import esearch, search, sort, thread
 from .mailbox import Msg, Selected
 from .session import SELECTED, No, Session, command
@@ -102,14 +102,33 @@ async def cmd_sort(s: Session, tag: str, p: Parser, uid: bool) -> str:
     return f"{'UID ' if uid else ''}SORT completed"
 
 
+_THREAD_CACHE: OrderedDict[tuple, str] = OrderedDict()
+THREAD_CACHE_SIZE = 16  # thread lists a process keeps (webmail asks for the same one often)
+
+
 def _threads(sel: Selected, tree: search.Node, algorithm: str, uid: bool) -> str:
+    """The rendered thread list. Threads depend only on which messages matched (their
+    summaries never change), so a result is kept per matching set and reused until the
+    mailbox's messages (not just their flags) change."""
     found = search.run(sel, tree)
-    sums = sort.summaries(sel, [m for _, m in found])
-    items = [(m.uid if uid else seq, m, sums.get(m.emailid, EMPTY)) for seq, m in found]
+    snap = sel.snapshot
+    key = (str(sel.maildir.root), snap.uidvalidity if snap else 0, algorithm, uid,
+           tuple(m.uid for _, m in found),
+           () if uid else tuple(seq for seq, _ in found))
+    hit = _THREAD_CACHE.get(key)
+    if hit is not None:
+        _THREAD_CACHE.move_to_end(key)
+        return hit
+    ks = sort.keys(sel, [m for _, m in found])
+    items = [(m.uid if uid else seq, m, ks[m.emailid]) for seq, m in found]
     seqs = [seq for seq, _ in found]
     roots = (thread.references(items, seqs) if algorithm == "REFERENCES"
              else thread.ordered_subject(items, seqs))
-    return thread.render(roots)
+    text = thread.render(roots)
+    _THREAD_CACHE[key] = text
+    while len(_THREAD_CACHE) > THREAD_CACHE_SIZE:
+        _THREAD_CACHE.popitem(last=False)
+    return text
 
 
 @command("THREAD", SELECTED, uid_ok=True, expunge_ok=False)

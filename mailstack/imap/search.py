@@ -12,6 +12,7 @@ import datetime as dt
 import email.header
 import email.utils
 import quopri
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..store import addrlist
@@ -369,10 +370,66 @@ def _split_text_keys(tree: Node) -> tuple[list[tuple[str, str]], Node]:
     return text, Node("AND", tuple(rest)) if rest else Node("ALL")
 
 
+Test = Callable[[int, Msg], bool]
+
+
+def _compile(node: Node, sel: Selected, largest_seq: int, largest_uid: int) -> Test | None:
+    """A predicate for a program of keys the index answers (flags, numbers, ids), or None
+    when some key needs the message itself: 10,000 messages are filtered without building
+    a search context for each."""
+    op, args = node.op, node.args
+    if op == "ALL":
+        return lambda seq, m: True
+    if op in _FLAG_KEYS:
+        flag, want = _FLAG_KEYS[op]
+        return (lambda seq, m: flag in m.flags) if want else (lambda seq, m: flag not in m.flags)
+    if op in ("SEQ", "UID"):
+        ranges = args[0].resolve(largest_seq if op == "SEQ" else largest_uid)
+        if op == "SEQ":
+            return lambda seq, m: any(a <= seq <= b for a, b in ranges)
+        return lambda seq, m: any(a <= m.uid <= b for a, b in ranges)
+    if op == "SAVED":
+        saved = sel.saved_set()
+        return lambda seq, m: m.uid in saved
+    if op in ("LARGER", "SMALLER"):
+        n = args[0]
+        return (lambda seq, m: m.size > n) if op == "LARGER" else (lambda seq, m: m.size < n)
+    if op == "MODSEQ":
+        n = args[0]
+        return lambda seq, m: m.modseq >= n
+    if op in ("KEYWORD", "UNKEYWORD"):
+        kw, want = args[0].lower(), op == "KEYWORD"
+        return lambda seq, m: any(f.lower() == kw for f in m.flags) == want
+    if op in ("EMAILID", "THREADID"):
+        ident = args[0]
+        return ((lambda seq, m: m.emailid == ident) if op == "EMAILID"
+                else (lambda seq, m: m.threadid == ident))
+    if op in ("AND", "OR", "NOT"):
+        subs = [_compile(n, sel, largest_seq, largest_uid) for n in args]
+        if any(t is None for t in subs):
+            return None
+        tests: list[Test] = subs  # type: ignore[assignment]
+        if op == "NOT":
+            inner = tests[0]
+            return lambda seq, m: not inner(seq, m)
+        if op == "OR":
+            a, b = tests
+            return lambda seq, m: a(seq, m) or b(seq, m)
+        if len(tests) == 1:
+            return tests[0]
+        return lambda seq, m: all(t(seq, m) for t in tests)
+    return None
+
+
 def run(sel: Selected, tree: Node) -> list[tuple[int, Msg]]:
     """Matching (sequence number, message) pairs in sequence order."""
     largest_seq = sel.exists
     largest_uid = sel.uids[-1] if sel.uids else 0
+    if tree.op == "AND" and len(tree.args) == 1 and tree.args[0].op == "ALL":
+        return list(enumerate(sel.msgs, 1))
+    fast = _compile(tree, sel, largest_seq, largest_uid)
+    if fast is not None:
+        return [(seq, m) for seq, m in enumerate(sel.msgs, 1) if fast(seq, m)]
     text_keys, tree = _split_text_keys(tree)
     hits = sel.store.search_text(sel.name, text_keys) if text_keys else None
     return [(seq, m) for seq, m in enumerate(sel.msgs, 1)

@@ -9,8 +9,9 @@ order, whatever REVERSE says (RFC 5256 §3).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-from ..store.summary import EMPTY, Summary
+from ..store.summary import EMPTY, Summary, subject_info
 from .mailbox import Msg, Selected
 from .wire import ParseError, Parser
 
@@ -49,43 +50,74 @@ def _local(addr: str) -> str:
     return addr.rpartition("@")[0] if "@" in addr else addr
 
 
-def sent_date(s: Summary, m: Msg) -> float:
+class Keys(NamedTuple):
+    """A message's sort and thread keys, derived once from its summary (by email id: the same
+    bytes always give the same keys, so they are kept for the process's life)."""
+
+    subject: str  # base subject, case-mapped
+    reply: bool  # the subject had a reply or forward marker
+    sent: float | None
+    from_: str  # addr-mailbox (local part) of the first From, case-mapped
+    to: str
+    cc: str
+    display_from: str  # RFC 5957: display name, else the address, case-mapped
+    display_to: str
+    message_id: str
+    references: tuple[str, ...]
+
+
+_KEYS: dict[str, Keys] = {}
+MAX_KEYS = 500_000  # email ids whose keys a process keeps
+
+
+def _derive(s: Summary) -> Keys:
+    base, reply = subject_info(s.subject)
+    return Keys(casemap(base), reply, s.sent, casemap(_local(s.from_addr)),
+                casemap(_local(s.to_addr)), casemap(_local(s.cc_addr)),
+                casemap(s.from_name or s.from_addr), casemap(s.to_name or s.to_addr),
+                s.message_id, s.references)
+
+
+_EMPTY_KEYS = _derive(EMPTY)
+
+
+def keys(sel: Selected, msgs: Sequence[Msg]) -> dict[str, Keys]:
+    """Email id → :class:`Keys` of ``msgs`` (from the store's summaries the first time)."""
+    missing = [m for m in msgs if m.emailid not in _KEYS]
+    if missing:
+        sums = sel.store.summaries(sel.name, missing)
+        if len(_KEYS) + len(missing) > MAX_KEYS:
+            _KEYS.clear()
+        for m in missing:
+            s = sums.get(m.emailid)
+            _KEYS[m.emailid] = _derive(s) if s is not None else _EMPTY_KEYS
+    return _KEYS
+
+
+def sent_date(k: Keys, m: Msg) -> float:
     """The sent date (RFC 5256): the Date: header, else the internal date."""
-    return s.sent if s.sent is not None else m.internaldate
+    return k.sent if k.sent is not None else m.internaldate
 
 
-def key_function(key: str, sums: dict[str, Summary]) -> Callable[[tuple[int, Msg]], object]:
-    def summ(m: Msg) -> Summary:
-        return sums.get(m.emailid, EMPTY)
+def key_function(key: str, ks: dict[str, Keys]) -> Callable[[tuple[int, Msg]], object]:
     if key == "ARRIVAL":
         return lambda item: item[1].internaldate
     if key == "SIZE":
         return lambda item: item[1].size
     if key == "DATE":
-        return lambda item: sent_date(summ(item[1]), item[1])
-    if key == "SUBJECT":
-        return lambda item: casemap(summ(item[1]).base_subject)
-    if key in ("FROM", "TO", "CC"):
-        attr = f"{key.lower()}_addr"
-        return lambda item: casemap(_local(getattr(summ(item[1]), attr)))
-    attr = "from" if key == "DISPLAYFROM" else "to"
-
-    def display(item: tuple[int, Msg]) -> str:  # RFC 5957: display name, else the address
-        s = summ(item[1])
-        return casemap(getattr(s, f"{attr}_name") or getattr(s, f"{attr}_addr"))
-    return display
-
-
-def summaries(sel: Selected, msgs: Sequence[Msg]) -> dict[str, Summary]:
-    return sel.store.summaries(sel.name, msgs)
+        return lambda item: sent_date(ks[item[1].emailid], item[1])
+    attr = {"SUBJECT": "subject", "FROM": "from_", "TO": "to", "CC": "cc",
+            "DISPLAYFROM": "display_from", "DISPLAYTO": "display_to"}[key]
+    get = Keys._fields.index(attr)
+    return lambda item: ks[item[1].emailid][get]
 
 
 def order(sel: Selected, found: list[tuple[int, Msg]],
           criteria: list[tuple[str, bool]]) -> list[tuple[int, Msg]]:
     """``found`` (in sequence order) sorted by ``criteria``."""
-    needs_summary = any(k not in ("ARRIVAL", "SIZE") for k, _ in criteria)
-    sums = summaries(sel, [m for _, m in found]) if needs_summary else {}
+    needs_keys = any(k not in ("ARRIVAL", "SIZE") for k, _ in criteria)
+    ks = keys(sel, [m for _, m in found]) if needs_keys else {}
     out = list(found)
     for key, reverse in reversed(criteria):  # stable sorts, least significant first
-        out.sort(key=key_function(key, sums), reverse=reverse)
+        out.sort(key=key_function(key, ks), reverse=reverse)
     return out  # (Python's sort keeps ties in order with reverse=True too)

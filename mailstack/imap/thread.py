@@ -8,38 +8,37 @@ cannot exhaust the stack.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
 
-from ..store.summary import Summary, subject_info
 from .mailbox import Msg
-from .sort import casemap, sent_date
+from .sort import Keys, sent_date
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
-Item = tuple[int, Msg, Summary]
+Item = tuple[int, Msg, Keys]
 
 
-@dataclass(eq=False)
 class Node:
     """A thread container: a message (``number``) or a dummy (None) with children."""
 
-    number: int | None = None
-    date: float = 0.0
-    seq: int = 0  # mailbox order: breaks date ties
-    subject: str = ""  # base subject, case-mapped
-    reply: bool = False  # its subject had a reply or forward prefix
-    parent: Node | None = None
-    children: list[Node] = field(default_factory=list)
+    __slots__ = ("children", "date", "number", "parent", "reply", "seq", "subject")
 
-    def key(self) -> tuple[float, int]:
-        return (self.date, self.seq)
-
-
-def _is_reply(s: Summary) -> bool:
-    return subject_info(s.subject)[1]
+    def __init__(self, number: int | None = None, date: float = 0.0, seq: int = 0,
+                 subject: str = "", reply: bool = False) -> None:
+        self.number = number
+        self.date = date
+        self.seq = seq  # mailbox order: breaks date ties
+        self.subject = subject  # base subject, case-mapped
+        self.reply = reply  # its subject had a reply or forward marker
+        self.parent: Node | None = None
+        self.children: list[Node] = []
 
 
-def _message_node(number: int, seq: int, m: Msg, s: Summary) -> Node:
-    return Node(number, sent_date(s, m), seq, casemap(s.base_subject), _is_reply(s))
+
+_KEY = operator.attrgetter("date", "seq")  # sent date, then mailbox order
+
+
+def _message_node(number: int, seq: int, m: Msg, k: Keys) -> Node:
+    return Node(number, sent_date(k, m), seq, k.subject, k.reply)
 
 
 def ordered_subject(items: list[Item], seqs: list[int]) -> list[Node]:
@@ -53,7 +52,7 @@ def ordered_subject(items: list[Item], seqs: list[int]) -> list[Node]:
             roots[-1].children.append(node)
         else:
             roots.append(node)
-    roots.sort(key=Node.key)
+    roots.sort(key=_KEY)
     return roots
 
 
@@ -77,28 +76,29 @@ def _link(parent: Node, child: Node) -> None:
 def references(items: list[Item], seqs: list[int]) -> list[Node]:
     """RFC 5256 §2.2 REFERENCES (the "jwz" algorithm)."""
     by_id: dict[str, Node] = {}
-    for (number, m, s), seq in zip(items, seqs, strict=True):
-        node = by_id.get(s.message_id) if s.message_id else None
+    get = by_id.get
+    for (number, m, k), seq in zip(items, seqs, strict=True):
+        mid = k.message_id
+        node = get(mid) if mid else None
         if node is None or node.number is not None:  # none, or a duplicate: a unique one
             node = Node()
-            by_id[s.message_id if s.message_id and s.message_id not in by_id
-                  else f"\0{seq}"] = node
-        fresh = _message_node(number, seq, m, s)
-        node.number, node.date, node.seq = fresh.number, fresh.date, fresh.seq
-        node.subject, node.reply = fresh.subject, fresh.reply
+            by_id[mid if mid and mid not in by_id else f"\0{seq}"] = node
+        node.number, node.seq, node.subject, node.reply = number, seq, k.subject, k.reply
+        node.date = k.sent if k.sent is not None else m.internaldate
         prev: Node | None = None
-        for ref in s.references:  # step 1B: link the references as parent and child
-            cur = by_id.get(ref)
+        for ref in k.references:  # step 1B: link the references as parent and child
+            cur = get(ref)
             if cur is None:
                 cur = by_id[ref] = Node()
-            if (prev is not None and cur.parent is None and not _ancestor(cur, prev)
-                    and cur is not node):
+            if (prev is not None and cur.parent is None and cur is not node
+                    and not _ancestor(cur, prev)):
                 _link(prev, cur)
             prev = cur
         # step 1C: the last reference is the message's parent (no loops)
-        if prev is not None and prev is not node and not _ancestor(node, prev):
-            _link(prev, node)
-        elif prev is None and node.parent is not None:
+        if prev is not None:
+            if prev is not node and prev is not node.parent and not _ancestor(node, prev):
+                _link(prev, node)
+        elif node.parent is not None:
             node.parent.children.remove(node)
             node.parent = None
     roots = [n for n in by_id.values() if n.parent is None]
@@ -106,7 +106,7 @@ def references(items: list[Item], seqs: list[int]) -> list[Node]:
     for r in roots:
         r.parent = None
     _date_dummies(roots)
-    roots.sort(key=Node.key)
+    roots.sort(key=_KEY)
     roots = _group_by_subject(roots)
     _sort_tree(roots)
     return roots
@@ -149,7 +149,7 @@ def _date_dummies(roots: list[Node]) -> None:
     _fix_parents(roots)
     for r in roots:
         if r.number is None and r.children:
-            first = min(r.children, key=Node.key)
+            first = min(r.children, key=_KEY)
             r.date, r.seq = first.date, first.seq
             r.subject, r.reply = first.subject, first.reply
 
@@ -196,9 +196,9 @@ def _sort_tree(roots: list[Node]) -> None:
         level = stack.pop()
         for n in level:
             if n.number is None and n.children:
-                first = min(n.children, key=Node.key)
+                first = min(n.children, key=_KEY)
                 n.date, n.seq = first.date, first.seq
-        level.sort(key=Node.key)
+        level.sort(key=_KEY)
         stack.extend(n.children for n in level if n.children)
 
 
