@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
-from . import esearch, search, sort, thread
+from . import context, esearch, search, sort, thread
 from .mailbox import Msg, Selected
 from .session import SELECTED, No, Session, command
 from .wire import ParseError, Parser
@@ -42,6 +42,17 @@ def _keys(p: Parser, charset: str | None = None) -> tuple[search.Node, bool]:
         return search.parse(p, charset)
     except search.BadCharset:
         raise No("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)") from None
+
+
+def _keep(s: Session, tag: str, uid: bool, ret: esearch.Return, tree: search.Node,
+          criteria: list[tuple[str, bool]] | None, found: list[tuple[int, Msg]]) -> None:
+    """RETURN (UPDATE): keep the search live (RFC 5267 §4.3), unless too many are."""
+    if len(s.contexts) >= context.MAX_CONTEXTS or any(c.tag == tag for c in s.contexts):
+        s.untagged(f'NO [NOUPDATE "{tag}"] no more live searches in this session')
+        return
+    ctx = context.Context(tag, uid, ret, tree, criteria)
+    context.start(_selected(s), ctx, found)
+    s.contexts.append(ctx)
 
 
 def _answer(s: Session, tag: str, uid: bool, word: str, ret: esearch.Return | None,
@@ -81,6 +92,8 @@ async def cmd_search(s: Session, tag: str, p: Parser, uid: bool) -> str:
             sel.save_result([])  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties $
         raise
     _answer(s, tag, uid, "SEARCH", ret, found, uses_modseq, ordered=False)
+    if ret is not None and ret.update:
+        _keep(s, tag, uid, ret, tree, None, found)
     return f"{'UID ' if uid else ''}SEARCH completed"
 
 
@@ -99,6 +112,8 @@ async def cmd_sort(s: Session, tag: str, p: Parser, uid: bool) -> str:
     sel = _selected(s)
     found = await asyncio.to_thread(_sorted, sel, tree, criteria)
     _answer(s, tag, uid, "SORT", ret, found, uses_modseq, ordered=True)
+    if ret is not None and ret.update:
+        _keep(s, tag, uid, ret, tree, criteria, found)
     return f"{'UID ' if uid else ''}SORT completed"
 
 
@@ -143,3 +158,21 @@ async def cmd_thread(s: Session, tag: str, p: Parser, uid: bool) -> str:
     text = await asyncio.to_thread(_threads, sel, tree, algorithm, uid)
     s.untagged("THREAD" + (" " + text if text else ""))
     return f"{'UID ' if uid else ''}THREAD completed"
+
+
+@command("CANCELUPDATE", SELECTED)
+async def cmd_cancelupdate(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    """``CANCELUPDATE "tag" *(SP "tag")``: stop updating those searches (RFC 5267 §4.3.5)."""
+    tags = []
+    while True:
+        p.sp()
+        tags.append(p.string().decode("ascii", "replace"))
+        if p.peek() != 0x20:
+            break
+    p.end()
+    known = {c.tag for c in s.contexts}
+    unknown = [t for t in tags if t not in known]
+    if unknown:
+        raise No(f"no live search with tag {unknown[0][:40]}")
+    s.contexts[:] = [c for c in s.contexts if c.tag not in tags]
+    return "CANCELUPDATE completed"

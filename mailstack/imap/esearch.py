@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from .wire import ParseError, Parser
 
-OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL")
+OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL", "CONTEXT", "UPDATE")
+_NOT_RESULTS = ("SAVE", "CONTEXT", "UPDATE")  # options that ask for no result data
 
 
 @dataclass
@@ -21,8 +22,12 @@ class Return:
     def save(self) -> bool:
         return "SAVE" in self.options
 
+    @property
+    def update(self) -> bool:
+        return "UPDATE" in self.options
+
     def wants(self, option: str) -> bool:
-        shown = [o for o in self.options if o != "SAVE"]
+        shown = [o for o in self.options if o not in _NOT_RESULTS]
         return option in shown or (option == "ALL" and not shown and not self.save)
 
 
@@ -89,7 +94,7 @@ def partial_slice(nums: list[int], rng: tuple[int, int]) -> list[int]:
 
 def saved(ret: Return, nums_uids: list[int]) -> list[int]:
     """What SAVE keeps (RFC 5182 §2.4): MIN and/or MAX alone keep just those."""
-    shown = {o for o in ret.options if o not in ("SAVE",)}
+    shown = {o for o in ret.options if o not in _NOT_RESULTS}
     if shown and shown <= {"MIN", "MAX"} and nums_uids:
         keep = set()
         if "MIN" in shown:

@@ -28,6 +28,7 @@ from ..runtime.netserver import LineReader, LineTooLong, arrived_on, peer_ip, st
 from ..store import watch
 from ..store.account import StoreError, WouldBlock
 from ..store.maildir import MaildirError, open_user_mailbox
+from . import context
 from .cache import FolderCache
 from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
@@ -46,7 +47,8 @@ OUT_CHUNK = 64 * 1024  # a larger piece is written in slices of this size
 
 
 SEARCH_CAPABILITIES = ("ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
-                       "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "OBJECTID", "PREVIEW")
+                       "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "OBJECTID", "PREVIEW",
+                       "CONTEXT=SEARCH", "CONTEXT=SORT")
 
 
 class Bad(Exception):
@@ -110,6 +112,7 @@ class Session:
         self.selected: Selected | None = None
         self.condstore = False
         self.rev2 = False  # ENABLE IMAP4rev2 (RFC 9051) was given
+        self.contexts: list[context.Context] = []  # searches kept up to date (RFC 5267)
         self.out: list[bytes] = []
         self.out_size = 0
 
@@ -370,6 +373,11 @@ class Session:
         """Untagged responses for ``ch``; a long list yields to other sessions as it goes."""
         sel = self.selected
         assert sel is not None
+        live = None
+        if self.contexts and context.stale(sel, self.contexts):
+            live = await asyncio.to_thread(context.updates, sel, self.contexts)
+            for line in live.removals:  # in the numbering before the EXPUNGEs
+                self.untagged(line)
         if ch.keywords is not None:  # a new keyword: FLAGS before any FETCH that uses it
             flags = " ".join(["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft",
                               "$Forwarded", *ch.keywords])
@@ -395,6 +403,8 @@ class Session:
             self.send(b"* %d EXISTS\r\n" % ch.exists)
             if not self.rev2:  # IMAP4rev2 has no \Recent (RFC 9051 appendix E)
                 self.send(b"* %d RECENT\r\n" % ch.recent)
+        for line in live.additions if live is not None else ():
+            self.untagged(line)
 
     def unselect(self) -> None:
         sel = self.selected
@@ -403,6 +413,7 @@ class Session:
             if cache.dirty:  # write what this session added (small folders never reach due())
                 cache.save({m.key for m in sel.msgs})
         self.selected = None
+        self.contexts.clear()
         if self.state == SELECTED:
             self.state = AUTH
 

@@ -65,7 +65,8 @@ async def test_capabilities(box) -> None:
     r = await box.cmd("c", "CAPABILITY")
     caps = _untagged(r, b"CAPABILITY").split()
     for cap in (b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"ESORT",
-                b"THREAD=REFERENCES", b"THREAD=ORDEREDSUBJECT"):
+                b"THREAD=REFERENCES", b"THREAD=ORDEREDSUBJECT", b"CONTEXT=SEARCH",
+                b"CONTEXT=SORT", b"OBJECTID", b"PREVIEW", b"IMAP4rev2"):
         assert cap in caps
 
 
@@ -214,9 +215,13 @@ def test_imapclient_sort_thread_esearch(imap) -> None:
     run()
 
 
-async def test_sort_sees_new_mail(box, imap) -> None:
-    imap.deliver(_build("aaron@z.test", "", "Zulu", "", "n@x", "", "."))
+async def test_sort_and_thread_see_new_mail(box, imap) -> None:
+    r = await box.cmd("t", "THREAD REFERENCES UTF-8 ALL")
+    assert _untagged(r, b"THREAD") == b"* THREAD (3 5)(1 2 4)(6)"
+    imap.deliver(_build("aaron@z.test", "", "Re: Lonely", "", "n@x", "<l1@x>", "."))
     await asyncio.sleep(0)
     r = await box.cmd("n", "NOOP")
     assert any(b"EXISTS" in x for x in r)
     assert (await _sort(box, "SORT (FROM) UTF-8 ALL"))[0] == 7
+    r = await box.cmd("t", "THREAD REFERENCES UTF-8 ALL")  # not the list kept from before
+    assert _untagged(r, b"THREAD") == b"* THREAD (3 5)(1 2 4)(6 7)"
