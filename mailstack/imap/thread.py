@@ -57,7 +57,8 @@ def ordered_subject(items: list[Item], seqs: list[int]) -> list[Node]:
 
 
 def _ancestor(a: Node, b: Node) -> bool:
-    """Is ``a`` ``b`` or one of its ancestors?"""
+    """Is ``a`` ``b`` or one of its ancestors? (Only asked of an ``a`` with children: one
+    without cannot be anybody's ancestor, which keeps a long chain linear.)"""
     x: Node | None = b
     while x is not None:
         if x is a:
@@ -90,13 +91,14 @@ def references(items: list[Item], seqs: list[int]) -> list[Node]:
             cur = get(ref)
             if cur is None:
                 cur = by_id[ref] = Node()
-            if (prev is not None and cur.parent is None and cur is not node
-                    and not _ancestor(cur, prev)):
+            if (prev is not None and cur.parent is None and cur is not node and cur is not prev
+                    and not (cur.children and _ancestor(cur, prev))):
                 _link(prev, cur)
             prev = cur
         # step 1C: the last reference is the message's parent (no loops)
         if prev is not None:
-            if prev is not node and prev is not node.parent and not _ancestor(node, prev):
+            if (prev is not node and prev is not node.parent
+                    and not (node.children and _ancestor(node, prev))):
                 _link(prev, node)
         elif node.parent is not None:
             node.parent.children.remove(node)

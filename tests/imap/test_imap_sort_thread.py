@@ -225,3 +225,30 @@ async def test_sort_and_thread_see_new_mail(box, imap) -> None:
     assert (await _sort(box, "SORT (FROM) UTF-8 ALL"))[0] == 7
     r = await box.cmd("t", "THREAD REFERENCES UTF-8 ALL")  # not the list kept from before
     assert _untagged(r, b"THREAD") == b"* THREAD (3 5)(1 2 4)(6 7)"
+
+
+async def test_thread_hostile_references(imap) -> None:
+    """A 1,500-message reply chain (each naming up to 100 ancestors), delivered newest first,
+    plus two messages naming each other and one naming itself: one chain, no loop, the
+    session goes on (nothing recursive: the depth is the chain's length)."""
+    n = 1500
+    for i in reversed(range(n)):
+        refs = " ".join(f"<c{j}@x>" for j in range(max(0, i - 100), i))
+        imap.deliver(_build("a@x", "", f"Re: chain {i}" if i else "chain 0",
+                            f"Mon, 02 Nov 2026 10:{i // 60 % 60:02d}:{i % 60:02d} +0000",
+                            f"c{i}@x", refs, "."))
+    imap.deliver(_build("b@x", "", "loop a", "", "la@x", "<lb@x>", "."))
+    imap.deliver(_build("b@x", "", "loop b", "", "lb@x", "<la@x>", "."))
+    imap.deliver(_build("b@x", "", "self", "", "s@x", "<s@x> <s@x>", "."))
+    c = await Raw.connect(imap)
+    await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
+    await c.cmd("S", "SELECT INBOX")
+    r = await c.cmd("t", "UID THREAD REFERENCES UTF-8 ALL", timeout=60)
+    assert r[-1].startswith(b"t OK"), r[-1]
+    line = _untagged(r, b"THREAD")
+    chain = "(" + " ".join(str(n - i) for i in range(n)) + ")"
+    assert line.startswith(b"* THREAD " + chain.encode()), line[:200]
+    assert line.endswith(b"(1501 1502)(1503)") or line.endswith(b"(1502 1501)(1503)"), line[-80:]
+    r = await c.cmd("o", "THREAD ORDEREDSUBJECT UTF-8 ALL", timeout=60)
+    assert r[-1].startswith(b"o OK")
+    await c.close()
