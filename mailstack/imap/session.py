@@ -232,6 +232,7 @@ class Session:
 
     async def dispatch(self, raw: bytes) -> None:
         p = Parser(raw)
+        p.utf8_names = self.rev2
         tag = "*"
         try:
             tag = p.tag()

@@ -86,6 +86,7 @@ class Parser:
         self.data = data
         self.pos = pos
         self.depth = 0
+        self.utf8_names = False  # mailbox names are UTF-8 (IMAP4rev2 enabled), not mUTF-7
 
     # -- basics -------------------------------------------------------------------------
     def peek(self) -> int | None:

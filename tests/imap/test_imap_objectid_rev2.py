@@ -93,6 +93,9 @@ async def test_enable_imap4rev2(client, imap) -> None:
     imap.deliver(b"Subject: new\n\nnew\n")
     r = await client.cmd("n", "NOOP")
     assert b"* 4 EXISTS\r\n" in r and not any(b"RECENT" in x for x in r)
+    await client.cmd("d", "STORE 1,3 +FLAGS (\\Deleted)")
+    r = await client.cmd("st", "STATUS INBOX (MESSAGES DELETED)")
+    assert r[0] == b"* STATUS INBOX (MESSAGES 4 DELETED 2)\r\n"
     r = await client.cmd("e2", "ENABLE IMAP4rev2")  # once only
     assert r[0] == b"* ENABLED\r\n"
 
@@ -115,3 +118,29 @@ def test_imapclient_objectid_preview(imap) -> None:
         assert data[3][b"PREVIEW"] == b"plain reply"
         assert data[2][b"THREADID"] == data[3][b"THREADID"]
         assert data[2][b"EMAILID"] != data[3][b"EMAILID"]
+
+
+async def test_imap4rev2_mailbox_names_are_utf8(imap) -> None:
+    rev2 = await Raw.connect(imap)
+    await rev2.cmd("L", f"LOGIN {USER} {PASSWORD}")
+    await rev2.cmd("e", "ENABLE IMAP4rev2")
+    r = await rev2.cmd("c", 'CREATE "Café.Crème"'.encode())
+    assert r[-1].startswith(b"c OK"), r
+    r = await rev2.cmd("c2", 'CREATE "R&D"')
+    assert r[-1].startswith(b"c2 OK"), r
+    r = await rev2.cmd("l", 'LIST "" "Caf*"')
+    text = b"".join(r)
+    assert "Café".encode() in text and "Café.Crème".encode() in text and b"&AOk" not in text
+    r = await rev2.cmd("s", 'SELECT "Café.Crème"'.encode())
+    assert "* LIST () \".\" {12}\r\nCafé.Crème".encode() in b"".join(r), r
+    r = await rev2.cmd("t", 'STATUS "R&D" (MESSAGES)')
+    assert r[0] == b'* STATUS R&D (MESSAGES 0)\r\n'
+    rev1 = await Raw.connect(imap)
+    await rev1.cmd("L", f"LOGIN {USER} {PASSWORD}")
+    r = await rev1.cmd("l", 'LIST "" "*"')
+    text = b"".join(r)
+    assert b"Caf&AOk-.Cr&AOg-me" in text and b"R&-D" in text
+    r = await rev1.cmd("a", 'SELECT "Café"'.encode())  # 8-bit is not modified UTF-7
+    assert r[-1].startswith(b"a NO [CANNOT]")
+    await rev1.close()
+    await rev2.close()
