@@ -80,12 +80,14 @@ def references(items: list[Item], seqs: list[int]) -> list[Node]:
     get = by_id.get
     for (number, m, k), seq in zip(items, seqs, strict=True):
         mid = k.message_id
+        date = k.sent if k.sent is not None else m.internaldate
         node = get(mid) if mid else None
         if node is None or node.number is not None:  # none, or a duplicate: a unique one
-            node = Node()
+            node = Node(number, date, seq, k.subject, k.reply)
             by_id[mid if mid and mid not in by_id else f"\0{seq}"] = node
-        node.number, node.seq, node.subject, node.reply = number, seq, k.subject, k.reply
-        node.date = k.sent if k.sent is not None else m.internaldate
+        else:  # a container made for a reference to it
+            node.number, node.date, node.seq = number, date, seq
+            node.subject, node.reply = k.subject, k.reply
         prev: Node | None = None
         for ref in k.references:  # step 1B: link the references as parent and child
             cur = get(ref)
@@ -103,10 +105,7 @@ def references(items: list[Item], seqs: list[int]) -> list[Node]:
         elif node.parent is not None:
             node.parent.children.remove(node)
             node.parent = None
-    roots = [n for n in by_id.values() if n.parent is None]
-    roots = _prune(roots, top=True)
-    for r in roots:
-        r.parent = None
+    roots = _prune([n for n in by_id.values() if n.parent is None])
     _date_dummies(roots)
     roots.sort(key=_KEY)
     roots = _group_by_subject(roots)
@@ -114,41 +113,31 @@ def references(items: list[Item], seqs: list[int]) -> list[Node]:
     return roots
 
 
-def _prune(nodes: list[Node], top: bool) -> list[Node]:
+def _prune(roots: list[Node]) -> list[Node]:
     """Step 3: dummies without children go; a dummy's children take its place (at the top
-    only when it has exactly one child). Iterative, depth-first."""
+    only when it has exactly one child). Iterative, depth-first; parents are set anew."""
     out: list[Node] = []
-    pending = [(list(nodes), out, top)]
+    pending: list[tuple[list[Node], list[Node], Node | None]] = [(roots, out, None)]
     while pending:
-        todo, into, is_top = pending.pop()
+        todo, into, owner = pending.pop()
         for node in todo:
-            if node.number is None and not node.children:
-                continue
-            if node.number is None and (not is_top or len(node.children) == 1):
-                pending.append((list(node.children), into, is_top))
-                for c in node.children:
-                    c.parent = None
-                continue
+            kids = node.children
+            if node.number is None:
+                if not kids:
+                    continue
+                if owner is not None or len(kids) == 1:  # promoted to this level
+                    pending.append((kids, into, owner))
+                    continue
+            node.parent = owner
             into.append(node)
-            kids, node.children = node.children, []
-            for c in kids:
-                c.parent = node
-            pending.append((kids, node.children, False))
+            if kids:
+                node.children = []
+                pending.append((kids, node.children, node))
     return out
-
-
-def _fix_parents(roots: list[Node]) -> None:
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        for c in n.children:
-            c.parent = n
-            stack.append(c)
 
 
 def _date_dummies(roots: list[Node]) -> None:
     """A dummy root takes the date (and subject) of its earliest child (step 4)."""
-    _fix_parents(roots)
     for r in roots:
         if r.number is None and r.children:
             first = min(r.children, key=_KEY)
@@ -200,7 +189,8 @@ def _sort_tree(roots: list[Node]) -> None:
             if n.number is None and n.children:
                 first = min(n.children, key=_KEY)
                 n.date, n.seq = first.date, first.seq
-        level.sort(key=_KEY)
+        if len(level) > 1:
+            level.sort(key=_KEY)
         stack.extend(n.children for n in level if n.children)
 
 
