@@ -67,7 +67,7 @@ class Keys(NamedTuple):
 
 
 _KEYS: dict[str, Keys] = {}
-MAX_KEYS = 500_000  # email ids whose keys a process keeps
+MAX_KEYS = 100_000  # email ids whose keys a process keeps (a few hundred bytes each)
 
 
 def _derive(s: Summary) -> Keys:
@@ -85,7 +85,7 @@ def keys(sel: Selected, msgs: Sequence[Msg]) -> dict[str, Keys]:
     """Email id → :class:`Keys` of ``msgs`` (from the store's summaries the first time)."""
     missing = [m for m in msgs if m.emailid not in _KEYS]
     if missing:
-        sums = sel.store.summaries(sel.name, missing)
+        sums = sel.store.summaries(sel.name, missing, keep=False)
         if len(_KEYS) + len(missing) > MAX_KEYS:
             _KEYS.clear()
         for m in missing:

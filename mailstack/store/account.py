@@ -62,7 +62,7 @@ SCHEMA_VERSION = 2  # 2: the summary table (filled lazily for emails indexed bef
 CHANGELOG_KEEP = 100_000  # change-log rows kept (the horizon of "changes since")
 RACY_NS = 20_000_000  # a directory changed this recently may change again in the same tick
 DELETED = "\\Deleted"
-SUMMARY_CACHE = 200_000  # summaries an account handle keeps in memory
+SUMMARY_CACHE = 20_000  # summaries an account handle keeps in memory (~1 KB each at most)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -596,12 +596,14 @@ class AccountStore:
                     uids.add(uid)
             return uids
 
-    def summaries(self, name: str, entries: Sequence[Entry]) -> dict[str, summary.Summary]:
+    def summaries(self, name: str, entries: Sequence[Entry], *,
+                  keep: bool = True) -> dict[str, summary.Summary]:
         """Email id → :class:`~.summary.Summary` of ``entries`` (of mailbox ``name``).
 
-        Summaries are kept in memory once read (at most :data:`SUMMARY_CACHE` per account
-        handle); an email indexed before schema version 2 has none yet: it is computed from
-        its file now and stored."""
+        With ``keep`` summaries are kept in memory once read (at most :data:`SUMMARY_CACHE`
+        per account handle; a caller that keeps what it derives passes False); an email
+        indexed before schema version 2 has none yet: it is computed from its file now and
+        stored."""
         cache = self._summaries
         out: dict[str, summary.Summary] = {}
         wanted = []
@@ -623,9 +625,10 @@ class AccountStore:
         missing = [e for e in entries if e.emailid not in found and e.emailid not in out]
         if missing:
             found.update(self._fill_summaries(name, missing))
-        if len(cache) + len(found) > SUMMARY_CACHE:
-            cache.clear()
-        cache.update(found)
+        if keep:
+            if len(cache) + len(found) > SUMMARY_CACHE:
+                cache.clear()
+            cache.update(found)
         out.update(found)
         return out
 
