@@ -122,9 +122,16 @@ THREAD_CACHE_SIZE = 16  # thread lists a process keeps (webmail asks for the sam
 
 
 def _threads(sel: Selected, tree: search.Node, algorithm: str, uid: bool) -> str:
-    """The rendered thread list. Threads depend only on which messages matched (their
-    summaries never change), so a result is kept per matching set and reused until the
-    mailbox's messages (not just their flags) change."""
+    """The rendered thread list (built without the cyclic garbage collector: see
+    :func:`.thread.gc_paused`)."""
+    with thread.gc_paused():
+        return _thread_list(sel, tree, algorithm, uid)
+
+
+def _thread_list(sel: Selected, tree: search.Node, algorithm: str, uid: bool) -> str:
+    """Threads depend only on which messages matched (their summaries never change), so a
+    result is kept per matching set and reused until the mailbox's messages (not just their
+    flags) change."""
     found = search.run(sel, tree)
     snap = sel.snapshot
     key = (str(sel.maildir.root), snap.uidvalidity if snap else 0, algorithm, uid,
@@ -140,6 +147,7 @@ def _threads(sel: Selected, tree: search.Node, algorithm: str, uid: bool) -> str
     roots = (thread.references(items, seqs) if algorithm == "REFERENCES"
              else thread.ordered_subject(items, seqs))
     text = thread.render(roots)
+    thread.release(roots)
     _THREAD_CACHE[key] = text
     while len(_THREAD_CACHE) > THREAD_CACHE_SIZE:
         _THREAD_CACHE.popitem(last=False)

@@ -385,6 +385,10 @@ def _compile(node: Node, sel: Selected, largest_seq: int, largest_uid: int) -> T
         return (lambda seq, m: flag in m.flags) if want else (lambda seq, m: flag not in m.flags)
     if op in ("SEQ", "UID"):
         ranges = args[0].resolve(largest_seq if op == "SEQ" else largest_uid)
+        if len(ranges) == 1:
+            lo, hi = ranges[0]
+            return ((lambda seq, m: lo <= seq <= hi) if op == "SEQ"
+                    else (lambda seq, m: lo <= m.uid <= hi))
         if op == "SEQ":
             return lambda seq, m: any(a <= seq <= b for a, b in ranges)
         return lambda seq, m: any(a <= m.uid <= b for a, b in ranges)
