@@ -252,3 +252,23 @@ async def test_thread_hostile_references(imap) -> None:
     r = await c.cmd("o", "THREAD ORDEREDSUBJECT UTF-8 ALL", timeout=60)
     assert r[-1].startswith(b"o OK")
     await c.close()
+
+
+def test_gc_pause_nests_and_restores() -> None:
+    import gc
+
+    from mailstack.imap.thread import gc_paused
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
