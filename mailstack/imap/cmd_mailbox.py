@@ -107,7 +107,11 @@ async def cmd_create(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     assert s.account is not None
     await asyncio.to_thread(s.account.create, name)
-    return "CREATE completed"
+    try:  # RFC 8474 §4.1: the new mailbox's id in the tagged OK
+        snap, _ = await asyncio.to_thread(s.account.status, name.rstrip("."))
+    except MailboxError:
+        return "CREATE completed"
+    return f"[MAILBOXID ({snap.mailbox_id})] CREATE completed"
 
 
 @command("DELETE", AUTH, SELECTED)

@@ -46,9 +46,11 @@ async def test_objectid_items_keys_and_mailboxid(client, imap) -> None:
     r = await client.cmd("u", "STATUS INBOX (MESSAGES MAILBOXID)")
     assert r[0] == f"* STATUS INBOX (MESSAGES 3 MAILBOXID ({snap.mailbox_id}))\r\n".encode()
     r = await client.cmd("c", "CREATE Other")
+    created = re.findall(rb"^c OK \[MAILBOXID \((\w+)\)\]", r[-1])
     r = await client.cmd("v", 'LIST "" Other RETURN (STATUS (MAILBOXID))')
     ids = re.findall(rb"MAILBOXID \((\w+)\)", b"".join(r))
     assert len(ids) == 1 and ids[0] != str(snap.mailbox_id).encode()
+    assert created == ids
     r = await client.cmd("w", "RENAME Other Renamed")
     r = await client.cmd("x", "STATUS Renamed (MAILBOXID)")
     assert re.findall(rb"MAILBOXID \((\w+)\)", r[0]) == ids  # a rename keeps the id
