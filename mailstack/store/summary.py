@@ -87,61 +87,39 @@ def _collapse(value: str) -> str:
 
 
 # -- RFC 5256 §2.1 base subject ----------------------------------------------------------------
-def _strip_trailers(s: str) -> str:
-    """Step 2: remove trailing "(fwd)" and white space, repeatedly."""
-    while True:
-        s = s.rstrip(" ")
-        if s.lower().endswith("(fwd)"):
-            s = s[:-5]
-            continue
-        return s
+# Every step moves a start or an end index over the one collapsed string (no slicing in the
+# loops), and each scan consumes what it scanned: linear time whatever the subject holds.
 
-
-def _blob_end(s: str, i: int) -> int:
+def _blob_end(s: str, i: int, end: int) -> int:
     """End of a subj-blob ``[...]`` starting at ``i`` plus its trailing spaces, or -1."""
-    if i >= len(s) or s[i] != "[":
+    if i >= end or s[i] != "[":
         return -1
     j = i + 1
-    while j < len(s) and s[j] not in "[]":
+    while j < end and s[j] not in "[]":
         j += 1
-    if j >= len(s) or s[j] != "]":
+    if j >= end or s[j] != "]":
         return -1
     j += 1
-    while j < len(s) and s[j] == " ":
+    while j < end and s[j] == " ":
         j += 1
     return j
 
 
-def _refwd_end(s: str, i: int) -> int:
+def _refwd_end(s: str, i: int, end: int) -> int:
     """End of a subj-refwd (``re``/``fw``/``fwd``, spaces, optional blob, ``:``), or -1."""
-    low = s[i:i + 3].lower()
-    if low.startswith("fwd"):
+    low = s[i:min(i + 3, end)].lower()
+    if low == "fwd":
         j = i + 3
     elif low[:2] in ("re", "fw"):
         j = i + 2
     else:
         return -1
-    while j < len(s) and s[j] == " ":
+    while j < end and s[j] == " ":
         j += 1
-    k = _blob_end(s, j)
+    k = _blob_end(s, j, end)
     if k >= 0:
         j = k
-    return j + 1 if j < len(s) and s[j] == ":" else -1
-
-
-def _strip_leader(s: str) -> tuple[str, bool]:
-    """Step 3: one subj-leader (``*subj-blob subj-refwd`` or white space) removed."""
-    if s.startswith(" "):
-        return s.lstrip(" "), True
-    i = 0
-    while True:
-        j = _refwd_end(s, i)
-        if j >= 0:
-            return s[j:], True
-        k = _blob_end(s, i)
-        if k < 0:
-            return s, False
-        i = k
+    return j + 1 if j < end and s[j] == ":" else -1
 
 
 def base_subject(subject: str) -> str:
@@ -153,30 +131,50 @@ def subject_info(subject: str) -> tuple[str, bool]:
     """(base subject, whether a reply or forward marker was removed on the way): RFC 5256's
     threading tells replies from originals by the latter."""
     s = _collapse(subject.replace("\t", " "))
+    i, end = 0, len(s)
     reply = False
     while True:
-        before = s
-        s = _strip_trailers(s)
-        reply |= len(s.rstrip(" ")) < len(before.rstrip(" "))
-        while True:  # steps 3 to 5
-            changed = False
-            s2, stripped = _strip_leader(s)
-            if stripped and s2 != s.lstrip(" "):
+        while True:  # step 2: trailing "(fwd)" and spaces
+            while end > i and s[end - 1] == " ":
+                end -= 1
+            if end - i >= 5 and s[end - 5:end].lower() == "(fwd)":
+                end -= 5
                 reply = True
-            s = s2
-            changed |= stripped
-            k = _blob_end(s, 0)
-            if k >= 0 and s[k:]:
-                s = s[k:]
-                changed = True
-            if not changed:
-                break
-        low = s.lower()
-        if low.startswith("[fwd:") and s.endswith("]"):  # step 6
-            s = s[5:-1]
-            reply = True
+                continue
+            break
+        while True:  # steps 3 to 5
+            if i < end and s[i] == " ":  # a leader of white space
+                i += 1
+                continue
+            j = i  # step 3: *subj-blob subj-refwd
+            while True:
+                k = _refwd_end(s, j, end)
+                if k >= 0:
+                    i, reply = k, True
+                    break
+                k = _blob_end(s, j, end)
+                if k < 0:
+                    break
+                j = k
+            if i == k:
+                continue
+            # step 4, done for the whole run of leading blobs at once (the text after the
+            # run is the same each time, so step 3 cannot match in between): drop them while
+            # something is left after them
+            last = -1
+            j = i
+            while (k := _blob_end(s, j, end)) >= 0:
+                if k < end:
+                    last = k
+                j = k
+            if last > i:
+                i = last
+                continue
+            break
+        if end - i >= 6 and s[i:i + 5].lower() == "[fwd:" and s[end - 1] == "]":  # step 6
+            i, end, reply = i + 5, end - 1, True
             continue
-        return s, reply
+        return s[i:end], reply
 
 
 # -- preview ------------------------------------------------------------------------------------

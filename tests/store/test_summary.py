@@ -91,3 +91,18 @@ def test_base_subject_rfc5256() -> None:
     }
     for subject, base in cases.items():
         assert base_subject(subject) == base, subject
+
+
+def test_hostile_subjects_and_addresses_take_linear_time() -> None:
+    """Inputs that made a slicing base-subject loop quadratic (10 s for 10,000 characters of
+    ``[a]``) and the like: each must finish; the results are checked, not the time."""
+    from mailstack.store import addrlist
+    from mailstack.store.summary import subject_info
+    n = 60_000
+    assert subject_info("[a]" * (n // 3)) == ("[a]", False)
+    assert subject_info("[a]" * (n // 3) + "x") == ("x", False)
+    assert subject_info("Re: " * (n // 4) + "x") == ("x", True)
+    assert subject_info("[fwd: " * (n // 6) + "x" + "]" * (n // 6)) == ("x", True)
+    assert subject_info("x" + " (fwd)" * (n // 6)) == ("x", True)
+    assert len(addrlist.parse("a@b," * (n // 4))) == addrlist.MAX_ADDRESSES
+    assert addrlist.parse("(" * n) == []
