@@ -24,7 +24,7 @@ from . import mime
 
 log = logging.getLogger("mailstack.imap.cache")
 CACHE_FILE = "mailstack-cache"
-MAGIC = b"MSC1\n"
+MAGIC = b"MSC2\n"  # 2: envelopes keep source routes, names leave comments out
 _REC = struct.Struct(">HIIII")
 _NONE = 0xFFFFFFFF
 HEADER, ENVELOPE, BODY, BODYSTRUCTURE = range(4)

@@ -4,9 +4,10 @@ STATUS and APPEND."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
-from . import namelimit, qresync, wire
+from . import mutf7, namelimit, qresync, wire
 from .listmatch import compile_pattern
 from .mailbox import MailboxError, Selected, normalize_name
 from .session import AUTH, SELECTED, No, Session, command
@@ -16,18 +17,29 @@ SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "$F
 
 
 def mailbox_arg(p: Parser) -> str:
-    """A mailbox name argument (modified UTF-7 text as sent)."""
+    """A mailbox name argument as the store names it (modified UTF-7): as sent, or, once
+    IMAP4rev2 is enabled, UTF-8 on the wire (RFC 9051 §5.1) encoded here."""
     raw = p.astring()
     try:
-        name = raw.decode("ascii")
+        name = mutf7.encode(raw.decode("utf-8")) if p.utf8_names else raw.decode("ascii")
     except UnicodeDecodeError:
-        raise No("mailbox names must be modified UTF-7", "CANNOT") from None
+        raise No("mailbox names must be modified UTF-7" if not p.utf8_names
+                 else "mailbox names must be UTF-8", "CANNOT") from None
     if not namelimit.fits(name):
         raise No(f"mailbox name longer than {namelimit.MAX_NAME} octets", "CANNOT")
     return name
 
 
-def _wire_name(name: str) -> bytes:
+def _shown(name: str, utf8: bool) -> str:
+    """A stored (modified UTF-7) name as the client sees it: UTF-8 under IMAP4rev2."""
+    if utf8:
+        with contextlib.suppress(mutf7.MUTF7Error):
+            return mutf7.decode(name)
+    return name
+
+
+def _wire_name(name: str, utf8: bool = False) -> bytes:
+    name = _shown(name, utf8)
     return wire.astring(name) if name else b'""'
 
 
@@ -53,15 +65,20 @@ async def _select(s: Session, p: Parser, readonly: bool) -> str:
     else:
         s.untagged(f"OK [PERMANENTFLAGS ({flags} \\*)] flags permitted")
     s.untagged(f"{sel.exists} EXISTS")
-    s.untagged(f"{len(sel.recent)} RECENT")
-    first_unseen = next((i for i, m in enumerate(sel.msgs, 1) if not m.seen), None)
-    if first_unseen:
-        s.untagged(f"OK [UNSEEN {first_unseen}] first unseen message")
+    if s.rev2:  # RFC 9051: no RECENT, no UNSEEN code; LIST-style mailbox name response
+        sel.show_recent = False
+        s.send(b'* LIST () "." ' + _wire_name(sel.name, True) + b"\r\n")
+    else:
+        s.untagged(f"{len(sel.recent)} RECENT")
+        first_unseen = next((i for i, m in enumerate(sel.msgs, 1) if not m.seen), None)
+        if first_unseen:
+            s.untagged(f"OK [UNSEEN {first_unseen}] first unseen message")
     snap = sel.snapshot
     assert snap is not None
     s.untagged(f"OK [UIDVALIDITY {snap.uidvalidity}] UIDs valid")
     s.untagged(f"OK [UIDNEXT {snap.uidnext}] predicted next UID")
     s.untagged(f"OK [HIGHESTMODSEQ {snap.highest_modseq}] highest modseq")
+    s.untagged(f"OK [MAILBOXID ({snap.mailbox_id})] mailbox id")  # RFC 8474
     s.selected = sel
     s.state = SELECTED
     resync = params.resync
@@ -92,7 +109,11 @@ async def cmd_create(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     assert s.account is not None
     await asyncio.to_thread(s.account.create, name)
-    return "CREATE completed"
+    try:  # RFC 8474 §4.1: the new mailbox's id in the tagged OK
+        snap, _ = await asyncio.to_thread(s.account.status, name.rstrip("."))
+    except MailboxError:
+        return "CREATE completed"
+    return f"[MAILBOXID ({snap.mailbox_id})] CREATE completed"
 
 
 @command("DELETE", AUTH, SELECTED)
@@ -216,22 +237,31 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
     tree = await asyncio.to_thread(s.account.tree)
     subs = set(s.account.subscriptions())
     regexes = [compile_pattern(reference, pat) for pat in patterns]
+
+    def matches(name: str) -> bool:  # patterns are UTF-8 under IMAP4rev2, as names are shown
+        shown = _shown(name, s.rev2)
+        return any(r.match(shown) for r in regexes)
+
     names = subs if subscribed_only else set(tree)
     childinfo: set[str] = set()
     if subscribed_only and "RECURSIVEMATCH" in select_opts:
-        # a parent that does not match SUBSCRIBED but has a subscribed child (RFC 5258 3.5)
+        # a mailbox matching a pattern gets CHILDINFO when a subscribed descendant does not
+        # match any pattern itself (so is not listed): RFC 5258 3.5; one that is not
+        # subscribed is listed only for that reason
         for sub in subs:
+            if matches(sub):
+                continue
             parts = sub.split(".")
             for i in range(1, len(parts)):
                 parent = ".".join(parts[:i])
-                if parent not in subs and any(r.match(parent) for r in regexes):
+                if matches(parent):
                     childinfo.add(parent)
         names = names | childinfo
     for i, name in enumerate(sorted(names, key=lambda n: (n != "INBOX", n))):
         if i % 128 == 127:  # thousands of folders: let other sessions run in between
             await s.maybe_flush()
             await asyncio.sleep(0)
-        if not any(r.match(name) for r in regexes):
+        if not matches(name):
             continue
         info = tree.get(name)
         if special_only and not (info and info.attrs):
@@ -247,7 +277,7 @@ async def cmd_list(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if show_subscribed and name in subs:
             attrs.append("\\Subscribed")
         extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if name in childinfo else b""
-        s.send(f"* LIST ({' '.join(attrs)}) \".\" ".encode() + _wire_name(name) + extra
+        s.send(f"* LIST ({' '.join(attrs)}) \".\" ".encode() + _wire_name(name, s.rev2) + extra
                + b"\r\n")
         if status_items and info is not None and info.exists:
             await _send_status(s, name, status_items)
@@ -267,23 +297,24 @@ async def cmd_lsub(s: Session, tag: str, p: Parser, uid: bool) -> str:
     tree = await asyncio.to_thread(s.account.tree)
     shown = set()
     for name in subs:
-        if regex.match(name):
+        if regex.match(_shown(name, s.rev2)):
             shown.add(name)
         elif "%" in pattern:  # a parent of a subscribed mailbox matches: \Noselect
             parts = name.split(".")
             for i in range(1, len(parts)):
                 parent = ".".join(parts[:i])
-                if regex.match(parent) and parent not in subs:
+                if regex.match(_shown(parent, s.rev2)) and parent not in subs:
                     shown.add(parent)
     for name in sorted(shown, key=lambda n: (n != "INBOX", n)):
         attrs = [] if name in subs and name in tree and tree[name].exists else ["\\Noselect"]
-        s.send(f"* LSUB ({' '.join(attrs)}) \".\" ".encode() + _wire_name(name) + b"\r\n")
+        s.send(f"* LSUB ({' '.join(attrs)}) \".\" ".encode() + _wire_name(name, s.rev2)
+               + b"\r\n")
     return "LSUB completed"
 
 
 # -- STATUS ---------------------------------------------------------------------------------
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
-                "SIZE", "APPENDLIMIT", "DELETED", "DELETED-STORAGE")
+                "SIZE", "APPENDLIMIT", "DELETED", "DELETED-STORAGE", "MAILBOXID")
 
 
 @command("STATUS", AUTH, SELECTED)
@@ -303,7 +334,7 @@ async def _send_status(s: Session, name: str, items: list[str]) -> None:
     assert s.account is not None
     snap, recent = await asyncio.to_thread(s.account.status, name)
     entries = snap.entries
-    values: dict[str, Callable[[], int]] = {
+    values: dict[str, Callable[[], object]] = {
         "MESSAGES": lambda: len(entries), "RECENT": lambda: recent,
         "UIDNEXT": lambda: snap.uidnext, "UIDVALIDITY": lambda: snap.uidvalidity,
         "UNSEEN": lambda: sum(1 for e in entries if not e.seen),
@@ -312,9 +343,11 @@ async def _send_status(s: Session, name: str, items: list[str]) -> None:
         "APPENDLIMIT": lambda: int(s.cfg.imap.max_literal),  # RFC 7889
         "DELETED": lambda: sum(1 for e in entries if "\\Deleted" in e.flags),  # RFC 9208
         "DELETED-STORAGE": lambda: -(-sum(e.size for e in entries  # KiB, RFC 9208
-                                          if "\\Deleted" in e.flags) // 1024)}
+                                          if "\\Deleted" in e.flags) // 1024),
+        "MAILBOXID": lambda: f"({snap.mailbox_id})"}  # RFC 8474
     body = " ".join(f"{i} {values[i]()}" for i in items)
-    s.send(b"* STATUS " + _wire_name(normalize_name(name)) + f" ({body})\r\n".encode())
+    s.send(b"* STATUS " + _wire_name(normalize_name(name), s.rev2) + f" ({body})\r\n"
+           .encode())
 
 
 def existing_mailbox(s: Session, name: str) -> str:

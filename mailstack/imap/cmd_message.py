@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from ..runtime.logsafe import safe
 from ..store.account import OverQuota
 from ..store.flags import FlagError
-from . import binary, fetch, qresync, search
+from . import binary, fetch, qresync
 from .cache import FolderCache
 from .cmd_mailbox import existing_mailbox, mailbox_arg, quota_of
 from .mailbox import Msg, Selected
@@ -30,6 +30,8 @@ def _selected(s: Session) -> Selected:
 def targets(sel: Selected, seqset: SeqSet, uid: bool) -> list[tuple[int, Msg]]:
     """Messages named by a sequence set; a sequence number beyond EXISTS is an error, but
     ``1:*`` or ``*`` in an empty mailbox names no message (RFC 9051 6.4.4 ff.)."""
+    if seqset.saved:  # "$" (RFC 5182): what the last SEARCH saved, those still here
+        return sel.by_uids(sel.saved)
     if uid:
         largest = sel.uids[-1] if sel.uids else 0
         return sel.by_uidset(seqset.resolve(largest))
@@ -74,6 +76,8 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
             msgs = _current(sel, msgs)
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
+    if any(a.name == "PREVIEW" for a in atts):  # the summaries at once, off the loop
+        await asyncio.to_thread(sel.store.summaries, sel.name, [m for _, m in msgs])
     try:
         missing = await _send_fetch(s, sel, msgs, atts, uid)
     except binary.UnknownCTE as exc:
@@ -237,26 +241,6 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if gone and not uid:  # a UID that no longer exists is simply not there (RFC 3501 6.4.8)
         raise No("some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if uid else ''}STORE completed"
-
-
-# -- SEARCH ---------------------------------------------------------------------------------
-@command("SEARCH", SELECTED, uid_ok=True, expunge_ok=False)
-async def cmd_search(s: Session, tag: str, p: Parser, uid: bool) -> str:
-    p.sp()
-    try:
-        tree, uses_modseq = search.parse(p)
-    except search.BadCharset:
-        raise No("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)") from None
-    sel = _selected(s)
-    found = await asyncio.to_thread(search.run, sel, tree)
-    ids = [m.uid if uid else seq for seq, m in found]
-    text = "SEARCH" + "".join(f" {n}" for n in ids)
-    if uses_modseq:
-        s.condstore = True
-        if found:
-            text += f" (MODSEQ {max(m.modseq for _, m in found)})"
-    s.untagged(text)
-    return f"{'UID ' if uid else ''}SEARCH completed"
 
 
 # -- COPY / MOVE ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (register the commands)
     cmd_append,
     cmd_mailbox,
     cmd_message,
+    cmd_search,
     compress,
     notify,
     quota,

@@ -16,7 +16,10 @@ from .mailbox import Msg, Selected
 from .wire import ParseError, Parser
 
 _SIMPLE = {"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER", "RFC822.SIZE",
-           "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE"}
+           "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID", "MODSEQ", "SAVEDATE", "EMAILID",
+           "THREADID"}
+_NO_BODY = ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "MODSEQ", "SAVEDATE", "EMAILID",
+            "THREADID", "PREVIEW")  # answered from the index (PREVIEW: from the store's summary)
 MAX_ATTS = 64  # fetch attributes in one FETCH (Thunderbird asks for 4 to 10)
 STREAM_OVER = 1 << 20  # a whole message bigger than this is sent from its file in pieces
 STREAM_PIECE = 256 * 1024
@@ -49,8 +52,7 @@ class Att:
 
     @property
     def needs_body(self) -> bool:
-        return self.name not in ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "MODSEQ",
-                                 "SAVEDATE")
+        return self.name not in _NO_BODY
 
 
 def _section(p: Parser, att: Att) -> None:
@@ -129,6 +131,17 @@ def parse_att(p: Parser) -> Att:
         _binary_section(p, att, partial=word != "BINARY.SIZE")
         return att
     if word in _SIMPLE:
+        return Att(word)
+    if word == "PREVIEW":  # RFC 8970; LAZY changes nothing: the preview is always at hand
+        if p.data[p.pos:p.pos + 2] == b" (":
+            p.pos += 1
+            p.open_paren()
+            while True:
+                if p.atom().upper() != "LAZY":
+                    raise ParseError("unknown PREVIEW modifier")
+                if not p.maybe_sp():
+                    break
+            p.close_paren()
         return Att(word)
     raise ParseError(f"unknown fetch attribute {word or '?'}")
 
@@ -272,6 +285,12 @@ class Loaded:
     def span(self) -> mimescan.Span:
         assert isinstance(self.part, mimescan.Span)
         return self.part
+
+    def preview(self) -> str:
+        """RFC 8970 preview text, from the store's summary of the message."""
+        sel, msg = self.sel, self.msg
+        summary = sel.store.summaries(sel.name, [msg]).get(msg.emailid)
+        return summary.preview if summary is not None else ""
 
     def size(self) -> int:
         """RFC822.SIZE (octets with CRLF line ends)."""
@@ -643,6 +662,12 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
             yield sep + b'SAVEDATE "' + wire.imap_datetime(msg.savedate).encode() + b'"'
         elif name in ("BINARY", "BINARY.SIZE"):
             yield from _binary_piece(load, att, sep)
+        elif name == "EMAILID":  # RFC 8474: the store's ids, the same as JMAP's
+            yield sep + b"EMAILID (" + msg.emailid.encode() + b")"
+        elif name == "THREADID":
+            yield sep + b"THREADID (" + msg.threadid.encode() + b")"
+        elif name == "PREVIEW":
+            yield sep + b"PREVIEW " + wire.nstring(load.preview().encode("utf-8"))
         elif att.section is not None:
             label = sep + b"BODY[" + att.section.encode() + b"]"
             data: bytes | memoryview

@@ -212,6 +212,26 @@ class Selected:
         self.private = False
         #: while expunges are held back: a modseq below theirs (RFC 7162 3.2, erratum 1810)
         self.held_modseq = 0
+        self.show_recent = True  # False under IMAP4rev2, which has no \\Recent
+        self.saved: list[int] = []  # UIDs of the saved search result (SEARCHRES, RFC 5182)
+        self._saved_set: frozenset[int] | None = None
+
+    def save_result(self, uids: list[int]) -> None:
+        self.saved, self._saved_set = uids, None
+
+    def saved_set(self) -> frozenset[int]:
+        if self._saved_set is None:
+            self._saved_set = frozenset(self.saved)
+        return self._saved_set
+
+    def by_uids(self, uids: list[int]) -> list[tuple[int, Entry]]:
+        """Messages with these UIDs (those still here), in sequence order."""
+        out = []
+        for u in sorted(set(uids)):
+            seq = self.seq_of(u)
+            if seq is not None:
+                out.append((seq, self.msgs[seq - 1]))
+        return out
 
     def moved_to(self, name: str) -> None:
         """Follow a RENAME of this mailbox made by this session."""
@@ -259,7 +279,7 @@ class Selected:
 
     def flags(self, m: Entry) -> list[str]:
         out = sorted(m.flags, key=_flag_order)
-        if m.uid in self.recent:
+        if m.uid in self.recent and self.show_recent:
             out.append("\\Recent")
         return out
 

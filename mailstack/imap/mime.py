@@ -10,11 +10,12 @@ import email.utils
 import re
 from email.message import Message
 from email.parser import HeaderParser
-from email.policy import compat32
 
+from ..store import addrlist
+from ..store.mimepolicy import UNFOLDING
 from . import wire
 
-_HEADER_PARSER = HeaderParser(policy=compat32)
+_HEADER_PARSER = HeaderParser(policy=UNFOLDING)
 MAX_PARTS_DEPTH = 20
 
 
@@ -107,8 +108,6 @@ def _params(msg: Message, header: str) -> list[tuple[str, bytes]]:
 # -- ENVELOPE --------------------------------------------------------------------------------
 _FIELD_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.M)
 _FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
-_SIMPLE_ADDR_RE = re.compile(r"\s*(?:([^<>\"(),:;\\]*?)\s*<([^<>\s\"(),:;\\]*)>|"
-                             r"([^<>\s\"(),:;\\]+))\s*")
 
 
 def header_fields_map(header: bytes) -> dict[str, list[str]]:
@@ -126,53 +125,11 @@ def _first(fields: dict[str, list[str]], name: str) -> bytes | None:
     return values[0].encode("latin-1") if values else None
 
 
-def _address_pairs(values: list[str]) -> list[tuple[str, str]]:
-    """(display name, addr-spec) pairs; plain forms without the email package."""
-    pairs: list[tuple[str, str]] = []
-    for value in values:
-        items = value.split(",")
-        simple = []
-        for item in items:
-            m = _SIMPLE_ADDR_RE.fullmatch(item)
-            if m is None:
-                simple = None
-                break
-            if m.group(2) is not None:
-                simple.append((" ".join(m.group(1).split()), m.group(2)))
-            elif m.group(3):
-                simple.append(("", m.group(3)))
-        if simple is None:  # quotes, comments, groups, …: the full RFC 5322 parser
-            simple = email.utils.getaddresses([value])
-        pairs.extend(simple)
-    return pairs
-
-
-_GROUP_RE = re.compile(r'\s*([^:"<>,@]+):([^;]*);\s*,?')
-
-
-def _split_groups(value: str) -> list[tuple[str | None, str]]:
-    """[(group name or None, addresses)]: RFC 5322 groups (``Team: a@x, b@y;``) kept apart."""
-    if ":" not in value or ";" not in value or '"' in value:
-        return [(None, value)]
-    out: list[tuple[str | None, str]] = []
-    pos = 0
-    for m in _GROUP_RE.finditer(value):
-        before = value[pos:m.start()].strip().strip(",")
-        if before:
-            out.append((None, before))
-        out.append((m.group(1).strip(), m.group(2)))
-        pos = m.end()
-    rest = value[pos:].strip().strip(",")
-    if rest:
-        out.append((None, rest))
-    return out or [(None, value)]
-
-
-def _address(realname: str, addr: str) -> bytes:
-    local, at, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
-    return (b"(" + wire.nstring(realname.strip().encode("latin-1", "replace") or None)
-            + b" NIL " + wire.nstring(local.encode("latin-1", "replace")) + b" "
-            + wire.nstring(host.encode("latin-1", "replace") if at else None) + b")")
+def _address(a: addrlist.Address) -> bytes:
+    def enc(v: str | None) -> bytes:
+        return wire.nstring(v.encode("latin-1", "replace") if v is not None else None)
+    return (b"(" + enc(a.name) + b" " + enc(a.route) + b" " + enc(a.local) + b" "
+            + enc(a.domain) + b")")
 
 
 def _addresses(fields: dict[str, list[str]], name: str) -> bytes:
@@ -181,13 +138,12 @@ def _addresses(fields: dict[str, list[str]], name: str) -> bytes:
         return b"NIL"
     out = []
     for value in values:
-        for group, members in _split_groups(value):
-            if group is not None:  # group start (NIL NIL name NIL) … end (NIL NIL NIL NIL)
-                out.append(b"(NIL NIL " + wire.nstring(group.encode("latin-1", "replace"))
-                           + b" NIL)")
-            out += [_address(n, a) for n, a in _address_pairs([members]) if n or a]
-            if group is not None:
-                out.append(b"(NIL NIL NIL NIL)")
+        for a in addrlist.parse(value):
+            if a.group is not None:  # group start (NIL NIL name NIL) … end (NIL NIL NIL NIL)
+                out.append(b"(NIL NIL " + wire.nstring(a.group.encode("latin-1", "replace")
+                                                       if a.group else None) + b" NIL)")
+            else:
+                out.append(_address(a))
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 

@@ -12,8 +12,10 @@ import datetime as dt
 import email.header
 import email.utils
 import quopri
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..store import addrlist
 from . import mime
 from .mailbox import Msg, Selected
 from .wire import MAX_DEPTH, ParseError, Parser
@@ -78,6 +80,9 @@ def _parse_key(p: Parser, charset: str, budget: _Budget) -> Node:
         p.close_paren()
         return Node("AND", tuple(keys))
     c = p.peek()
+    if c == 0x24:  # "$": the saved result (RFC 5182)
+        p.pos += 1
+        return Node("SAVED")
     if c is not None and (chr(c).isdigit() or c == 0x2A):
         return Node("SEQ", (p.seq_set(),))
     word = p.atom().upper()
@@ -104,7 +109,11 @@ def _parse_key(p: Parser, charset: str, budget: _Budget) -> Node:
         return Node(word, (p.date(),))
     if word == "UID":
         p.sp()
-        return Node(word, (p.seq_set(),))
+        seqset = p.seq_set()
+        return Node("SAVED") if seqset.saved else Node(word, (seqset,))
+    if word in ("EMAILID", "THREADID"):  # RFC 8474
+        p.sp()
+        return Node(word, (p.atom(),))
     if word == "NOT":
         p.sp()
         return Node(word, (parse_key(p, charset, budget),))
@@ -124,14 +133,14 @@ def _parse_key(p: Parser, charset: str, budget: _Budget) -> Node:
     raise ParseError(f"unknown search key {word}")
 
 
-def parse(p: Parser) -> tuple[Node, bool]:
-    """``[CHARSET x] key *(SP key)`` → (tree, uses MODSEQ). Raises ParseError or BadCharset."""
-    charset = "UTF-8"
-    if p.maybe(b"CHARSET "):
-        charset = p.astring().decode("ascii", "replace").upper()
-        if charset not in CHARSETS:
-            raise BadCharset(charset)
-        p.sp()
+def parse(p: Parser, charset: str | None = None) -> tuple[Node, bool]:
+    """``[CHARSET x] key *(SP key)`` (or only the keys when ``charset`` is given, as SORT and
+    THREAD have it) → (tree, uses MODSEQ). Raises ParseError or BadCharset."""
+    if charset is None:
+        charset = "UTF-8"
+        if p.maybe(b"CHARSET "):
+            charset = check_charset(p.astring())
+            p.sp()
     budget = _Budget()
     keys = [parse_key(p, charset, budget)]
     while p.maybe_sp():
@@ -139,6 +148,14 @@ def parse(p: Parser) -> tuple[Node, bool]:
     p.end()
     tree = Node("AND", tuple(keys))
     return tree, _uses(tree, "MODSEQ")
+
+
+def check_charset(raw: bytes) -> str:
+    """A search charset name, upper-cased; BadCharset when not supported."""
+    charset = raw.decode("ascii", "replace").upper()
+    if charset not in CHARSETS:
+        raise BadCharset(charset)
+    return charset
 
 
 def _uses(node: Node, op: str) -> bool:
@@ -241,6 +258,15 @@ class Context:
             self._header_text = _header_text(part).casefold()
         return self._header_text
 
+    def addresses(self, name: str) -> list[str]:
+        """The field's mailboxes as ``name local@domain`` text, case-folded: comments, routes
+        and quoting left out (``<a (c)@ (c) b.org>`` is found as ``a@b.org``)."""
+        out = []
+        for value in self.header(name):
+            for a in addrlist.mailboxes(value):
+                out.append(f"{a.name or ''} {a.addr}".casefold())
+        return out
+
     def sent_date(self) -> dt.date | None:
         values = self.header("date")
         if not values:
@@ -307,7 +333,16 @@ def evaluate(node: Node, ctx: Context, largest_seq: int, largest_uid: int) -> bo
     if op in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
         return _date_cmp(op, dt.datetime.fromtimestamp(m.savedate).date(), node.args[0])
     if op in _HEADER_KEYS:
-        return any(node.args[0] in v.casefold() for v in ctx.header(op.lower()))
+        needle = node.args[0]
+        if any(needle in v.casefold() for v in ctx.header(op.lower())):
+            return True
+        return op != "SUBJECT" and any(needle in v for v in ctx.addresses(op.lower()))
+    if op == "SAVED":
+        return m.uid in ctx.sel.saved_set()
+    if op == "EMAILID":
+        return m.emailid == node.args[0]
+    if op == "THREADID":
+        return m.threadid == node.args[0]
     if op == "HEADER":
         name, needle = node.args
         values = ctx.header(name)
@@ -340,10 +375,70 @@ def _split_text_keys(tree: Node) -> tuple[list[tuple[str, str]], Node]:
     return text, Node("AND", tuple(rest)) if rest else Node("ALL")
 
 
+Test = Callable[[int, Msg], bool]
+
+
+def _compile(node: Node, sel: Selected, largest_seq: int, largest_uid: int) -> Test | None:
+    """A predicate for a program of keys the index answers (flags, numbers, ids), or None
+    when some key needs the message itself: 10,000 messages are filtered without building
+    a search context for each."""
+    op, args = node.op, node.args
+    if op == "ALL":
+        return lambda seq, m: True
+    if op in _FLAG_KEYS:
+        flag, want = _FLAG_KEYS[op]
+        return (lambda seq, m: flag in m.flags) if want else (lambda seq, m: flag not in m.flags)
+    if op in ("SEQ", "UID"):
+        ranges = args[0].resolve(largest_seq if op == "SEQ" else largest_uid)
+        if len(ranges) == 1:
+            lo, hi = ranges[0]
+            return ((lambda seq, m: lo <= seq <= hi) if op == "SEQ"
+                    else (lambda seq, m: lo <= m.uid <= hi))
+        if op == "SEQ":
+            return lambda seq, m: any(a <= seq <= b for a, b in ranges)
+        return lambda seq, m: any(a <= m.uid <= b for a, b in ranges)
+    if op == "SAVED":
+        saved = sel.saved_set()
+        return lambda seq, m: m.uid in saved
+    if op in ("LARGER", "SMALLER"):
+        n = args[0]
+        return (lambda seq, m: m.size > n) if op == "LARGER" else (lambda seq, m: m.size < n)
+    if op == "MODSEQ":
+        n = args[0]
+        return lambda seq, m: m.modseq >= n
+    if op in ("KEYWORD", "UNKEYWORD"):
+        kw, want = args[0].lower(), op == "KEYWORD"
+        return lambda seq, m: any(f.lower() == kw for f in m.flags) == want
+    if op in ("EMAILID", "THREADID"):
+        ident = args[0]
+        return ((lambda seq, m: m.emailid == ident) if op == "EMAILID"
+                else (lambda seq, m: m.threadid == ident))
+    if op in ("AND", "OR", "NOT"):
+        subs = [_compile(n, sel, largest_seq, largest_uid) for n in args]
+        if any(t is None for t in subs):
+            return None
+        tests: list[Test] = subs  # type: ignore[assignment]
+        if op == "NOT":
+            inner = tests[0]
+            return lambda seq, m: not inner(seq, m)
+        if op == "OR":
+            a, b = tests
+            return lambda seq, m: a(seq, m) or b(seq, m)
+        if len(tests) == 1:
+            return tests[0]
+        return lambda seq, m: all(t(seq, m) for t in tests)
+    return None
+
+
 def run(sel: Selected, tree: Node) -> list[tuple[int, Msg]]:
     """Matching (sequence number, message) pairs in sequence order."""
     largest_seq = sel.exists
     largest_uid = sel.uids[-1] if sel.uids else 0
+    if tree.op == "AND" and len(tree.args) == 1 and tree.args[0].op == "ALL":
+        return list(enumerate(sel.msgs, 1))
+    fast = _compile(tree, sel, largest_seq, largest_uid)
+    if fast is not None:
+        return [(seq, m) for seq, m in enumerate(sel.msgs, 1) if fast(seq, m)]
     text_keys, tree = _split_text_keys(tree)
     hits = sel.store.search_text(sel.name, text_keys) if text_keys else None
     return [(seq, m) for seq, m in enumerate(sel.msgs, 1)

@@ -28,6 +28,7 @@ from ..runtime.netserver import LineReader, LineTooLong, arrived_on, peer_ip, st
 from ..store import watch
 from ..store.account import StoreError, WouldBlock
 from ..store.maildir import MaildirError, open_user_mailbox
+from . import context
 from .cache import FolderCache
 from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
@@ -45,6 +46,11 @@ MAX_COMMAND_EXTRA = 1024 * 1024  # bytes of literals beyond max_literal in one c
 OUT_BUDGET = 256 * 1024  # response octets gathered before they are written and drained
 OUT_CHUNK = 64 * 1024  # a larger piece is written in slices of this size
 YIELD_AFTER = 0.005  # seconds of sending one response before other sessions get a turn
+
+
+SEARCH_CAPABILITIES = ("ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",
+                       "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "OBJECTID", "PREVIEW",
+                       "CONTEXT=SEARCH", "CONTEXT=SORT")
 
 
 class Bad(Exception):
@@ -108,6 +114,8 @@ class Session:
         self.selected: Selected | None = None
         self.condstore = False
         self.qresync = False  # ENABLE QRESYNC: VANISHED instead of EXPUNGE (RFC 7162)
+        self.rev2 = False  # ENABLE IMAP4rev2 (RFC 9051) was given
+        self.contexts: list[context.Context] = []  # searches kept up to date (RFC 5267)
         self.out: list[bytes] = []
         self.out_size = 0
         #: held while a command runs: NOTIFY's responses between commands wait for it
@@ -171,7 +179,7 @@ class Session:
         return self.tls or self.loopback
 
     def capabilities(self) -> str:
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"]
+        caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"]
         if self.state == NOTAUTH:
             if not self.tls and self.server.tls_context is not None:
                 caps.append("STARTTLS")
@@ -179,7 +187,7 @@ class Session:
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
                      "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "QRESYNC", "COMPRESS=DEFLATE",
-                     "UNAUTHENTICATE", "NOTIFY"]
+                     "UNAUTHENTICATE", "NOTIFY", *SEARCH_CAPABILITIES]
             caps += ["MULTIAPPEND", "CATENATE", "BINARY", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE", "STATUS=SIZE", "SAVEDATE",
                      f"APPENDLIMIT={int(self.cfg.imap.max_literal)}"]
@@ -259,6 +267,7 @@ class Session:
 
     async def dispatch(self, raw: bytes) -> None:
         p = Parser(raw)
+        p.utf8_names = self.rev2
         tag = "*"
         try:
             tag = p.tag()
@@ -400,6 +409,11 @@ class Session:
         """Untagged responses for ``ch``; a long list yields to other sessions as it goes."""
         sel = self.selected
         assert sel is not None
+        live = None
+        if self.contexts and context.stale(sel, self.contexts):
+            live = await asyncio.to_thread(context.updates, sel, self.contexts)
+            for line in live.removals:  # in the numbering before the EXPUNGEs
+                self.untagged(line)
         if ch.keywords is not None:  # a new keyword: FLAGS before any FETCH that uses it
             flags = " ".join(["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft",
                               "$Forwarded", *ch.keywords])
@@ -425,7 +439,11 @@ class Session:
             self.send(f"* {seq} FETCH (UID {m.uid} FLAGS ({' '.join(sel.flags(m))}){extra})\r\n"
                       .encode())
         if ch.exists is not None:
-            self.send(b"* %d EXISTS\r\n* %d RECENT\r\n" % (ch.exists, ch.recent))
+            self.send(b"* %d EXISTS\r\n" % ch.exists)
+            if not self.rev2:  # IMAP4rev2 has no \Recent (RFC 9051 appendix E)
+                self.send(b"* %d RECENT\r\n" % ch.recent)
+        for line in live.additions if live is not None else ():
+            self.untagged(line)
 
     def unselect(self) -> None:
         sel = self.selected
@@ -434,6 +452,7 @@ class Session:
             if cache.dirty:  # write what this session added (small folders never reach due())
                 cache.save({m.key for m in sel.msgs})
         self.selected = None
+        self.contexts.clear()
         if self.state == SELECTED:
             self.state = AUTH
 
@@ -637,6 +656,9 @@ async def cmd_enable(s: Session, tag: str, p: Parser, uid: bool) -> str:
         elif cap == "QRESYNC" and not s.qresync:  # implies CONDSTORE (RFC 7162 3.2.3)
             s.condstore = s.qresync = True
             enabled.append(cap)
+        elif cap == "IMAP4REV2" and not s.rev2:
+            s.rev2 = True
+            enabled.append("IMAP4rev2")
     p.end()
     s.untagged("ENABLED" + "".join(" " + c for c in enabled))
     return "ENABLE completed"

@@ -60,6 +60,7 @@ class SeqSet:
     """A sequence set: ranges of (low, high) where None stands for ``*``."""
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    saved: bool = False  # ``$``: the saved search result (RFC 5182)
 
     def resolve(self, largest: int) -> list[tuple[int, int]]:
         """Concrete ascending ranges once ``*`` means ``largest``."""
@@ -86,6 +87,7 @@ class Parser:
         self.data = data
         self.pos = pos
         self.depth = 0
+        self.utf8_names = False  # mailbox names are UTF-8 (IMAP4rev2 enabled), not mUTF-7
 
     # -- basics -------------------------------------------------------------------------
     def peek(self) -> int | None:
@@ -271,6 +273,9 @@ class Parser:
         return self.nz_number()
 
     def seq_set(self) -> SeqSet:
+        if self.peek() == 0x24:  # "$"
+            self.pos += 1
+            return SeqSet((), saved=True)
         ranges = []
         while True:
             lo = self.seq_number()

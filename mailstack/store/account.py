@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.fsutil import atomic_write, fsync_dir
-from . import watch
+from . import summary, watch
 from .flags import format_stored, from_letters, match_keywords, mirrored, parse_stored, to_letters
-from .ingest import Ingested, NotAMessage, ingest, read_message
+from .ingest import Ingested, NotAMessage, ingest, read_message, summarize_file
 from .keywords import Keywords
 from .maildir import INFO_SEP, Maildir, delivery_order, unique_name
 from .view import Entry, Snapshot
@@ -58,10 +58,11 @@ LEGACY_UIDLIST = "mailstack-uidlist"
 POKE = ".mailstack-changed"
 SUBSCRIPTIONS = "subscriptions"
 ROLES = {"Sent": "sent", "Drafts": "drafts", "Trash": "trash", "Junk": "junk"}
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the summary table (filled lazily for emails indexed before)
 CHANGELOG_KEEP = 100_000  # change-log rows kept (the horizon of "changes since")
 RACY_NS = 20_000_000  # a directory changed this recently may change again in the same tick
 DELETED = "\\Deleted"
+SUMMARY_CACHE = 20_000  # summaries an account handle keeps in memory (~1 KB each at most)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -91,7 +92,7 @@ CREATE TABLE IF NOT EXISTS thread_subject(subject TEXT PRIMARY KEY, threadid TEX
   WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS email_text(rowid INTEGER PRIMARY KEY, emailid TEXT NOT NULL UNIQUE);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(headers, body, tokenize='trigram', detail=none);
-"""
+""" + summary.TABLE + ";\n"
 
 AppendItem = tuple[bytes | memoryview, Iterable[str], float | None]  # data, flags, date
 
@@ -253,6 +254,8 @@ class AccountStore:
         self._conn = self._connect()
         self._ino = os.stat(self.path).st_ino
         self._commits = 0  # write transactions committed through this handle
+        #: email id → summary (immutable: an email id is a digest of the bytes)
+        self._summaries: dict[str, summary.Summary] = {}
 
     @classmethod
     def open(cls, root: Path) -> AccountStore:
@@ -314,6 +317,8 @@ class AccountStore:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)",
                               (SCHEMA_VERSION,))
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('modseq', 1)")
+                conn.execute("UPDATE meta SET value=? WHERE name='version' AND value<?",
+                             (SCHEMA_VERSION, SCHEMA_VERSION))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -598,6 +603,64 @@ class AccountStore:
                     uids.add(uid)
             return uids
 
+    def summaries(self, name: str, entries: Sequence[Entry], *,
+                  keep: bool = True) -> dict[str, summary.Summary]:
+        """Email id → :class:`~.summary.Summary` of ``entries`` (of mailbox ``name``).
+
+        With ``keep`` summaries are kept in memory once read (at most :data:`SUMMARY_CACHE`
+        per account handle; a caller that keeps what it derives passes False); an email
+        indexed before schema version 2 has none yet: it is computed from its file now and
+        stored."""
+        cache = self._summaries
+        out: dict[str, summary.Summary] = {}
+        wanted = []
+        for e in entries:
+            hit = cache.get(e.emailid)
+            if hit is None:
+                wanted.append(e.emailid)
+            else:
+                out[e.emailid] = hit
+        if not wanted:
+            return out
+        found: dict[str, summary.Summary] = {}
+        with self._read() as conn:
+            for chunk in _chunks(wanted, 900):
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(f"SELECT emailid, {summary.COLUMNS} FROM summary "
+                                        f"WHERE emailid IN ({marks})", tuple(chunk)):
+                    found[row[0]] = summary.Summary.from_row(row[1:])
+        missing = [e for e in entries if e.emailid not in found and e.emailid not in out]
+        if missing:
+            found.update(self._fill_summaries(name, missing))
+        if keep:
+            if len(cache) + len(found) > SUMMARY_CACHE:
+                cache.clear()
+            cache.update(found)
+        out.update(found)
+        return out
+
+    def _fill_summaries(self, name: str, entries: Sequence[Entry]) -> dict[str, summary.Summary]:
+        """Summaries computed from the files (emails indexed by an older version)."""
+        made: dict[str, summary.Summary] = {}
+        for e in entries:
+            if e.emailid in made:
+                continue
+            path = self.path_of(name, e)
+            try:
+                made[e.emailid] = summarize_file(path)
+            except NotAMessage:
+                found = _locate(self.maildir(name), e.key)
+                try:
+                    made[e.emailid] = summarize_file(found) if found else summary.EMPTY
+                except NotAMessage:
+                    made[e.emailid] = summary.EMPTY
+        rows = [(k, *v.as_row()) for k, v in made.items() if v is not summary.EMPTY]
+        if rows:
+            with contextlib.suppress(sqlite3.OperationalError), self._write() as conn:
+                conn.executemany(f"INSERT OR IGNORE INTO summary(emailid, {summary.COLUMNS}) "
+                                 f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        return made
+
     @staticmethod
     def _fts_rows(conn: sqlite3.Connection, where: str, needle: str) -> set[int]:
         if any(c in needle for c in "%_\\"):
@@ -737,6 +800,9 @@ class AccountStore:
                       info.internaldate, info.emailid, threadid, savedate, mbid))
         self._log(conn, modseq, "Email", info.emailid,
                   "updated" if known_email is not None else "created")
+        if known_email is None and info.summary is not summary.EMPTY:
+            conn.execute(f"INSERT OR IGNORE INTO summary(emailid, {summary.COLUMNS}) VALUES "
+                         f"(?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (info.emailid, *info.summary.as_row()))
         if known_email is None and (info.headers or info.body):
             cur = conn.execute("INSERT OR IGNORE INTO email_text(emailid) VALUES (?)",
                                (info.emailid,))
@@ -790,6 +856,7 @@ class AccountStore:
                                 (emailid,)).fetchone()
             self._log(conn, modseq, "Email", emailid, "updated" if left else "destroyed")
             if left is None:
+                conn.execute("DELETE FROM summary WHERE emailid=?", (emailid,))
                 hit = conn.execute("SELECT rowid FROM email_text WHERE emailid=?",
                                    (emailid,)).fetchone()
                 if hit:

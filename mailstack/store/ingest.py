@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import email.header
 import email.parser
-import email.policy
 import hashlib
 import os
 import re
 import stat
 from dataclasses import dataclass
+
+from .mimepolicy import UNFOLDING
+from .summary import EMPTY, Summary, summarize
 
 MAX_INDEX_TEXT = 256 * 1024  # decoded text kept in the search index per message
 PARSE_LIMIT = 2 << 20  # octets of a message parsed for its headers and text (memory bound)
@@ -75,6 +77,7 @@ class Ingested:
     is_reply: bool
     headers: str  # decoded header fields, case-folded, for the search index
     body: str  # decoded text parts, case-folded, for the search index
+    summary: Summary = EMPTY  # sort, thread and preview data (see summary.py)
 
 
 def email_id(digest: bytes) -> str:
@@ -112,7 +115,7 @@ def ingest(path: str) -> Ingested:
 def _describe(data: bytes, emailid: str, mtime: float, size: int) -> Ingested:
     head, _, _ = data.partition(b"\n\n")
     try:
-        msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
+        msg = email.parser.BytesParser(policy=UNFOLDING).parsebytes(data)
     except Exception:  # a parser failure must never stop indexing
         msg = None
     subject = _header(msg, "subject") if msg is not None else ""
@@ -125,13 +128,18 @@ def _describe(data: bytes, emailid: str, mtime: float, size: int) -> Ingested:
                 refs.append(r)
     base = _REPLY_PREFIX_RE.sub("", subject).strip().lower()
     is_reply = bool(_REPLY_PREFIX_RE.match(subject))
+    summary = EMPTY
     if msg is not None:
         headers, body = _search_text(msg)
+        try:
+            summary = summarize(msg)
+        except Exception:  # a hostile message must never stop indexing
+            summary = EMPTY
     else:
         headers, body = head.decode("utf-8", "replace"), ""
     return Ingested(emailid, mtime, size, mid_values[0] if mid_values else None, refs[-50:],
                     base[:200], is_reply, headers.casefold()[:MAX_INDEX_TEXT],
-                    body.casefold()[:MAX_INDEX_TEXT])
+                    body.casefold()[:MAX_INDEX_TEXT], summary)
 
 
 def _decode(value: str) -> str:
@@ -181,3 +189,12 @@ def _search_text(msg: email.message.Message) -> tuple[str, str]:
         if budget <= 0:
             break
     return headers, "\n".join(pieces)
+
+
+def summarize_file(path: str) -> Summary:
+    """The summary of the message at ``path`` (its first :data:`PARSE_LIMIT` octets)."""
+    data = read_message(path, PARSE_LIMIT)
+    try:
+        return summarize(email.parser.BytesParser(policy=UNFOLDING).parsebytes(data))
+    except Exception:
+        return EMPTY

@@ -1,0 +1,105 @@
+"""CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267 §4): live results updated with ADDTO and
+REMOVEFROM as another client and deliveries change the mailbox; CANCELUPDATE; the limit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.imap.conftest import PASSWORD, USER, Raw, message
+
+
+async def _login(imap) -> Raw:
+    c = await Raw.connect(imap)
+    await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
+    await c.cmd("S", "SELECT INBOX")
+    return c
+
+
+@pytest.fixture
+async def pair(imap):
+    for subject in ("delta", "alpha", "charlie"):
+        imap.deliver(message(subject))
+    a, b = await _login(imap), await _login(imap)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+def _esearch(r: list[bytes]) -> list[bytes]:
+    return [x.rstrip(b"\r\n") for x in r if x.startswith(b"* ESEARCH")]
+
+
+async def test_search_context_follows_flags_deliveries_and_expunges(pair, imap) -> None:
+    a, b = pair
+    r = await a.cmd("u1", "UID SEARCH RETURN (UPDATE) UNSEEN")
+    assert _esearch(r) == [b'* ESEARCH (TAG "u1") UID ALL 1:3']
+    r = await a.cmd("s1", "SEARCH RETURN (UPDATE COUNT) NOT SUBJECT alpha")
+    assert _esearch(r) == [b'* ESEARCH (TAG "s1") COUNT 2']
+    await b.cmd("b1", "STORE 2 +FLAGS (\\Seen)")
+    r = await a.cmd("n1", "NOOP")
+    assert _esearch(r) == [b'* ESEARCH (TAG "u1") UID REMOVEFROM (0 2)']
+    imap.deliver(message("echo"))
+    r = await a.cmd("n2", "NOOP")
+    assert _esearch(r) == [b'* ESEARCH (TAG "u1") UID ADDTO (0 4)',
+                           b'* ESEARCH (TAG "s1") ADDTO (0 4)']
+    assert r.index(b"* 4 EXISTS\r\n") < r.index(b'* ESEARCH (TAG "u1") UID ADDTO (0 4)\r\n')
+    await b.cmd("b2", "STORE 1 +FLAGS (\\Deleted)")
+    await b.cmd("b3", "EXPUNGE")
+    r = await a.cmd("n3", "NOOP")
+    # removals come first, numbered as before the EXPUNGE
+    assert r[:3] == [b'* ESEARCH (TAG "u1") UID REMOVEFROM (0 1)\r\n',
+                     b'* ESEARCH (TAG "s1") REMOVEFROM (0 1)\r\n', b"* 1 EXPUNGE\r\n"]
+    # this session's own STORE updates its contexts too
+    r = await a.cmd("a4", "STORE 1:* +FLAGS (\\Seen)")
+    assert b'* ESEARCH (TAG "u1") UID REMOVEFROM (0 3:4)\r\n' in r
+    r = await a.cmd("c1", 'CANCELUPDATE "u1"')
+    assert r[-1].startswith(b"c1 OK")
+    await a.cmd("a5", "STORE 1:* -FLAGS (\\Seen)")
+    r = await a.cmd("n4", "NOOP")
+    assert _esearch(r) == []
+    r = await a.cmd("c2", 'CANCELUPDATE "u1"')
+    assert r[-1].startswith(b"c2 NO")
+
+
+async def test_sort_context_positions(pair, imap) -> None:
+    a, _ = pair
+    r = await a.cmd("t1", "UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL")
+    assert _esearch(r) == [b'* ESEARCH (TAG "t1") UID ALL 2:3,1']
+    imap.deliver(message("bravo"))
+    imap.deliver(message("zulu"))
+    r = await a.cmd("n1", "NOOP")
+    # alpha, bravo, charlie, delta, zulu: bravo lands at 2, zulu at 5
+    assert _esearch(r) == [b'* ESEARCH (TAG "t1") UID ADDTO (2 4 5 5)']
+    await a.cmd("d", "STORE 2,3 +FLAGS (\\Deleted)")
+    r = await a.cmd("e", "EXPUNGE")
+    # charlie (position 3) and alpha (position 1), last position first
+    assert _esearch(r) == [b'* ESEARCH (TAG "t1") UID REMOVEFROM (3 3 1 2)']
+
+
+async def test_context_limit_and_reselect(pair) -> None:
+    a, _ = pair
+    for i in range(8):
+        r = await a.cmd(f"k{i}", "SEARCH RETURN (UPDATE) ALL")
+        assert not any(b"NOUPDATE" in x for x in r)
+    r = await a.cmd("k8", "SEARCH RETURN (UPDATE) ALL")
+    assert b'* NO [NOUPDATE "k8"]' in r[1] and r[-1].startswith(b"k8 OK")
+    await a.cmd("S2", "SELECT INBOX")  # contexts end with the selection
+    r = await a.cmd("k9", "SEARCH RETURN (UPDATE) ALL")
+    assert not any(b"NOUPDATE" in x for x in r)
+
+
+async def test_context_update_during_idle(pair, imap) -> None:
+    a, _ = pair
+    await a.cmd("u", "UID SEARCH RETURN (UPDATE MIN) SUBJECT hotel")
+    await a.send("i IDLE\r\n")
+    assert (await a.line()).startswith(b"+")
+    imap.deliver(message("hotel"))
+    lines = []
+    while b'ADDTO' not in b"".join(lines):
+        lines.append(await asyncio.wait_for(a.line(), 10))
+    assert b'* ESEARCH (TAG "u") UID ADDTO (0 4)\r\n' in lines
+    await a.send("DONE\r\n")
+    r = await a.until("i")
+    assert r[-1].startswith(b"i OK")
