@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _capture(p)
 
     p = sub.add_parser("serve", help="run one daemon in the foreground (docker-compose uses this)")
-    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "autoconfig"])
+    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "http", "autoconfig"])
     _common(p, offset=True)
     _capture(p)
 
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="exit 0 when a daemon answers its greeting "
                        "(container health checks)")
-    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "autoconfig"])
+    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "http", "autoconfig"])
     _common(p, offset=True)
 
     p = sub.add_parser("config", help="validate a configuration")

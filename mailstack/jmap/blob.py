@@ -1,0 +1,88 @@
+"""Blobs (RFC 8620 6): uploads kept per account, messages and their parts by id.
+
+- an Email's ``blobId`` is its email id (the whole message);
+- a body part's is ``<emailid>_<partId>`` (decoded content);
+- an upload's is ``G`` + 40 hex digits of its SHA-256, a file under the account's
+  ``jmap-blobs/`` (fsynced; pruned a day after its upload, RFC 8620 6.1 allows an hour).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ..runtime.fsutil import atomic_write
+from . import message as msgview
+from .core import Call, MethodError, method
+
+BLOB_DIR = "jmap-blobs"
+KEEP = 86400.0
+_UPLOAD_RE = re.compile(r"G[0-9a-f]{40}")
+_PART_RE = re.compile(r"(M[0-9a-f]{24})_(\d{1,4})")
+
+
+def blob_dir(root: Path) -> Path:
+    return root / BLOB_DIR
+
+
+def store_upload(root: Path, data: bytes) -> str:
+    """Keep an uploaded blob; returns its id."""
+    bid = "G" + hashlib.sha256(data).hexdigest()[:40]
+    d = blob_dir(root)
+    d.mkdir(mode=0o700, exist_ok=True)
+    path = d / bid
+    if path.exists():
+        os.utime(path)
+    else:
+        atomic_write(path, data, mode=0o600)
+    _prune(d)
+    return bid
+
+
+def _prune(d: Path) -> None:
+    cutoff = time.time() - KEEP
+    try:
+        with os.scandir(d) as it:
+            for entry in it:
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+
+
+def blob_bytes(account: Any, bid: str) -> bytes | None:
+    """The octets of a blob this account may see, or None."""
+    if not isinstance(bid, str):
+        return None
+    if _UPLOAD_RE.fullmatch(bid):
+        try:
+            fd = os.open(blob_dir(account.root) / bid, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+    idx = account.index()
+    locs = idx.copies.get(bid)
+    if locs:
+        return account.read(locs[0])
+    m = _PART_RE.fullmatch(bid)
+    if m and m.group(1) in idx.copies:
+        locs = idx.copies[m.group(1)]
+        p = msgview.parsed(m.group(1), lambda: account.read(locs[0]))
+        part = p.part(m.group(2)) if p is not None else None
+        if part is not None:
+            payload = part.get_payload(decode=True)
+            return payload if isinstance(payload, bytes) else b""
+    return None
+
+
+@method("Blob/copy")
+def blob_copy(call: Call) -> dict[str, Any]:
+    raise MethodError("fromAccountNotFound", "there is one account per login")
