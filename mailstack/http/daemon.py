@@ -36,6 +36,12 @@ TOO_BIG_HEAD = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length
                 b"connection: close\r\n\r\n")
 
 
+async def _head_too_large(scope: dict, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 431,
+                "headers": [(b"content-length", b"0"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b""})
+
+
 class HTTPConnection(CountedProtocol, HttpToolsProtocol):
     """One HTTP connection: uvicorn's protocol, counted at accept, with a bounded head and an
     idle timeout while the client owes us bytes."""
@@ -45,7 +51,8 @@ class HTTPConnection(CountedProtocol, HttpToolsProtocol):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._reading_head = True  # before a request's headers are complete
-        self._head_bytes = 0
+        self._head_bytes = 0  # octets received while in a head
+        self._head_seen = 0  # octets of request line and header fields parsed
         self._head_started = 0.0
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -64,17 +71,36 @@ class HTTPConnection(CountedProtocol, HttpToolsProtocol):
             if not self._head_bytes:
                 self._head_started = now
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD:
-                log.info("%s: request head over %d octets", self._peer(), MAX_HEAD)
-                self.transport.write(TOO_BIG_HEAD)
-                self.transport.close()
-                return
         super().data_received(data)
+        # still in the head after this piece (the parser buffers a header it has not
+        # finished): bound what it holds
+        if self._reading_head and self._head_bytes > MAX_HEAD and self._state == "open" \
+                and not self.transport.is_closing():
+            log.info("%s: request head over %d octets", self._peer(), MAX_HEAD)
+            self.transport.write(TOO_BIG_HEAD)
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_seen += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_seen += len(name) + len(value) + 4
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._head_bytes = 0
-        super().on_headers_complete()
+        seen, self._head_seen = self._head_seen, 0
+        if seen <= MAX_HEAD:
+            super().on_headers_complete()
+            return
+        log.info("%s: request head over %d octets", self._peer(), MAX_HEAD)
+        app, self.app = self.app, _head_too_large
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
