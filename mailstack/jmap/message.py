@@ -80,7 +80,9 @@ class Parsed:
         self.raw = raw
         self.blob_prefix = blob_prefix  # a leaf's blobId is prefix_partId
         self.msg: Message = message_from_bytes(raw, policy=email.policy.compat32)
-        self.headers: list[tuple[str, str]] = [(k, str(v)) for k, v in self.msg.raw_items()]
+        # raw values keep the space after the colon (the parser drops it)
+        self.headers: list[tuple[str, str]] = [(k, " " + str(v) if v else "")
+                                               for k, v in self.msg.raw_items()]
         self._parts: list[tuple[Message, str]] | None = None
         self._structure: dict[str, Any] | None = None
         self._lists: tuple[list, list, list] | None = None
@@ -99,7 +101,7 @@ class Parsed:
         return values[0] if values else None
 
     def headers_list(self) -> list[dict[str, str]]:
-        return [{"name": k, "value": " " + v.lstrip(" ") if v else ""} for k, v in self.headers]
+        return [{"name": k, "value": v} for k, v in self.headers]
 
     # -- body ------------------------------------------------------------------------------
     def parts(self) -> list[tuple[Message, str]]:

@@ -11,14 +11,15 @@ import httpx
 
 from tests.e2e.helpers import mailstack
 
-from .conftest import ALICE, BOB, PASSWORD, USING, JMAP
+from .conftest import ALICE, BOB, JMAP, PASSWORD, USING
 
 
 async def test_session_with_curl_over_https(jmap: JMAP) -> None:
     """The README's line: curl with the CA, Basic auth, the well-known URL."""
     r = await asyncio.to_thread(
         subprocess.run, ["curl", "-s", "--fail", "-u", f"{ALICE}:{PASSWORD}", "--cacert",
-                         str(jmap.cfg.data_dir / "tls" / "ca.pem"), f"{jmap.base}/.well-known/jmap"],
+                         str(jmap.cfg.data_dir / "tls" / "ca.pem"),
+                         f"{jmap.base}/.well-known/jmap"],
         capture_output=True, timeout=30)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
