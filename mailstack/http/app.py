@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 from starlette.types import Message, Receive, Scope, Send
@@ -178,10 +178,13 @@ class HTTPApp:
         if length is not None and (not length.isdigit() or int(length) > limit):
             return problem(too_big, close=True)
         buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > limit:
-                return problem(too_big, close=True)
+        try:
+            async for chunk in request.stream():
+                buf += chunk
+                if len(buf) > limit:
+                    return problem(too_big, close=True)
+        except ClientDisconnect:  # cut off (idle timeout) or gone: nobody to answer
+            return Response(status_code=400, headers={"connection": "close"})
         return bytes(buf)
 
     async def api(self, request: Request) -> Response:
@@ -309,7 +312,8 @@ class HTTPApp:
 
         async def lines() -> AsyncIterator[bytes]:
             try:
-                yield b": mailstack event stream\n\n"
+                await hub.ready.wait()
+                yield b": mailstack event stream\n\n"  # from here on, changes are pushed
                 while stopping is None or not stopping.is_set():
                     try:
                         change = await asyncio.wait_for(stream.get(), ping or None)

@@ -33,6 +33,7 @@ class AccountHub:
         self.task: asyncio.Task[None] | None = None
         self.state = 0
         self.event: asyncio.Event | None = None
+        self.ready = asyncio.Event()  # watching, and the state known: changes are seen
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=4)
@@ -51,6 +52,11 @@ class AccountHub:
 
     def _folders(self) -> list[Path]:
         return [self.root, *(self.root / f".{n}" for n in Maildir(self.root).list_folders())]
+
+    def _current(self) -> int:
+        store = AccountStore.open(self.root)
+        store.mailboxes()  # syncs every folder (a first look creates the mailbox rows)
+        return store.highest_modseq()
 
     def _changed_types(self) -> tuple[int, dict[str, str]]:
         """(new state, {type: state}) of the types changed since the last announcement."""
@@ -72,8 +78,7 @@ class AccountHub:
 
     async def run(self) -> None:
         try:
-            store = await asyncio.to_thread(AccountStore.open, self.root)
-            self.state = await asyncio.to_thread(store.highest_modseq)
+            self.state = await asyncio.to_thread(self._current)
             while self.streams:
                 event = self.event = asyncio.Event()
                 with contextlib.ExitStack() as stack:
@@ -82,6 +87,7 @@ class AccountHub:
                         stack.enter_context(watch.watching(f, event))
                     # a change between the state read and the watch start: look once
                     event.set()
+                    self.ready.set()
                     while self.streams:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(event.wait(), RESCAN)
