@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..accounts.users import UserError, normalize_address
+from ..jmap.session import session_url
 from ..runtime import chaos
 from ..runtime.logsafe import safe
 from ..runtime.netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
@@ -31,7 +32,7 @@ from ..store.maildir import MaildirError, open_user_mailbox
 from .cache import FolderCache
 from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
-from .wire import ParseError, Parser
+from .wire import ParseError, Parser, quote
 
 if TYPE_CHECKING:
     from .daemon import IMAPServer
@@ -157,6 +158,8 @@ class Session:
         else:
             caps += ["NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE",
                      "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE"]
+            if session_url(self.cfg):
+                caps.append("JMAPACCESS")  # RFC 9698
         return " ".join(caps)
 
     # -- main loop ------------------------------------------------------------------------
@@ -547,6 +550,17 @@ async def cmd_namespace(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     s.untagged('NAMESPACE (("" ".")) NIL NIL')
     return "NAMESPACE completed"
+
+
+@command("GETJMAPACCESS", AUTH, SELECTED)
+async def cmd_getjmapaccess(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    """RFC 9698: where the same account is served over JMAP."""
+    p.end()
+    url = session_url(s.cfg)
+    if url is None:
+        raise No("JMAP is not served here")
+    s.send(b"* GETJMAPACCESS " + quote(url) + b"\r\n")
+    return "GETJMAPACCESS completed"
 
 
 @command("ENABLE", AUTH, SELECTED)

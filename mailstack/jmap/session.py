@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import HTTPSection
+from ..config import Config, HTTPSection
 from .account import account_id
 from .core import CORE, MAIL, Limits
 
@@ -12,6 +12,16 @@ API_PATH = "/jmap/api"
 UPLOAD_PATH = "/jmap/upload/{accountId}/"
 DOWNLOAD_PATH = "/jmap/download/{accountId}/{blobId}/{name}?type={type}"
 EVENTS_PATH = "/jmap/eventsource?types={types}&closeafter={closeafter}&ping={ping}"
+
+
+def session_url(cfg: Config) -> str | None:
+    """The session resource's URL as other faces announce it (IMAP GETJMAPACCESS), or None
+    when HTTPS is off."""
+    port = cfg.port("http", "https")
+    if not port:
+        return None
+    host = cfg.server.hostname
+    return f"https://{host}{'' if port == 443 else f':{port}'}/.well-known/jmap"
 
 
 def limits(http: HTTPSection) -> Limits:
