@@ -30,6 +30,7 @@ from ..config import Config
 from ..jmap import blob as blobs
 from ..jmap import email as _email  # noqa: F401  (registers the methods)
 from ..jmap import mailbox as _mailbox  # noqa: F401
+from ..jmap import submission as _submission  # noqa: F401
 from ..jmap.account import Account, account_id
 from ..jmap.core import ProblemError, dispatch, is_core_only, parse_request
 from ..jmap.session import limits, session
@@ -229,7 +230,7 @@ class HTTPApp:
                 self.busy.pop(who, None)
 
     def _run(self, req: dict[str, Any], who: str, root: Path, aid: str) -> dict[str, Any]:
-        return dispatch(req, Account(who, root), self.limits, aid)
+        return dispatch(req, Account(who, root, self.cfg), self.limits, aid)
 
     # -- blobs --------------------------------------------------------------------------------
     async def upload(self, request: Request) -> Response:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import Config
 from ..store.account import AccountStore, MailboxInfo
 from ..store.view import Entry, Snapshot
 
@@ -86,8 +87,9 @@ _indexes_lock = threading.Lock()
 class Account:
     """One login's account for the span of one API request."""
 
-    def __init__(self, address: str, root: Path) -> None:
+    def __init__(self, address: str, root: Path, cfg: Config | None = None) -> None:
         self.address = address
+        self.cfg = cfg  # the daemon's configuration (sending needs it)
         self.id = account_id(address)
         self.root = root
         self.store = AccountStore.open(root)

@@ -15,7 +15,9 @@ from typing import Any
 
 CORE = "urn:ietf:params:jmap:core"
 MAIL = "urn:ietf:params:jmap:mail"
-CAPABILITIES = (CORE, MAIL)
+SUBMISSION = "urn:ietf:params:jmap:submission"
+VACATION = "urn:ietf:params:jmap:vacationresponse"
+CAPABILITIES = (CORE, MAIL, SUBMISSION)
 MAX_DEPTH = 64  # nesting of a request's JSON (bounded recursion)
 
 
