@@ -177,7 +177,7 @@ def email_get(call: Call) -> dict[str, Any]:
     account: Account = call.account
     state = account.state()
     emails = Emails(account)
-    ids = wanted_ids(call, lambda: list(emails.idx.copies)[:call.limits.max_objects_in_get])
+    ids = wanted_ids(call, lambda: list(emails.idx.copies))
     props = wanted_properties(call, ALL_PROPS, _is_header_prop) \
         if call.args.get("properties") is not None else ["id", *DEFAULT_PROPS]
     body_props = call.arg("bodyProperties", list, None)
