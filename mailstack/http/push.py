@@ -24,6 +24,18 @@ TYPES = ("Mailbox", "Email", "Thread")
 RESCAN = 30.0  # seconds between looks for new folders to watch
 
 
+class _Mark(asyncio.Event):
+    """A folder's wake-up: notes which mailbox changed, then wakes the hub."""
+
+    def __init__(self, hub_event: asyncio.Event, woken: set[str], name: str) -> None:
+        super().__init__()
+        self.hub_event, self.woken, self.name = hub_event, woken, name
+
+    def set(self) -> None:
+        self.woken.add(self.name)
+        self.hub_event.set()
+
+
 class AccountHub:
     def __init__(self, root: Path, account_id: str, hubs: dict[Path, AccountHub]) -> None:
         self.root = root
@@ -50,18 +62,23 @@ class AccountHub:
             if self.hubs.get(self.root) is self:
                 del self.hubs[self.root]
 
-    def _folders(self) -> list[Path]:
-        return [self.root, *(self.root / f".{n}" for n in Maildir(self.root).list_folders())]
+    def _folders(self) -> dict[str, Path]:
+        """Mailbox name → its Maildir folder."""
+        return {"INBOX": self.root, **{n: self.root / f".{n}"
+                                       for n in Maildir(self.root).list_folders()}}
 
     def _current(self) -> int:
         store = AccountStore.open(self.root)
         store.mailboxes()  # syncs every folder (a first look creates the mailbox rows)
         return store.highest_modseq()
 
-    def _changed_types(self) -> tuple[int, dict[str, str]]:
-        """(new state, {type: state}) of the types changed since the last announcement."""
+    def _changed_types(self, names: set[str]) -> tuple[int, dict[str, str]]:
+        """(new state, {type: state}) of the types changed since the last announcement,
+        after syncing the folders ``names`` (a delivery gets indexed)."""
         store = AccountStore.open(self.root)
-        store.mailboxes()  # syncs every folder: deliveries get indexed
+        for name in names:
+            with contextlib.suppress(StoreError):
+                store.sync(name)
         top = store.highest_modseq()
         if top == self.state:
             return top, {}
@@ -81,11 +98,13 @@ class AccountHub:
             self.state = await asyncio.to_thread(self._current)
             while self.streams:
                 event = self.event = asyncio.Event()
+                woken: set[str] = set()
                 with contextlib.ExitStack() as stack:
                     folders = await asyncio.to_thread(self._folders)
-                    for f in folders:
-                        stack.enter_context(watch.watching(f, event))
+                    for name, path in folders.items():
+                        stack.enter_context(watch.watching(path, _Mark(event, woken, name)))
                     # a change between the state read and the watch start: look once
+                    woken.update(folders)
                     event.set()
                     self.ready.set()
                     while self.streams:
@@ -94,8 +113,10 @@ class AccountHub:
                         if not event.is_set():
                             break  # rescan the folders (a mailbox may have been created)
                         event.clear()
+                        names, woken_now = set(woken), woken
+                        woken_now.clear()
                         try:
-                            top, changed = await asyncio.to_thread(self._changed_types)
+                            top, changed = await asyncio.to_thread(self._changed_types, names)
                         except (StoreError, OSError) as exc:
                             log.warning("push: %s: %s", self.root.name, exc)
                             continue

@@ -75,9 +75,16 @@ class EmailIndex:
                 else:
                     got.append(Located(name, e))
         order = sorted(self.copies.items(), key=lambda kv: (kv[1][0].entry.internaldate, kv[0]))
+        #: email ids, oldest received first (Email/query's usual sort, precomputed)
+        self.by_received = [eid for eid, _ in order]
         for eid, locs in order:
             self.threads.setdefault(locs[0].entry.threadid, []).append(eid)
         self.infos = infos
+        #: JMAP mailbox id → the email ids in it
+        self.members: dict[str, set[str]] = {
+            mailbox_id(infos[name].id): {e.emailid for e in snap.entries
+                                         if "\\Deleted" not in e.flags}
+            for name, snap in snaps.items() if name in infos}
 
 
 _indexes: OrderedDict[Path, tuple[tuple, EmailIndex]] = OrderedDict()

@@ -228,13 +228,7 @@ class Query:
         """Email ids whose indexed text contains ``needle`` (the store's full-text index)."""
         key = (where, needle)
         if key not in self._text_hits:
-            hits: set[str] = set()
-            for name in self.idx.infos:
-                uids = self.account.store.search_text(name, [(where, needle)])
-                if uids:
-                    snap = self.account.store.status(name)
-                    hits.update(e.emailid for e in snap.entries if e.uid in uids)
-            self._text_hits[key] = hits
+            self._text_hits[key] = self.account.store.search_emails([(where, needle)])
         return self._text_hits[key]
 
     def match(self, eid: str, flt: dict[str, Any], depth: int = 0) -> bool:
@@ -258,7 +252,7 @@ class Query:
     def condition(self, eid: str, locs: list[Located], e: Any, key: str, value: Any) -> bool:
         infos = self.idx.infos
         if key == "inMailbox":
-            return any(mailbox_id(infos[loc.mailbox].id) == value for loc in locs)
+            return eid in self.idx.members.get(value, ())
         if key == "inMailboxOtherThan":
             if not isinstance(value, list):
                 raise MethodError("invalidArguments", "inMailboxOtherThan: a list of ids")
@@ -345,11 +339,22 @@ def email_query(call: Call) -> dict[str, Any]:
     emails = Emails(account)
     q = Query(emails)
     flt = call.arg("filter", dict, None)
-    ids = list(emails.idx.copies)
-    if flt:
-        ids = [i for i in ids if q.match(i, flt)]
     sorts = call.arg("sort", list, None) or [{"property": "receivedAt", "isAscending": False}]
-    ids.sort()  # a stable base order for equal keys
+    by_received = len(sorts) == 1 and isinstance(sorts[0], dict) and \
+        sorts[0].get("property") == "receivedAt"
+    if by_received:  # the index keeps this order: no sort
+        ids = list(emails.idx.by_received)
+        if sorts[0].get("isAscending", True) is False:
+            ids.reverse()
+        sorts = []
+    else:
+        ids = sorted(emails.idx.copies)  # a stable base order for equal keys
+    if flt:
+        if set(flt) == {"inMailbox"}:
+            members = emails.idx.members.get(flt["inMailbox"], set())
+            ids = [i for i in ids if i in members]
+        else:
+            ids = [i for i in ids if q.match(i, flt)]
     for sort in reversed(sorts):
         if not isinstance(sort, dict) or not isinstance(sort.get("property"), str):
             raise MethodError("unsupportedSort", "each sort is a Comparator")
