@@ -31,6 +31,7 @@ from ..jmap import blob as blobs
 from ..jmap import email as _email  # noqa: F401  (registers the methods)
 from ..jmap import mailbox as _mailbox  # noqa: F401
 from ..jmap import submission as _submission  # noqa: F401
+from ..jmap import vacation as _vacation  # noqa: F401
 from ..jmap.account import Account, account_id
 from ..jmap.core import ProblemError, dispatch, is_core_only, parse_request
 from ..jmap.session import limits, session

@@ -17,7 +17,7 @@ CORE = "urn:ietf:params:jmap:core"
 MAIL = "urn:ietf:params:jmap:mail"
 SUBMISSION = "urn:ietf:params:jmap:submission"
 VACATION = "urn:ietf:params:jmap:vacationresponse"
-CAPABILITIES = (CORE, MAIL, SUBMISSION)
+CAPABILITIES = (CORE, MAIL, SUBMISSION, VACATION)
 MAX_DEPTH = 64  # nesting of a request's JSON (bounded recursion)
 
 

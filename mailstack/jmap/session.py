@@ -6,7 +6,7 @@ from typing import Any
 
 from ..config import Config, HTTPSection
 from .account import account_id
-from .core import CORE, MAIL, SUBMISSION, Limits
+from .core import CORE, MAIL, SUBMISSION, VACATION, Limits
 
 API_PATH = "/jmap/api"
 UPLOAD_PATH = "/jmap/upload/{accountId}/"
@@ -51,12 +51,14 @@ def session(http: HTTPSection, address: str, base: str, state: str) -> dict[str,
     """The session object for ``address``; ``base`` is ``https://host:port``."""
     aid = account_id(address)
     return {
-        "capabilities": {CORE: core_capability(http), MAIL: {}, SUBMISSION: {}},
+        "capabilities": {CORE: core_capability(http), MAIL: {}, SUBMISSION: {},
+                         VACATION: {}},
         "accounts": {aid: {"name": address, "isPersonal": True, "isReadOnly": False,
                            "accountCapabilities": {
                                MAIL: MAIL_CAPABILITY,
-                               SUBMISSION: {"maxDelayedSend": 0, "submissionExtensions": {}}}}},
-        "primaryAccounts": {MAIL: aid, SUBMISSION: aid},
+                               SUBMISSION: {"maxDelayedSend": 0, "submissionExtensions": {}},
+                               VACATION: {}}}},
+        "primaryAccounts": {MAIL: aid, SUBMISSION: aid, VACATION: aid},
         "username": address,
         "apiUrl": base + API_PATH,
         "downloadUrl": base + DOWNLOAD_PATH,
