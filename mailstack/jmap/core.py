@@ -9,10 +9,12 @@ the parsed request; methods are plain functions registered per name, called with
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+log = logging.getLogger("mailstack.jmap")
 CORE = "urn:ietf:params:jmap:core"
 MAIL = "urn:ietf:params:jmap:mail"
 SUBMISSION = "urn:ietf:params:jmap:submission"
@@ -233,6 +235,9 @@ def dispatch(req: dict[str, Any], account: Any, limits: Limits,
                 pending = call.extra + pending
             except MethodError as exc:
                 responses.append(["error", exc.args_out(), call_id])
+            except Exception:  # a bug: this call fails, the request goes on
+                log.exception("jmap %s failed", mname[:100])
+                responses.append(["error", {"type": "serverFail"}, call_id])
     out: dict[str, Any] = {"methodResponses": responses,
                            "sessionState": getattr(account, "session_state", "0")}
     if "createdIds" in req:

@@ -502,6 +502,8 @@ def email_set(call: Call) -> dict[str, Any]:
         except ComposeError as exc:
             out["notCreated"][cid] = {"type": "invalidProperties", "description": str(exc),
                                       "properties": exc.properties}
+        except (ValueError, TypeError) as exc:  # the email library refused a value
+            out["notCreated"][cid] = {"type": "invalidProperties", "description": str(exc)}
         except MethodError as exc:
             out["notCreated"][cid] = exc.args_out()
         except OverQuota:
