@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect, Request
@@ -30,6 +29,7 @@ from ..config import Config
 from ..jmap import blob as blobs
 from ..jmap import email as _email  # noqa: F401  (registers the methods)
 from ..jmap import mailbox as _mailbox  # noqa: F401
+from ..jmap import pushsub as _pushsub  # noqa: F401
 from ..jmap import submission as _submission  # noqa: F401
 from ..jmap import vacation as _vacation  # noqa: F401
 from ..jmap.account import Account, account_id
@@ -41,6 +41,7 @@ from ..runtime.tls import TLSFiles
 from ..store.maildir import open_user_mailbox
 from .auth import Authenticator
 from .push import TYPES, AccountHub
+from .webhook import Webhooks
 
 log = logging.getLogger("mailstack.http")
 JSON_TYPE = "application/json"
@@ -66,6 +67,7 @@ class HTTPApp:
         self.auth = Authenticator(cfg)
         self.limits = limits(cfg.http)
         self.hubs: dict[Path, AccountHub] = {}
+        self.webhooks = Webhooks(self.hub)
         self.busy: dict[str, int] = {}  # requests (and uploads) in progress per login
         self.stopping: asyncio.Event | None = None
         self.roots: dict[str, Path] = {}
@@ -83,12 +85,24 @@ class HTTPApp:
 
     async def start(self) -> None:
         self.stopping = asyncio.Event()
+        try:
+            self.webhooks.start_existing(self.cfg.data_dir, account_id)
+        except OSError as exc:
+            log.warning("push subscriptions not resumed: %s", exc)
+
+    def hub(self, root: Path, aid: str) -> AccountHub:
+        """The account's change hub in this process (made on first use)."""
+        hub = self.hubs.get(root)
+        if hub is None:
+            hub = self.hubs[root] = AccountHub(root, aid, self.hubs)
+        return hub
 
     async def stop(self) -> None:
         if self.stopping is not None:
             self.stopping.set()
         for hub in list(self.hubs.values()):
             hub.close()
+        await self.webhooks.close()
         self.auth.close()
 
     # -- ASGI entry: an access log line per request ------------------------------------------
@@ -216,11 +230,15 @@ class HTTPApp:
                 out = dispatch(req, None, self.limits, aid)
             else:
                 root = await self.account_root(who)
-                out = await asyncio.to_thread(self._run, req, who, root, aid)
+                account = Account(who, root, self.cfg)
+                out = await asyncio.to_thread(dispatch, req, account, self.limits, aid)
                 if any(c[0].endswith(CHANGING) for c in req["methodCalls"]):
                     hub = self.hubs.get(root)
                     if hub is not None:
                         hub.poke()
+                self.webhooks.send(account.outbox)
+                if any(c[0] == "PushSubscription/set" for c in req["methodCalls"]):
+                    self.webhooks.watch(root, aid)
             out["sessionState"] = self.session_state(who)
             return Response(json.dumps(out, separators=(",", ":")), media_type=JSON_TYPE)
         finally:
@@ -229,9 +247,6 @@ class HTTPApp:
                 self.busy[who] = n
             else:
                 self.busy.pop(who, None)
-
-    def _run(self, req: dict[str, Any], who: str, root: Path, aid: str) -> dict[str, Any]:
-        return dispatch(req, Account(who, root, self.cfg), self.limits, aid)
 
     # -- blobs --------------------------------------------------------------------------------
     async def upload(self, request: Request) -> Response:
@@ -306,9 +321,7 @@ class HTTPApp:
         if ping:
             ping = max(ping, PING_MIN)
         root = await self.account_root(who)
-        hub = self.hubs.get(root)
-        if hub is None:
-            hub = self.hubs[root] = AccountHub(root, account_id(who), self.hubs)
+        hub = self.hub(root, account_id(who))
         stream = hub.subscribe()
         stopping = self.stopping
 

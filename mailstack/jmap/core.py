@@ -189,6 +189,8 @@ class Call:
 
 
 Method = Callable[[Call], dict[str, Any]]
+#: methods without an accountId argument (about the login, not an account)
+NO_ACCOUNT = frozenset({"Core/echo", "PushSubscription/get", "PushSubscription/set"})
 METHODS: dict[str, Method] = {}
 
 
@@ -223,7 +225,7 @@ def dispatch(req: dict[str, Any], account: Any, limits: Limits,
                 fn = METHODS.get(mname)
                 if fn is None:
                     raise MethodError("unknownMethod", f"{mname[:100]!r} is not a method here")
-                if mname != "Core/echo":
+                if mname not in NO_ACCOUNT:
                     acc = margs.get("accountId")
                     if not isinstance(acc, str):
                         raise MethodError("invalidArguments", "accountId is required")
