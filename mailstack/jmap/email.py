@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from typing import Any
 
@@ -30,6 +31,17 @@ ALL_PROPS = META + HEADER_PROPS + BODY_PROPS
 DEFAULT_PROPS = tuple(p for p in ALL_PROPS if p not in ("headers", "bodyStructure"))
 FORMS = ("Raw", "Text", "Addresses", "GroupedAddresses", "MessageIds", "Date", "URLs")
 ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc")
+DEFAULT_BODY_PROPS = ("partId", "blobId", "size", "name", "type", "charset", "disposition",
+                      "cid", "language", "location")
+BODY_PART_PROPS = (*DEFAULT_BODY_PROPS, "headers", "subParts")
+
+
+def body_part(part: dict[str, Any], props: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """An EmailBodyPart with only ``props`` (``subParts`` of multiparts always)."""
+    out = {k: part.get(k) for k in props if k != "subParts" and not k.startswith("header:")}
+    if "subParts" in part:
+        out["subParts"] = [body_part(p, props) for p in part["subParts"]]
+    return out
 
 
 def _is_header_prop(p: str) -> bool:
@@ -130,15 +142,16 @@ class Emails:
             return " ".join(msgview.decode_words(v).split()) if v is not None else None
         if prop == "sentAt":
             return msgview.date_value(p.header("date"))
+        bprops = body_args.get("bodyProperties") or DEFAULT_BODY_PROPS
         if prop == "bodyStructure":
-            return p.structure()
-        text, html, att = p.body_lists()
+            return body_part(p.structure(), bprops)
+        text, html_ids, att = p.body_lists()
         if prop == "textBody":
-            return [p.part_view(i) for i in text]
+            return [body_part(p.part_view(i), bprops) for i in text]
         if prop == "htmlBody":
-            return [p.part_view(i) for i in html]
+            return [body_part(p.part_view(i), bprops) for i in html_ids]
         if prop == "attachments":
-            return [p.part_view(i) for i in att]
+            return [body_part(p.part_view(i), bprops) for i in att]
         if prop == "hasAttachment":
             return bool(att)
         if prop == "preview":
@@ -148,7 +161,7 @@ class Emails:
         raise MethodError("invalidArguments", f"unknown property {prop[:100]!r}")
 
     def body_values(self, p: msgview.Parsed, a: dict[str, Any]) -> dict[str, Any]:
-        text, html, _ = p.body_lists()
+        text, html_ids, _ = p.body_lists()
         wanted: list[str] = []
         if a.get("fetchAllBodyValues"):
             wanted = [pid for part, pid in p.parts() if part.get_content_maintype() == "text"]
@@ -156,7 +169,7 @@ class Emails:
             if a.get("fetchTextBodyValues"):
                 wanted += text
             if a.get("fetchHTMLBodyValues"):
-                wanted += [i for i in html if i not in wanted]
+                wanted += [i for i in html_ids if i not in wanted]
         limit = a.get("maxBodyValueBytes") or 0
         out = {}
         for pid in wanted:
@@ -181,14 +194,16 @@ def email_get(call: Call) -> dict[str, Any]:
     props = wanted_properties(call, ALL_PROPS, _is_header_prop) \
         if call.args.get("properties") is not None else ["id", *DEFAULT_PROPS]
     body_props = call.arg("bodyProperties", list, None)
-    if body_props is not None and not all(isinstance(b, str) for b in body_props):
-        raise MethodError("invalidArguments", "bodyProperties must be a list of names")
+    if body_props is not None and not all(isinstance(b, str) and b in BODY_PART_PROPS
+                                          for b in body_props):
+        raise MethodError("invalidArguments", "bodyProperties: unknown property")
     limit = call.arg("maxBodyValueBytes", int, 0)
     if limit < 0:
         raise MethodError("invalidArguments", "maxBodyValueBytes must be positive")
     body_args = {k: bool(call.args.get(k)) for k in (
         "fetchTextBodyValues", "fetchHTMLBodyValues", "fetchAllBodyValues")}
     body_args["maxBodyValueBytes"] = limit
+    body_args["bodyProperties"] = body_props
     found, missing = [], []
     for eid in ids:
         v = emails.view(eid, props, body_args)
@@ -378,19 +393,68 @@ def email_query(call: Call) -> dict[str, Any]:
 method("Email/queryChanges")(query_changes_unsupported)
 
 
+def _needles(flt: Any, depth: int = 0) -> list[str]:
+    """The search terms of a filter (text, subject, body), NOT branches left out."""
+    if not isinstance(flt, dict) or depth > 16:
+        return []
+    if "operator" in flt:
+        if flt.get("operator") == "NOT" or not isinstance(flt.get("conditions"), list):
+            return []
+        return [n for c in flt["conditions"] for n in _needles(c, depth + 1)]
+    return [v for k, v in flt.items() if k in ("text", "subject", "body")
+            and isinstance(v, str) and v.strip()]
+
+
+def highlight(text: str, needles: list[str], width: int | None = None) -> str | None:
+    """``text`` HTML-escaped with each needle in ``<mark>``; with ``width``, the part around
+    the first match (None when nothing matches)."""
+    folded = text.casefold()
+    spans = []
+    for n in needles:
+        n = n.casefold()
+        start = folded.find(n)
+        while start >= 0 and len(spans) < 100:
+            spans.append((start, start + len(n)))
+            start = folded.find(n, start + len(n))
+    if not spans:
+        return None
+    spans.sort()
+    lo, hi = 0, len(text)
+    if width is not None:
+        lo = max(0, spans[0][0] - width // 4)
+        hi = min(len(text), lo + width)
+    out, pos = [], lo
+    for a, b in spans:
+        if a < pos or b > hi:
+            continue
+        out += [html.escape(text[pos:a]), "<mark>", html.escape(text[a:b]), "</mark>"]
+        pos = b
+    out.append(html.escape(text[pos:hi]))
+    return "".join(out)
+
+
 @method("SearchSnippet/get")
 def snippet_get(call: Call) -> dict[str, Any]:
     account: Account = call.account
     ids = call.arg("emailIds", list, [])
     if len(ids) > call.limits.max_objects_in_get:
         raise MethodError("requestTooLarge")
+    needles = _needles(call.args.get("filter"))
     emails = Emails(account)
     out, missing = [], []
     for eid in ids:
-        if not isinstance(eid, str) or eid not in emails.idx.copies:
+        p = emails.parsed(eid) if isinstance(eid, str) else None
+        if p is None:
             missing.append(eid)
-        else:
-            out.append({"emailId": eid, "subject": None, "preview": None})
+            continue
+        subject = " ".join(msgview.decode_words(p.header("subject") or "").split())
+        text = ""
+        for pid in p.body_lists()[0]:
+            part = p.part(pid)
+            if part is not None:
+                text += " " + " ".join(p.text_of(part).split())
+        out.append({"emailId": eid, "subject": highlight(subject, needles),
+                    "preview": highlight(text.strip()[:100_000], needles, 255)})
     return {"accountId": account.id, "list": out, "notFound": missing}
 
 

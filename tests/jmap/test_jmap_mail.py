@@ -244,3 +244,24 @@ async def test_thread_get_and_changes(jmap: JMAP) -> None:
     assert th["list"] == [{"id": tid, "emailIds": ids}] and th["notFound"] == ["Tnope"]
     ch = await jmap.one("Thread/changes", {"sinceState": state})
     assert tid in ch["created"] + ch["updated"]
+
+
+async def test_search_snippets_and_body_properties(jmap: JMAP) -> None:
+    jmap.deliver(message("Quarterly <report>", "The numbers of the QUARTERLY review are in."))
+    (eid,) = await _ids(jmap, {"text": "quarterly"})
+    got = await jmap.one("SearchSnippet/get", {"emailIds": [eid, "Mnope"],
+                                               "filter": {"text": "quarterly"}})
+    (snip,) = got["list"]
+    assert snip["subject"] == "<mark>Quarterly</mark> &lt;report&gt;"
+    assert "<mark>QUARTERLY</mark> review" in snip["preview"]
+    assert got["notFound"] == ["Mnope"]
+    got = await jmap.one("Email/get", {"ids": [eid], "properties": ["textBody", "bodyStructure"],
+                                       "bodyProperties": ["partId", "type"]})
+    e = got["list"][0]
+    assert e["textBody"] == [{"partId": "1", "type": "text/plain"}]
+    assert e["bodyStructure"] == {"partId": "1", "type": "text/plain"}
+    got = await jmap.one("Email/get", {"ids": [eid], "properties": ["textBody"]})
+    assert "headers" not in got["list"][0]["textBody"][0]  # not a default body property
+    err = await jmap.call([["Email/get", {"accountId": jmap.account(), "ids": [eid],
+                                          "bodyProperties": ["nope"]}, "0"]])
+    assert err[0][0] == "error" and err[0][1]["type"] == "invalidArguments"
