@@ -72,3 +72,40 @@ async def test_garbage_and_huge_heads(jmap: JMAP) -> None:
         assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer[:80]
         w.close()
     await _still_serving(jmap)
+
+
+async def test_concurrent_requests_per_login_are_limited(config_factory) -> None:
+    import json
+
+    from mailstack.runtime.tls import client_context, ensure_tls_files
+    from tests.conftest import add_user, running
+
+    from .conftest import USING
+
+    cfg = config_factory("[http]\nmax_concurrent_requests = 1\n")
+    add_user(cfg, ALICE, PASSWORD)
+    ctx = client_context(ensure_tls_files(cfg).ca)
+    async with running("http", cfg) as daemon:
+        jmap = JMAP(cfg, daemon, ctx)
+        body = json.dumps({"using": USING, "methodCalls": [["Core/echo", {}, "0"]]}).encode()
+        r, w = await _connect(jmap)
+        auth = base64.b64encode(f"{ALICE}:{PASSWORD}".encode()).decode()
+        w.write(f"POST /jmap/api HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {auth}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode() + body[:5])  # holds the login's one slot while its body comes
+        await w.drain()
+
+        async def refused() -> bool:
+            async with jmap.client() as c:
+                resp = await c.post("/jmap/api", content=body,
+                                    headers={"content-type": "application/json"})
+            return resp.status_code == 400 and resp.json().get("limit") == \
+                "maxConcurrentRequests"
+        await jmap.wait_for(refused)
+        w.write(body[5:])  # the first request completes and the slot is free again
+        await w.drain()
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 15)
+        assert head.startswith(b"HTTP/1.1 200")
+        w.close()
+        resp = await jmap.call([["Core/echo", {"again": True}, "0"]])
+        assert resp[0][1] == {"again": True}
