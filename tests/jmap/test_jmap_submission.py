@@ -79,3 +79,33 @@ async def test_forbidden_from(jmap: JMAP) -> None:
                                           "create": {"n": {"email": BOB}}})
     assert got["updated"] == {ident: None} and got["notCreated"]["n"]["type"] == "forbiddenFrom"
     assert (await jmap.one("Identity/get", {}))["list"][0]["name"] == "Alice A."
+
+
+async def test_submission_relayed_to_another_domain(config_factory) -> None:
+    """Sent over JMAP to a remote domain: the mta relays it (transport route) as it relays
+    mail from 587."""
+    from mailstack.runtime.tls import client_context, ensure_tls_files
+    from tests.conftest import add_user
+    from tests.relay.sink import Sink
+
+    from .conftest import PASSWORD
+
+    sink = await Sink().start()
+    try:
+        cfg = config_factory('[mta]\nretry_initial = "1s"\nretry_max = "1s"\n'
+                             f'[mta.transport]\n"example.net" = "127.0.0.1:{sink.port}"\n')
+        add_user(cfg, ALICE, PASSWORD)
+        ctx = client_context(ensure_tls_files(cfg).ca)
+        async with running("http", cfg) as http, running("mda", cfg), running("mta", cfg):
+            jmap = JMAP(cfg, http, ctx)
+            eid, _, _ = await _draft(jmap, to="bob@example.net", subject="to the internet")
+            ident = (await jmap.one("Identity/get", {}))["list"][0]["id"]
+            got = await jmap.one("EmailSubmission/set", {"create": {
+                "s": {"identityId": ident, "emailId": eid}}})
+            assert "s" in got["created"], got
+            [msg] = await sink.wait(1)
+        assert msg.sender == ALICE and msg.rcpts == ["bob@example.net"]
+        assert b"Subject: to the internet" in msg.data
+        assert msg.data.count(b"Received: ") == 1 and b"by mail.example.test" in msg.data
+    finally:
+        await sink.stop()
