@@ -177,6 +177,12 @@ class Call:
     #: calls this method adds after itself (an implicit call, e.g. onSuccessUpdateEmail)
     extra: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
+    def resolve(self, ident: Any) -> Any:
+        """An id, or the id a ``#creationId`` of this request stands for."""
+        if isinstance(ident, str) and ident.startswith("#"):
+            return self.created_ids.get(ident[1:], ident)
+        return ident
+
     def arg(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
         """An argument of the expected JSON type, or invalidArguments."""
         value = self.args.get(name, default)

@@ -575,7 +575,7 @@ def email_set(call: Call) -> dict[str, Any]:
     account.refresh()
     idx = account.index()
     for eid, patch in update.items():
-        eid_r = call.created_ids.get(eid[1:], eid) if eid.startswith("#") else eid
+        eid = eid_r = call.resolve(eid)  # a #creationId: answered under the new id
         locs = idx.copies.get(eid_r)
         try:
             if not locs:
@@ -600,6 +600,7 @@ def email_set(call: Call) -> dict[str, Any]:
             out["notUpdated"][eid] = {"type": "notFound", "description": str(exc)}
         account.refresh()
     for eid in destroy:
+        eid = call.resolve(eid)
         locs = account.index().copies.get(eid) if isinstance(eid, str) else None
         if not locs:
             out["notDestroyed"][str(eid)] = {"type": "notFound"}

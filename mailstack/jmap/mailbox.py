@@ -221,6 +221,7 @@ def mailbox_set(call: Call) -> dict[str, Any]:
         except (StoreError, MaildirError, ValueError) as exc:
             out["notCreated"][cid] = {"type": "invalidProperties", "description": str(exc)}
     for jid, patch in update.items():
+        jid = call.resolve(jid)  # a #creationId: answered under the new id
         m = account.mailbox_by_id(jid)
         try:
             if m is None:
@@ -257,6 +258,7 @@ def mailbox_set(call: Call) -> dict[str, Any]:
             out["notUpdated"][jid] = {"type": "invalidProperties", "description": str(exc)}
     remove_emails = bool(call.args.get("onDestroyRemoveEmails"))
     for jid in destroy:
+        jid = call.resolve(jid)
         m = account.mailbox_by_id(jid) if isinstance(jid, str) else None
         try:
             if m is None:

@@ -140,6 +140,13 @@ async def test_method_errors(jmap: JMAP) -> None:
                          "invalidResultReference", "invalidResultReference",
                          "cannotCalculateChanges", "stateMismatch"]
     assert resp[7][1]["created"] == {} and set(resp[7][1]["notCreated"]) == {"a", "b"}
+    # a creation id stands for the new id in update and destroy of later calls
+    resp = await jmap.call([
+        ["Mailbox/set", {"accountId": aid, "create": {"t": {"name": "Temp"}}}, "0"],
+        ["Mailbox/set", {"accountId": aid, "update": {"#t": {"name": "Temp2"}}}, "1"],
+        ["Mailbox/set", {"accountId": aid, "destroy": ["#t"]}, "2"]])
+    new = resp[0][1]["created"]["t"]["id"]
+    assert resp[1][1]["updated"] == {new: None} and resp[2][1]["destroyed"] == [new], resp
 
 
 async def test_request_level_errors(jmap: JMAP) -> None:
