@@ -218,3 +218,17 @@ async def test_upload_and_download(jmap: JMAP) -> None:
         assert r.status_code == 404
         r = await c.get(f"/jmap/download/{aid}/{up['blobId']}/x.bin")
         assert r.status_code == 404
+
+
+async def test_a_changed_password_stops_working_at_once(jmap: JMAP) -> None:
+    """Verified credentials are remembered, keyed with the stored hash: a new password
+    invalidates them without a restart."""
+    async with jmap.client() as c:
+        for _ in range(3):
+            assert (await c.get("/.well-known/jmap")).status_code == 200
+    await asyncio.to_thread(mailstack, "user", "passwd", ALICE, "--password-stdin",
+                            "--config", jmap.cfg.source, input="new-secret\n")
+    async with jmap.client() as c:
+        assert (await c.get("/.well-known/jmap")).status_code == 401
+    async with jmap.client(ALICE, "new-secret") as c:
+        assert (await c.get("/.well-known/jmap")).status_code == 200
