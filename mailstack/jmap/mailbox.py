@@ -84,7 +84,7 @@ def _mailbox(account: Account, m: MailboxInfo) -> dict[str, Any]:
             "totalEmails": m.total, "unreadEmails": m.unread,
             "totalThreads": len(threads), "unreadThreads": len(unread_threads),
             "myRights": dict(RIGHTS, mayRename=m.role != "inbox", mayDelete=m.role != "inbox"),
-            "isSubscribed": m.subscribed}
+            "isSubscribed": m.subscribed or m.role == "inbox"}  # INBOX is always there
 
 
 @method("Mailbox/get")
@@ -251,7 +251,11 @@ def mailbox_set(call: Call) -> dict[str, Any]:
                     raise MethodError("invalidProperties", f"{key[:100]} cannot be set",
                                       properties=[key])
             account.refresh()
-            out["updated"][jid] = None
+            # sortOrder is the server's (by role): say so when the client asked for another
+            m = account.mailbox_by_id(jid)
+            order = _mailbox(account, m)["sortOrder"] if m is not None else None
+            out["updated"][jid] = {"sortOrder": order} \
+                if "sortOrder" in patch and patch["sortOrder"] != order else None
         except MethodError as exc:
             out["notUpdated"][jid] = exc.args_out()
         except (StoreError, MaildirError, ValueError, OSError) as exc:
