@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
-from ..store.account import AccountStore, MailboxInfo
+from ..store.account import AccountStore, MailboxInfo, StoreError
+from ..store.maildir import Maildir
 from ..store.view import Entry, Snapshot
 
 KEYWORD_OF_FLAG = {"\\Seen": "$seen", "\\Flagged": "$flagged", "\\Answered": "$answered",
@@ -62,7 +63,7 @@ class Located:
 class EmailIndex:
     """Every email of an account by id, and threads, from one set of snapshots."""
 
-    def __init__(self, snaps: dict[str, Snapshot], infos: dict[str, MailboxInfo]) -> None:
+    def __init__(self, snaps: dict[str, Snapshot]) -> None:
         self.copies: dict[str, list[Located]] = {}
         self.threads: dict[str, list[str]] = {}
         for name, snap in snaps.items():
@@ -79,12 +80,12 @@ class EmailIndex:
         self.by_received = [eid for eid, _ in order]
         for eid, locs in order:
             self.threads.setdefault(locs[0].entry.threadid, []).append(eid)
-        self.infos = infos
+        #: mailbox name → JMAP mailbox id
+        self.ids = {name: mailbox_id(snap.mailbox_id) for name, snap in snaps.items()}
         #: JMAP mailbox id → the email ids in it
         self.members: dict[str, set[str]] = {
-            mailbox_id(infos[name].id): {e.emailid for e in snap.entries
-                                         if "\\Deleted" not in e.flags}
-            for name, snap in snaps.items() if name in infos}
+            self.ids[name]: {e.emailid for e in snap.entries if "\\Deleted" not in e.flags}
+            for name, snap in snaps.items()}
 
 
 _indexes: OrderedDict[Path, tuple[tuple, EmailIndex]] = OrderedDict()
@@ -125,8 +126,12 @@ class Account:
 
     def index(self) -> EmailIndex:
         if self._index is None:
-            infos = {m.name: m for m in self.mailboxes()}
-            snaps = {name: self.store.status(name) for name in infos}
+            snaps = {}
+            for name in ["INBOX", *Maildir(self.root).list_folders()]:
+                try:
+                    snaps[name] = self.store.status(name)
+                except StoreError:  # removed meanwhile
+                    continue
             key = tuple(snaps.items())  # holds the snapshots: compared by identity
             with _indexes_lock:
                 hit = _indexes.get(self.root)
@@ -134,7 +139,7 @@ class Account:
                     a[0] == b[0] and a[1] is b[1] for a, b in zip(hit[0], key, strict=True)):
                 self._index = hit[1]
             else:
-                self._index = EmailIndex(snaps, infos)
+                self._index = EmailIndex(snaps)
                 with _indexes_lock:
                     _indexes[self.root] = (key, self._index)
                     _indexes.move_to_end(self.root)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..store.account import OverQuota, StoreError
 from . import message as msgview
-from .account import Account, Located, flag, keywords, mailbox_id
+from .account import Account, Located, flag, keywords
 from .blob import blob_bytes
 from .compose import ComposeError, compose
 from .core import Call, MethodError, method
@@ -105,12 +105,12 @@ class Emails:
             return None
         e = locs[0].entry
         out: dict[str, Any] = {"id": eid}
-        infos = self.idx.infos
+        ids = self.idx.ids
         kw: dict[str, bool] = {}
         for loc in locs:
             kw.update(keywords(loc.entry.flags))
         meta = {"blobId": eid, "threadId": e.threadid,
-                "mailboxIds": {mailbox_id(infos[loc.mailbox].id): True for loc in locs},
+                "mailboxIds": {ids[loc.mailbox]: True for loc in locs},
                 "keywords": kw, "size": e.size, "receivedAt": msgview.utc(e.internaldate)}
         p = None
         for prop in props:
@@ -265,13 +265,13 @@ class Query:
         return all(self.condition(eid, locs, e, key, value) for key, value in flt.items())
 
     def condition(self, eid: str, locs: list[Located], e: Any, key: str, value: Any) -> bool:
-        infos = self.idx.infos
+        ids = self.idx.ids
         if key == "inMailbox":
             return eid in self.idx.members.get(value, ())
         if key == "inMailboxOtherThan":
             if not isinstance(value, list):
                 raise MethodError("invalidArguments", "inMailboxOtherThan: a list of ids")
-            return any(mailbox_id(infos[loc.mailbox].id) not in value for loc in locs)
+            return any(ids[loc.mailbox] not in value for loc in locs)
         if key == "before":
             return e.internaldate < _utc_ts(value, key)
         if key == "after":

@@ -191,8 +191,8 @@ class Parsed:
             if part is not None:
                 body = self.text_of(part)
                 if part.get_content_type() == "text/html":
-                    body = _strip_tags(body)
-                return " ".join(body.split())[:PREVIEW_CHARS]
+                    body = _strip_tags(body[:PREVIEW_CHARS * 64])
+                return " ".join(body[:PREVIEW_CHARS * 8].split())[:PREVIEW_CHARS]
         return ""
 
     def part_view(self, pid: str) -> dict[str, Any]:
