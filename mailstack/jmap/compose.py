@@ -116,7 +116,11 @@ def compose(obj: dict[str, Any], blob: Callable[[str], bytes | None]) -> bytes:
             len(text) + len(html) + len(atts) > MAX_PARTS:
         raise ComposeError("textBody/htmlBody/attachments: lists of parts", "textBody")
     if obj.get("bodyStructure") is not None:
-        text = [obj["bodyStructure"]]
+        if text or html or atts:
+            raise ComposeError("bodyStructure excludes textBody, htmlBody and attachments",
+                               "bodyStructure")
+        _structure(msg, obj["bodyStructure"], content, 0)
+        return msg.as_bytes()
     body_set = False
     if text:
         ctype, data, _ = content(text[0], "textBody")
@@ -139,6 +143,37 @@ def compose(obj: dict[str, Any], blob: Callable[[str], bytes | None]) -> bytes:
             data = data.encode()
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
     return msg.as_bytes()
+
+
+def _structure(node: EmailMessage, part: Any, content: Callable[[Any, str], tuple],
+               depth: int) -> None:
+    """Fill ``node`` from an EmailBodyPart tree (multipart/* with subParts, or a leaf)."""
+    if not isinstance(part, dict) or depth > 10:
+        raise ComposeError("bodyStructure: EmailBodyPart objects, at most 10 deep",
+                           "bodyStructure")
+    ctype = part.get("type") or ""
+    subs = part.get("subParts")
+    if isinstance(ctype, str) and ctype.lower().startswith("multipart/"):
+        if not isinstance(subs, list) or not subs or len(subs) > MAX_PARTS:
+            raise ComposeError("bodyStructure: a multipart needs subParts", "bodyStructure")
+        subtype = ctype.partition("/")[2].lower()
+        if not subtype.isalnum() and subtype not in ("x-mixed-replace",):
+            raise ComposeError("bodyStructure: bad multipart type", "bodyStructure")
+        node.set_type(f"multipart/{subtype}")
+        node.set_payload([])
+        for sub in subs:
+            child = EmailMessage(policy=email.policy.SMTP)
+            _structure(child, sub, content, depth + 1)
+            node.attach(child)
+        return
+    ctype, data, name = content(part, "bodyStructure")
+    _set(node, ctype, data)
+    if name or (part.get("disposition") or "").lower() == "attachment":
+        node.add_header("Content-Disposition", "attachment", **({"filename": name}
+                                                                 if name else {}))
+    cid = part.get("cid")
+    if isinstance(cid, str) and cid:
+        node["Content-ID"] = f"<{_clean(cid, 'bodyStructure', 250).strip('<>')}>"
 
 
 def _set(msg: EmailMessage, ctype: str, data: bytes | str) -> None:

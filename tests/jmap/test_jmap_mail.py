@@ -265,3 +265,33 @@ async def test_search_snippets_and_body_properties(jmap: JMAP) -> None:
     err = await jmap.call([["Email/get", {"accountId": jmap.account(), "ids": [eid],
                                           "bodyProperties": ["nope"]}, "0"]])
     assert err[0][0] == "error" and err[0][1]["type"] == "invalidArguments"
+
+
+async def test_email_create_from_a_body_structure(jmap: JMAP) -> None:
+    aid = jmap.account()
+    drafts = (await jmap.one("Mailbox/query", {"filter": {"role": "drafts"}}))["ids"][0]
+    async with jmap.client() as c:
+        r = await c.post(f"/jmap/upload/{aid}/", content=b"%PDF-1.4 tiny",
+                         headers={"content-type": "application/pdf"})
+        blob = r.json()["blobId"]
+    resp = await jmap.call([
+        ["Email/set", {"accountId": aid, "create": {"m": {
+            "mailboxIds": {drafts: True}, "from": [{"email": ALICE}], "subject": "structured",
+            "bodyValues": {"t": {"value": "plain part"}, "h": {"value": "<b>html part</b>"}},
+            "bodyStructure": {"type": "multipart/mixed", "subParts": [
+                {"type": "multipart/alternative", "subParts": [
+                    {"partId": "t", "type": "text/plain"},
+                    {"partId": "h", "type": "text/html"}]},
+                {"blobId": blob, "type": "application/pdf", "name": "doc.pdf"}]}}}}, "0"],
+        ["Email/get", {"accountId": aid, "ids": ["#m"], "fetchTextBodyValues": True,
+                       "properties": ["textBody", "htmlBody", "attachments", "bodyValues",
+                                      "hasAttachment"]}, "1"]])
+    (e,) = resp[1][1]["list"]
+    assert [p["type"] for p in e["textBody"]] == ["text/plain"]
+    assert [p["type"] for p in e["htmlBody"]] == ["text/html"]
+    (att,) = e["attachments"]
+    assert att["name"] == "doc.pdf" and e["hasAttachment"] is True
+    assert e["bodyValues"][e["textBody"][0]["partId"]]["value"].strip() == "plain part"
+    async with jmap.client() as c:
+        r = await c.get(f"/jmap/download/{aid}/{att['blobId']}/doc.pdf")
+        assert r.content == b"%PDF-1.4 tiny"
