@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime.logsafe import safe
+
 log = logging.getLogger("mailstack.jmap")
 CORE = "urn:ietf:params:jmap:core"
 MAIL = "urn:ietf:params:jmap:mail"
@@ -242,6 +244,8 @@ def dispatch(req: dict[str, Any], account: Any, limits: Limits,
                 responses.append([mname, result, call_id])
                 pending = call.extra + pending
             except MethodError as exc:
+                log.info("jmap %s %s: %s", getattr(account, "address", "-"), safe(mname, 60),
+                         exc.kind)
                 responses.append(["error", exc.args_out(), call_id])
             except Exception:  # a bug: this call fails, the request goes on
                 log.exception("jmap %s failed", mname[:100])

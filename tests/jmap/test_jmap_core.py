@@ -140,6 +140,7 @@ async def test_method_errors(jmap: JMAP) -> None:
                          "invalidResultReference", "invalidResultReference",
                          "cannotCalculateChanges", "stateMismatch"]
     assert resp[7][1]["created"] == {} and set(resp[7][1]["notCreated"]) == {"a", "b"}
+    await jmap.http.wait_log(f"jmap {ALICE} Nope/get: unknownMethod")
     # a creation id stands for the new id in update and destroy of later calls
     resp = await jmap.call([
         ["Mailbox/set", {"accountId": aid, "create": {"t": {"name": "Temp"}}}, "0"],
