@@ -9,12 +9,13 @@ JMAP requests are parsed and checked here (size, content type, limits), then run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -186,6 +187,22 @@ class HTTPApp:
         return hashlib.sha256(f"{address}\0{self.cfg.http}".encode()).hexdigest()[:16]
 
     # -- API ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def slot(self, key: str, limit: int) -> Iterator[bool]:
+        """One of ``limit`` concurrent slots of ``key`` (a login): True when one was free."""
+        if self.busy.get(key, 0) >= limit:
+            yield False
+            return
+        self.busy[key] = self.busy.get(key, 0) + 1
+        try:
+            yield True
+        finally:
+            n = self.busy[key] - 1
+            if n > 0:
+                self.busy[key] = n
+            else:
+                del self.busy[key]
+
     async def read_body(self, request: Request, limit: int, what: str) -> bytes | Response:
         """The request body, refused (without reading it) when it is over ``limit``."""
         length = request.headers.get("content-length")
@@ -212,11 +229,10 @@ class HTTPApp:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != JSON_TYPE:
             return problem(ProblemError("notJSON", "the content type must be application/json"))
-        if self.busy.get(who, 0) >= self.cfg.http.max_concurrent_requests:
-            return problem(ProblemError("limit", "too many requests at once",
-                                        limit="maxConcurrentRequests"))
-        self.busy[who] = self.busy.get(who, 0) + 1
-        try:
+        with self.slot(who, self.cfg.http.max_concurrent_requests) as free:
+            if not free:
+                return problem(ProblemError("limit", "too many requests at once",
+                                            limit="maxConcurrentRequests"))
             body = await self.read_body(request, self.limits.max_size_request, "request")
             if isinstance(body, Response):
                 return body
@@ -241,12 +257,6 @@ class HTTPApp:
                     self.webhooks.watch(root, aid)
             out["sessionState"] = self.session_state(who)
             return Response(json.dumps(out, separators=(",", ":")), media_type=JSON_TYPE)
-        finally:
-            n = self.busy.get(who, 1) - 1
-            if n > 0:
-                self.busy[who] = n
-            else:
-                self.busy.pop(who, None)
 
     # -- blobs --------------------------------------------------------------------------------
     async def upload(self, request: Request) -> Response:
@@ -257,23 +267,15 @@ class HTTPApp:
             return who
         if request.path_params["account"] != account_id(who):
             return problem(ProblemError("notFound", "no such account", 404))
-        key = f"upload:{who}"
-        if self.busy.get(key, 0) >= self.cfg.http.max_concurrent_upload:
-            return problem(ProblemError("limit", "too many uploads at once",
-                                        limit="maxConcurrentUpload"))
-        self.busy[key] = self.busy.get(key, 0) + 1
-        try:
+        with self.slot(f"upload:{who}", self.cfg.http.max_concurrent_upload) as free:
+            if not free:
+                return problem(ProblemError("limit", "too many uploads at once",
+                                            limit="maxConcurrentUpload"))
             body = await self.read_body(request, int(self.cfg.http.max_size_upload), "upload")
             if isinstance(body, Response):
                 return body
             root = await self.account_root(who)
             bid = await asyncio.to_thread(blobs.store_upload, root, body)
-        finally:
-            n = self.busy.get(key, 1) - 1
-            if n > 0:
-                self.busy[key] = n
-            else:
-                self.busy.pop(key, None)
         ctype = request.headers.get("content-type", "application/octet-stream")
         if not _MEDIA_TYPE.fullmatch(ctype.split(";")[0].strip()):
             ctype = "application/octet-stream"
