@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.fsutil import atomic_write
+from ..store.maildir import to_crlf
 from . import message as msgview
 from .core import Call, MethodError, method
 
@@ -71,7 +72,8 @@ def blob_bytes(account: Any, bid: str) -> bytes | None:
     idx = account.index()
     locs = idx.copies.get(bid)
     if locs:
-        return account.read(locs[0])
+        raw = account.read(locs[0])  # stored with LF line ends; a message blob is RFC 5322
+        return to_crlf(raw) if raw is not None else None
     m = _PART_RE.fullmatch(bid)
     if m and m.group(1) in idx.copies:
         locs = idx.copies[m.group(1)]
