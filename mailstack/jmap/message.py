@@ -18,8 +18,8 @@ from email.header import decode_header, make_header
 from email.message import Message
 from typing import Any
 
-CACHE_SIZE = 2000  # messages kept parsed
-CACHE_BYTES = 64 << 20  # and at most this many octets of them
+CACHE_SIZE = 500  # messages kept parsed (a parsed message costs a few times its size)
+CACHE_BYTES = 16 << 20  # and at most this many octets of them
 PREVIEW_CHARS = 256
 MAX_PARTS = 500  # body parts described per message (a hostile message may have thousands)
 
