@@ -128,6 +128,7 @@ async def bench(args: argparse.Namespace) -> None:
                 break
             time.sleep(0.05)
         pid = server.pid
+        print(f"RSS at start: {proc_rss_mib(pid):.0f} MiB")
         c = await HTTP.connect(plain)
         t = time.perf_counter()
         boxes = await c.api([["Mailbox/get", {"accountId": aid}, "0"]])
