@@ -238,6 +238,7 @@ class Query:
         self.account = emails.account
         self.idx = emails.idx
         self._text_hits: dict[tuple[str, str], set[str]] = {}
+        self._attachments: set[str] | None = None
 
     def text_hits(self, where: str, needle: str) -> set[str]:
         """Email ids whose indexed text contains ``needle`` (the store's full-text index)."""
@@ -245,6 +246,19 @@ class Query:
         if key not in self._text_hits:
             self._text_hits[key] = self.account.store.search_emails([(where, needle)])
         return self._text_hits[key]
+
+    def attachment_candidates(self) -> set[str]:
+        """Emails whose top-level header (indexed) says multipart or a non-text type or an
+        attachment: only these can have attachments (the rest are not parsed)."""
+        if self._attachments is None:
+            found: set[str] = set()
+            for needle in ("content-type: multipart/", "content-type: application/",
+                           "content-type: image/", "content-type: audio/",
+                           "content-type: video/", "content-type: message/",
+                           "content-disposition: attachment"):
+                found |= self.text_hits("TEXT", needle)
+            self._attachments = found
+        return self._attachments
 
     def match(self, eid: str, flt: dict[str, Any], depth: int = 0) -> bool:
         if depth > 16:
@@ -295,8 +309,11 @@ class Query:
                 return any(hits)
             return not any(hits)
         if key == "hasAttachment":
-            p = self.emails.parsed(eid)
-            return p is not None and bool(p.body_lists()[2]) == bool(value)
+            has = eid in self.attachment_candidates()  # a cheap look at the index first
+            if has:
+                p = self.emails.parsed(eid)
+                has = p is not None and bool(p.body_lists()[2])
+            return has == bool(value)
         if key in ("text", "body"):
             if not isinstance(value, str):
                 raise MethodError("invalidArguments", f"{key}: a string")
@@ -314,6 +331,9 @@ class Query:
             if not (isinstance(value, list) and 1 <= len(value) <= 2
                     and all(isinstance(v, str) for v in value)):
                 raise MethodError("invalidArguments", "header: [name] or [name, value]")
+            if len(value) == 2 and len(value[1]) >= 3 and \
+                    eid not in self.text_hits("TEXT", value[1]):  # cheap prefilter
+                return False
             p = self.emails.parsed(eid)
             if p is None:
                 return False
@@ -332,7 +352,11 @@ class Query:
             return e.size
         if prop in ("hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword"):
             want = flag(str(sort.get("keyword", ""))).lower()
-            return any(want == f.lower() for f in e.flags)
+            if prop == "hasKeyword":
+                return any(want == f.lower() for f in e.flags)
+            members = [self.idx.copies[i][0].entry for i in self.idx.threads.get(e.threadid, ())]
+            hits = (any(want == f.lower() for f in m.flags) for m in members)
+            return all(hits) if prop == "allInThreadHaveKeyword" else any(hits)
         p = self.emails.parsed(eid)
         if prop == "sentAt":
             return (msgview.date_value(p.header("date")) if p else None) or ""

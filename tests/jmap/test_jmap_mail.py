@@ -33,8 +33,12 @@ async def _inbox(jmap: JMAP, user: str = ALICE) -> str:
 
 async def test_email_get_properties_of_a_delivered_message(jmap: JMAP) -> None:
     jmap.deliver(MULTIPART)
+    jmap.deliver(message("plain, no attachment"))
     inbox = await _inbox(jmap)
-    (eid,) = await _ids(jmap, {"inMailbox": inbox})
+    (eid,) = await _ids(jmap, {"hasAttachment": True})
+    assert len(await _ids(jmap, {"hasAttachment": False})) == 1
+    assert len(await _ids(jmap, {"inMailbox": inbox})) == 2
+    assert await _ids(jmap, {"header": ["X-Tag", "two"]}) == [eid]
     got = await jmap.one("Email/get", {
         "ids": [eid], "properties": [
             "id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt",
