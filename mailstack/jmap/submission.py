@@ -84,6 +84,17 @@ def identity_changes(call: Call) -> dict[str, Any]:
             "hasMoreChanges": False, "created": [], "updated": changed, "destroyed": []}
 
 
+def _address_list(value: Any) -> bool:
+    """null or a short list of EmailAddress objects without line breaks."""
+    if value is None:
+        return True
+    return isinstance(value, list) and len(value) <= 20 and all(
+        isinstance(a, dict) and isinstance(a.get("email"), str) and "@" in a["email"]
+        and isinstance(a.get("name"), str | None)
+        and not any(c in (a.get("name") or "") + a["email"] for c in "\r\n\0")
+        for a in value)
+
+
 @method("Identity/set")
 def identity_set(call: Call) -> dict[str, Any]:
     account: Account = call.account
@@ -106,6 +117,10 @@ def identity_set(call: Call) -> dict[str, Any]:
                if k not in IDENTITY_FIELDS]
         if bad:
             out["notUpdated"][iid] = {"type": "invalidProperties", "properties": bad}
+            continue
+        if any(key in patch and not _address_list(patch[key]) for key in ("replyTo", "bcc")):
+            out["notUpdated"][iid] = {"type": "invalidProperties",
+                                      "properties": [k for k in ("replyTo", "bcc") if k in patch]}
             continue
         for key in ("name", "textSignature", "htmlSignature"):
             if key in patch and not (isinstance(patch[key], str) and len(patch[key]) < 10_000

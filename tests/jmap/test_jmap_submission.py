@@ -79,6 +79,9 @@ async def test_forbidden_from(jmap: JMAP) -> None:
                                           "create": {"n": {"email": BOB}}})
     assert got["updated"] == {ident: None} and got["notCreated"]["n"]["type"] == "forbiddenFrom"
     assert (await jmap.one("Identity/get", {}))["list"][0]["name"] == "Alice A."
+    got = await jmap.one("Identity/set", {"update": {ident: {
+        "replyTo": [{"name": "x\r\nBcc: y", "email": "a@b.test"}]}}})
+    assert got["notUpdated"][ident]["type"] == "invalidProperties"
 
 
 async def test_submission_relayed_to_another_domain(config_factory) -> None:
