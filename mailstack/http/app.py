@@ -203,11 +203,11 @@ class HTTPApp:
             else:
                 del self.busy[key]
 
-    async def read_body(self, request: Request, limit: int, what: str) -> bytes | Response:
+    async def read_body(self, request: Request, limit: int) -> bytes | Response:
         """The request body, refused (without reading it) when it is over ``limit``."""
         length = request.headers.get("content-length")
-        too_big = ProblemError("limit", f"the {what} is over {limit} octets", 413,
-                               limit="maxSizeRequest" if what == "request" else "maxSizeUpload")
+        too_big = ProblemError("limit", f"the request is over {limit} octets", 413,
+                               limit="maxSizeRequest")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return problem(too_big, close=True)
         buf = bytearray()
@@ -233,7 +233,7 @@ class HTTPApp:
             if not free:
                 return problem(ProblemError("limit", "too many requests at once",
                                             limit="maxConcurrentRequests"))
-            body = await self.read_body(request, self.limits.max_size_request, "request")
+            body = await self.read_body(request, self.limits.max_size_request)
             if isinstance(body, Response):
                 return body
             try:
@@ -271,16 +271,29 @@ class HTTPApp:
             if not free:
                 return problem(ProblemError("limit", "too many uploads at once",
                                             limit="maxConcurrentUpload"))
-            body = await self.read_body(request, int(self.cfg.http.max_size_upload), "upload")
-            if isinstance(body, Response):
-                return body
+            limit = int(self.cfg.http.max_size_upload)
+            length = request.headers.get("content-length")
+            too_big = problem(ProblemError("limit", f"the upload is over {limit} octets", 413,
+                                           limit="maxSizeUpload"), close=True)
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                return too_big  # refused before a byte of it is read
             root = await self.account_root(who)
-            bid = await asyncio.to_thread(blobs.store_upload, root, body)
+            upload = await asyncio.to_thread(blobs.Upload, root)
+            try:  # written as it arrives: memory stays bounded whatever the size
+                async for piece in request.stream():
+                    if upload.size + len(piece) > limit:
+                        return too_big
+                    await asyncio.to_thread(upload.write, piece)
+                bid = await asyncio.to_thread(upload.finish)
+            except ClientDisconnect:
+                return Response(status_code=400, headers={"connection": "close"})
+            finally:
+                await asyncio.to_thread(upload.abort)
         ctype = request.headers.get("content-type", "application/octet-stream")
         if not _MEDIA_TYPE.fullmatch(ctype.split(";")[0].strip()):
             ctype = "application/octet-stream"
         return JSONResponse({"accountId": account_id(who), "blobId": bid,
-                             "type": ctype.split(";")[0].strip(), "size": len(body)}, 201)
+                             "type": ctype.split(";")[0].strip(), "size": upload.size}, 201)
 
     async def download(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):

@@ -8,14 +8,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from ..runtime.fsutil import atomic_write
 from ..store.maildir import to_crlf
 from . import message as msgview
 from .core import Call, MethodError, method
@@ -32,16 +33,52 @@ def blob_dir(root: Path) -> Path:
 
 def store_upload(root: Path, data: bytes) -> str:
     """Keep an uploaded blob; returns its id."""
-    bid = "G" + hashlib.sha256(data).hexdigest()[:40]
-    d = blob_dir(root)
-    d.mkdir(mode=0o700, exist_ok=True)
-    path = d / bid
-    if path.exists():
-        os.utime(path)
-    else:
-        atomic_write(path, data, mode=0o600)
-    _prune(d)
-    return bid
+    upload = Upload(root)
+    try:
+        upload.write(data)
+        return upload.finish()
+    finally:
+        upload.abort()
+
+
+class Upload:
+    """A blob written as it arrives (bounded memory), then named by its digest:
+    :meth:`write` pieces (blocking, small), :meth:`finish` (fsync and rename) or
+    :meth:`abort`."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = blob_dir(root)
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.tmp = self.dir / f".upload-{os.getpid()}-{secrets.token_hex(8)}"
+        self.fh = open(self.tmp, "xb")  # noqa: SIM115  (closed by finish or abort)
+        os.chmod(self.tmp, 0o600)
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, piece: bytes) -> None:
+        self.fh.write(piece)
+        self.digest.update(piece)
+        self.size += len(piece)
+
+    def finish(self) -> str:
+        bid = "G" + self.digest.hexdigest()[:40]
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        path = self.dir / bid
+        if path.exists():
+            os.utime(path)
+            os.unlink(self.tmp)
+        else:
+            os.rename(self.tmp, path)
+        _prune(self.dir)
+        return bid
+
+    def abort(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
 
 
 def _prune(d: Path) -> None:
@@ -50,6 +87,7 @@ def _prune(d: Path) -> None:
         with os.scandir(d) as it:
             for entry in it:
                 try:
+                    # an upload in progress keeps its mtime fresh; a crashed one goes too
                     if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         os.unlink(entry.path)
                 except OSError:

@@ -233,3 +233,21 @@ async def test_a_changed_password_stops_working_at_once(jmap: JMAP) -> None:
         assert (await c.get("/.well-known/jmap")).status_code == 401
     async with jmap.client(ALICE, "new-secret") as c:
         assert (await c.get("/.well-known/jmap")).status_code == 200
+
+
+async def test_chunked_uploads_are_counted_as_they_arrive(jmap: JMAP) -> None:
+    """Without a Content-Length: written to disk as it comes, cut off past maxSizeUpload,
+    nothing kept of a refused upload."""
+    aid = jmap.account()
+
+    async def pieces(n: int):
+        for _ in range(n):
+            yield b"z" * 50_000
+
+    async with jmap.client() as c:
+        r = await c.post(f"/jmap/upload/{aid}/", content=pieces(3))  # 150,000 octets
+        assert r.status_code == 201 and r.json()["size"] == 150_000
+        r = await c.post(f"/jmap/upload/{aid}/", content=pieces(6))  # 300,000 > 200,000
+        assert r.status_code == 413 and r.json()["limit"] == "maxSizeUpload"
+    kept = sorted(p.name for p in (jmap.inbox().root / "jmap-blobs").iterdir())
+    assert len(kept) == 1 and kept[0].startswith("G")  # no partial upload left behind
