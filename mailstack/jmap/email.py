@@ -176,12 +176,12 @@ class Emails:
             part = p.part(pid)
             if part is None or part.get_content_maintype() != "text":
                 continue
-            value = p.text_of(part)
+            value, problem = p.decoded(part)
             truncated = False
             if limit and len(value.encode()) > limit:
                 value = value.encode()[:limit].decode("utf-8", "ignore")
                 truncated = True
-            out[pid] = {"value": value, "isEncodingProblem": False, "isTruncated": truncated}
+            out[pid] = {"value": value, "isEncodingProblem": problem, "isTruncated": truncated}
         return out
 
 

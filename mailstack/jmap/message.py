@@ -147,14 +147,26 @@ class Parsed:
         return out
 
     def text_of(self, part: Message) -> str:
+        return self.decoded(part)[0]
+
+    def decoded(self, part: Message) -> tuple[str, bool]:
+        """(the part's text, whether it could not be decoded cleanly: an unknown charset or
+        octets invalid in it, replaced by U+FFFD)."""
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
-            return ""
+            return "", False
         charset = part.get_content_charset() or "us-ascii"
         try:
-            return payload.decode(charset, "replace")
+            return payload.decode(charset), False
+        except UnicodeDecodeError:
+            if charset in ("us-ascii", "ascii"):  # 8-bit text labelled ASCII: mostly UTF-8
+                try:
+                    return payload.decode("utf-8"), False
+                except UnicodeDecodeError:
+                    pass
+            return payload.decode(charset, "replace"), True
         except LookupError:
-            return payload.decode("utf-8", "replace")
+            return payload.decode("utf-8", "replace"), True
 
     def part(self, part_id: str) -> Message | None:
         return next((p for p, pid in self.parts() if pid == part_id), None)

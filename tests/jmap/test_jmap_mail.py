@@ -299,3 +299,21 @@ async def test_email_create_from_a_body_structure(jmap: JMAP) -> None:
     async with jmap.client() as c:
         r = await c.get(f"/jmap/download/{aid}/{att['blobId']}/doc.pdf")
         assert r.content == b"%PDF-1.4 tiny"
+
+
+async def test_body_values_flag_encoding_problems(jmap: JMAP) -> None:
+    jmap.deliver(b"From: x@example.test\nSubject: bad bytes\nContent-Type: text/plain; "
+                 b"charset=utf-8\n\nbad \xff\xfe here\n")
+    jmap.deliver(b"From: x@example.test\nSubject: unknown charset\nContent-Type: text/plain; "
+                 b"charset=x-nonsense\n\nplain\n")
+    jmap.deliver("From: x@example.test\nSubject: fine\nContent-Type: text/plain; charset=utf-8"
+                 "\n\ngrüße\n".encode())
+    ids = await _ids(jmap, sort=[{"property": "subject"}])
+    got = await jmap.one("Email/get", {"ids": ids, "properties": ["subject", "bodyValues"],
+                                       "fetchTextBodyValues": True})
+    values = {e["subject"]: next(iter(e["bodyValues"].values())) for e in got["list"]}
+    assert values["bad bytes"]["isEncodingProblem"] is True
+    assert "\ufffd" in values["bad bytes"]["value"]
+    assert values["unknown charset"]["isEncodingProblem"] is True
+    assert values["fine"] == {"value": "grüße\n", "isEncodingProblem": False,
+                              "isTruncated": False}
