@@ -113,8 +113,8 @@ class AccountHub:
                         if not event.is_set():
                             break  # rescan the folders (a mailbox may have been created)
                         event.clear()
-                        names, woken_now = set(woken), woken
-                        woken_now.clear()
+                        names = set(woken)
+                        woken.clear()
                         try:
                             top, changed = await asyncio.to_thread(self._changed_types, names)
                         except (StoreError, OSError) as exc:
@@ -126,6 +126,13 @@ class AccountHub:
                                           "changed": {self.account_id: changed}})
         except asyncio.CancelledError:
             pass
+        except Exception:  # the account cannot be watched: its streams end, clients reconnect
+            log.exception("push: watching %s failed", self.root.name)
+            if self.hubs.get(self.root) is self:
+                del self.hubs[self.root]
+            self.task = None
+            self.publish(None)
+            self.ready.set()
 
     def poke(self) -> None:
         """Look now (a change this process made that moved no message file)."""
