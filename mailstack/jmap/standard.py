@@ -90,4 +90,17 @@ def query_window(call: Call, account: Account, ids: list[str]) -> dict[str, Any]
 
 
 def query_changes_unsupported(call: Call) -> dict[str, Any]:
-    raise MethodError("cannotCalculateChanges", "query changes are not kept: query again")
+    """/queryChanges: nothing to tell when nothing changed; otherwise the client queries
+    again (past query results are not kept)."""
+    account: Account = call.account
+    since = call.args.get("sinceQueryState")
+    if not isinstance(since, str):
+        raise MethodError("invalidArguments", "sinceQueryState is required")
+    now = account.state()
+    if since != now:
+        raise MethodError("cannotCalculateChanges", "query changes are not kept: query again")
+    out: dict[str, Any] = {"accountId": account.id, "oldQueryState": since,
+                           "newQueryState": now, "removed": [], "added": []}
+    if call.args.get("calculateTotal"):
+        raise MethodError("cannotCalculateChanges", "query again for the total")
+    return out

@@ -111,6 +111,15 @@ async def test_query_filters_sorts_and_windows(jmap: JMAP) -> None:
                            ["Email/query", {"accountId": jmap.account(),
                                             "sort": [{"property": "nonsense"}]}, "1"]])
     assert [r[1]["type"] for r in err] == ["unsupportedFilter", "unsupportedSort"]
+    qs = page["queryState"]
+    same = await jmap.one("Email/queryChanges", {"sinceQueryState": qs,
+                                                 "sort": [{"property": "subject"}]})
+    assert same["added"] == [] and same["removed"] == [] and same["newQueryState"] == qs
+    jmap.deliver(message("one more"))
+    await _ids(jmap)  # the delivery is indexed
+    err = await jmap.call([["Email/queryChanges", {"accountId": jmap.account(),
+                                                   "sinceQueryState": qs}, "0"]])
+    assert err[0][1]["type"] == "cannotCalculateChanges"
 
 
 async def test_keywords_and_moves_reach_imap(jmap: JMAP, imap_daemon) -> None:
