@@ -251,3 +251,26 @@ async def test_chunked_uploads_are_counted_as_they_arrive(jmap: JMAP) -> None:
         assert r.status_code == 413 and r.json()["limit"] == "maxSizeUpload"
     kept = sorted(p.name for p in (jmap.inbox().root / "jmap-blobs").iterdir())
     assert len(kept) == 1 and kept[0].startswith("G")  # no partial upload left behind
+
+
+async def test_both_event_loops(config_factory, daemon_loop: str) -> None:
+    """uvicorn's protocol over the runtime's TLS layer on uvloop and on plain asyncio."""
+    from mailstack.runtime.tls import client_context, ensure_tls_files
+    from tests.conftest import add_user, running
+
+    cfg = config_factory(daemon_loop)
+    add_user(cfg, ALICE, PASSWORD)
+    ctx = client_context(ensure_tls_files(cfg).ca)
+    async with running("http", cfg) as daemon:
+        jmap = JMAP(cfg, daemon, ctx)
+        async with jmap.client() as c:
+            assert (await c.get("/.well-known/jmap")).status_code == 200
+            async with c.stream("GET", "/jmap/eventsource",
+                                params={"types": "*", "closeafter": "no", "ping": "1"}) as r:
+                lines = r.aiter_lines()
+                seen = []
+                while "event: ping" not in seen:
+                    seen.append(await asyncio.wait_for(anext(lines), 15))
+        resp = await jmap.call([["Core/echo", {"loop": daemon_loop}, "0"]])
+        assert resp[0][1] == {"loop": daemon_loop}
+    assert "event loop: " + daemon_loop.split('"')[1] in daemon.log()
