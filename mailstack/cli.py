@@ -58,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     _capture(p)
 
     p = sub.add_parser("serve", help="run one daemon in the foreground (docker-compose uses this)")
-    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "autoconfig"])
+    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "http", "autoconfig"])
     _common(p, offset=True)
     _capture(p)
 
-    p = sub.add_parser("user", help="manage accounts: add, del, passwd, list")
+    p = sub.add_parser("user", help="manage accounts: add, del, passwd, list, token")
     usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, text in (("add", "create an account and its mailbox"),
                          ("del", "remove an account (its mail stays on disk)"),
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="read the password from the first line of standard input")
         _common(q)
     _common(usub.add_parser("list", help="list accounts"))
+    q = usub.add_parser("token", help="print a new app token (HTTP Bearer auth, e.g. JMAP)")
+    q.add_argument("address")
+    q.add_argument("--revoke", action="store_true", help="remove every token of the account")
+    _common(q)
 
     p = sub.add_parser("queue", help="inspect and manage the mta's queue (like mailq/postqueue)")
     qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -104,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="exit 0 when a daemon answers its greeting "
                        "(container health checks)")
-    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "autoconfig"])
+    p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "http", "autoconfig"])
     _common(p, offset=True)
 
     p = sub.add_parser("config", help="validate a configuration")
@@ -181,6 +185,19 @@ def cmd_user(args: argparse.Namespace, cfg: Config) -> int:
             db.delete(args.address)
             print(f"deleted {args.address.lower()} (its mail stays in "
                   f"{cfg.data_dir / 'mail'})")
+            return 0
+        if args.action == "token":
+            from .accounts.tokens import TokenDB
+            from .accounts.users import normalize_address
+
+            addr = normalize_address(args.address)
+            tokens = TokenDB(cfg.data_dir / "tokens")
+            if args.revoke:
+                print(f"revoked {tokens.revoke(addr)} token(s) of {addr}")
+                return 0
+            if not db.exists(addr):
+                return _die(f"no user {addr}; add it with `mailstack user add {addr}`")
+            print(tokens.create(addr))
             return 0
         pw = _read_password(args)
         if args.action == "add":

@@ -217,10 +217,26 @@ class POP3Section:
 
 
 @dataclass(frozen=True)
-class AutoconfigSection:
-    http: Port = Port(80)  # Mozilla autoconfig + CA download (0 disables)
+class HTTPSection:
+    """The HTTP daemon (autoconfig, JMAP); ``[autoconfig]`` is another name for this section."""
+
+    http: Port = Port(80)  # plain HTTP: autoconfig, CA download; logins on loopback only
+    https: Port = Port(443)  # HTTPS: JMAP and the rest (0 disables)
     #: a client that sends nothing (or not the rest of its request) this long is disconnected
     idle_timeout: Duration = Duration(30)
+    #: JMAP limits (announced in the session resource)
+    max_size_request: Size = Size(10 * 1024**2)
+    max_size_upload: Size = Size(50 * 1024**2)
+    max_concurrent_requests: int = 8
+    max_concurrent_upload: int = 4
+    max_calls_in_request: int = 64
+    max_objects_in_get: int = 1000
+    max_objects_in_set: int = 1000
+    #: hosts (exact names) PushSubscription callbacks may go to; empty: none
+    push_allowlist: tuple[str, ...] = ()
+
+
+AutoconfigSection = HTTPSection  # the section's name before the HTTP daemon served JMAP
 
 
 @dataclass(frozen=True)
@@ -316,7 +332,7 @@ class Config:
     mda: MDASection = field(default_factory=MDASection)
     imap: IMAPSection = field(default_factory=IMAPSection)
     pop3: POP3Section = field(default_factory=POP3Section)
-    autoconfig: AutoconfigSection = field(default_factory=AutoconfigSection)
+    http: HTTPSection = field(default_factory=HTTPSection)
     capture: CaptureSection = field(default_factory=CaptureSection)
     chaos: ChaosSection = field(default_factory=ChaosSection)
     faults: tuple[Fault, ...] = ()
@@ -324,9 +340,14 @@ class Config:
     source: str = "<defaults>"
 
     # -- derived values -------------------------------------------------------------------
+    @property
+    def autoconfig(self) -> HTTPSection:
+        """``[autoconfig]``: the old name of ``[http]``."""
+        return self.http
+
     def port(self, section: str, name: str) -> int:
         """A listener's port with the offset applied (0 stays 0: disabled)."""
-        base = int(getattr(getattr(self, section), name))
+        base = int(getattr(getattr(self, SECTION_ALIASES.get(section, section)), name))
         return base + self.port_offset if base else 0
 
     @property
@@ -375,9 +396,11 @@ def _capture_domains(cfg: Config) -> Config:
 
 _SECTION_TYPES: dict[str, type] = {
     "server": ServerSection, "tls": TLSSection, "mta": MTASection, "mda": MDASection,
-    "imap": IMAPSection, "pop3": POP3Section, "autoconfig": AutoconfigSection,
+    "imap": IMAPSection, "pop3": POP3Section, "http": HTTPSection,
     "capture": CaptureSection, "chaos": ChaosSection,
 }
+#: old section names still accepted (in files and MAILSTACK_* variables)
+SECTION_ALIASES = {"autoconfig": "http"}
 
 
 def _convert(typ: Any, value: Any, *, from_env: bool = False) -> Any:
@@ -507,6 +530,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             continue
         rest = var[len("MAILSTACK_"):].lower()
         section, _, key = rest.partition("_")
+        section = SECTION_ALIASES.get(section, section)
         if section not in _SECTION_TYPES or not key:
             continue
         try:
@@ -538,6 +562,18 @@ def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     faults = _parse_faults(data.pop("faults"), source) if "faults" in data else ()
+    for old, new in SECTION_ALIASES.items():
+        if isinstance(data.get(old), dict):
+            table = data.pop(old)
+            try:  # errors name the section as the file spells it
+                _build_section(new, table, source)
+            except ConfigError as exc:
+                raise ConfigError(str(exc).replace(f"[{new}]", f"[{old}]")) from None
+            both = set(table) & set(data.get(new, {}))
+            if both:
+                raise ConfigError(f"{source}: [{old}] is another name for [{new}]: set "
+                                  f"{', '.join(sorted(both))} in one of them only")
+            data[new] = {**table, **data.get(new, {})}
     for section, values in data.items():
         if section not in _SECTION_TYPES or not isinstance(values, dict):
             raise ConfigError(f"{source}: unknown section [{section}] "

@@ -30,7 +30,7 @@ PORT_KEYS = {
     "mda": ("lmtp",),
     "imap": ("imap", "imaps"),
     "pop3": ("pop3", "pop3s"),
-    "autoconfig": ("http",),
+    "http": ("http", "https"),
 }
 
 
@@ -167,6 +167,7 @@ def listener_addresses(name: str, cfg: Config) -> list[str]:
     """``host:port`` of every listener daemon ``name`` opens (as its ``listening on`` lines
     spell them)."""
     binds = cfg.mda.bind if name == "mda" else cfg.server.bind
+    name = "http" if name == "autoconfig" else name  # the http daemon's old name
     out = []
     for key in PORT_KEYS[name]:
         port = cfg.port(name, key)
@@ -246,7 +247,7 @@ async def inproc_running(name: str, cfg: Config) -> AsyncIterator[None]:
     stop = asyncio.Event()
     task = asyncio.create_task(load_serve(name)(cfg, stop))
     try:
-        first = PORT_KEYS[name][0]
+        first = PORT_KEYS["http" if name == "autoconfig" else name][0]
         port = cfg.port(name, first)
         deadline = asyncio.get_running_loop().time() + 15
         while True:

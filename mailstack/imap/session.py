@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..accounts.users import UserError, normalize_address
+from ..jmap.session import session_url
 from ..runtime import chaos
 from ..runtime.logsafe import safe
 from ..runtime.netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
@@ -32,7 +33,7 @@ from . import context
 from .cache import FolderCache
 from .command import PREAUTH_MAX_COMMAND, CommandAssembler, Complete, Limits, Refuse, Step
 from .mailbox import Account, Changes, MailboxError, Selected, ValidityChanged
-from .wire import ParseError, Parser, compact_set
+from .wire import ParseError, Parser, compact_set, quote
 
 if TYPE_CHECKING:
     from .daemon import IMAPServer
@@ -191,6 +192,8 @@ class Session:
             caps += ["MULTIAPPEND", "CATENATE", "BINARY", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE", "STATUS=SIZE", "SAVEDATE",
                      f"APPENDLIMIT={int(self.cfg.imap.max_literal)}"]
+            if session_url(self.cfg):
+                caps.append("JMAPACCESS")  # RFC 9698
         return " ".join(caps)
 
     # -- main loop ------------------------------------------------------------------------
@@ -643,6 +646,17 @@ async def cmd_namespace(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     s.untagged('NAMESPACE (("" ".")) NIL NIL')
     return "NAMESPACE completed"
+
+
+@command("GETJMAPACCESS", AUTH, SELECTED)
+async def cmd_getjmapaccess(s: Session, tag: str, p: Parser, uid: bool) -> str:
+    """RFC 9698: where the same account is served over JMAP."""
+    p.end()
+    url = session_url(s.cfg)
+    if url is None:
+        raise No("JMAP is not served here")
+    s.send(b"* GETJMAPACCESS " + quote(url) + b"\r\n")
+    return "GETJMAPACCESS completed"
 
 
 @command("ENABLE", AUTH, SELECTED)

@@ -24,6 +24,8 @@ from ..config import Config
 from ..runtime import unixsock
 from ..runtime.groupcommit import GroupCommit
 from ..runtime.netserver import BindError, format_sockname, limiter_for, start_server
+from ..store.maildir import mailbox_path
+from . import vacation
 from .delivery import (
     Copy,
     Delivered,
@@ -49,6 +51,7 @@ class DeliveryHandler:
             partial(commit_copies, dlog=dlog), name="mda-commit")
         #: (queue id, recipient) of copies being committed: a concurrent repeat waits for them
         self._in_flight: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def resolve(self, address: str) -> str | None:
         """The account a recipient address delivers to, or None."""
@@ -113,7 +116,22 @@ class DeliveryHandler:
             return f"452 4.3.1 <{rcpt}>: cannot write the mailbox now, try again later"
         log.info("%s: to=<%s>, size=%d, delay=%.3f, status=%s (%s)", qid, rcpt, len(data),
                  time.monotonic() - started, note, path)
+        if note == "delivered":
+            self._vacation(account, sender, data)
         return f"250 2.0.0 <{rcpt}> {note}"
+
+    def _vacation(self, account: str, sender: str, data: bytes) -> None:
+        """A vacation reply (RFC 3834) when the account has one on, after the 250."""
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(vacation.respond, self.cfg,
+                                        mailbox_path(self.cfg.data_dir, account), account,
+                                        sender, data)
+            except Exception as exc:  # never a reason to fail a delivery
+                log.warning("vacation %s: no reply: %s", account, exc)
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
     async def _commit(self, ready: Copy, flight: tuple[str, str] | None) -> str:

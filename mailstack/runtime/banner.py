@@ -39,7 +39,8 @@ def listeners(cfg: Config) -> list[Listener]:
         Listener("imap", "imaps", cfg.port("imap", "imaps"), "implicit TLS", b),
         Listener("pop3", "pop3", cfg.port("pop3", "pop3"), "STLS", b),
         Listener("pop3", "pop3s", cfg.port("pop3", "pop3s"), "implicit TLS", b),
-        Listener("autoconfig", "http", cfg.port("autoconfig", "http"), "none", b),
+        Listener("http", "http", cfg.port("http", "http"), "none", b),
+        Listener("http", "https", cfg.port("http", "https"), "implicit TLS", b),
     ]
     return [r for r in rows if r.port or r.path]
 
@@ -54,12 +55,16 @@ def banner(cfg: Config, daemons: list[str], ca_path: str | None) -> str:
     lines += ["",
               f"  domains:   {', '.join(cfg.server.domains)}",
               f"  data:      {cfg.data_dir}"]
-    http = cfg.port("autoconfig", "http")
-    if "autoconfig" in daemons and http:
+    http, https = cfg.port("http", "http"), cfg.port("http", "https")
+    if "http" in daemons and http:
         host = cfg.server.bind[0] if cfg.server.bind[0] not in ("0.0.0.0", "::") else "localhost"
         host = f"[{host}]" if ":" in host else host
         lines.append(f"  autoconfig: http://{host}:{http}/mail/config-v1.1.xml  "
                      f"(CA download: http://{host}:{http}/ca.pem)")
+    if "http" in daemons and https:
+        host = cfg.server.bind[0] if cfg.server.bind[0] not in ("0.0.0.0", "::") else "localhost"
+        host = f"[{host}]" if ":" in host else host
+        lines.append(f"  jmap:      https://{host}:{https}/.well-known/jmap")
     if ca_path:
         lines.append(f"  CA cert:   {ca_path}   (import it into Thunderbird: Settings > "
                      "Privacy & Security > Certificates > Authorities > Import)")

@@ -30,8 +30,10 @@ DAEMONS: dict[str, str] = {
     "mta": "mailstack.mta.daemon",
     "imap": "mailstack.imap.daemon",
     "pop3": "mailstack.pop3.daemon",
-    "autoconfig": "mailstack.autoconfig.daemon",
+    "http": "mailstack.http.daemon",
 }
+#: other names of a daemon (``mailstack serve autoconfig`` runs the http daemon)
+ALIASES: dict[str, str] = {"autoconfig": "http"}
 
 ServeFn = Callable[[Config, asyncio.Event], Awaitable[None]]
 
@@ -64,6 +66,7 @@ def setup_logging(name: str, level: str = "info") -> None:
 
 
 def load_serve(name: str) -> ServeFn:
+    name = ALIASES.get(name, name)
     if name not in DAEMONS:
         raise SystemExit(f"mailstack: unknown daemon {name!r} (choose from {', '.join(DAEMONS)})")
     return cast(ServeFn, importlib.import_module(DAEMONS[name]).serve)
@@ -72,6 +75,7 @@ def load_serve(name: str) -> ServeFn:
 def run(name: str, cfg: Config) -> int:
     """Run daemon ``name`` until SIGTERM/SIGINT; returns the process exit code."""
     private_umask()  # also for daemons forked without the CLI (the test fork server)
+    name = ALIASES.get(name, name)
     setup_logging(name, cfg.server.log_level)
     serve = load_serve(name)
     if cfg.server.event_loop == "uvloop":

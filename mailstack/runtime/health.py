@@ -2,11 +2,11 @@
 
 For container health checks (docker-compose ``healthcheck``) and scripts. Connects to the
 daemon's first listener on loopback (or the first bind address), reads the greeting — ``220``
-for SMTP/LMTP, ``* OK`` for IMAP, ``+OK`` for POP3, an HTTP 200 for autoconfig — and says so.
+for SMTP/LMTP, ``* OK`` for IMAP, ``+OK`` for POP3, an HTTP 200 for http (autoconfig) — and says so.
 
 Probes run every few seconds, so the daemons log them at debug level only: the probe sends no
 command to the mail daemons (a session without commands is logged at debug) and asks
-autoconfig for ``/health``.
+the http daemon for ``/health`` (on its plain port).
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from pathlib import Path
 from ..config import Config
 from .banner import listeners
 
-#: the autoconfig daemon's health path (logged at debug there)
+#: the http daemon's health path (logged at debug there)
 HEALTH_PATH = "/health"
 
 EXPECT = {"mta": b"220", "mda": b"220", "imap": b"* OK", "pop3": b"+OK",
-          "autoconfig": b"HTTP/1.1 200"}
+          "http": b"HTTP/1.1 200"}
 
 
 def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
+    daemon = "http" if daemon == "autoconfig" else daemon  # the http daemon's old name
     rows = [lst for lst in listeners(cfg) if lst.daemon == daemon]
     if not rows:
         return False, f"{daemon} has no enabled listener in {cfg.source}"
@@ -43,7 +44,7 @@ def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
         else:
             sock = socket.create_connection((host, lst.port), timeout)
         with sock as s:
-            if daemon == "autoconfig":
+            if daemon == "http":
                 s.sendall(f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: localhost\r\n"
                           "User-Agent: mailstack-health\r\nConnection: close\r\n\r\n".encode())
             greeting = s.recv(256)

@@ -30,7 +30,7 @@ from .tls import TLSFiles, ensure_tls_files
 
 STOP_GRACE = 10.0
 #: daemons whose failure to start does not stop the stack (mail works without them)
-OPTIONAL = frozenset({"autoconfig"})
+OPTIONAL = frozenset({"http"})
 
 
 @dataclass

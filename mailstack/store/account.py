@@ -660,6 +660,19 @@ class AccountStore:
                 conn.executemany(f"INSERT OR IGNORE INTO summary(emailid, {summary.COLUMNS}) "
                                  f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         return made
+    def search_emails(self, needles: Sequence[tuple[str, str]]) -> set[str]:
+        """Email ids of the account whose indexed text contains every needle (as
+        :meth:`search_text`, for every mailbox at once: one look at the index)."""
+        with self._read() as conn:
+            rowids: set[int] | None = None
+            for where, needle in needles:
+                found = self._fts_rows(conn, where, needle.casefold())
+                rowids = found if rowids is None else rowids & found
+                if not rowids:
+                    return set()
+            wanted = rowids or set()
+            return {emailid for rowid, emailid in conn.execute(
+                "SELECT rowid, emailid FROM email_text") if rowid in wanted}
 
     @staticmethod
     def _fts_rows(conn: sqlite3.Connection, where: str, needle: str) -> set[int]:

@@ -41,7 +41,7 @@ from argon2 import PasswordHasher
 
 from ..accounts.authlimit import connect_counts, db_path, forget_all
 from ..accounts.users import UserDB, normalize_address
-from ..config import _SECTION_TYPES, Config, load
+from ..config import _SECTION_TYPES, SECTION_ALIASES, Config, load
 from ..mta.lmtp_client import LMTPConnection
 from ..mta.queue import new_queue_id
 from ..runtime import chaos
@@ -63,7 +63,7 @@ T = TypeVar("T")
 log = logging.getLogger("mailstack.testing")
 #: config keys a stack sets itself: MAILSTACK_* variables for them are not passed on
 OWNED_KEYS = {("server", "data_dir"), ("server", "bind"), ("chaos", "file"),
-              ("mda", "socket"), ("autoconfig", "http"),
+              ("mda", "socket"), ("http", "http"), ("http", "https"),
               *((s, k) for s, ks in LISTENERS.items() for k in ks)}
 
 
@@ -396,6 +396,7 @@ class MailStack:
             if not var.startswith("MAILSTACK_"):
                 continue
             section, _, key = var[len("MAILSTACK_"):].lower().partition("_")
+            section = SECTION_ALIASES.get(section, section)
             if section not in _SECTION_TYPES or not key:
                 continue
             if (section, key) in OWNED_KEYS:
@@ -417,7 +418,7 @@ class MailStack:
             "mta": {"smtp": p["smtp"], "submission": p["submission"],
                     "submissions": p["submissions"], "retry_initial": "1s", "retry_max": "2s"},
             "mda": {"lmtp": p["lmtp"]}, "imap": {"imap": p["imap"], "imaps": p["imaps"]},
-            "pop3": {"pop3": p["pop3"], "pop3s": p["pop3s"]}, "autoconfig": {"http": 0},
+            "pop3": {"pop3": p["pop3"], "pop3s": p["pop3s"]}, "http": {"http": 0, "https": 0},
             "capture": {"enabled": self.capture, "outbound": not (self.capture or self.relay),
                         "address": CAPTURE_ADDRESS, "password": CAPTURE_PASSWORD},
             "chaos": {"file": "run/chaos.json", "seed": self.seed},

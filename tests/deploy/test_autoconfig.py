@@ -68,7 +68,7 @@ async def test_autoconfig_rejects_garbage_and_keeps_serving(cfg: Config) -> None
         assert status == 200
 
 
-@pytest.mark.parametrize("daemon", ["mda", "autoconfig"])
+@pytest.mark.parametrize("daemon", ["mda", "autoconfig", "http"])
 async def test_health_command(cfg: Config, daemon: str) -> None:
     r = await asyncio.to_thread(mailstack, "health", daemon, "--config", cfg.source, check=False)
     assert r.returncode == 1 and "refused" in r.stderr.lower()

@@ -36,7 +36,11 @@ PORT_ENV = {  # standard port → the environment variable that moves it
     25: "MAILSTACK_MTA_SMTP", 587: "MAILSTACK_MTA_SUBMISSION", 465: "MAILSTACK_MTA_SUBMISSIONS",
     24: "MAILSTACK_MDA_LMTP", 143: "MAILSTACK_IMAP_IMAP", 993: "MAILSTACK_IMAP_IMAPS",
     110: "MAILSTACK_POP3_POP3", 995: "MAILSTACK_POP3_POP3S", 80: "MAILSTACK_AUTOCONFIG_HTTP",
+    443: "MAILSTACK_HTTP_HTTPS",
 }
+#: the compose service that runs a daemon, where the names differ (the http daemon's service
+#: keeps its earlier name, autoconfig, which `mailstack serve` still accepts)
+SERVICE = {"http": "autoconfig"}
 
 
 def compose() -> dict:
@@ -57,7 +61,8 @@ def test_published_ports_match_the_listeners() -> None:
         if lst.daemon == "mda":
             assert "ports" not in services["mda"], "the mda is internal"
             continue
-        published = {int(p.rsplit(":", 1)[1]): p for p in services[lst.daemon]["ports"]}
+        service = services[SERVICE.get(lst.daemon, lst.daemon)]
+        published = {int(p.rsplit(":", 1)[1]): p for p in service["ports"]}
         assert lst.port in published, (lst, published)
         # "${MAILSTACK_PUBLISH_ADDRESS:-127.0.0.1}:${MAILSTACK_PUBLISH_SMTP:-25}:25"
         m = re.fullmatch(r"\$\{MAILSTACK_PUBLISH_ADDRESS:-([^}]*)\}:"

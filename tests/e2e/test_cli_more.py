@@ -1,5 +1,5 @@
 """The command line beyond `up`/`serve`: `user del|passwd|list`, `serve --capture`; `up`
-without the autoconfig listener; autoconfig's idle timeout."""
+without the http daemon; autoconfig's idle timeout."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_serve_capture_keeps_mail_for_any_address(tmp_path: Path) -> None:
     assert maildir_files(data, "someone@elsewhere.example") == []
 
 
-def test_up_runs_without_autoconfig_when_its_port_is_taken(tmp_path: Path) -> None:
+def test_up_runs_without_the_http_daemon_when_its_port_is_taken(tmp_path: Path) -> None:
     cfg_path = write_config(tmp_path)
     cfg = load(cfg_path, env={})
     data = cfg.data_dir
@@ -90,7 +90,7 @@ def test_up_runs_without_autoconfig_when_its_port_is_taken(tmp_path: Path) -> No
         taken.bind(("127.0.0.1", cfg.port("autoconfig", "http")))
         taken.listen()
         with proc("up", "--config", str(cfg_path)) as up:
-            up.wait_for_output("autoconfig | could not start (see above); the rest of the "
+            up.wait_for_output("http | could not start (see above); the rest of the "
                                "stack runs without it")
             assert "address already in use" in up.output
             for port in (cfg.port("mta", "submission"), cfg.port("imap", "imap"),
@@ -100,7 +100,7 @@ def test_up_runs_without_autoconfig_when_its_port_is_taken(tmp_path: Path) -> No
                    "alice@example.test", "alice-pw", ["alice@example.test"],
                    "Subject: without autoconfig\r\n\r\nx\r\n")
             assert len(wait_files(data, "alice@example.test", 1)) == 1, up.output
-            assert "autoconfig | exited with code" not in up.output  # not restarted
+            assert "http | exited with code" not in up.output  # not restarted
             assert up.terminate() == 0, up.output
 
 

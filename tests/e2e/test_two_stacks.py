@@ -29,7 +29,7 @@ def stack_config(tmp: Path, domain: str, other_domain: str, other_smtp: int,
         f"[mda]\nlmtp = {ports['lmtp']}\n"
         f"[imap]\nimap = {free_port()}\nimaps = {ports['imaps']}\n"
         f"[pop3]\npop3 = {free_port()}\npop3s = {free_port()}\n"
-        f"[autoconfig]\nhttp = {free_port()}\n"
+        f"[autoconfig]\nhttp = {free_port()}\nhttps = {free_port()}\n"
         f'[mta.transport]\n"{other_domain}" = "127.0.0.1:{other_smtp}"\n')
     return cfg
 

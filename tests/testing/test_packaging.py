@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import mailstack
@@ -50,6 +51,11 @@ def test_wheel_installs_and_runs_the_plugin(tmp_path: Path) -> None:
                     str(src)], env=env, check=True, capture_output=True, timeout=300)
     [wheel] = wheels.glob("mailstack-*.whl")
     assert wheel.name.startswith(f"mailstack-{mailstack.__version__}-py3-none-any")
+    with zipfile.ZipFile(wheel) as zf:  # every daemon's package is in it (not only those
+        names = set(zf.namelist())     # with an __init__.py found by setuptools)
+    for module in ("mailstack/http/daemon.py", "mailstack/jmap/core.py",
+                   "mailstack/imap/daemon.py", "mailstack/store/account.py"):
+        assert module in names, module
     venv = tmp_path / "venv"  # fresh: nothing of this checkout or its installation in sight
     subprocess.run([sys.executable, "-m", "venv", str(venv)], env=env, check=True, timeout=120)
     py = venv / "bin" / "python"

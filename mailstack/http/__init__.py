@@ -1,0 +1,1 @@
+"""The HTTP daemon (uvicorn + Starlette): autoconfig pages, JMAP over HTTPS, push."""

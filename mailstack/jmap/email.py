@@ -1,0 +1,730 @@
+"""Email methods (RFC 8621 4) and SearchSnippet/get, over the store."""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from ..store.account import OverQuota, StoreError
+from . import message as msgview
+from .account import Account, Located, flag, keywords
+from .blob import blob_bytes
+from .compose import ComposeError, compose
+from .core import Call, MethodError, method
+from .mailbox import (
+    changes_response,
+    check_state,
+    mailbox_names,
+    query_changes_unsupported,
+    query_window,
+    wanted_ids,
+    wanted_properties,
+)
+
+META = ("id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt")
+HEADER_PROPS = ("headers", "messageId", "inReplyTo", "references", "sender", "from", "to",
+                "cc", "bcc", "replyTo", "subject", "sentAt")
+BODY_PROPS = ("bodyStructure", "bodyValues", "textBody", "htmlBody", "attachments",
+              "hasAttachment", "preview")
+ALL_PROPS = META + HEADER_PROPS + BODY_PROPS
+DEFAULT_PROPS = tuple(p for p in ALL_PROPS if p not in ("headers", "bodyStructure"))
+FORMS = ("Raw", "Text", "Addresses", "GroupedAddresses", "MessageIds", "Date", "URLs")
+ADDRESS_HEADERS = ("from", "sender", "reply-to", "to", "cc", "bcc")
+DEFAULT_BODY_PROPS = ("partId", "blobId", "size", "name", "type", "charset", "disposition",
+                      "cid", "language", "location")
+BODY_PART_PROPS = (*DEFAULT_BODY_PROPS, "headers", "subParts")
+
+
+def body_part(part: dict[str, Any], props: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """An EmailBodyPart with only ``props`` (``subParts`` of multiparts always)."""
+    out = {k: part.get(k) for k in props if k != "subParts" and not k.startswith("header:")}
+    if "subParts" in part:
+        out["subParts"] = [body_part(p, props) for p in part["subParts"]]
+    return out
+
+
+def _is_header_prop(p: str) -> bool:
+    if not p.startswith("header:"):
+        return False
+    parts = p.split(":")
+    if len(parts) > 4 or not parts[1] or any(c in parts[1] for c in " \t\r\n"):
+        return False
+    rest = parts[2:]
+    if rest and rest[-1] == "all":
+        rest = rest[:-1]
+    return len(rest) <= 1 and (not rest or (rest[0].removeprefix("as") in FORMS
+                               and rest[0].startswith("as")))
+
+
+def header_form(p: msgview.Parsed, prop: str) -> Any:
+    parts = prop.split(":")
+    name = parts[1]
+    rest = parts[2:]
+    all_ = bool(rest) and rest[-1] == "all"
+    if all_:
+        rest = rest[:-1]
+    form = rest[0][2:] if rest else "Raw"
+    values = p.header_all(name)
+
+    def conv(v: str) -> Any:
+        if form == "Raw":
+            return v
+        if form == "Text":
+            return " ".join(msgview.decode_words(v).split())
+        if form == "Addresses":
+            return msgview.addresses(v) or []
+        if form == "GroupedAddresses":
+            return [{"name": None, "addresses": msgview.addresses(v) or []}]
+        if form == "MessageIds":
+            return msgview.message_ids(v)
+        if form == "Date":
+            return msgview.date_value(v)
+        return [u.strip("<> ") for u in v.split(",") if u.strip()] or None
+    if all_:
+        return [conv(v) for v in values]
+    return conv(values[-1]) if values else None
+
+
+class Emails:
+    """Email properties of one request (parsing each message at most once)."""
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self.idx = account.index()
+
+    def parsed(self, eid: str) -> msgview.Parsed | None:
+        locs = self.idx.copies.get(eid)
+        if not locs:
+            return None
+        return msgview.parsed(eid, lambda: self.account.read(locs[0]))
+
+    def view(self, eid: str, props: list[str], body_args: dict[str, Any]) -> dict[str, Any] | None:
+        locs = self.idx.copies.get(eid)
+        if not locs:
+            return None
+        e = locs[0].entry
+        out: dict[str, Any] = {"id": eid}
+        ids = self.idx.ids
+        kw: dict[str, bool] = {}
+        for loc in locs:
+            kw.update(keywords(loc.entry.flags))
+        meta = {"blobId": eid, "threadId": e.threadid,
+                "mailboxIds": {ids[loc.mailbox]: True for loc in locs},
+                "keywords": kw, "size": e.size, "receivedAt": msgview.utc(e.internaldate)}
+        p = None
+        for prop in props:
+            if prop in meta:
+                out[prop] = meta[prop]
+                continue
+            if prop == "id":
+                continue
+            if p is None:
+                p = self.parsed(eid)
+                if p is None:
+                    return None
+            out[prop] = self.parsed_prop(p, prop, body_args)
+        return out
+
+    def parsed_prop(self, p: msgview.Parsed, prop: str, body_args: dict[str, Any]) -> Any:
+        if prop.startswith("header:"):
+            return header_form(p, prop)
+        if prop == "headers":
+            return p.headers_list()
+        if prop in ("messageId", "inReplyTo", "references"):
+            name = {"messageId": "message-id", "inReplyTo": "in-reply-to",
+                    "references": "references"}[prop]
+            return msgview.message_ids(p.header(name))
+        if prop in ("sender", "from", "to", "cc", "bcc", "replyTo"):
+            return msgview.addresses(p.header("reply-to" if prop == "replyTo" else prop))
+        if prop == "subject":
+            v = p.header("subject")
+            return " ".join(msgview.decode_words(v).split()) if v is not None else None
+        if prop == "sentAt":
+            return msgview.date_value(p.header("date"))
+        bprops = body_args.get("bodyProperties") or DEFAULT_BODY_PROPS
+        if prop == "bodyStructure":
+            return body_part(p.structure(), bprops)
+        text, html_ids, att = p.body_lists()
+        if prop == "textBody":
+            return [body_part(p.part_view(i), bprops) for i in text]
+        if prop == "htmlBody":
+            return [body_part(p.part_view(i), bprops) for i in html_ids]
+        if prop == "attachments":
+            return [body_part(p.part_view(i), bprops) for i in att]
+        if prop == "hasAttachment":
+            return bool(att)
+        if prop == "preview":
+            return p.preview()
+        if prop == "bodyValues":
+            return self.body_values(p, body_args)
+        raise MethodError("invalidArguments", f"unknown property {prop[:100]!r}")
+
+    def body_values(self, p: msgview.Parsed, a: dict[str, Any]) -> dict[str, Any]:
+        text, html_ids, _ = p.body_lists()
+        wanted: list[str] = []
+        if a.get("fetchAllBodyValues"):
+            wanted = [pid for part, pid in p.parts() if part.get_content_maintype() == "text"]
+        else:
+            if a.get("fetchTextBodyValues"):
+                wanted += text
+            if a.get("fetchHTMLBodyValues"):
+                wanted += [i for i in html_ids if i not in wanted]
+        limit = a.get("maxBodyValueBytes") or 0
+        out = {}
+        for pid in wanted:
+            part = p.part(pid)
+            if part is None or part.get_content_maintype() != "text":
+                continue
+            value, problem = p.decoded(part)
+            truncated = False
+            if limit and len(value.encode()) > limit:
+                value = value.encode()[:limit].decode("utf-8", "ignore")
+                truncated = True
+            out[pid] = {"value": value, "isEncodingProblem": problem, "isTruncated": truncated}
+        return out
+
+
+@method("Email/get")
+def email_get(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    state = account.state()
+    emails = Emails(account)
+    ids = wanted_ids(call, lambda: list(emails.idx.copies))
+    props = wanted_properties(call, ALL_PROPS, _is_header_prop) \
+        if call.args.get("properties") is not None else ["id", *DEFAULT_PROPS]
+    body_props = call.arg("bodyProperties", list, None)
+    if body_props is not None and not all(isinstance(b, str) and b in BODY_PART_PROPS
+                                          for b in body_props):
+        raise MethodError("invalidArguments", "bodyProperties: unknown property")
+    limit = call.arg("maxBodyValueBytes", int, 0)
+    if limit < 0:
+        raise MethodError("invalidArguments", "maxBodyValueBytes must be positive")
+    body_args = {k: bool(call.args.get(k)) for k in (
+        "fetchTextBodyValues", "fetchHTMLBodyValues", "fetchAllBodyValues")}
+    body_args["maxBodyValueBytes"] = limit
+    body_args["bodyProperties"] = body_props
+    found, missing = [], []
+    for eid in ids:
+        v = emails.view(eid, props, body_args)
+        if v is None:
+            missing.append(eid)
+        else:
+            found.append(v)
+    return {"accountId": account.id, "state": state, "list": found, "notFound": missing}
+
+
+@method("Email/changes")
+def email_changes(call: Call) -> dict[str, Any]:
+    return changes_response(call, call.account, "Email")
+
+
+# -- query -------------------------------------------------------------------------------
+def _utc_ts(value: Any, name: str) -> float:
+    from datetime import datetime
+    if not isinstance(value, str):
+        raise MethodError("invalidArguments", f"{name}: expected a UTCDate")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise MethodError("invalidArguments", f"{name}: expected a UTCDate") from None
+
+
+class Query:
+    """Email/query's filter and sort over the account's index."""
+
+    def __init__(self, emails: Emails) -> None:
+        self.emails = emails
+        self.account = emails.account
+        self.idx = emails.idx
+        self._text_hits: dict[tuple[str, str], set[str]] = {}
+        self._attachments: set[str] | None = None
+
+    def text_hits(self, where: str, needle: str) -> set[str]:
+        """Email ids whose indexed text contains ``needle`` (the store's full-text index)."""
+        key = (where, needle)
+        if key not in self._text_hits:
+            self._text_hits[key] = self.account.store.search_emails([(where, needle)])
+        return self._text_hits[key]
+
+    def attachment_candidates(self) -> set[str]:
+        """Emails whose top-level header (indexed) says multipart or a non-text type or an
+        attachment: only these can have attachments (the rest are not parsed)."""
+        if self._attachments is None:
+            found: set[str] = set()
+            for needle in ("content-type: multipart/", "content-type: application/",
+                           "content-type: image/", "content-type: audio/",
+                           "content-type: video/", "content-type: message/",
+                           "content-disposition: attachment"):
+                found |= self.text_hits("TEXT", needle)
+            self._attachments = found
+        return self._attachments
+
+    def match(self, eid: str, flt: dict[str, Any], depth: int = 0) -> bool:
+        if depth > 16:
+            raise MethodError("unsupportedFilter", "filters nest too deep")
+        if "operator" in flt:
+            op, conds = flt.get("operator"), flt.get("conditions")
+            if op not in ("AND", "OR", "NOT") or not isinstance(conds, list) or not all(
+                    isinstance(c, dict) for c in conds):
+                raise MethodError("unsupportedFilter", "bad FilterOperator")
+            results = (self.match(eid, c, depth + 1) for c in conds)
+            if op == "AND":
+                return all(results)
+            if op == "OR":
+                return any(results)
+            return not any(results)
+        locs = self.idx.copies[eid]
+        e = locs[0].entry
+        return all(self.condition(eid, locs, e, key, value) for key, value in flt.items())
+
+    def condition(self, eid: str, locs: list[Located], e: Any, key: str, value: Any) -> bool:
+        ids = self.idx.ids
+        if key == "inMailbox":
+            return eid in self.idx.members.get(value, ())
+        if key == "inMailboxOtherThan":
+            if not isinstance(value, list):
+                raise MethodError("invalidArguments", "inMailboxOtherThan: a list of ids")
+            return any(ids[loc.mailbox] not in value for loc in locs)
+        if key == "before":
+            return e.internaldate < _utc_ts(value, key)
+        if key == "after":
+            return e.internaldate >= _utc_ts(value, key)
+        if key == "minSize":
+            return e.size >= int(value)
+        if key == "maxSize":
+            return e.size < int(value)
+        if key in ("hasKeyword", "notKeyword"):
+            if not isinstance(value, str):
+                raise MethodError("invalidArguments", f"{key}: a keyword")
+            has = any(flag(value).lower() == f.lower() for loc in locs for f in loc.entry.flags)
+            return has if key == "hasKeyword" else not has
+        if key in ("allInThreadHaveKeyword", "someInThreadHaveKeyword", "noneInThreadHaveKeyword"):
+            want = flag(str(value)).lower()
+            members = [self.idx.copies[i][0].entry for i in self.idx.threads.get(e.threadid, ())]
+            hits = [any(want == f.lower() for f in m.flags) for m in members]
+            if key == "allInThreadHaveKeyword":
+                return all(hits)
+            if key == "someInThreadHaveKeyword":
+                return any(hits)
+            return not any(hits)
+        if key == "hasAttachment":
+            has = eid in self.attachment_candidates()  # a cheap look at the index first
+            if has:
+                p = self.emails.parsed(eid)
+                has = p is not None and bool(p.body_lists()[2])
+            return has == bool(value)
+        if key in ("text", "body"):
+            if not isinstance(value, str):
+                raise MethodError("invalidArguments", f"{key}: a string")
+            return eid in self.text_hits("TEXT" if key == "text" else "BODY", value)
+        if key in ("from", "to", "cc", "bcc", "subject"):
+            if not isinstance(value, str):
+                raise MethodError("invalidArguments", f"{key}: a string")
+            if eid not in self.text_hits("TEXT", value):  # cheap prefilter
+                return False
+            p = self.emails.parsed(eid)
+            field = p.header(key) if p is not None else None
+            return field is not None and value.casefold() in \
+                msgview.decode_words(field).casefold()
+        if key == "header":
+            if not (isinstance(value, list) and 1 <= len(value) <= 2
+                    and all(isinstance(v, str) for v in value)):
+                raise MethodError("invalidArguments", "header: [name] or [name, value]")
+            if len(value) == 2 and len(value[1]) >= 3 and \
+                    eid not in self.text_hits("TEXT", value[1]):  # cheap prefilter
+                return False
+            p = self.emails.parsed(eid)
+            if p is None:
+                return False
+            values = p.header_all(value[0])
+            if len(value) == 1:
+                return bool(values)
+            return any(value[1].casefold() in msgview.decode_words(v).casefold()
+                       for v in values)
+        raise MethodError("unsupportedFilter", f"{key[:100]!r}")
+
+    def sort_key(self, prop: str, eid: str, sort: dict[str, Any]) -> Any:
+        e = self.idx.copies[eid][0].entry
+        if prop == "receivedAt":
+            return e.internaldate
+        if prop == "size":
+            return e.size
+        if prop in ("hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword"):
+            want = flag(str(sort.get("keyword", ""))).lower()
+            if prop == "hasKeyword":
+                return any(want == f.lower() for f in e.flags)
+            members = [self.idx.copies[i][0].entry for i in self.idx.threads.get(e.threadid, ())]
+            hits = (any(want == f.lower() for f in m.flags) for m in members)
+            return all(hits) if prop == "allInThreadHaveKeyword" else any(hits)
+        p = self.emails.parsed(eid)
+        if prop == "sentAt":
+            return (msgview.date_value(p.header("date")) if p else None) or ""
+        if prop == "subject":
+            v = p.header("subject") if p else None
+            return msgview.decode_words(v).casefold() if v else ""
+        if prop in ("from", "to"):
+            addrs = msgview.addresses(p.header(prop)) if p else None
+            if not addrs:
+                return ""
+            a = addrs[0]
+            return (a["name"] or a["email"] or "").casefold()
+        raise MethodError("unsupportedSort", f"{prop[:100]!r}")
+
+
+@method("Email/query")
+def email_query(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    emails = Emails(account)
+    q = Query(emails)
+    flt = call.arg("filter", dict, None)
+    sorts = call.arg("sort", list, None) or [{"property": "receivedAt", "isAscending": False}]
+    by_received = len(sorts) == 1 and isinstance(sorts[0], dict) and \
+        sorts[0].get("property") == "receivedAt"
+    if by_received:  # the index keeps this order: no sort
+        ids = list(emails.idx.by_received)
+        if sorts[0].get("isAscending", True) is False:
+            ids.reverse()
+        sorts = []
+    else:
+        ids = sorted(emails.idx.copies)  # a stable base order for equal keys
+    if flt:
+        if set(flt) == {"inMailbox"}:
+            members = emails.idx.members.get(flt["inMailbox"], set())
+            ids = [i for i in ids if i in members]
+        else:
+            ids = [i for i in ids if q.match(i, flt)]
+    for sort in reversed(sorts):
+        if not isinstance(sort, dict) or not isinstance(sort.get("property"), str):
+            raise MethodError("unsupportedSort", "each sort is a Comparator")
+        prop = sort["property"]
+        ids.sort(key=lambda i, prop=prop, sort=sort: q.sort_key(prop, i, sort),
+                 reverse=sort.get("isAscending", True) is False)
+    if call.args.get("collapseThreads"):
+        seen: set[str] = set()
+        kept = []
+        for i in ids:
+            tid = emails.idx.copies[i][0].entry.threadid
+            if tid not in seen:
+                seen.add(tid)
+                kept.append(i)
+        ids = kept
+    out = query_window(call, account, ids)
+    out["collapseThreads"] = bool(call.args.get("collapseThreads"))
+    return out
+
+
+method("Email/queryChanges")(query_changes_unsupported)
+
+
+def _needles(flt: Any, depth: int = 0) -> list[str]:
+    """The search terms of a filter (text, subject, body), NOT branches left out."""
+    if not isinstance(flt, dict) or depth > 16:
+        return []
+    if "operator" in flt:
+        if flt.get("operator") == "NOT" or not isinstance(flt.get("conditions"), list):
+            return []
+        return [n for c in flt["conditions"] for n in _needles(c, depth + 1)]
+    return [v for k, v in flt.items() if k in ("text", "subject", "body")
+            and isinstance(v, str) and v.strip()]
+
+
+def highlight(text: str, needles: list[str], width: int | None = None) -> str | None:
+    """``text`` HTML-escaped with each needle in ``<mark>``; with ``width``, the part around
+    the first match (None when nothing matches)."""
+    folded = text.casefold()
+    spans = []
+    for n in needles:
+        n = n.casefold()
+        start = folded.find(n)
+        while start >= 0 and len(spans) < 100:
+            spans.append((start, start + len(n)))
+            start = folded.find(n, start + len(n))
+    if not spans:
+        return None
+    spans.sort()
+    lo, hi = 0, len(text)
+    if width is not None:
+        lo = max(0, spans[0][0] - width // 4)
+        hi = min(len(text), lo + width)
+    out, pos = [], lo
+    for a, b in spans:
+        if a < pos or b > hi:
+            continue
+        out += [html.escape(text[pos:a]), "<mark>", html.escape(text[a:b]), "</mark>"]
+        pos = b
+    out.append(html.escape(text[pos:hi]))
+    return "".join(out)
+
+
+@method("SearchSnippet/get")
+def snippet_get(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    ids = call.arg("emailIds", list, [])
+    if len(ids) > call.limits.max_objects_in_get:
+        raise MethodError("requestTooLarge")
+    needles = _needles(call.args.get("filter"))
+    emails = Emails(account)
+    out, missing = [], []
+    for eid in ids:
+        p = emails.parsed(eid) if isinstance(eid, str) else None
+        if p is None:
+            missing.append(eid)
+            continue
+        subject = " ".join(msgview.decode_words(p.header("subject") or "").split())
+        text = ""
+        for pid in p.body_lists()[0]:
+            part = p.part(pid)
+            if part is not None:
+                text += " " + " ".join(p.text_of(part).split())
+        out.append({"emailId": eid, "subject": highlight(subject, needles),
+                    "preview": highlight(text.strip()[:100_000], needles, 255)})
+    return {"accountId": account.id, "list": out, "notFound": missing}
+
+
+# -- set ---------------------------------------------------------------------------------
+def _apply_keywords(account: Account, locs: list[Located], patch: dict[str, Any]) -> None:
+    """``keywords`` (replace) or ``keywords/<k>`` (add/remove) on every copy."""
+    replace = patch.get("keywords")
+    adds, removes = [], []
+    for key, value in patch.items():
+        if key.startswith("keywords/"):
+            kw = key[len("keywords/"):].replace("~1", "/").replace("~0", "~")
+            _check_keyword(kw)
+            (adds if value is True else removes if value is None else [None]).append(kw)
+            if value not in (True, None):
+                raise MethodError("invalidPatch", f"{key}: true or null")
+    if replace is not None:
+        if not isinstance(replace, dict) or not all(v is True for v in replace.values()):
+            raise MethodError("invalidProperties", "keywords: a map of keyword to true",
+                              properties=["keywords"])
+        for kw in replace:
+            _check_keyword(kw)
+        flags = [flag(k) for k in replace]
+        for loc in locs:
+            keep = [f for f in loc.entry.flags if f in ("\\Deleted", "\\Recent")]
+            account.store.store_flags(loc.mailbox, [loc.entry.uid], "", [*flags, *keep])
+        return
+    for loc in locs:
+        if adds:
+            account.store.store_flags(loc.mailbox, [loc.entry.uid], "+", [flag(k) for k in adds])
+        if removes:
+            account.store.store_flags(loc.mailbox, [loc.entry.uid], "-",
+                                      [flag(k) for k in removes])
+
+
+def _check_keyword(kw: str) -> None:
+    if not kw or len(kw) > 255 or any(c in kw for c in '()[]{}%*"\\ ') or not all(
+            0x21 <= ord(c) <= 0x7e for c in kw):
+        raise MethodError("invalidProperties", f"not a keyword: {kw[:50]!r}",
+                          properties=["keywords"])
+
+
+def _apply_mailboxes(account: Account, locs: list[Located], patch: dict[str, Any]) -> None:
+    """``mailboxIds`` (replace) or ``mailboxIds/<id>`` patches: copy, move or remove."""
+    current = {loc.mailbox for loc in locs}
+    if "mailboxIds" in patch:
+        ids = patch["mailboxIds"]
+        if not isinstance(ids, dict) or not ids:
+            raise MethodError("invalidProperties", "mailboxIds: at least one mailbox",
+                              properties=["mailboxIds"])
+        target = set(mailbox_names(account, ids))
+    else:
+        target = set(current)
+        for key, value in patch.items():
+            if key.startswith("mailboxIds/"):
+                name = mailbox_names(account, {key[len("mailboxIds/"):]: True})[0]
+                if value is True:
+                    target.add(name)
+                elif value is None:
+                    target.discard(name)
+                else:
+                    raise MethodError("invalidPatch", f"{key}: true or null")
+        if not target:
+            raise MethodError("invalidProperties", "an email must stay in a mailbox",
+                              properties=["mailboxIds"])
+    add = sorted(target - current)
+    drop = [loc for loc in locs if loc.mailbox not in target]
+    for name in add:
+        if drop:  # a move keeps the email id and is one change
+            loc = drop.pop()
+            account.store.transfer(loc.mailbox, [loc.entry.uid], name, move=True)
+        else:
+            loc = locs[0]
+            account.store.transfer(loc.mailbox, [loc.entry.uid], name, move=False)
+    for loc in drop:
+        account.store.remove_by_key(loc.mailbox, [loc.entry.key])
+
+
+@method("Email/set")
+def email_set(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    old = check_state(call, account)
+    create = call.arg("create", dict, {})
+    update = call.arg("update", dict, {})
+    destroy = call.arg("destroy", list, [])
+    if len(create) + len(update) + len(destroy) > call.limits.max_objects_in_set:
+        raise MethodError("requestTooLarge")
+    out: dict[str, Any] = {"accountId": account.id, "oldState": old, "created": {},
+                           "updated": {}, "destroyed": [], "notCreated": {}, "notUpdated": {},
+                           "notDestroyed": {}}
+    for cid, obj in create.items():
+        try:
+            if not isinstance(obj, dict):
+                raise MethodError("invalidProperties", "not an object")
+            names = mailbox_names(account, _resolve_ids(obj.get("mailboxIds"), call))
+            if not names:
+                raise MethodError("invalidProperties", "mailboxIds: at least one",
+                                  properties=["mailboxIds"])
+            kws = obj.get("keywords") or {}
+            if not isinstance(kws, dict):
+                raise MethodError("invalidProperties", "keywords", properties=["keywords"])
+            for kw in kws:
+                _check_keyword(kw)
+            data = compose(obj, lambda b: blob_bytes(account, b))
+            received = _utc_ts(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") \
+                else time.time()
+            created = _store_new(account, names, data, [flag(k) for k in kws], received)
+            call.created_ids[cid] = created["id"]
+            out["created"][cid] = created
+        except ComposeError as exc:
+            out["notCreated"][cid] = {"type": "invalidProperties", "description": str(exc),
+                                      "properties": exc.properties}
+        except (ValueError, TypeError) as exc:  # the email library refused a value
+            out["notCreated"][cid] = {"type": "invalidProperties", "description": str(exc)}
+        except MethodError as exc:
+            out["notCreated"][cid] = exc.args_out()
+        except OverQuota:
+            out["notCreated"][cid] = {"type": "overQuota"}
+    account.refresh()
+    idx = account.index()
+    for eid, patch in update.items():
+        eid = eid_r = call.resolve(eid)  # a #creationId: answered under the new id
+        locs = idx.copies.get(eid_r)
+        try:
+            if not locs:
+                raise MethodError("notFound")
+            if not isinstance(patch, dict):
+                raise MethodError("invalidPatch")
+            for key in patch:
+                if not (key in ("keywords", "mailboxIds") or key.startswith(
+                        ("keywords/", "mailboxIds/"))):
+                    raise MethodError("invalidProperties", f"{key[:100]} cannot be changed",
+                                      properties=[key.split("/")[0]])
+            if any(k == "keywords" or k.startswith("keywords/") for k in patch):
+                _apply_keywords(account, locs, patch)
+            if any(k == "mailboxIds" or k.startswith("mailboxIds/") for k in patch):
+                _apply_mailboxes(account, account.refreshed_copies(eid_r), patch)
+            out["updated"][eid] = None
+        except MethodError as exc:
+            out["notUpdated"][eid] = exc.args_out()
+        except OverQuota:
+            out["notUpdated"][eid] = {"type": "overQuota"}
+        except StoreError as exc:
+            out["notUpdated"][eid] = {"type": "notFound", "description": str(exc)}
+        account.refresh()
+    for eid in destroy:
+        eid = call.resolve(eid)
+        locs = account.index().copies.get(eid) if isinstance(eid, str) else None
+        if not locs:
+            out["notDestroyed"][str(eid)] = {"type": "notFound"}
+            continue
+        for loc in locs:
+            account.store.remove_by_key(loc.mailbox, [loc.entry.key])
+        account.refresh()
+        out["destroyed"].append(eid)
+    out["newState"] = account.state()
+    return out
+
+
+def _resolve_ids(ids: Any, call: Call) -> dict[str, Any]:
+    if not isinstance(ids, dict):
+        raise MethodError("invalidProperties", "mailboxIds: a map of ids",
+                          properties=["mailboxIds"])
+    return {call.created_ids.get(k[1:], k) if k.startswith("#") else k: v
+            for k, v in ids.items()}
+
+
+def _store_new(account: Account, names: list[str], data: bytes, flags: list[str],
+               received: float) -> dict[str, Any]:
+    """Append ``data`` to the first mailbox and copy it to the others; the new Email."""
+    _, uid = account.store.append(names[0], data, flags, received)
+    for name in names[1:]:
+        account.store.transfer(names[0], [uid], name, move=False)
+    snap = account.store.status(names[0])
+    e = next(x for x in snap.entries if x.uid == uid)
+    return {"id": e.emailid, "blobId": e.emailid, "threadId": e.threadid, "size": e.size}
+
+
+@method("Email/import")
+def email_import(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    old = check_state(call, account)
+    emails = call.arg("emails", dict, {})
+    if len(emails) > call.limits.max_objects_in_set:
+        raise MethodError("requestTooLarge")
+    out: dict[str, Any] = {"accountId": account.id, "oldState": old, "created": {},
+                           "notCreated": {}}
+    for cid, obj in emails.items():
+        try:
+            if not isinstance(obj, dict) or not isinstance(obj.get("blobId"), str):
+                raise MethodError("invalidProperties", "blobId", properties=["blobId"])
+            names = mailbox_names(account, _resolve_ids(obj.get("mailboxIds"), call))
+            data = blob_bytes(account, obj["blobId"])
+            if data is None:
+                raise MethodError("blobNotFound", notFound=[obj["blobId"]])
+            kws = obj.get("keywords") or {}
+            for kw in kws:
+                _check_keyword(kw)
+            received = _utc_ts(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") \
+                else time.time()
+            created = _store_new(account, names, data, [flag(k) for k in kws], received)
+            call.created_ids[cid] = created["id"]
+            out["created"][cid] = created
+        except MethodError as exc:
+            out["notCreated"][cid] = exc.args_out()
+        except OverQuota:
+            out["notCreated"][cid] = {"type": "overQuota"}
+        account.refresh()
+    out["newState"] = account.state()
+    return out
+
+
+@method("Email/parse")
+def email_parse(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    blob_ids = call.arg("blobIds", list, [])
+    if len(blob_ids) > call.limits.max_objects_in_get:
+        raise MethodError("requestTooLarge")
+    props = wanted_properties(call, HEADER_PROPS + BODY_PROPS + ("blobId", "size"),
+                              _is_header_prop) if call.args.get("properties") else \
+        ["messageId", "inReplyTo", "references", "sender", "from", "to", "cc", "bcc",
+         "replyTo", "subject", "sentAt", "hasAttachment", "preview", "bodyValues", "textBody",
+         "htmlBody", "attachments"]
+    props = [p for p in props if p != "id"]
+    body_args = {k: bool(call.args.get(k)) for k in (
+        "fetchTextBodyValues", "fetchHTMLBodyValues", "fetchAllBodyValues")}
+    body_args["maxBodyValueBytes"] = call.arg("maxBodyValueBytes", int, 0)
+    emails = Emails(account)
+    parsed, missing = {}, []
+    for bid in blob_ids:
+        data = blob_bytes(account, bid) if isinstance(bid, str) else None
+        if data is None:
+            missing.append(bid)
+            continue
+        p = msgview.Parsed(data)
+        view: dict[str, Any] = {}
+        for prop in props:
+            if prop == "blobId":
+                view[prop] = bid
+            elif prop == "size":
+                view[prop] = len(data)
+            else:
+                view[prop] = emails.parsed_prop(p, prop, body_args)
+        parsed[bid] = view
+    return {"accountId": account.id, "parsed": parsed, "notParsable": [], "notFound": missing}
+
+
+@method("Email/copy")
+def email_copy(call: Call) -> dict[str, Any]:
+    raise MethodError("fromAccountNotFound", "there is one account per login")

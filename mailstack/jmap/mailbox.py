@@ -1,0 +1,243 @@
+"""Mailbox and Thread methods (RFC 8621 2, 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..store.account import MailboxInfo, StoreError
+from ..store.maildir import MaildirError, validate_folder_name
+from .account import Account, mailbox_id, store_mailbox_id
+from .core import Call, MethodError, method
+from .standard import (
+    changes_response,
+    check_state,
+    query_changes_unsupported,
+    query_window,
+    wanted_ids,
+    wanted_properties,
+)
+
+MAILBOX_PROPERTIES = ("id", "name", "parentId", "role", "sortOrder", "totalEmails",
+                      "unreadEmails", "totalThreads", "unreadThreads", "myRights", "isSubscribed")
+RIGHTS = {"mayReadItems": True, "mayAddItems": True, "mayRemoveItems": True,
+          "maySetSeen": True, "maySetKeywords": True, "mayCreateChild": True,
+          "mayRename": True, "mayDelete": True, "maySubmit": True}
+
+
+# -- Mailbox -----------------------------------------------------------------------------------
+def _mailbox(account: Account, m: MailboxInfo) -> dict[str, Any]:
+    snap = account.store.status(m.name)
+    threads = {e.threadid for e in snap.entries}
+    unread_threads = {e.threadid for e in snap.entries if not e.seen}
+    parent = next((p for p in account.mailboxes() if p.name == m.parent), None)
+    return {"id": mailbox_id(m.id), "name": m.name.rpartition(".")[2] if m.parent else m.name,
+            "parentId": mailbox_id(parent.id) if parent else None, "role": m.role or None,
+            "sortOrder": 0 if m.role == "inbox" else 10 if m.role else 100,
+            "totalEmails": m.total, "unreadEmails": m.unread,
+            "totalThreads": len(threads), "unreadThreads": len(unread_threads),
+            "myRights": dict(RIGHTS, mayRename=m.role != "inbox", mayDelete=m.role != "inbox"),
+            "isSubscribed": m.subscribed or m.role == "inbox"}  # INBOX is always there
+
+
+@method("Mailbox/get")
+def mailbox_get(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    state = account.state()
+    by_id = {mailbox_id(m.id): m for m in account.mailboxes()}
+    ids = wanted_ids(call, by_id.keys)
+    props = wanted_properties(call, MAILBOX_PROPERTIES)
+    found, missing = [], []
+    for i in ids:
+        m = by_id.get(i)
+        if m is None:
+            missing.append(i)
+            continue
+        full = _mailbox(account, m)
+        found.append({p: full[p] for p in props})
+    return {"accountId": account.id, "state": state, "list": found, "notFound": missing}
+
+
+@method("Mailbox/changes")
+def mailbox_changes(call: Call) -> dict[str, Any]:
+    out = changes_response(call, call.account, "Mailbox", mailbox_id)
+    out["updatedProperties"] = None
+    return out
+
+
+@method("Mailbox/query")
+def mailbox_query(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    flt = call.arg("filter", dict, {})
+    rows = account.mailboxes()
+    for key, value in flt.items():
+        if key == "parentId":
+            parent = account.mailbox_by_id(value) if value else None
+            rows = [m for m in rows if (m.parent == parent.name if parent else not m.parent)]
+        elif key == "name":
+            rows = [m for m in rows if str(value).lower() in m.name.lower()]
+        elif key == "role":
+            rows = [m for m in rows if (m.role or None) == value]
+        elif key == "hasAnyRole":
+            rows = [m for m in rows if bool(m.role) == bool(value)]
+        elif key == "isSubscribed":
+            rows = [m for m in rows if m.subscribed == bool(value)]
+        else:
+            raise MethodError("unsupportedFilter", f"{key[:100]!r}")
+    for sort in reversed(call.arg("sort", list, [])):
+        prop = sort.get("property") if isinstance(sort, dict) else None
+        if prop not in ("name", "sortOrder"):
+            raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
+        rows.sort(key=(lambda m: m.name) if prop == "name" else (lambda m: (m.role == "", 0)),
+                  reverse=sort.get("isAscending", True) is False)
+    ids = [mailbox_id(m.id) for m in rows]
+    return query_window(call, account, ids)
+
+
+method("Mailbox/queryChanges")(query_changes_unsupported)
+
+
+def _full_name(account: Account, name: str, parent_id: str | None,
+               creating: dict[str, str]) -> str:
+    if not isinstance(name, str) or not name or "." in name or "/" in name:
+        raise MethodError("invalidProperties", "name: not a valid mailbox name",
+                          properties=["name"])
+    if parent_id is None:
+        return name
+    parent_id = creating.get(parent_id[1:], parent_id) if parent_id.startswith("#") \
+        else parent_id
+    parent = account.mailbox_by_id(parent_id)
+    if parent is None:
+        raise MethodError("invalidProperties", "parentId: no such mailbox",
+                          properties=["parentId"])
+    return f"{parent.name}.{name}"
+
+
+@method("Mailbox/set")
+def mailbox_set(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    old = check_state(call, account)
+    out: dict[str, Any] = {"accountId": account.id, "oldState": old, "created": {},
+                           "updated": {}, "destroyed": [], "notCreated": {}, "notUpdated": {},
+                           "notDestroyed": {}}
+    create = call.arg("create", dict, {})
+    update = call.arg("update", dict, {})
+    destroy = call.arg("destroy", list, [])
+    if len(create) + len(update) + len(destroy) > call.limits.max_objects_in_set:
+        raise MethodError("requestTooLarge")
+    for cid, obj in create.items():
+        try:
+            if not isinstance(obj, dict):
+                raise MethodError("invalidProperties", "not an object")
+            full = _full_name(account, obj.get("name"), obj.get("parentId"), call.created_ids)
+            validate_folder_name(full)
+            if any(m.name.lower() == full.lower() for m in account.mailboxes()):
+                raise MethodError("invalidProperties", "a mailbox of that name exists",
+                                  properties=["name"])
+            account.store.create_mailbox(full)
+            if obj.get("isSubscribed"):
+                account.store.set_subscribed(full, True)
+            account.refresh()
+            m = next(m for m in account.mailboxes() if m.name == full)
+            call.created_ids[cid] = mailbox_id(m.id)
+            out["created"][cid] = {k: v for k, v in _mailbox(account, m).items()
+                                   if k not in obj or k == "id"}
+        except MethodError as exc:
+            out["notCreated"][cid] = exc.args_out()
+        except (StoreError, MaildirError, ValueError) as exc:
+            out["notCreated"][cid] = {"type": "invalidProperties", "description": str(exc)}
+    for jid, patch in update.items():
+        jid = call.resolve(jid)  # a #creationId: answered under the new id
+        m = account.mailbox_by_id(jid)
+        try:
+            if m is None:
+                raise MethodError("notFound")
+            if not isinstance(patch, dict):
+                raise MethodError("invalidPatch")
+            if "isSubscribed" in patch:
+                account.store.set_subscribed(m.name, bool(patch["isSubscribed"]))
+            if "name" in patch or "parentId" in patch:
+                if m.role == "inbox":
+                    raise MethodError("forbidden", "INBOX cannot be renamed")
+                parent = patch.get("parentId", mailbox_id(next(
+                    (p.id for p in account.mailboxes() if p.name == m.parent), 0))
+                    if m.parent else None)
+                name = patch.get("name", m.name.rpartition(".")[2])
+                full = _full_name(account, name, parent, call.created_ids)
+                if full != m.name:
+                    validate_folder_name(full)
+                    children = [c.name for c in account.mailboxes()
+                                if c.name.startswith(m.name + ".")]
+                    if full.startswith(m.name + "."):
+                        raise MethodError("invalidProperties", "a mailbox cannot be its own "
+                                          "child", properties=["parentId"])
+                    account.store.rename_mailbox(m.name, full, children)
+            for key in patch:
+                if key not in ("name", "parentId", "isSubscribed", "sortOrder"):
+                    raise MethodError("invalidProperties", f"{key[:100]} cannot be set",
+                                      properties=[key])
+            account.refresh()
+            # sortOrder is the server's (by role): say so when the client asked for another
+            m = account.mailbox_by_id(jid)
+            order = _mailbox(account, m)["sortOrder"] if m is not None else None
+            out["updated"][jid] = {"sortOrder": order} \
+                if "sortOrder" in patch and patch["sortOrder"] != order else None
+        except MethodError as exc:
+            out["notUpdated"][jid] = exc.args_out()
+        except (StoreError, MaildirError, ValueError, OSError) as exc:
+            out["notUpdated"][jid] = {"type": "invalidProperties", "description": str(exc)}
+    remove_emails = bool(call.args.get("onDestroyRemoveEmails"))
+    for jid in destroy:
+        jid = call.resolve(jid)
+        m = account.mailbox_by_id(jid) if isinstance(jid, str) else None
+        try:
+            if m is None:
+                raise MethodError("notFound")
+            if m.role == "inbox":
+                raise MethodError("forbidden", "INBOX cannot be destroyed")
+            if any(c.parent == m.name for c in account.mailboxes()):
+                raise MethodError("mailboxHasChild")
+            if m.total and not remove_emails:
+                raise MethodError("mailboxHasEmail")
+            account.store.delete_mailbox(m.name)
+            account.refresh()
+            out["destroyed"].append(jid)
+        except MethodError as exc:
+            out["notDestroyed"][jid] = exc.args_out()
+        except StoreError as exc:
+            out["notDestroyed"][jid] = {"type": "notFound", "description": str(exc)}
+    out["newState"] = account.state()
+    return out
+
+
+# -- Thread ------------------------------------------------------------------------------------
+@method("Thread/get")
+def thread_get(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    state = account.state()
+    idx = account.index()
+    ids = wanted_ids(call, idx.threads.keys)
+    found, missing = [], []
+    for tid in ids:
+        emails = idx.threads.get(tid)
+        if emails:
+            found.append({"id": tid, "emailIds": list(emails)})
+        else:
+            missing.append(tid)
+    return {"accountId": account.id, "state": state, "list": found, "notFound": missing}
+
+
+@method("Thread/changes")
+def thread_changes(call: Call) -> dict[str, Any]:
+    return changes_response(call, call.account, "Thread")
+
+
+def mailbox_names(account: Account, ids: dict[str, Any]) -> list[str]:
+    """Store names of JMAP mailbox ids (invalidProperties when one is unknown)."""
+    out = []
+    for jid in ids:
+        m = account.mailbox_by_id(jid)
+        if m is None or store_mailbox_id(jid) is None:
+            raise MethodError("invalidProperties", f"no mailbox {str(jid)[:50]!r}",
+                              properties=["mailboxIds"])
+        out.append(m.name)
+    return out

@@ -1,0 +1,255 @@
+"""A message's JMAP view (RFC 8621 4.1): header fields, addresses, body structure, values,
+preview — parsed once per email id and kept in a bounded cache (:func:`parsed`).
+
+This is the one place JMAP parses message bytes; when the store keeps a per-message summary
+(sort keys, preview), :func:`parsed` is where to switch to it.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email.header import decode_header, make_header
+from email.message import Message
+from typing import Any
+
+CACHE_SIZE = 500  # messages kept parsed (a parsed message costs a few times its size)
+CACHE_BYTES = 16 << 20  # and at most this many octets of them
+PREVIEW_CHARS = 256
+MAX_PARTS = 500  # body parts described per message (a hostile message may have thousands)
+
+_cache: OrderedDict[str, Parsed] = OrderedDict()
+_cache_lock = threading.Lock()
+_cached_bytes = 0
+
+
+def utc(ts: float) -> str:
+    """An RFC 3339 UTCDate (``Z``, whole seconds)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decode_words(value: str) -> str:
+    """RFC 2047 encoded words decoded; unfolded; never raises."""
+    value = value.replace("\r", "").replace("\n", "")
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:
+        return value
+
+
+def addresses(value: str | None) -> list[dict[str, Any]] | None:
+    """``[{"name": ..., "email": ...}]`` of an address-list header, or None when absent."""
+    if value is None:
+        return None
+    out = []
+    for name, addr in email.utils.getaddresses([value.replace("\r", "").replace("\n", " ")]):
+        if not name and not addr:
+            continue
+        out.append({"name": decode_words(name) or None, "email": addr})
+    return out
+
+
+def message_ids(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    ids = [p.strip("<> \t") for p in value.replace("\n", " ").split() if p.startswith("<")]
+    return [i for i in ids if i] or None
+
+
+def date_value(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if dt.tzinfo is None:
+        return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.isoformat()
+
+
+class Parsed:
+    """The parts of a message JMAP asks for, computed on demand from the raw bytes."""
+
+    def __init__(self, raw: bytes, blob_prefix: str = "") -> None:
+        self.raw = raw
+        self.blob_prefix = blob_prefix  # a leaf's blobId is prefix_partId
+        self.msg: Message = message_from_bytes(raw, policy=email.policy.compat32)
+        # raw values keep the space after the colon (the parser drops it)
+        self.headers: list[tuple[str, str]] = [(k, " " + str(v) if v else "")
+                                               for k, v in self.msg.raw_items()]
+        self._parts: list[tuple[Message, str]] | None = None
+        self._structure: dict[str, Any] | None = None
+        self._lists: tuple[list, list, list] | None = None
+
+    # -- header fields -------------------------------------------------------------------
+    def header_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+    def header(self, name: str) -> str | None:
+        values = self.header_all(name)
+        return values[-1] if values else None
+
+    def first(self, name: str) -> str | None:
+        values = self.header_all(name)
+        return values[0] if values else None
+
+    def headers_list(self) -> list[dict[str, str]]:
+        return [{"name": k, "value": v} for k, v in self.headers]
+
+    # -- body ------------------------------------------------------------------------------
+    def parts(self) -> list[tuple[Message, str]]:
+        """Leaf parts in order with their partId (``1``, ``2`` ... depth first)."""
+        if self._parts is None:
+            out: list[tuple[Message, str]] = []
+            for part in self.msg.walk():
+                if len(out) >= MAX_PARTS:
+                    break
+                if not part.is_multipart():
+                    out.append((part, str(len(out) + 1)))
+            self._parts = out
+        return self._parts
+
+    def structure(self) -> dict[str, Any]:
+        if self._structure is None:
+            ids = {id(p): pid for p, pid in self.parts()}
+            self._structure = self._describe(self.msg, ids, 0)
+        return self._structure
+
+    def _describe(self, part: Message, ids: dict[int, str], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "partId": ids.get(id(part)), "blobId": None, "size": 0,
+            "headers": [{"name": k, "value": str(v)} for k, v in part.raw_items()],
+            "name": decode_words(part.get_filename()) if part.get_filename() else None,
+            "type": part.get_content_type(), "charset": None,
+            "disposition": (part.get("content-disposition") or "").split(";")[0].strip().lower()
+            or None,
+            "cid": (part.get("content-id") or "").strip("<> ") or None,
+            "language": None, "location": part.get("content-location"),
+        }
+        if part.is_multipart() and depth < 32:
+            subs = part.get_payload()
+            out["subParts"] = [self._describe(p, ids, depth + 1) for p in subs[:MAX_PARTS]
+                               if isinstance(p, Message)]
+        else:
+            payload = part.get_payload(decode=True)
+            out["size"] = len(payload) if isinstance(payload, bytes) else 0
+            if self.blob_prefix and out["partId"]:
+                out["blobId"] = f"{self.blob_prefix}_{out['partId']}"
+            if part.get_content_maintype() == "text":
+                out["charset"] = part.get_content_charset() or "us-ascii"
+        return out
+
+    def text_of(self, part: Message) -> str:
+        return self.decoded(part)[0]
+
+    def decoded(self, part: Message) -> tuple[str, bool]:
+        """(the part's text, whether it could not be decoded cleanly: an unknown charset or
+        octets invalid in it, replaced by U+FFFD)."""
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            return "", False
+        charset = part.get_content_charset() or "us-ascii"
+        try:
+            return payload.decode(charset), False
+        except UnicodeDecodeError:
+            if charset in ("us-ascii", "ascii"):  # 8-bit text labelled ASCII: mostly UTF-8
+                try:
+                    return payload.decode("utf-8"), False
+                except UnicodeDecodeError:
+                    pass
+            return payload.decode(charset, "replace"), True
+        except LookupError:
+            return payload.decode("utf-8", "replace"), True
+
+    def part(self, part_id: str) -> Message | None:
+        return next((p for p, pid in self.parts() if pid == part_id), None)
+
+    def body_lists(self) -> tuple[list[str], list[str], list[str]]:
+        """(textBody, htmlBody, attachments) partIds, RFC 8621 4.1.4's algorithm in short:
+        the first text/plain and text/html of each alternative; everything else attached."""
+        if self._lists is not None:
+            return self._lists
+        text: list[str] = []
+        html: list[str] = []
+        att: list[str] = []
+        for part, pid in self.parts():
+            ctype = part.get_content_type()
+            disp = (part.get("content-disposition") or "").split(";")[0].strip().lower()
+            inline = disp != "attachment"
+            if inline and ctype == "text/plain":
+                text.append(pid)
+                if not any(p.get_content_type() == "text/html" for p, _ in self.parts()):
+                    html.append(pid)
+            elif inline and ctype == "text/html":
+                html.append(pid)
+                if not any(p.get_content_type() == "text/plain" for p, _ in self.parts()):
+                    text.append(pid)
+            else:
+                att.append(pid)
+        self._lists = (text, html, att)
+        return self._lists
+
+    def preview(self) -> str:
+        text, _html, _ = self.body_lists()
+        for pid in text:
+            part = self.part(pid)
+            if part is not None:
+                body = self.text_of(part)
+                if part.get_content_type() == "text/html":
+                    body = _strip_tags(body[:PREVIEW_CHARS * 64])
+                return " ".join(body[:PREVIEW_CHARS * 8].split())[:PREVIEW_CHARS]
+        return ""
+
+    def part_view(self, pid: str) -> dict[str, Any]:
+        """The EmailBodyPart of a leaf (for textBody/htmlBody/attachments)."""
+        def find(node: dict[str, Any]) -> dict[str, Any] | None:
+            if node.get("partId") == pid:
+                return node
+            for sub in node.get("subParts", ()):
+                got = find(sub)
+                if got is not None:
+                    return got
+            return None
+        return find(self.structure()) or {"partId": pid}
+
+
+def _strip_tags(html: str) -> str:
+    out = []
+    inside = False
+    for ch in html:
+        if ch == "<":
+            inside = True
+        elif ch == ">":
+            inside = False
+        elif not inside:
+            out.append(ch)
+    return "".join(out)
+
+
+def parsed(emailid: str, read: Callable[[], bytes | None]) -> Parsed | None:
+    """The parsed message of ``emailid`` (bytes from ``read`` on a cache miss)."""
+    with _cache_lock:
+        hit = _cache.get(emailid)
+        if hit is not None:
+            _cache.move_to_end(emailid)
+            return hit
+    raw = read()
+    if raw is None:
+        return None
+    p = Parsed(raw, emailid)
+    global _cached_bytes
+    with _cache_lock:
+        if emailid not in _cache:
+            _cache[emailid] = p
+            _cached_bytes += len(raw)
+        while _cache and (len(_cache) > CACHE_SIZE or _cached_bytes > CACHE_BYTES):
+            _, old = _cache.popitem(last=False)
+            _cached_bytes -= len(old.raw)
+    return p

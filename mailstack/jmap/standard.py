@@ -1,0 +1,106 @@
+"""The standard methods' common parts (RFC 8620 5): ids and properties of /get, /changes
+from the store's change log, ifInState, /query windows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..store.account import ChangesUnavailable
+from .account import Account
+from .core import Call, MethodError
+
+
+def wanted_ids(call: Call, every: Callable[[], Iterable[str]]) -> list[str]:
+    ids = call.args.get("ids")
+    if ids is None:
+        out = list(every())
+    elif isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+        out = [call.created_ids.get(i[1:], i) if i.startswith("#") else i for i in ids]
+    else:
+        raise MethodError("invalidArguments", "ids must be a list of ids or null")
+    if len(out) > call.limits.max_objects_in_get:
+        raise MethodError("requestTooLarge", f"more than {call.limits.max_objects_in_get} ids")
+    return list(dict.fromkeys(out))
+
+
+def wanted_properties(call: Call, known: tuple[str, ...],
+                      extra: Callable[[str], bool] | None = None) -> list[str]:
+    props = call.args.get("properties")
+    if props is None:
+        return list(known)
+    if not isinstance(props, list) or not all(isinstance(p, str) for p in props):
+        raise MethodError("invalidArguments", "properties must be a list of names")
+    for p in props:
+        if p not in known and not (extra and extra(p)):
+            raise MethodError("invalidArguments", f"unknown property {p[:100]!r}")
+    return ["id", *[p for p in props if p != "id"]]
+
+
+def changes_response(call: Call, account: Account, kind: str,
+                     to_jmap: Callable[[str], str] = str) -> dict[str, Any]:
+    since = call.args.get("sinceState")
+    if not isinstance(since, str) or not since.isdigit():
+        raise MethodError("cannotCalculateChanges", "unknown state")
+    limit = call.args.get("maxChanges")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                              or limit < 1):
+        raise MethodError("invalidArguments", "maxChanges must be a positive integer")
+    try:
+        ch = account.store.changes(kind, int(since), limit or 10_000)
+    except ChangesUnavailable as exc:
+        raise MethodError("cannotCalculateChanges", str(exc)) from None
+    return {"accountId": account.id, "oldState": since, "newState": str(ch.new_state),
+            "hasMoreChanges": ch.has_more, "created": [to_jmap(i) for i in ch.created],
+            "updated": [to_jmap(i) for i in ch.updated],
+            "destroyed": [to_jmap(i) for i in ch.destroyed]}
+
+
+def check_state(call: Call, account: Account) -> str:
+    """The current state; stateMismatch when ``ifInState`` names another."""
+    state = account.state()
+    want = call.args.get("ifInState")
+    if want is not None and want != state:
+        raise MethodError("stateMismatch")
+    return state
+
+
+
+def query_window(call: Call, account: Account, ids: list[str]) -> dict[str, Any]:
+    """position / anchor / anchorOffset / limit / calculateTotal over the full result."""
+    position = call.arg("position", int, 0)
+    limit = call.arg("limit", int, None)
+    if limit is not None and limit < 0:
+        raise MethodError("invalidArguments", "limit must not be negative")
+    anchor = call.args.get("anchor")
+    if anchor is not None:
+        if anchor not in ids:
+            raise MethodError("anchorNotFound")
+        position = max(0, ids.index(anchor) + call.arg("anchorOffset", int, 0))
+    elif position < 0:
+        position = max(0, len(ids) + position)
+    window = ids[position:] if limit is None else ids[position:position + limit]
+    out = {"accountId": account.id, "queryState": account.state(), "canCalculateChanges": False,
+           "position": position, "ids": window}
+    if call.args.get("calculateTotal"):
+        out["total"] = len(ids)
+    if limit is not None:
+        out["limit"] = limit
+    return out
+
+
+def query_changes_unsupported(call: Call) -> dict[str, Any]:
+    """/queryChanges: nothing to tell when nothing changed; otherwise the client queries
+    again (past query results are not kept)."""
+    account: Account = call.account
+    since = call.args.get("sinceQueryState")
+    if not isinstance(since, str):
+        raise MethodError("invalidArguments", "sinceQueryState is required")
+    now = account.state()
+    if since != now:
+        raise MethodError("cannotCalculateChanges", "query changes are not kept: query again")
+    out: dict[str, Any] = {"accountId": account.id, "oldQueryState": since,
+                           "newQueryState": now, "removed": [], "added": []}
+    if call.args.get("calculateTotal"):
+        raise MethodError("cannotCalculateChanges", "query again for the total")
+    return out

@@ -1,0 +1,97 @@
+"""PushSubscription: verification, StateChange callbacks, and only allowlisted hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from pathlib import Path
+
+import trustme
+
+from mailstack.runtime.tls import client_context, ensure_tls_files
+from tests.conftest import add_user, running
+
+from .conftest import ALICE, JMAP, PASSWORD, message
+
+
+class Receiver:
+    """A small HTTPS endpoint that records what is POSTed to it."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self.got: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await r.readline()
+                if not line:
+                    return
+                path = line.split()[1].decode()
+                length = 0
+                while (h := await r.readline()) not in (b"\r\n", b""):
+                    if h.lower().startswith(b"content-length:"):
+                        length = int(h.split(b":")[1])
+                body = await r.readexactly(length)
+                await self.got.put((path, json.loads(body)))
+                w.write(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+                await w.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            w.close()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0, ssl=self.ctx)
+        return self.server.sockets[0].getsockname()[1]
+
+
+async def test_push_subscription_verified_then_notified(config_factory, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "push-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    receiver = Receiver(server_ctx)
+    port = await receiver.start()
+    cfg = config_factory('[http]\npush_allowlist = ["localhost"]\n')
+    add_user(cfg, ALICE, PASSWORD)
+    files = ensure_tls_files(cfg)
+    async with running("http", cfg, env={"SSL_CERT_FILE": str(ca_file)}) as daemon:
+        jmap = JMAP(cfg, daemon, client_context(files.ca))
+        resp = await jmap.call([["PushSubscription/set", {"create": {
+            "ok": {"deviceClientId": "phone-1", "url": f"https://localhost:{port}/cb",
+                   "types": ["Email"]},
+            "evil": {"deviceClientId": "x", "url": "https://169.254.169.254/latest/meta-data"},
+            "plain": {"deviceClientId": "x", "url": f"http://localhost:{port}/cb"},
+            "userinfo": {"deviceClientId": "x", "url": f"https://a@localhost:{port}/cb"}}},
+            "0"]])
+        result = resp[0][1]
+        assert set(result["created"]) == {"ok"}
+        assert {k: v["type"] for k, v in result["notCreated"].items()} == {
+            "evil": "invalidProperties", "plain": "invalidProperties",
+            "userinfo": "invalidProperties"}
+        sid = result["created"]["ok"]["id"]
+        path, verification = await asyncio.wait_for(receiver.got.get(), 15)
+        assert path == "/cb" and verification["@type"] == "PushVerification"
+        assert verification["pushSubscriptionId"] == sid
+        # not verified yet: no StateChange; a wrong code is refused
+        resp = await jmap.call([["PushSubscription/set", {"update": {
+            sid: {"verificationCode": "wrong"}}}, "0"]])
+        assert resp[0][1]["notUpdated"][sid]["type"] == "invalidProperties"
+        resp = await jmap.call([["PushSubscription/set", {"update": {
+            sid: {"verificationCode": verification["verificationCode"]}}}, "0"],
+            ["PushSubscription/get", {"ids": None}, "1"]])
+        assert resp[0][1]["updated"] == {sid: None}
+        (sub,) = resp[1][1]["list"]
+        assert "url" not in sub and sub["deviceClientId"] == "phone-1"
+        await daemon.wait_log("push: watching example.test/alice")
+        jmap.deliver(message("pushed to a phone"))
+        _, change = await asyncio.wait_for(receiver.got.get(), 20)
+        assert change["@type"] == "StateChange"
+        assert list(change["changed"][jmap.account()]) == ["Email"]
+        assert receiver.got.empty()  # nothing was ever sent to the refused URLs
+    assert receiver.server is not None
+    receiver.server.close()
