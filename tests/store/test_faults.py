@@ -87,15 +87,23 @@ def test_kill_9_mid_operations_loses_and_duplicates_nothing(stack: Stack) -> Non
     t = threading.Thread(target=client, daemon=True)
     t.start()
     config = stack.procs[0].popen.args[-1]
+
+    def progress(n: int = 5) -> None:
+        """Wait until the client has appended ``n`` more messages (the daemon is mid-work)."""
+        target, deadline = len(appended) + n, time.monotonic() + 120
+        while len(appended) < target:
+            assert time.monotonic() < deadline, f"no progress: {len(appended)} appended"
+            time.sleep(0.02)
+
     try:
         for _ in range(4):
-            time.sleep(0.4)
+            progress()
             kill_and_restart(stack, 0, "imap", config, stack.imap_ports[0])
-        time.sleep(0.4)
+        progress()
     finally:
         stop.set()
         t.join(30)
-    assert len(appended) > 20
+    assert len(appended) >= 25
     fresh = stack.imap(1)
     data = fresh.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")[1]
     ids = re.findall(rb"<(k\d+@faults\.test)>", b"".join(x[1] for x in data
