@@ -22,7 +22,7 @@ import h11
 
 from ..config import Config
 from ..runtime.health import HEALTH_PATH  # answered 200 and logged at debug level only
-from ..runtime.netserver import format_sockname, limiter_for, peer_ip, start_server
+from ..runtime.netserver import format_sockname, limiter_for, peer_ip, proxy_policy, start_server
 from ..runtime.tls import LOOPBACK_IPS, certificate_names, ensure_tls_files
 from .xml import client_config
 
@@ -118,7 +118,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     servers = await start_server(
         server.handle, cfg.server.bind, port, name="autoconfig http", limiter=limiter_for(cfg),
         busy_reply=b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"
-                   b"connection: close\r\n\r\n")
+                   b"connection: close\r\n\r\n", proxy=proxy_policy(cfg, "http"))
     for srv in servers:
         for sock in srv.sockets:
             log.info("listening on %s (http, autoconfig)", format_sockname(sock.getsockname()))
