@@ -204,13 +204,19 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     except FlagError as exc:
         raise Bad(str(exc)) from None
     failed_uids = set(result.failed)
-    failed = sorted(m.uid if uid else seq for seq, m in msgs if m.uid in failed_uids)
+    failed = sorted(m.uid if uid else seq for seq, m in msgs if m.uid in failed_uids) \
+        if failed_uids else []
     await s.send_changes(await s.changes(expunge_ok=False, own={m.uid for _, m in msgs}))
-    for seq, m in _current(sel, msgs):
-        if m.uid in failed_uids:
+    if silent and not s.condstore:
+        msgs = []
+    for n, (_, old) in enumerate(msgs, 1):
+        if n % 512 == 0:  # a long list yields to other sessions (issue 13: <= 10 ms a stretch)
+            await s.maybe_flush()
+            await asyncio.sleep(0)
+        seq = sel.seq_of(old.uid)
+        if seq is None or old.uid in failed_uids:
             continue
-        if silent and not s.condstore:
-            continue
+        m = sel.msgs[seq - 1]
         parts = []
         if uid:
             parts.append(f"UID {m.uid}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..accounts.authlimit import AuthThrottle
 from ..accounts.users import UserDB
 from ..config import Config
-from ..runtime import chaos
+from ..runtime import chaos, loopwatch
 from ..runtime.netserver import LineTooLong, arrived_on, peer_ip, starttls
 from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailbox
 from . import protocol as p
@@ -174,6 +174,7 @@ class Session:
                 return  # EOF, possibly in the middle of a line: never act on half a command
             self.commands += 1
             event = proto.receive_line(line)
+            loopwatch.note(p.command_label(line))
             if type(event) is p.Reply:
                 write(event.data)
                 if event.close:
