@@ -6,7 +6,8 @@ for SMTP/LMTP, ``* OK`` for IMAP, ``+OK`` for POP3, an HTTP 200 for autoconfig â
 
 Probes run every few seconds, so the daemons log them at debug level only: the probe sends no
 command to the mail daemons (a session without commands is logged at debug) and asks
-autoconfig for ``/health``.
+autoconfig for ``/health``. The greeting check itself is :mod:`mailstack.runtime.probe`'s,
+shared with the container probe and with ``mailstack up``'s wait for its daemons.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from pathlib import Path
 
 from ..config import Config
 from .banner import listeners
+from .probe import EXPECT, HEALTH_PATH, read_greeting
 
-#: the autoconfig daemon's health path (logged at debug there)
-HEALTH_PATH = "/health"
-
-EXPECT = {"mta": b"220", "mda": b"220", "imap": b"* OK", "pop3": b"+OK",
-          "autoconfig": b"HTTP/1.1 200"}
+__all__ = ["EXPECT", "HEALTH_PATH", "check"]
 
 
 def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
@@ -43,10 +41,7 @@ def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
         else:
             sock = socket.create_connection((host, lst.port), timeout)
         with sock as s:
-            if daemon == "autoconfig":
-                s.sendall(f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: localhost\r\n"
-                          "User-Agent: mailstack-health\r\nConnection: close\r\n\r\n".encode())
-            greeting = s.recv(256)
+            greeting = read_greeting(s, http=daemon == "autoconfig")
     except OSError as exc:
         return False, f"{daemon} {lst.name} on {where}: {exc.strerror or exc}"
     if greeting.startswith(EXPECT[daemon]):
