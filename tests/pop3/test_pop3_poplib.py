@@ -254,3 +254,30 @@ async def test_many_concurrent_connections(cfg: Config, alice: Maildir) -> None:
         assert sum(r.startswith("-ERR [IN-USE]") for r in replies) == 9
         for c in clients:
             await c.close()
+
+
+async def test_list_and_uidl_of_a_maildrop_written_in_steps(cfg: Config) -> None:
+    """More messages than one LIST/UIDL step (the listing yields to the loop between steps):
+    every line arrives once, in order, with the size and UIDL of a single-message query."""
+    from mailstack.pop3.session import LISTING_STEP
+
+    count = 2 * LISTING_STEP + 17
+    make_alice(cfg, messages=count)
+
+    def client() -> None:
+        c = poplib.POP3("127.0.0.1", plain_port(cfg), timeout=30)
+        c.user(ALICE)
+        c.pass_(PASSWORD)
+        first, lines, _ = c.list()
+        assert first.startswith(b"+OK %d messages" % count)
+        assert [int(ln.split()[0]) for ln in lines] == list(range(1, count + 1))
+        uidls = c.uidl()[1]
+        assert [int(ln.split()[0]) for ln in uidls] == list(range(1, count + 1))
+        assert len({ln.split()[1] for ln in uidls}) == count
+        for n in (1, LISTING_STEP, LISTING_STEP + 1, count):
+            assert c.list(n).split()[1:] == lines[n - 1].split()
+            assert c.uidl(n).split()[1:] == uidls[n - 1].split()
+        c.quit()
+
+    async with running("pop3", cfg):
+        await asyncio.to_thread(client)
