@@ -125,6 +125,13 @@ class CountedProtocol:
         ip = transport_ip(transport)
         if self.proxy is not None:
             if in_networks(ip, self.proxy.networks):
+                # until its header names the client, the connection counts as the proxy's
+                if self.limiter is not None:
+                    if not self.limiter.acquire(ip):
+                        self._state = "refused"
+                        self.limiter.refuse(transport, ip, b"", self.listener_name or "proxy")
+                        return
+                    self._counted_ip = ip
                 self._state = "proxy"
                 timer = asyncio.get_running_loop().call_later(
                     self.proxy.timeout, self._proxy_refused, ip,
@@ -193,6 +200,7 @@ class CountedProtocol:
         timer.cancel()
         self._proxy = None
         self._state = "new"
+        self._release()  # the proxy's count; the client's is taken by _accept
         if header.source is not None and header.dest is not None:
             self.client_address, self.local_address = header.source, header.dest
             ip = header.source[0]

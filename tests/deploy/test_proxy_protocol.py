@@ -225,3 +225,20 @@ async def test_proxy_listeners_limits_the_listeners(config_factory) -> None:
         s = connect(cfg.port("imap", "imap"))  # not a proxied listener: greeted directly
         assert first_line(s).startswith(b"* OK")
         s.close()
+
+
+async def test_connections_waiting_for_their_header_count_as_the_proxys(config_factory) -> None:
+    """A proxy cannot open unlimited connections that never send a header: until the header
+    names the client, each counts under the proxy's own address."""
+    cfg = proxy_config(config_factory)
+    port = cfg.port("imap", "imap")
+    async with running("imap", cfg) as proc:
+        waiting = [connect(port), connect(port)]  # the proxy's two: no header yet
+        third = connect(port)
+        assert closed_without_reply(third)
+        await proc.wait_log("refused 127.0.0.1: too many connections (2 from it")
+        waiting[0].sendall(v1("203.0.113.7"))  # now counted as 203.0.113.7's
+        assert first_line(waiting[0]).startswith(b"* OK")
+        fourth = connect(port)  # the proxy's slot was freed
+        fourth.sendall(v1("203.0.113.8"))
+        assert first_line(fourth).startswith(b"* OK")
