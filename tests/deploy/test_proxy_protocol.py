@@ -242,3 +242,17 @@ async def test_connections_waiting_for_their_header_count_as_the_proxys(config_f
         fourth = connect(port)  # the proxy's slot was freed
         fourth.sendall(v1("203.0.113.8"))
         assert first_line(fourth).startswith(b"* OK")
+
+
+async def test_autoconfig_behind_a_proxy(config_factory) -> None:
+    cfg = proxy_config(config_factory)
+    port = cfg.port("autoconfig", "http")
+    async with running("autoconfig", cfg) as proc:
+        s = connect(port)
+        s.sendall(v2("203.0.113.5", dport=80) + b"GET /health HTTP/1.1\r\nHost: localhost\r\n"
+                  b"Connection: close\r\n\r\n")
+        assert first_line(s).startswith(b"HTTP/1.1 200")
+        s = connect(port)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")  # no header: closed
+        assert closed_without_reply(s)
+        await proc.wait_log("PROXY header refused: no PROXY protocol signature")
