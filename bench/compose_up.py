@@ -12,6 +12,10 @@ machine must be otherwise quiet for that figure to mean anything).
 Target (issue 15): up to all-healthy <= 5 s.
 
 Usage: python bench/compose_up.py [--runs 5] [--image mailstack-e2e:latest] [--idle 20]
+                                  [--compose FILE ...]
+
+With several ``--compose`` files the runs alternate between them (A, B, A, B ...), so that a
+comparison on a shared machine sees the same load; each file gets its own median.
 """
 
 from __future__ import annotations
@@ -64,26 +68,30 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--image", default="mailstack-e2e:latest")
     ap.add_argument("--idle", type=float, default=20.0)
+    ap.add_argument("--compose", action="append", type=Path,
+                    help="a compose file (default: the project's); repeat to compare")
     args = ap.parse_args()
+    files = args.compose or [ROOT / "docker-compose.yml"]
     env = dict(os.environ, MAILSTACK_IMAGE=args.image)
     env.update({f"MAILSTACK_PUBLISH_{n}": str(free_port()) for n in PUBLISH})
-    base = ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "-p", PROJECT]
+    def compose(file: Path, *a: str) -> None:
+        subprocess.run(["docker-compose", "-f", str(file), "-p", PROJECT, *a], env=env,
+                       capture_output=True, check=True, cwd=ROOT)
 
-    def compose(*a: str) -> None:
-        subprocess.run([*base, *a], env=env, capture_output=True, check=True, cwd=ROOT)
-
-    totals = []
+    totals: dict[Path, list[float]] = {f: [] for f in files}
     try:
-        for i in range(args.runs):
-            compose("down", "-v")
+        for i in range(args.runs * len(files)):
+            file = files[i % len(files)]
+            compose(file, "down", "-v")
             t0 = time.time()
-            compose("up", "-d")
+            compose(file, "up", "-d")
             while True:
                 states = _states()
                 if all("(healthy)" in states.get(s, "") for s in SERVICES):
                     break
                 time.sleep(0.1)
-            totals.append(time.time() - t0)
+            total = time.time() - t0
+            totals[file].append(total)
             ids = [states[s].split()[0] for s in SERVICES]
             info = json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True,
                                              text=True, check=True).stdout)
@@ -92,10 +100,11 @@ def main() -> int:
                 ok = [h for h in c["State"]["Health"]["Log"] if h["ExitCode"] == 0]
                 parts.append(f"{name} {_stamp(c['State']['StartedAt']) - t0:.2f}→"
                              f"{_stamp(ok[0]['End']) - t0:.2f}")
-            print(f"run {i}: all healthy after {totals[-1]:.2f} s (started→healthy: "
+            print(f"run {i} ({file.name}): all healthy after {total:.2f} s (started→healthy: "
                   f"{', '.join(parts)})", flush=True)
-        print(f"up to all-healthy: median {statistics.median(totals):.2f} s, "
-              f"min {min(totals):.2f}, max {max(totals):.2f} over {len(totals)} runs")
+        for file, runs in totals.items():
+            print(f"{file}: up to all-healthy median {statistics.median(runs):.2f} s, "
+                  f"min {min(runs):.2f}, max {max(runs):.2f} over {len(runs)} runs")
         if args.idle > 0:
             hz = os.sysconf("SC_CLK_TCK")
             c0, t0 = _cpu_ticks(), time.monotonic()
@@ -103,7 +112,8 @@ def main() -> int:
             cores = (_cpu_ticks() - c0) / hz / (time.monotonic() - t0)
             print(f"machine CPU with the stack idle (health checks running): {cores:.3f} cores")
     finally:
-        subprocess.run([*base, "down", "-v"], env=env, capture_output=True, cwd=ROOT)
+        subprocess.run(["docker-compose", "-f", str(files[-1]), "-p", PROJECT, "down", "-v"],
+                       env=env, capture_output=True, cwd=ROOT)
     return 0
 
 

@@ -5,15 +5,19 @@
 ``mailstack health NAME`` (through the config: :func:`mailstack.runtime.health.check`) and
 ``mailstack up``'s wait for its children use them, and so does the probe that runs every
 second or two as a container health check:
-``python3 -m mailstack.runtime.probe PORT [--http]`` (the standard library only, no config:
-connect to ``127.0.0.1:PORT`` and exit 0 when the greeting is a daemon's). The probe sends no
-command, so the daemons log it at debug level only.
+``python3 -m mailstack.runtime.probe PORT [--http] [--wait SECONDS]`` (the standard library
+only, no config: connect to ``127.0.0.1:PORT`` and exit 0 when the greeting is a daemon's). The
+probe sends no command, so the daemons log it at debug level only. With ``--wait`` a daemon not
+answering yet is tried again every 50 ms for up to that long: Docker Engine before 25 runs the
+first health check one interval after the start, and a probe that waits there reports healthy
+as soon as the daemon answers instead of one more interval later.
 """
 
 from __future__ import annotations
 
 import socket
 import sys
+import time
 
 #: the autoconfig daemon's health path (answered 200 and logged at debug there)
 HEALTH_PATH = "/health"
@@ -31,19 +35,42 @@ def read_greeting(sock: socket.socket, http: bool = False) -> bytes:
     return sock.recv(256)
 
 
-def probe(port: int, http: bool = False, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout) as s:
-            return read_greeting(s, http).startswith(tuple(EXPECT.values()))
-    except OSError:
-        return False
+def probe(port: int, http: bool = False, timeout: float = 3.0, wait: float = 0.0) -> bool:
+    """True when the daemon on ``port`` greets; tried again every 50 ms for up to ``wait``
+    seconds (each try's time limit is what is left of ``max(wait, timeout)``)."""
+    deadline = time.monotonic() + max(wait, timeout)
+    retry_until = time.monotonic() + wait
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection(("127.0.0.1", port), max(0.2, left)) as s:
+                if read_greeting(s, http).startswith(tuple(EXPECT.values())):
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() + 0.05 >= retry_until:
+            return False
+        time.sleep(0.05)
+
+
+USAGE = "usage: python3 -m mailstack.runtime.probe PORT [--http] [--wait SECONDS]"
 
 
 def main(argv: list[str]) -> int:
-    if not argv or not argv[0].isdigit():
-        print("usage: python3 -m mailstack.runtime.probe PORT [--http]", file=sys.stderr)
+    args = list(argv)
+    wait = 0.0
+    if "--wait" in args:
+        i = args.index("--wait")
+        try:
+            wait = float(args[i + 1])
+        except (IndexError, ValueError):
+            print(USAGE, file=sys.stderr)
+            return 2
+        del args[i:i + 2]
+    if not args or not args[0].isdigit() or any(a != "--http" for a in args[1:]):
+        print(USAGE, file=sys.stderr)
         return 2
-    return 0 if probe(int(argv[0]), "--http" in argv[1:]) else 1
+    return 0 if probe(int(args[0]), "--http" in args[1:], wait=wait) else 1
 
 
 if __name__ == "__main__":
