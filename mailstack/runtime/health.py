@@ -13,16 +13,30 @@ shared with the container probe and with ``mailstack up``'s wait for its daemons
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
 from .banner import listeners
-from .probe import EXPECT, HEALTH_PATH, read_greeting
+from .probe import EXPECT, HEALTH_PATH, read_greeting, retry
 
 __all__ = ["EXPECT", "HEALTH_PATH", "check"]
 
 
-def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
+def check(cfg: Config, daemon: str, timeout: float = 5.0, wait: float = 0.0,
+          stop: Callable[[], bool] = lambda: False) -> tuple[bool, str]:
+    """Does ``daemon`` greet on its first listener? (ok, what it said or why not). With
+    ``wait``: tried again every 50 ms for up to that long, or until ``stop()``."""
+    result: list[tuple[bool, str]] = []
+
+    def attempt() -> bool:
+        result[:] = [_check_once(cfg, daemon, timeout)]
+        return result[0][0]
+    retry(attempt, wait, stop)
+    return result[0]
+
+
+def _check_once(cfg: Config, daemon: str, timeout: float) -> tuple[bool, str]:
     rows = [lst for lst in listeners(cfg) if lst.daemon == daemon]
     if not rows:
         return False, f"{daemon} has no enabled listener in {cfg.source}"

@@ -1,10 +1,10 @@
 """Is a daemon ready? One greeting check for every caller, and a container health probe.
 
 :func:`read_greeting` and :data:`EXPECT` are the check itself: read what a daemon says first
-(for autoconfig, the answer to ``GET /health``) and compare it with its protocol's greeting.
-``mailstack health NAME`` (through the config: :func:`mailstack.runtime.health.check`) and
-``mailstack up``'s wait for its children use them, and so does the probe that runs every
-second or two as a container health check:
+(for autoconfig, the answer to ``GET /health``) and compare it with its protocol's greeting;
+:func:`retry` is the one wait for it. ``mailstack health NAME [--wait SECONDS]`` (through the
+config: :func:`mailstack.runtime.health.check`) and ``mailstack up``'s wait for its children
+use them, and so does the probe that runs every second or two as a container health check:
 ``python3 -m mailstack.runtime.probe PORT [--http] [--wait SECONDS]`` (the standard library
 only, no config: connect to ``127.0.0.1:PORT`` and exit 0 when the greeting is a daemon's). The
 probe sends no command, so the daemons log it at debug level only. With ``--wait`` a daemon not
@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 #: the autoconfig daemon's health path (answered 200 and logged at debug there)
 HEALTH_PATH = "/health"
@@ -35,22 +36,32 @@ def read_greeting(sock: socket.socket, http: bool = False) -> bytes:
     return sock.recv(256)
 
 
+def retry(attempt: Callable[[], bool], wait: float, stop: Callable[[], bool] = lambda: False,
+          step: float = 0.05) -> bool:
+    """Call ``attempt`` until it returns True (at least once), every ``step`` seconds for up to
+    ``wait`` seconds; False when the time runs out or ``stop()`` says to give up."""
+    until = time.monotonic() + wait
+    while True:
+        if attempt():
+            return True
+        if stop() or time.monotonic() + step >= until:
+            return False
+        time.sleep(step)
+
+
 def probe(port: int, http: bool = False, timeout: float = 3.0, wait: float = 0.0) -> bool:
     """True when the daemon on ``port`` greets; tried again every 50 ms for up to ``wait``
     seconds (each try's time limit is what is left of ``max(wait, timeout)``)."""
     deadline = time.monotonic() + max(wait, timeout)
-    retry_until = time.monotonic() + wait
-    while True:
-        left = deadline - time.monotonic()
+
+    def attempt() -> bool:
+        left = max(0.2, deadline - time.monotonic())
         try:
-            with socket.create_connection(("127.0.0.1", port), max(0.2, left)) as s:
-                if read_greeting(s, http).startswith(tuple(EXPECT.values())):
-                    return True
+            with socket.create_connection(("127.0.0.1", port), left) as s:
+                return read_greeting(s, http).startswith(tuple(EXPECT.values()))
         except OSError:
-            pass
-        if time.monotonic() + 0.05 >= retry_until:
             return False
-        time.sleep(0.05)
+    return retry(attempt, wait)
 
 
 USAGE = "usage: python3 -m mailstack.runtime.probe PORT [--http] [--wait SECONDS]"

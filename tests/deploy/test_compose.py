@@ -171,3 +171,22 @@ async def test_the_waiting_probe_reports_a_late_daemon_as_soon_as_it_answers(
         assert waiting.poll() in (None, 0)  # still trying (or has just seen the daemon)
         rc = await asyncio.to_thread(waiting.wait, 60)
     assert rc == 0
+
+
+async def test_mailstack_health_wait_is_the_same_wait(config_factory) -> None:
+    """``mailstack health NAME --wait S`` (scripts; ``mailstack up`` waits for its daemons with
+    the same check): started before the daemon, it answers once the daemon greets."""
+    import asyncio
+
+    from ..conftest import running
+
+    cfg = config_factory()
+    cmd = [sys.executable, "-m", "mailstack", "health", "imap", "--config", str(cfg.source)]
+    quick = subprocess.run([*cmd, "--wait", "0.2"], capture_output=True, text=True,
+                           env=cli_env(), timeout=60)
+    assert quick.returncode == 1 and "imap imap on 127.0.0.1" in quick.stderr
+    waiting = subprocess.Popen([*cmd, "--wait", "60"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=cli_env())
+    async with running("imap", cfg):
+        out, _ = await asyncio.to_thread(waiting.communicate, timeout=60)
+    assert waiting.returncode == 0 and "* OK" in out
