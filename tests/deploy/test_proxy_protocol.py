@@ -9,6 +9,9 @@ close the connection while the daemon keeps serving everyone else.
 
 from __future__ import annotations
 
+import asyncio
+import imaplib
+import smtplib
 import socket
 import ssl
 import struct
@@ -256,3 +259,51 @@ async def test_autoconfig_behind_a_proxy(config_factory) -> None:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")  # no header: closed
         assert closed_without_reply(s)
         await proc.wait_log("PROXY header refused: no PROXY protocol signature")
+
+
+class ProxiedSMTP(smtplib.SMTP):
+    """smtplib as a client behind a proxy: the connection starts with the proxy's header."""
+
+    header = b""
+
+    def _get_socket(self, host, port, timeout):  # type: ignore[no-untyped-def]
+        s = super()._get_socket(host, port, timeout)
+        s.sendall(self.header)
+        return s
+
+
+class ProxiedIMAP(imaplib.IMAP4):
+    header = b""
+
+    def _create_socket(self, timeout):  # type: ignore[no-untyped-def]
+        s = super()._create_socket(timeout)
+        s.sendall(self.header)
+        return s
+
+
+async def test_real_clients_with_starttls_keep_the_client_address(config_factory) -> None:
+    """smtplib and imaplib behind a proxy: after STARTTLS the failed logins are still logged
+    and counted under the header's client, not the proxy."""
+    cfg = proxy_config(config_factory)
+    ctx = client_context(ensure_tls_files(cfg).ca)
+    async with running("mta", cfg) as proc:
+        def smtp() -> None:
+            ProxiedSMTP.header = v1("203.0.113.21", dport=587)
+            with ProxiedSMTP("127.0.0.1", cfg.port("mta", "submission"), timeout=15) as c:
+                c.starttls(context=ctx)
+                with pytest.raises(smtplib.SMTPAuthenticationError):
+                    c.login("alice@example.test", "wrong")
+        await asyncio.to_thread(smtp)
+        log = await proc.wait_log("auth failed for 'alice@example.test' from 203.0.113.21")
+        assert "from 127.0.0.1" not in log
+    async with running("imap", cfg) as proc:
+        def imap() -> None:
+            ProxiedIMAP.header = v2("203.0.113.22", dport=143)
+            c = ProxiedIMAP("127.0.0.1", cfg.port("imap", "imap"), timeout=15)
+            c.starttls(ssl_context=ctx)
+            with pytest.raises(imaplib.IMAP4.error):
+                c.login("alice@example.test", "wrong")
+            c.logout()
+        await asyncio.to_thread(imap)
+        log = await proc.wait_log("auth failed for 'alice@example.test' from 203.0.113.22")
+        assert "from 127.0.0.1" not in log
