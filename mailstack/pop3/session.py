@@ -106,7 +106,10 @@ class Session:
             if self.timed_out:
                 self.reason = "idle timeout"
             if self.drop is not None:
-                self.drop.close()
+                # the seen marks are a store write, which may wait for another process: in a
+                # worker thread, which carries it to its end even if this task is cancelled
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.to_thread(self.drop.close)
             self.writer.close()
             self._log_end()
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -264,7 +267,9 @@ class Session:
                 write(p.multiline("Capability list follows", self.proto.capabilities()))
             case p.Quit():
                 self.reason = "quit"
-                write(self._update() if drop is not None else p.ok("Bye"))
+                # a store write (see run's finally): off the event loop, never cut short
+                write(await asyncio.to_thread(self._update) if drop is not None
+                      else p.ok("Bye"))
                 return True
             case p.Pass(user, password):
                 await self._login(user, password, "")
@@ -325,7 +330,8 @@ class Session:
         return None
 
     def _update(self) -> bytes:
-        """The UPDATE state: remove what DELE marked (synchronous: cannot be interrupted)."""
+        """The UPDATE state: remove what DELE marked (in a worker thread: a cancelled session
+        cannot interrupt it)."""
         assert self.drop is not None
         removed, failed = self.drop.commit()
         self.deleted = removed

@@ -281,3 +281,41 @@ async def test_list_and_uidl_of_a_maildrop_written_in_steps(cfg: Config) -> None
 
     async with running("pop3", cfg):
         await asyncio.to_thread(client)
+
+
+async def test_a_quit_waiting_for_the_store_does_not_stall_other_sessions(cfg: Config) -> None:
+    """QUIT writes to the account's index (seen marks, deletions), which may have to wait for
+    another process's write: it waits in a worker thread, and the daemon serves everyone else
+    meanwhile (issue 13); the write completes once the lock is free."""
+    import sqlite3
+
+    from mailstack.accounts.users import UserDB
+    from mailstack.store.account import INDEX_FILE, AccountStore
+    from mailstack.store.maildir import create_user_mailbox
+
+    from .pop3_helpers import RawPOP3
+
+    box = make_alice(cfg, messages=2)
+    bob = "bob@example.test"
+    UserDB(cfg.data_dir / "users").add(bob, PASSWORD)
+    create_user_mailbox(cfg.data_dir, bob).deliver(message(1), sync=False)
+    async with running("pop3", cfg):
+        alice = await RawPOP3.connect(plain_port(cfg))
+        assert (await alice.login()).startswith("+OK")
+        assert (await alice.cmd("RETR 1")).startswith("+OK")
+        await alice.multi()
+        assert (await alice.cmd("DELE 2")).startswith("+OK")
+        other = sqlite3.connect(box.root / INDEX_FILE, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process writes to alice's index
+        try:
+            await alice.send("QUIT\r\n")  # its UPDATE state waits for that write lock
+            client = await RawPOP3.connect(plain_port(cfg))
+            assert (await client.login(bob)).startswith("+OK")
+            assert (await client.cmd("STAT")).startswith("+OK 1 ")
+            assert (await client.cmd("QUIT")).startswith("+OK")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert (await alice.line(timeout=30)).startswith("+OK")
+    snap, _ = AccountStore.open(box.root).sync("INBOX")
+    assert [sorted(e.flags) for e in snap.entries] == [["\\Seen"]]  # 1 seen, 2 deleted
