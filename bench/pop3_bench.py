@@ -7,7 +7,7 @@ blocking socket client:
 - login: time from sending ``USER`` to the ``+OK`` after ``PASS`` (the maildrop snapshot is
   taken there), on the 10,000-message maildrop and on an empty one (the difference is the cost
   of the snapshot; the rest is the argon2 password check); the first login after the daemon
-  started is shown apart, as only it parses every file name;
+  started is shown apart, as only it indexes the mailbox (the account store's first sync);
 - RETR: every message once per round, one command at a time (like poplib) and pipelined
   (100 commands in flight); server CPU is the daemon's utime+stime from /proc/PID/stat.
   Between rounds the messages are moved back to new/ so every RETR also sets the seen flag.

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="exit 0 when a daemon answers its greeting "
                        "(container health checks)")
     p.add_argument("daemon", choices=["mta", "mda", "imap", "pop3", "http", "autoconfig"])
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="try again every 50 ms for up to SECONDS until the daemon answers")
     _common(p, offset=True)
 
     p = sub.add_parser("config", help="validate a configuration")
@@ -310,7 +312,7 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "health":
         from .runtime.health import check
-        ok, text = check(cfg, args.daemon)
+        ok, text = check(cfg, args.daemon, wait=max(0.0, args.wait))
         print(text, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     return _die(f"unknown command {args.command}")

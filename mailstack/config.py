@@ -74,6 +74,10 @@ class Port(int):
         return cls(value)
 
 
+#: the listeners that may sit behind a proxy speaking the PROXY protocol
+PROXY_LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
+
+
 @dataclass(frozen=True)
 class ServerSection:
     hostname: str = "localhost"
@@ -96,6 +100,13 @@ class ServerSection:
     #: listener addresses (CIDR) on which IMAP and POP3 accept a password before TLS;
     #: everywhere else LOGINDISABLED / -ERR [AUTH] until STARTTLS/STLS or on the TLS port
     plaintext_login_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: trusted proxies (CIDR): a connection from one of them must begin with a PROXY protocol
+    #: header (v1 or v2), whose client address then counts for limits, throttles and logs,
+    #: and whose destination address for plaintext_login_networks; empty: no PROXY protocol
+    proxy_networks: tuple[str, ...] = ()
+    #: the listeners (e.g. "imaps", "submission") that take PROXY headers; empty: all of
+    #: mta, imap, pop3 and autoconfig (never the mda's LMTP)
+    proxy_listeners: tuple[str, ...] = ()
     #: "uvloop" (the default; plain asyncio where uvloop is not installed) or "asyncio"
     event_loop: str = "uvloop"
 
@@ -485,12 +496,17 @@ def _validate_section(name: str, section: Any, source: str) -> None:
                 raise ConfigError(f"{source}: bad value for [server].postmaster: expected an "
                                   f"account in one of [server].domains, got "
                                   f"{section.postmaster!r}")
-        for net in section.plaintext_login_networks:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ConfigError(f"{source}: bad value for [server].plaintext_login_networks: "
-                                  f"{net!r} is not an address or network") from None
+        for key in ("plaintext_login_networks", "proxy_networks"):
+            for net in getattr(section, key):
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{source}: bad value for [server].{key}: {net!r} is not "
+                                      "an address or network") from None
+        for lst in section.proxy_listeners:
+            if lst not in PROXY_LISTENERS:
+                raise ConfigError(f"{source}: bad value for [server].proxy_listeners: {lst!r} "
+                                  f"is not one of {', '.join(PROXY_LISTENERS)}")
         if section.event_loop not in EVENT_LOOPS:
             raise ConfigError(f"{source}: bad value for [server].event_loop: use "
                               f"{' or '.join(EVENT_LOOPS)}")

@@ -23,7 +23,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ..config import Config
-from ..runtime.netserver import CountedProtocol, format_sockname, limiter_for, start_server
+from ..runtime.netserver import (
+    Address,
+    CountedProtocol,
+    format_sockname,
+    limiter_for,
+    proxy_policy,
+    start_server,
+)
 from ..runtime.tls import ensure_tls_files, server_context
 from .app import HTTPApp
 
@@ -63,6 +70,13 @@ class HTTPConnection(CountedProtocol, HttpToolsProtocol):
         if self._state == "open" and self._idle_timer is None:
             self._last_data = self._head_started = self.loop.time()
             self._arm(self.idle_timeout)
+
+    def use_client_address(self, client: Address, local: Address | None) -> None:
+        """Behind a trusted proxy: the client and the address it connected to, as its PROXY
+        header says, are what uvicorn puts in the request's scope."""
+        self.client = (str(client[0]), int(client[1]))
+        if local is not None:
+            self.server = (str(local[0]), int(local[1]))
 
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
@@ -158,12 +172,15 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     servers: list[asyncio.Server] = []
 
     def factory(implicit_tls: bool, name: str):
+        proxy = proxy_policy(cfg, name)
+
         def make() -> asyncio.BaseProtocol:
             proto = HTTPConnection(config=config, server_state=state, app_state={})
             proto.limiter, proto.busy_reply, proto.listener_name = limiter, BUSY, name
             proto.implicit_tls = tls if implicit_tls else None
             proto.handshake_timeout = float(cfg.server.tls_handshake_timeout)
             proto.idle_timeout = float(cfg.http.idle_timeout)
+            proto.proxy = proxy
             return proto
         return make
 

@@ -153,7 +153,7 @@ async def cmd_subscribe(s: Session, tag: str, p: Parser, uid: bool) -> str:
     name = mailbox_arg(p)
     p.end()
     assert s.account is not None
-    s.account.subscribe(name)
+    await asyncio.to_thread(s.account.subscribe, name)  # a store write: may wait for a lock
     return "SUBSCRIBE completed"
 
 
@@ -163,7 +163,7 @@ async def cmd_unsubscribe(s: Session, tag: str, p: Parser, uid: bool) -> str:
     name = mailbox_arg(p)
     p.end()
     assert s.account is not None
-    s.account.unsubscribe(name)
+    await asyncio.to_thread(s.account.unsubscribe, name)  # a store write: may wait for a lock
     return "UNSUBSCRIBE completed"
 
 

@@ -219,13 +219,16 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     except FlagError as exc:
         raise Bad(str(exc)) from None
     failed_uids = set(result.failed)
-    failed = sorted(m.uid if uid else seq for seq, m in msgs if m.uid in failed_uids)
+    failed = sorted(m.uid if uid else seq for seq, m in msgs if m.uid in failed_uids) \
+        if failed_uids else []
     await s.send_changes(await s.changes(expunge_ok=False, own={m.uid for _, m in msgs}))
     gone = sel.gone([m.uid for _, m in msgs])  # expunged elsewhere: nothing was stored
-    for seq, m in _current(sel, msgs):
+    shown = [] if silent and not s.condstore else _current(sel, msgs)
+    for n, (seq, m) in enumerate(shown, 1):
+        if n % 512 == 0:  # a long list yields to other sessions (issue 13: <= 10 ms a stretch)
+            await s.maybe_flush()
+            await asyncio.sleep(0)
         if m.uid in failed_uids or m.uid in gone:
-            continue
-        if silent and not s.condstore:
             continue
         parts = []
         if uid:

@@ -10,7 +10,14 @@ import ssl
 from ..accounts.authlimit import AuthThrottle
 from ..accounts.users import UserDB
 from ..config import Config
-from ..runtime.netserver import format_sockname, limiter_for, peer_ip, set_keepalive, start_server
+from ..runtime.netserver import (
+    format_sockname,
+    limiter_for,
+    peer_ip,
+    proxy_policy,
+    set_keepalive,
+    start_server,
+)
 from ..runtime.tls import ensure_tls_files, server_context
 from . import (  # noqa: F401  (register the commands)
     cmd_append,
@@ -78,7 +85,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     try:
         if plain_port:
             srvs = await start_server(server.handler(False), addresses, plain_port,
-                                      name="imap", limiter=limiter, busy_reply=IMAP_BUSY)
+                                      name="imap", limiter=limiter, busy_reply=IMAP_BUSY,
+                                      proxy=proxy_policy(cfg, "imap"))
             listeners += srvs
             for srv in srvs:
                 for sock in srv.sockets:
@@ -88,7 +96,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             srvs = await start_server(server.handler(True), addresses, tls_port,
                                       ssl_context=server.tls_context, name="imaps",
                                       limiter=limiter, busy_reply=IMAP_BUSY,
-                                      handshake_timeout=float(cfg.server.tls_handshake_timeout))
+                                      handshake_timeout=float(cfg.server.tls_handshake_timeout),
+                                      proxy=proxy_policy(cfg, "imaps"))
             listeners += srvs
             for srv in srvs:
                 for sock in srv.sockets:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..accounts.users import UserError, normalize_address
 from ..jmap.session import session_url
-from ..runtime import chaos
+from ..runtime import chaos, loopwatch
 from ..runtime.logsafe import safe
 from ..runtime.netserver import LineReader, LineTooLong, arrived_on, peer_ip, starttls
 from ..store import watch
@@ -315,6 +315,7 @@ class Session:
             if self.state == LOGOUT:
                 self.send(f"{tag} NO mailbox is gone\r\n".encode())
                 return
+        loopwatch.note(f"imap {'UID ' if uid else ''}{name}")
         try:
             text = await cmd.handler(self, tag, p, uid)
         except (ParseError, Bad) as exc:

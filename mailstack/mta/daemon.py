@@ -17,7 +17,7 @@ from ..accounts.authlimit import AuthThrottle
 from ..accounts.capture import ensure_capture_account
 from ..accounts.users import UserDB
 from ..config import Config
-from ..runtime.netserver import format_sockname, limiter_for, start_server
+from ..runtime.netserver import format_sockname, limiter_for, proxy_policy, start_server
 from ..runtime.tls import ensure_tls_files, server_context
 from .handler import MTAHandler
 from .queue import Spool
@@ -64,6 +64,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             proto.limiter = limiter
             proto.listener_name = f"mta {listener}"
             proto.handshake_timeout = float(cfg.server.tls_handshake_timeout)
+            proto.proxy = proxy_policy(cfg, listener)
             if implicit:
                 proto.implicit_tls = tls
             sessions.add(proto)

@@ -16,7 +16,7 @@ import logging
 from ..accounts.authlimit import AuthThrottle
 from ..accounts.users import UserDB
 from ..config import Config
-from ..runtime.netserver import format_sockname, limiter_for, start_server
+from ..runtime.netserver import format_sockname, limiter_for, proxy_policy, start_server
 from ..runtime.tls import ensure_tls_files, server_context
 from .session import Shared, handle
 
@@ -36,7 +36,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         if plain_port:
             for srv in await start_server(functools.partial(handle, shared, implicit_tls=False),
                                           cfg.server.bind, plain_port, name="pop3",
-                                          limiter=limiter, busy_reply=POP3_BUSY):
+                                          limiter=limiter, busy_reply=POP3_BUSY,
+                                          proxy=proxy_policy(cfg, "pop3")):
                 servers.append(srv)
                 for sock in srv.sockets:
                     log.info("listening on %s (pop3, STLS)", format_sockname(sock.getsockname()))
@@ -46,7 +47,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                                           cfg.server.bind, tls_port, ssl_context=tls_context,
                                           name="pop3s", limiter=limiter, busy_reply=POP3_BUSY,
                                           handshake_timeout=float(
-                                              cfg.server.tls_handshake_timeout)):
+                                              cfg.server.tls_handshake_timeout),
+                                          proxy=proxy_policy(cfg, "pop3s")):
                 servers.append(srv)
                 for sock in srv.sockets:
                     log.info("listening on %s (pop3s, implicit TLS)",

@@ -7,11 +7,13 @@
   waits for the next session. Messages another writer removes meanwhile read as gone.
 - DELE only marks; RSET unmarks; :meth:`Maildrop.commit` (the UPDATE state, after a clean QUIT)
   removes the marked files. Closing without commit deletes nothing.
-- The snapshot is always built from a listing of new/ and cur/ made under the lock. A
-  :class:`SnapshotCache` (one per daemon, like Dovecot's index) remembers what each file name
-  parsed to (a Maildir name always names the same message and size), so a login parses only
-  names it has not seen; :func:`snapshot` can also be run before the lock is taken, while the
-  password is being checked, just to warm the cache.
+- The snapshot is the account store's INBOX (``AccountStore.sync``, taken under the lock):
+  the messages the index knows, in UID order, with the sizes it recorded; what was changed in
+  the Maildir behind the store's back is picked up by that sync, as IMAP sees it. A
+  :class:`SnapshotCache` (one per daemon) keeps the POP3 view built from each store snapshot,
+  so an unchanged INBOX costs only the store's check, and a changed one reuses the entries of
+  the messages it still has; :func:`snapshot` can also be run before the lock is taken, while
+  the password is being checked, to warm the store and the cache.
 - RETR marks a message seen; the marks are applied through the account's store in one
   transaction when the session ends (added to the current flags: any flags an IMAP client set
   meanwhile are kept). DELE + QUIT removes through the store too, so IMAP sessions learn of
@@ -32,14 +34,14 @@ import hashlib
 import logging
 import os
 import sqlite3
-import stat
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
+from ..store import view
 from ..store.account import AccountStore, StoreError
 from ..store.ingest import NotAMessage, read_message
-from ..store.maildir import Maildir, MaildirMessage, crlf_size, message_from_name
+from ..store.maildir import Maildir, MaildirMessage, message_from_name
 
 log = logging.getLogger("mailstack.pop3")
 
@@ -236,7 +238,8 @@ Names = tuple[frozenset[str], frozenset[str]]
 
 
 class SnapshotCache:
-    """The last snapshot of recently used mailboxes, with the listing each was built from.
+    """The POP3 snapshot of recently used mailboxes, with the store snapshot each was built
+    from.
 
     Thread-safe; least recently used mailboxes are forgotten beyond ``max_messages`` messages
     in all (about 0.5 KB each).
@@ -244,24 +247,24 @@ class SnapshotCache:
 
     def __init__(self, max_messages: int = 200_000) -> None:
         self.max_messages = max_messages
-        self.hits = self.misses = 0  # listings found unchanged / not
+        self.hits = self.misses = 0  # store snapshots found unchanged / not
         self._lock = threading.Lock()
-        self._boxes: OrderedDict[str, tuple[Names, Snapshot]] = OrderedDict()
+        self._boxes: OrderedDict[str, tuple[view.Snapshot, Snapshot]] = OrderedDict()
         self._messages = 0
 
-    def get(self, root: str) -> tuple[Names, Snapshot] | None:
+    def get(self, root: str) -> tuple[view.Snapshot, Snapshot] | None:
         with self._lock:
             item = self._boxes.get(root)
             if item is not None:
                 self._boxes.move_to_end(root)
             return item
 
-    def put(self, root: str, names: Names, snap: Snapshot) -> None:
+    def put(self, root: str, source: view.Snapshot, snap: Snapshot) -> None:
         with self._lock:
             old = self._boxes.pop(root, None)
             if old is not None:
                 self._messages -= len(old[1].entries)
-            self._boxes[root] = (names, snap)
+            self._boxes[root] = (source, snap)
             self._messages += len(snap.entries)
             while self._messages > self.max_messages and len(self._boxes) > 1:
                 _, (_, dropped) = self._boxes.popitem(last=False)
@@ -275,61 +278,34 @@ class SnapshotCache:
                 self.misses += 1
 
 
-def _names(box: Maildir) -> Names:
-    out = []
-    for sub in ("new", "cur"):
-        try:
-            out.append(frozenset(os.listdir(box.root / sub)))
-        except FileNotFoundError:
-            out.append(frozenset())
-    return out[0], out[1]
-
-
-def _parse(box: Maildir, subdir: str, name: str) -> Entry | None:
-    msg = message_from_name(subdir, name)
-    if msg is None:
-        return None
-    path = f"{box.root}/{subdir}/{name}"
-    try:  # a FIFO, device or symlink placed by hand is no message (never opened or followed)
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-    except FileNotFoundError:
-        return None
-    size = msg.vsize
-    if size is None:  # delivered by something that does not record ,W=: measure it
-        try:
-            size = crlf_size(read_message(path))
-        except NotAMessage:
-            return None
-    return Entry(msg, size, uidl_for(msg.key))
-
-
 def snapshot(box: Maildir, cache: SnapshotCache | None = None) -> Snapshot:
-    """The INBOX at this moment, oldest first (as ``Maildir.scan`` orders it), with CRLF sizes
-    and UIDLs. With ``cache``: an unchanged listing costs only the listing, and names seen
-    before are not parsed again (a Maildir name always names the same message)."""
+    """The INBOX as the account store has it now (``AccountStore.sync``), oldest (lowest UID)
+    first, with CRLF sizes and UIDLs. With ``cache``: an unchanged store snapshot is answered
+    from it, and the entries of messages seen before are reused."""
     root = os.fspath(box.root)
-    names = _names(box)
+    source, _ = AccountStore.open(box.root).sync("INBOX")
     cached = cache.get(root) if cache is not None else None
-    if cached is not None and cached[0] == names:
+    if cached is not None and cached[0] is source:
         cache.count(True)  # type: ignore[union-attr]
         return cached[1]
     known: dict[tuple[str, str], Entry] = {}
     if cached is not None:
         known = {(e.msg.subdir, e.msg.filename): e for e in cached[1].entries}
     entries = []
-    for subdir, listing in zip(("new", "cur"), names, strict=True):
-        for name in listing:
-            entry = known.get((subdir, name)) or _parse(box, subdir, name)
-            if entry is not None:
-                entries.append(entry)
-    entries.sort(key=lambda e: e.msg.mtime_key)
+    for e in source.entries:
+        entry = known.get((e.subdir, e.filename))
+        if entry is None:
+            msg = message_from_name(e.subdir, e.filename)
+            if msg is None:  # the store admits only names it parses: not expected
+                continue
+            entry = Entry(msg, e.size, uidl_for(msg.key))
+        entries.append(entry)
     counts = Counter(e.uidl for e in entries)
     if len(counts) != len(entries):  # a broken Maildir: two files share a base name
         entries = [Entry(e.msg, e.size, hashed_uidl(e.msg.key)) if counts[e.uidl] > 1 else e
                    for e in entries]
     snap = Snapshot(entries, sum(e.size for e in entries))
     if cache is not None:
-        cache.put(root, names, snap)
+        cache.put(root, source, snap)
         cache.count(False)
     return snap

@@ -189,6 +189,13 @@ _ANY_STATE = {"CAPA", "QUIT"}
 _ALL_COMMANDS = frozenset(_AUTH_STATE | _TRANS_STATE | _ANY_STATE)
 
 
+def command_label(line: bytes) -> str:
+    """``pop3 LIST`` for a command line (``pop3 ?`` when it names no command): what the
+    event-loop monitor charges its work to."""
+    name = line.split(None, 1)[0].upper().decode("ascii", "replace") if line.strip() else ""
+    return f"pop3 {name if name in _ALL_COMMANDS else '?'}"
+
+
 class POP3Protocol:
     """One connection's protocol state. Feed lines, act on the events, report outcomes."""
 

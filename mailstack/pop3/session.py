@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..accounts.authlimit import AuthThrottle
 from ..accounts.users import UserDB
 from ..config import Config
-from ..runtime import chaos
+from ..runtime import chaos, loopwatch
 from ..runtime.netserver import LineTooLong, arrived_on, peer_ip, starttls
 from ..store.maildir import Maildir, MaildirError, mailbox_path, open_user_mailbox
 from . import protocol as p
@@ -35,6 +35,8 @@ from .maildrop import (
 )
 
 log = logging.getLogger("mailstack.pop3")
+#: lines of a whole-maildrop LIST/UIDL written between two yields to the event loop
+LISTING_STEP = 1000
 
 #: messages larger than this are read in a worker thread so other sessions keep being served
 _THREAD_READ = 1 << 20
@@ -104,7 +106,10 @@ class Session:
             if self.timed_out:
                 self.reason = "idle timeout"
             if self.drop is not None:
-                self.drop.close()
+                # the seen marks are a store write, which may wait for another process: in a
+                # worker thread, which carries it to its end even if this task is cancelled
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.to_thread(self.drop.close)
             self.writer.close()
             self._log_end()
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -174,6 +179,7 @@ class Session:
                 return  # EOF, possibly in the middle of a line: never act on half a command
             self.commands += 1
             event = proto.receive_line(line)
+            loopwatch.note(p.command_label(line))
             if type(event) is p.Reply:
                 write(event.data)
                 if event.close:
@@ -187,6 +193,22 @@ class Session:
             await asyncio.sleep(0)  # pipelined commands: let other sessions in between
 
     # -- commands ----------------------------------------------------------------------------------
+    async def _listing(self, first: str, drop: Maildrop, field: str) -> None:
+        """LIST or UIDL of the whole maildrop (``field``: ``size`` or ``uidl``), written
+        :data:`LISTING_STEP` lines at a time with a yield between: a big maildrop does not hold
+        the event loop (issue 13: <= 10 ms at a stretch). The lines start with a digit: no
+        byte-stuffing."""
+        write = self.writer.write
+        write(p.ok(first))
+        rows = drop.listing()
+        for start in range(0, len(rows), LISTING_STEP):
+            write("".join(f"{i} {getattr(e, field)}\r\n"
+                          for i, e in rows[start:start + LISTING_STEP]).encode())
+            if start + LISTING_STEP < len(rows):
+                await self.writer.drain()
+                await asyncio.sleep(0)
+        write(b".\r\n")
+
     async def _handle(self, ev: p.Event) -> bool:
         """Carry out one command; True when the connection should close."""
         write = self.writer.write
@@ -204,8 +226,7 @@ class Session:
             case p.List(None):
                 assert drop is not None
                 count, octets = drop.stat()
-                write(p.multiline(f"{count} messages ({octets} octets)",
-                                  [f"{i} {e.size}" for i, e in drop.listing()]))
+                await self._listing(f"{count} messages ({octets} octets)", drop, "size")
             case p.List(n):
                 assert drop is not None and n is not None
                 try:
@@ -214,8 +235,7 @@ class Session:
                     write(p.err("No such message"))
             case p.Uidl(None):
                 assert drop is not None
-                write(p.multiline("Unique-ID listing follows",
-                                  [f"{i} {e.uidl}" for i, e in drop.listing()]))
+                await self._listing("Unique-ID listing follows", drop, "uidl")
             case p.Uidl(n):
                 assert drop is not None and n is not None
                 try:
@@ -247,7 +267,9 @@ class Session:
                 write(p.multiline("Capability list follows", self.proto.capabilities()))
             case p.Quit():
                 self.reason = "quit"
-                write(self._update() if drop is not None else p.ok("Bye"))
+                # a store write (see run's finally): off the event loop, never cut short
+                write(await asyncio.to_thread(self._update) if drop is not None
+                      else p.ok("Bye"))
                 return True
             case p.Pass(user, password):
                 await self._login(user, password, "")
@@ -308,7 +330,8 @@ class Session:
         return None
 
     def _update(self) -> bytes:
-        """The UPDATE state: remove what DELE marked (synchronous: cannot be interrupted)."""
+        """The UPDATE state: remove what DELE marked (in a worker thread: a cancelled session
+        cannot interrupt it)."""
         assert self.drop is not None
         removed, failed = self.drop.commit()
         self.deleted = removed

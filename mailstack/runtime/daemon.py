@@ -11,6 +11,7 @@ and then closes gracefully. :func:`run` wraps it for ``mailstack serve NAME``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from ..config import Config
+from . import loopwatch
 from .allocator import Trimmer, configure_allocator
 from .diskfault import install_disk_full_fault
 from .fsutil import private_umask
@@ -96,10 +98,15 @@ def run(name: str, cfg: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         log.info("event loop: %s", type(loop).__module__.partition(".")[0])
         trimmer = asyncio.create_task(Trimmer().run())
+        watcher = loopwatch.start()  # MAILSTACK_LOOP_WATCH: event-loop stalls per command
         try:
             await serve(cfg, stop)
         finally:
             trimmer.cancel()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
 
     try:
         asyncio.run(main())

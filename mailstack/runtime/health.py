@@ -6,26 +6,39 @@ for SMTP/LMTP, ``* OK`` for IMAP, ``+OK`` for POP3, an HTTP 200 for http (autoco
 
 Probes run every few seconds, so the daemons log them at debug level only: the probe sends no
 command to the mail daemons (a session without commands is logged at debug) and asks
-the http daemon for ``/health`` (on its plain port).
+the http daemon for ``/health`` (on its plain port). The greeting check itself is
+:mod:`mailstack.runtime.probe`'s, shared with the container probe and with ``mailstack up``'s
+wait for its daemons.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
 from .banner import listeners
+from .probe import EXPECT, HEALTH_PATH, read_greeting, retry
 
-#: the http daemon's health path (logged at debug there)
-HEALTH_PATH = "/health"
-
-EXPECT = {"mta": b"220", "mda": b"220", "imap": b"* OK", "pop3": b"+OK",
-          "http": b"HTTP/1.1 200"}
+__all__ = ["EXPECT", "HEALTH_PATH", "check"]
 
 
-def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
+def check(cfg: Config, daemon: str, timeout: float = 5.0, wait: float = 0.0,
+          stop: Callable[[], bool] = lambda: False) -> tuple[bool, str]:
+    """Does ``daemon`` greet on its first listener? (ok, what it said or why not). With
+    ``wait``: tried again every 50 ms for up to that long, or until ``stop()``."""
     daemon = "http" if daemon == "autoconfig" else daemon  # the http daemon's old name
+    result: list[tuple[bool, str]] = []
+
+    def attempt() -> bool:
+        result[:] = [_check_once(cfg, daemon, timeout)]
+        return result[0][0]
+    retry(attempt, wait, stop)
+    return result[0]
+
+
+def _check_once(cfg: Config, daemon: str, timeout: float) -> tuple[bool, str]:
     rows = [lst for lst in listeners(cfg) if lst.daemon == daemon]
     if not rows:
         return False, f"{daemon} has no enabled listener in {cfg.source}"
@@ -44,10 +57,7 @@ def check(cfg: Config, daemon: str, timeout: float = 5.0) -> tuple[bool, str]:
         else:
             sock = socket.create_connection((host, lst.port), timeout)
         with sock as s:
-            if daemon == "http":
-                s.sendall(f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: localhost\r\n"
-                          "User-Agent: mailstack-health\r\nConnection: close\r\n\r\n".encode())
-            greeting = s.recv(256)
+            greeting = read_greeting(s, http=daemon == "http")
     except OSError as exc:
         return False, f"{daemon} {lst.name} on {where}: {exc.strerror or exc}"
     if greeting.startswith(EXPECT[daemon]):

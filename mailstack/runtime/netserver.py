@@ -6,7 +6,10 @@
   discarded before the handshake (the CVE-2011-0411 class of injection).
 - :class:`LineReader` reads CRLF lines with a length limit and an idle timeout.
 - :class:`CountedProtocol` counts a connection against the daemon's limits when it is accepted
-  and does the implicit-TLS handshake itself, with a timeout, after that.
+  and does the implicit-TLS handshake itself, with a timeout, after that. On a listener with
+  trusted proxy networks it first reads the PROXY protocol header (v1 or v2) of a connection
+  from them, so that limits, throttles, the plaintext-login networks and logs see the real
+  client: :func:`peer_ip` and :func:`arrived_on` answer with the header's addresses.
 """
 
 from __future__ import annotations
@@ -19,11 +22,21 @@ import resource
 import socket
 import ssl
 import sys
+import weakref
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from . import proxyproto
+
 log = logging.getLogger("mailstack.net")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = tuple[str, int]
+#: the (client, local) addresses that a PROXY header gave a stream connection
+_PROXIED: weakref.WeakKeyDictionary[asyncio.StreamWriter, tuple[Address, Address]] = \
+    weakref.WeakKeyDictionary()
 
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -91,18 +104,45 @@ class CountedProtocol:
     implicit_tls: ssl.SSLContext | None = None
     handshake_timeout: float = 10.0
     listener_name: str = ""
-    _state = "new"  # new → handshake → open; or refused; closed at the end
+    #: the peers that must (and only ones that may) begin with a PROXY header
+    proxy: ProxyPolicy | None = None
+    #: the client's and the local address from a PROXY header (None: the socket's own)
+    client_address: Address | None = None
+    local_address: Address | None = None
+    _state = "new"  # new → (proxy →) handshake → open; or refused; closed at the end
     _counted_ip: str | None = None
+    _proxy: tuple[asyncio.BaseTransport, bytearray, asyncio.TimerHandle] | None = None
+    _sniff = False  # an untrusted peer on a proxied listener: a PROXY header from it closes
+    _tls: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._state == "handshake":  # from the TLS layer: the handshake is done
-            self._state = "open"
-            super().connection_made(transport)  # type: ignore[misc]
+            self._open(transport)
             return
         if self._state != "new":  # not expected: a second connection_made is passed on
             super().connection_made(transport)  # type: ignore[misc]
             return
         ip = transport_ip(transport)
+        if self.proxy is not None:
+            if in_networks(ip, self.proxy.networks):
+                # until its header names the client, the connection counts as the proxy's
+                if self.limiter is not None:
+                    if not self.limiter.acquire(ip):
+                        self._state = "refused"
+                        self.limiter.refuse(transport, ip, b"", self.listener_name or "proxy")
+                        return
+                    self._counted_ip = ip
+                self._state = "proxy"
+                timer = asyncio.get_running_loop().call_later(
+                    self.proxy.timeout, self._proxy_refused, ip,
+                    f"no complete PROXY header within {self.proxy.timeout:g}s")
+                self._proxy = (transport, bytearray(), timer)
+                return
+            self._sniff = True
+        self._accept(transport, ip)
+
+    def _accept(self, transport: asyncio.BaseTransport, ip: str) -> None:
+        """Count the connection under ``ip`` (the real client's), then TLS or open it."""
         if self.limiter is not None:
             if not self.limiter.acquire(ip):
                 self._state = "refused"
@@ -111,11 +151,76 @@ class CountedProtocol:
                 return
             self._counted_ip = ip
         if self.implicit_tls is None:
-            self._state = "open"
-            super().connection_made(transport)  # type: ignore[misc]
+            self._open(transport)
             return
         self._state = "handshake"
         self._start_tls(transport, ip)
+
+    def _open(self, transport: asyncio.BaseTransport) -> None:
+        self._state = "open"
+        super().connection_made(transport)  # type: ignore[misc]
+        if self.client_address is not None:
+            self.use_client_address(self.client_address, self.local_address)
+
+    def use_client_address(self, client: Address, local: Address | None) -> None:
+        """Called once the connection is open when a PROXY header named the client: the
+        protocol records it where its code looks for the peer (aiosmtpd: ``session.peer``)."""
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == "proxy":
+            self._proxy_data(data)
+            return
+        if self._sniff:
+            self._sniff = False
+            if data.startswith((proxyproto.V1_PREFIX, proxyproto.V2_SIGNATURE)):
+                transport = getattr(self, "transport", None) or \
+                    getattr(self, "_transport", None)
+                log.warning("%s: %s: PROXY header from a peer outside the trusted proxy "
+                            "networks: closed", self.listener_name or "proxy",
+                            self._counted_ip or "?")
+                if transport is not None:
+                    transport.close()
+                return
+        super().data_received(data)  # type: ignore[misc]
+
+    def _proxy_data(self, data: bytes) -> None:
+        assert self._proxy is not None
+        transport, buf, timer = self._proxy
+        buf += data
+        ip = transport_ip(transport)
+        try:
+            got = proxyproto.parse(buf)
+        except proxyproto.ProxyHeaderError as exc:
+            self._proxy_refused(ip, str(exc))
+            return
+        if got is None:
+            return
+        header, size = got
+        rest = bytes(buf[size:])
+        timer.cancel()
+        self._proxy = None
+        self._state = "new"
+        self._release()  # the proxy's count; the client's is taken by _accept
+        if header.source is not None and header.dest is not None:
+            self.client_address, self.local_address = header.source, header.dest
+            ip = header.source[0]
+        self._accept(transport, ip)
+        if not rest:
+            return
+        if self._state == "open":
+            self.data_received(rest)
+        elif self._state == "handshake" and self._tls is not None:
+            _feed(self._tls, rest)
+
+    def _proxy_refused(self, ip: str, why: str) -> None:
+        if self._proxy is None:
+            return
+        transport, _, timer = self._proxy
+        timer.cancel()
+        self._proxy = None
+        self._state = "closed"
+        log.warning("%s: %s: PROXY header refused: %s", self.listener_name or "proxy", ip, why)
+        transport.abort()
 
     def _start_tls(self, raw: asyncio.BaseTransport, ip: str) -> None:
         """Put the TLS layer under this protocol now, as ``create_server(ssl=...)`` does: no
@@ -128,6 +233,7 @@ class CountedProtocol:
             loop, self, self.implicit_tls, waiter, server_side=True,
             call_connection_made=True, ssl_handshake_timeout=self.handshake_timeout)
         raw.set_protocol(tls)
+        self._tls = tls
         tls.connection_made(raw)
         waiter.add_done_callback(lambda w: self._handshake_done(w, ip))
 
@@ -142,11 +248,18 @@ class CountedProtocol:
             self._release()
 
     def eof_received(self) -> bool | None:
+        if self._state == "proxy":
+            self._proxy_refused(transport_ip(self._proxy[0]) if self._proxy else "?",
+                                "end of input before a complete PROXY header")
+            return False
         if self._state != "open":
             return False
         return super().eof_received()  # type: ignore[misc]
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._proxy is not None:
+            self._proxy[2].cancel()
+            self._proxy = None
         state, self._state = self._state, "closed"
         try:
             if state == "open":
@@ -158,6 +271,51 @@ class CountedProtocol:
         if self._counted_ip is not None and self.limiter is not None:
             self.limiter.release(self._counted_ip)
         self._counted_ip = None
+
+
+def _feed(protocol: Any, data: bytes) -> None:
+    """Hand ``data`` to ``protocol`` as its transport would (buffered protocols included)."""
+    if not hasattr(protocol, "get_buffer"):
+        protocol.data_received(data)
+        return
+    view = memoryview(data)
+    while view:
+        buf = protocol.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
+
+
+def in_networks(ip: str, networks: Sequence[Network]) -> bool:
+    """True when the address ``ip`` (IPv4-mapped IPv6 taken as IPv4) is in ``networks``."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
+
+
+@dataclass(frozen=True)
+class ProxyPolicy:
+    """A listener's trusted proxies and how long their PROXY header may take to arrive."""
+
+    networks: tuple[Network, ...]
+    timeout: float
+
+
+def proxy_policy(cfg: Any, listener: str) -> ProxyPolicy | None:
+    """The PROXY policy of ``listener`` (e.g. ``imaps``): ``[server] proxy_networks`` when
+    ``[server] proxy_listeners`` is empty or names it, else None; the header's time limit is
+    ``[server] tls_handshake_timeout``."""
+    server = cfg.server
+    if not server.proxy_networks or (server.proxy_listeners
+                                      and listener not in server.proxy_listeners):
+        return None
+    return ProxyPolicy(tuple(ipaddress.ip_network(n, strict=False)
+                             for n in server.proxy_networks), float(server.tls_handshake_timeout))
 
 
 def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
@@ -217,24 +375,34 @@ async def start_server(handler: ClientHandler | None, addresses: Sequence[str], 
                        limit: int = 64 * 1024,
                        protocol_factory: Callable[[], asyncio.BaseProtocol] | None = None,
                        limiter: ConnectionLimiter | None = None, busy_reply: bytes = b"",
-                       handshake_timeout: float = 10.0) -> list[asyncio.Server]:
+                       handshake_timeout: float = 10.0,
+                       proxy: ProxyPolicy | None = None) -> list[asyncio.Server]:
     """Bind on ``port`` of every address; an unavailable IPv6 address is skipped.
 
     Give either ``handler`` (a streams callback) or ``protocol_factory`` (aiosmtpd: a
     :class:`CountedProtocol` configured by the caller, ``ssl_context`` not allowed). For a
     handler, every connection is counted with ``limiter`` when accepted (over the limits:
     ``busy_reply`` and close) and, with ``ssl_context``, upgraded to TLS (implicit TLS) within
-    ``handshake_timeout`` seconds before the handler runs.
+    ``handshake_timeout`` seconds before the handler runs. A connection from a ``proxy``
+    network must begin with a PROXY header (within its timeout); the handler's
+    :func:`peer_ip` and :func:`arrived_on` then answer with its addresses.
     """
     loop = asyncio.get_running_loop()
     if protocol_factory is None:
         assert handler is not None
 
         def factory() -> asyncio.BaseProtocol:
-            proto = _StreamProtocol(asyncio.StreamReader(limit=limit, loop=loop), handler,
+            async def connected(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+                if proto.client_address is not None and proto.local_address is not None:
+                    _PROXIED[writer] = (proto.client_address, proto.local_address)
+                await handler(reader, writer)
+
+            proto = _StreamProtocol(asyncio.StreamReader(limit=limit, loop=loop), connected,
                                     loop=loop)
             proto.limiter, proto.busy_reply, proto.listener_name = limiter, busy_reply, name
             proto.implicit_tls, proto.handshake_timeout = ssl_context, handshake_timeout
+            proto.proxy = proxy
             return proto
         protocol_factory = factory
     elif ssl_context is not None:
@@ -276,6 +444,10 @@ def format_sockname(sockname: tuple) -> str:
 
 
 def peer_ip(writer: asyncio.StreamWriter) -> str:
+    """The client's address: a PROXY header's when one named it, else the socket's peer."""
+    proxied = _PROXIED.get(writer)
+    if proxied is not None:
+        return proxied[0][0]
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if peer else "unknown"
 
@@ -287,17 +459,13 @@ def is_loopback(writer: asyncio.StreamWriter) -> bool:
 
 def arrived_on(writer: asyncio.StreamWriter, networks: Sequence[str]) -> bool:
     """True when the connection arrived on (its local address is in) one of ``networks``
-    (``[server] plaintext_login_networks``: where a password may travel before TLS)."""
-    sock = writer.get_extra_info("sockname")
+    (``[server] plaintext_login_networks``: where a password may travel before TLS). Behind
+    a trusted proxy, the address the client connected to as its PROXY header says."""
+    proxied = _PROXIED.get(writer)
+    sock = proxied[1] if proxied is not None else writer.get_extra_info("sockname")
     if not sock:
         return False
-    try:
-        addr = ipaddress.ip_address(str(sock[0]).split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in ipaddress.ip_network(net, strict=False) for net in networks)
+    return in_networks(str(sock[0]), [ipaddress.ip_network(n, strict=False) for n in networks])
 
 
 async def starttls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

@@ -147,10 +147,11 @@ class Supervisor:
                 return False
             if child.given_up or child.proc is None or child.proc.returncode is not None:
                 continue
-            while not (await asyncio.to_thread(check, self.cfg, child.name, 2.0))[0]:
-                if time.monotonic() > deadline or self.stopping:
-                    return False
-                await asyncio.sleep(0.1)
+            ok, _ = await asyncio.to_thread(check, self.cfg, child.name, 2.0,
+                                            max(0.0, deadline - time.monotonic()),
+                                            lambda: self.stopping)
+            if not ok:
+                return False
         return not self.stopping and all(
             c.given_up or (c.proc is not None and c.proc.returncode is None)
             for c in self.children)

@@ -39,6 +39,12 @@ class ProtocolMixin(CountedProtocol):
     busy_reply = b"421 4.7.0 Too many connections, try again later\r\n"
     chaos_service = "smtp"  # runtime faults (test stacks): smtp.<point> / lmtp.<point>
 
+    def use_client_address(self, client: tuple[str, int],
+                           local: tuple[str, int] | None) -> None:
+        """A PROXY header named the client: it is the session's peer (logs, throttle)."""
+        if self.session is not None:  # type: ignore[attr-defined]
+            self.session.peer = client  # type: ignore[attr-defined]
+
     # -- runtime faults (mailstack.runtime.chaos; only when [chaos] file is set) -------------
     def _peer_ip(self) -> str:
         peer = self.session.peer if self.session else None  # type: ignore[attr-defined]

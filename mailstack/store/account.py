@@ -133,7 +133,13 @@ class MailboxInfo:
 
 
 class WouldBlock(Exception):
-    """``sync(nonblocking=True)`` would have to wait or write: call it from a thread."""
+    """``sync(nonblocking=True)`` would have to wait, write or read many rows: call it from a
+    thread."""
+
+
+#: changed rows a nonblocking sync reads in the caller's thread (an event loop): about 1 ms;
+#: more (a STORE 1:* on a big mailbox) are read from a worker thread
+NONBLOCKING_ROWS = 256
 
 
 class ChangesUnavailable(StoreError):
@@ -454,8 +460,8 @@ class AccountStore:
 
         Loading and publishing a snapshot happen under the handle's lock, so snapshots of a
         folder are published in order. With ``nonblocking`` (an event loop's call), raises
-        :class:`WouldBlock` instead of waiting for the lock or writing: call again from a
-        worker thread."""
+        :class:`WouldBlock` instead of waiting for the lock, writing, or reading more than
+        :data:`NONBLOCKING_ROWS` changed rows: call again from a worker thread."""
         if not self._lock.acquire(blocking=not nonblocking):
             raise WouldBlock(name)
         try:
@@ -469,7 +475,10 @@ class AccountStore:
         folder = self._folder(name)
         pub = folder.published
         if pub is None or folder.version != self._version():
-            pub = self._load(name, folder, missing_ok=True)
+            if pub is None and nonblocking:
+                raise WouldBlock(name)  # a first load reads every row
+            pub = self._load(name, folder, missing_ok=True,
+                             max_rows=NONBLOCKING_ROWS if nonblocking else None)
         if (pub is not None and not folder.stale()
                 and (not claim_recent or pub.first_recent >= pub.uidnext)):
             return pub, set()
@@ -495,11 +504,15 @@ class AccountStore:
     def _load(self, name: str, folder: _Folder) -> Snapshot: ...
 
     @typing.overload
-    def _load(self, name: str, folder: _Folder, missing_ok: bool) -> Snapshot | None: ...
+    def _load(self, name: str, folder: _Folder, missing_ok: bool,
+              max_rows: int | None = None) -> Snapshot | None: ...
 
-    def _load(self, name: str, folder: _Folder, missing_ok: bool = False) -> Snapshot | None:
+    def _load(self, name: str, folder: _Folder, missing_ok: bool = False,
+              max_rows: int | None = None) -> Snapshot | None:
         """Publish the mailbox's current rows as a snapshot (only what changed is read).
-        Called with the handle's lock held (:meth:`sync`)."""
+        Called with the handle's lock held (:meth:`sync`). With ``max_rows``: raises
+        :class:`WouldBlock`, with nothing changed, when more rows than that changed."""
+        before = folder.version, folder.stamps
         folder.version = self._version()
         with self._read() as conn:
             row = self._mailbox_row(conn, name, create=False)
@@ -516,7 +529,12 @@ class AccountStore:
                 return pub
             if pub is not None and pub.mailbox_id == mbid and pub.uidvalidity == validity:
                 rows = conn.execute(f"SELECT {_COLS} FROM message WHERE mailbox=? AND modseq>?"
-                                    " ORDER BY uid", (mbid, pub.highest_modseq)).fetchall()
+                                    " ORDER BY uid LIMIT ?", (mbid, pub.highest_modseq,
+                                                              -1 if max_rows is None
+                                                              else max_rows + 1)).fetchall()
+                if max_rows is not None and len(rows) > max_rows:
+                    folder.version, folder.stamps = before
+                    raise WouldBlock(name)
                 gone = {r[0] for r in conn.execute(
                     "SELECT uid FROM vanished WHERE mailbox=? AND modseq>?",
                     (mbid, pub.highest_modseq))}

@@ -74,7 +74,8 @@ def test_published_ports_match_the_listeners() -> None:
     for name in ORDER[1:]:
         http = ["--http"] if name == "autoconfig" else []
         assert services[name]["healthcheck"]["test"] == [
-            "CMD", "python3", "-m", "mailstack.runtime.probe", probe_port[name], *http]
+            "CMD", "python3", "-m", "mailstack.runtime.probe", probe_port[name], *http,
+            "--wait", "4"]
 
 
 def test_compose_commands_run_as_local_processes(tmp_path: Path) -> None:
@@ -150,3 +151,47 @@ def test_compose_commands_run_as_local_processes(tmp_path: Path) -> None:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, 9)
+
+
+async def test_the_waiting_probe_reports_a_late_daemon_as_soon_as_it_answers(
+        config_factory) -> None:
+    """Docker 20.10 runs the first health check one interval after the start: a probe with
+    ``--wait`` that finds no daemon yet keeps trying and succeeds once it answers; without it,
+    or when the wait runs out, it fails."""
+    import asyncio
+
+    from ..conftest import running
+
+    cfg = config_factory()
+    port = cfg.port("pop3", "pop3")
+
+    def probe(*extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "mailstack.runtime.probe", str(port),
+                                 *extra], env=cli_env())
+
+    assert probe().wait(30) == 1  # nothing listens yet
+    assert probe("--wait", "0.3").wait(30) == 1
+    waiting = probe("--wait", "60")
+    async with running("pop3", cfg):
+        assert waiting.poll() in (None, 0)  # still trying (or has just seen the daemon)
+        rc = await asyncio.to_thread(waiting.wait, 60)
+    assert rc == 0
+
+
+async def test_mailstack_health_wait_is_the_same_wait(config_factory) -> None:
+    """``mailstack health NAME --wait S`` (scripts; ``mailstack up`` waits for its daemons with
+    the same check): started before the daemon, it answers once the daemon greets."""
+    import asyncio
+
+    from ..conftest import running
+
+    cfg = config_factory()
+    cmd = [sys.executable, "-m", "mailstack", "health", "imap", "--config", str(cfg.source)]
+    quick = subprocess.run([*cmd, "--wait", "0.2"], capture_output=True, text=True,
+                           env=cli_env(), timeout=60)
+    assert quick.returncode == 1 and "imap imap on 127.0.0.1" in quick.stderr
+    waiting = subprocess.Popen([*cmd, "--wait", "60"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=cli_env())
+    async with running("imap", cfg):
+        out, _ = await asyncio.to_thread(waiting.communicate, timeout=60)
+    assert waiting.returncode == 0 and "* OK" in out

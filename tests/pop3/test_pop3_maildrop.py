@@ -18,6 +18,7 @@ from mailstack.pop3.maildrop import (
     snapshot,
     uidl_for,
 )
+from mailstack.store.account import AccountStore
 from mailstack.store.maildir import Maildir, create_user_mailbox, crlf_size
 
 from .pop3_helpers import make_alice, message
@@ -115,7 +116,7 @@ def test_size_measured_when_the_name_has_no_w_field(box: Maildir) -> None:
 
 def test_mark_seen_moves_to_cur_and_keeps_concurrent_flags(box: Maildir) -> None:
     drop = Maildrop.open(box)
-    assert drop.get(1).msg.subdir == "new"
+    assert drop.get(1).msg.flags == ""
     stale = drop.get(2).msg
     box.set_flags(stale, "F")  # an IMAP client flags message 2 after our snapshot
     drop.mark_seen(1)
@@ -200,9 +201,10 @@ def test_snapshot_cache_reuses_names_and_sees_every_change(box: Maildir) -> None
         snapshot(box, cache)  # warm
         change()
         drop = Maildrop.open(box, cache)
-        expected = box.scan()
-        assert [e.msg for e in drop.entries] == expected, label
-        assert [e.uidl for e in drop.entries] == [uidl_for(m.key) for m in expected], label
+        expected = sorted(box.scan(), key=lambda m: m.key)  # the store's order is its UIDs'
+        assert sorted((e.msg for e in drop.entries), key=lambda m: m.key) == expected, label
+        assert sorted(e.uidl for e in drop.entries) == sorted(uidl_for(m.key)
+                                                              for m in expected), label
         assert drop.stat()[1] == sum(len(box.read(m)) + box.read(m).count(b"\n")
                                      for m in expected), label
         drop.close()
@@ -226,7 +228,7 @@ def test_read_whole_file_even_if_the_name_understates_its_size(box: Maildir) -> 
     body = b"Subject: big\n\n" + b"y" * 3_000_000 + b"\n"
     (box.root / "new" / "1500000000.liar.host,S=10,W=12").write_bytes(body)
     drop = Maildrop.open(box)
-    assert drop.get(1).size == 12  # what the name says
+    assert drop.get(1).size == crlf_size(body)  # what the store measured, not the name
     assert drop.read(1) == body
     drop.close()
 
@@ -243,3 +245,17 @@ def test_sessions_sharing_a_cached_snapshot_do_not_share_marks(box: Maildir) -> 
     assert second.stat() == (3, sum(e.size for e in second.entries))
     second.get(1)
     second.close()
+
+
+def test_snapshot_is_the_store_inbox(box: Maildir) -> None:
+    """POP3 lists what the account store has, in UID order and with its sizes (IMAP's view)."""
+    box.deliver(b"Subject: later\n\nx\n")
+    (box.root / "cur" / "1.foreign.h:2,").write_bytes(b"A: b\n\nbody\n")  # placed by hand
+    drop = Maildrop.open(box)
+    try:
+        snap, _ = AccountStore.open(box.root).sync("INBOX")
+        assert [(e.msg.key, e.size) for e in drop.entries] == [(x.key, x.size)
+                                                              for x in snap.entries]
+        assert len(drop.entries) == 5
+    finally:
+        drop.close()

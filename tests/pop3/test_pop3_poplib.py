@@ -108,7 +108,7 @@ async def test_top_and_list_single(cfg: Config, alice: Maildir) -> None:
 
     async with running("pop3", cfg):
         await asyncio.to_thread(client)
-    assert all(m.subdir == "new" for m in alice.scan())  # TOP does not mark seen
+    assert all("S" not in m.flags for m in alice.scan())  # TOP does not mark seen
 
 
 async def test_rset_undeletes(cfg: Config, alice: Maildir) -> None:
@@ -254,3 +254,68 @@ async def test_many_concurrent_connections(cfg: Config, alice: Maildir) -> None:
         assert sum(r.startswith("-ERR [IN-USE]") for r in replies) == 9
         for c in clients:
             await c.close()
+
+
+async def test_list_and_uidl_of_a_maildrop_written_in_steps(cfg: Config) -> None:
+    """More messages than one LIST/UIDL step (the listing yields to the loop between steps):
+    every line arrives once, in order, with the size and UIDL of a single-message query."""
+    from mailstack.pop3.session import LISTING_STEP
+
+    count = 2 * LISTING_STEP + 17
+    make_alice(cfg, messages=count)
+
+    def client() -> None:
+        c = poplib.POP3("127.0.0.1", plain_port(cfg), timeout=30)
+        c.user(ALICE)
+        c.pass_(PASSWORD)
+        first, lines, _ = c.list()
+        assert first.startswith(b"+OK %d messages" % count)
+        assert [int(ln.split()[0]) for ln in lines] == list(range(1, count + 1))
+        uidls = c.uidl()[1]
+        assert [int(ln.split()[0]) for ln in uidls] == list(range(1, count + 1))
+        assert len({ln.split()[1] for ln in uidls}) == count
+        for n in (1, LISTING_STEP, LISTING_STEP + 1, count):
+            assert c.list(n).split()[1:] == lines[n - 1].split()
+            assert c.uidl(n).split()[1:] == uidls[n - 1].split()
+        c.quit()
+
+    async with running("pop3", cfg):
+        await asyncio.to_thread(client)
+
+
+async def test_a_quit_waiting_for_the_store_does_not_stall_other_sessions(cfg: Config) -> None:
+    """QUIT writes to the account's index (seen marks, deletions), which may have to wait for
+    another process's write: it waits in a worker thread, and the daemon serves everyone else
+    meanwhile (issue 13); the write completes once the lock is free."""
+    import sqlite3
+
+    from mailstack.accounts.users import UserDB
+    from mailstack.store.account import INDEX_FILE, AccountStore
+    from mailstack.store.maildir import create_user_mailbox
+
+    from .pop3_helpers import RawPOP3
+
+    box = make_alice(cfg, messages=2)
+    bob = "bob@example.test"
+    UserDB(cfg.data_dir / "users").add(bob, PASSWORD)
+    create_user_mailbox(cfg.data_dir, bob).deliver(message(1), sync=False)
+    async with running("pop3", cfg):
+        alice = await RawPOP3.connect(plain_port(cfg))
+        assert (await alice.login()).startswith("+OK")
+        assert (await alice.cmd("RETR 1")).startswith("+OK")
+        await alice.multi()
+        assert (await alice.cmd("DELE 2")).startswith("+OK")
+        other = sqlite3.connect(box.root / INDEX_FILE, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process writes to alice's index
+        try:
+            await alice.send("QUIT\r\n")  # its UPDATE state waits for that write lock
+            client = await RawPOP3.connect(plain_port(cfg))
+            assert (await client.login(bob)).startswith("+OK")
+            assert (await client.cmd("STAT")).startswith("+OK 1 ")
+            assert (await client.cmd("QUIT")).startswith("+OK")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert (await alice.line(timeout=30)).startswith("+OK")
+    snap, _ = AccountStore.open(box.root).sync("INBOX")
+    assert [sorted(e.flags) for e in snap.entries] == [["\\Seen"]]  # 1 seen, 2 deleted

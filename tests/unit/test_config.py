@@ -58,6 +58,8 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     ('[server]\nplaintext_login_networks = ["10.0.0.0/33"]\n',
      "[server].plaintext_login_networks"),
     ('[server]\nevent_loop = "trio"\n', "[server].event_loop"),
+    ('[server]\nproxy_networks = ["haproxy.local"]\n', "[server].proxy_networks"),
+    ('[server]\nproxy_listeners = ["lmtp"]\n', "[server].proxy_listeners"),
     ('[autoconfig]\nidle_timeout = "a while"\n', "[autoconfig].idle_timeout"),
 ])
 def test_bad_values(tmp_path: Path, body: str, key: str) -> None:

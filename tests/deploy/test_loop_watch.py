@@ -1,0 +1,73 @@
+"""The opt-in event-loop stall monitor (``MAILSTACK_LOOP_WATCH``, ``runtime/loopwatch.py``) that
+``bench/loop_stall.py`` reads: it catches a loop that does not yield and charges the stall to
+the command being served, in the real daemons as well as on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import json
+import poplib
+import time
+from pathlib import Path
+
+from mailstack.config import Config
+from mailstack.runtime import loopwatch
+
+from ..conftest import running
+from ..pop3.pop3_helpers import ALICE, PASSWORD, make_alice
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_a_blocking_callback_is_caught_and_charged_to_its_label(tmp_path: Path) -> None:
+    path = tmp_path / "stalls"
+    watcher = asyncio.create_task(loopwatch.watch(str(path)))
+    await asyncio.sleep(0.01)
+    loopwatch.note("test BLOCK")
+    t0 = time.monotonic()
+    time.sleep(0.03)  # the loop is held: nothing else runs for 30 ms
+    await asyncio.sleep(0.01)
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    stalls = [r for r in records(path) if r["ms"] >= 25]
+    assert stalls and stalls[0]["labels"] == ["test BLOCK"], records(path)
+    assert stalls[0]["cpu"] < stalls[0]["ms"]  # it slept: little CPU of its own
+    assert abs(stalls[0]["start"] - t0) < 0.01  # the daemons' clock is time.monotonic()
+    loopwatch.note("after")  # the monitor is off again: noting costs nothing, keeps nothing
+    assert loopwatch._noted is None
+
+
+def pop3_client(cfg: Config) -> None:
+    c = poplib.POP3("127.0.0.1", cfg.port("pop3", "pop3"), timeout=10)
+    c.user(ALICE)
+    c.pass_(PASSWORD)
+    c.list()
+    c.uidl()
+    c.retr(1)
+    c.quit()
+
+
+def imap_client(cfg: Config) -> None:
+    m = imaplib.IMAP4("127.0.0.1", cfg.port("imap", "imap"), timeout=10)
+    m.login(ALICE, PASSWORD)
+    m.select("INBOX")
+    m.fetch("1:*", "(FLAGS)")
+    m.uid("STORE", "1:*", "+FLAGS", "(\\Flagged)")
+    m.logout()
+
+
+async def test_the_daemons_label_stalls_with_their_commands(cfg: Config, tmp_path: Path) -> None:
+    make_alice(cfg, messages=3)
+    watch = {d: tmp_path / f"{d}.stalls" for d in ("imap", "pop3")}
+    for daemon, client in (("pop3", pop3_client), ("imap", imap_client)):
+        env = {loopwatch.ENV: str(watch[daemon]), loopwatch.ENV_MS: "0"}  # every heartbeat
+        async with running(daemon, cfg, env=env):
+            await asyncio.to_thread(client, cfg)
+    labels = {d: {label for r in records(watch[d]) for label in r["labels"]} for d in watch}
+    assert {"pop3 USER", "pop3 PASS", "pop3 LIST", "pop3 UIDL", "pop3 RETR",
+            "pop3 QUIT"} <= labels["pop3"], labels
+    assert {"imap LOGIN", "imap SELECT", "imap FETCH", "imap UID STORE",
+            "imap LOGOUT"} <= labels["imap"], labels
