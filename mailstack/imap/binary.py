@@ -40,21 +40,37 @@ def decode(cte: str, pieces: Iterable[bytes | memoryview]) -> Iterator[bytes]:
 
 
 def _base64(pieces: Iterable[bytes | memoryview]) -> Iterator[bytes]:
-    """Non-alphabet octets are skipped and decoding stops at the first padding, as
-    ``binascii.a2b_base64`` does on the whole text."""
-    held = b""
+    """Decoded as ``binascii.a2b_base64`` decodes the whole text: non-alphabet octets are
+    skipped; a ``=`` counts as padding only after two or three octets of a quad, and enough
+    of them in a row (until the next data octet) end the data."""
+    held = b""  # data octets of the quad in progress (and any whole quads not yet decoded)
+    pads = 0
     for piece in pieces:
-        data = held + bytes(piece).translate(None, _NOT_B64)
-        pad = data.find(b"=")
-        if pad >= 0:
-            group = pad - pad % 4
-            last = data[group:group + 4]
-            yield binascii.a2b_base64(data[:group] + last + b"=" * (4 - len(last)))
-            return
-        cut = len(data) - len(data) % 4
-        held = data[cut:]
-        if cut:
-            yield binascii.a2b_base64(data[:cut])
+        data = bytes(piece).translate(None, _NOT_B64)
+        out = bytearray()
+        start = 0
+        while True:
+            eq = data.find(b"=", start)
+            run = data[start:eq] if eq >= 0 else data[start:]
+            if run:
+                pads = 0
+                held += run
+                cut = len(held) - len(held) % 4
+                if cut:
+                    out += binascii.a2b_base64(held[:cut])
+                    held = held[cut:]
+            if eq < 0:
+                break
+            start = eq + 1
+            quad = len(held)
+            if quad >= 2:
+                pads += 1
+                if quad + pads >= 4:  # the padding of this quad: the end of the data
+                    out += binascii.a2b_base64(held + b"=" * (4 - quad))
+                    yield bytes(out)
+                    return
+        if out:
+            yield bytes(out)
     if held:
         try:
             yield binascii.a2b_base64(held + b"=" * (-len(held) % 4))
