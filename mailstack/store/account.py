@@ -719,11 +719,15 @@ class AccountStore:
         if stale:
             before = folder.mtimes()
             listed_at = time.time_ns()
-            self._reconcile(conn, row, folder, stale)
+            moved = self._reconcile(conn, row, folder, stale)
             if "new" in stale:
                 new_m, at = before[0], listed_at
             if "cur" in stale:
                 cur_m = before[1]
+            if moved and cur_m == before[1]:
+                # cur/ matched the rows, then only our own moves (under the lock) changed
+                # it: it matches them still, and the next sync need not list it again
+                cur_m = folder.mtimes()[1]
             self._record(conn, row[0], folder, (new_m, cur_m, at))
         return new_m, at
 
@@ -741,8 +745,9 @@ class AccountStore:
         folder.stamps = stamps
 
     def _reconcile(self, conn: sqlite3.Connection, row: tuple, folder: _Folder,
-                   subs: set[str]) -> None:
-        """Bring the rows of the files in ``subs`` in line with those directories."""
+                   subs: set[str]) -> bool:
+        """Bring the rows of the files in ``subs`` in line with those directories; True when
+        files were moved from ``new/`` into ``cur/`` on the way."""
         mbid, _validity, uidnext = row[0], row[1], row[2]
         disk = folder.listing(sorted(subs))
         if subs == {"new", "cur"}:
@@ -761,6 +766,7 @@ class AccountStore:
                     known[key] = hit
         kw = folder.keywords
         modseq = 0
+        moved = False
         gone: list[tuple[int, str]] = []
         for key, (uid, subdir, filename, flags, emailid) in (
                 (k, r[1:]) for k, r in known.items()):
@@ -803,6 +809,7 @@ class AccountStore:
                     try:
                         os.rename(path, f"{folder.maildir.root}/cur/{key}{INFO_SEP}")
                         sub, fname = "cur", f"{key}{INFO_SEP}"
+                        moved = True
                     except FileNotFoundError:
                         continue
                     except OSError:
@@ -816,6 +823,7 @@ class AccountStore:
             conn.execute("UPDATE mailbox SET uidnext=? WHERE id=?", (next_uid, mbid))
         if modseq:
             conn.execute("UPDATE mailbox SET highestmodseq=? WHERE id=?", (modseq, mbid))
+        return moved
 
     def _insert(self, conn: sqlite3.Connection, mbid: int, uid: int, key: str, subdir: str,
                 filename: str, flags: Iterable[str], modseq: int, info: Ingested,
