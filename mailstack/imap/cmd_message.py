@@ -78,12 +78,14 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
                 atts = [*atts, fetch.Att("FLAGS")]
     if any(a.name == "PREVIEW" for a in atts):  # the summaries at once, off the loop
         await asyncio.to_thread(sel.store.summaries, sel.name, [m for _, m in msgs])
+    cache = FolderCache.for_root(sel.maildir.root)
+    if not cache.loaded and any(a.needs_body for a in atts):  # its first read: off the loop
+        await asyncio.to_thread(cache.load)
     try:
         missing = await _send_fetch(s, sel, msgs, atts, uid)
     except binary.UnknownCTE as exc:
         raise No(f"unknown Content-Transfer-Encoding {safe(str(exc), 40)}", "UNKNOWN-CTE"
                  ) from None
-    cache = FolderCache.for_root(sel.maildir.root)
     if cache.due():
         await asyncio.to_thread(cache.save, {m.key for m in sel.msgs})
     held_back_modseq(s, sel)
