@@ -32,9 +32,15 @@ def _maker(value: Any, template: object) -> Maker | None:
             return None
         func = value.__func__
         return lambda new: MethodType(func, new)
-    if isinstance(value, dict):
-        items = [(k, v, _maker(v, template)) for k, v in value.items()]
-        return lambda new: {k: v if m is None else m(new) for k, v, m in items}
+    if isinstance(value, dict):  # copied with its type (a defaultdict keeps its default)
+        items = [(k, m) for k, v in value.items() if (m := _maker(v, template)) is not None]
+
+        def copy(new: object) -> dict[Any, Any]:
+            out = value.copy()
+            for k, m in items:
+                out[k] = m(new)
+            return out
+        return copy
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         fields = [(v, _maker(v, template)) for v in value]
         if all(m is None for _, m in fields):

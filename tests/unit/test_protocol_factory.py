@@ -55,6 +55,10 @@ def _check(build: Any) -> None:
         # nothing shared between two connections that one of them could change
         assert first._strong_reader is not second._strong_reader
         assert first._smtp_methods is not second._smtp_methods
+        # the per-command line limits are each session's own (EHLO raises MAIL's)
+        first.command_size_limits["MAIL"] += 36
+        assert second.command_size_limits["MAIL"] == fresh.command_size_limits["MAIL"] == 512
+        assert second.command_size_limits["RCPT"] == 512  # the default is kept
         assert first._smtp_methods["EHLO"].__self__ is first
         assert second._auth_methods["PLAIN"].method.__self__ is second
         assert second._auth_methods["CUSTOM"].method.__self__ is first.event_handler
