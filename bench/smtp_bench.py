@@ -207,15 +207,19 @@ def main() -> None:
         print(f"mailstack SMTP→Maildir benchmark: {args.n} messages of {len(BODY)} B per round,"
               f" {mode}, {args.rounds} rounds, fsync on; medians")
         print(f"{'C':>4} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8}"
-              f" {'CPU µs/msg':>11} {'client µs':>10}"
+              f" {'CPU µs/msg':>11} {'mta µs':>7} {'mda µs':>7} {'client µs':>10}"
               + (f" {'sink/s':>8} {'sink µs':>8} {'ratio':>6}" if sink else ""))
         for c in args.c:
             rows, cpu, client_cpu, sink_rows, sink_cpu = [], [], [], [], []
+            split: dict[str, list[float]] = {name: [] for name in procs}
             for _ in range(args.rounds):
-                cpu0, own0 = sum(proc_cpu(p.pid) for p in procs.values()), time.process_time()
+                each0 = {name: proc_cpu(p.pid) for name, p in procs.items()}
+                cpu0, own0 = sum(each0.values()), time.process_time()
                 rows.append(asyncio.run(run_round(smtp, inbox, args.n, c, args.connect)))
                 cpu.append((sum(proc_cpu(p.pid) for p in procs.values()) - cpu0) / args.n * 1e6)
                 client_cpu.append((time.process_time() - own0) / args.n * 1e6)
+                for name, p in procs.items():
+                    split[name].append((proc_cpu(p.pid) - each0[name]) / args.n * 1e6)
                 if sink:
                     cpu0 = proc_cpu(sink.pid)
                     sink_rows.append(asyncio.run(run_round(sink_port, None, args.n, c,
@@ -224,6 +228,8 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
             line = (f"{c:>4} {med['accepted']:>11.0f} {med['delivered']:>12.0f}"
                     f" {med['p50']:>8.1f} {med['p99']:>8.1f} {statistics.median(cpu):>11.0f}"
+                    f" {statistics.median(split['mta']):>7.0f}"
+                    f" {statistics.median(split['mda']):>7.0f}"
                     f" {statistics.median(client_cpu):>10.0f}")
             if sink:
                 ratios = [r["delivered"] / s for r, s in zip(rows, sink_rows, strict=True)]
