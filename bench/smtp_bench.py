@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -245,6 +246,7 @@ def main() -> None:
             p.terminate()
         for p in [*procs.values(), *([sink] if sink else [])]:
             p.wait(15)
+        shutil.rmtree(tmp, ignore_errors=True)  # the run's mail and queue
 
 
 if __name__ == "__main__":
