@@ -2,14 +2,20 @@
 """End-to-end SMTP → queue → LMTP → Maildir throughput of the real mta and mda processes.
 
 Starts ``mailstack serve mda`` and ``mailstack serve mta`` on free ports in a temp directory,
-then for each concurrency C submits N messages of 2 KiB over port 25 (one connection per
-client, PIPELINING like Postfix's smtp-source) and prints:
+then for each concurrency C submits N messages of 2 KiB over port 25 (PIPELINING like
+Postfix's smtp-source; one connection per client, or with ``--connect`` a new connection per
+message: greeting, EHLO, MAIL/RCPT/DATA, QUIT, as inbound MX traffic mostly arrives) and prints:
 
   accepted msg/s (last 250 after DATA), delivered msg/s (last file in Maildir/new),
-  p50/p99 transaction latency (MAIL → 250 after DATA), server CPU per message (mta + mda),
-  the benchmark client's own CPU per message, and the peak memory (VmHWM) of each daemon.
+  p50/p99 transaction latency (MAIL → 250 after DATA; with ``--connect`` connect → 250 after
+  DATA), server CPU per message (mta + mda), the benchmark client's own CPU per message, and
+  the peak memory (VmHWM) of each daemon.
 
-Usage: python bench/smtp_bench.py [-n 2000] [-c 1 10 50] [--rounds 3]
+``--sink`` also runs a bare aiosmtpd + uvloop sink (no disk, no delivery: it accepts and
+forgets) in its own process, driven by the same client in rounds interleaved with mailstack's,
+and prints its accepted/s, its CPU per message and mailstack's delivered/s as a share of it.
+
+Usage: python bench/smtp_bench.py [-n 2000] [-c 1 10 50] [--rounds 3] [--connect] [--sink]
 Figures of several rounds are reported as medians; the machine is shared and noisy.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -88,15 +95,42 @@ async def client(port: int, count: int, latencies: list[float]) -> None:
     writer.close()
 
 
-async def run_round(port: int, inbox: Path, n: int, c: int) -> dict[str, float]:
-    before = len(os.listdir(inbox))
+async def connecting_client(port: int, count: int, latencies: list[float]) -> None:
+    """``count`` messages, each on a new connection (greeting, EHLO, transaction, QUIT)."""
+    payload = BODY + b".\r\n"
+    for _ in range(count):
+        t0 = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await read_reply(reader)
+        writer.write(b"EHLO bench.example.org\r\n")
+        await read_reply(reader)
+        writer.write(b"MAIL FROM:<bench@example.org>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n")
+        for _ in range(3):
+            r = await read_reply(reader)
+        if not r.startswith(b"354"):
+            raise RuntimeError(f"DATA refused: {r!r}")
+        writer.write(payload)
+        r = await read_reply(reader)
+        if not r.startswith(b"250"):
+            raise RuntimeError(f"message refused: {r!r}")
+        latencies.append(time.perf_counter() - t0)
+        writer.write(b"QUIT\r\n")
+        await read_reply(reader)
+        writer.close()
+
+
+async def run_round(port: int, inbox: Path | None, n: int, c: int,
+                    connect: bool = False) -> dict[str, float]:
+    """One round; ``inbox`` None: a sink, where accepted is all there is to wait for."""
+    before = len(os.listdir(inbox)) if inbox else 0
     latencies: list[float] = []
     per = [n // c + (1 if i < n % c else 0) for i in range(c)]
+    run = connecting_client if connect else client
     t0 = time.perf_counter()
-    await asyncio.gather(*(client(port, k, latencies) for k in per if k))
+    await asyncio.gather(*(run(port, k, latencies) for k in per if k))
     accepted = time.perf_counter() - t0
     deadline = time.monotonic() + 120
-    while len(os.listdir(inbox)) < before + n:
+    while inbox and len(os.listdir(inbox)) < before + n:
         if time.monotonic() > deadline:
             raise RuntimeError("deliveries did not finish within 120 s")
         await asyncio.sleep(0.005)
@@ -107,12 +141,47 @@ async def run_round(port: int, inbox: Path, n: int, c: int) -> dict[str, float]:
             "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
 
 
+class _SinkHandler:
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        return "250 OK"
+
+
+def serve_sink(port: int) -> None:
+    """The reference: aiosmtpd's SMTP on uvloop, accepting every message and keeping none."""
+    import uvloop
+    from aiosmtpd.smtp import SMTP
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: SMTP(_SinkHandler(), hostname="sink"),
+                                          "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+def wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=2000, help="messages per round")
     ap.add_argument("-c", type=int, nargs="+", default=[1, 10, 50], help="concurrencies")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connect", action="store_true", help="a new connection per message")
+    ap.add_argument("--sink", action="store_true",
+                    help="also drive a bare aiosmtpd + uvloop sink, interleaved, as a reference")
+    ap.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_sink:
+        serve_sink(args.serve_sink)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
     smtp, lmtp = free_port(), free_port()
@@ -128,38 +197,56 @@ def main() -> None:
                     str(cfg)], input=b"x\n", check=True, env=env, capture_output=True)
     procs = {name: subprocess.Popen([*run, "serve", name, "--config", str(cfg)], env=env)
              for name in ("mda", "mta")}
+    sink_port = free_port()
+    sink = subprocess.Popen([sys.executable, __file__, "--serve-sink", str(sink_port)],
+                            env=env) if args.sink else None
     try:
-        for port in (lmtp, smtp):
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+        for port in (lmtp, smtp, *([sink_port] if sink else [])):
+            wait_port(port)
         inbox = tmp / "data" / "mail" / "example.test" / "sink" / "new"
+        mode = "a new connection per message" if args.connect else "connections reused"
         print(f"mailstack SMTP→Maildir benchmark: {args.n} messages of {len(BODY)} B per round,"
-              f" {args.rounds} rounds, fsync on; medians")
+              f" {mode}, {args.rounds} rounds, fsync on; medians")
         print(f"{'C':>4} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8}"
-              f" {'CPU µs/msg':>11} {'client µs':>10}")
+              f" {'CPU µs/msg':>11} {'mta µs':>7} {'mda µs':>7} {'client µs':>10}"
+              + (f" {'sink/s':>8} {'sink µs':>8} {'ratio':>6}" if sink else ""))
         for c in args.c:
-            rows, cpu, client_cpu = [], [], []
+            rows, cpu, client_cpu, sink_rows, sink_cpu = [], [], [], [], []
+            split: dict[str, list[float]] = {name: [] for name in procs}
             for _ in range(args.rounds):
-                cpu0, own0 = sum(proc_cpu(p.pid) for p in procs.values()), time.process_time()
-                rows.append(asyncio.run(run_round(smtp, inbox, args.n, c)))
+                each0 = {name: proc_cpu(p.pid) for name, p in procs.items()}
+                cpu0, own0 = sum(each0.values()), time.process_time()
+                rows.append(asyncio.run(run_round(smtp, inbox, args.n, c, args.connect)))
                 cpu.append((sum(proc_cpu(p.pid) for p in procs.values()) - cpu0) / args.n * 1e6)
                 client_cpu.append((time.process_time() - own0) / args.n * 1e6)
+                for name, p in procs.items():
+                    split[name].append((proc_cpu(p.pid) - each0[name]) / args.n * 1e6)
+                if sink:
+                    cpu0 = proc_cpu(sink.pid)
+                    sink_rows.append(asyncio.run(run_round(sink_port, None, args.n, c,
+                                                           args.connect))["accepted"])
+                    sink_cpu.append((proc_cpu(sink.pid) - cpu0) / args.n * 1e6)
             med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-            print(f"{c:>4} {med['accepted']:>11.0f} {med['delivered']:>12.0f} {med['p50']:>8.1f}"
-                  f" {med['p99']:>8.1f} {statistics.median(cpu):>11.0f}"
-                  f" {statistics.median(client_cpu):>10.0f}")
+            line = (f"{c:>4} {med['accepted']:>11.0f} {med['delivered']:>12.0f}"
+                    f" {med['p50']:>8.1f} {med['p99']:>8.1f} {statistics.median(cpu):>11.0f}"
+                    f" {statistics.median(split['mta']):>7.0f}"
+                    f" {statistics.median(split['mda']):>7.0f}"
+                    f" {statistics.median(client_cpu):>10.0f}")
+            if sink:
+                ratios = [r["delivered"] / s for r, s in zip(rows, sink_rows, strict=True)]
+                line += (f" {statistics.median(sink_rows):>8.0f}"
+                         f" {statistics.median(sink_cpu):>8.0f}"
+                         f" {statistics.median(ratios):>6.2f}")
+            print(line, flush=True)
         for name, p in procs.items():
             print(f"{name}: peak memory {proc_hwm_mib(p.pid):.1f} MiB, CPU user "
                   f"{proc_cpu(p.pid, 'user'):.1f} s, system {proc_cpu(p.pid, 'system'):.1f} s")
     finally:
-        for p in procs.values():
+        for p in [*procs.values(), *([sink] if sink else [])]:
             p.terminate()
-        for p in procs.values():
+        for p in [*procs.values(), *([sink] if sink else [])]:
             p.wait(15)
+        shutil.rmtree(tmp, ignore_errors=True)  # the run's mail and queue
 
 
 if __name__ == "__main__":

@@ -177,6 +177,10 @@ class MTASection:
     #: where the mda listens: "host:port" (TCP) or "unix:PATH" (PATH relative to data_dir or
     #: absolute); empty means the local mda: its [mda].socket, else 127.0.0.1 and [mda].lmtp
     lmtp: str = ""
+    #: local-only mail is handed to the mda inside the SMTP transaction and ``250`` follows
+    #: once its copies are durable; an mda that has not answered within this long (or that
+    #: is down) gets the message through the queue instead. 0: always queue first
+    direct_delivery: Duration = Duration(5)
     idle_timeout: Duration = Duration(300)
     retry_initial: Duration = Duration(60)
     retry_max: Duration = Duration(3600)

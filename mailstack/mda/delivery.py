@@ -8,8 +8,9 @@ Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta name
 3. rename ``tmp/KEY`` → ``new/KEY`` and fsync ``new/``.
 
 The daemon commits concurrent deliveries together (:func:`commit_copies` through
-:class:`~mailstack.groupcommit.GroupCommit`): every file is fsynced, but one journal fdatasync
-and one ``new/`` fsync per Maildir serve the whole batch.
+:class:`~mailstack.groupcommit.GroupCommit`): the files of a batch are written and fsynced side
+by side (a few threads: concurrent fsyncs share the file system's journal commits), then one
+journal fdatasync and one ``new/`` fsync per Maildir serve the whole batch.
 
 A repeated attempt (the mta crashed after our ``250`` but before it recorded it; the mta
 marks such attempts ``XRETRY``) finds the journal line: if ``tmp/KEY`` is still there the rename
@@ -27,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -211,12 +213,11 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str 
     """
     results: list[str | OSError] = [OSError("not committed")] * len(copies)
     written: list[int] = []
-    for i, c in enumerate(copies):
-        try:
-            _write_synced(f"{c.root}/tmp/{c.key}", c.disk)
+    for i, error in enumerate(_write_all(copies)):
+        if error is None:
             written.append(i)
-        except OSError as exc:
-            results[i] = exc
+        else:
+            results[i] = error
     journal = [(c.envid, c.rcpt, c.key) for c in (copies[i] for i in written) if c.envid]
     if journal and dlog is not None:
         try:
@@ -272,6 +273,32 @@ def _complete(box: Maildir, key: str) -> Path:
         return box.root / "new" / key
     found: MaildirMessage | None = box.find(key)
     return found.path(box.root) if found else box.root / "new" / key
+
+
+#: threads that write and fsync the files of one batch side by side: concurrent fsyncs share
+#: the file system's journal commits (ext4: 16 files 4.8 → 1.1 ms, 4 files 1.7 → 0.6 ms)
+FSYNC_THREADS = 8
+_fsync_pool: ThreadPoolExecutor | None = None
+_fsync_pool_lock = threading.Lock()
+
+
+def _write_all(copies: Sequence[Copy]) -> list[OSError | None]:
+    """Write and fsync every copy's file in ``tmp/``; per copy None or the OSError."""
+    if len(copies) == 1:
+        return [_try_write(copies[0])]
+    global _fsync_pool
+    with _fsync_pool_lock:
+        if _fsync_pool is None:
+            _fsync_pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="mda-fsync")
+    return list(_fsync_pool.map(_try_write, copies))
+
+
+def _try_write(copy: Copy) -> OSError | None:
+    try:
+        _write_synced(f"{copy.root}/tmp/{copy.key}", copy.disk)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _write_synced(path: str | Path, data: bytes) -> None:

@@ -19,6 +19,7 @@ from ..accounts.users import UserDB
 from ..config import Config
 from ..runtime.netserver import format_sockname, limiter_for, proxy_policy, start_server
 from ..runtime.tls import ensure_tls_files, server_context
+from ..smtp.factory import ProtocolFactory
 from .handler import MTAHandler
 from .queue import Spool
 from .relay import Relay
@@ -52,7 +53,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     def factory(listener: str) -> Any:
         implicit = listener == "submissions"
 
-        def make() -> MailstackSMTP:
+        def build() -> MailstackSMTP:
             proto = MailstackSMTP(
                 handler, listener=listener, error_limits=errors, hostname=cfg.server.hostname,
                 ident="mailstack ESMTP", data_size_limit=int(cfg.mta.max_message_size),
@@ -67,6 +68,12 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             proto.proxy = proxy_policy(cfg, listener)
             if implicit:
                 proto.implicit_tls = tls
+            return proto
+
+        copies = ProtocolFactory(build)  # aiosmtpd's constructor introspects: once, not per client
+
+        def make() -> MailstackSMTP:
+            proto = copies()
             sessions.add(proto)
             return proto
         return make

@@ -5,8 +5,11 @@ Policy (never an open relay):
 - RCPT for any other domain: only after AUTH (``554 5.7.1`` relay access denied).
 - An authenticated client may only use its own address as envelope sender (``553 5.7.1``).
 - At most ``[mta].max_recipients`` RCPTs a transaction (``452 4.5.3``).
-- DATA: the message is written to the queue and fsynced before ``250``; a message with more
-  than ``[mta].max_hops`` Received headers is refused (``554 5.4.6``, a mail loop).
+- DATA: a message for local recipients only is handed to the mda at once and ``250`` follows
+  once its copies are durable in the Maildirs (one fsync chain, no queue file); any other
+  message — or local mail the mda does not take within ``[mta] direct_delivery`` — is written
+  to the queue and fsynced before ``250``. A message with more than ``[mta].max_hops``
+  Received headers is refused (``554 5.4.6``, a mail loop).
 - Capture mode (``[capture] enabled``): any recipient on any domain is accepted and any envelope
   sender, without AUTH on port 25; the queue runner files everything in the catch-all account.
 - ``[[faults]]`` entries for ``rcpt`` and ``data`` stall and/or replace the reply (tests).
@@ -157,6 +160,15 @@ class MTAHandler:
                        body=body, smtputf8=bool(envelope.smtp_utf8), client_ip=peer,
                        client_helo=session.host_name or "", auth_user=user, tls=tls,
                        listener=listener)
+        tried = False
+        if self.runner.direct_ok(rcpts):
+            if await self.runner.deliver_direct(qid, env, message):
+                log.info("%s: client=[%s], helo=%s, listener=%s%s%s, from=<%s>, size=%d, "
+                         "nrcpt=%d (delivered)", qid, peer, session.host_name or "unknown",
+                         listener, f", sasl_username={user}" if user else "",
+                         f", tls={tls}" if tls else "", env.sender, len(message), len(rcpts))
+                return f"250 2.0.0 Ok: queued as {qid}"
+            tried = True
         try:
             entry = await self.spool.aput(message, env, qid, first_attempt_at=time.time(),
                                           backoff=self.runner.backoff(1))
@@ -169,5 +181,6 @@ class MTAHandler:
                  "(queued)", qid, peer, session.host_name or "unknown", listener,
                  f", sasl_username={user}" if user else "",
                  f", tls={tls}" if tls else "", env.sender, len(message), len(rcpts))
+        entry.tried = tried
         self.runner.submit(entry)
         return f"250 2.0.0 Ok: queued as {qid}"

@@ -71,7 +71,7 @@ class LMTPConnection:
         except TimeoutError:
             conn.close()
             raise LMTPError("mda timed out") from None
-        except LMTPError:
+        except BaseException:  # LMTPError, or cancelled by a caller's timeout
             conn.close()
             raise
         if lines[-1][0] != 250:
@@ -226,6 +226,9 @@ class LMTPPool:
                     conn.close()
                     conn = None  # the idle connection may have been closed: one fresh try,
                     retry = True  # flagged: the broken one may have got as far as delivery
+                except BaseException:  # cancelled (a caller's timeout): the stream is unusable
+                    conn.close()
+                    raise
                 else:
                     self._idle.append(conn)
                     return result
@@ -233,7 +236,7 @@ class LMTPPool:
             try:
                 result = await conn.deliver(envid, sender, rcpts, data, body8=body8,
                                             smtputf8=smtputf8, retry=retry)
-            except LMTPError:
+            except BaseException:
                 conn.close()
                 raise
             self._idle.append(conn)

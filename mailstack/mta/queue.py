@@ -102,6 +102,9 @@ class QueueEntry:
     message: bytes | None = field(default=None, repr=False)
     #: when the runner tries it next (in memory; ``next_attempt`` is what is on disk)
     due: float = 0.0
+    #: a direct delivery was tried before it was queued and may have reached the mda: the
+    #: next attempt asks the mda to check its journal (XRETRY)
+    tried: bool = False
 
     @property
     def pending(self) -> list[Recipient]:

@@ -34,6 +34,9 @@ log = logging.getLogger("mailstack.queue")
 #: queued and is retried (once: the mda recognises the queue id). Shorter than the
 #: supervisor's and docker-compose's grace periods (10 s and 30 s) before SIGKILL.
 STOP_DRAIN = 5.0
+#: after a direct delivery failed, local mail goes through the queue for this long (or until
+#: the runner delivers locally again), so that a hung mda does not hold every SMTP session
+DIRECT_PAUSE = 5.0
 #: for this long after the mta starts, mail the local mda refuses to take because it is not
 #: listening yet (containers started side by side) is retried every second, not after
 #: retry_initial
@@ -58,6 +61,8 @@ class QueueRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(concurrency)
         self.started = clock()
+        #: direct delivery is paused until then (monotonic clock): see DIRECT_PAUSE
+        self._direct_paused_until = 0.0
         target = cfg.lmtp_target
         if isinstance(target, tuple):
             host, port = target
@@ -141,6 +146,49 @@ class QueueRunner:
         return min(float(self.cfg.mta.retry_max),
                    float(self.cfg.mta.retry_initial) * 2 ** max(0, attempts - 1))
 
+    # -- delivery inside the SMTP transaction ------------------------------------------------
+    def direct_ok(self, recipients: list[str]) -> bool:
+        """Whether a new message for ``recipients`` may be delivered at once: every recipient
+        local, not capture mode (which files everything in the catch-all account), direct
+        delivery on and not paused by a recent failure."""
+        cfg = self.cfg
+        return (cfg.mta.direct_delivery > 0 and not cfg.capture.enabled
+                and time.monotonic() >= self._direct_paused_until
+                and all(self._is_local(r) for r in recipients))
+
+    async def deliver_direct(self, qid: str, env: Envelope, message: bytes) -> bool:
+        """Hand a new message to the mda before it is queued; True when every recipient's
+        copy is durable (the mda answered 250 for each).
+
+        False when it must go through the queue: the mda is down, refused a recipient, or
+        did not answer within ``[mta] direct_delivery``. The copies may then have been made
+        (a timeout): the queue's attempt carries XRETRY and the mda's journal recognises the
+        queue id, so no second copy appears. After a failure, local mail goes through the
+        queue for DIRECT_PAUSE seconds, or until the runner delivers locally again.
+        """
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(float(self.cfg.mta.direct_delivery)):
+                result = await self.lmtp.deliver(
+                    qid, env.sender, env.recipients, message,
+                    body8=env.body == "8BITMIME", smtputf8=env.smtputf8, retry=False)
+            replies = result.replies
+        except LMTPError as exc:
+            replies = [Reply(451, "4.4.1", str(exc))] * len(env.recipients)
+        except TimeoutError:
+            replies = [Reply(451, "4.4.1", "mda timed out")] * len(env.recipients)
+        ok = all(r.ok for r in replies)
+        delay = time.monotonic() - started
+        for rcpt, reply in zip(env.recipients, replies, strict=True):
+            log.info("%s: to=<%s>, relay=%s, delay=%.3f, attempts=1, dsn=%s, status=%s (%s)",
+                     qid, rcpt, self.lmtp_name, delay, reply.enhanced,
+                     "sent" if reply.ok else "deferred", reply)
+        if not ok:
+            log.info("%s: direct delivery failed: queued; local mail goes through the queue "
+                     "for %.0f s", qid, DIRECT_PAUSE)
+            self._direct_paused_until = time.monotonic() + DIRECT_PAUSE
+        return ok
+
     # -- one attempt ------------------------------------------------------------------------
     async def _attempt(self, entry: QueueEntry) -> None:
         try:
@@ -209,8 +257,10 @@ class QueueRunner:
             result = await self.lmtp.deliver(
                 entry.id, env.sender, to, message,
                 body8=env.body == "8BITMIME", smtputf8=env.smtputf8,
-                retry=entry.recovered or entry.attempts > 1)
+                retry=entry.recovered or entry.tried or entry.attempts > 1)
             replies = result.replies * len(rcpts) if len(to) < len(rcpts) else result.replies
+            if all(r.ok for r in replies):
+                self._direct_paused_until = 0.0  # the mda takes mail again
         except LMTPError as exc:
             replies = [Reply(451, "4.4.1", str(exc))] * len(rcpts)
             if str(exc).startswith("cannot connect") and \

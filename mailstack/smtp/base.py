@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 from typing import Any
@@ -36,6 +37,16 @@ class ProtocolMixin(CountedProtocol):
 
     _plain_reply = False
     _held: list[bytes] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # aiosmtpd keeps the per-command line limits in one dict on its class, cleared by every
+        # constructor and raised by every EHLO (MAIL +36 for SIZE and SMTPUTF8): each session
+        # gets its own, so neither other sessions nor a session built as a copy
+        # (factory.ProtocolFactory) can raise a client's limit
+        limit: int = self.command_size_limit  # type: ignore[attr-defined]
+        self.command_size_limits = collections.defaultdict(  # type: ignore[misc]
+            lambda: limit)
     busy_reply = b"421 4.7.0 Too many connections, try again later\r\n"
     chaos_service = "smtp"  # runtime faults (test stacks): smtp.<point> / lmtp.<point>
 

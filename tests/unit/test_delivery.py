@@ -127,3 +127,27 @@ def test_big_message_is_stored_in_pieces_with_the_right_sizes(tmp_path: Path) ->
     assert disk == to_lf(wire)
     assert f",S={len(disk)},W={len(to_crlf(disk))}" in msg.key
     assert not list((box.root / "tmp").iterdir())
+
+
+def test_a_batch_is_written_side_by_side_and_a_failed_copy_fails_alone(tmp_path: Path) -> None:
+    """commit_copies writes a batch's files in parallel: every copy gets its own result, in
+    order; the one that cannot be written is not journaled, the others are in new/."""
+    from mailstack.mda.delivery import commit_copies, prepare
+
+    dlog = DeliveryLog(tmp_path / "journal")
+    users = [f"u{i}@x.test" for i in range(6)]
+    for u in users:
+        create_user_mailbox(tmp_path, u)
+    copies = [prepare(tmp_path, u, u, "s@y.test", f"Subject: {u}\r\n\r\nx\r\n".encode(),
+                      f"Q{i}", dlog, retry=False) for i, u in enumerate(users)]
+    broken = copies[3]
+    os.rename(f"{broken.root}/tmp", f"{broken.root}/tmp-away")  # type: ignore[union-attr]
+    results = commit_copies(copies, dlog)  # type: ignore[arg-type]
+    assert isinstance(results[3], OSError)
+    for i, (u, result) in enumerate(zip(users, results, strict=True)):
+        if i == 3:
+            assert dlog.lookup(f"Q{i}", u) is None
+            continue
+        assert isinstance(result, str) and f"/new/{copies[i].key}" in result  # type: ignore[union-attr]
+        assert f"Subject: {u}\n".encode() in Path(result).read_bytes()
+        assert dlog.lookup(f"Q{i}", u) == copies[i].key  # type: ignore[union-attr]
