@@ -10,6 +10,8 @@ and the longest stall of the daemon's loop while it ran. A stall over 10 ms keep
 session of that daemon waiting that long.
 
 Usage: python bench/loop_stall.py [--messages 10000] [--big-mib 10] [--runs 3]
+(with ``LOOP_STALL_STACKS=1`` it also prints, for each stall over the target, where the loop
+was when a watchdog thread sampled it)
 """
 
 from __future__ import annotations
@@ -183,6 +185,11 @@ def run_once(messages: int, big_mib: int) -> list[Row]:
             p.wait(30)
     stalls = {d: [json.loads(line) for line in watch[d].read_text().splitlines()]
               if watch[d].exists() else [] for d in watch}
+    if os.environ.get("LOOP_STALL_STACKS"):
+        for d, found in stalls.items():
+            for s in found:
+                if s["cpu"] > TARGET_MS and s.get("stacks"):
+                    print(d, s["labels"], s["cpu"], *s["stacks"], sep="\n   ")
     rows = []
     for label, daemon, t0, t1 in t.rows:
         mine = [s for s in stalls[daemon] if s["start"] < t1 and s["start"] + s["ms"] / 1000 > t0]

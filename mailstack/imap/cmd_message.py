@@ -19,7 +19,8 @@ from .wire import ParseError, Parser, SeqSet
 from .wire import compact_set as _uid_ranges
 
 BATCH_BYTES = 1 << 20  # message octets read per worker-thread hop in a FETCH
-YIELD_AFTER = 0.005  # seconds of rendering in the event loop before other sessions get a turn
+YIELD_AFTER = 0.002  # seconds of rendering in the event loop before other sessions get a turn
+MANY = 2000  # messages named by one command: other sessions get a turn before the work starts
 
 
 def _selected(s: Session) -> Selected:
@@ -59,6 +60,8 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
         s.condstore = True
     sel = _selected(s)
     msgs = targets(sel, seqset, uid)
+    if len(msgs) > MANY:  # parsing, the refresh and the set took their share: others' turn
+        await asyncio.sleep(0)
     if vanished:
         assert changed_since is not None and sel.snapshot is not None
         gone = await asyncio.to_thread(sel.store.vanished, sel.snapshot.mailbox_id,
@@ -112,10 +115,11 @@ async def _send_fetch(s: Session, sel: Selected, msgs: list[tuple[int, Msg]],
     missing = False
     drop = bool(s.cfg.faults) and s.cfg.faults_at("fetch", s.user) is not None
     heavy = fetch.needs_body(atts)
+    cache = FolderCache.for_root(sel.maildir.root)
     loop = asyncio.get_running_loop()
     since = loop.time()
     for batch in _batches(msgs, heavy):
-        loads = deque(fetch.Loaded(sel, m) for _, m in batch)
+        loads = deque(fetch.Loaded(sel, m, cache) for _, m in batch)
         ready: list[bool] | None = None
         if heavy:
             ready = await asyncio.to_thread(_prepare_all, loads, atts)
@@ -215,6 +219,8 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if sel.readonly:
         raise No("mailbox is read-only", "READ-ONLY")
     msgs = targets(sel, seqset, uid)
+    if len(msgs) > MANY:  # parsing, the refresh and the set took their share: others' turn
+        await asyncio.sleep(0)
     try:
         result = await asyncio.to_thread(sel.store_flags, [m.uid for _, m in msgs], mode, flags,
                                          unchanged_since)

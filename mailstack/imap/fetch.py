@@ -175,11 +175,11 @@ class Loaded:
     __slots__ = ("_envelope", "_header", "_structure", "binary", "cache", "data", "fd", "msg",
                  "part", "sel")
 
-    def __init__(self, sel: Selected, msg: Msg) -> None:
+    def __init__(self, sel: Selected, msg: Msg, cache: FolderCache | None = None) -> None:
         self.sel, self.msg = sel, msg
         self.data: bytes | None = None
         self.part: mime.Part | None = None  # a mimescan.Span for a big message
-        self.cache = FolderCache.for_root(sel.maildir.root)
+        self.cache = cache if cache is not None else FolderCache.for_root(sel.maildir.root)
         self._header: bytes | None = None
         self._envelope: bytes | None = None
         self._structure: dict[bool, bytes] = {}

@@ -46,7 +46,7 @@ MAX_LINE = 64 * 1024
 MAX_COMMAND_EXTRA = 1024 * 1024  # bytes of literals beyond max_literal in one command
 OUT_BUDGET = 256 * 1024  # response octets gathered before they are written and drained
 OUT_CHUNK = 64 * 1024  # a larger piece is written in slices of this size
-YIELD_AFTER = 0.005  # seconds of sending one response before other sessions get a turn
+YIELD_AFTER = 0.002  # seconds of sending one response before other sessions get a turn
 
 
 SEARCH_CAPABILITIES = ("ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "ESORT",

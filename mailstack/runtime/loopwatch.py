@@ -13,8 +13,10 @@ match stalls to the commands it sent), ``ms`` the stall's length, ``cpu`` the CP
 loop's thread used in it (on a busy machine ``ms`` also counts time the process waited for a
 core or for the GIL held by a worker thread; ``cpu`` is the loop's own work), ``labels`` what
 :func:`note` saw since the previous heartbeat (the sessions note ``imap SELECT``, ``pop3
-RETR`` ... as they start a command). Lines are written at most every 0.2 s, off the measured
-stretch. Costs a wake-up per tick while on; a test of one global when off.
+RETR`` ... as they start a command). A stall longer than :data:`SAMPLE_AFTER` also carries
+``stacks``: the loop thread's innermost frames, sampled once by a watchdog thread while the
+heartbeat was late (where the time went). Lines are written at most every 0.2 s, off the
+measured stretch. Costs a wake-up per tick while on; a test of one global when off.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
+import threading
 import time
+import traceback
 
 ENV = "MAILSTACK_LOOP_WATCH"
 #: the shortest stall written (ms; default :data:`REPORT_MS`; 0 writes every heartbeat)
@@ -31,8 +36,34 @@ ENV_MS = "MAILSTACK_LOOP_WATCH_MS"
 TICK = 0.001
 REPORT_MS = 1.0
 
+#: a stall this long (seconds) gets the loop thread's stack sampled by a watchdog thread
+SAMPLE_AFTER = 0.008
+
 #: the labels noted since the last heartbeat (None: the monitor is off)
 _noted: set[str] | None = None
+
+
+class _Sampler(threading.Thread):
+    """Samples the loop thread's stack once while a heartbeat is late (where the time goes)."""
+
+    def __init__(self, loop_thread: int) -> None:
+        super().__init__(name="loopwatch-sampler", daemon=True)
+        self.loop_thread = loop_thread
+        self.beat = time.monotonic()
+        self.stacks: list[str] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        sampled_beat = 0.0
+        while not self.stopped.wait(0.002):
+            beat = self.beat
+            if beat != sampled_beat and time.monotonic() - beat > SAMPLE_AFTER:
+                sampled_beat = beat
+                frame = sys._current_frames().get(self.loop_thread)
+                if frame is not None:
+                    where = traceback.extract_stack(frame)[-6:]
+                    self.stacks.append(" < ".join(f"{os.path.basename(f.filename)}:{f.lineno}"
+                                                  f" {f.name}" for f in reversed(where)))
 
 
 def note(label: str) -> None:
@@ -50,24 +81,31 @@ async def watch(path: str, report_ms: float = REPORT_MS) -> None:
     clock, cpu_clock = time.monotonic, time.thread_time
     last = written = clock()
     last_cpu = cpu_clock()
+    sampler = _Sampler(threading.get_ident())
+    sampler.start()
     try:
         while True:
             await asyncio.sleep(TICK)
             now, now_cpu = clock(), cpu_clock()
+            sampler.beat = now
+            stacks, sampler.stacks = sampler.stacks, []
             stall = (now - last - TICK) * 1000
             cpu = (now_cpu - last_cpu) * 1000
             last, last_cpu = now, now_cpu
             labels, _noted = _noted, set()
             if stall >= report_ms or report_ms <= 0:
-                pending.append(json.dumps({"start": round(now - stall / 1000, 6),
-                                           "ms": round(stall, 2), "cpu": round(cpu, 2),
-                                           "labels": sorted(labels)}))
+                record = {"start": round(now - stall / 1000, 6), "ms": round(stall, 2),
+                          "cpu": round(cpu, 2), "labels": sorted(labels)}
+                if stacks:
+                    record["stacks"] = stacks
+                pending.append(json.dumps(record))
             if pending and now - written > 0.2:
                 _append(path, pending)
                 pending = []
                 last = written = clock()  # the write is not the commands' stall
                 last_cpu = cpu_clock()
     finally:
+        sampler.stopped.set()
         _noted = None
         with contextlib.suppress(OSError):
             _append(path, pending)

@@ -9,6 +9,7 @@ in the index only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from .keywords import LETTER_TO_SYSTEM, SYSTEM_TO_LETTER, Keywords
@@ -34,7 +35,10 @@ def canonical(flag: str) -> str:
     return flag
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_stored(text: str) -> frozenset[str]:
+    """The flags of an index row. Messages share a few flag sets: one object each, so a big
+    mailbox does not hold one more object per message for the garbage collector to walk."""
     return frozenset(text.split()) if text else frozenset()
 
 

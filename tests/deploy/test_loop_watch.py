@@ -40,6 +40,26 @@ async def test_a_blocking_callback_is_caught_and_charged_to_its_label(tmp_path: 
     assert loopwatch._noted is None
 
 
+def _spin_in_the_loop(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:  # holds the loop and the GIL (a thread still gets turns)
+        pass
+
+
+async def test_a_long_stall_names_where_the_loop_was(tmp_path: Path) -> None:
+    """A stall over SAMPLE_AFTER gets the loop thread's stack, sampled by a watchdog thread
+    while it lasts: where the time went, not only that it went."""
+    path = tmp_path / "stalls"
+    watcher = asyncio.create_task(loopwatch.watch(str(path)))
+    await asyncio.sleep(0.01)
+    _spin_in_the_loop(0.05)
+    await asyncio.sleep(0.01)
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    stalls = [r for r in records(path) if r["ms"] >= 40]
+    assert stalls and any("_spin_in_the_loop" in st for st in stalls[0]["stacks"]), stalls
+
+
 def pop3_client(cfg: Config) -> None:
     c = poplib.POP3("127.0.0.1", cfg.port("pop3", "pop3"), timeout=10)
     c.user(ALICE)
