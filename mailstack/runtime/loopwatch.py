@@ -37,7 +37,7 @@ TICK = 0.001
 REPORT_MS = 1.0
 
 #: a stall this long (seconds) gets the loop thread's stack sampled by a watchdog thread
-SAMPLE_AFTER = 0.008
+SAMPLE_AFTER = 0.004
 
 #: the labels noted since the last heartbeat (None: the monitor is off)
 _noted: set[str] | None = None
