@@ -18,6 +18,7 @@ from ..accounts.authlimit import AuthThrottle
 from ..accounts.tokens import TokenDB
 from ..accounts.users import UserDB, UserError, normalize_address
 from ..config import Config
+from ..runtime.netserver import in_networks
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,7 @@ class Authenticator:
         """Credentials may be sent here: HTTPS, or plain HTTP on a plaintext-login network."""
         if scheme == "https":
             return True
-        if not local:
-            return False
-        try:
-            addr = ipaddress.ip_address(local.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.networks)
+        return bool(local) and in_networks(str(local), self.networks)
 
     async def check(self, header: str | None, scheme: str, local: str | None,
                     client: str) -> AuthResult:

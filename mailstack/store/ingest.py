@@ -7,7 +7,6 @@ content digest (as Cyrus' GUID): the same bytes are the same Email wherever they
 
 from __future__ import annotations
 
-import email.header
 import email.parser
 import hashlib
 import os
@@ -16,7 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from .mimepolicy import UNFOLDING
-from .summary import EMPTY, Summary, summarize
+from .summary import EMPTY, Summary, decode_words, summarize
 
 MAX_INDEX_TEXT = 256 * 1024  # decoded text kept in the search index per message
 PARSE_LIMIT = 2 << 20  # octets of a message parsed for its headers and text (memory bound)
@@ -142,35 +141,18 @@ def _describe(data: bytes, emailid: str, mtime: float, size: int) -> Ingested:
                     body.casefold()[:MAX_INDEX_TEXT], summary)
 
 
-def _decode(value: str) -> str:
-    try:
-        parts = email.header.decode_header(value)
-    except Exception:
-        return value
-    out = []
-    for raw, charset in parts:
-        if isinstance(raw, bytes):
-            try:
-                out.append(raw.decode(charset or "ascii", "replace"))
-            except LookupError:
-                out.append(raw.decode("utf-8", "replace"))
-        else:
-            out.append(raw)
-    return "".join(out)
-
-
 def _header(msg: email.message.Message | None, name: str) -> str:
     if msg is None:
         return ""
     value = msg.get(name)
     if value is None:
         return ""
-    return _decode(str(value).replace("\r", "").replace("\n", ""))
+    return decode_words(str(value).replace("\r", "").replace("\n", ""))
 
 
 def _search_text(msg: email.message.Message) -> tuple[str, str]:
     """(decoded header fields, decoded text parts) of a message."""
-    headers = "\n".join(f"{k}: {_decode(str(v))}" for k, v in msg.items())
+    headers = "\n".join(f"{k}: {decode_words(str(v))}" for k, v in msg.items())
     pieces: list[str] = []
     budget = MAX_INDEX_TEXT
     for part in msg.walk():
