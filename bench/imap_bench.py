@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import resource
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from argon2 import PasswordHasher
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchlib import serve  # noqa: E402
 
 from mailstack.config import load  # noqa: E402
 from mailstack.runtime.tls import client_context, ensure_tls_files  # noqa: E402
@@ -144,15 +143,8 @@ async def bench(args: argparse.Namespace) -> None:
           f"{time.perf_counter() - t0:.1f} s")
     files = ensure_tls_files(cfg)
     ctx = client_context(files.ca)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "imap", "--config",
-                               str(conf)], env=env)
+    server = serve("imap", conf, plain)
     try:
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", plain), 0.2).close()
-                break
-            time.sleep(0.05)
         pid = server.pid
         c = await Client.connect(plain)
         await c.cmd(f"LOGIN {USER} {PASSWORD}")

@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +25,8 @@ from argon2 import PasswordHasher
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchlib import serve  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "bench"))
 
 from imap_bench import USER, WORDS, Client, free_port, proc_cpu  # noqa: E402
@@ -89,15 +87,8 @@ async def bench(args: argparse.Namespace) -> None:
     rng = random.Random(1)
     for i in range(args.messages):
         inbox.deliver(make_message(i, rng), flags="S" if i % 4 else "", sync=False)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "imap", "--config",
-                               str(conf)], env=env)
+    server = serve("imap", conf, plain)
     try:
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", plain), 0.2).close()
-                break
-            time.sleep(0.05)
         c = await Client.connect(plain)
         await c.cmd(f"LOGIN {USER} {PASSWORD}")
         t = time.perf_counter()
@@ -106,13 +97,7 @@ async def bench(args: argparse.Namespace) -> None:
         # the daemon again, now over a filled index: the first SORT reads the summaries
         server.terminate()
         server.wait()
-        server = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "imap",
-                                   "--config", str(conf)], env=env)
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", plain), 0.2).close()
-                break
-            time.sleep(0.05)
+        server = serve("imap", conf, plain)
         c = await Client.connect(plain)
         await c.cmd(f"LOGIN {USER} {PASSWORD}")
         await c.cmd("SELECT INBOX")

@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import random
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +31,9 @@ from pathlib import Path
 from argon2 import PasswordHasher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import serve
 from imap_bench import (
     PASSWORD,
-    ROOT,
     USER,
     Client,
     free_port,
@@ -166,15 +162,8 @@ async def bench(args: argparse.Namespace) -> None:
     rng = random.Random(1)
     for i in range(args.messages):
         inbox.deliver(make_message(i, rng), flags="S" if i % 3 else "", sync=False)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "imap", "--config",
-                               str(conf)], env=env)
+    server = serve("imap", conf, plain)
     try:
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", plain), 0.2).close()
-                break
-            time.sleep(0.05)
         await compressed_sync(plain, server.pid)
         await resync(plain, args.messages, args.changes)
     finally:

@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
-import os
 import random
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +35,8 @@ from argon2 import PasswordHasher
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import serve  # noqa: E402
 
 from bench.imap_bench import PASSWORD, USER, make_message, proc_cpu, proc_rss_mib  # noqa: E402
 from mailstack.config import load  # noqa: E402
@@ -117,16 +116,9 @@ async def bench(args: argparse.Namespace) -> None:
     for i in range(args.messages):
         inbox.deliver(make_message(i, rng), flags="S" if i % 3 else "", sync=False)
     print(f"INBOX: {args.messages} messages")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "http", "--config",
-                               str(conf)], env=env)
+    server = serve("http", conf, plain)
     aid = account_id(USER)
     try:
-        for _ in range(400):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", plain), 0.2).close()
-                break
-            time.sleep(0.05)
         pid = server.pid
         print(f"RSS at start: {proc_rss_mib(pid):.0f} MiB")
         c = await HTTP.connect(plain)
