@@ -106,6 +106,9 @@ async def watch(path: str, report_ms: float = REPORT_MS) -> None:
                 last_cpu = cpu_clock()
     finally:
         sampler.stopped.set()
+        if _noted and report_ms <= 0:  # every heartbeat asked for: the last labels too
+            pending.append(json.dumps({"start": round(clock(), 6), "ms": 0.0, "cpu": 0.0,
+                                       "labels": sorted(_noted)}))
         _noted = None
         with contextlib.suppress(OSError):
             _append(path, pending)

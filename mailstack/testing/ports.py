@@ -8,10 +8,14 @@ EADDRINUSE (seen on a busy machine running load tests beside the suite). Ports p
 below that range, checked by binding, are never taken that way. A port handed out is not
 handed out again for the next RECENT picks of this process: a config asks for a dozen ports
 before any daemon binds one, and two random picks of one free port would both pass the check.
+Under pytest-xdist each worker (``PYTEST_XDIST_WORKER`` ``gwN`` of
+``PYTEST_XDIST_WORKER_COUNT``) picks from its own slice of the range: two workers cannot see
+each other's picks.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -42,11 +46,26 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+def _span() -> tuple[int, int]:
+    """The ports this process picks from: below the ephemeral range, its xdist worker's part."""
+    low, top = _LOWEST, _ephemeral_start() - 1
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    except ValueError:
+        count = 1
+    if count > 1 and worker[:2] == "gw" and worker[2:].isdigit():
+        size = (top - low + 1) // count
+        low += int(worker[2:]) % count * size
+        top = low + size - 1
+    return low, top
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port on ``host`` that nothing listens on or is connected from right now."""
-    top = _ephemeral_start() - 1
-    for _ in range(200 if top - _LOWEST > 1000 else 0):
-        port = _random.randint(_LOWEST, top)
+    low, top = _span()
+    for _ in range(200 if top - low > 1000 else 0):
+        port = _random.randint(low, top)
         if port in _given_set:
             continue
         with socket.socket() as s:

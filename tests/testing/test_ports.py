@@ -5,6 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
+from mailstack.testing import ports
 from mailstack.testing.ports import free_port
 
 
@@ -22,3 +25,17 @@ def test_a_port_is_not_handed_out_twice_before_it_is_bound() -> None:
     would both pass the bind check, and the second daemon would fail with EADDRINUSE."""
     ports = [free_port() for _ in range(2000)]  # random picks: ~60 repeats if not prevented
     assert len(set(ports)) == len(ports)
+
+
+def test_xdist_workers_pick_from_separate_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two xdist workers are two processes: each remembers only its own picks, so each takes
+    its ports from its own part of the range."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    seen = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        seen[worker] = ports._span()
+        assert all(seen[worker][0] <= free_port() <= seen[worker][1] for _ in range(50))
+    (low0, top0), (low1, top1) = seen["gw0"], seen["gw1"]
+    assert low0 < top0
+    assert top0 < low1 and top1 - low1 > 1000
