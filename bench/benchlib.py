@@ -11,7 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+from argon2 import PasswordHasher
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mailstack.config import load  # noqa: E402
+from mailstack.store.maildir import Maildir, create_user_mailbox  # noqa: E402
 
 
 def serve(daemon: str, conf: Path, port: int, **popen: object) -> subprocess.Popen:
@@ -37,3 +43,19 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
         if time.monotonic() > deadline:
             raise SystemExit(f"nothing listens on port {port} after {timeout:g} s")
         time.sleep(0.05)
+
+
+def account(tmp: Path, sections: str, user: str, password: str, server: str = ""
+            ) -> tuple[Path, Maildir]:
+    """A config in ``tmp`` (``[server]`` for example.test on 127.0.0.1 with ``server``'s extra
+    lines, then ``sections``),
+    ``user`` with ``password`` (a cheap hash: logins are not what is measured) and the user's
+    INBOX, empty."""
+    conf = tmp / "mailstack.toml"
+    conf.write_text(f'[server]\ndomains = ["example.test"]\ndata_dir = "{tmp / "data"}"\n'
+                    f'bind = ["127.0.0.1"]\nlog_level = "warning"\n{server}{sections}')
+    cfg = load(conf, env={})
+    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.data_dir / "users").write_text(f"{user}:{cheap.hash(password)}\n")
+    return conf, create_user_mailbox(cfg.data_dir, user)

@@ -21,18 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from argon2 import PasswordHasher
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchlib import serve  # noqa: E402
+from benchlib import account, serve  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 
 from imap_bench import USER, WORDS, Client, free_port, proc_cpu  # noqa: E402
-
-from mailstack.config import load  # noqa: E402
-from mailstack.store.maildir import create_user_mailbox  # noqa: E402
 
 PASSWORD = "bench-password"
 NAMES = ["Ann", "bob", "Carl", "dora", "Eve", "Fritz", "gina", "Hal"]
@@ -75,15 +70,7 @@ def make_message(i: int, rng: random.Random) -> bytes:
 async def bench(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="imap-sort-bench-"))
     plain, tls = free_port(), free_port()
-    conf = tmp / "mailstack.toml"
-    conf.write_text(f'[server]\ndomains = ["example.test"]\ndata_dir = "{tmp / "data"}"\n'
-                    f'bind = ["127.0.0.1"]\nlog_level = "warning"\n'
-                    f"[imap]\nimap = {plain}\nimaps = {tls}\n")
-    cfg = load(conf, env={})
-    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.data_dir / "users").write_text(f"{USER}:{cheap.hash(PASSWORD)}\n")
-    inbox = create_user_mailbox(cfg.data_dir, USER)
+    conf, inbox = account(tmp, f"[imap]\nimap = {plain}\nimaps = {tls}\n", USER, PASSWORD)
     rng = random.Random(1)
     for i in range(args.messages):
         inbox.deliver(make_message(i, rng), flags="S" if i % 4 else "", sync=False)

@@ -28,10 +28,8 @@ import time
 import zlib
 from pathlib import Path
 
-from argon2 import PasswordHasher
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import serve
+from benchlib import account, serve
 from imap_bench import (
     PASSWORD,
     USER,
@@ -40,9 +38,6 @@ from imap_bench import (
     make_message,
     proc_cpu,
 )
-
-from mailstack.config import load
-from mailstack.store.maildir import create_user_mailbox
 
 HEADER_FETCH = ("UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Bcc "
                 "Subject Date Message-ID Priority X-Priority References Newsgroups In-Reply-To "
@@ -150,15 +145,7 @@ async def compressed_sync(port: int, pid: int) -> None:
 async def bench(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="imap-sync-bench-"))
     plain, tls = free_port(), free_port()
-    conf = tmp / "mailstack.toml"
-    conf.write_text(f'[server]\ndomains = ["example.test"]\ndata_dir = "{tmp / "data"}"\n'
-                    f'bind = ["127.0.0.1"]\nlog_level = "warning"\n'
-                    f"[imap]\nimap = {plain}\nimaps = {tls}\n")
-    cfg = load(conf, env={})
-    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.data_dir / "users").write_text(f"{USER}:{cheap.hash(PASSWORD)}\n")
-    inbox = create_user_mailbox(cfg.data_dir, USER)
+    conf, inbox = account(tmp, f"[imap]\nimap = {plain}\nimaps = {tls}\n", USER, PASSWORD)
     rng = random.Random(1)
     for i in range(args.messages):
         inbox.deliver(make_message(i, rng), flags="S" if i % 3 else "", sync=False)

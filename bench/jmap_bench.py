@@ -31,17 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from argon2 import PasswordHasher
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import serve  # noqa: E402
+from benchlib import account, serve  # noqa: E402
 
 from bench.imap_bench import PASSWORD, USER, make_message, proc_cpu, proc_rss_mib  # noqa: E402
-from mailstack.config import load  # noqa: E402
 from mailstack.jmap.account import account_id  # noqa: E402
-from mailstack.store.maildir import create_user_mailbox  # noqa: E402
 
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -102,16 +98,9 @@ def ms(values: list[float]) -> str:
 async def bench(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="jmap-bench-"))
     plain, tls = free_port(), free_port()
-    conf = tmp / "mailstack.toml"
-    conf.write_text(f'[server]\ndomains = ["example.test"]\ndata_dir = "{tmp / "data"}"\n'
-                    "max_connections = 100000\nmax_connections_per_ip = 100000\n"
-                    f'bind = ["127.0.0.1"]\nlog_level = "warning"\n'
-                    f"[http]\nhttp = {plain}\nhttps = {tls}\nmax_concurrent_requests = 64\n")
-    cfg = load(conf, env={})
-    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.data_dir / "users").write_text(f"{USER}:{cheap.hash(PASSWORD)}\n")
-    inbox = create_user_mailbox(cfg.data_dir, USER)
+    conf, inbox = account(  # thousands of event streams come from one address
+        tmp, f"[http]\nhttp = {plain}\nhttps = {tls}\nmax_concurrent_requests = 64\n",
+        USER, PASSWORD, server="max_connections = 100000\nmax_connections_per_ip = 100000\n")
     rng = random.Random(1)
     for i in range(args.messages):
         inbox.deliver(make_message(i, rng), flags="S" if i % 3 else "", sync=False)
