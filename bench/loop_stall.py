@@ -188,8 +188,9 @@ def run_once(messages: int, big_mib: int) -> list[Row]:
     if os.environ.get("LOOP_STALL_STACKS"):
         for d, found in stalls.items():
             for s in found:
-                if s["cpu"] > TARGET_MS and s.get("stacks"):
-                    print(d, s["labels"], s["cpu"], *s["stacks"], sep="\n   ")
+                if s["cpu"] > TARGET_MS:
+                    print(d, s["labels"], f'cpu {s["cpu"]} ms', f'gc {s.get("gc")}',
+                          *s.get("stacks", ()), sep="\n   ")
     rows = []
     for label, daemon, t0, t1 in t.rows:
         mine = [s for s in stalls[daemon] if s["start"] < t1 and s["start"] + s["ms"] / 1000 > t0]

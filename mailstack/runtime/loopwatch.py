@@ -13,9 +13,11 @@ match stalls to the commands it sent), ``ms`` the stall's length, ``cpu`` the CP
 loop's thread used in it (on a busy machine ``ms`` also counts time the process waited for a
 core or for the GIL held by a worker thread; ``cpu`` is the loop's own work), ``labels`` what
 :func:`note` saw since the previous heartbeat (the sessions note ``imap SELECT``, ``pop3
-RETR`` ... as they start a command). A stall longer than :data:`SAMPLE_AFTER` also carries
-``stacks``: the loop thread's innermost frames, sampled once by a watchdog thread while the
-heartbeat was late (where the time went). Lines are written at most every 0.2 s, off the
+RETR`` ... as they start a command), ``gc`` (when garbage collections ran in the stall) their
+total milliseconds and the oldest generation collected (2: a full collection). A stall longer
+than :data:`SAMPLE_AFTER` also carries ``stacks``: the loop thread's innermost frames, sampled
+once by a watchdog thread while the heartbeat was late (where the time went; a collection holds
+the GIL, so a stall spent in one has no sample). Lines are written at most every 0.2 s, off the
 measured stretch. Costs a wake-up per tick while on; a test of one global when off.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -41,6 +44,27 @@ SAMPLE_AFTER = 0.004
 
 #: the labels noted since the last heartbeat (None: the monitor is off)
 _noted: set[str] | None = None
+
+
+class _GcClock:
+    """Time spent in garbage collections since the last heartbeat (a ``gc.callbacks`` entry)."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.ms = 0.0
+        self.largest_gen = -1
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.ms += (time.perf_counter() - self.started) * 1000
+            self.largest_gen = max(self.largest_gen, info["generation"])
+
+    def take(self) -> tuple[float, int]:
+        taken = (self.ms, self.largest_gen)
+        self.ms, self.largest_gen = 0.0, -1
+        return taken
 
 
 class _Sampler(threading.Thread):
@@ -83,6 +107,8 @@ async def watch(path: str, report_ms: float = REPORT_MS) -> None:
     last_cpu = cpu_clock()
     sampler = _Sampler(threading.get_ident())
     sampler.start()
+    gc_clock = _GcClock()
+    gc.callbacks.append(gc_clock)
     try:
         while True:
             await asyncio.sleep(TICK)
@@ -93,9 +119,12 @@ async def watch(path: str, report_ms: float = REPORT_MS) -> None:
             cpu = (now_cpu - last_cpu) * 1000
             last, last_cpu = now, now_cpu
             labels, _noted = _noted, set()
+            gc_ms, gc_gen = gc_clock.take()
             if stall >= report_ms or report_ms <= 0:
                 record = {"start": round(now - stall / 1000, 6), "ms": round(stall, 2),
                           "cpu": round(cpu, 2), "labels": sorted(labels)}
+                if gc_gen >= 0:
+                    record["gc"] = [round(gc_ms, 2), gc_gen]
                 if stacks:
                     record["stacks"] = stacks
                 pending.append(json.dumps(record))
@@ -105,6 +134,7 @@ async def watch(path: str, report_ms: float = REPORT_MS) -> None:
                 last = written = clock()  # the write is not the commands' stall
                 last_cpu = cpu_clock()
     finally:
+        gc.callbacks.remove(gc_clock)
         sampler.stopped.set()
         if _noted and report_ms <= 0:  # every heartbeat asked for: the last labels too
             pending.append(json.dumps({"start": round(clock(), 6), "ms": 0.0, "cpu": 0.0,
