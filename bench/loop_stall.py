@@ -17,14 +17,12 @@ was when a watchdog thread sampled it)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import imaplib
 import json
 import os
 import poplib
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,14 +31,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from argon2 import PasswordHasher
+from benchlib import account, serve
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mailstack.config import load  # noqa: E402
-from mailstack.store.maildir import create_user_mailbox  # noqa: E402
-from mailstack.testing.ports import free_port  # noqa: E402
+from mailstack.testing.ports import free_port
 
 USER, PASSWORD = "bench@example.test", "bench-password"
 WORDS = ["alpha", "beta", "gamma", "delta", "report", "meeting", "lunch", "invoice", "project",
@@ -69,15 +62,6 @@ class Timeline:
         result = fn()
         self.rows.append((label, daemon, t0, time.monotonic()))
         return result
-
-
-def wait_port(port: int) -> None:
-    for _ in range(400):
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
 
 
 def imap_ok(result: tuple[str, list]) -> tuple[str, list]:
@@ -150,31 +134,20 @@ def run_once(messages: int, big_mib: int) -> list[Row]:
     """A fresh data directory and daemons; every command once; a row per command."""
     tmp = Path(tempfile.mkdtemp(prefix="loop-stall-"))
     imap_port, pop3_port = free_port(), free_port()
-    conf = tmp / "mailstack.toml"
-    conf.write_text(f'[server]\ndomains = ["example.test"]\ndata_dir = "{tmp / "data"}"\n'
-                    f'bind = ["127.0.0.1"]\nlog_level = "warning"\n'
-                    f"[imap]\nimap = {imap_port}\nimaps = 0\n"
-                    f"[pop3]\npop3 = {pop3_port}\npop3s = 0\n")
-    cfg = load(conf, env={})
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    (cfg.data_dir / "users").write_text(f"{USER}:{cheap.hash(PASSWORD)}\n")
-    inbox = create_user_mailbox(cfg.data_dir, USER)
+    ports = {"imap": imap_port, "pop3": pop3_port}
+    conf, inbox = account(tmp, f"[imap]\nimap = {imap_port}\nimaps = 0\n"
+                          f"[pop3]\npop3 = {pop3_port}\npop3s = 0\n", USER, PASSWORD)
     rng = random.Random(1)
     for i in range(messages):
         inbox.deliver(make_message(i, rng), flags="S" if i % 3 else "", sync=False)
     big_line = b"x" * 76 + b"\r\n"
     big = b"Subject: big\r\n\r\n" + big_line * ((big_mib << 20) // len(big_line))
     watch = {d: tmp / f"{d}.stalls" for d in ("imap", "pop3")}
-    procs = {}
-    for d in ("imap", "pop3"):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "MAILSTACK_LOOP_WATCH": str(watch[d])}
-        procs[d] = subprocess.Popen([sys.executable, "-m", "mailstack", "serve", d, "--config",
-                                     str(conf)], env=env)
+    procs: dict[str, subprocess.Popen] = {}
     t = Timeline()
     try:
-        wait_port(imap_port)
-        wait_port(pop3_port)
+        for d in ("imap", "pop3"):
+            procs[d] = serve(d, conf, ports[d], env={"MAILSTACK_LOOP_WATCH": str(watch[d])})
         time.sleep(0.5)  # start-up stalls are not the commands'
         drive_pop3(pop3_port, t, messages)
         drive_imap(imap_port, t, messages, big)
