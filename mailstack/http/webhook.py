@@ -4,7 +4,9 @@ URLs the subscriptions name (RFC 8620 7.2), from the http daemon.
 URLs were checked against ``[http] push_allowlist`` when the subscription was made; requests
 never follow redirects, time out after :data:`TIMEOUT` seconds, and a callback that fails is
 logged and skipped (the next change is tried again). One consumer per account with verified
-subscriptions reads the account's :class:`AccountHub` like an event stream.
+subscriptions reads the account's :class:`AccountHub` like an event stream. A subscription
+with ``keys`` gets each object encrypted to them as a Web Push message (RFC 8291: ECDH with a
+new P-256 key and a new salt for every message, ``aes128gcm`` content coding of RFC 8188).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import http_ece
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..jmap import pushsub
 from ..runtime.logsafe import safe
@@ -42,19 +46,24 @@ class Webhooks:
                                             trust_env=False)
         return self.client
 
-    async def post(self, url: str, payload: dict[str, Any]) -> None:
+    async def post(self, sub: dict[str, Any], payload: dict[str, Any]) -> None:
+        url = sub["url"]
+        body = json.dumps(payload).encode()
+        headers = {"content-type": "application/json", "ttl": "86400"}
+        if sub.get("keys"):
+            body = encrypt(body, sub["keys"])
+            headers = {"content-type": "application/octet-stream",
+                       "content-encoding": "aes128gcm", "ttl": "86400"}
         try:
-            r = await self._client().post(url, content=json.dumps(payload),
-                                          headers={"content-type": "application/json",
-                                                   "ttl": "86400"})
+            r = await self._client().post(url, content=body, headers=headers)
             log.info("push %s to %s: %d", payload.get("@type"), safe(url, 200), r.status_code)
         except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
             log.warning("push %s to %s failed: %s", payload.get("@type"), safe(url, 200),
                         safe(str(exc) or type(exc).__name__))
 
-    def send(self, outbox: list[tuple[str, dict[str, Any]]]) -> None:
-        for url, payload in outbox:
-            task = asyncio.get_running_loop().create_task(self.post(url, payload))
+    def send(self, outbox: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        for sub, payload in outbox:
+            task = asyncio.get_running_loop().create_task(self.post(sub, payload))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -87,8 +96,7 @@ class Webhooks:
                                 for aid, c in change["changed"].items()}
                         mine = {aid: c for aid, c in mine.items() if c}
                         if mine:
-                            self.send([(sub["url"], {"@type": "StateChange",
-                                                     "changed": mine})])
+                            self.send([(sub, {"@type": "StateChange", "changed": mine})])
         finally:
             hub.unsubscribe(queue)
             if self.consumers.get(root) is asyncio.current_task():
@@ -107,3 +115,11 @@ class Webhooks:
             task.cancel()
         if self.client is not None:
             await self.client.aclose()
+
+
+def encrypt(body: bytes, keys: dict[str, str]) -> bytes:
+    """``body`` as an RFC 8291 Web Push message to the subscription's ``p256dh`` and
+    ``auth`` (base64url): one aes128gcm record with a fresh sender key and salt."""
+    return http_ece.encrypt(body, private_key=ec.generate_private_key(ec.SECP256R1()),
+                            dh=pushsub.b64url(keys["p256dh"]),
+                            auth_secret=pushsub.b64url(keys["auth"]), version="aes128gcm")

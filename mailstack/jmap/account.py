@@ -98,8 +98,8 @@ class Account:
     def __init__(self, address: str, root: Path, cfg: Config | None = None) -> None:
         self.address = address
         self.cfg = cfg  # the daemon's configuration (sending needs it)
-        #: requests the face sends after the API request: (url, JSON object)
-        self.outbox: list[tuple[str, dict]] = []
+        #: push messages the face sends after the API request: (subscription, JSON object)
+        self.outbox: list[tuple[dict, dict]] = []
         self.id = account_id(address)
         self.root = root
         self.store = AccountStore.open(root)

@@ -6,11 +6,16 @@ exact names): the server never sends a request to an arbitrary address on a clie
 A new subscription gets a random verification code, sent to its URL in a PushVerification
 object (the face sends what :attr:`Account.outbox` collects); it receives StateChanges only
 once the client has set that code (``verificationCode``). Subscriptions expire after at most
-:data:`MAX_LIFETIME`.
+:data:`MAX_LIFETIME`. A subscription made with ``keys`` (the client's P-256 ``p256dh`` public
+key and ``auth`` secret, base64url) gets everything sent to it encrypted as RFC 8291 Web Push
+messages (``Content-Encoding: aes128gcm``, :mod:`mailstack.http.webhook`); the keys are never
+returned.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import secrets
 import threading
@@ -19,6 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..runtime.fsutil import atomic_write
 from .core import Call, MethodError, method
@@ -94,6 +101,30 @@ def _expires(value: Any) -> float:
     return min(ts, cap)
 
 
+def b64url(value: Any) -> bytes:
+    if not isinstance(value, str) or len(value) > 200:
+        raise ValueError("not a base64url string")
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def _keys(value: Any) -> dict[str, str] | None:
+    """``keys`` checked (RFC 8291: a P-256 point, uncompressed, and a 16-octet secret)."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, dict) or set(value) != {"p256dh", "auth"}:
+            raise ValueError("keys must be {p256dh, auth}")
+        point, auth = b64url(value["p256dh"]), b64url(value["auth"])
+        if len(point) != 65 or len(auth) != 16:
+            raise ValueError("p256dh must be 65 octets and auth 16")
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)  # on the curve
+    except (ValueError, binascii.Error):
+        raise MethodError("invalidProperties", "keys: p256dh (an uncompressed P-256 public "
+                          "key) and auth (16 octets), both base64url", properties=["keys"]
+                          ) from None
+    return {"p256dh": value["p256dh"], "auth": value["auth"]}
+
+
 def _types(value: Any) -> list[str] | None:
     if value is None:
         return None
@@ -115,10 +146,10 @@ def push_set(call: Call) -> dict[str, Any]:
                 if not isinstance(obj, dict) or not isinstance(obj.get("deviceClientId"), str):
                     raise MethodError("invalidProperties", "deviceClientId",
                                       properties=["deviceClientId"])
-                if obj.get("verificationCode") is not None or obj.get("keys") is not None:
-                    raise MethodError("invalidProperties", "keys are not supported; the "
-                                      "verification code is the server's",
-                                      properties=["keys", "verificationCode"])
+                if obj.get("verificationCode") is not None:
+                    raise MethodError("invalidProperties", "the verification code is the "
+                                      "server's to send", properties=["verificationCode"])
+                keys = _keys(obj.get("keys"))
                 if not allowed_url(obj.get("url"), allowlist):
                     raise MethodError("invalidProperties", "url: https:// on a host this "
                                       "server may call ([http] push_allowlist)",
@@ -129,11 +160,11 @@ def push_set(call: Call) -> dict[str, Any]:
                        "deviceClientId": obj["deviceClientId"][:200], "url": obj["url"],
                        "code": secrets.token_urlsafe(18), "verified": False,
                        "expires_at": _expires(obj.get("expires")),
-                       "types": _types(obj.get("types"))}
+                       "types": _types(obj.get("types")), "keys": keys}
                 subs.append(sub)
                 call.created_ids[cid] = sub["id"]
                 out["created"][cid] = {"id": sub["id"], "expires": utc(sub["expires_at"])}
-                account.outbox.append((sub["url"], {
+                account.outbox.append((sub, {
                     "@type": "PushVerification", "pushSubscriptionId": sub["id"],
                     "verificationCode": sub["code"]}))
             except MethodError as exc:
