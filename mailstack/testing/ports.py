@@ -9,16 +9,23 @@ below that range, checked by binding, are never taken that way. A port handed ou
 handed out again for the next RECENT picks of this process: a config asks for a dozen ports
 before any daemon binds one, and two random picks of one free port would both pass the check.
 Under pytest-xdist each worker (``PYTEST_XDIST_WORKER`` ``gwN`` of
-``PYTEST_XDIST_WORKER_COUNT``) picks from its own slice of the range: two workers cannot see
-each other's picks.
+``PYTEST_XDIST_WORKER_COUNT``) picks from its own slice of the range. Independent test runs on
+one machine (two CI jobs, two checkouts) share the slices, so a pick is also reserved
+machine-wide for :data:`RESERVE_FOR` seconds: a file named after the port in
+:func:`reservations` (created exclusively, or taken over under ``flock`` once it is older than
+that); another process skips a port reserved by someone else. Seen without it: a daemon of one
+run failing with EADDRINUSE on the port another run had just picked.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import socket
+import tempfile
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -28,6 +35,39 @@ RECENT = 4096
 _given: deque[int] = deque(maxlen=RECENT)
 _given_set: set[int] = set()
 _lock = threading.Lock()
+#: seconds a pick stays reserved for its process: longer than any stack takes to bind its ports
+RESERVE_FOR = 300.0
+
+
+def reservations() -> Path:
+    """The directory of machine-wide port reservations (this user's, in the temp directory)."""
+    return Path(tempfile.gettempdir()) / f"mailstack-test-ports-{os.getuid()}"
+
+
+def _reserve(port: int) -> bool:
+    """Reserve ``port`` machine-wide; False when another process holds it (a fresh file)."""
+    folder = reservations()
+    path = folder / str(port)
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return True  # created it: nobody else can have
+    except FileExistsError:
+        pass
+    except OSError:
+        return True  # no reservations possible here (read-only temp): the bind check only
+    try:
+        with open(path, "a") as f:  # an old reservation is taken over by one process only
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            if time.time() - os.fstat(f.fileno()).st_mtime < RESERVE_FOR:
+                return False
+            os.utime(path)
+            return True
+    except OSError:
+        return True
 
 
 def _remember(port: int) -> int:
@@ -73,6 +113,7 @@ def free_port(host: str = "127.0.0.1") -> int:
                 s.bind((host, port))
             except OSError:
                 continue
+        if _reserve(port):
             return _remember(port)
     with socket.socket() as s:  # no room below the ephemeral range: let the kernel choose
         s.bind((host, 0))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +43,29 @@ def test_xdist_workers_pick_from_separate_slices(monkeypatch: pytest.MonkeyPatch
     (low0, top0), (low1, top1) = seen["gw0"], seen["gw1"]
     assert low0 < top0
     assert top0 < low1 and top1 - low1 > 1000
+
+
+PICK = """
+import random, sys
+from mailstack.testing import ports
+ports._random = random.Random(int(sys.argv[1]))
+print(" ".join(str(ports.free_port()) for _ in range(100)))
+"""
+
+
+def test_two_runs_on_one_machine_never_pick_the_same_port(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Two independent test runs (two processes with the same random sequence, the worst case)
+    get disjoint ports: each pick is reserved machine-wide until its stack has bound it."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env["PYTHONPATH"] = str(Path(ports.__file__).resolve().parents[2])
+    seed = str(random.randrange(1 << 30))
+    first, second = (subprocess.run([sys.executable, "-c", PICK, seed], env=env,
+                                    capture_output=True, text=True, check=True).stdout.split()
+                     for _ in range(2))
+    assert len(first) == len(second) == 100
+    assert not set(first) & set(second)
+    start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(int(p) < start and (ports.reservations() / p).exists() for p in first + second)
