@@ -93,6 +93,33 @@ def _quoted_printable(pieces: Iterable[bytes | memoryview]) -> Iterator[bytes]:
         yield binascii.a2b_qp(held)
 
 
+CONVERTED = frozenset({"base64", "quoted-printable"})
+
+
+def relabelled_header(header: bytes) -> bytes:
+    """A part's header for its decoded content: every Content-Transfer-Encoding field
+    (with its folded lines) left out and ``Content-Transfer-Encoding: binary`` added last,
+    before the blank line, so the entity stays self-describing (Dovecot does the same).
+    Line ends are kept as they are (CRLF on the wire)."""
+    lines = header.splitlines(keepends=True)
+    blank = len(lines)
+    while blank and lines[blank - 1] in (b"\r\n", b"\n"):
+        blank -= 1
+    out: list[bytes] = []
+    dropping = False
+    for line in lines[:blank]:
+        if line[:1] in (b" ", b"\t"):  # a folded line belongs to the field before it
+            if not dropping:
+                out.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        dropping = name == b"content-transfer-encoding"
+        if not dropping:
+            out.append(line)
+    out.append(b"Content-Transfer-Encoding: binary\r\n")
+    return b"".join(out + lines[blank:])
+
+
 def measure(decoded: Iterable[bytes]) -> tuple[int, bool]:
     """(size, holds a NUL octet) of decoded pieces."""
     size, nul = 0, False
