@@ -229,3 +229,18 @@ async def test_own_changes_are_not_notified(imap) -> None:
     assert [x for x in got if b"Work" in x] == [got[-1]], got  # one STATUS: the delivery's
     assert b"MESSAGES 3 " in got[-1], got  # its own APPEND and COPY are counted
     assert not any(b"Mine" in x for x in got), got
+
+
+async def test_too_many_mailboxes_overflow(imap) -> None:
+    """More mailboxes than one session may watch: ``NO [NOTIFICATIONOVERFLOW]``, nothing
+    set, and a narrower NOTIFY still works."""
+    from mailstack.imap.notify import MAX_WATCHED
+    for n in range(MAX_WATCHED + 1):
+        imap.folder(f"Lists.l{n}").create(folder=True)
+    c = await login(imap)
+    r = await c.cmd("n", "NOTIFY SET ((SUBTREE Lists) (MessageNew MessageExpunge))")
+    assert r[-1].startswith(b"n NO [NOTIFICATIONOVERFLOW]"), r[-1]
+    ok(await c.cmd("m", "NOTIFY SET ((MAILBOXES Lists.l7) (MessageNew MessageExpunge))"), "m")
+    imap.deliver(message("seven"), folder="Lists.l7")
+    got = await lines_until(c, b"* STATUS Lists.l7")
+    assert b"MESSAGES 1 " in got[-1], got
