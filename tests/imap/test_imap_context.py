@@ -7,21 +7,14 @@ import asyncio
 
 import pytest
 
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-
-
-async def _login(imap) -> Raw:
-    c = await Raw.connect(imap)
-    await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
-    await c.cmd("S", "SELECT INBOX")
-    return c
+from tests.imap.conftest import message, session
 
 
 @pytest.fixture
 async def pair(imap):
     for subject in ("delta", "alpha", "charlie"):
         imap.deliver(message(subject))
-    a, b = await _login(imap), await _login(imap)
+    a, b = await session(imap), await session(imap)
     yield a, b
     await a.close()
     await b.close()

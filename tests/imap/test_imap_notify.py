@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-from tests.imap.test_imap_idle import ok, session
+from tests.imap.conftest import Raw, login, message, ok, session
 
 ALL_MESSAGE = "(MessageNew MessageExpunge FlagChange)"
-
-
-async def login(imap) -> Raw:
-    c = await Raw.connect(imap)
-    ok(await c.cmd("L", f"LOGIN {USER} {PASSWORD}"), "L")
-    return c
 
 
 async def lines_until(c: Raw, wanted: bytes, timeout: float = 15) -> list[bytes]:

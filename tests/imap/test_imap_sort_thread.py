@@ -10,7 +10,7 @@ import time
 import imapclient
 import pytest
 
-from tests.imap.conftest import PASSWORD, USER, Raw
+from tests.imap.conftest import PASSWORD, USER, Raw, session
 
 # (from, to, subject, Date, message-id, references, body)
 MSGS = [
@@ -41,10 +41,7 @@ async def box(imap):
         msg = imap.deliver(_build(*m))
         ts = time.mktime((2026, 11, 20 - i, 12, 0, 0, 0, 0, -1))  # arrival: newest first
         os.utime(msg.path(imap.inbox.root), (ts, ts))
-    c = await Raw.connect(imap)
-    await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
-    r = await c.cmd("S", "SELECT INBOX")
-    assert r[-1].startswith(b"S OK")
+    c = await session(imap)
     yield c
     await c.close()
 
@@ -163,9 +160,7 @@ async def test_thread_siblings_and_dummies(imap) -> None:
             ("e@x", "", "Re: Ghost", "Mon, 02 Nov 2026 09:30:00 +0000", "g2@x", "<gone@x>", ".")]
     for m in msgs:
         imap.deliver(_build(*m))
-    c = await Raw.connect(imap)
-    await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
-    await c.cmd("S", "SELECT INBOX")
+    c = await session(imap)
     r = await c.cmd("t", "THREAD REFERENCES UTF-8 ALL")
     assert _untagged(r, b"THREAD") == b"* THREAD ((4)(5))(1 (3)(2))"
     await c.close()
@@ -240,9 +235,7 @@ async def test_thread_hostile_references(imap) -> None:
     imap.deliver(_build("b@x", "", "loop a", "", "la@x", "<lb@x>", "."))
     imap.deliver(_build("b@x", "", "loop b", "", "lb@x", "<la@x>", "."))
     imap.deliver(_build("b@x", "", "self", "", "s@x", "<s@x> <s@x>", "."))
-    c = await Raw.connect(imap)
-    await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
-    await c.cmd("S", "SELECT INBOX")
+    c = await session(imap)
     r = await c.cmd("t", "UID THREAD REFERENCES UTF-8 ALL", timeout=60)
     assert r[-1].startswith(b"t OK"), r[-1]
     line = _untagged(r, b"THREAD")
