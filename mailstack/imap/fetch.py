@@ -333,7 +333,7 @@ class Loaded:
         def content() -> Iterator[bytes]:
             if not numbers:  # the whole message: its header says what the body now is
                 if cte in binary.CONVERTED:
-                    yield binary.relabelled_header(b"".join(header()))
+                    yield from binary.relabelled_header(header())
                 else:
                     yield from header()
             yield from binary.decode(cte, body())
