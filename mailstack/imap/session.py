@@ -235,6 +235,7 @@ class Session:
             self.own_changes.add(name)
 
     async def absorb_own_changes(self) -> None:
+        """After a command, before NOTIFY may report: its own changes become NOTIFY's base."""
         changes, self.own_changes = self.own_changes, set()
         if self.notifier is not None:
             await self.notifier.absorb(changes)
