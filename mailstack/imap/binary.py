@@ -93,6 +93,67 @@ def _quoted_printable(pieces: Iterable[bytes | memoryview]) -> Iterator[bytes]:
         yield binascii.a2b_qp(held)
 
 
+CONVERTED = frozenset({"base64", "quoted-printable"})
+
+
+_CTE_FIELD = b"content-transfer-encoding"
+_DECIDE_AFTER = 64  # octets of a line enough to tell a field's name (or that it is no CTE)
+
+
+def relabelled_header(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """A part's header (in pieces) for its decoded content: every Content-Transfer-Encoding
+    field (with its folded lines) left out and ``Content-Transfer-Encoding: binary`` added
+    last, before the blank line, so the entity stays self-describing (Dovecot does the same).
+    Streamed line by line: at most the first :data:`_DECIDE_AFTER` octets of a line are held,
+    however long the header or its lines."""
+    head = b""  # the start of a line not yet classified
+    mode = ""  # "" at a line start; "keep" or "drop" for the rest of the current line
+    dropping = False  # the current field is a CTE field (its folded lines go too)
+    done = False  # the blank line was passed: the rest goes through as it is
+    for piece in pieces:
+        data = bytes(piece)
+        while data:
+            if done:
+                yield data
+                break
+            if mode:
+                nl = data.find(b"\n")
+                chunk, data = (data, b"") if nl < 0 else (data[:nl + 1], data[nl + 1:])
+                if mode == "keep":
+                    yield chunk
+                if nl >= 0:
+                    mode = ""
+                continue
+            head += data
+            data = b""
+            nl = head.find(b"\n")
+            if head in (b"\r",) or (nl < 0 and b":" not in head and len(head) < _DECIDE_AFTER
+                                     and head[:1] not in (b" ", b"\t")):
+                continue  # not enough of the line to tell yet
+            if head.startswith((b"\r\n", b"\n")):  # the blank line: the header ends
+                yield b"Content-Transfer-Encoding: binary\r\n"
+                done = True
+                data = head
+                head = b""
+                continue
+            if head[:1] not in (b" ", b"\t"):  # a field (a folded line keeps the field's fate)
+                line = head if nl < 0 else head[:nl + 1]
+                dropping = line.split(b":", 1)[0].strip().lower() == _CTE_FIELD
+            mode = "drop" if dropping else "keep"
+            data, head = head, b""
+    if done:
+        return
+    tail = b""  # what ends the header when its last line has no line end
+    if head:  # a short last line, not yet classified
+        if head[:1] not in (b" ", b"\t"):
+            dropping = head.split(b":", 1)[0].strip().lower() == _CTE_FIELD
+        if not dropping:
+            tail = head + b"\r\n"
+    elif mode == "keep":  # a kept line whose end never came
+        tail = b"\r\n"
+    yield tail + b"Content-Transfer-Encoding: binary\r\n"
+
+
 def measure(decoded: Iterable[bytes]) -> tuple[int, bool]:
     """(size, holds a NUL octet) of decoded pieces."""
     size, nul = 0, False

@@ -242,4 +242,5 @@ async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise No("not enough disk space to store the message", "OVERQUOTA") from None
         raise No(f"cannot store the message: {exc.strerror}", "SERVERBUG") from None
+    s.changed(target)
     return f"[APPENDUID {validity} {_uid_ranges(uids)}] APPEND completed"

@@ -109,6 +109,7 @@ async def cmd_create(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     assert s.account is not None
     await asyncio.to_thread(s.account.create, name)
+    s.changed(None)
     try:  # RFC 8474 §4.1: the new mailbox's id in the tagged OK
         snap, _ = await asyncio.to_thread(s.account.status, name.rstrip("."))
     except MailboxError:
@@ -125,6 +126,7 @@ async def cmd_delete(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if s.selected is not None and s.selected.name == normalize_name(name):
         s.unselect()  # deleting the selected mailbox
     await asyncio.to_thread(s.account.delete, name)
+    s.changed(None)
     return "DELETE completed"
 
 
@@ -139,6 +141,7 @@ async def cmd_rename(s: Session, tag: str, p: Parser, uid: bool) -> str:
     if not namelimit.renamed_fit(normalize_name(old), normalize_name(new), s.account.names()):
         raise No(f"a renamed mailbox would be longer than {namelimit.MAX_NAME} octets", "CANNOT")
     await asyncio.to_thread(s.account.rename, old, new)
+    s.changed(None)
     sel = s.selected
     if sel is not None and sel.name != "INBOX":
         old_n, new_n = normalize_name(old), normalize_name(new)
@@ -154,6 +157,7 @@ async def cmd_subscribe(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     assert s.account is not None
     await asyncio.to_thread(s.account.subscribe, name)  # a store write: may wait for a lock
+    s.changed(None)
     return "SUBSCRIBE completed"
 
 
@@ -164,6 +168,7 @@ async def cmd_unsubscribe(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     assert s.account is not None
     await asyncio.to_thread(s.account.unsubscribe, name)  # a store write: may wait for a lock
+    s.changed(None)
     return "UNSUBSCRIBE completed"
 
 

@@ -274,6 +274,7 @@ async def _copy_move(s: Session, p: Parser, uid: bool, move: bool) -> str:
             **quota_of(s))
     except OverQuota:
         raise No("not enough room in the mailbox quota", "OVERQUOTA") from None
+    s.changed(dest)
     code = (f"COPYUID {validity} {_uid_ranges(src)} {_uid_ranges(new_uids)}"
             if new_uids else "")
     if move:

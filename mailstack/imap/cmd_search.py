@@ -133,21 +133,20 @@ def _thread_list(sel: Selected, tree: search.Node, algorithm: str, uid: bool) ->
     result is kept per matching set and reused until the mailbox's messages (not just their
     flags) change."""
     found = search.run(sel, tree)
+    msgs = [m for _, m in found]
+    uids = tuple([m.uid for m in msgs])
+    numbers = uids if uid else tuple([seq for seq, _ in found])
     snap = sel.snapshot
-    key = (str(sel.maildir.root), snap.uidvalidity if snap else 0, algorithm, uid,
-           tuple(m.uid for _, m in found),
-           () if uid else tuple(seq for seq, _ in found))
+    key = (str(sel.maildir.root), snap.uidvalidity if snap else 0, algorithm, uid, uids,
+           () if uid else numbers)
     hit = _THREAD_CACHE.get(key)
     if hit is not None:
         _THREAD_CACHE.move_to_end(key)
         return hit
-    ks = sort.keys(sel, [m for _, m in found])
-    items = [(m.uid if uid else seq, m, ks[m.emailid]) for seq, m in found]
-    seqs = [seq for seq, _ in found]
-    roots = (thread.references(items, seqs) if algorithm == "REFERENCES"
-             else thread.ordered_subject(items, seqs))
-    text = thread.render(roots)
-    thread.release(roots)
+    ks = sort.keys(sel, msgs)
+    items = list(zip(numbers, msgs, [ks[m.emailid] for m in msgs], strict=True))
+    text = thread.render(thread.references(items) if algorithm == "REFERENCES"
+                         else thread.ordered_subject(items))
     _THREAD_CACHE[key] = text
     while len(_THREAD_CACHE) > THREAD_CACHE_SIZE:
         _THREAD_CACHE.popitem(last=False)

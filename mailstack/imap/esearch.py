@@ -49,6 +49,8 @@ def parse_return(p: Parser) -> Return:
             if not p.maybe_sp():
                 break
     p.close_paren()
+    if ret.partial is not None and "ALL" in ret.options:
+        raise ParseError("PARTIAL conflicts with ALL")  # RFC 9394 §3.1: one or the other
     return ret
 
 

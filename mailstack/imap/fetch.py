@@ -303,8 +303,9 @@ class Loaded:
     def binary_content(self, numbers: list[int]) -> Callable[[], Iterator[bytes]] | None:
         """A source of the decoded content of BINARY[numbers] (None: no such part).
 
-        The whole message (no numbers) is its header and its decoded body; a multipart or
-        message part is sent as it is (MIME allows only identity encodings there)."""
+        The whole message (no numbers) is its header and its decoded body, the header's
+        Content-Transfer-Encoding then saying ``binary``; a multipart or message part is sent
+        as it is (MIME allows only identity encodings there, and its parts keep theirs)."""
         root = self.tree()
         assert root is not None  # prepare() loaded it
         part = mime.find_part(root, numbers) if numbers else root
@@ -330,8 +331,11 @@ class Loaded:
                 return iter((whole.header,))
 
         def content() -> Iterator[bytes]:
-            if not numbers:
-                yield from header()
+            if not numbers:  # the whole message: its header says what the body now is
+                if cte in binary.CONVERTED:
+                    yield from binary.relabelled_header(header())
+                else:
+                    yield from header()
             yield from binary.decode(cte, body())
         return content
 

@@ -319,6 +319,21 @@ class Notifier:
             items += f" HIGHESTMODSEQ {v[4]}"
         return b"* STATUS " + wire.astring(name) + f" ({items})\r\n".encode()
 
+    async def absorb(self, changes: set[str | None]) -> None:
+        """Take the session's own changes as the new base, unreported (the caller holds the
+        output lock): ``None`` for mailbox names and subscriptions, else mailbox names."""
+        if None in changes:
+            self.known = await asyncio.to_thread(self._names)
+            self.modseq = await asyncio.to_thread(self.account.store.highest_modseq)
+            self._rewatch(self._covered())
+        for name in changes:
+            if name is None or name not in self.watches:
+                continue
+            values = await asyncio.to_thread(self._values, name)
+            if values is not None:
+                self.status[name] = values
+            self.dirty.discard(name)
+
     # -- the loop -------------------------------------------------------------------------
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ Matching is case-insensitive substring matching on Unicode text, as RFC 3501 ask
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime as dt
 import email.header
 import email.utils
@@ -375,6 +376,29 @@ def _split_text_keys(tree: Node) -> tuple[list[tuple[str, str]], Node]:
     return text, Node("AND", tuple(rest)) if rest else Node("ALL")
 
 
+def _numbered(sel: Selected, node: Node, largest_seq: int, largest_uid: int
+              ) -> list[tuple[int, Msg]]:
+    """The messages of one sequence or UID set, found by bisection (no test per message)."""
+    uid = node.op == "UID"
+    spans = []
+    for lo, hi in node.args[0].resolve(largest_uid if uid else largest_seq):
+        if uid:
+            i, j = bisect.bisect_left(sel.uids, lo), bisect.bisect_right(sel.uids, hi)
+        else:
+            i, j = max(lo - 1, 0), min(hi, len(sel.msgs))
+        if i < j:
+            spans.append((i, j))
+    spans.sort()
+    out: list[tuple[int, Msg]] = []
+    done = 0  # messages before this index are in ``out`` already
+    for i, j in spans:
+        i = max(i, done)
+        if i < j:
+            out.extend(zip(range(i + 1, j + 1), sel.msgs[i:j], strict=True))
+            done = j
+    return out
+
+
 Test = Callable[[int, Msg], bool]
 
 
@@ -436,6 +460,8 @@ def run(sel: Selected, tree: Node) -> list[tuple[int, Msg]]:
     largest_uid = sel.uids[-1] if sel.uids else 0
     if tree.op == "AND" and len(tree.args) == 1 and tree.args[0].op == "ALL":
         return list(enumerate(sel.msgs, 1))
+    if tree.op == "AND" and len(tree.args) == 1 and tree.args[0].op in ("SEQ", "UID"):
+        return _numbered(sel, tree.args[0], largest_seq, largest_uid)
     fast = _compile(tree, sel, largest_seq, largest_uid)
     if fast is not None:
         return [(seq, m) for seq, m in enumerate(sel.msgs, 1) if fast(seq, m)]

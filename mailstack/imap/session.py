@@ -122,6 +122,7 @@ class Session:
         #: held while a command runs: NOTIFY's responses between commands wait for it
         self.out_lock = asyncio.Lock()
         self.notifier: Notifier | None = None
+        self.own_changes: set[str | None] = set()  # see changed()
 
     # -- output ---------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -210,6 +211,8 @@ class Session:
                     continue
                 async with self.out_lock:
                     await self.dispatch(raw)
+                    if self.own_changes:
+                        await self.absorb_own_changes()
                     await self.flush()
                 await asyncio.sleep(0)  # pipelined commands: let other sessions in between
         except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
@@ -223,6 +226,19 @@ class Session:
                 pass
         finally:
             self.stop_notify()
+
+    def changed(self, name: str | None) -> None:
+        """This session's command changed mailbox ``name`` (None: mailbox names or
+        subscriptions). NOTIFY reports other agents' changes, not the client's own: the
+        tagged response told it (RFC 5465 §5: APPEND, COPY, CREATE ... by this client)."""
+        if self.notifier is not None:
+            self.own_changes.add(name)
+
+    async def absorb_own_changes(self) -> None:
+        """After a command, before NOTIFY may report: its own changes become NOTIFY's base."""
+        changes, self.own_changes = self.own_changes, set()
+        if self.notifier is not None:
+            await self.notifier.absorb(changes)
 
     def stop_notify(self) -> None:
         if self.notifier is not None:

@@ -1,44 +1,30 @@
 """THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256 §2), over the store's summaries.
 
-Both work on (number, message, summary) triples where number is what the client sees (a
-sequence number or a UID); the result is a list of trees rendered as RFC 5256's nested
-parenthesised lists. Everything is iterative or bounded-depth: a hostile References chain
-cannot exhaust the stack.
+Both work on (number, message, keys) triples in mailbox order, where number is what the
+client sees (a sequence number or a UID), and give a :class:`Forest` that :func:`render` turns
+into RFC 5256's nested parenthesised lists. Containers are indexes into flat lists: no objects
+per message, no reference cycles for the garbage collector, and everything is iterative, so a
+hostile References chain cannot exhaust the stack.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import operator
 import threading
 from collections.abc import Iterator
+from operator import attrgetter, itemgetter
 
 from .mailbox import Msg
-from .sort import Keys, sent_date
+from .sort import Keys
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 Item = tuple[int, Msg, Keys]
-
-
-class Node:
-    """A thread container: a message (``number``) or a dummy (None) with children."""
-
-    __slots__ = ("children", "date", "number", "parent", "reply", "seq", "subject")
-
-    def __init__(self, number: int | None = None, date: float = 0.0, seq: int = 0,
-                 subject: str = "", reply: bool = False) -> None:
-        self.number = number
-        self.date = date
-        self.seq = seq  # mailbox order: breaks date ties
-        self.subject = subject  # base subject, case-mapped
-        self.reply = reply  # its subject had a reply or forward marker
-        self.parent: Node | None = None
-        self.children: list[Node] = []
-
-
-
-_KEY = operator.attrgetter("date", "seq")  # sent date, then mailbox order
+_SENT = attrgetter("sent")
+_FIRST, _THIRD = itemgetter(0), itemgetter(2)
+_MESSAGE_ID = attrgetter("message_id")
+_REFERENCES = attrgetter("references")
+_SUBJECT = attrgetter("subject")
 
 _gc_lock = threading.Lock()
 _gc_pausers = 0
@@ -47,11 +33,10 @@ _gc_was_enabled = False
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a thread list is built: its 10,000+ containers
-    (parent and children point at each other) would otherwise trigger dozens of collections,
-    the older ones walking the daemon's whole heap (20 to 60 ms more per THREAD, measured).
-    Reference counting still frees everything else; the containers' cycles are collected
-    once it is back on. Nested and concurrent pauses are counted."""
+    """The cyclic garbage collector off while a thread list is built: its thousands of
+    children lists would otherwise trigger collections, the older ones walking the daemon's
+    whole heap. Reference counting frees everything (a forest has no cycles). Nested and
+    concurrent pauses are counted."""
     global _gc_pausers, _gc_was_enabled
     with _gc_lock:
         if _gc_pausers == 0:
@@ -67,199 +52,262 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _message_node(number: int, seq: int, m: Msg, k: Keys) -> Node:
-    return Node(number, sent_date(k, m), seq, k.subject, k.reply)
+class Forest:
+    """A thread list. Containers are ints: ``label[c]`` is a message's number as text (None
+    for a dummy), ``kids[c]`` its children in order (None when it has none); ``roots`` are
+    the threads in order."""
+
+    __slots__ = ("kids", "label", "roots")
+
+    def __init__(self, roots: list[int], kids: list[list[int] | None],
+                 label: list[str | None]) -> None:
+        self.roots, self.kids, self.label = roots, kids, label
 
 
-def ordered_subject(items: list[Item], seqs: list[int]) -> list[Node]:
+def _columns(items: list[Item]) -> tuple[list[str], list[Keys], list[float]]:
+    """The numbers as text, the keys and the sent dates (RFC 5256: the Date: header, else
+    the internal date) of ``items``, column by column."""
+    keys = list(map(_THIRD, items))
+    dates = list(map(_SENT, keys))
+    if None in dates:
+        dates = [m.internaldate if d is None else d
+                 for d, (_, m, _k) in zip(dates, items, strict=True)]
+    return list(map(str, map(_FIRST, items))), keys, dates
+
+
+def ordered_subject(items: list[Item]) -> Forest:
     """RFC 5256 §2.1 ORDEREDSUBJECT: sort by base subject then sent date; each subject's
-    first message is the parent of the others."""
-    nodes = [_message_node(n, q, m, s) for (n, m, s), q in zip(items, seqs, strict=True)]
-    nodes.sort(key=lambda x: (x.subject, x.date, x.seq))
-    roots: list[Node] = []
-    for node in nodes:
-        if roots and roots[-1].subject == node.subject:
-            roots[-1].children.append(node)
+    first message is the parent of the others (a message's container is its index)."""
+    labels, keys, dates = _columns(items)
+    n = len(items)
+    by_date = sorted(range(n), key=dates.__getitem__)  # ties: mailbox order
+    rank = [0] * n
+    for r, i in enumerate(by_date):
+        rank[i] = r
+    subjects = list(map(_SUBJECT, keys))
+    kids: list[list[int] | None] = [None] * n
+    roots: list[int] = []
+    head, subject = -1, ""
+    for i in sorted(by_date, key=subjects.__getitem__):  # stable: then date, mailbox order
+        if head >= 0 and subjects[i] == subject:
+            ks = kids[head]
+            if ks is None:
+                kids[head] = [i]
+            else:
+                ks.append(i)
         else:
-            roots.append(node)
-    roots.sort(key=_KEY)
-    return roots
+            head, subject = i, subjects[i]
+            roots.append(i)
+    roots.sort(key=rank.__getitem__)
+    return Forest(roots, kids, labels)  # type: ignore[arg-type]
 
 
-def _ancestor(a: Node, b: Node) -> bool:
-    """Is ``a`` ``b`` or one of its ancestors? (Only asked of an ``a`` with children: one
-    without cannot be anybody's ancestor, which keeps a long chain linear.)"""
-    x: Node | None = b
-    while x is not None:
-        if x is a:
+def references(items: list[Item]) -> Forest:
+    """RFC 5256 §2.2 REFERENCES (the "jwz" algorithm), ``items`` in mailbox order.
+
+    Container ``i`` is message ``i`` (the first message with a Message-ID owns it; a
+    duplicate or a message without one has its own), ``n`` and up are dummies made for
+    referenced ids no message has. Step 1 links containers by parent index and child count
+    only. Pruning (step 3) then tells where each dummy's children go, and the children lists
+    are filled by walking the messages once in sent-date order (mailbox order on ties), each
+    appended under its kept parent: every level comes out sorted (step 6) and the roots in
+    step 4's order, a kept dummy placed by its earliest child. Only what step 5 merges is
+    sorted again."""
+    labels, keys, dates = _columns(items)
+    n = len(items)
+    # the first message of each Message-ID (a reference to an id before its message came
+    # would have made a dummy that message then took over: the same container)
+    by_id = dict(zip(reversed(list(map(_MESSAGE_ID, keys))), range(n - 1, -1, -1),
+                     strict=True))
+    by_id.pop("", None)
+    get = by_id.get
+    par = [-1] * n  # container → parent container, -1 for none
+    nk = [0] * n  # container → number of children
+    for c, refs in enumerate(map(_REFERENCES, keys)):
+        if not refs:
+            p = par[c]
+            if p >= 0:  # linked by an earlier message's references: a root after all
+                nk[p] -= 1
+                par[c] = -1
+            continue
+        if len(refs) == 1:  # the usual reply: nothing to link among the references
+            prev = get(refs[0])
+            if prev is None:
+                prev = by_id[refs[0]] = len(par)
+                par.append(-1)
+                nk.append(0)
+        else:
+            prev = -1
+            for ref in refs:  # step 1B: link the references as parent and child
+                cur = get(ref)
+                if cur is None:
+                    cur = by_id[ref] = len(par)
+                    par.append(-1)
+                    nk.append(0)
+                if (prev >= 0 and par[cur] < 0 and cur != c and cur != prev
+                        and not (nk[cur] and _ancestor(par, cur, prev))):
+                    par[cur] = prev
+                    nk[prev] += 1
+                prev = cur
+        p = par[c]  # step 1C: the last reference is the message's parent (no loops)
+        if prev != c and prev != p and not (nk[c] and _ancestor(par, c, prev)):
+            if p >= 0:
+                nk[p] -= 1
+            par[c] = prev
+            nk[prev] += 1
+    dest = _prune(n, par, nk)
+    kids: list[list[int] | None] = [None] * len(par)
+    roots: list[int] = []
+    for c in sorted(range(n), key=dates.__getitem__):
+        p = par[c]
+        if p >= n:
+            p = dest[p]
+        if p < 0:
+            roots.append(c)
+            continue
+        ks = kids[p]
+        if ks is not None:
+            ks.append(c)
+        else:
+            kids[p] = [c]
+            if p >= n:  # a kept dummy: a root, placed by its earliest child
+                roots.append(p)
+    labels.extend([None] * (len(par) - n))  # type: ignore[list-item]
+    forest = Forest(roots, kids, labels)  # type: ignore[arg-type]
+    _group_by_subject(forest, n, dates, keys)
+    return forest
+
+
+def _ancestor(par: list[int], a: int, b: int) -> bool:
+    """Is container ``a`` ``b`` or one of its ancestors? (Only asked of an ``a`` with
+    children: one without cannot be anybody's ancestor, which keeps a long chain linear.)"""
+    while b >= 0:
+        if b == a:
             return True
-        x = x.parent
+        b = par[b]
     return False
 
 
-def _link(parent: Node, child: Node) -> None:
-    if child.parent is not None:
-        child.parent.children.remove(child)
-    child.parent = parent
-    parent.children.append(child)
+def _prune(n: int, par: list[int], nk: list[int]) -> dict[int, int]:
+    """Step 3: for each dummy (container ``n`` and up), the container its children go to
+    (itself when it is kept).
 
-
-def references(items: list[Item], seqs: list[int]) -> list[Node]:
-    """RFC 5256 §2.2 REFERENCES (the "jwz" algorithm)."""
-    by_id: dict[str, Node] = {}
-    get = by_id.get
-    for (number, m, k), seq in zip(items, seqs, strict=True):
-        mid = k.message_id
-        date = k.sent if k.sent is not None else m.internaldate
-        node = get(mid) if mid else None
-        if node is None or node.number is not None:  # none, or a duplicate: a unique one
-            node = Node(number, date, seq, k.subject, k.reply)
-            by_id[mid if mid and mid not in by_id else f"\0{seq}"] = node
-        else:  # a container made for a reference to it
-            node.number, node.date, node.seq = number, date, seq
-            node.subject, node.reply = k.subject, k.reply
-        prev: Node | None = None
-        for ref in k.references:  # step 1B: link the references as parent and child
-            cur = get(ref)
-            if cur is None:
-                cur = by_id[ref] = Node()
-            if (prev is not None and cur.parent is None and cur is not node and cur is not prev
-                    and not (cur.children and _ancestor(cur, prev))):
-                _link(prev, cur)
-            prev = cur
-        # step 1C: the last reference is the message's parent (no loops)
-        if prev is not None:
-            if (prev is not node and prev is not node.parent
-                    and not (node.children and _ancestor(node, prev))):
-                _link(prev, node)
-        elif node.parent is not None:
-            node.parent.children.remove(node)
-            node.parent = None
-    roots = _prune([n for n in by_id.values() if n.parent is None])
-    _date_dummies(roots)
-    roots.sort(key=_KEY)
-    roots = _group_by_subject(roots)
-    _sort_tree(roots)
-    return roots
-
-
-def _prune(roots: list[Node]) -> list[Node]:
-    """Step 3: dummies without children go; a dummy's children take its place (at the top
-    only when it has exactly one child). Iterative, depth-first; parents are set anew."""
-    out: list[Node] = []
-    pending: list[tuple[list[Node], list[Node], Node | None]] = [(roots, out, None)]
-    while pending:
-        todo, into, owner = pending.pop()
-        for node in todo:
-            kids = node.children
-            if node.number is None:
-                if not kids:
-                    continue
-                if owner is not None or len(kids) == 1:  # promoted to this level
-                    pending.append((kids, into, owner))
-                    continue
-            node.parent = owner
-            into.append(node)
-            if kids:
-                node.children = []
-                pending.append((kids, node.children, node))
-    return out
-
-
-def _date_dummies(roots: list[Node]) -> None:
-    """A dummy root takes the date (and subject) of its earliest child (step 4)."""
-    for r in roots:
-        if r.number is None and r.children:
-            first = min(r.children, key=_KEY)
-            r.date, r.seq = first.date, first.seq
-            r.subject, r.reply = first.subject, first.reply
-
-
-def _group_by_subject(roots: list[Node]) -> list[Node]:
-    """Step 5: roots with the same base subject are gathered (RFC 5256 §2.2 5.A to 5.C)."""
-    chosen: dict[str, Node] = {}
-    for r in roots:
-        if not r.subject:
+    A dummy without children goes; one below a message is spliced into its parent's level;
+    at the top one with a single child gives way to it and one with more stays (its children
+    would otherwise become roots). So a dummy is kept when it has two or more children and
+    every container above it is a dummy with a single child. Each dummy is looked at once."""
+    dest: dict[int, int] = {}
+    solo: dict[int, bool] = {}  # a one-child dummy with only such dummies above it
+    for d in range(n, len(par)):
+        if d in dest:
             continue
-        old = chosen.get(r.subject)
-        if (old is None or (r.number is None and old.number is not None)
-                or (old.number is not None and old.reply and r.number is not None
-                    and not r.reply)):
-            chosen[r.subject] = r
-    current = dict(chosen)  # the container now standing for each subject
-    replaced: dict[Node, Node] = {}
-    merged: set[Node] = set()
-    for r in roots:
-        if not r.subject or chosen.get(r.subject) in (None, r):
-            continue
-        target = current[r.subject]
-        merged.add(r)
-        if target.number is None and r.number is None:  # both dummies: merge the children
-            for c in r.children:
-                c.parent = target
-            target.children.extend(r.children)
-        elif target.number is None or (r.reply and not target.reply):
-            r.parent = target  # into the dummy, or a reply under its original
-            target.children.append(r)
-        else:  # both under a new dummy, which takes the target's place
-            dummy = Node(None, target.date, target.seq, target.subject, target.reply)
-            dummy.children = [target, r]
-            target.parent = r.parent = dummy
-            replaced[chosen[r.subject]] = dummy
-            current[r.subject] = dummy
-    return [replaced.get(r, r) for r in roots if r not in merged]
-
-
-def _sort_tree(roots: list[Node]) -> None:
-    """Step 6: siblings in sent-date order (mailbox order on ties)."""
-    stack = [roots]
-    while stack:
-        level = stack.pop()
-        for n in level:
-            if n.number is None and n.children:
-                first = min(n.children, key=_KEY)
-                n.date, n.seq = first.date, first.seq
-        if len(level) > 1:
-            level.sort(key=_KEY)
-        stack.extend(n.children for n in level if n.children)
-
-
-def release(roots: list[Node]) -> None:
-    """Break the parent links (child ↔ parent cycles) so reference counting frees the
-    containers at once instead of a later garbage collection walking them."""
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        n.parent = None
-        stack.extend(n.children)
-
-
-def render(roots: list[Node]) -> str:
-    """RFC 5256 thread-list: ``(3 6 (4 23)(44 7 96))``."""
-    out: list[str] = []
-    # an explicit stack of (node, stage) so a deep thread cannot exhaust the C stack
-    work: list[object] = list(reversed(roots))
-    while work:
-        item = work.pop()
-        if isinstance(item, str):
-            out.append(item)
-            continue
-        assert isinstance(item, Node)
-        out.append("(")
-        chain: list[str] = []
-        cur = item
-        if cur.number is not None:
-            chain.append(str(cur.number))
-        while len(cur.children) == 1:
-            cur = cur.children[0]
-            if cur.number is not None:
-                chain.append(str(cur.number))
-        out.append(" ".join(chain))
-        if len(cur.children) > 1:
-            if chain:
-                out.append(" ")
-            work.append(")")
-            work.extend(reversed(cur.children))
+        path = []
+        x = d
+        while x >= n and x not in dest:
+            path.append(x)
+            x = par[x]
+        if x < 0:
+            above_solo, above = True, -1
+        elif x < n:
+            above_solo, above = False, x
         else:
-            work.append(")")
+            above_solo, above = solo[x], dest[x]
+        for y in reversed(path):
+            if above_solo and nk[y] >= 2:
+                above = y
+            dest[y] = above
+            above_solo = solo[y] = above_solo and nk[y] == 1
+    return dest
+
+
+def _group_by_subject(forest: Forest, n: int, dates: list[float], keys: list[Keys]) -> None:
+    """Step 5: roots with the same base subject are gathered (RFC 5256 §2.2 5.A to 5.C);
+    the levels it changes are sorted again (step 6)."""
+    roots, kids = forest.roots, forest.kids
+    # a dummy root has the subject of its earliest child, a message
+    first = [r if r < n else kids[r][0] for r in roots]  # type: ignore[index]
+    rsubj = [keys[i].subject for i in first]
+    named = [x for x in rsubj if x]
+    if len(set(named)) == len(named):
+        return  # no two roots share a subject: nothing to gather
+    replies = [k.reply for k in keys]
+    chosen: dict[str, int] = {}
+    for r, subject, i in zip(roots, rsubj, first, strict=True):
+        if not subject:
+            continue
+        old = chosen.get(subject)
+        if (old is None or (r >= n and old < n)
+                or (old < n and replies[old] and r < n and not replies[i])):
+            chosen[subject] = r
+    current = dict(chosen)  # the container now standing for each subject
+    replaced: dict[int, int] = {}
+    merged: set[int] = set()
+    touched: set[int] = set()
+    for r, subject, i in zip(roots, rsubj, first, strict=True):
+        if not subject or chosen[subject] == r:
+            continue
+        target = current[subject]
+        merged.add(r)
+        tk = kids[target]
+        if target >= n and r >= n:  # both dummies: merge the children
+            assert tk is not None
+            tk.extend(kids[r] or ())
+            touched.add(target)
+        elif target >= n or (replies[i] and not replies[target]):
+            # into the dummy, or a reply under its original
+            if tk is None:
+                kids[target] = [r]
+            else:
+                tk.append(r)
+            touched.add(target)
+        else:  # both under a new dummy, which takes the target's place
+            dummy = len(kids)
+            kids.append([target, r])
+            forest.label.append(None)
+            replaced[chosen[subject]] = current[subject] = dummy
+            touched.add(dummy)
+
+    def key(c: int) -> tuple[float, int]:  # sent date, then mailbox order
+        if c >= n:
+            c = kids[c][0]  # type: ignore[index]
+        return dates[c], c
+
+    for t in touched:
+        kids[t].sort(key=key)  # type: ignore[union-attr]
+    forest.roots = [replaced.get(r, r) for r in roots if r not in merged]
+    forest.roots.sort(key=key)
+
+
+def render(forest: Forest) -> str:
+    """RFC 5256 thread-list: ``(3 6 (4 23)(44 7 96))``."""
+    kids, label = forest.kids, forest.label
+    out: list[str] = []
+    # an explicit stack (-1 closes a list) so a deep thread cannot exhaust the C stack
+    work = forest.roots[::-1]
+    append, pop = out.append, work.pop
+    while work:
+        c = pop()
+        if c < 0:
+            append(")")
+            continue
+        s = label[c]
+        ks = kids[c]
+        if ks is None:
+            append(f"({s})")
+            continue
+        chain = [] if s is None else [s]
+        while ks is not None and len(ks) == 1:
+            c = ks[0]
+            s = label[c]
+            if s is not None:
+                chain.append(s)
+            ks = kids[c]
+        append("(" + " ".join(chain))
+        if ks:
+            if chain:
+                append(" ")
+            work.append(-1)
+            work.extend(reversed(ks))
+        else:
+            append(")")
     return "".join(out)

@@ -153,3 +153,33 @@ class Raw:
             await self.writer.wait_closed()
         except (ConnectionError, ssl.SSLError):
             pass
+
+
+def ok(lines: list[bytes], tag: str) -> list[bytes]:
+    """``lines`` (a response), after checking that it ends with ``tag OK``."""
+    assert lines[-1].startswith(f"{tag} OK".encode()), lines
+    return lines
+
+
+async def login(srv: Server, *enable: str, port: int | None = None) -> Raw:
+    """A raw session logged in as the test user (on ``port`` when given: another daemon of
+    the same data), with ``ENABLE`` of the extensions named."""
+    if port is None:
+        c = await Raw.connect(srv)
+    else:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        c = Raw(r, w)
+        assert (await c.line()).startswith(b"* OK")
+    ok(await c.cmd("L", f"LOGIN {srv.user} {srv.password}"), "L")
+    if enable:
+        lines = ok(await c.cmd("E", "ENABLE " + " ".join(enable)), "E")
+        enabled = next(x for x in lines if x.startswith(b"* ENABLED")).upper().split()
+        assert all(e.upper().encode() in enabled for e in enable), lines
+    return c
+
+
+async def session(srv: Server, box: str = "INBOX", port: int | None = None) -> Raw:
+    """A raw session logged in with ``box`` selected."""
+    c = await login(srv, port=port)
+    ok(await c.cmd("S", f"SELECT {box}"), "S")
+    return c

@@ -6,8 +6,7 @@ import asyncio
 import base64
 import imaplib
 
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-from tests.imap.test_imap_idle import ok
+from tests.imap.conftest import PASSWORD, USER, Raw, message, ok
 
 
 def b64(text: str) -> str:

@@ -9,8 +9,7 @@ import asyncio
 import zlib
 from pathlib import Path
 
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-from tests.imap.test_imap_idle import ok
+from tests.imap.conftest import PASSWORD, USER, Raw, message, ok
 
 
 class Deflated:

@@ -7,21 +7,14 @@ import asyncio
 
 import pytest
 
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-
-
-async def _login(imap) -> Raw:
-    c = await Raw.connect(imap)
-    await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
-    await c.cmd("S", "SELECT INBOX")
-    return c
+from tests.imap.conftest import message, session
 
 
 @pytest.fixture
 async def pair(imap):
     for subject in ("delta", "alpha", "charlie"):
         imap.deliver(message(subject))
-    a, b = await _login(imap), await _login(imap)
+    a, b = await session(imap), await session(imap)
     yield a, b
     await a.close()
     await b.close()
@@ -103,3 +96,46 @@ async def test_context_update_during_idle(pair, imap) -> None:
     await a.send("DONE\r\n")
     r = await a.until("i")
     assert r[-1].startswith(b"i OK")
+
+
+async def test_sort_context_gains_and_loses_at_once(pair, imap) -> None:
+    """A non-UID sorted context: in one update a message leaves (another session expunges
+    it), one matches again (its flag is cleared) and one arrives. REMOVEFROM comes first, in
+    the numbering before the EXPUNGE and positions of the old result; ADDTO after EXISTS, in
+    the new numbering, at ascending final positions (RFC 5267 §4.3)."""
+    a, b = pair  # 1 delta, 2 alpha, 3 charlie
+    await b.cmd("b0", "STORE 3 +FLAGS (\\Seen)")
+    r = await a.cmd("t", "SORT RETURN (UPDATE) (SUBJECT) UTF-8 UNSEEN")
+    assert _esearch(r) == [b'* ESEARCH (TAG "t") ALL 2,1']  # alpha, delta
+    await b.cmd("b1", "STORE 2 +FLAGS (\\Deleted)")
+    await b.cmd("b2", "EXPUNGE")  # alpha goes: delta 1, charlie 2
+    await b.cmd("b3", "STORE 2 -FLAGS (\\Seen)")  # charlie matches again
+    imap.deliver(message("bravo"))  # message 3
+    r = await a.cmd("n", "NOOP")
+    lines = [x.rstrip(b"\r\n") for x in r]
+    removal = b'* ESEARCH (TAG "t") REMOVEFROM (1 2)'
+    addition = b'* ESEARCH (TAG "t") ADDTO (1 3 2 2)'  # bravo, charlie, delta
+    assert removal in lines and addition in lines, lines
+    assert lines.index(removal) < lines.index(b"* 2 EXPUNGE") < lines.index(b"* 3 EXISTS") \
+        < lines.index(addition)
+    r = await a.cmd("s", "SORT (SUBJECT) UTF-8 UNSEEN")
+    assert any(x.startswith(b"* SORT 3 2 1") for x in r), r
+
+
+async def test_cancelupdate_several_and_bad_syntax(pair, imap) -> None:
+    a, _ = pair
+    await a.cmd("x", "SEARCH RETURN (UPDATE) ALL")
+    await a.cmd("y", "UID SEARCH RETURN (UPDATE) ALL")
+    await a.cmd("z", "SEARCH RETURN (UPDATE COUNT) ALL")
+    r = await a.cmd("c1", 'CANCELUPDATE "x" "y"')
+    assert r[-1].startswith(b"c1 OK")
+    r = await a.cmd("c2", "CANCELUPDATE")
+    assert r[-1].startswith(b"c2 BAD"), r
+    imap.deliver(message("kilo"))
+    r = await a.cmd("n", "NOOP")
+    assert _esearch(r) == [b'* ESEARCH (TAG "z") ADDTO (0 4)']
+    await a.cmd("u", "UNSELECT")
+    r = await a.cmd("s", "SELECT INBOX")
+    imap.deliver(message("lima"))
+    r = await a.cmd("n2", "NOOP")
+    assert _esearch(r) == []  # contexts end when the mailbox is left

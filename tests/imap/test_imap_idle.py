@@ -10,28 +10,11 @@ import sys
 from pathlib import Path
 
 from tests.conftest import wait_port
-from tests.imap.conftest import PASSWORD, USER, Raw, message
+from tests.imap.conftest import PASSWORD, USER, Raw, message, ok, session
 
 #: how long a test waits for an untagged update: a ceiling for slow machines, not a latency
 #: figure (bench/imap_bench.py measures delivery → EXISTS latency)
 IDLE_WAIT = 15.0
-
-
-def ok(lines: list[bytes], tag: str) -> list[bytes]:
-    assert lines[-1].startswith(f"{tag} OK".encode()), lines
-    return lines
-
-
-async def session(imap, box: str = "INBOX", port: int | None = None) -> Raw:
-    if port is None:
-        c = await Raw.connect(imap)
-    else:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        c = Raw(r, w)
-        assert (await c.line()).startswith(b"* OK")
-    ok(await c.cmd("L", f"LOGIN {USER} {PASSWORD}"), "L")
-    ok(await c.cmd("S", f"SELECT {box}"), "S")
-    return c
 
 
 async def idle(c: Raw) -> None:

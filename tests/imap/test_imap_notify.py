@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-from tests.imap.test_imap_idle import ok, session
+from tests.imap.conftest import Raw, login, message, ok, session
 
 ALL_MESSAGE = "(MessageNew MessageExpunge FlagChange)"
-
-
-async def login(imap) -> Raw:
-    c = await Raw.connect(imap)
-    ok(await c.cmd("L", f"LOGIN {USER} {PASSWORD}"), "L")
-    return c
 
 
 async def lines_until(c: Raw, wanted: bytes, timeout: float = 15) -> list[bytes]:
@@ -200,3 +193,47 @@ async def test_selected_without_flagchange_gets_no_unsolicited_flags(imap) -> No
     assert not any(b"FETCH" in x for x in got), got
     lines = ok(await c.cmd("o", "NOOP"), "o")  # the next command reports it, as usual
     assert any(x.startswith(b"* 1 FETCH") and b"\\Flagged" in x for x in lines), lines
+
+
+async def test_own_changes_are_not_notified(imap) -> None:
+    """RFC 5465 §5: what the client's own APPEND, COPY, CREATE or SUBSCRIBE did is not
+    reported back (the tagged response said it); what others do afterwards is, with counts
+    that include the client's own messages."""
+    for name in ("Work", "Other"):
+        imap.folder(name).create(folder=True)
+    imap.deliver(message("i0"))
+    c = await session(imap)
+    ok(await c.cmd("n", f"NOTIFY SET (SELECTED {ALL_MESSAGE}) (PERSONAL (MessageNew "
+                        "MessageExpunge FlagChange MailboxName SubscriptionChange))"), "n")
+    mine = message("mine")
+    await c.send(f"a APPEND Work {{{len(mine)}+}}\r\n".encode() + mine + b"\r\n")
+    got = await lines_until(c, b"a OK")
+    assert got[-1].startswith(b"a OK [APPENDUID"), got
+    got += ok(await c.cmd("y", "COPY 1 Work"), "y")
+    got += ok(await c.cmd("k", "CREATE Mine"), "k")
+    got += ok(await c.cmd("s", "SUBSCRIBE Mine"), "s")
+    imap.deliver(message("other 1"), folder="Other")
+    got += await lines_until(c, b"* STATUS Other")
+    other = await login(imap)
+    ok(await other.cmd("c", "CREATE Theirs"), "c")
+    got += await lines_until(c, b"Theirs")
+    imap.deliver(message("theirs"), folder="Work")
+    got += await lines_until(c, b"* STATUS Work")
+    assert [x for x in got if b"Work" in x] == [got[-1]], got  # one STATUS: the delivery's
+    assert b"MESSAGES 3 " in got[-1], got  # its own APPEND and COPY are counted
+    assert not any(b"Mine" in x for x in got), got
+
+
+async def test_too_many_mailboxes_overflow(imap) -> None:
+    """More mailboxes than one session may watch: ``NO [NOTIFICATIONOVERFLOW]``, nothing
+    set, and a narrower NOTIFY still works."""
+    from mailstack.imap.notify import MAX_WATCHED
+    for n in range(MAX_WATCHED + 1):
+        imap.folder(f"Lists.l{n}").create(folder=True)
+    c = await login(imap)
+    r = await c.cmd("n", "NOTIFY SET ((SUBTREE Lists) (MessageNew MessageExpunge))")
+    assert r[-1].startswith(b"n NO [NOTIFICATIONOVERFLOW]"), r[-1]
+    ok(await c.cmd("m", "NOTIFY SET ((MAILBOXES Lists.l7) (MessageNew MessageExpunge))"), "m")
+    imap.deliver(message("seven"), folder="Lists.l7")
+    got = await lines_until(c, b"* STATUS Lists.l7")
+    assert b"MESSAGES 1 " in got[-1], got

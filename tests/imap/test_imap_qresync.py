@@ -9,17 +9,7 @@ import re
 
 from imapclient import IMAPClient
 
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-from tests.imap.test_imap_idle import ok
-
-
-async def login(imap, enable: bool = True) -> Raw:
-    c = await Raw.connect(imap)
-    ok(await c.cmd("L", f"LOGIN {USER} {PASSWORD}"), "L")
-    if enable:
-        lines = ok(await c.cmd("E", "ENABLE QRESYNC"), "E")
-        assert b"* ENABLED QRESYNC\r\n" in lines, lines
-    return c
+from tests.imap.conftest import PASSWORD, USER, login, message, ok
 
 
 def code(lines: list[bytes], name: str) -> int:
@@ -31,7 +21,7 @@ def code(lines: list[bytes], name: str) -> int:
 
 
 async def test_qresync_is_announced_and_enabled(imap) -> None:
-    c = await login(imap, enable=False)
+    c = await login(imap)
     caps = ok(await c.cmd("c", "CAPABILITY"), "c")[0]
     assert b" QRESYNC" in caps and b" CONDSTORE" in caps, caps
     lines = ok(await c.cmd("e", "ENABLE QRESYNC CONDSTORE"), "e")
@@ -42,11 +32,11 @@ async def test_qresync_is_announced_and_enabled(imap) -> None:
 async def test_select_with_qresync_reports_only_what_changed(imap) -> None:
     for n in range(6):
         imap.deliver(message(f"q{n}"))
-    c = await login(imap)
+    c = await login(imap, "QRESYNC")
     lines = ok(await c.cmd("s", "SELECT INBOX"), "s")
     validity, modseq = code(lines, "UIDVALIDITY"), code(lines, "HIGHESTMODSEQ")
     ok(await c.cmd("u", "UNSELECT"), "u")
-    other = await login(imap, enable=False)
+    other = await login(imap)
     ok(await other.cmd("s", "SELECT INBOX"), "s")
     ok(await other.cmd("f", "STORE 2 +FLAGS (\\Flagged)"), "f")
     ok(await other.cmd("d", "STORE 4:5 +FLAGS (\\Deleted)"), "d")
@@ -73,7 +63,7 @@ async def test_select_with_qresync_reports_only_what_changed(imap) -> None:
 
 async def test_wrong_uidvalidity_means_a_plain_select(imap) -> None:
     imap.deliver(message("v"))
-    c = await login(imap)
+    c = await login(imap, "QRESYNC")
     lines = ok(await c.cmd("s", "SELECT INBOX"), "s")
     validity = code(lines, "UIDVALIDITY")
     lines = ok(await c.cmd("q", f"SELECT INBOX (QRESYNC ({validity + 1} 1 1:10))"), "q")
@@ -83,12 +73,12 @@ async def test_wrong_uidvalidity_means_a_plain_select(imap) -> None:
 
 async def test_bad_qresync_input(imap) -> None:
     imap.deliver(message("b"))
-    plain = await login(imap, enable=False)
+    plain = await login(imap)
     r = await plain.cmd("a", "SELECT INBOX (QRESYNC (1 1))")
     assert r[-1].startswith(b"a BAD"), r  # not enabled (RFC 7162 3.2.5)
     r = await plain.cmd("a2", "UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)")
     assert r[-1].startswith(b"a2 BAD"), r
-    c = await login(imap)
+    c = await login(imap, "QRESYNC")
     lines = ok(await c.cmd("s", "SELECT INBOX"), "s")
     v = code(lines, "UIDVALIDITY")
     for tag, command in (
@@ -112,9 +102,9 @@ async def test_bad_qresync_input(imap) -> None:
 async def test_vanished_replaces_expunge_once_enabled(imap) -> None:
     for n in range(5):
         imap.deliver(message(f"x{n}"))
-    c = await login(imap)
+    c = await login(imap, "QRESYNC")
     ok(await c.cmd("s", "SELECT INBOX"), "s")
-    plain = await login(imap, enable=False)
+    plain = await login(imap)
     ok(await plain.cmd("s", "SELECT INBOX"), "s")
     ok(await c.cmd("d", "STORE 2:3 +FLAGS.SILENT (\\Deleted)"), "d")
     lines = ok(await c.cmd("x", "EXPUNGE"), "x")
@@ -132,7 +122,7 @@ async def test_vanished_replaces_expunge_once_enabled(imap) -> None:
 async def test_uid_fetch_changedsince_vanished(imap) -> None:
     for n in range(5):
         imap.deliver(message(f"f{n}"))
-    c = await login(imap)
+    c = await login(imap, "QRESYNC")
     lines = ok(await c.cmd("s", "SELECT INBOX"), "s")
     modseq = code(lines, "HIGHESTMODSEQ")
     ok(await c.cmd("d", "UID STORE 1,5 +FLAGS.SILENT (\\Deleted)"), "d")
@@ -177,9 +167,9 @@ async def test_highestmodseq_below_held_back_expunges(imap) -> None:
     HIGHESTMODSEQ lower than the expunge's."""
     for n in range(3):
         imap.deliver(message(f"h{n}"))
-    c = await login(imap)
+    c = await login(imap, "QRESYNC")
     ok(await c.cmd("s", "SELECT INBOX"), "s")
-    other = await login(imap, enable=False)
+    other = await login(imap)
     ok(await other.cmd("s", "SELECT INBOX"), "s")
     ok(await other.cmd("d", "STORE 1 +FLAGS.SILENT (\\Deleted)"), "d")
     ok(await other.cmd("x", "EXPUNGE"), "x")

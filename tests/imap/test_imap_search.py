@@ -72,6 +72,8 @@ CASES = [
     ('SENTSINCE "18-Nov-2026"', [3, 4]),
     ("2:*", [2, 3, 4]), ("*", [4]), ("1,3", [1, 3]), ("*:3", [3, 4]),
     ("UID 2:3", [2, 3]), ("UID *", [4]),
+    ("3:2,1:2,4:9", [1, 2, 3, 4]), ("5:9", []), ("2,2,1", [1, 2]), ("9:*", [4]),
+    ("UID 4:2,1", [1, 2, 3, 4]), ("UID 9:*", [4]), ("UID 5:7", []), ("UID 3,1:2,2", [1, 2, 3]),
     ("NOT SEEN", [2, 3, 4]), ("OR SEEN FLAGGED", [1, 2]),
     ("OR (SEEN FROM bob) (NOT OR DRAFT FLAGGED)", [1, 3]),
     ("NOT (OR SEEN (OR FLAGGED DRAFT))", [3]),
@@ -103,3 +105,18 @@ async def test_search_charset_utf8_and_uid(searcher):
     ok = await searcher.cmd("b", "STORE 3 +FLAGS (Urgent)")
     assert ok[-1].startswith(b"b OK")
     assert await search(searcher, "KEYWORD urgent") == [3]
+
+
+async def test_number_sets_after_an_expunge(searcher):
+    """Sequence and UID sets alone are answered by bisection: a UID gap, overlapping
+    ranges and numbers past the end."""
+    r = await searcher.cmd("d", "STORE 2 +FLAGS.SILENT (\\Deleted)")
+    assert r[-1].startswith(b"d OK")
+    r = await searcher.cmd("e", "EXPUNGE")  # 2 and 4 (\\Deleted already) go
+    assert r[-1].startswith(b"e OK")
+    assert await search(searcher, "UID 2:3") == [2]  # UID 3 is now message 2
+    assert await search(searcher, "UID 2:3", uid=True) == [3]
+    assert await search(searcher, "3:2,1", uid=True) == [1, 3]
+    assert await search(searcher, "UID 1:*,3") == [1, 2]
+    assert await search(searcher, "UID 2", uid=True) == []
+    assert await search(searcher, "UID 4:*", uid=True) == [3]  # * is the largest UID

@@ -4,12 +4,10 @@ mailbox (RFC 9051), and a client that closes its socket in the middle of a respo
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-from tests.imap.test_imap_idle import ok, session
+from tests.imap.conftest import message, ok, session
 
 
 def _index(lines: list[bytes], prefix: bytes) -> int:
@@ -93,16 +91,12 @@ async def test_socket_closed_mid_write_is_a_plain_disconnect(imap) -> None:
     for n in range(8):
         imap.deliver(message(f"big{n}", body=big * 2000))
     for _ in range(3):
-        r, w = await asyncio.open_connection("127.0.0.1", imap.port)
-        c = Raw(r, w)
-        await c.line()
-        ok(await c.cmd("l", f"LOGIN {USER} {PASSWORD}"), "l")
-        ok(await c.cmd("s", "SELECT INBOX"), "s")
+        c = await session(imap)
         await c.send("f FETCH 1:* (BODY.PEEK[])\r\n")
-        await r.readexactly(1000)  # the response has started
-        sock = w.get_extra_info("socket")
+        await c.reader.readexactly(1000)  # the response has started
+        sock = c.writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        w.transport.abort()  # RST with unread data: the server's writes fail
+        c.writer.transport.abort()  # RST with unread data: the server's writes fail
     d = await session(imap)  # the daemon goes on serving
     ok(await d.cmd("n", "NOOP"), "n")
     await imap.daemon.wait_log("disconnected", count=1)

@@ -7,13 +7,11 @@ import pytest
 
 from mailstack.config import Config
 from tests.conftest import add_user, running
-from tests.imap.conftest import PASSWORD, USER, Raw, message
-from tests.imap.test_imap_idle import ok, session
+from tests.imap.conftest import PASSWORD, USER, login, message, ok, session
 
 
 async def test_check_is_answered_in_selected_state_only(imap) -> None:
-    c = await Raw.connect(imap)
-    ok(await c.cmd("a", f"LOGIN {USER} {PASSWORD}"), "a")
+    c = await login(imap)
     assert (await c.cmd("b", "CHECK"))[-1].startswith(b"b BAD")
     ok(await c.cmd("c", "SELECT INBOX"), "c")
     assert ok(await c.cmd("d", "CHECK"), "d")[-1] == b"d OK CHECK completed\r\n"
