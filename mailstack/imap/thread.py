@@ -13,18 +13,18 @@ import contextlib
 import gc
 import threading
 from collections.abc import Iterator
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 
 from .mailbox import Msg
-from .sort import Keys
+from .sort import MESSAGE_ID, REFERENCES, REPLY, SENT, SUBJECT, KeyTuple
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
-Item = tuple[int, Msg, Keys]
-_SENT = attrgetter("sent")
+Item = tuple[int, Msg, KeyTuple]
+_SENT = itemgetter(SENT)
 _FIRST, _THIRD = itemgetter(0), itemgetter(2)
-_MESSAGE_ID = attrgetter("message_id")
-_REFERENCES = attrgetter("references")
-_SUBJECT = attrgetter("subject")
+_MESSAGE_ID = itemgetter(MESSAGE_ID)
+_REFERENCES = itemgetter(REFERENCES)
+_SUBJECT = itemgetter(SUBJECT)
 
 _gc_lock = threading.Lock()
 _gc_pausers = 0
@@ -64,7 +64,7 @@ class Forest:
         self.roots, self.kids, self.label = roots, kids, label
 
 
-def _columns(items: list[Item]) -> tuple[list[str], list[Keys], list[float]]:
+def _columns(items: list[Item]) -> tuple[list[str], list[KeyTuple], list[float]]:
     """The numbers as text, the keys and the sent dates (RFC 5256: the Date: header, else
     the internal date) of ``items``, column by column."""
     keys = list(map(_THIRD, items))
@@ -220,17 +220,17 @@ def _prune(n: int, par: list[int], nk: list[int]) -> dict[int, int]:
     return dest
 
 
-def _group_by_subject(forest: Forest, n: int, dates: list[float], keys: list[Keys]) -> None:
+def _group_by_subject(forest: Forest, n: int, dates: list[float], keys: list[KeyTuple]) -> None:
     """Step 5: roots with the same base subject are gathered (RFC 5256 §2.2 5.A to 5.C);
     the levels it changes are sorted again (step 6)."""
     roots, kids = forest.roots, forest.kids
     # a dummy root has the subject of its earliest child, a message
     first = [r if r < n else kids[r][0] for r in roots]  # type: ignore[index]
-    rsubj = [keys[i].subject for i in first]
+    rsubj = [keys[i][SUBJECT] for i in first]
     named = [x for x in rsubj if x]
     if len(set(named)) == len(named):
         return  # no two roots share a subject: nothing to gather
-    replies = [k.reply for k in keys]
+    replies = [k[REPLY] for k in keys]
     chosen: dict[str, int] = {}
     for r, subject, i in zip(roots, rsubj, first, strict=True):
         if not subject:
