@@ -11,6 +11,7 @@ from .core import Call, MethodError, method
 from .standard import (
     changes_response,
     check_state,
+    filter_matches,
     query_changes_unsupported,
     query_window,
     wanted_ids,
@@ -64,25 +65,36 @@ def mailbox_changes(call: Call) -> dict[str, Any]:
     return out
 
 
+def _mailbox_matches(account: Account, m: MailboxInfo, cond: dict[str, Any]) -> bool:
+    """Whether mailbox ``m`` meets every property of a Mailbox/query FilterCondition."""
+    for key, value in cond.items():
+        if key == "parentId":
+            parent = account.mailbox_by_id(value) if value else None
+            ok = m.parent == parent.name if parent else not m.parent
+        elif key == "name":
+            if not isinstance(value, str):
+                raise MethodError("invalidArguments", "name: a string")
+            leaf = m.name.rpartition(".")[2] if m.parent else m.name
+            ok = value.casefold() in leaf.casefold()
+        elif key == "role":
+            ok = (m.role or None) == value
+        elif key == "hasAnyRole":
+            ok = bool(m.role) == bool(value)
+        elif key == "isSubscribed":
+            ok = (m.subscribed or m.role == "inbox") == bool(value)
+        else:
+            raise MethodError("unsupportedFilter", f"{key[:100]!r}")
+        if not ok:
+            return False
+    return True
+
+
 @method("Mailbox/query")
 def mailbox_query(call: Call) -> dict[str, Any]:
     account: Account = call.account
     flt = call.arg("filter", dict, {})
-    rows = account.mailboxes()
-    for key, value in flt.items():
-        if key == "parentId":
-            parent = account.mailbox_by_id(value) if value else None
-            rows = [m for m in rows if (m.parent == parent.name if parent else not m.parent)]
-        elif key == "name":
-            rows = [m for m in rows if str(value).lower() in m.name.lower()]
-        elif key == "role":
-            rows = [m for m in rows if (m.role or None) == value]
-        elif key == "hasAnyRole":
-            rows = [m for m in rows if bool(m.role) == bool(value)]
-        elif key == "isSubscribed":
-            rows = [m for m in rows if m.subscribed == bool(value)]
-        else:
-            raise MethodError("unsupportedFilter", f"{key[:100]!r}")
+    rows = [m for m in account.mailboxes()
+            if filter_matches(flt, lambda cond, m=m: _mailbox_matches(account, m, cond))]
     for sort in reversed(call.arg("sort", list, [])):
         prop = sort.get("property") if isinstance(sort, dict) else None
         if prop not in ("name", "sortOrder"):

@@ -3,7 +3,7 @@ from the store's change log, ifInState, /query windows."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..store.account import ChangesUnavailable
@@ -64,6 +64,40 @@ def check_state(call: Call, account: Account) -> str:
         raise MethodError("stateMismatch")
     return state
 
+
+
+MAX_FILTER_DEPTH = 16
+
+
+def filter_matches(flt: dict[str, Any], condition: Callable[[dict[str, Any]], bool],
+                   depth: int = 0) -> bool:
+    """Whether an item passes ``flt``, a FilterCondition (``condition`` decides) or a
+    FilterOperator (``AND``/``OR``/``NOT`` over nested filters, RFC 8620 5.5)."""
+    if depth > MAX_FILTER_DEPTH:
+        raise MethodError("unsupportedFilter", "filters nest too deep")
+    if "operator" not in flt:
+        return condition(flt)
+    op, conds = flt.get("operator"), flt.get("conditions")
+    if op not in ("AND", "OR", "NOT") or not isinstance(conds, list) or not all(
+            isinstance(c, dict) for c in conds):
+        raise MethodError("unsupportedFilter", "bad FilterOperator")
+    results = (filter_matches(c, condition, depth + 1) for c in conds)
+    if op == "AND":
+        return all(results)
+    if op == "OR":
+        return any(results)
+    return not any(results)
+
+
+def filter_conditions(flt: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
+    """Every FilterCondition inside ``flt`` (NOT branches included)."""
+    if not isinstance(flt, dict) or depth > MAX_FILTER_DEPTH:
+        return
+    if "operator" not in flt:
+        yield flt
+        return
+    for c in flt.get("conditions") or ():
+        yield from filter_conditions(c, depth + 1)
 
 
 def query_window(call: Call, account: Account, ids: list[str]) -> dict[str, Any]:
