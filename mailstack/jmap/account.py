@@ -110,6 +110,16 @@ class Account:
     def state(self) -> str:
         return str(self.store.highest_modseq())
 
+    def indexed_state(self) -> str:
+        """The state that :meth:`index` reflects: the index is read (new files picked up),
+        then the state, then the index again; when a change came between, the state read
+        first (older: a later /queryChanges repeats a change, never misses one)."""
+        before = self.state()
+        idx = self.index()
+        state = self.state()
+        self.refresh()
+        return state if self.index() is idx else before
+
     def refresh(self) -> None:
         """Forget what this request read (after a change it made)."""
         self._infos = None

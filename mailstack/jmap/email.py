@@ -6,7 +6,7 @@ import html
 import time
 from typing import Any
 
-from ..store.account import OverQuota, StoreError
+from ..store.account import CHANGELOG_KEEP, ChangesUnavailable, OverQuota, StoreError
 from ..store.textsearch import TextSearch
 from . import message as msgview
 from .account import Account, Located, flag, keywords
@@ -17,12 +17,16 @@ from .mailbox import (
     changes_response,
     check_state,
     mailbox_names,
-    query_changes_unsupported,
     query_window,
     wanted_ids,
     wanted_properties,
 )
-from .standard import filter_conditions, filter_matches
+from .standard import (
+    filter_conditions,
+    filter_matches,
+    query_changes_response,
+    query_changes_since,
+)
 
 META = ("id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt")
 HEADER_PROPS = ("headers", "messageId", "inReplyTo", "references", "sender", "from", "to",
@@ -468,10 +472,9 @@ def filtered(q: Query, ids: list[str], flt: dict[str, Any] | None, collapse: boo
     return out if want is None else out[:want]
 
 
-@method("Email/query")
-def email_query(call: Call) -> dict[str, Any]:
-    account: Account = call.account
-    q = Query(Emails(account))
+def _results(call: Call, q: Query, want: int | None = None) -> list[str]:
+    """The ids of Email/query's full result (filter, sort, collapseThreads): with ``want``,
+    only its first ``want`` (when the sort order is precomputed)."""
     flt = call.arg("filter", dict, None)
     for cond in filter_conditions(flt):  # before any email is looked at
         unknown = [k for k in cond if k not in CONDITIONS]
@@ -479,28 +482,69 @@ def email_query(call: Call) -> dict[str, Any]:
             raise MethodError("unsupportedFilter", f"{unknown[0][:100]!r}")
     ids, sorts = _sorted_ids(call, q)
     collapse = bool(call.args.get("collapseThreads"))
+    if not sorts:
+        return filtered(q, ids, flt, collapse, want)
+    ids = filtered(q, ids, flt, False)  # sort only what passes (sort keys may parse)
+    for sort in reversed(sorts):
+        prop = sort["property"]
+        ids.sort(key=lambda i, prop=prop, sort=sort: q.sort_key(prop, i, sort),
+                 reverse=sort.get("isAscending", True) is False)
+    return filtered(q, ids, None, collapse)
+
+
+@method("Email/query")
+def email_query(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    state = account.indexed_state()
+    q = Query(Emails(account))
     position, limit = call.args.get("position"), call.args.get("limit")
     want = None  # a window at a known place needs only the matches up to its end
-    if not sorts and call.args.get("anchor") is None and not call.args.get("calculateTotal") \
+    if call.args.get("anchor") is None and not call.args.get("calculateTotal") \
             and isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
         start = 0 if position is None else position
         if isinstance(start, int) and not isinstance(start, bool) and start >= 0:
             want = start + limit
-    if sorts:  # sort only what passes the filter (sort keys may parse messages)
-        ids = filtered(q, ids, flt, False)
-        for sort in reversed(sorts):
-            prop = sort["property"]
-            ids.sort(key=lambda i, prop=prop, sort=sort: q.sort_key(prop, i, sort),
-                     reverse=sort.get("isAscending", True) is False)
-        ids = filtered(q, ids, None, collapse)
-    else:
-        ids = filtered(q, ids, flt, collapse, want)
-    out = query_window(call, account, ids)
-    out["collapseThreads"] = collapse
+    out = query_window(call, account, _results(call, q, want), state, can_calculate=True)
+    out["collapseThreads"] = bool(call.args.get("collapseThreads"))
     return out
 
 
-method("Email/queryChanges")(query_changes_unsupported)
+THREAD_KEYS = ("allInThreadHaveKeyword", "someInThreadHaveKeyword", "noneInThreadHaveKeyword")
+IMMUTABLE_CONDITIONS = frozenset({"before", "after", "minSize", "maxSize", "hasAttachment",
+                                  "text", "body", "from", "to", "cc", "bcc", "subject",
+                                  "header"})
+IMMUTABLE_SORTS = frozenset({"receivedAt", "size", "from", "to", "subject", "sentAt"})
+
+
+@method("Email/queryChanges")
+def email_query_changes(call: Call) -> dict[str, Any]:
+    """RFC 8620 5.6 from the store's change log: every email changed since the old state is
+    removed, and added again at its new index when it is in the results. When the filter or
+    sort looks at a thread (collapseThreads, the thread keyword conditions), a change of one
+    email can move another: every email of a thread that changed counts as changed."""
+    account: Account = call.account
+    since = query_changes_since(call, account, "Email", account.indexed_state())
+    q = Query(Emails(account))
+    results = _results(call, q)
+    flt = call.args.get("filter")
+    keys = {k for cond in filter_conditions(flt) for k in cond}
+    sorts = {s.get("property") for s in call.args.get("sort") or () if isinstance(s, dict)}
+    collapse = bool(call.args.get("collapseThreads"))
+    changed: set[str] = set()
+    if since.changes is not None:
+        ch = since.changes
+        changed = {*ch.created, *ch.updated, *ch.destroyed}
+        if collapse or keys & set(THREAD_KEYS) or sorts & set(THREAD_KEYS):
+            try:
+                tch = account.store.changes("Thread", int(since.old), CHANGELOG_KEEP)
+            except ChangesUnavailable as exc:
+                raise MethodError("cannotCalculateChanges", str(exc)) from None
+            threads = {*tch.created, *tch.updated, *tch.destroyed}
+            threads |= {q.idx.copies[e][0].entry.threadid for e in changed if e in q.idx.copies}
+            for tid in threads:
+                changed.update(q.idx.threads.get(tid, ()))
+    immutable = not collapse and keys <= IMMUTABLE_CONDITIONS and sorts <= IMMUTABLE_SORTS
+    return query_changes_response(call, account, since, results, changed, immutable)
 
 
 def _needles(flt: Any, depth: int = 0) -> list[str]:

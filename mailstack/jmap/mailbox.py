@@ -12,7 +12,8 @@ from .standard import (
     changes_response,
     check_state,
     filter_matches,
-    query_changes_unsupported,
+    query_changes_response,
+    query_changes_since,
     query_window,
     wanted_ids,
     wanted_properties,
@@ -89,9 +90,7 @@ def _mailbox_matches(account: Account, m: MailboxInfo, cond: dict[str, Any]) -> 
     return True
 
 
-@method("Mailbox/query")
-def mailbox_query(call: Call) -> dict[str, Any]:
-    account: Account = call.account
+def _mailbox_results(call: Call, account: Account) -> list[str]:
     flt = call.arg("filter", dict, {})
     rows = [m for m in account.mailboxes()
             if filter_matches(flt, lambda cond, m=m: _mailbox_matches(account, m, cond))]
@@ -101,11 +100,28 @@ def mailbox_query(call: Call) -> dict[str, Any]:
             raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
         rows.sort(key=(lambda m: m.name) if prop == "name" else (lambda m: (m.role == "", 0)),
                   reverse=sort.get("isAscending", True) is False)
-    ids = [mailbox_id(m.id) for m in rows]
-    return query_window(call, account, ids)
+    return [mailbox_id(m.id) for m in rows]
 
 
-method("Mailbox/queryChanges")(query_changes_unsupported)
+@method("Mailbox/query")
+def mailbox_query(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    state = account.state()  # before the mailboxes are read
+    return query_window(call, account, _mailbox_results(call, account), state,
+                        can_calculate=True)
+
+
+@method("Mailbox/queryChanges")
+def mailbox_query_changes(call: Call) -> dict[str, Any]:
+    """RFC 8620 5.6: every mailbox changed since the old state (the store logs a mailbox
+    as changed when its name, subscription or messages change) is removed, and added
+    again at its new index when it is in the results."""
+    account: Account = call.account
+    since = query_changes_since(call, account, "Mailbox", account.state())
+    results = _mailbox_results(call, account)
+    ch = since.changes
+    changed = {mailbox_id(i) for i in (*ch.created, *ch.updated, *ch.destroyed)} if ch else set()
+    return query_changes_response(call, account, since, results, changed, immutable=False)
 
 
 def _full_name(account: Account, name: str, parent_id: str | None,

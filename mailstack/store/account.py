@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS message(
   UNIQUE(mailbox, uid), UNIQUE(mailbox, key));
 CREATE INDEX IF NOT EXISTS message_modseq ON message(mailbox, modseq);
 CREATE INDEX IF NOT EXISTS message_email ON message(emailid);
+CREATE INDEX IF NOT EXISTS message_thread ON message(threadid);
 CREATE TABLE IF NOT EXISTS vanished(
   mailbox INTEGER NOT NULL, uid INTEGER NOT NULL, modseq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS vanished_modseq ON vanished(mailbox, modseq);
@@ -861,13 +862,19 @@ class AccountStore:
 
     def _remove_rows(self, conn: sqlite3.Connection, mbid: int,
                      gone: Sequence[tuple[int, str]], modseq: int) -> None:
-        for uid, _ in gone:
-            conn.execute("DELETE FROM message WHERE mailbox=? AND uid=?", (mbid, uid))
+        thread_of: dict[str, str] = {}
+        for uid, emailid in gone:
+            for (threadid,) in conn.execute("DELETE FROM message WHERE mailbox=? AND uid=? "
+                                            "RETURNING threadid", (mbid, uid)).fetchall():
+                thread_of[emailid] = threadid
             conn.execute("INSERT INTO vanished VALUES (?, ?, ?)", (mbid, uid, modseq))
+        threads: set[str] = set()
         for emailid in {e for _, e in gone}:
             left = conn.execute("SELECT threadid FROM message WHERE emailid=? LIMIT 1",
                                 (emailid,)).fetchone()
             self._log(conn, modseq, "Email", emailid, "updated" if left else "destroyed")
+            if left is None and emailid in thread_of:
+                threads.add(thread_of[emailid])
             if left is None:
                 conn.execute("DELETE FROM summary WHERE emailid=?", (emailid,))
                 hit = conn.execute("SELECT rowid FROM email_text WHERE emailid=?",
@@ -875,6 +882,10 @@ class AccountStore:
                 if hit:
                     conn.execute("DELETE FROM fts WHERE rowid=?", (hit[0],))
                     conn.execute("DELETE FROM email_text WHERE rowid=?", (hit[0],))
+        for threadid in threads:  # a thread lost an email (JMAP Thread/changes, queryChanges)
+            alive = conn.execute("SELECT 1 FROM message WHERE threadid=? LIMIT 1",
+                                 (threadid,)).fetchone()
+            self._log(conn, modseq, "Thread", threadid, "updated" if alive else "destroyed")
 
     def _finish(self, conn: sqlite3.Connection, mbid: int, modseq: int) -> None:
         conn.execute("UPDATE mailbox SET highestmodseq=? WHERE id=?", (modseq, mbid))

@@ -3,7 +3,11 @@ time, stopping once a window is full) and Mailbox/query's filters, against the h
 
 from __future__ import annotations
 
-from tests.jmap.conftest import ALICE, JMAP
+import imaplib
+import smtplib
+
+from tests.conftest import running
+from tests.jmap.conftest import ALICE, JMAP, PASSWORD
 
 
 def _message(i: int) -> bytes:
@@ -91,3 +95,130 @@ async def test_mailbox_query_filter_operators(jmap: JMAP) -> None:
     (bad,) = await jmap.call([["Mailbox/query", {"accountId": jmap.account(), "filter": {
         "operator": "XOR", "conditions": []}}, "0"]])
     assert bad[0] == "error" and bad[1]["type"] == "unsupportedFilter"
+
+
+# -- queryChanges ------------------------------------------------------------------------------
+def _apply(cached: list[str], changes: dict) -> list[str]:
+    """What a client does with a /queryChanges answer (RFC 8620 5.6): drop every removed
+    id, then insert the added ones in index order."""
+    gone = set(changes["removed"])
+    out = [i for i in cached if i not in gone]
+    for item in sorted(changes["added"], key=lambda a: a["index"]):
+        out.insert(item["index"], item["id"])
+    return out
+
+
+async def _query(jmap: JMAP, args: dict) -> dict:
+    return await jmap.one("Email/query", {**args, "calculateTotal": True})
+
+
+async def test_email_query_changes_follow_imap_and_lmtp(jmap: JMAP, imap_daemon) -> None:
+    for i in range(12):
+        jmap.deliver(_message(i))
+    inbox = (await jmap.one("Mailbox/query", {"filter": {"role": "inbox"}}))["ids"][0]
+    queries = [
+        {"filter": {"inMailbox": inbox}, "sort": [{"property": "receivedAt",
+                                                   "isAscending": False}]},
+        {},
+        {"filter": {"hasKeyword": "$flagged"}},
+        {"filter": {"text": "kumquat"}, "sort": [{"property": "subject"}]},
+        {"filter": {"inMailbox": inbox}, "collapseThreads": True},
+        {"filter": {"someInThreadHaveKeyword": "$flagged"}},
+    ]
+    before = [await _query(jmap, q) for q in queries]
+    assert all(b["canCalculateChanges"] for b in before)
+    assert len(before[0]["ids"]) == 12 and before[4]["total"] == 6
+
+    async with running("mda", jmap.cfg):
+        lmtp = smtplib.LMTP("127.0.0.1", jmap.cfg.port("mda", "lmtp"))
+        try:
+            for i in (12, 13):  # 13 replies to 12: one new thread
+                lmtp.sendmail("bob@example.test", [ALICE], _message(i))
+        finally:
+            lmtp.quit()
+    imap = imaplib.IMAP4("127.0.0.1", jmap.cfg.port("imap", "imap"), timeout=30)
+    try:
+        imap.login(ALICE, PASSWORD)
+        imap.select("INBOX")
+        typ, data = imap.uid("SEARCH", None, "ALL")
+        uids = data[0].split()
+        assert typ == "OK" and len(uids) == 14
+        assert imap.uid("STORE", uids[3], "+FLAGS", "(\\Flagged)")[0] == "OK"  # note 3
+        # note 5 (a reply to 4, so the newest of its thread) goes: 4 stands for the thread
+        assert imap.uid("STORE", uids[5], "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert imap.expunge()[0] == "OK"
+        assert imap.create("Later")[0] == "OK"
+        assert imap.uid("MOVE", uids[6], "Later")[0] == "OK"  # note 6 leaves the INBOX
+    finally:
+        imap.logout()
+
+    for q, old in zip(queries, before, strict=True):
+        got = await jmap.one("Email/queryChanges", {**q, "sinceQueryState": old["queryState"],
+                                                    "calculateTotal": True})
+        now = await _query(jmap, q)
+        assert got["oldQueryState"] == old["queryState"]
+        assert got["newQueryState"] == now["queryState"]
+        assert _apply(old["ids"], got) == now["ids"], q
+        assert got["total"] == now["total"]
+        # nothing changed since: an empty answer
+        again = await jmap.one("Email/queryChanges", {**q, "sinceQueryState":
+                                                      now["queryState"]})
+        assert again["removed"] == again["added"] == []
+    assert len(before[0]["ids"]) - 2 + 2 == len((await _query(jmap, queries[0]))["ids"])
+    flagged = await _query(jmap, queries[2])
+    assert await _subjects(jmap, flagged["ids"]) == ["note 3"]
+    threads = await _query(jmap, queries[5])
+    assert sorted(await _subjects(jmap, threads["ids"])) == ["note 2", "note 3"]
+
+
+async def test_query_changes_limits_and_errors(jmap: JMAP) -> None:
+    for i in range(6):
+        jmap.deliver(_message(i))
+    q = {"filter": {"text": "note"}, "sort": [{"property": "receivedAt", "isAscending": True}]}
+    old = await _query(jmap, q)
+    for i in range(6, 10):
+        jmap.deliver(_message(i))
+    new = await _query(jmap, q)  # indexes the new files
+    assert new["ids"][:6] == old["ids"]
+    got = await jmap.one("Email/queryChanges", {**q, "sinceQueryState": old["queryState"]})
+    assert got["removed"] == sorted(new["ids"][6:]) and "total" not in got
+    assert got["added"] == [{"id": i, "index": 6 + n} for n, i in enumerate(new["ids"][6:])]
+    # an immutable filter and sort: nothing is added past upToId
+    got = await jmap.one("Email/queryChanges", {**q, "sinceQueryState": old["queryState"],
+                                                "upToId": new["ids"][7]})
+    assert [a["index"] for a in got["added"]] == [6, 7]
+    # a mutable filter (keywords) ignores upToId
+    got = await jmap.one("Email/queryChanges", {
+        "filter": {"notKeyword": "$seen"}, "sinceQueryState": old["queryState"],
+        "upToId": new["ids"][0]})
+    assert len(got["added"]) == 4
+    for args, error in [({"maxChanges": 7}, "tooManyChanges"),
+                        ({"sinceQueryState": "999999"}, "cannotCalculateChanges"),
+                        ({"sinceQueryState": "abc"}, "cannotCalculateChanges"),
+                        ({"maxChanges": 0}, "invalidArguments"),
+                        ({"sinceQueryState": None}, "invalidArguments"),
+                        ({"filter": {"bogus": 1}}, "unsupportedFilter")]:
+        (resp,) = await jmap.call([["Email/queryChanges", {
+            "accountId": jmap.account(), "sinceQueryState": old["queryState"], **q,
+            **args}, "0"]])
+        assert resp[0] == "error" and resp[1]["type"] == error, (args, resp)
+    got = await jmap.one("Email/queryChanges", {**q, "sinceQueryState": old["queryState"],
+                                                "maxChanges": 8})
+    assert len(got["removed"]) + len(got["added"]) == 8
+
+
+async def test_mailbox_query_changes(jmap: JMAP) -> None:
+    q = {"filter": {"hasAnyRole": False}, "sort": [{"property": "name"}]}
+    made = await jmap.one("Mailbox/set", {"create": {"a": {"name": "Bravo"},
+                                                     "b": {"name": "Delta"}}})
+    bravo, delta = made["created"]["a"]["id"], made["created"]["b"]["id"]
+    old = await jmap.one("Mailbox/query", {**q, "calculateTotal": True})
+    assert old["canCalculateChanges"] and old["total"] == 2
+    await jmap.one("Mailbox/set", {"create": {"c": {"name": "Charlie"}},
+                                   "update": {delta: {"name": "Alpha"}},
+                                   "destroy": [bravo]})
+    got = await jmap.one("Mailbox/queryChanges", {**q, "sinceQueryState": old["queryState"],
+                                                  "calculateTotal": True})
+    now = await jmap.one("Mailbox/query", q)
+    assert _apply(old["ids"], got) == now["ids"] and got["total"] == 2
+    assert bravo in got["removed"] and bravo not in now["ids"]
