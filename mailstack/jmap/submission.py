@@ -21,18 +21,20 @@ from typing import Any
 
 from ..config import Config
 from ..mta.message import normalize_crlf, received_header, submission_fixups
-from ..mta.queue import Envelope, Spool, new_queue_id
+from ..mta.queue import DELIVERED, FAILED, Envelope, Spool, new_queue_id
 from ..mta.queuecli import signal_mta
 from ..runtime.fsutil import atomic_write
 from ..smtp.address import AddressError, parse_mailbox
 from . import message as msgview
 from .account import Account
 from .core import Call, MethodError, method
-from .mailbox import query_window, wanted_ids
+from .mailbox import query_window, wanted_ids, wanted_properties
 
 IDENTITY_FILE = "jmap-identity.json"
 SUBMISSIONS_FILE = "jmap-submissions.json"
 KEEP_SUBMISSIONS = 1000
+SUBMISSION_PROPERTIES = ("id", "identityId", "emailId", "threadId", "envelope", "sendAt",
+                         "undoStatus", "deliveryStatus", "dsnBlobIds", "mdnBlobIds")
 IDENTITY_FIELDS = ("name", "replyTo", "bcc", "textSignature", "htmlSignature")
 _lock = threading.Lock()
 
@@ -149,14 +151,45 @@ def _submissions(account: Account) -> dict[str, Any]:
     return data
 
 
+def delivery_status(cfg: Config | None, sub: dict[str, Any]) -> dict[str, Any] | None:
+    """RFC 8621 7 ``deliveryStatus`` of a submission, from the mta's queue entry (still
+    queued) or the outcome it left (done): per recipient the last SMTP reply and
+    ``queued`` (not final yet), ``yes`` (in a local mailbox), ``unknown`` (accepted by
+    another MTA: no more is known) or ``no`` (failed for good; a DSN went to the sender)."""
+    if cfg is None:
+        return None
+    got = Spool(cfg.data_dir / "queue").recipients(sub["id"][1:])
+    if got is None:  # an outcome older than the queue keeps (or removed by the operator)
+        return {r["email"]: {"smtpReply": "", "delivered": "unknown", "displayed": "unknown"}
+                for r in sub["envelope"]["rcptTo"]}
+    out = {}
+    for r in got[1]:
+        if r.status == DELIVERED:
+            delivered = "yes" if cfg.is_local_domain(r.address.rpartition("@")[2]) \
+                else "unknown"
+        else:
+            delivered = "no" if r.status == FAILED else "queued"
+        out[r.address] = {"smtpReply": r.last_reply or "250 2.1.5 queued",
+                          "delivered": delivered, "displayed": "unknown"}
+    return out
+
+
 @method("EmailSubmission/get")
 def submission_get(call: Call) -> dict[str, Any]:
     account: Account = call.account
     data = _submissions(account)
     by_id = {s["id"]: s for s in data["list"]}
     ids = wanted_ids(call, by_id.keys)
-    return {"accountId": account.id, "state": str(data["state"]),
-            "list": [by_id[i] for i in ids if i in by_id],
+    props = wanted_properties(call, SUBMISSION_PROPERTIES)
+    found = []
+    for i in ids:
+        if i not in by_id:
+            continue
+        sub = {k: v for k, v in by_id[i].items() if not k.startswith("_")}
+        if "deliveryStatus" in props:
+            sub["deliveryStatus"] = delivery_status(account.cfg, sub)
+        found.append({p: sub.get(p) for p in props})
+    return {"accountId": account.id, "state": str(data["state"]), "list": found,
             "notFound": [i for i in ids if i not in by_id]}
 
 
