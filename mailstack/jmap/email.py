@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 from typing import Any
 
+from ..store import summary
 from ..store.account import CHANGELOG_KEEP, ChangesUnavailable, OverQuota, StoreError
 from ..store.textsearch import TextSearch
 from . import message as msgview
@@ -50,6 +52,10 @@ def body_part(part: dict[str, Any], props: tuple[str, ...] | list[str]) -> dict[
     return out
 
 
+def _header_only(prop: str) -> bool:
+    return prop in HEADER_ONLY or prop.startswith("header:")
+
+
 def _is_header_prop(p: str) -> bool:
     if not p.startswith("header:"):
         return False
@@ -92,18 +98,48 @@ def header_form(p: msgview.Parsed, prop: str) -> Any:
     return conv(values[-1]) if values else None
 
 
+#: properties read from the header block alone (the body is not parsed for them)
+HEADER_ONLY = frozenset(HEADER_PROPS)
+#: properties the store's summary holds (no file is opened for them)
+FROM_SUMMARY = frozenset({"subject", "preview"})
+
+
 class Emails:
-    """Email properties of one request (parsing each message at most once)."""
+    """Email properties of one request (parsing each message at most once, and only as far
+    as the asked properties need: the store's summary, the header block, or all of it)."""
 
     def __init__(self, account: Account) -> None:
         self.account = account
         self.idx = account.index()
+        self._summaries: dict[str, summary.Summary] = {}
 
-    def parsed(self, eid: str) -> msgview.Parsed | None:
+    def parsed(self, eid: str, headers_only: bool = False) -> msgview.Parsed | None:
         locs = self.idx.copies.get(eid)
         if not locs:
             return None
-        return msgview.parsed(eid, lambda: self.account.read(locs[0]))
+        return msgview.parsed(eid, lambda: self.account.read(locs[0]), headers_only)
+
+    def load_summaries(self, eids: list[str]) -> None:
+        """Read the store's summaries of ``eids`` (one look per mailbox)."""
+        by_box: dict[str, list[Any]] = {}
+        for eid in eids:
+            locs = self.idx.copies.get(eid)
+            if locs and eid not in self._summaries:
+                by_box.setdefault(locs[0].mailbox, []).append(locs[0].entry)
+        for name, entries in by_box.items():
+            with contextlib.suppress(StoreError):
+                self._summaries.update(self.account.store.summaries(name, entries))
+
+    def from_summary(self, eid: str, prop: str) -> tuple[bool, Any]:
+        """(True, value) when the store's summary answers ``prop``."""
+        s = self._summaries.get(eid)
+        if s is None or s is summary.EMPTY:
+            return False, None
+        if prop == "preview":
+            return True, s.preview
+        if prop == "subject" and s.subject:  # '' is no Subject or an empty one: look
+            return True, s.subject
+        return False, None
 
     def view(self, eid: str, props: list[str], body_args: dict[str, Any]) -> dict[str, Any] | None:
         locs = self.idx.copies.get(eid)
@@ -118,19 +154,21 @@ class Emails:
         meta = {"blobId": eid, "threadId": e.threadid,
                 "mailboxIds": {ids[loc.mailbox]: True for loc in locs},
                 "keywords": kw, "size": e.size, "receivedAt": msgview.utc(e.internaldate)}
-        p = None
+        rest = []
         for prop in props:
             if prop in meta:
                 out[prop] = meta[prop]
-                continue
-            if prop == "id":
-                continue
+            elif prop in FROM_SUMMARY and self.from_summary(eid, prop)[0]:
+                out[prop] = self.from_summary(eid, prop)[1]
+            elif prop != "id":
+                rest.append(prop)
+        if rest:  # the header block alone when every property left is in it
+            p = self.parsed(eid, headers_only=all(_header_only(q) for q in rest))
             if p is None:
-                p = self.parsed(eid)
-                if p is None:
-                    return None
-            out[prop] = self.parsed_prop(p, prop, body_args)
-        return out
+                return None
+            for prop in rest:
+                out[prop] = self.parsed_prop(p, prop, body_args)
+        return {k: out[k] for k in props if k in out}
 
     def parsed_prop(self, p: msgview.Parsed, prop: str, body_args: dict[str, Any]) -> Any:
         if prop.startswith("header:"):
@@ -211,6 +249,8 @@ def email_get(call: Call) -> dict[str, Any]:
     body_args["maxBodyValueBytes"] = limit
     body_args["bodyProperties"] = body_props
     found, missing = [], []
+    if FROM_SUMMARY & set(props):
+        emails.load_summaries(ids)
     for eid in ids:
         v = emails.view(eid, props, body_args)
         if v is None:

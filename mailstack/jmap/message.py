@@ -1,8 +1,9 @@
 """A message's JMAP view (RFC 8621 4.1): header fields, addresses, body structure, values,
 preview — parsed once per email id and kept in a bounded cache (:func:`parsed`).
 
-This is the one place JMAP parses message bytes; when the store keeps a per-message summary
-(sort keys, preview), :func:`parsed` is where to switch to it.
+This is the one place JMAP parses message bytes. Header properties need only the header
+block (``headers_only``: the body is left unparsed); ``subject`` and ``preview`` come from the
+store's summaries without opening the file (``jmap/email.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email.header import decode_header, make_header
 from email.message import Message
+from email.parser import BytesParser
 from typing import Any
 
 CACHE_SIZE = 500  # messages kept parsed (a parsed message costs a few times its size)
@@ -76,10 +77,17 @@ def date_value(value: str | None) -> str | None:
 class Parsed:
     """The parts of a message JMAP asks for, computed on demand from the raw bytes."""
 
-    def __init__(self, raw: bytes, blob_prefix: str = "") -> None:
+    def __init__(self, raw: bytes, blob_prefix: str = "", headers_only: bool = False) -> None:
+        if headers_only:  # keep (and parse) the header block alone
+            end = min((i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0),
+                      default=len(raw))
+            raw = raw[:end + 1]
         self.raw = raw
         self.blob_prefix = blob_prefix  # a leaf's blobId is prefix_partId
-        self.msg: Message = message_from_bytes(raw, policy=email.policy.compat32)
+        #: only the header fields were parsed (the body methods must not be used)
+        self.headers_only = headers_only
+        self.msg: Message = BytesParser(policy=email.policy.compat32).parsebytes(
+            raw, headersonly=headers_only)
         # raw values keep the space after the colon (the parser drops it)
         self.headers: list[tuple[str, str]] = [(k, " " + str(v) if v else "")
                                                for k, v in self.msg.raw_items()]
@@ -233,21 +241,26 @@ def _strip_tags(html: str) -> str:
     return "".join(out)
 
 
-def parsed(emailid: str, read: Callable[[], bytes | None]) -> Parsed | None:
-    """The parsed message of ``emailid`` (bytes from ``read`` on a cache miss)."""
+def parsed(emailid: str, read: Callable[[], bytes | None],
+           headers_only: bool = False) -> Parsed | None:
+    """The parsed message of ``emailid`` (bytes from ``read`` on a cache miss); with
+    ``headers_only``, a parse of its header fields may do (a full one is used when cached)."""
+    keys = (emailid, emailid + "/h") if headers_only else (emailid,)
     with _cache_lock:
-        hit = _cache.get(emailid)
-        if hit is not None:
-            _cache.move_to_end(emailid)
-            return hit
+        for key in keys:
+            hit = _cache.get(key)
+            if hit is not None:
+                _cache.move_to_end(key)
+                return hit
     raw = read()
     if raw is None:
         return None
-    p = Parsed(raw, emailid)
+    p = Parsed(raw, emailid, headers_only)
+    key = keys[-1]
     global _cached_bytes
     with _cache_lock:
-        if emailid not in _cache:
-            _cache[emailid] = p
+        if key not in _cache:
+            _cache[key] = p
             _cached_bytes += len(raw)
         while _cache and (len(_cache) > CACHE_SIZE or _cached_bytes > CACHE_BYTES):
             _, old = _cache.popitem(last=False)

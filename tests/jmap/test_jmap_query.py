@@ -222,3 +222,35 @@ async def test_mailbox_query_changes(jmap: JMAP) -> None:
     now = await jmap.one("Mailbox/query", q)
     assert _apply(old["ids"], got) == now["ids"] and got["total"] == 2
     assert bravo in got["removed"] and bravo not in now["ids"]
+
+
+async def test_email_get_from_summaries_and_header_blocks(jmap: JMAP) -> None:
+    """subject and preview come from the store's summaries, header properties from the
+    header block alone; the answers are those of a full parse."""
+    jmap.deliver(b"From: Ann <ann@example.test>, bob@example.test\nTo: alice@example.test\n"
+                 b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=   from\n\tAnn\n"
+                 b"Date: Fri, 27 Nov 2026 10:00:00 +0100\nContent-Type: text/html\n\n"
+                 b"<p>Hello <b>there</b></p>\n")
+    jmap.deliver(b"From: c@example.test\nSubject:\n\nempty subject\n")
+    jmap.deliver(b"From: d@example.test\n\nno subject at all\n")
+    ids = (await jmap.one("Email/query", {}))["ids"]
+    got = await jmap.one("Email/get", {"ids": ids, "properties": ["header:From:asAddresses"]})
+    order = {"ann@example.test": 0, "c@example.test": 1, "d@example.test": 2}
+    ids = sorted(ids, key=lambda i: next(
+        order[e["header:From:asAddresses"][0]["email"]] for e in got["list"] if e["id"] == i))
+    props = ["subject", "preview", "from", "sentAt", "header:X-None", "textBody"]
+    for asked in (props[:2], props[:5], props):
+        got = await jmap.one("Email/get", {"ids": ids, "properties": asked})
+        by_id = {e["id"]: e for e in got["list"]}
+        first, empty, missing = (by_id[i] for i in ids)
+        assert first["subject"] == "Grüße from Ann"
+        assert first["preview"] == "Hello there"
+        assert (empty["subject"], missing["subject"]) == ("", None)
+        assert missing["preview"] == "no subject at all"
+        if "from" in asked:
+            assert first["from"] == [{"name": "Ann", "email": "ann@example.test"},
+                                     {"name": None, "email": "bob@example.test"}]
+            assert first["sentAt"] == "2026-11-27T10:00:00+01:00"
+            assert first["header:X-None"] is None
+        if "textBody" in asked:  # a body property after header ones: parsed in full
+            assert [p["type"] for p in first["textBody"]] == ["text/html"]
