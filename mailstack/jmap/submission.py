@@ -29,6 +29,7 @@ from . import message as msgview
 from .account import Account
 from .core import Call, MethodError, method
 from .mailbox import query_window, wanted_ids, wanted_properties
+from .standard import Since, filter_matches, query_changes_response
 
 IDENTITY_FILE = "jmap-identity.json"
 SUBMISSIONS_FILE = "jmap-submissions.json"
@@ -207,30 +208,67 @@ def submission_changes(call: Call) -> dict[str, Any]:
             "hasMoreChanges": False, "created": created, "updated": [], "destroyed": []}
 
 
+def _submission_matches(sub: dict[str, Any], cond: dict[str, Any]) -> bool:
+    for key, value in cond.items():
+        if key in ("emailIds", "threadIds", "identityIds"):
+            if not isinstance(value, list):
+                raise MethodError("invalidArguments", f"{key}: a list of ids")
+            ok = sub[key[:-1]] in value
+        elif key == "undoStatus":
+            ok = sub["undoStatus"] == value
+        elif key in ("before", "after"):
+            if not isinstance(value, str):
+                raise MethodError("invalidArguments", f"{key}: a UTCDate")
+            ok = sub["sendAt"] < value if key == "before" else sub["sendAt"] >= value
+        else:
+            raise MethodError("unsupportedFilter", f"{key[:100]!r}")
+        if not ok:
+            return False
+    return True
+
+
+def _submission_results(call: Call, data: dict[str, Any]) -> list[str]:
+    """EmailSubmission/query's ids: newest first unless sorted (emailId, threadId, sentAt)."""
+    flt = call.arg("filter", dict, {})
+    rows = [s for s in reversed(data["list"])
+            if filter_matches(flt, lambda cond, s=s: _submission_matches(s, cond))]
+    for sort in reversed(call.arg("sort", list, [])):
+        prop = sort.get("property") if isinstance(sort, dict) else None
+        key = {"emailId": "emailId", "threadId": "threadId", "sentAt": "sendAt"}.get(prop)
+        if key is None:
+            raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
+        rows.sort(key=lambda s, key=key: s[key], reverse=sort.get("isAscending", True) is False)
+    return [s["id"] for s in rows]
+
+
 @method("EmailSubmission/query")
 def submission_query(call: Call) -> dict[str, Any]:
     account: Account = call.account
-    rows = list(reversed(_submissions(account)["list"]))
-    flt = call.arg("filter", dict, {})
-    for key, value in flt.items():
-        if key == "emailIds":
-            rows = [s for s in rows if s["emailId"] in value]
-        elif key == "threadIds":
-            rows = [s for s in rows if s["threadId"] in value]
-        elif key == "identityIds":
-            rows = [s for s in rows if s["identityId"] in value]
-        elif key == "undoStatus":
-            rows = [s for s in rows if s["undoStatus"] == value]
-        else:
-            raise MethodError("unsupportedFilter", f"{key[:100]!r}")
-    out = query_window(call, account, [s["id"] for s in rows])
-    out["queryState"] = str(_submissions(account)["state"])
-    return out
+    data = _submissions(account)
+    return query_window(call, account, _submission_results(call, data), str(data["state"]),
+                        can_calculate=True)
 
 
 @method("EmailSubmission/queryChanges")
 def submission_query_changes(call: Call) -> dict[str, Any]:
-    raise MethodError("cannotCalculateChanges", "query again")
+    """Submissions are only ever created (the oldest beyond :data:`KEEP_SUBMISSIONS` are
+    forgotten: changes from before them cannot be calculated)."""
+    account: Account = call.account
+    data = _submissions(account)
+    now = str(data["state"])
+    since = call.args.get("sinceQueryState")
+    if not isinstance(since, str):
+        raise MethodError("invalidArguments", "sinceQueryState is required")
+    limit = call.args.get("maxChanges")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                              or limit < 1):
+        raise MethodError("invalidArguments", "maxChanges must be a positive integer")
+    if not since.isdigit() or int(since) > int(now) or (
+            data["list"] and int(since) < data["list"][0].get("_state", 0) - 1):
+        raise MethodError("cannotCalculateChanges")
+    changed = {s["id"] for s in data["list"] if s.get("_state", 0) > int(since)}
+    return query_changes_response(call, account, Since(since, now, None),
+                                  _submission_results(call, data), changed, immutable=True)
 
 
 def _address(value: Any, what: str) -> str:

@@ -25,6 +25,8 @@ async def test_submission_reaches_another_local_user(jmap: JMAP) -> None:
     aid = jmap.account()
     async with running("mda", jmap.cfg), running("mta", jmap.cfg):
         eid, drafts, sent = await _draft(jmap, bcc="carol@example.test")
+        before = await jmap.one("EmailSubmission/query", {"calculateTotal": True})
+        assert before["ids"] == [] and before["canCalculateChanges"]
         ident = (await jmap.one("Identity/get", {}))["list"]
         assert [i["email"] for i in ident] == [ALICE]
         resp = await jmap.call([
@@ -43,6 +45,13 @@ async def test_submission_reaches_another_local_user(jmap: JMAP) -> None:
         got = await jmap.one("Email/get", {"ids": [eid], "properties": ["mailboxIds",
                                                                          "keywords"]})
         assert got["list"][0] == {"id": eid, "mailboxIds": {sent: True}, "keywords": {}}
+        for flt, added in [({}, [{"id": sub["id"], "index": 0}]),
+                           ({"emailIds": ["Mnone"]}, [])]:
+            got = await jmap.one("EmailSubmission/queryChanges", {
+                "sinceQueryState": before["queryState"], "filter": flt,
+                "calculateTotal": True})
+            assert got["added"] == added and got["removed"] == [sub["id"]]
+            assert got["total"] == len(added)
 
         async def arrived() -> list[str]:
             return (await jmap.one("Email/query", {"filter": {"subject": "sent over jmap"}},
