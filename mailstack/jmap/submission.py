@@ -36,6 +36,7 @@ SUBMISSIONS_FILE = "jmap-submissions.json"
 KEEP_SUBMISSIONS = 1000
 SUBMISSION_PROPERTIES = ("id", "identityId", "emailId", "threadId", "envelope", "sendAt",
                          "undoStatus", "deliveryStatus", "dsnBlobIds", "mdnBlobIds")
+QUEUED_REPLY = "250 2.1.5 queued"  # a recipient's reply before the mta has tried it
 IDENTITY_FIELDS = ("name", "replyTo", "bcc", "textSignature", "htmlSignature")
 _lock = threading.Lock()
 
@@ -170,15 +171,51 @@ def delivery_status(cfg: Config | None, sub: dict[str, Any]) -> dict[str, Any] |
                 else "unknown"
         else:
             delivered = "no" if r.status == FAILED else "queued"
-        out[r.address] = {"smtpReply": r.last_reply or "250 2.1.5 queued",
+        out[r.address] = {"smtpReply": r.last_reply or QUEUED_REPLY,
                           "delivered": delivered, "displayed": "unknown"}
     return out
+
+
+def _fingerprint(status: dict[str, Any] | None, sub: dict[str, Any]) -> dict[str, str]:
+    """What a change of ``deliveryStatus`` is seen by (None: just queued)."""
+    if status is None:
+        return {r["email"]: f"queued {QUEUED_REPLY}" for r in sub["envelope"]["rcptTo"]}
+    return {r: f"{v['delivered']} {v['smtpReply']}" if v["delivered"] == "queued"
+            else v["delivered"] for r, v in status.items()}
+
+
+def _observed(account: Account) -> dict[str, Any]:
+    """The submissions, after noting each delivery status that moved since it was last
+    looked at: such a submission is updated in a new state (``EmailSubmission/changes``).
+    Only submissions with a recipient still queued are looked at again."""
+    data = _submissions(account)
+    if account.cfg is None:
+        return data
+    moved: dict[str, dict[str, str]] = {}
+    for sub in data["list"]:
+        seen = sub.get("_delivered") or _fingerprint(None, sub)
+        if not any(v.startswith("queued") for v in seen.values()):
+            continue  # every recipient's status is final
+        now = _fingerprint(delivery_status(account.cfg, sub), sub)
+        if now != seen:
+            moved[sub["id"]] = now
+    if not moved:
+        return data
+    with _lock:
+        data = _submissions(account)
+        data["state"] += 1
+        for sub in data["list"]:
+            if sub["id"] in moved:
+                sub["_delivered"] = moved[sub["id"]]
+                sub["_updated"] = data["state"]
+        atomic_write(account.root / SUBMISSIONS_FILE, json.dumps(data).encode())
+    return data
 
 
 @method("EmailSubmission/get")
 def submission_get(call: Call) -> dict[str, Any]:
     account: Account = call.account
-    data = _submissions(account)
+    data = _observed(account)
     by_id = {s["id"]: s for s in data["list"]}
     ids = wanted_ids(call, by_id.keys)
     props = wanted_properties(call, SUBMISSION_PROPERTIES)
@@ -197,15 +234,17 @@ def submission_get(call: Call) -> dict[str, Any]:
 @method("EmailSubmission/changes")
 def submission_changes(call: Call) -> dict[str, Any]:
     account: Account = call.account
-    data = _submissions(account)
+    data = _observed(account)
     since = call.args.get("sinceState")
     if not isinstance(since, str) or not since.isdigit() or int(since) > data["state"]:
         raise MethodError("cannotCalculateChanges")
-    created = [s["id"] for s in data["list"] if s.get("_state", 0) > int(since)]
     if data["list"] and int(since) < data["list"][0].get("_state", 0) - 1:
         raise MethodError("cannotCalculateChanges")
+    created = [s["id"] for s in data["list"] if s.get("_state", 0) > int(since)]
+    updated = [s["id"] for s in data["list"] if s.get("_state", 0) <= int(since)
+               and s.get("_updated", 0) > int(since)]
     return {"accountId": account.id, "oldState": since, "newState": str(data["state"]),
-            "hasMoreChanges": False, "created": created, "updated": [], "destroyed": []}
+            "hasMoreChanges": False, "created": created, "updated": updated, "destroyed": []}
 
 
 def _submission_matches(sub: dict[str, Any], cond: dict[str, Any]) -> bool:

@@ -145,6 +145,13 @@ async def test_submission_relayed_to_another_domain(config_factory) -> None:
                 return status if status["later@example.net"]["smtpReply"].startswith(
                     "451") and status["bob@example.net"]["delivered"] != "queued" else None
             status = await jmap.wait_for(tried, 30)
+            # the status moved since it was created: an update in EmailSubmission/changes
+            ch = await jmap.one("EmailSubmission/changes", {"sinceState": got["oldState"]})
+            assert ch["created"] == [sid] and ch["updated"] == []
+            ch = await jmap.one("EmailSubmission/changes", {"sinceState": got["newState"]})
+            assert ch["created"] == [] and ch["updated"] == [sid], ch
+            again = await jmap.one("EmailSubmission/get", {"ids": [sid]})
+            assert again["state"] == ch["newState"]  # retried with the same answer: no change
         # accepted by another MTA: no more is known; refused for good; still being retried
         assert status == {
             "bob@example.net": {"smtpReply": "250 2.0.0 queued at the sink",
