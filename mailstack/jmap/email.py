@@ -87,7 +87,7 @@ def header_form(p: msgview.Parsed, prop: str) -> Any:
         if form == "Addresses":
             return msgview.addresses(v) or []
         if form == "GroupedAddresses":
-            return [{"name": None, "addresses": msgview.addresses(v) or []}]
+            return msgview.grouped_addresses(v)
         if form == "MessageIds":
             return msgview.message_ids(v)
         if form == "Date":

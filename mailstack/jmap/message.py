@@ -55,6 +55,57 @@ def addresses(value: str | None) -> list[dict[str, Any]] | None:
     return out
 
 
+def grouped_addresses(value: str) -> list[dict[str, Any]]:
+    """RFC 8621 4.1.2.4 ``asGroupedAddresses``: each ``name: members;`` group, and runs of
+    addresses outside groups as groups named null (one linear scan: quotes, comments and
+    angle brackets hide ``:``, ``;`` and ``,``)."""
+    value = value.replace("\r", "").replace("\n", " ")
+    segments: list[tuple[str | None, str]] = []
+    group: str | None = None
+    start = last_comma = -1
+    quote = escaped = False
+    comment = 0
+    angle = False
+    for i, ch in enumerate(value):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and (quote or comment):
+            escaped = True
+        elif quote:
+            quote = ch != '"'
+        elif comment:
+            comment += {"(": 1, ")": -1}.get(ch, 0)
+        elif ch == '"':
+            quote = True
+        elif ch == "(":
+            comment = 1
+        elif angle or ch == "<":
+            angle = ch != ">"
+        elif ch == ":" and group is None:
+            segments.append((None, value[start + 1:last_comma + 1]))
+            group, start = value[max(start, last_comma) + 1:i], i
+        elif ch == ";" and group is not None:
+            segments.append((group, value[start + 1:i]))
+            group, start = None, i
+            last_comma = i
+        elif ch == ",":
+            last_comma = i
+    segments.append((group, value[start + 1:]))
+    out: list[dict[str, Any]] = []
+    for name, text in segments:
+        found = addresses(text) or []
+        if name is None:
+            if not found:
+                continue
+            if out and out[-1]["name"] is None:
+                out[-1]["addresses"] += found
+                continue
+        else:
+            name = decode_words(email.utils.unquote(name.strip()))
+        out.append({"name": name, "addresses": found})
+    return out
+
+
 def message_ids(value: str | None) -> list[str] | None:
     if value is None:
         return None

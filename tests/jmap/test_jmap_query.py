@@ -254,3 +254,35 @@ async def test_email_get_from_summaries_and_header_blocks(jmap: JMAP) -> None:
             assert first["header:X-None"] is None
         if "textBody" in asked:  # a body property after header ones: parsed in full
             assert [p["type"] for p in first["textBody"]] == ["text/html"]
+
+
+async def test_email_set_header_forms(jmap: JMAP) -> None:
+    """Email/set create sets header fields in every parsed form (RFC 8621 4.1.2, 4.6), and
+    gets them back in the same form."""
+    drafts = (await jmap.one("Mailbox/query", {"filter": {"role": "drafts"}}))["ids"][0]
+    forms = {
+        "header:List-Unsubscribe:asURLs": ["mailto:off@example.test", "https://x.test/u?a=1"],
+        "header:X-Refs:asMessageIds": ["a@x.test", "b@x.test"],
+        "header:X-When:asDate": "2026-11-27T10:00:00+01:00",
+        "header:X-Tag:all": ["one", "two"],
+        "header:X-Note:asText": "Grüße",
+        "header:Resent-To:asGroupedAddresses": [
+            {"name": "team", "addresses": [{"name": "Ann", "email": "ann@example.test"}]},
+            {"name": None, "addresses": [{"name": None, "email": "bob@example.test"}]}],
+        "header:Resent-Cc:asAddresses": [{"name": "Carol", "email": "carol@example.test"}],
+    }
+    got = await jmap.one("Email/set", {"create": {
+        "a": {"mailboxIds": {drafts: True}, "subject": "forms", **forms},
+        "b": {"mailboxIds": {drafts: True}, "subject": "twice", "header:Subject": "again"},
+        "c": {"mailboxIds": {drafts: True}, "header:X-Bad:asURLs": ["x>\r\nBcc: y"]},
+        "d": {"mailboxIds": {drafts: True}, "header:X-Bad:asNothing": "x"}}})
+    assert set(got["notCreated"]) == {"b", "c", "d"}, got
+    assert all(v["type"] == "invalidProperties" for v in got["notCreated"].values())
+    eid = got["created"]["a"]["id"]
+    got = await jmap.one("Email/get", {"ids": [eid], "properties": list(forms)})
+    e = got["list"][0]
+    for key, value in forms.items():
+        if key == "header:X-Tag:all":
+            assert [v.strip() for v in e[key]] == value
+        else:
+            assert e[key] == value, key
