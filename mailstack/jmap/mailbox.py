@@ -34,7 +34,7 @@ def _mailbox(account: Account, m: MailboxInfo) -> dict[str, Any]:
     parent = next((p for p in account.mailboxes() if p.name == m.parent), None)
     return {"id": mailbox_id(m.id), "name": m.name.rpartition(".")[2] if m.parent else m.name,
             "parentId": mailbox_id(parent.id) if parent else None, "role": m.role or None,
-            "sortOrder": 0 if m.role == "inbox" else 10 if m.role else 100,
+            "sortOrder": _sort_order(m),
             "totalEmails": m.total, "unreadEmails": m.unread,
             "totalThreads": len(threads), "unreadThreads": len(unread_threads),
             "myRights": dict(RIGHTS, mayRename=m.role != "inbox", mayDelete=m.role != "inbox"),
@@ -90,16 +90,53 @@ def _mailbox_matches(account: Account, m: MailboxInfo, cond: dict[str, Any]) -> 
     return True
 
 
+def _sort_order(m: MailboxInfo) -> int:
+    return 0 if m.role == "inbox" else 10 if m.role else 100
+
+
+def _leaf(m: MailboxInfo) -> str:
+    return m.name.rpartition(".")[2] if m.parent else m.name
+
+
 def _mailbox_results(call: Call, account: Account) -> list[str]:
+    """Mailbox/query's ids: filter (with ``filterAsTree``, a mailbox whose ancestors do not
+    all match is left out), sorts by ``name`` or ``sortOrder`` (with ``sortAsTree``, depth
+    first: each mailbox after its parent, siblings in sort order)."""
     flt = call.arg("filter", dict, {})
-    rows = [m for m in account.mailboxes()
-            if filter_matches(flt, lambda cond, m=m: _mailbox_matches(account, m, cond))]
+    every = account.mailboxes()
+    by_name = {m.name: m for m in every}
+    matched = {m.name for m in every
+               if filter_matches(flt, lambda cond, m=m: _mailbox_matches(account, m, cond))}
+    if call.args.get("filterAsTree"):
+        def lineage_matches(m: MailboxInfo) -> bool:
+            while m.parent:
+                m = by_name.get(m.parent)  # type: ignore[assignment]
+                if m is None or m.name not in matched:
+                    return False
+            return True
+        matched = {n for n in matched if lineage_matches(by_name[n])}
+    rows = [m for m in every if m.name in matched]
     for sort in reversed(call.arg("sort", list, [])):
         prop = sort.get("property") if isinstance(sort, dict) else None
         if prop not in ("name", "sortOrder"):
             raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
-        rows.sort(key=(lambda m: m.name) if prop == "name" else (lambda m: (m.role == "", 0)),
+        rows.sort(key=(lambda m: _leaf(m).casefold()) if prop == "name" else _sort_order,
                   reverse=sort.get("isAscending", True) is False)
+    if call.args.get("sortAsTree"):
+        children: dict[str, list[MailboxInfo]] = {}
+        roots = []
+        for m in rows:  # in sorted order: siblings stay sorted
+            if m.parent in matched:
+                children.setdefault(m.parent, []).append(m)
+            else:
+                roots.append(m)
+        ordered: list[MailboxInfo] = []
+        stack = list(reversed(roots))
+        while stack:  # depth first, iteratively
+            m = stack.pop()
+            ordered.append(m)
+            stack.extend(reversed(children.get(m.name, ())))
+        rows = ordered
     return [mailbox_id(m.id) for m in rows]
 
 

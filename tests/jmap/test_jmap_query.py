@@ -92,6 +92,20 @@ async def test_mailbox_query_filter_operators(jmap: JMAP) -> None:
     found = await jmap.one("Mailbox/query", {"filter": {"operator": "AND", "conditions": [
         {"hasAnyRole": False}, {"operator": "NOT", "conditions": [{"name": "arch"}]}]}})
     assert sorted(name[i] for i in found["ids"]) == ["2025", "Lists"]
+    by_name = [name[i] for i in (await jmap.one("Mailbox/query", {
+        "sort": [{"property": "name"}]}))["ids"]]
+    assert by_name[0] == "2025" and by_name == sorted(by_name, key=str.casefold)
+    tree = [name[i] for i in (await jmap.one("Mailbox/query", {
+        "sort": [{"property": "name"}], "sortAsTree": True}))["ids"]]
+    assert sorted(tree) == sorted(by_name) and tree.index("2025") == tree.index("Archive") + 1
+    assert [t for t in tree if t != "2025"] == [t for t in by_name if t != "2025"]
+    for as_tree, expected in ((False, ["2025"]), (True, [])):
+        found = await jmap.one("Mailbox/query", {"filter": {"name": "2025"},
+                                                 "filterAsTree": as_tree})
+        assert [name[i] for i in found["ids"]] == expected
+    found = await jmap.one("Mailbox/query", {"filter": {"operator": "OR", "conditions": [
+        {"name": "2025"}, {"name": "Archive"}]}, "filterAsTree": True})
+    assert sorted(name[i] for i in found["ids"]) == ["2025", "Archive"]
     (bad,) = await jmap.call([["Mailbox/query", {"accountId": jmap.account(), "filter": {
         "operator": "XOR", "conditions": []}}, "0"]])
     assert bad[0] == "error" and bad[1]["type"] == "unsupportedFilter"
