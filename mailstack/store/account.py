@@ -610,8 +610,15 @@ class AccountStore:
         if not cand:
             return set()
         with self._read() as conn:
-            uids = conn.execute("SELECT uid, emailid FROM message WHERE mailbox=?",
-                                (row[0],)).fetchall()
+            if len(cand) <= 2000:  # a few candidates: found by the email id index
+                uids = []
+                for chunk in _chunks(list(cand), 900):
+                    uids += [(uid, e) for uid, e, mbid in conn.execute(
+                        f"SELECT uid, emailid, mailbox FROM message WHERE emailid IN "
+                        f"({','.join('?' * len(chunk))})", chunk) if mbid == row[0]]
+            else:
+                uids = conn.execute("SELECT uid, emailid FROM message WHERE mailbox=?",
+                                    (row[0],)).fetchall()
         hits = search.check(e for _, e in uids if e in cand)
         return {uid for uid, e in uids if e in hits}
 
