@@ -15,19 +15,17 @@ from .account import Account, Located, flag, keywords
 from .blob import blob_bytes
 from .compose import ComposeError, compose
 from .core import Call, MethodError, method
-from .mailbox import (
+from .mailbox import mailbox_names
+from .standard import (
     changes_response,
     check_state,
-    mailbox_names,
-    query_window,
-    wanted_ids,
-    wanted_properties,
-)
-from .standard import (
     filter_conditions,
     filter_matches,
     query_changes_response,
     query_changes_since,
+    query_window,
+    wanted_ids,
+    wanted_properties,
 )
 
 META = ("id", "blobId", "threadId", "mailboxIds", "keywords", "size", "receivedAt")

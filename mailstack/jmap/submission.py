@@ -28,8 +28,14 @@ from ..smtp.address import AddressError, parse_mailbox
 from . import message as msgview
 from .account import Account
 from .core import Call, MethodError, method
-from .mailbox import query_window, wanted_ids, wanted_properties
-from .standard import Since, filter_matches, query_changes_response
+from .standard import (
+    Since,
+    filter_matches,
+    query_changes_response,
+    query_window,
+    wanted_ids,
+    wanted_properties,
+)
 
 IDENTITY_FILE = "jmap-identity.json"
 SUBMISSIONS_FILE = "jmap-submissions.json"
