@@ -17,6 +17,7 @@ from ..config import Config
 from ..store.account import AccountStore, MailboxInfo, StoreError
 from ..store.maildir import Maildir
 from ..store.view import Entry, Snapshot
+from .core import is_number
 
 KEYWORD_OF_FLAG = {"\\Seen": "$seen", "\\Flagged": "$flagged", "\\Answered": "$answered",
                    "\\Draft": "$draft", "$Forwarded": "$forwarded"}
@@ -33,7 +34,7 @@ def mailbox_id(mbid: int | str) -> str:
 
 
 def store_mailbox_id(jmap_id: str) -> int | None:
-    if isinstance(jmap_id, str) and jmap_id[:1] == "B" and jmap_id[1:].isdigit():
+    if isinstance(jmap_id, str) and jmap_id[:1] == "B" and is_number(jmap_id[1:]):
         return int(jmap_id[1:])
     return None
 

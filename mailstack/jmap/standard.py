@@ -9,7 +9,7 @@ from typing import Any
 
 from ..store.account import CHANGELOG_KEEP, Changes, ChangesUnavailable
 from .account import Account
-from .core import Call, MethodError
+from .core import Call, MethodError, is_number
 
 
 def wanted_ids(call: Call, every: Callable[[], Iterable[str]]) -> list[str]:
@@ -41,7 +41,7 @@ def wanted_properties(call: Call, known: tuple[str, ...],
 def changes_response(call: Call, account: Account, kind: str,
                      to_jmap: Callable[[str], str] = str) -> dict[str, Any]:
     since = call.args.get("sinceState")
-    if not isinstance(since, str) or not since.isdigit():
+    if not isinstance(since, str) or not is_number(since):
         raise MethodError("cannotCalculateChanges", "unknown state")
     limit = call.args.get("maxChanges")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
@@ -149,7 +149,7 @@ def query_changes_since(call: Call, account: Account, kind: str, now: str) -> Si
         raise MethodError("invalidArguments", "maxChanges must be a positive integer")
     if since == now:
         return Since(since, now, None)
-    if not since.isdigit():
+    if not is_number(since):
         raise MethodError("cannotCalculateChanges", "unknown state")
     try:
         ch = account.store.changes(kind, int(since), CHANGELOG_KEEP)

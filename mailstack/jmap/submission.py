@@ -27,7 +27,7 @@ from ..runtime.fsutil import atomic_write
 from ..smtp.address import AddressError, parse_mailbox
 from . import message as msgview
 from .account import Account
-from .core import Call, MethodError, method
+from .core import Call, MethodError, is_number, method
 from .standard import (
     Since,
     filter_matches,
@@ -87,7 +87,7 @@ def identity_changes(call: Call) -> dict[str, Any]:
     account: Account = call.account
     now = _state(account, IDENTITY_FILE)
     since = call.args.get("sinceState")
-    if not isinstance(since, str) or not since.isdigit() or int(since) > int(now):
+    if not isinstance(since, str) or not is_number(since) or int(since) > int(now):
         raise MethodError("cannotCalculateChanges")
     changed = [identity_id(account.address)] if since != now else []
     return {"accountId": account.id, "oldState": since, "newState": now,
@@ -242,7 +242,7 @@ def submission_changes(call: Call) -> dict[str, Any]:
     account: Account = call.account
     data = _observed(account)
     since = call.args.get("sinceState")
-    if not isinstance(since, str) or not since.isdigit() or int(since) > data["state"]:
+    if not isinstance(since, str) or not is_number(since) or int(since) > data["state"]:
         raise MethodError("cannotCalculateChanges")
     if data["list"] and int(since) < data["list"][0].get("_state", 0) - 1:
         raise MethodError("cannotCalculateChanges")
@@ -308,7 +308,7 @@ def submission_query_changes(call: Call) -> dict[str, Any]:
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
                               or limit < 1):
         raise MethodError("invalidArguments", "maxChanges must be a positive integer")
-    if not since.isdigit() or int(since) > int(now) or (
+    if not is_number(since) or int(since) > int(now) or (
             data["list"] and int(since) < data["list"][0].get("_state", 0) - 1):
         raise MethodError("cannotCalculateChanges")
     changed = {s["id"] for s in data["list"] if s.get("_state", 0) > int(since)}
