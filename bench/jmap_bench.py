@@ -24,6 +24,7 @@ import asyncio
 import base64
 import json
 import random
+import shutil
 import socket
 import statistics
 import sys
@@ -210,6 +211,7 @@ async def bench(args: argparse.Namespace) -> None:
     finally:
         server.terminate()
         server.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)  # the run's ~200 MB of mail and index
 
 
 def main() -> None:
