@@ -17,6 +17,7 @@ from ..config import Config
 from ..store.account import AccountStore, MailboxInfo, StoreError
 from ..store.maildir import Maildir
 from ..store.view import Entry, Snapshot
+from .core import is_number
 
 KEYWORD_OF_FLAG = {"\\Seen": "$seen", "\\Flagged": "$flagged", "\\Answered": "$answered",
                    "\\Draft": "$draft", "$Forwarded": "$forwarded"}
@@ -33,7 +34,7 @@ def mailbox_id(mbid: int | str) -> str:
 
 
 def store_mailbox_id(jmap_id: str) -> int | None:
-    if isinstance(jmap_id, str) and jmap_id[:1] == "B" and jmap_id[1:].isdigit():
+    if isinstance(jmap_id, str) and jmap_id[:1] == "B" and is_number(jmap_id[1:]):
         return int(jmap_id[1:])
     return None
 
@@ -109,6 +110,16 @@ class Account:
 
     def state(self) -> str:
         return str(self.store.highest_modseq())
+
+    def indexed_state(self) -> str:
+        """The state that :meth:`index` reflects: the index is read (new files picked up),
+        then the state, then the index again; when a change came between, the state read
+        first (older: a later /queryChanges repeats a change, never misses one)."""
+        before = self.state()
+        idx = self.index()
+        state = self.state()
+        self.refresh()
+        return state if self.index() is idx else before
 
     def refresh(self) -> None:
         """Forget what this request read (after a change it made)."""

@@ -15,6 +15,9 @@ ADDRESS_PROPS = {"from": "From", "sender": "Sender", "to": "To", "cc": "Cc", "bc
                  "replyTo": "Reply-To"}
 ID_PROPS = {"messageId": "Message-ID", "inReplyTo": "In-Reply-To", "references": "References"}
 MAX_PARTS = 100
+HEADER_OF_PROP = {**ADDRESS_PROPS, **ID_PROPS, "subject": "Subject", "sentAt": "Date"}
+FORMS = ("asRaw", "asText", "asAddresses", "asGroupedAddresses", "asMessageIds", "asDate",
+         "asURLs")
 
 
 class ComposeError(ValueError):
@@ -46,6 +49,44 @@ def _addresses(value: Any, prop: str) -> str:
     return ", ".join(out)
 
 
+def _grouped(value: Any, prop: str) -> str:
+    if not isinstance(value, list) or not all(isinstance(g, dict) for g in value):
+        raise ComposeError(f"{prop}: expected a list of EmailAddressGroup", prop)
+    out = []
+    for g in value:
+        members = _addresses(g.get("addresses") or [], prop)
+        name = g.get("name")
+        out.append(f"{_clean(name, prop, 200)}: {members};" if name is not None else members)
+    return ", ".join(o for o in out if o)
+
+
+def _strings(value: Any, prop: str) -> list[str]:
+    if not isinstance(value, list):
+        raise ComposeError(f"{prop}: expected a list of strings", prop)
+    return [_clean(v, prop, 900).strip("<> ") for v in value]
+
+
+def _header_value(value: Any, form: str, prop: str) -> str:
+    """A header field's value from a JMAP parsed form (RFC 8621 4.1.2)."""
+    if value is None:
+        raise ComposeError(f"{prop}: null", prop)
+    if form in ("asRaw", "asText"):
+        return _clean(value, prop).strip()
+    if form == "asAddresses":
+        return _addresses(value, prop)
+    if form == "asGroupedAddresses":
+        return _grouped(value, prop)
+    if form == "asMessageIds":
+        return " ".join(f"<{i}>" for i in _strings(value, prop))
+    if form == "asURLs":
+        return ", ".join(f"<{u}>" for u in _strings(value, prop))
+    try:  # asDate
+        when = datetime.fromisoformat(_clean(value, prop).replace("Z", "+00:00"))
+    except ValueError:
+        raise ComposeError(f"{prop}: expected a date", prop) from None
+    return email.utils.format_datetime(when)
+
+
 def compose(obj: dict[str, Any], blob: Callable[[str], bytes | None]) -> bytes:
     """The RFC 5322 message (CRLF line ends) for an Email create object."""
     msg = EmailMessage(policy=email.policy.SMTP)
@@ -72,19 +113,30 @@ def compose(obj: dict[str, Any], blob: Callable[[str], bytes | None]) -> bytes:
         msg[header] = " ".join(f"<{_clean(i, prop, 250).strip('<>')}>" for i in ids)
     if "Message-ID" not in msg:
         msg["Message-ID"] = email.utils.make_msgid(domain="jmap.mailstack")
+    convenience = {HEADER_OF_PROP[k].lower() for k in HEADER_OF_PROP if obj.get(k) is not None}
     for key, value in obj.items():
         if key.startswith("header:"):
             parts = key.split(":")
             name = parts[1]
             if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
                 raise ComposeError(f"{key[:60]}: not a header name", key)
-            form = parts[2] if len(parts) > 2 else "asRaw"
-            if form not in ("asRaw", "asText") or len(parts) > 3:
-                raise ComposeError(f"{key[:60]}: only asRaw and asText can be set", key)
+            every = parts[-1] == "all" and len(parts) > 2
+            forms = parts[2:-1] if every else parts[2:]
+            form = forms[0] if forms else "asRaw"
+            if len(forms) > 1 or form not in FORMS:
+                raise ComposeError(f"{key[:60]}: not a header form", key)
             if name.lower().startswith("content-"):
                 raise ComposeError(f"{key[:60]}: set by the body", key)
+            if name.lower() in convenience:  # RFC 8621 4.6: one property per header field
+                raise ComposeError(f"{key[:60]}: also given as a property", key)
+            if every and not isinstance(value, list | None):
+                raise ComposeError(f"{key[:60]}: expected a list of values", key)
             del msg[name]
-            msg[name] = _clean(value, key).strip()
+            for one in (value or []) if every else [value]:
+                try:
+                    msg[name] = _header_value(one, form, key)
+                except (ValueError, TypeError) as exc:
+                    raise ComposeError(f"{key[:60]}: {str(exc)[:80]}", key) from None
     values = obj.get("bodyValues") or {}
     if not isinstance(values, dict):
         raise ComposeError("bodyValues: expected an object", "bodyValues")

@@ -59,6 +59,12 @@ class Limits:
     max_objects_in_set: int
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits that ``int()`` takes (``str.isdigit`` also admits ``²`` and other
+    Unicode digits, and Python refuses ints of over 4,300 digits)."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
 def _depth_ok(value: Any, depth: int = 0) -> bool:
     if depth > MAX_DEPTH:
         return False
@@ -130,7 +136,7 @@ def _walk(value: Any, tokens: list[str]) -> Any:
                     else:
                         out.append(got)
                 return out
-            if not tok.isdigit() or int(tok) >= len(value):
+            if not is_number(tok) or int(tok) >= len(value):
                 raise KeyError(tok)
             value = value[int(tok)]
         elif isinstance(value, dict):

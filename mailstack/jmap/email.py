@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 from typing import Any
 
-from ..store.account import OverQuota, StoreError
+from ..store import summary
+from ..store.account import CHANGELOG_KEEP, ChangesUnavailable, OverQuota, StoreError
+from ..store.textsearch import TextSearch
 from . import message as msgview
 from .account import Account, Located, flag, keywords
 from .blob import blob_bytes
 from .compose import ComposeError, compose
 from .core import Call, MethodError, method
-from .mailbox import (
+from .mailbox import mailbox_names
+from .standard import (
     changes_response,
     check_state,
-    mailbox_names,
-    query_changes_unsupported,
+    filter_conditions,
+    filter_matches,
+    query_changes_response,
+    query_changes_since,
     query_window,
     wanted_ids,
     wanted_properties,
@@ -42,6 +48,10 @@ def body_part(part: dict[str, Any], props: tuple[str, ...] | list[str]) -> dict[
     if "subParts" in part:
         out["subParts"] = [body_part(p, props) for p in part["subParts"]]
     return out
+
+
+def _header_only(prop: str) -> bool:
+    return prop in HEADER_ONLY or prop.startswith("header:")
 
 
 def _is_header_prop(p: str) -> bool:
@@ -75,7 +85,7 @@ def header_form(p: msgview.Parsed, prop: str) -> Any:
         if form == "Addresses":
             return msgview.addresses(v) or []
         if form == "GroupedAddresses":
-            return [{"name": None, "addresses": msgview.addresses(v) or []}]
+            return msgview.grouped_addresses(v)
         if form == "MessageIds":
             return msgview.message_ids(v)
         if form == "Date":
@@ -86,18 +96,48 @@ def header_form(p: msgview.Parsed, prop: str) -> Any:
     return conv(values[-1]) if values else None
 
 
+#: properties read from the header block alone (the body is not parsed for them)
+HEADER_ONLY = frozenset(HEADER_PROPS)
+#: properties the store's summary holds (no file is opened for them)
+FROM_SUMMARY = frozenset({"subject", "preview"})
+
+
 class Emails:
-    """Email properties of one request (parsing each message at most once)."""
+    """Email properties of one request (parsing each message at most once, and only as far
+    as the asked properties need: the store's summary, the header block, or all of it)."""
 
     def __init__(self, account: Account) -> None:
         self.account = account
         self.idx = account.index()
+        self._summaries: dict[str, summary.Summary] = {}
 
-    def parsed(self, eid: str) -> msgview.Parsed | None:
+    def parsed(self, eid: str, headers_only: bool = False) -> msgview.Parsed | None:
         locs = self.idx.copies.get(eid)
         if not locs:
             return None
-        return msgview.parsed(eid, lambda: self.account.read(locs[0]))
+        return msgview.parsed(eid, lambda: self.account.read(locs[0]), headers_only)
+
+    def load_summaries(self, eids: list[str]) -> None:
+        """Read the store's summaries of ``eids`` (one look per mailbox)."""
+        by_box: dict[str, list[Any]] = {}
+        for eid in eids:
+            locs = self.idx.copies.get(eid)
+            if locs and eid not in self._summaries:
+                by_box.setdefault(locs[0].mailbox, []).append(locs[0].entry)
+        for name, entries in by_box.items():
+            with contextlib.suppress(StoreError):
+                self._summaries.update(self.account.store.summaries(name, entries))
+
+    def from_summary(self, eid: str, prop: str) -> tuple[bool, Any]:
+        """(True, value) when the store's summary answers ``prop``."""
+        s = self._summaries.get(eid)
+        if s is None or s is summary.EMPTY:
+            return False, None
+        if prop == "preview":
+            return True, s.preview
+        if prop == "subject" and s.subject:  # '' is no Subject or an empty one: look
+            return True, s.subject
+        return False, None
 
     def view(self, eid: str, props: list[str], body_args: dict[str, Any]) -> dict[str, Any] | None:
         locs = self.idx.copies.get(eid)
@@ -112,19 +152,21 @@ class Emails:
         meta = {"blobId": eid, "threadId": e.threadid,
                 "mailboxIds": {ids[loc.mailbox]: True for loc in locs},
                 "keywords": kw, "size": e.size, "receivedAt": msgview.utc(e.internaldate)}
-        p = None
+        rest = []
         for prop in props:
             if prop in meta:
                 out[prop] = meta[prop]
-                continue
-            if prop == "id":
-                continue
+            elif prop in FROM_SUMMARY and self.from_summary(eid, prop)[0]:
+                out[prop] = self.from_summary(eid, prop)[1]
+            elif prop != "id":
+                rest.append(prop)
+        if rest:  # the header block alone when every property left is in it
+            p = self.parsed(eid, headers_only=all(_header_only(q) for q in rest))
             if p is None:
-                p = self.parsed(eid)
-                if p is None:
-                    return None
-            out[prop] = self.parsed_prop(p, prop, body_args)
-        return out
+                return None
+            for prop in rest:
+                out[prop] = self.parsed_prop(p, prop, body_args)
+        return {k: out[k] for k in props if k in out}
 
     def parsed_prop(self, p: msgview.Parsed, prop: str, body_args: dict[str, Any]) -> Any:
         if prop.startswith("header:"):
@@ -205,6 +247,8 @@ def email_get(call: Call) -> dict[str, Any]:
     body_args["maxBodyValueBytes"] = limit
     body_args["bodyProperties"] = body_props
     found, missing = [], []
+    if FROM_SUMMARY & set(props):
+        emails.load_summaries(ids)
     for eid in ids:
         v = emails.view(eid, props, body_args)
         if v is None:
@@ -237,18 +281,52 @@ class Query:
         self.emails = emails
         self.account = emails.account
         self.idx = emails.idx
-        self._text_hits: dict[tuple[str, str], set[str]] = {}
+        self._searches: dict[tuple[str, str], TextSearch] = {}
         self._attachments: set[str] | None = None
 
-    def text_hits(self, where: str, needle: str) -> set[str]:
-        """Email ids whose indexed text contains ``needle`` (the store's full-text index)."""
+    def search(self, where: str, needle: str) -> TextSearch:
+        """The store's full-text search for ``needle`` (candidates from the index, each
+        checked when asked)."""
         key = (where, needle)
-        if key not in self._text_hits:
-            self._text_hits[key] = self.account.store.search_emails([(where, needle)])
-        return self._text_hits[key]
+        if key not in self._searches:
+            self._searches[key] = self.account.store.text_search([(where, needle)])
+        return self._searches[key]
+
+    def text_hit(self, where: str, needle: str, eid: str) -> bool:
+        return self.search(where, needle).matches(eid)
+
+    def narrowed(self, flt: dict[str, Any], depth: int = 0) -> set[str] | None:
+        """A set holding every email that can pass ``flt`` (from the text index: the
+        candidates of its text conditions), or None when the filter does not narrow."""
+        if depth > 16:
+            return None
+        if "operator" not in flt:
+            found: set[str] | None = None
+            for key, value in flt.items():
+                if not isinstance(value, str) or key not in (
+                        "text", "body", "from", "to", "cc", "bcc", "subject"):
+                    continue
+                cand = self.search("BODY" if key == "body" else "TEXT", value).candidates()
+                found = set(cand) if found is None else found & cand.keys()
+            return found
+        conds = flt.get("conditions")
+        if not isinstance(conds, list) or not all(isinstance(c, dict) for c in conds):
+            return None
+        subs = [self.narrowed(c, depth + 1) for c in conds]
+        if flt.get("operator") == "AND":
+            known = [s for s in subs if s is not None]
+            return set.intersection(*known) if known else None
+        if flt.get("operator") == "OR" and subs and all(s is not None for s in subs):
+            return set().union(*subs)  # type: ignore[arg-type]
+        return None
+
+    def maybe_text(self, needle: str, eid: str) -> bool:
+        """False when ``eid``'s indexed text (header fields and text parts) cannot hold
+        ``needle`` (from the index alone: a cheap first look before parsing)."""
+        return eid in self.search("TEXT", needle).candidates()
 
     def attachment_candidates(self) -> set[str]:
-        """Emails whose top-level header (indexed) says multipart or a non-text type or an
+        """Emails whose top-level header (indexed) may say multipart or a non-text type or an
         attachment: only these can have attachments (the rest are not parsed)."""
         if self._attachments is None:
             found: set[str] = set()
@@ -256,27 +334,29 @@ class Query:
                            "content-type: image/", "content-type: audio/",
                            "content-type: video/", "content-type: message/",
                            "content-disposition: attachment"):
-                found |= self.text_hits("TEXT", needle)
+                found.update(self.search("TEXT", needle).candidates())
             self._attachments = found
         return self._attachments
 
-    def match(self, eid: str, flt: dict[str, Any], depth: int = 0) -> bool:
-        if depth > 16:
-            raise MethodError("unsupportedFilter", "filters nest too deep")
-        if "operator" in flt:
-            op, conds = flt.get("operator"), flt.get("conditions")
-            if op not in ("AND", "OR", "NOT") or not isinstance(conds, list) or not all(
-                    isinstance(c, dict) for c in conds):
-                raise MethodError("unsupportedFilter", "bad FilterOperator")
-            results = (self.match(eid, c, depth + 1) for c in conds)
-            if op == "AND":
-                return all(results)
-            if op == "OR":
-                return any(results)
-            return not any(results)
+    def prefetch(self, eids: list[str], flt: dict[str, Any]) -> None:
+        """Check the text conditions of ``flt`` for ``eids`` at once (one read of the
+        index per condition instead of one per email); each condition's other keys are
+        tried first, so only emails they let through are read."""
+        for cond in filter_conditions(flt):
+            texts = [(k, v) for k, v in cond.items() if k in ("text", "body")
+                     and isinstance(v, str)]
+            if not texts:
+                continue
+            rest = {k: v for k, v in cond.items() if k not in ("text", "body")}
+            todo = [e for e in eids if self.match(e, rest)] if rest else eids
+            for key, value in texts:
+                self.search("TEXT" if key == "text" else "BODY", value).check(todo)
+
+    def match(self, eid: str, flt: dict[str, Any]) -> bool:
         locs = self.idx.copies[eid]
         e = locs[0].entry
-        return all(self.condition(eid, locs, e, key, value) for key, value in flt.items())
+        return filter_matches(flt, lambda cond: all(
+            self.condition(eid, locs, e, key, value) for key, value in cond.items()))
 
     def condition(self, eid: str, locs: list[Located], e: Any, key: str, value: Any) -> bool:
         ids = self.idx.ids
@@ -317,11 +397,11 @@ class Query:
         if key in ("text", "body"):
             if not isinstance(value, str):
                 raise MethodError("invalidArguments", f"{key}: a string")
-            return eid in self.text_hits("TEXT" if key == "text" else "BODY", value)
+            return self.text_hit("TEXT" if key == "text" else "BODY", value, eid)
         if key in ("from", "to", "cc", "bcc", "subject"):
             if not isinstance(value, str):
                 raise MethodError("invalidArguments", f"{key}: a string")
-            if eid not in self.text_hits("TEXT", value):  # cheap prefilter
+            if not self.maybe_text(value, eid):
                 return False
             p = self.emails.parsed(eid)
             field = p.header(key) if p is not None else None
@@ -331,8 +411,7 @@ class Query:
             if not (isinstance(value, list) and 1 <= len(value) <= 2
                     and all(isinstance(v, str) for v in value)):
                 raise MethodError("invalidArguments", "header: [name] or [name, value]")
-            if len(value) == 2 and len(value[1]) >= 3 and \
-                    eid not in self.text_hits("TEXT", value[1]):  # cheap prefilter
+            if len(value) == 2 and not self.maybe_text(value[1], eid):
                 return False
             p = self.emails.parsed(eid)
             if p is None:
@@ -372,49 +451,138 @@ class Query:
         raise MethodError("unsupportedSort", f"{prop[:100]!r}")
 
 
-@method("Email/query")
-def email_query(call: Call) -> dict[str, Any]:
-    account: Account = call.account
-    emails = Emails(account)
-    q = Query(emails)
-    flt = call.arg("filter", dict, None)
+CONDITIONS = frozenset({
+    "inMailbox", "inMailboxOtherThan", "before", "after", "minSize", "maxSize", "hasKeyword",
+    "notKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword",
+    "noneInThreadHaveKeyword", "hasAttachment", "text", "body", "from", "to", "cc", "bcc",
+    "subject", "header"})
+SORTS = ("receivedAt", "size", "from", "to", "subject", "sentAt", "hasKeyword",
+         "allInThreadHaveKeyword", "someInThreadHaveKeyword")
+FIRST_CHUNK, LAST_CHUNK = 64, 4096  # emails filtered per step (doubling)
+
+
+def _sorted_ids(call: Call, q: Query) -> tuple[list[str], list[dict[str, Any]]]:
+    """Every email id in the order of the first sort when that order is precomputed
+    (receivedAt), else in a stable base order; and the sorts still to apply."""
     sorts = call.arg("sort", list, None) or [{"property": "receivedAt", "isAscending": False}]
-    by_received = len(sorts) == 1 and isinstance(sorts[0], dict) and \
-        sorts[0].get("property") == "receivedAt"
-    if by_received:  # the index keeps this order: no sort
-        ids = list(emails.idx.by_received)
-        if sorts[0].get("isAscending", True) is False:
-            ids.reverse()
-        sorts = []
-    else:
-        ids = sorted(emails.idx.copies)  # a stable base order for equal keys
-    if flt:
-        if set(flt) == {"inMailbox"}:
-            members = emails.idx.members.get(flt["inMailbox"], set())
-            ids = [i for i in ids if i in members]
-        else:
-            ids = [i for i in ids if q.match(i, flt)]
-    for sort in reversed(sorts):
+    for sort in sorts:
         if not isinstance(sort, dict) or not isinstance(sort.get("property"), str):
             raise MethodError("unsupportedSort", "each sort is a Comparator")
+        if sort["property"] not in SORTS:
+            raise MethodError("unsupportedSort", f"{sort['property'][:100]!r}")
+    if len(sorts) == 1 and sorts[0]["property"] == "receivedAt":
+        ids = list(q.idx.by_received)  # the index keeps this order: no sort
+        if sorts[0].get("isAscending", True) is False:
+            ids.reverse()
+        return ids, []
+    return sorted(q.idx.copies), sorts
+
+
+def filtered(q: Query, ids: list[str], flt: dict[str, Any] | None, collapse: bool,
+             want: int | None = None) -> list[str]:
+    """``ids`` (in order) that pass ``flt``, one per thread with ``collapse``; with ``want``,
+    stop once that many are found (a window of an ordered result needs no more)."""
+    if not flt and not collapse:
+        return ids if want is None else ids[:want]
+    if flt is not None and set(flt) == {"inMailbox"}:
+        members = q.idx.members.get(flt["inMailbox"], set())
+        ids, flt = [i for i in ids if i in members], None
+    narrow = q.narrowed(flt) if flt else None
+    if narrow is not None:
+        ids = [i for i in ids if i in narrow]
+    out: list[str] = []
+    seen: set[str] = set()
+    start, size = 0, FIRST_CHUNK
+    while start < len(ids) and (want is None or len(out) < want):
+        chunk = ids[start:start + size]
+        start, size = start + size, min(size * 2, LAST_CHUNK)
+        if flt:
+            q.prefetch(chunk, flt)
+            chunk = [i for i in chunk if q.match(i, flt)]
+        if collapse:
+            for i in chunk:
+                tid = q.idx.copies[i][0].entry.threadid
+                if tid not in seen:
+                    seen.add(tid)
+                    out.append(i)
+        else:
+            out += chunk
+    return out if want is None else out[:want]
+
+
+def _results(call: Call, q: Query, want: int | None = None) -> list[str]:
+    """The ids of Email/query's full result (filter, sort, collapseThreads): with ``want``,
+    only its first ``want`` (when the sort order is precomputed)."""
+    flt = call.arg("filter", dict, None)
+    for cond in filter_conditions(flt):  # before any email is looked at
+        unknown = [k for k in cond if k not in CONDITIONS]
+        if unknown:
+            raise MethodError("unsupportedFilter", f"{unknown[0][:100]!r}")
+    ids, sorts = _sorted_ids(call, q)
+    collapse = bool(call.args.get("collapseThreads"))
+    if not sorts:
+        return filtered(q, ids, flt, collapse, want)
+    ids = filtered(q, ids, flt, False)  # sort only what passes (sort keys may parse)
+    for sort in reversed(sorts):
         prop = sort["property"]
         ids.sort(key=lambda i, prop=prop, sort=sort: q.sort_key(prop, i, sort),
                  reverse=sort.get("isAscending", True) is False)
-    if call.args.get("collapseThreads"):
-        seen: set[str] = set()
-        kept = []
-        for i in ids:
-            tid = emails.idx.copies[i][0].entry.threadid
-            if tid not in seen:
-                seen.add(tid)
-                kept.append(i)
-        ids = kept
-    out = query_window(call, account, ids)
+    return filtered(q, ids, None, collapse)
+
+
+@method("Email/query")
+def email_query(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    state = account.indexed_state()
+    q = Query(Emails(account))
+    position, limit = call.args.get("position"), call.args.get("limit")
+    want = None  # a window at a known place needs only the matches up to its end
+    if call.args.get("anchor") is None and not call.args.get("calculateTotal") \
+            and isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+        start = 0 if position is None else position
+        if isinstance(start, int) and not isinstance(start, bool) and start >= 0:
+            want = start + limit
+    out = query_window(call, account, _results(call, q, want), state, can_calculate=True)
     out["collapseThreads"] = bool(call.args.get("collapseThreads"))
     return out
 
 
-method("Email/queryChanges")(query_changes_unsupported)
+THREAD_KEYS = ("allInThreadHaveKeyword", "someInThreadHaveKeyword", "noneInThreadHaveKeyword")
+IMMUTABLE_CONDITIONS = frozenset({"before", "after", "minSize", "maxSize", "hasAttachment",
+                                  "text", "body", "from", "to", "cc", "bcc", "subject",
+                                  "header"})
+IMMUTABLE_SORTS = frozenset({"receivedAt", "size", "from", "to", "subject", "sentAt"})
+
+
+@method("Email/queryChanges")
+def email_query_changes(call: Call) -> dict[str, Any]:
+    """RFC 8620 5.6 from the store's change log: every email changed since the old state is
+    removed, and added again at its new index when it is in the results. When the filter or
+    sort looks at a thread (collapseThreads, the thread keyword conditions), a change of one
+    email can move another: every email of a thread that changed counts as changed."""
+    account: Account = call.account
+    since = query_changes_since(call, account, "Email", account.indexed_state())
+    q = Query(Emails(account))
+    results = _results(call, q)
+    flt = call.args.get("filter")
+    keys = {k for cond in filter_conditions(flt) for k in cond}
+    sorts = {s.get("property") for s in call.args.get("sort") or () if isinstance(s, dict)}
+    collapse = bool(call.args.get("collapseThreads"))
+    changed: set[str] = set()
+    if since.changes is not None:
+        ch = since.changes
+        changed = {*ch.created, *ch.updated, *ch.destroyed}
+        if collapse or keys & set(THREAD_KEYS) or sorts & set(THREAD_KEYS):
+            try:
+                tch = account.store.changes("Thread", int(since.old), CHANGELOG_KEEP)
+            except ChangesUnavailable as exc:
+                raise MethodError("cannotCalculateChanges", str(exc)) from None
+            threads = {*tch.created, *tch.updated, *tch.destroyed}
+            threads |= {q.idx.copies[e][0].entry.threadid for e in changed if e in q.idx.copies}
+            for tid in threads:
+                changed.update(q.idx.threads.get(tid, ()))
+    immutable = not collapse and keys <= IMMUTABLE_CONDITIONS and sorts <= IMMUTABLE_SORTS
+    return query_changes_response(call, account, since, results, changed, immutable)
 
 
 def _needles(flt: Any, depth: int = 0) -> list[str]:

@@ -11,7 +11,9 @@ from .core import Call, MethodError, method
 from .standard import (
     changes_response,
     check_state,
-    query_changes_unsupported,
+    filter_matches,
+    query_changes_response,
+    query_changes_since,
     query_window,
     wanted_ids,
     wanted_properties,
@@ -32,7 +34,7 @@ def _mailbox(account: Account, m: MailboxInfo) -> dict[str, Any]:
     parent = next((p for p in account.mailboxes() if p.name == m.parent), None)
     return {"id": mailbox_id(m.id), "name": m.name.rpartition(".")[2] if m.parent else m.name,
             "parentId": mailbox_id(parent.id) if parent else None, "role": m.role or None,
-            "sortOrder": 0 if m.role == "inbox" else 10 if m.role else 100,
+            "sortOrder": _sort_order(m),
             "totalEmails": m.total, "unreadEmails": m.unread,
             "totalThreads": len(threads), "unreadThreads": len(unread_threads),
             "myRights": dict(RIGHTS, mayRename=m.role != "inbox", mayDelete=m.role != "inbox"),
@@ -64,36 +66,99 @@ def mailbox_changes(call: Call) -> dict[str, Any]:
     return out
 
 
-@method("Mailbox/query")
-def mailbox_query(call: Call) -> dict[str, Any]:
-    account: Account = call.account
-    flt = call.arg("filter", dict, {})
-    rows = account.mailboxes()
-    for key, value in flt.items():
+def _mailbox_matches(account: Account, m: MailboxInfo, cond: dict[str, Any]) -> bool:
+    """Whether mailbox ``m`` meets every property of a Mailbox/query FilterCondition."""
+    for key, value in cond.items():
         if key == "parentId":
             parent = account.mailbox_by_id(value) if value else None
-            rows = [m for m in rows if (m.parent == parent.name if parent else not m.parent)]
+            ok = m.parent == parent.name if parent else not m.parent
         elif key == "name":
-            rows = [m for m in rows if str(value).lower() in m.name.lower()]
+            if not isinstance(value, str):
+                raise MethodError("invalidArguments", "name: a string")
+            leaf = m.name.rpartition(".")[2] if m.parent else m.name
+            ok = value.casefold() in leaf.casefold()
         elif key == "role":
-            rows = [m for m in rows if (m.role or None) == value]
+            ok = (m.role or None) == value
         elif key == "hasAnyRole":
-            rows = [m for m in rows if bool(m.role) == bool(value)]
+            ok = bool(m.role) == bool(value)
         elif key == "isSubscribed":
-            rows = [m for m in rows if m.subscribed == bool(value)]
+            ok = (m.subscribed or m.role == "inbox") == bool(value)
         else:
             raise MethodError("unsupportedFilter", f"{key[:100]!r}")
+        if not ok:
+            return False
+    return True
+
+
+def _sort_order(m: MailboxInfo) -> int:
+    return 0 if m.role == "inbox" else 10 if m.role else 100
+
+
+def _leaf(m: MailboxInfo) -> str:
+    return m.name.rpartition(".")[2] if m.parent else m.name
+
+
+def _mailbox_results(call: Call, account: Account) -> list[str]:
+    """Mailbox/query's ids: filter (with ``filterAsTree``, a mailbox whose ancestors do not
+    all match is left out), sorts by ``name`` or ``sortOrder`` (with ``sortAsTree``, depth
+    first: each mailbox after its parent, siblings in sort order)."""
+    flt = call.arg("filter", dict, {})
+    every = account.mailboxes()
+    by_name = {m.name: m for m in every}
+    matched = {m.name for m in every
+               if filter_matches(flt, lambda cond, m=m: _mailbox_matches(account, m, cond))}
+    if call.args.get("filterAsTree"):
+        def lineage_matches(m: MailboxInfo) -> bool:
+            while m.parent:
+                m = by_name.get(m.parent)  # type: ignore[assignment]
+                if m is None or m.name not in matched:
+                    return False
+            return True
+        matched = {n for n in matched if lineage_matches(by_name[n])}
+    rows = [m for m in every if m.name in matched]
     for sort in reversed(call.arg("sort", list, [])):
         prop = sort.get("property") if isinstance(sort, dict) else None
         if prop not in ("name", "sortOrder"):
             raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
-        rows.sort(key=(lambda m: m.name) if prop == "name" else (lambda m: (m.role == "", 0)),
+        rows.sort(key=(lambda m: _leaf(m).casefold()) if prop == "name" else _sort_order,
                   reverse=sort.get("isAscending", True) is False)
-    ids = [mailbox_id(m.id) for m in rows]
-    return query_window(call, account, ids)
+    if call.args.get("sortAsTree"):
+        children: dict[str, list[MailboxInfo]] = {}
+        roots = []
+        for m in rows:  # in sorted order: siblings stay sorted
+            if m.parent in matched:
+                children.setdefault(m.parent, []).append(m)
+            else:
+                roots.append(m)
+        ordered: list[MailboxInfo] = []
+        stack = list(reversed(roots))
+        while stack:  # depth first, iteratively
+            m = stack.pop()
+            ordered.append(m)
+            stack.extend(reversed(children.get(m.name, ())))
+        rows = ordered
+    return [mailbox_id(m.id) for m in rows]
 
 
-method("Mailbox/queryChanges")(query_changes_unsupported)
+@method("Mailbox/query")
+def mailbox_query(call: Call) -> dict[str, Any]:
+    account: Account = call.account
+    state = account.state()  # before the mailboxes are read
+    return query_window(call, account, _mailbox_results(call, account), state,
+                        can_calculate=True)
+
+
+@method("Mailbox/queryChanges")
+def mailbox_query_changes(call: Call) -> dict[str, Any]:
+    """RFC 8620 5.6: every mailbox changed since the old state (the store logs a mailbox
+    as changed when its name, subscription or messages change) is removed, and added
+    again at its new index when it is in the results."""
+    account: Account = call.account
+    since = query_changes_since(call, account, "Mailbox", account.state())
+    results = _mailbox_results(call, account)
+    ch = since.changes
+    changed = {mailbox_id(i) for i in (*ch.created, *ch.updated, *ch.destroyed)} if ch else set()
+    return query_changes_response(call, account, since, results, changed, immutable=False)
 
 
 def _full_name(account: Account, name: str, parent_id: str | None,

@@ -1,8 +1,9 @@
 """A message's JMAP view (RFC 8621 4.1): header fields, addresses, body structure, values,
 preview — parsed once per email id and kept in a bounded cache (:func:`parsed`).
 
-This is the one place JMAP parses message bytes; when the store keeps a per-message summary
-(sort keys, preview), :func:`parsed` is where to switch to it.
+This is the one place JMAP parses message bytes. Header properties need only the header
+block (``headers_only``: the body is left unparsed); ``subject`` and ``preview`` come from the
+store's summaries without opening the file (``jmap/email.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email.header import decode_header, make_header
 from email.message import Message
+from email.parser import BytesParser
 from typing import Any
 
 CACHE_SIZE = 500  # messages kept parsed (a parsed message costs a few times its size)
@@ -54,6 +55,57 @@ def addresses(value: str | None) -> list[dict[str, Any]] | None:
     return out
 
 
+def grouped_addresses(value: str) -> list[dict[str, Any]]:
+    """RFC 8621 4.1.2.4 ``asGroupedAddresses``: each ``name: members;`` group, and runs of
+    addresses outside groups as groups named null (one linear scan: quotes, comments and
+    angle brackets hide ``:``, ``;`` and ``,``)."""
+    value = value.replace("\r", "").replace("\n", " ")
+    segments: list[tuple[str | None, str]] = []
+    group: str | None = None
+    start = last_comma = -1
+    quote = escaped = False
+    comment = 0
+    angle = False
+    for i, ch in enumerate(value):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and (quote or comment):
+            escaped = True
+        elif quote:
+            quote = ch != '"'
+        elif comment:
+            comment += {"(": 1, ")": -1}.get(ch, 0)
+        elif ch == '"':
+            quote = True
+        elif ch == "(":
+            comment = 1
+        elif angle or ch == "<":
+            angle = ch != ">"
+        elif ch == ":" and group is None:
+            segments.append((None, value[start + 1:last_comma + 1]))
+            group, start = value[max(start, last_comma) + 1:i], i
+        elif ch == ";" and group is not None:
+            segments.append((group, value[start + 1:i]))
+            group, start = None, i
+            last_comma = i
+        elif ch == ",":
+            last_comma = i
+    segments.append((group, value[start + 1:]))
+    out: list[dict[str, Any]] = []
+    for name, text in segments:
+        found = addresses(text) or []
+        if name is None:
+            if not found:
+                continue
+            if out and out[-1]["name"] is None:
+                out[-1]["addresses"] += found
+                continue
+        else:
+            name = decode_words(email.utils.unquote(name.strip()))
+        out.append({"name": name, "addresses": found})
+    return out
+
+
 def message_ids(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -76,10 +128,17 @@ def date_value(value: str | None) -> str | None:
 class Parsed:
     """The parts of a message JMAP asks for, computed on demand from the raw bytes."""
 
-    def __init__(self, raw: bytes, blob_prefix: str = "") -> None:
+    def __init__(self, raw: bytes, blob_prefix: str = "", headers_only: bool = False) -> None:
+        if headers_only:  # keep (and parse) the header block alone
+            end = min((i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0),
+                      default=len(raw))
+            raw = raw[:end + 1]
         self.raw = raw
         self.blob_prefix = blob_prefix  # a leaf's blobId is prefix_partId
-        self.msg: Message = message_from_bytes(raw, policy=email.policy.compat32)
+        #: only the header fields were parsed (the body methods must not be used)
+        self.headers_only = headers_only
+        self.msg: Message = BytesParser(policy=email.policy.compat32).parsebytes(
+            raw, headersonly=headers_only)
         # raw values keep the space after the colon (the parser drops it)
         self.headers: list[tuple[str, str]] = [(k, " " + str(v) if v else "")
                                                for k, v in self.msg.raw_items()]
@@ -233,21 +292,26 @@ def _strip_tags(html: str) -> str:
     return "".join(out)
 
 
-def parsed(emailid: str, read: Callable[[], bytes | None]) -> Parsed | None:
-    """The parsed message of ``emailid`` (bytes from ``read`` on a cache miss)."""
+def parsed(emailid: str, read: Callable[[], bytes | None],
+           headers_only: bool = False) -> Parsed | None:
+    """The parsed message of ``emailid`` (bytes from ``read`` on a cache miss); with
+    ``headers_only``, a parse of its header fields may do (a full one is used when cached)."""
+    keys = (emailid, emailid + "/h") if headers_only else (emailid,)
     with _cache_lock:
-        hit = _cache.get(emailid)
-        if hit is not None:
-            _cache.move_to_end(emailid)
-            return hit
+        for key in keys:
+            hit = _cache.get(key)
+            if hit is not None:
+                _cache.move_to_end(key)
+                return hit
     raw = read()
     if raw is None:
         return None
-    p = Parsed(raw, emailid)
+    p = Parsed(raw, emailid, headers_only)
+    key = keys[-1]
     global _cached_bytes
     with _cache_lock:
-        if emailid not in _cache:
-            _cache[emailid] = p
+        if key not in _cache:
+            _cache[key] = p
             _cached_bytes += len(raw)
         while _cache and (len(_cache) > CACHE_SIZE or _cached_bytes > CACHE_BYTES):
             _, old = _cache.popitem(last=False)

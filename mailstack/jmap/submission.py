@@ -21,18 +21,28 @@ from typing import Any
 
 from ..config import Config
 from ..mta.message import normalize_crlf, received_header, submission_fixups
-from ..mta.queue import Envelope, Spool, new_queue_id
+from ..mta.queue import DELIVERED, FAILED, Envelope, Spool, new_queue_id
 from ..mta.queuecli import signal_mta
 from ..runtime.fsutil import atomic_write
 from ..smtp.address import AddressError, parse_mailbox
 from . import message as msgview
 from .account import Account
-from .core import Call, MethodError, method
-from .mailbox import query_window, wanted_ids
+from .core import Call, MethodError, is_number, method
+from .standard import (
+    Since,
+    filter_matches,
+    query_changes_response,
+    query_window,
+    wanted_ids,
+    wanted_properties,
+)
 
 IDENTITY_FILE = "jmap-identity.json"
 SUBMISSIONS_FILE = "jmap-submissions.json"
 KEEP_SUBMISSIONS = 1000
+SUBMISSION_PROPERTIES = ("id", "identityId", "emailId", "threadId", "envelope", "sendAt",
+                         "undoStatus", "deliveryStatus", "dsnBlobIds", "mdnBlobIds")
+QUEUED_REPLY = "250 2.1.5 queued"  # a recipient's reply before the mta has tried it
 IDENTITY_FIELDS = ("name", "replyTo", "bcc", "textSignature", "htmlSignature")
 _lock = threading.Lock()
 
@@ -77,7 +87,7 @@ def identity_changes(call: Call) -> dict[str, Any]:
     account: Account = call.account
     now = _state(account, IDENTITY_FILE)
     since = call.args.get("sinceState")
-    if not isinstance(since, str) or not since.isdigit() or int(since) > int(now):
+    if not isinstance(since, str) or not is_number(since) or int(since) > int(now):
         raise MethodError("cannotCalculateChanges")
     changed = [identity_id(account.address)] if since != now else []
     return {"accountId": account.id, "oldState": since, "newState": now,
@@ -149,55 +159,161 @@ def _submissions(account: Account) -> dict[str, Any]:
     return data
 
 
+def delivery_status(cfg: Config | None, sub: dict[str, Any]) -> dict[str, Any] | None:
+    """RFC 8621 7 ``deliveryStatus`` of a submission, from the mta's queue entry (still
+    queued) or the outcome it left (done): per recipient the last SMTP reply and
+    ``queued`` (not final yet), ``yes`` (in a local mailbox), ``unknown`` (accepted by
+    another MTA: no more is known) or ``no`` (failed for good; a DSN went to the sender)."""
+    if cfg is None:
+        return None
+    got = Spool(cfg.data_dir / "queue").recipients(sub["id"][1:])
+    if got is None:  # an outcome older than the queue keeps (or removed by the operator)
+        return {r["email"]: {"smtpReply": "", "delivered": "unknown", "displayed": "unknown"}
+                for r in sub["envelope"]["rcptTo"]}
+    out = {}
+    for r in got[1]:
+        if r.status == DELIVERED:
+            delivered = "yes" if cfg.is_local_domain(r.address.rpartition("@")[2]) \
+                else "unknown"
+        else:
+            delivered = "no" if r.status == FAILED else "queued"
+        out[r.address] = {"smtpReply": r.last_reply or QUEUED_REPLY,
+                          "delivered": delivered, "displayed": "unknown"}
+    return out
+
+
+def _fingerprint(status: dict[str, Any] | None, sub: dict[str, Any]) -> dict[str, str]:
+    """What a change of ``deliveryStatus`` is seen by (None: just queued)."""
+    if status is None:
+        return {r["email"]: f"queued {QUEUED_REPLY}" for r in sub["envelope"]["rcptTo"]}
+    return {r: f"{v['delivered']} {v['smtpReply']}" if v["delivered"] == "queued"
+            else v["delivered"] for r, v in status.items()}
+
+
+def _observed(account: Account) -> dict[str, Any]:
+    """The submissions, after noting each delivery status that moved since it was last
+    looked at: such a submission is updated in a new state (``EmailSubmission/changes``).
+    Only submissions with a recipient still queued are looked at again."""
+    data = _submissions(account)
+    if account.cfg is None:
+        return data
+    moved: dict[str, dict[str, str]] = {}
+    for sub in data["list"]:
+        seen = sub.get("_delivered") or _fingerprint(None, sub)
+        if not any(v.startswith("queued") for v in seen.values()):
+            continue  # every recipient's status is final
+        now = _fingerprint(delivery_status(account.cfg, sub), sub)
+        if now != seen:
+            moved[sub["id"]] = now
+    if not moved:
+        return data
+    with _lock:
+        data = _submissions(account)
+        data["state"] += 1
+        for sub in data["list"]:
+            if sub["id"] in moved:
+                sub["_delivered"] = moved[sub["id"]]
+                sub["_updated"] = data["state"]
+        atomic_write(account.root / SUBMISSIONS_FILE, json.dumps(data).encode())
+    return data
+
+
 @method("EmailSubmission/get")
 def submission_get(call: Call) -> dict[str, Any]:
     account: Account = call.account
-    data = _submissions(account)
+    data = _observed(account)
     by_id = {s["id"]: s for s in data["list"]}
     ids = wanted_ids(call, by_id.keys)
-    return {"accountId": account.id, "state": str(data["state"]),
-            "list": [by_id[i] for i in ids if i in by_id],
+    props = wanted_properties(call, SUBMISSION_PROPERTIES)
+    found = []
+    for i in ids:
+        if i not in by_id:
+            continue
+        sub = {k: v for k, v in by_id[i].items() if not k.startswith("_")}
+        if "deliveryStatus" in props:
+            sub["deliveryStatus"] = delivery_status(account.cfg, sub)
+        found.append({p: sub.get(p) for p in props})
+    return {"accountId": account.id, "state": str(data["state"]), "list": found,
             "notFound": [i for i in ids if i not in by_id]}
 
 
 @method("EmailSubmission/changes")
 def submission_changes(call: Call) -> dict[str, Any]:
     account: Account = call.account
-    data = _submissions(account)
+    data = _observed(account)
     since = call.args.get("sinceState")
-    if not isinstance(since, str) or not since.isdigit() or int(since) > data["state"]:
+    if not isinstance(since, str) or not is_number(since) or int(since) > data["state"]:
         raise MethodError("cannotCalculateChanges")
-    created = [s["id"] for s in data["list"] if s.get("_state", 0) > int(since)]
     if data["list"] and int(since) < data["list"][0].get("_state", 0) - 1:
         raise MethodError("cannotCalculateChanges")
+    created = [s["id"] for s in data["list"] if s.get("_state", 0) > int(since)]
+    updated = [s["id"] for s in data["list"] if s.get("_state", 0) <= int(since)
+               and s.get("_updated", 0) > int(since)]
     return {"accountId": account.id, "oldState": since, "newState": str(data["state"]),
-            "hasMoreChanges": False, "created": created, "updated": [], "destroyed": []}
+            "hasMoreChanges": False, "created": created, "updated": updated, "destroyed": []}
+
+
+def _submission_matches(sub: dict[str, Any], cond: dict[str, Any]) -> bool:
+    for key, value in cond.items():
+        if key in ("emailIds", "threadIds", "identityIds"):
+            if not isinstance(value, list):
+                raise MethodError("invalidArguments", f"{key}: a list of ids")
+            ok = sub[key[:-1]] in value
+        elif key == "undoStatus":
+            ok = sub["undoStatus"] == value
+        elif key in ("before", "after"):
+            if not isinstance(value, str):
+                raise MethodError("invalidArguments", f"{key}: a UTCDate")
+            ok = sub["sendAt"] < value if key == "before" else sub["sendAt"] >= value
+        else:
+            raise MethodError("unsupportedFilter", f"{key[:100]!r}")
+        if not ok:
+            return False
+    return True
+
+
+def _submission_results(call: Call, data: dict[str, Any]) -> list[str]:
+    """EmailSubmission/query's ids: newest first unless sorted (emailId, threadId, sentAt)."""
+    flt = call.arg("filter", dict, {})
+    rows = [s for s in reversed(data["list"])
+            if filter_matches(flt, lambda cond, s=s: _submission_matches(s, cond))]
+    for sort in reversed(call.arg("sort", list, [])):
+        prop = sort.get("property") if isinstance(sort, dict) else None
+        key = {"emailId": "emailId", "threadId": "threadId", "sentAt": "sendAt"}.get(prop)
+        if key is None:
+            raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
+        rows.sort(key=lambda s, key=key: s[key], reverse=sort.get("isAscending", True) is False)
+    return [s["id"] for s in rows]
 
 
 @method("EmailSubmission/query")
 def submission_query(call: Call) -> dict[str, Any]:
     account: Account = call.account
-    rows = list(reversed(_submissions(account)["list"]))
-    flt = call.arg("filter", dict, {})
-    for key, value in flt.items():
-        if key == "emailIds":
-            rows = [s for s in rows if s["emailId"] in value]
-        elif key == "threadIds":
-            rows = [s for s in rows if s["threadId"] in value]
-        elif key == "identityIds":
-            rows = [s for s in rows if s["identityId"] in value]
-        elif key == "undoStatus":
-            rows = [s for s in rows if s["undoStatus"] == value]
-        else:
-            raise MethodError("unsupportedFilter", f"{key[:100]!r}")
-    out = query_window(call, account, [s["id"] for s in rows])
-    out["queryState"] = str(_submissions(account)["state"])
-    return out
+    data = _submissions(account)
+    return query_window(call, account, _submission_results(call, data), str(data["state"]),
+                        can_calculate=True)
 
 
 @method("EmailSubmission/queryChanges")
 def submission_query_changes(call: Call) -> dict[str, Any]:
-    raise MethodError("cannotCalculateChanges", "query again")
+    """Submissions are only ever created (the oldest beyond :data:`KEEP_SUBMISSIONS` are
+    forgotten: changes from before them cannot be calculated)."""
+    account: Account = call.account
+    data = _submissions(account)
+    now = str(data["state"])
+    since = call.args.get("sinceQueryState")
+    if not isinstance(since, str):
+        raise MethodError("invalidArguments", "sinceQueryState is required")
+    limit = call.args.get("maxChanges")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                              or limit < 1):
+        raise MethodError("invalidArguments", "maxChanges must be a positive integer")
+    if not is_number(since) or int(since) > int(now) or (
+            data["list"] and int(since) < data["list"][0].get("_state", 0) - 1):
+        raise MethodError("cannotCalculateChanges")
+    changed = {s["id"] for s in data["list"] if s.get("_state", 0) > int(since)}
+    return query_changes_response(call, account, Since(since, now, None),
+                                  _submission_results(call, data), changed, immutable=True)
 
 
 def _address(value: Any, what: str) -> str:

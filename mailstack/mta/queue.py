@@ -19,6 +19,11 @@ never loses it, and after an OS crash an older or missing state only means an ex
 which the mda recognises as already delivered (see ``mda/delivery.py``). A ``.state`` without
 its ``.msg`` is the leftover of an aborted write and is removed by :meth:`Spool.recover`.
 Entries that cannot be parsed are renamed ``*.broken`` and kept for the operator.
+
+An entry queued for JMAP (``listener == "jmap"``) leaves, when it is done, its final
+per-recipient outcome in ``outcomes/<id>.json`` (written durably before the entry is removed,
+kept :data:`OUTCOME_DAYS` days): what ``EmailSubmission.deliveryStatus`` reports once the
+entry is gone. Mail from SMTP clients never pays for it.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime.fsutil import fsync_dir, write_fsync
+from ..runtime.fsutil import atomic_write, fsync_dir, write_fsync
 from ..runtime.groupcommit import GroupCommit
 
 log = logging.getLogger("mailstack.queue")
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+OUTCOMES = "outcomes"  # subdirectory of final outcomes (entries queued for JMAP)
+OUTCOME_DAYS = 7
 _random = random.Random()
 
 
@@ -133,6 +140,7 @@ class Spool:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._dir = str(directory)
+        self._outcomes_saved = 0
         self._puts: GroupCommit[NewEntry, QueueEntry] = GroupCommit(
             self.put_many, name="queue-put")
         self._removes: GroupCommit[str, bool] = GroupCommit(self.remove_many,
@@ -215,6 +223,35 @@ class Spool:
                   "wb") as fh:
             fh.write(json.dumps(state).encode())
         os.replace(tmp, self._p(entry.id, "state"))
+
+    def save_outcome(self, entry: QueueEntry) -> None:
+        """Record a finished entry's per-recipient outcome, durably, before it is removed
+        (older outcomes are pruned now and then)."""
+        folder = self.dir / OUTCOMES
+        folder.mkdir(mode=0o700, exist_ok=True)
+        atomic_write(folder / f"{entry.id}.json", json.dumps(
+            {"finished": time.time(), "recipients": [vars(r) for r in entry.recipients]}
+        ).encode())
+        self._outcomes_saved += 1
+        if self._outcomes_saved % 64 == 1:
+            horizon = time.time() - OUTCOME_DAYS * 86400
+            with os.scandir(folder) as it:
+                for item in it:
+                    with contextlib.suppress(OSError):
+                        if item.stat().st_mtime < horizon:
+                            os.unlink(item.path)
+
+    def recipients(self, qid: str) -> tuple[bool, list[Recipient]] | None:
+        """(still queued?, each recipient's status) of an entry queued or finished with an
+        outcome; None when neither is known."""
+        entry = self.load(qid)
+        if entry is not None:
+            return True, entry.recipients
+        try:
+            data = json.loads((self.dir / OUTCOMES / f"{qid}.json").read_bytes())
+            return False, [Recipient(**r) for r in data["recipients"]]
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
 
     def remove(self, qid: str) -> bool:
         """Delete an entry (message first: a leftover state alone is cleaned up at start).

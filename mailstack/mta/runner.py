@@ -232,6 +232,8 @@ class QueueRunner:
                 log.info("%s: to=<%s>, status=expired (%s)", entry.id, r.address, r.last_reply)
         await self._bounce_failures(entry, message)
         if entry.done:
+            if env.listener == "jmap":  # EmailSubmission.deliveryStatus outlives the entry
+                await asyncio.to_thread(self.spool.save_outcome, entry)
             await self.spool.aremove(entry.id)
             self.entries.pop(entry.id, None)
             log.info("%s: removed", entry.id)

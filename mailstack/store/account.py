@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.fsutil import atomic_write, fsync_dir
-from . import summary, watch
+from . import summary, textsearch, watch
 from .flags import format_stored, from_letters, match_keywords, mirrored, parse_stored, to_letters
 from .ingest import Ingested, NotAMessage, ingest, read_message, summarize_file
 from .keywords import Keywords
@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS message(
   UNIQUE(mailbox, uid), UNIQUE(mailbox, key));
 CREATE INDEX IF NOT EXISTS message_modseq ON message(mailbox, modseq);
 CREATE INDEX IF NOT EXISTS message_email ON message(emailid);
+CREATE INDEX IF NOT EXISTS message_thread ON message(threadid);
 CREATE TABLE IF NOT EXISTS vanished(
   mailbox INTEGER NOT NULL, uid INTEGER NOT NULL, modseq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS vanished_modseq ON vanished(mailbox, modseq);
@@ -602,24 +603,24 @@ class AccountStore:
         self.sync(name)
         with self._read() as conn:
             row = self._mailbox_row(conn, name, create=False)
-            if row is None:
-                return set()
-            # the trigram index answers LIKE '%needle%' for needles of 3 characters or more
-            # (without an ESCAPE clause); LIKE checks the stored text, so matches are exact
-            rowids: set[int] | None = None
-            for where, needle in needles:
-                found = self._fts_rows(conn, where, needle.casefold())
-                rowids = found if rowids is None else rowids & found
-                if not rowids:
-                    return set()
-            uids = set()
-            wanted = rowids or set()
-            for uid, rowid in conn.execute(
-                    "SELECT m.uid, t.rowid FROM message m JOIN email_text t ON "
-                    "t.emailid = m.emailid WHERE m.mailbox=?", (row[0],)):
-                if rowid in wanted:
-                    uids.add(uid)
-            return uids
+        if row is None:
+            return set()
+        search = self.text_search(needles)
+        cand = search.candidates()
+        if not cand:
+            return set()
+        with self._read() as conn:
+            if len(cand) <= 2000:  # a few candidates: found by the email id index
+                uids = []
+                for chunk in _chunks(list(cand), 900):
+                    uids += [(uid, e) for uid, e, mbid in conn.execute(
+                        f"SELECT uid, emailid, mailbox FROM message WHERE emailid IN "
+                        f"({','.join('?' * len(chunk))})", chunk) if mbid == row[0]]
+            else:
+                uids = conn.execute("SELECT uid, emailid FROM message WHERE mailbox=?",
+                                    (row[0],)).fetchall()
+        hits = search.check(e for _, e in uids if e in cand)
+        return {uid for uid, e in uids if e in hits}
 
     def summaries(self, name: str, entries: Sequence[Entry], *,
                   keep: bool = True) -> dict[str, summary.Summary]:
@@ -680,32 +681,13 @@ class AccountStore:
         return made
     def search_emails(self, needles: Sequence[tuple[str, str]]) -> set[str]:
         """Email ids of the account whose indexed text contains every needle (as
-        :meth:`search_text`, for every mailbox at once: one look at the index)."""
-        with self._read() as conn:
-            rowids: set[int] | None = None
-            for where, needle in needles:
-                found = self._fts_rows(conn, where, needle.casefold())
-                rowids = found if rowids is None else rowids & found
-                if not rowids:
-                    return set()
-            wanted = rowids or set()
-            return {emailid for rowid, emailid in conn.execute(
-                "SELECT rowid, emailid FROM email_text") if rowid in wanted}
+        :meth:`search_text`, for every mailbox at once)."""
+        return self.text_search(needles).all()
 
-    @staticmethod
-    def _fts_rows(conn: sqlite3.Connection, where: str, needle: str) -> set[int]:
-        if any(c in needle for c in "%_\\"):
-            like = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace(
-                "_", "\\_") + "%"
-            escape = " ESCAPE '\\'"
-        else:
-            like, escape = f"%{needle}%", ""
-        columns = ("body",) if where == "BODY" else ("headers", "body")
-        out: set[int] = set()
-        for column in columns:
-            out.update(r[0] for r in conn.execute(
-                f"SELECT rowid FROM fts WHERE {column} LIKE ?{escape}", (like,)))
-        return out
+    def text_search(self, needles: Sequence[tuple[str, str]]) -> textsearch.TextSearch:
+        """A search of the whole account whose hits are checked on demand (a face that needs
+        only some of them, in its own order, checks only those)."""
+        return textsearch.TextSearch(self._read, needles)
 
     # -- reconciling with the Maildir -----------------------------------------------------
     def _ensure(self, conn: sqlite3.Connection, row: tuple, folder: _Folder
@@ -887,13 +869,19 @@ class AccountStore:
 
     def _remove_rows(self, conn: sqlite3.Connection, mbid: int,
                      gone: Sequence[tuple[int, str]], modseq: int) -> None:
-        for uid, _ in gone:
-            conn.execute("DELETE FROM message WHERE mailbox=? AND uid=?", (mbid, uid))
+        thread_of: dict[str, str] = {}
+        for uid, emailid in gone:
+            for (threadid,) in conn.execute("DELETE FROM message WHERE mailbox=? AND uid=? "
+                                            "RETURNING threadid", (mbid, uid)).fetchall():
+                thread_of[emailid] = threadid
             conn.execute("INSERT INTO vanished VALUES (?, ?, ?)", (mbid, uid, modseq))
+        threads: set[str] = set()
         for emailid in {e for _, e in gone}:
             left = conn.execute("SELECT threadid FROM message WHERE emailid=? LIMIT 1",
                                 (emailid,)).fetchone()
             self._log(conn, modseq, "Email", emailid, "updated" if left else "destroyed")
+            if left is None and emailid in thread_of:
+                threads.add(thread_of[emailid])
             if left is None:
                 conn.execute("DELETE FROM summary WHERE emailid=?", (emailid,))
                 hit = conn.execute("SELECT rowid FROM email_text WHERE emailid=?",
@@ -901,6 +889,10 @@ class AccountStore:
                 if hit:
                     conn.execute("DELETE FROM fts WHERE rowid=?", (hit[0],))
                     conn.execute("DELETE FROM email_text WHERE rowid=?", (hit[0],))
+        for threadid in threads:  # a thread lost an email (JMAP Thread/changes, queryChanges)
+            alive = conn.execute("SELECT 1 FROM message WHERE threadid=? LIMIT 1",
+                                 (threadid,)).fetchone()
+            self._log(conn, modseq, "Thread", threadid, "updated" if alive else "destroyed")
 
     def _finish(self, conn: sqlite3.Connection, mbid: int, modseq: int) -> None:
         conn.execute("UPDATE mailbox SET highestmodseq=? WHERE id=?", (modseq, mbid))

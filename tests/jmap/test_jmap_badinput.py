@@ -109,3 +109,25 @@ async def test_concurrent_requests_per_login_are_limited(config_factory) -> None
         w.close()
         resp = await jmap.call([["Core/echo", {"again": True}, "0"]])
         assert resp[0][1] == {"again": True}
+
+
+async def test_states_and_indexes_that_are_not_numbers(jmap: JMAP) -> None:
+    """Unicode digits (``²``) and numbers too long for ``int()`` in states, JSON pointers and
+    ids: a method error or not found, never a server failure."""
+    aid = jmap.account()
+    for bad in ("²", "9" * 5000, "", "-1", "1e3"):
+        calls = [["Email/changes", {"accountId": aid, "sinceState": bad}, "a"],
+                 ["Email/queryChanges", {"accountId": aid, "sinceQueryState": bad}, "b"],
+                 ["Mailbox/queryChanges", {"accountId": aid, "sinceQueryState": bad}, "c"],
+                 ["EmailSubmission/changes", {"accountId": aid, "sinceState": bad}, "d"],
+                 ["EmailSubmission/queryChanges", {"accountId": aid, "sinceQueryState": bad},
+                  "e"],
+                 ["Mailbox/get", {"accountId": aid, "ids": ["B" + bad]}, "f"],
+                 ["Email/get", {"accountId": aid, "#ids": {
+                     "resultOf": "f", "name": "Mailbox/get", "path": f"/notFound/{bad}"}}, "g"]]
+        got = await jmap.call(calls[:4])
+        got += await jmap.call(calls[4:])
+        kinds = [r[1].get("type") if r[0] == "error" else r[0] for r in got]
+        assert kinds == ["cannotCalculateChanges"] * 5 + ["Mailbox/get",
+                                                          "invalidResultReference"], (bad, got)
+        assert got[5][1]["notFound"] == ["B" + bad]
