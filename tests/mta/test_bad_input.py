@@ -191,7 +191,10 @@ async def test_wrong_password_535_with_growing_delay(small: Stack) -> None:
     t0 = time.monotonic()
     assert (await c.cmd(bad)).startswith("535 5.7.8")
     second = time.monotonic() - t0
-    assert second >= first + 0.4, (first, second)
+    # auth_failures_free = 1: the first failure waits BASE_DELAY (0.5 s), the second twice
+    # that (capped at auth_max_delay = 1). Waits are lower bounds whatever the load; the
+    # password check adds its own time on top, so no upper bound is asserted.
+    assert first >= 0.45 and second >= 0.95, (first, second)
     # another client is still served
     other = await Client.connect(small.smtp)
     assert (await other.cmd("NOOP")).startswith("250")
