@@ -72,7 +72,6 @@ def test_submit_then_imap_keeps_mail_on_the_server(stack) -> None:
 @pytest.mark.skipif("imap" not in available_daemons(), reason="no imap daemon")
 def test_idle_sees_mail_submitted_over_smtp(stack) -> None:
     import socket
-    import time
 
     off, data, ctx, _ = stack
     raw = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 993 + off), 10),
@@ -92,11 +91,9 @@ def test_idle_sees_mail_submitted_over_smtp(stack) -> None:
     cmd(b"a LOGIN bob@example.test bob-pw", b"a")
     cmd(b"b SELECT INBOX", b"b")
     assert cmd(b"c IDLE", b"c")[-1].startswith(b"+")
-    t0 = time.monotonic()
     submit(587 + off, data / "tls" / "ca.pem", "alice@example.test", "alice-pw",
            ["bob@example.test"], "Subject: idle\r\n\r\nwake up\r\n")
-    assert f.readline().strip() == b"* 1 EXISTS"
-    assert time.monotonic() - t0 < 5
+    assert f.readline().strip() == b"* 1 EXISTS"  # pushed: IDLE's latency is a benchmark's
     raw.sendall(b"DONE\r\n")
     while (line := f.readline()).startswith(b"* "):
         pass  # e.g. * 1 RECENT
