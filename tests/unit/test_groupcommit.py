@@ -66,3 +66,30 @@ async def test_a_cancelled_caller_does_not_stop_the_job() -> None:
     assert await gc.submit("next") == "next"
     assert done == ["kept", "next"]
     gc.close()
+
+
+async def test_a_lone_job_is_committed_inline_and_a_slow_one_turns_that_off() -> None:
+    threads: list[str] = []
+    slow = False
+
+    def commit(jobs: Sequence[str]) -> list[str | BaseException]:
+        threads.append(threading.current_thread().name)
+        if slow:
+            threading.Event().wait(0.02)  # a slow disk
+        return [OSError(28, "No space") if j == "full" else j.upper() for j in jobs]
+
+    gc: GroupCommit[str, str] = GroupCommit(commit, name="test-commit", inline_below=0.01)
+    here = threading.current_thread().name
+    assert await gc.submit("a") == "A"
+    with pytest.raises(OSError, match="No space"):
+        await gc.submit("full")
+    assert threads == [here, here] and gc.inline == 2
+    slow = True
+    assert await gc.submit("b") == "B"  # inline, but slower than inline_below
+    slow = False
+    assert await gc.submit("c") == "C"  # so this one goes through the worker thread
+    assert threads[-1] == "test-commit" and gc.inline == 3
+    # jobs arriving together while one commits are batched in the thread as before
+    results = await asyncio.gather(*(gc.submit(x) for x in "def"))
+    assert results == ["D", "E", "F"]
+    gc.close()
