@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import ROOT, serve, wait_port
+
 _HEAD = b"From: bench@example.org\r\nTo: sink@example.test\r\nSubject: bench\r\n\r\n"
 _LINES = b"".join(b"%04d " % i + b"x" * 70 + b"\r\n" for i in range(30))
 BODY = (_HEAD + _LINES)[:2046] + b"\r\n"  # 2 KiB, ending in CRLF
@@ -160,15 +161,6 @@ def serve_sink(port: int) -> None:
     uvloop.run(serve())
 
 
-def wait_port(port: int) -> None:
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=2000, help="messages per round")
@@ -195,14 +187,15 @@ def main() -> None:
     run = [sys.executable, "-m", "mailstack"]
     subprocess.run([*run, "user", "add", "sink@example.test", "--password-stdin", "--config",
                     str(cfg)], input=b"x\n", check=True, env=env, capture_output=True)
-    procs = {name: subprocess.Popen([*run, "serve", name, "--config", str(cfg)], env=env)
-             for name in ("mda", "mta")}
+    procs: dict[str, subprocess.Popen] = {}
     sink_port = free_port()
     sink = subprocess.Popen([sys.executable, __file__, "--serve-sink", str(sink_port)],
                             env=env) if args.sink else None
     try:
-        for port in (lmtp, smtp, *([sink_port] if sink else [])):
-            wait_port(port)
+        for name, port in (("mda", lmtp), ("mta", smtp)):
+            procs[name] = serve(name, cfg, port)
+        if sink:
+            wait_port(sink_port, sink)
         inbox = tmp / "data" / "mail" / "example.test" / "sink" / "new"
         mode = "a new connection per message" if args.connect else "connections reused"
         print(f"mailstack SMTP→Maildir benchmark: {args.n} messages of {len(BODY)} B per round,"
