@@ -85,9 +85,10 @@ class DeliveryHandler:
         retry = bool(getattr(session, "retry", True))
         rcpts = list(envelope.rcpt_tos)
         if len(rcpts) == 1:  # the common case, without gather's tasks
-            return PerRecipient([await self._deliver_one(rcpts[0], sender, data, envid, retry)])
+            return PerRecipient([await self._deliver_one(rcpts[0], sender, data, envid, retry)],
+                                rcpts)
         return PerRecipient(await asyncio.gather(
-            *(self._deliver_one(r, sender, data, envid, retry) for r in rcpts)))
+            *(self._deliver_one(r, sender, data, envid, retry) for r in rcpts)), rcpts)
 
     async def _deliver_one(self, rcpt: str, sender: str, data: bytes, envid: str | None,
                            retry: bool) -> str:
