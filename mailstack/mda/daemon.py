@@ -40,7 +40,7 @@ from .lmtp import MultiReplyLMTP, PerRecipient
 
 log = logging.getLogger("mailstack.mda")
 #: a commit slower than this (seconds) sends the next ones through the commit thread, so a
-#: slow disk never stalls the event loop for long (runtime.groupcommit)
+#: slow disk does not stall the event loop (runtime.groupcommit)
 INLINE_BELOW = 0.005
 
 
@@ -51,7 +51,8 @@ class DeliveryHandler:
         self.cfg = cfg
         self.users = users
         self.dlog = dlog
-        # a lone copy is committed in the event loop (no thread hop) while that stays fast
+        # sparse copies are committed in the event loop (no thread trip), concurrent ones
+        # together in the commit thread
         self.committer: GroupCommit[Copy, str] = GroupCommit(
             partial(commit_copies, dlog=dlog), name="mda-commit", inline_below=INLINE_BELOW)
         #: (queue id, recipient) of copies being committed: a concurrent repeat waits for them

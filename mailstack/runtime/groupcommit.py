@@ -11,12 +11,13 @@ one result per job — a value, or an exception for that job alone. If it raises
 the batch gets that exception. A caller that is cancelled while its job is committing does not
 stop the job (its effect on disk stays); it only stops waiting for the result.
 
-With ``inline_below`` set, a job that finds nothing committing or waiting is committed in the
-caller's thread (the event loop) instead: no trip to the worker thread and back (two thread
-wake-ups, ~90 µs of latency for a lone message). Others could not have joined its batch
-anyway: they would wait for it either way. A commit that took longer than ``inline_below``
-seconds (a slow disk: the loop would stall) sends the next :data:`SLOW_SPELL` jobs through
-the worker thread before inline commits are tried again.
+With ``inline_below`` set, a job is committed in the caller's thread (the event loop) when
+the load is sparse: nothing is committing or waiting, and the last commit ended longer ago than
+it took (jobs do not overlap). That saves the trip to the worker thread and back (two thread
+wake-ups, ~90 µs of latency for a lone message). A job that arrives sooner — under
+concurrency, it was waiting while the loop was busy committing — goes through the worker
+thread, where the jobs that follow join its batch. So does every job while the last commit
+took longer than ``inline_below`` seconds (a slow disk: the loop would stall).
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ R = TypeVar("R")
 
 CommitFn = Callable[[Sequence[J]], Sequence["R | BaseException"]]
 _Work = tuple[asyncio.AbstractEventLoop, list]
-#: jobs that go through the worker thread after an inline commit was slow
-SLOW_SPELL = 256
 
 
 class GroupCommit(Generic[J, R]):
@@ -44,7 +43,9 @@ class GroupCommit(Generic[J, R]):
                  inline_below: float = 0.0) -> None:
         self._commit = commit
         self._inline_below = inline_below
-        self._inline_from = 0 if inline_below > 0 else -1  # job count; -1: never inline
+        #: when the last commit ended (perf_counter) and how long it took (seconds)
+        self._last_end = 0.0
+        self._last_took = 0.0
         self._name = name
         self._max_batch = max_batch
         # one dedicated thread fed by a SimpleQueue: cheaper per trip than an executor
@@ -59,8 +60,10 @@ class GroupCommit(Generic[J, R]):
 
     async def submit(self, job: J) -> R:
         """Commit ``job`` (with whatever else is waiting) and return its result."""
-        if not self._busy and not self._pending and 0 <= self._inline_from <= self.jobs:
-            return self._commit_inline(job)
+        if self._inline_below and not self._busy and not self._pending:
+            took = self._last_took
+            if took < self._inline_below and time.perf_counter() - self._last_end > took:
+                return self._commit_inline(job)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         self._pending.append((job, fut))
@@ -79,8 +82,8 @@ class GroupCommit(Generic[J, R]):
         try:
             result = self._commit([job])[0]
         finally:
-            if time.perf_counter() - started > self._inline_below:
-                self._inline_from = self.jobs + SLOW_SPELL
+            self._last_end = time.perf_counter()
+            self._last_took = self._last_end - started
         if isinstance(result, BaseException):
             raise result
         return result  # type: ignore[return-value]
@@ -99,17 +102,20 @@ class GroupCommit(Generic[J, R]):
         """The worker thread: commit batches until :meth:`close`."""
         while (work := self._work.get()) is not None:
             loop, batch = work
+            started = time.perf_counter()
             try:
                 results: Sequence[object] = self._commit([job for job, _ in batch])
             except BaseException as exc:  # handed to every caller of the batch
                 results = [exc] * len(batch)
+            took = time.perf_counter() - started
             try:
-                loop.call_soon_threadsafe(self._finish, loop, batch, results)
+                loop.call_soon_threadsafe(self._finish, loop, batch, results, took)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[J, asyncio.Future[R]]],
-                results: Sequence[object]) -> None:
+                results: Sequence[object], took: float) -> None:
+        self._last_end, self._last_took = time.perf_counter(), took
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():  # the caller was cancelled
                 continue
