@@ -186,3 +186,23 @@ def test_a_rename_kept_without_its_journal_line_is_found_after_a_restart(
     # a queue id made after the start is not searched for: its line cannot have been lost
     fresh = new_queue_id()
     assert not restarted.from_before_start(fresh) and restarted.from_before_start(qid)
+
+
+def test_a_failed_journal_sync_fails_the_copy_and_its_retry_makes_no_second(
+        tmp_path: Path) -> None:
+    """The journal's fdatasync runs beside the new/ fsync, after the rename: when it fails
+    the copy is not acknowledged (the mta retries), and the retry finds the line."""
+    from mailstack.mda.delivery import commit_copies, prepare
+
+    class FailingSync(DeliveryLog):
+        def sync(self) -> None:
+            raise OSError(5, "Input/output error")
+
+    box = create_user_mailbox(tmp_path, "a@x.test")
+    dlog = FailingSync(tmp_path / "dlog")
+    ready = prepare(tmp_path, "a@x.test", "a@x.test", "s@y", b"m\r\n", "Q5", dlog)
+    [result] = commit_copies([ready], dlog)  # type: ignore[list-item]
+    assert isinstance(result, OSError) and result.errno == 5
+    again = deliver(tmp_path, "a@x.test", "a@x.test", "s@y", b"m\r\n", "Q5",
+                    DeliveryLog(tmp_path / "dlog"))
+    assert again.duplicate and len(box.scan()) == 1
