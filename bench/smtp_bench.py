@@ -11,11 +11,15 @@ message: greeting, EHLO, MAIL/RCPT/DATA, QUIT, as inbound MX traffic mostly arri
   DATA), server CPU per message (mta + mda), the benchmark client's own CPU per message, and
   the peak memory (VmHWM) of each daemon.
 
+``--queue`` sets ``[mta] direct_delivery = 0``: every message is queued (fsynced) before
+``250`` and the queue runner hands it to the mda afterwards, as before issue 18.
+
 ``--sink`` also runs a bare aiosmtpd + uvloop sink (no disk, no delivery: it accepts and
 forgets) in its own process, driven by the same client in rounds interleaved with mailstack's,
 and prints its accepted/s, its CPU per message and mailstack's delivered/s as a share of it.
 
 Usage: python bench/smtp_bench.py [-n 2000] [-c 1 10 50] [--rounds 3] [--connect] [--sink]
+       [--queue]
 Figures of several rounds are reported as medians; the machine is shared and noisy.
 """
 
@@ -33,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import ROOT, serve, wait_port
+
 _HEAD = b"From: bench@example.org\r\nTo: sink@example.test\r\nSubject: bench\r\n\r\n"
 _LINES = b"".join(b"%04d " % i + b"x" * 70 + b"\r\n" for i in range(30))
 BODY = (_HEAD + _LINES)[:2046] + b"\r\n"  # 2 KiB, ending in CRLF
@@ -160,21 +165,14 @@ def serve_sink(port: int) -> None:
     uvloop.run(serve())
 
 
-def wait_port(port: int) -> None:
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=2000, help="messages per round")
     ap.add_argument("-c", type=int, nargs="+", default=[1, 10, 50], help="concurrencies")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connect", action="store_true", help="a new connection per message")
+    ap.add_argument("--queue", action="store_true",
+                    help="queue every message first ([mta] direct_delivery = 0)")
     ap.add_argument("--sink", action="store_true",
                     help="also drive a bare aiosmtpd + uvloop sink, interleaved, as a reference")
     ap.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -189,22 +187,25 @@ def main() -> None:
     cfg.write_text(f'[server]\nhostname = "mx.example.test"\ndomains = ["example.test"]\n'
                    f'data_dir = "{tmp / "data"}"\nbind = ["127.0.0.1"]\nlog_level = "warning"\n'
                    f"[mta]\nsmtp = {smtp}\nsubmission = 0\nsubmissions = 0\n"
+                   + ("direct_delivery = 0\n" if args.queue else "") +
                    f"[mda]\nlmtp = {lmtp}\n[imap]\nimap = 0\nimaps = 0\n[pop3]\npop3 = 0\n"
                    "pop3s = 0\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = [sys.executable, "-m", "mailstack"]
     subprocess.run([*run, "user", "add", "sink@example.test", "--password-stdin", "--config",
                     str(cfg)], input=b"x\n", check=True, env=env, capture_output=True)
-    procs = {name: subprocess.Popen([*run, "serve", name, "--config", str(cfg)], env=env)
-             for name in ("mda", "mta")}
+    procs: dict[str, subprocess.Popen] = {}
     sink_port = free_port()
     sink = subprocess.Popen([sys.executable, __file__, "--serve-sink", str(sink_port)],
                             env=env) if args.sink else None
     try:
-        for port in (lmtp, smtp, *([sink_port] if sink else [])):
-            wait_port(port)
+        for name, port in (("mda", lmtp), ("mta", smtp)):
+            procs[name] = serve(name, cfg, port)
+        if sink:
+            wait_port(sink_port, sink)
         inbox = tmp / "data" / "mail" / "example.test" / "sink" / "new"
-        mode = "a new connection per message" if args.connect else "connections reused"
+        mode = ("a new connection per message" if args.connect else "connections reused") \
+            + (", queued first" if args.queue else "")
         print(f"mailstack SMTP→Maildir benchmark: {args.n} messages of {len(BODY)} B per round,"
               f" {mode}, {args.rounds} rounds, fsync on; medians")
         print(f"{'C':>4} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8}"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import imaplib
-import os
 import random
 import re
 import socket
@@ -29,6 +28,8 @@ from argon2 import PasswordHasher
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import serve  # noqa: E402
 
 from mailstack.store.maildir import create_user_mailbox  # noqa: E402
 
@@ -129,7 +130,6 @@ def main() -> None:
     cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     (data / "users").write_text(f"{USER}:{cheap.hash(PASSWORD)}\n")
     create_user_mailbox(data, USER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs, ports, logs = [], [], []
     for i in range(2):
         port = free_port()
@@ -138,17 +138,8 @@ def main() -> None:
                         f'bind = ["127.0.0.1"]\n[imap]\nimap = {port}\nimaps = {free_port()}\n')
         log = open(tmp / f"imap{i}.log", "w")  # noqa: SIM115
         logs.append(log)
-        procs.append(subprocess.Popen([sys.executable, "-m", "mailstack", "serve", "imap",
-                                       "--config", str(conf)], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
+        procs.append(serve("imap", conf, port, stdout=log, stderr=subprocess.STDOUT))
         ports.append(port)
-    for port in ports:
-        for _ in range(400):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
     c = imaplib.IMAP4("127.0.0.1", ports[0])
     c.login(USER, PASSWORD)
     c.create("Archive")

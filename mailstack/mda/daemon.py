@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from functools import partial
 from typing import Any
@@ -38,6 +39,9 @@ from .delivery import (
 from .lmtp import MultiReplyLMTP, PerRecipient
 
 log = logging.getLogger("mailstack.mda")
+#: a commit slower than this (seconds) sends the next ones through the commit thread, so a
+#: slow disk does not stall the event loop (runtime.groupcommit)
+INLINE_BELOW = 0.005
 
 
 class DeliveryHandler:
@@ -47,8 +51,10 @@ class DeliveryHandler:
         self.cfg = cfg
         self.users = users
         self.dlog = dlog
+        # sparse copies are committed in the event loop (no thread trip), concurrent ones
+        # together in the commit thread
         self.committer: GroupCommit[Copy, str] = GroupCommit(
-            partial(commit_copies, dlog=dlog), name="mda-commit")
+            partial(commit_copies, dlog=dlog), name="mda-commit", inline_below=INLINE_BELOW)
         #: (queue id, recipient) of copies being committed: a concurrent repeat waits for them
         self._in_flight: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -80,9 +86,10 @@ class DeliveryHandler:
         retry = bool(getattr(session, "retry", True))
         rcpts = list(envelope.rcpt_tos)
         if len(rcpts) == 1:  # the common case, without gather's tasks
-            return PerRecipient([await self._deliver_one(rcpts[0], sender, data, envid, retry)])
+            return PerRecipient([await self._deliver_one(rcpts[0], sender, data, envid, retry)],
+                                rcpts)
         return PerRecipient(await asyncio.gather(
-            *(self._deliver_one(r, sender, data, envid, retry) for r in rcpts)))
+            *(self._deliver_one(r, sender, data, envid, retry) for r in rcpts)), rcpts)
 
     async def _deliver_one(self, rcpt: str, sender: str, data: bytes, envid: str | None,
                            retry: bool) -> str:
@@ -121,12 +128,19 @@ class DeliveryHandler:
         return f"250 2.0.0 <{rcpt}> {note}"
 
     def _vacation(self, account: str, sender: str, data: bytes) -> None:
-        """A vacation reply (RFC 3834) when the account has one on, after the 250."""
+        """A vacation reply (RFC 3834) when the account has one on, after the 250.
+
+        Most accounts have none: one ``stat`` here, not a trip to a worker thread per copy."""
+        if not sender:
+            return
+        root = mailbox_path(self.cfg.data_dir, account)
+        if not os.path.exists(root / vacation.SETTINGS):
+            return
+
         async def run() -> None:
             try:
-                await asyncio.to_thread(vacation.respond, self.cfg,
-                                        mailbox_path(self.cfg.data_dir, account), account,
-                                        sender, data)
+                await asyncio.to_thread(vacation.respond, self.cfg, root, account, sender,
+                                        data)
             except Exception as exc:  # never a reason to fail a delivery
                 log.warning("vacation %s: no reply: %s", account, exc)
         task = asyncio.get_running_loop().create_task(run())

@@ -30,7 +30,11 @@ _BDAT = re.compile(r"(\d{1,15})(\s+LAST)?", re.I)
 
 
 class PerRecipient(list[str]):
-    """Replies after DATA, one per recipient."""
+    """Replies after DATA, one per recipient (``rcpts``: those recipients, for faults)."""
+
+    def __init__(self, replies: Any = (), rcpts: list[str] | None = None) -> None:
+        super().__init__(replies)
+        self.rcpts = rcpts or []
 
 
 class MultiReplyLMTP(ProtocolMixin, LMTP):
@@ -38,10 +42,24 @@ class MultiReplyLMTP(ProtocolMixin, LMTP):
 
     async def push(self, status: Any) -> None:
         if isinstance(status, PerRecipient):
+            if chaos.ENGINE is not None and await self._reply_fault(status.rcpts):
+                return
             for line in status:
                 await super().push(line)
             return
         await super().push(status)
+
+    async def _reply_fault(self, rcpts: list[str]) -> bool:
+        """A runtime fault at ``lmtp.reply``: after the copies are committed, before their
+        replies go out (a late answer, or a connection lost just after delivery). True when
+        the connection was dropped instead."""
+        engine = chaos.ENGINE
+        action = None if engine is None else await engine.check("lmtp.reply", rcpts,
+                                                                  self._peer_ip())
+        if action is not None and action.drop:
+            self.transport.close()  # type: ignore[union-attr]
+            return True
+        return False
 
     async def smtp_LHLO(self, arg: str) -> None:
         await self._greeting_reply(super().smtp_LHLO, arg)
@@ -102,9 +120,9 @@ class MultiReplyLMTP(ProtocolMixin, LMTP):
 
     async def refuse_message(self, reply: str) -> None:
         """RFC 2033 §4.2: the reply after the message is repeated for every recipient."""
-        n = len(self.envelope.rcpt_tos)
+        rcpts = list(self.envelope.rcpt_tos)
         self._set_post_data_state()
-        await self.push(PerRecipient([reply] * n) if n else reply)
+        await self.push(PerRecipient([reply] * len(rcpts), rcpts) if rcpts else reply)
 
     async def _skip(self, size: int) -> bool:
         """Read and drop ``size`` octets; False when the connection ended first."""

@@ -8,7 +8,9 @@ Policy (never an open relay):
 - DATA: a message for local recipients only is handed to the mda at once and ``250`` follows
   once its copies are durable in the Maildirs (one fsync chain, no queue file); any other
   message — or local mail the mda does not take within ``[mta] direct_delivery`` — is written
-  to the queue and fsynced before ``250``. A message with more than ``[mta].max_hops``
+  to the queue and fsynced before ``250``. When that queue write fails after a failed direct
+  attempt, the client's retry of the same message reuses its queue id (``unsettled``), so
+  copies the mda made the first time are not made twice. A message with more than ``[mta].max_hops``
   Received headers is refused (``554 5.4.6``, a mail loop).
 - Capture mode (``[capture] enabled``): any recipient on any domain is accepted and any envelope
   sender, without AUTH on port 25; the queue runner files everything in the catch-all account.
@@ -40,6 +42,7 @@ from .message import (
 )
 from .queue import Envelope, Spool, new_queue_id
 from .runner import QueueRunner
+from .unsettled import Unsettled, digest
 
 log = logging.getLogger("mailstack.mta")
 
@@ -67,6 +70,8 @@ class MTAHandler:
         self.spool = spool
         self.runner = runner
         self.throttle = throttle
+        #: messages a failed direct attempt may have delivered and the queue did not take
+        self.unsettled = Unsettled()
 
     async def handle_EHLO(self, server: Any, session: Session, envelope: SMTPEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
@@ -144,25 +149,27 @@ class MTAHandler:
             return f"554 5.4.6 Too many hops ({hops} Received headers): mail loop?"
         listener = getattr(server, "listener", "smtp")
         user = getattr(envelope, "mail_auth", "")
+        rcpts = list(envelope.rcpt_tos)
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        as_sent = raw
+        again = self.unsettled.take(digest(sender, rcpts, raw)) if self.unsettled else None
         if user:
             raw = submission_fixups(raw, self.cfg.server.hostname)
         tls = tls_description(server)
-        qid = new_queue_id()
-        rcpts = list(envelope.rcpt_tos)
+        qid = again or new_queue_id()
         trace = received_header(
             helo=session.host_name or "unknown", client_ip=peer, client_host=None,
             by=self.cfg.server.hostname, qid=qid, rcpt=rcpts[0] if len(rcpts) == 1 else None,
             protocol=protocol_name(session.extended_smtp, bool(tls), bool(user)), tls=tls)
         message = trace + raw
         body = "8BITMIME" if "BODY=8BITMIME" in envelope.mail_options else "7BIT"
-        sender = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
         env = Envelope(sender=sender, recipients=rcpts, size=len(message),
                        body=body, smtputf8=bool(envelope.smtp_utf8), client_ip=peer,
                        client_helo=session.host_name or "", auth_user=user, tls=tls,
                        listener=listener)
-        tried = False
+        tried = again is not None  # the mda may hold copies under this queue id already
         if self.runner.direct_ok(rcpts):
-            if await self.runner.deliver_direct(qid, env, message):
+            if await self.runner.deliver_direct(qid, env, message, retry=tried):
                 log.info("%s: client=[%s], helo=%s, listener=%s%s%s, from=<%s>, size=%d, "
                          "nrcpt=%d (delivered)", qid, peer, session.host_name or "unknown",
                          listener, f", sasl_username={user}" if user else "",
@@ -174,6 +181,10 @@ class MTAHandler:
                                           backoff=self.runner.backoff(1))
         except OSError as exc:
             log.error("%s: queue write failed: %s", peer, exc)
+            if tried:  # copies may exist: a retry of this message must not make them again
+                self.unsettled.remember(digest(sender, rcpts, as_sent), qid)
+                log.warning("%s: %s may be delivered in part: a retry reuses its queue id",
+                            peer, qid)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return "452 4.3.1 Insufficient system storage, try again later"
             return "451 4.3.0 Queue write failed, try again later"

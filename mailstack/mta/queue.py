@@ -48,6 +48,8 @@ OUTCOMES = "outcomes"  # subdirectory of final outcomes (entries queued for JMAP
 OUTCOME_DAYS = 7
 _random = random.Random()
 
+#: a commit slower than this (seconds) is not done in the event loop (runtime.groupcommit)
+INLINE_BELOW = 0.005
 
 def new_queue_id() -> str:
     """Sortable by time (µs since the epoch, hex) plus randomness: ``19AC1F2E5D3B47C2A9``."""
@@ -141,10 +143,11 @@ class Spool:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._dir = str(directory)
         self._outcomes_saved = 0
+        # sparse puts and removes are done in the event loop, no thread trip (groupcommit)
         self._puts: GroupCommit[NewEntry, QueueEntry] = GroupCommit(
-            self.put_many, name="queue-put")
-        self._removes: GroupCommit[str, bool] = GroupCommit(self.remove_many,
-                                                            name="queue-remove")
+            self.put_many, name="queue-put", inline_below=INLINE_BELOW)
+        self._removes: GroupCommit[str, bool] = GroupCommit(
+            self.remove_many, name="queue-remove", inline_below=INLINE_BELOW)
 
     def _p(self, qid: str, ext: str) -> str:
         return f"{self._dir}/{qid}.{ext}"  # a str: this is on every message's path

@@ -156,7 +156,8 @@ class QueueRunner:
                 and time.monotonic() >= self._direct_paused_until
                 and all(self._is_local(r) for r in recipients))
 
-    async def deliver_direct(self, qid: str, env: Envelope, message: bytes) -> bool:
+    async def deliver_direct(self, qid: str, env: Envelope, message: bytes, *,
+                             retry: bool = False) -> bool:
         """Hand a new message to the mda before it is queued; True when every recipient's
         copy is durable (the mda answered 250 for each).
 
@@ -165,13 +166,14 @@ class QueueRunner:
         (a timeout): the queue's attempt carries XRETRY and the mda's journal recognises the
         queue id, so no second copy appears. After a failure, local mail goes through the
         queue for DIRECT_PAUSE seconds, or until the runner delivers locally again.
+        ``retry``: the queue id may have reached the mda before (``XRETRY``).
         """
         started = time.monotonic()
         try:
             async with asyncio.timeout(float(self.cfg.mta.direct_delivery)):
                 result = await self.lmtp.deliver(
                     qid, env.sender, env.recipients, message,
-                    body8=env.body == "8BITMIME", smtputf8=env.smtputf8, retry=False)
+                    body8=env.body == "8BITMIME", smtputf8=env.smtputf8, retry=retry)
             replies = result.replies
         except LMTPError as exc:
             replies = [Reply(451, "4.4.1", str(exc))] * len(env.recipients)

@@ -48,7 +48,7 @@ SERVICES = ("smtp", "lmtp", "imap", "pop3")
 POINTS = {
     "smtp": ("connect", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "noop",
              "quit"),
-    "lmtp": ("connect", "ehlo", "mail", "rcpt", "data"),
+    "lmtp": ("connect", "ehlo", "mail", "rcpt", "data", "reply"),
     "imap": ("connect", "login", "authenticate", "select", "examine", "fetch", "append",
              "store", "search", "list", "idle", "copy", "move", "expunge", "logout"),
     "pop3": ("connect", "auth", "stat", "list", "uidl", "retr", "top", "dele", "quit"),

@@ -99,3 +99,54 @@ async def test_a_slow_mda_gets_the_message_through_the_queue_exactly_once(
         [path] = _inbox(st, "bob@example.test")
         assert b"Subject: slow" in path.read_bytes()
         assert _queued(cfg) == []
+
+
+def _send_code(port: int, rcpts: list[str], body: bytes) -> tuple[int, str]:
+    """One transaction; the reply after DATA, whatever it is."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.example.org")
+        assert s.mail("someone@example.org")[0] == 250
+        for r in rcpts:
+            assert s.rcpt(r)[0] == 250
+        code, text = s.data(body)
+    return code, text.decode()
+
+
+async def test_a_retry_after_a_late_mda_and_a_full_queue_makes_no_second_copy(
+        config_factory) -> None:
+    """The mda delivers but answers after the mta gave up; the queue write then fails (disk
+    full): the client gets 452 and sends the message again. The retry reuses the first queue
+    id (XRETRY), so the mda's journal finds the copy it made: one copy, not two."""
+    cfg = config_factory('[mta]\ndirect_delivery = "1s"\n[chaos]\nfile = "run/chaos.json"\n')
+    st = make_stack(cfg)
+    fault_file = cfg.data_dir / "run" / "chaos.json"
+    fault = chaos.normalize({"at": "lmtp.reply", "match": "bob@*", "latency": 2, "times": 1})
+    chaos.write(fault_file, [{**fault, "id": 1}], 0)
+    full = cfg.data_dir.parent / "disk-full"
+    full.touch()
+    body = b"Subject: once\r\nMessage-ID: <once@example.org>\r\n\r\nexactly one copy\r\n"
+    async with running("mda", cfg) as mda, \
+            running("mta", cfg, env={"MAILSTACK_TEST_DISK_FULL": str(full)}) as mta:
+        code, text = await asyncio.to_thread(_send_code, st.smtp, ["bob@example.test"], body)
+        assert (code, text[:5]) == (452, "4.3.1"), text
+        assert chaos.hits(fault_file) == {1: 1}  # the mda committed, then stalled its reply
+        first = (await mta.wait_log("may be delivered in part")).split(
+            "may be delivered in part")[0].split()[-1]
+        await mda.wait_log(f"{first}: to=<bob@example.test>")
+        assert len(_inbox(st, "bob@example.test")) == 1  # the copy the mta did not hear of
+        full.unlink()
+        code, text = await asyncio.to_thread(_send_code, st.smtp, ["bob@example.test"], body)
+        assert code == 250 and _qid(text) == first, text  # the retry took the first queue id
+        await mda.wait_log(f"{first}: to=<bob@example.test>, size=")
+        assert "status=already delivered" in await mda.wait_log("status=already delivered")
+        deadline = asyncio.get_running_loop().time() + 20
+        while _queued(cfg) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert _queued(cfg) == []
+        [path] = _inbox(st, "bob@example.test")
+        assert b"exactly one copy" in path.read_bytes()
+        # a different message afterwards is a new one
+        code, text = await asyncio.to_thread(_send_code, st.smtp, ["bob@example.test"],
+                                             body + b"more\r\n")
+        assert code == 250 and _qid(text) != first
+        assert len(await st.wait_messages("bob@example.test", 2)) == 2

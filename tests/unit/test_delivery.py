@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mailstack.mda.delivery import DeliveryLog, deliver
+from mailstack.mta.queue import new_queue_id
 from mailstack.store.maildir import (
     Maildir,
     PieceSizes,
@@ -55,6 +57,8 @@ def test_crash_after_log_before_rename_is_completed_once(tmp_path: Path) -> None
     # the failed attempt removed its tmp file, but a real crash would leave it: recreate
     key = dlog.lookup("Q1", "a@x.test")
     assert key is not None
+    # the line was written before the rename: a restarted mda finds it in the file
+    assert DeliveryLog(tmp_path / "dlog").lookup("Q1", "a@x.test") == key
     (box.root / "tmp" / key).write_bytes(b"m\n")
     again = deliver(tmp_path, "a@x.test", "a@x.test", "s@y", b"m\r\n", "Q1", dlog)
     assert again.duplicate and again.path == box.root / "new" / key
@@ -151,3 +155,54 @@ def test_a_batch_is_written_side_by_side_and_a_failed_copy_fails_alone(tmp_path:
         assert isinstance(result, str) and f"/new/{copies[i].key}" in result  # type: ignore[union-attr]
         assert f"Subject: {u}\n".encode() in Path(result).read_bytes()
         assert dlog.lookup(f"Q{i}", u) == copies[i].key  # type: ignore[union-attr]
+
+
+def _old_queue_id(seconds_ago: float) -> str:
+    """A queue id made ``seconds_ago`` (the format of :func:`new_queue_id`)."""
+    return f"{int((time.time() - seconds_ago) * 1e6):013X}{new_queue_id()[13:]}"
+
+
+def test_a_rename_kept_without_its_journal_line_is_found_after_a_restart(
+        tmp_path: Path) -> None:
+    """The journal is synced after the rename: an OS crash in between can keep the copy in
+    new/ and lose its line. The mta got no 250 and retries after the restart: the copy is
+    recognised by its headers, and not made twice."""
+    box = create_user_mailbox(tmp_path, "a@x.test")
+    create_user_mailbox(tmp_path, "b@x.test")
+    qid = _old_queue_id(120)
+    msg = f"Received: from c by mx.x.test with ESMTP id {qid}\r\nSubject: s\r\n\r\nb\r\n"
+    first = deliver(tmp_path, "a@x.test", "a@x.test", "s@y", msg.encode(), qid,
+                    DeliveryLog(tmp_path / "dlog"), retry=False)
+    for journal in (tmp_path / "dlog").glob("*.log"):
+        journal.write_bytes(b"")  # the line the crash lost
+    box.set_flags(box.find(first.path.name), "S")  # an IMAP client saw it meanwhile: cur/
+    restarted = DeliveryLog(tmp_path / "dlog")
+    assert restarted.lookup(qid, "a@x.test") is None
+    again = deliver(tmp_path, "a@x.test", "a@x.test", "s@y", msg.encode(), qid, restarted)
+    assert again.duplicate and len(box.scan()) == 1
+    # the same queue id for another recipient, never delivered: delivered now
+    other = deliver(tmp_path, "b@x.test", "b@x.test", "s@y", msg.encode(), qid, restarted)
+    assert not other.duplicate
+    # a queue id made after the start is not searched for: its line cannot have been lost
+    fresh = new_queue_id()
+    assert not restarted.from_before_start(fresh) and restarted.from_before_start(qid)
+
+
+def test_a_failed_journal_sync_fails_the_copy_and_its_retry_makes_no_second(
+        tmp_path: Path) -> None:
+    """The journal's fdatasync runs beside the new/ fsync, after the rename: when it fails
+    the copy is not acknowledged (the mta retries), and the retry finds the line."""
+    from mailstack.mda.delivery import commit_copies, prepare
+
+    class FailingSync(DeliveryLog):
+        def sync(self) -> None:
+            raise OSError(5, "Input/output error")
+
+    box = create_user_mailbox(tmp_path, "a@x.test")
+    dlog = FailingSync(tmp_path / "dlog")
+    ready = prepare(tmp_path, "a@x.test", "a@x.test", "s@y", b"m\r\n", "Q5", dlog)
+    [result] = commit_copies([ready], dlog)  # type: ignore[list-item]
+    assert isinstance(result, OSError) and result.errno == 5
+    again = deliver(tmp_path, "a@x.test", "a@x.test", "s@y", b"m\r\n", "Q5",
+                    DeliveryLog(tmp_path / "dlog"))
+    assert again.duplicate and len(box.scan()) == 1

@@ -66,3 +66,40 @@ async def test_a_cancelled_caller_does_not_stop_the_job() -> None:
     assert await gc.submit("next") == "next"
     assert done == ["kept", "next"]
     gc.close()
+
+
+async def test_sparse_jobs_are_committed_inline_overlapping_or_slow_ones_in_the_thread(
+        ) -> None:
+    threads: list[str] = []
+    delay = 0.0
+
+    def commit(jobs: Sequence[str]) -> list[str | BaseException]:
+        threads.append(threading.current_thread().name)
+        threading.Event().wait(delay)  # the disk's time
+        return [OSError(28, "No space") if j == "full" else j.upper() for j in jobs]
+
+    gc: GroupCommit[str, str] = GroupCommit(commit, name="test-commit", inline_below=0.05)
+    here = threading.current_thread().name
+    assert await gc.submit("a") == "A"
+    await asyncio.sleep(0.01)  # sparse: the next job comes after the last commit ended
+    with pytest.raises(OSError, match="No space"):
+        await gc.submit("full")
+    assert threads == [here, here] and gc.inline == 2
+    delay = 0.06  # slower than inline_below: the loop would stall
+    await asyncio.sleep(0.01)
+    assert await gc.submit("b") == "B"
+    delay = 0.0
+    await asyncio.sleep(0.1)
+    assert await gc.submit("c") == "C"  # after a slow commit: the worker thread
+    assert threads[-1] == "test-commit" and gc.inline == 3
+    await asyncio.sleep(0.01)
+    assert await gc.submit("d") == "D"  # fast again: inline
+    assert threads[-1] == here and gc.inline == 4
+    # jobs that overlap (they arrive while one commits) are batched in the thread
+    delay = 0.02
+    await asyncio.sleep(0.01)
+    batches = gc.batches
+    assert await asyncio.gather(*(gc.submit(x) for x in "efg")) == ["E", "F", "G"]
+    assert gc.inline == 5  # "e" found the committer idle after a gap …
+    assert threads[-1] == "test-commit" and gc.batches == batches + 2  # … "f" and "g" did not
+    gc.close()
