@@ -331,6 +331,8 @@ async def cmd_status(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     if not items or any(i not in STATUS_ITEMS for i in items):
         raise ParseError("unknown STATUS item")
+    if "HIGHESTMODSEQ" in items:  # a CONDSTORE-enabling command (RFC 7162 §3.1)
+        s.enable_condstore()
     await _send_status(s, name, items)
     return "STATUS completed"
 

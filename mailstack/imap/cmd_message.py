@@ -56,8 +56,8 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.end()
     if vanished and not (uid and s.qresync):
         raise Bad("VANISHED needs UID FETCH and ENABLE QRESYNC")
-    if changed_since is not None:
-        s.condstore = True
+    if changed_since is not None or any(a.name == "MODSEQ" for a in atts):
+        s.enable_condstore()
     sel = _selected(s)
     msgs = targets(sel, seqset, uid)
     if len(msgs) > MANY:  # parsing, the refresh and the set took their share: others' turn
@@ -79,6 +79,8 @@ async def cmd_fetch(s: Session, tag: str, p: Parser, uid: bool) -> str:
             msgs = _current(sel, msgs)
             if not any(a.name == "FLAGS" for a in atts):
                 atts = [*atts, fetch.Att("FLAGS")]
+            if s.condstore and not uid and not any(a.name == "UID" for a in atts):
+                atts = [*atts, fetch.Att("UID")]  # RFC 7162 §3.1.4: UID and MODSEQ with it
     if any(a.name == "PREVIEW" for a in atts):  # the summaries at once, off the loop
         await asyncio.to_thread(sel.store.summaries, sel.name, [m for _, m in msgs])
     cache = FolderCache.for_root(sel.maildir.root)
@@ -200,7 +202,6 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
         unchanged_since = p.number64()
         p.close_paren()
         p.sp()
-        s.condstore = True
     item = p.atom().upper()
     mode = item[0] if item[0] in "+-" else ""
     base = item.lstrip("+-")
@@ -215,6 +216,8 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
         while p.maybe_sp():
             flags.append(p.flag())
     p.end()
+    if unchanged_since is not None:
+        s.enable_condstore()
     sel = _selected(s)
     if sel.readonly:
         raise No("mailbox is read-only", "READ-ONLY")
@@ -239,7 +242,7 @@ async def cmd_store(s: Session, tag: str, p: Parser, uid: bool) -> str:
         if m.uid in failed_uids or m.uid in gone:
             continue
         parts = []
-        if uid:
+        if uid or s.condstore:  # RFC 7162 §3.1.4: UID and MODSEQ once CONDSTORE is on
             parts.append(f"UID {m.uid}")
         if not silent:
             parts.append(f"FLAGS ({' '.join(sel.flags(m))})")

@@ -17,24 +17,37 @@ def _selected(s: Session) -> Selected:
     return s.selected
 
 
-def _return_options(p: Parser) -> esearch.Return | None:
+def _return_options(s: Session, tag: str, p: Parser) -> esearch.Return | None:
+    """``RETURN (...) SP`` when present. UPDATE with the tag of a live search is BAD (RFC 5267
+    §4.3: the command is rejected, nothing is searched)."""
     if p.maybe(b"RETURN "):
         ret = esearch.parse_return(p)
         p.sp()
+        if ret.update and any(c.tag == tag for c in s.contexts):
+            raise ParseError(f"a live search already has the tag {tag[:40]}")
         return ret
     return None
 
 
-def _charset_and_keys(p: Parser) -> tuple[search.Node, bool]:
-    """``charset SP search-key...`` of SORT and THREAD: a syntax error (BAD) wins over an
-    unknown charset (NO [BADCHARSET])."""
+def _charset(p: Parser) -> str:
+    """``charset SP`` of SORT and THREAD (upper-cased)."""
     raw = p.astring()
     p.sp()
-    name = raw.decode("ascii", "replace").upper()
-    tree = _keys(p, name if name in search.CHARSETS else "UTF-8")
-    if name not in search.CHARSETS:
+    return raw.decode("ascii", "replace").upper()
+
+
+def _keys_in(p: Parser, charset: str) -> tuple[search.Node, bool]:
+    """The search keys after ``charset``: a syntax error (BAD) wins over an unknown charset
+    (NO [BADCHARSET])."""
+    tree = _keys(p, charset if charset in search.CHARSETS else "UTF-8")
+    if charset not in search.CHARSETS:
         raise No("unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
     return tree
+
+
+def _charset_and_keys(p: Parser) -> tuple[search.Node, bool]:
+    """``charset SP search-key...`` of SORT and THREAD."""
+    return _keys_in(p, _charset(p))
 
 
 def _keys(p: Parser, charset: str | None = None) -> tuple[search.Node, bool]:
@@ -47,7 +60,7 @@ def _keys(p: Parser, charset: str | None = None) -> tuple[search.Node, bool]:
 def _keep(s: Session, tag: str, uid: bool, ret: esearch.Return, tree: search.Node,
           criteria: list[tuple[str, bool]] | None, found: list[tuple[int, Msg]]) -> None:
     """RETURN (UPDATE): keep the search live (RFC 5267 §4.3), unless too many are."""
-    if len(s.contexts) >= context.MAX_CONTEXTS or any(c.tag == tag for c in s.contexts):
+    if len(s.contexts) >= context.MAX_CONTEXTS:
         s.untagged(f'NO [NOUPDATE "{tag}"] no more live searches in this session')
         return
     ctx = context.Context(tag, uid, ret, tree, criteria)
@@ -60,8 +73,8 @@ def _answer(s: Session, tag: str, uid: bool, word: str, ret: esearch.Return | No
     """The untagged result of SEARCH or SORT, and the saved result when asked."""
     sel = _selected(s)
     if uses_modseq:
-        s.condstore = True
-    modseq = max((m.modseq for _, m in found), default=0) if uses_modseq else None
+        s.enable_condstore()
+    modseq = esearch.result_modseq(ret, [m.modseq for _, m in found]) if uses_modseq else None
     if ret is not None and ret.save:
         ordered_uids = [m.uid for _, m in found]
         sel.save_result(esearch.saved(ret, ordered_uids if ordered
@@ -82,7 +95,7 @@ def _answer(s: Session, tag: str, uid: bool, word: str, ret: esearch.Return | No
 @command("SEARCH", SELECTED, uid_ok=True, expunge_ok=False)
 async def cmd_search(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.sp()
-    ret = _return_options(p)
+    ret = _return_options(s, tag, p)
     tree, uses_modseq = _keys(p)
     sel = _selected(s)
     try:
@@ -105,10 +118,13 @@ def _sorted(sel: Selected, tree: search.Node,
 @command("SORT", SELECTED, uid_ok=True, expunge_ok=False)
 async def cmd_sort(s: Session, tag: str, p: Parser, uid: bool) -> str:
     p.sp()
-    ret = _return_options(p)
+    ret = _return_options(s, tag, p)
     criteria = sort.parse_criteria(p)
     p.sp()
-    tree, uses_modseq = _charset_and_keys(p)
+    charset = _charset(p)
+    if ret is None:  # RETURN after the charset (as imaptest writes it): taken the same way
+        ret = _return_options(s, tag, p)
+    tree, uses_modseq = _keys_in(p, charset)
     sel = _selected(s)
     found = await asyncio.to_thread(_sorted, sel, tree, criteria)
     _answer(s, tag, uid, "SORT", ret, found, uses_modseq, ordered=True)

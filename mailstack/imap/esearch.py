@@ -94,6 +94,22 @@ def partial_slice(nums: list[int], rng: tuple[int, int]) -> list[int]:
     return nums[max(lo, 0):max(hi, 0)]
 
 
+def result_modseq(ret: Return | None, modseqs: list[int]) -> int:
+    """The MODSEQ of a result (RFC 4731 §3.2, RFC 7162 §3.1.5): the highest of the messages
+    it returns, so with MIN and/or MAX (or PARTIAL) alone only those count, with ALL or COUNT
+    every match. ``modseqs``: the matches' in result order."""
+    if not modseqs:
+        return 0
+    if ret is None or ret.wants("ALL") or ret.wants("COUNT"):
+        return max(modseqs)
+    picked = partial_slice(modseqs, ret.partial) if ret.partial is not None else []
+    if ret.wants("MIN"):
+        picked.append(modseqs[0])
+    if ret.wants("MAX"):
+        picked.append(modseqs[-1])
+    return max(picked, default=max(modseqs))
+
+
 def saved(ret: Return, nums_uids: list[int]) -> list[int]:
     """What SAVE keeps (RFC 5182 §2.4): MIN and/or MAX alone keep just those."""
     shown = {o for o in ret.options if o not in _NOT_RESULTS}

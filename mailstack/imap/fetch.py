@@ -23,6 +23,7 @@ _NO_BODY = ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "MODSEQ", "SAVEDATE",
 MAX_ATTS = 64  # fetch attributes in one FETCH (Thunderbird asks for 4 to 10)
 STREAM_OVER = 1 << 20  # a whole message bigger than this is sent from its file in pieces
 STREAM_PIECE = 256 * 1024
+OPEN_END = 1 << 62  # the length of a BINARY partial range given as <start> alone
 _MACROS = {"ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
            "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
            "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"]}
@@ -55,7 +56,9 @@ class Att:
         return self.name not in _NO_BODY
 
 
-def _section(p: Parser, att: Att) -> None:
+def _section(p: Parser, att: Att, *, partial: bool = True, open_end: bool = False) -> None:
+    """``"[" [section] "]"`` and, when ``partial``, ``["<" number "." nz-number ">"]``; with
+    ``open_end`` also ``"<" number ">"``: from there to the end."""
     p.expect(b"[")
     numbers: list[int] = []
     spec = ""
@@ -92,27 +95,11 @@ def _section(p: Parser, att: Att) -> None:
         raise ParseError("bad section")
     p.expect(b"]")
     att.numbers, att.spec, att.section = numbers, spec, ".".join(text_parts)
-    if p.maybe(b"<"):
-        start = p.number()
-        p.expect(b".")
-        length = p.nz_number()
-        p.expect(b">")
-        att.partial = (start, length)
-
-
-def _binary_section(p: Parser, att: Att, *, partial: bool) -> None:
-    """``"[" [section-part] "]"`` and, unless BINARY.SIZE, ``["<" number "." nz-number ">"]``
-    (RFC 3516)."""
-    p.expect(b"[")
-    numbers: list[int] = []
-    if p.peek() != 0x5D:
-        numbers.append(p.nz_number())
-        while p.maybe(b"."):
-            numbers.append(p.nz_number())
-    p.expect(b"]")
-    att.numbers, att.section = numbers, ".".join(map(str, numbers))
     if partial and p.maybe(b"<"):
         start = p.number()
+        if open_end and p.maybe(b">"):
+            att.partial = (start, OPEN_END)
+            return
         p.expect(b".")
         length = p.nz_number()
         p.expect(b">")
@@ -128,7 +115,10 @@ def parse_att(p: Parser) -> Att:
     if word in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and p.peek() == 0x5B:
         att = Att("BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY",
                   peek=word == "BINARY.PEEK")
-        _binary_section(p, att, partial=word != "BINARY.SIZE")
+        # RFC 3516 allows only part numbers and <start.length>; like Dovecot, the server
+        # also takes the BODY section texts (HEADER, HEADER.FIELDS[.NOT], MIME, TEXT: see
+        # binary_content) and <start> alone (to the end)
+        _section(p, att, partial=word != "BINARY.SIZE", open_end=True)
         return att
     if word in _SIMPLE:
         return Att(word)
@@ -300,17 +290,28 @@ class Loaded:
         assert self.fd is not None
         return file_range(self.fd, self.msg.size, start, end - start)
 
-    def binary_content(self, numbers: list[int]) -> Callable[[], Iterator[bytes]] | None:
-        """A source of the decoded content of BINARY[numbers] (None: no such part).
+    def binary_content(self, att: Att) -> Callable[[], Iterator[bytes]] | None:
+        """A source of the content of ``BINARY[section]`` (None: no such part).
 
-        The whole message (no numbers) is its header and its decoded body, the header's
+        A part number alone: the part's content, its transfer encoding undone. The whole
+        message (no section) is its header and its decoded body, the header's
         Content-Transfer-Encoding then saying ``binary``; a multipart or message part is sent
-        as it is (MIME allows only identity encodings there, and its parts keep theirs)."""
+        as it is (MIME allows only identity encodings there, and its parts keep theirs).
+        Beyond RFC 3516 (as Dovecot answers): ``TEXT`` is a message's body decoded as a single
+        part is, a multipart body as it is; ``HEADER``, ``HEADER.FIELDS[.NOT]`` and ``MIME``
+        are what ``BODY[section]`` gives (headers carry no transfer encoding)."""
         root = self.tree()
         assert root is not None  # prepare() loaded it
+        numbers = att.numbers
         part = mime.find_part(root, numbers) if numbers else root
         if part is None:
             return None
+        if att.spec not in ("", "TEXT"):
+            return self._header_section(root, att)
+        if att.spec == "TEXT" and numbers:  # the body of the message a message/rfc822 holds
+            if part.message is None:
+                return lambda: iter(())
+            part = part.message
         leaf = not part.children and part.message is None
         cte = binary.encoding_of(part.msg.get("content-transfer-encoding")) if leaf else ""
         if isinstance(part, mimescan.Span):
@@ -331,13 +332,26 @@ class Loaded:
                 return iter((whole.header,))
 
         def content() -> Iterator[bytes]:
-            if not numbers:  # the whole message: its header says what the body now is
-                if cte in binary.CONVERTED:
+            if not numbers and not att.spec:  # the whole message: its header says what the
+                if cte in binary.CONVERTED:  # body now is
                     yield from binary.relabelled_header(header())
                 else:
                     yield from header()
             yield from binary.decode(cte, body())
         return content
+
+    def _header_section(self, root: mime.Part, att: Att) -> Callable[[], Iterator[bytes]]:
+        """``BINARY[...HEADER]``, ``[...HEADER.FIELDS[.NOT] (...)]`` or ``[n.MIME]``: the
+        octets ``BODY[...]`` gives for the same section."""
+        if not isinstance(root, mimescan.Span):
+            data = mime.section_bytes(root, att.numbers, att.spec, att.fields)
+            return lambda: iter((data,))
+        if att.spec.startswith("HEADER.FIELDS"):
+            fields = mime.header_fields(mimescan.header_of(root, att.numbers) or b"",
+                                        att.fields, exclude=att.spec.endswith(".NOT"))
+            return lambda: iter((fields,))
+        start, end = mimescan.section_range(root, att.numbers, att.spec) or (0, 0)
+        return lambda: self.file_range(start, end)
 
 
 def _raw_only(a: Att) -> bool:
@@ -407,7 +421,7 @@ def prepare(load: Loaded, atts: list[Att]) -> bool:
         elif name in ("BODYSTRUCTURE", "BODY") and att.section is None:
             ok = load.structure(name == "BODYSTRUCTURE") is not None
         elif name in ("BINARY", "BINARY.SIZE") and att.section not in load.binary:
-            content = load.binary_content(att.numbers)
+            content = load.binary_content(att)
             load.binary[att.section or ""] = (binary.measure(content()) if content is not None
                                               else None)
             ok = True
@@ -620,7 +634,7 @@ def _binary_piece(load: Loaded, att: Att, sep: bytes) -> Iterator[Piece]:
         yield sep + b"BINARY.SIZE[" + key.encode() + b"] %d" % (info[0] if info else 0)
         return
     label = sep + b"BINARY[" + key.encode() + b"]"
-    content = load.binary_content(att.numbers) if info is not None else None
+    content = load.binary_content(att) if info is not None else None
     if info is None or content is None:
         yield label + b" NIL"
         return

@@ -110,6 +110,8 @@ def _names(p: Parser) -> tuple[str, ...]:
 
 
 def _group(p: Parser) -> Group:
+    """``"(" filter-mailboxes SP events ")"``: ``(MAILBOXES a (MessageNew ...))`` (RFC 5465
+    §8); the filter in parentheses, ``((MAILBOXES a) (...))``, is taken too."""
     p.open_paren()
     names: tuple[str, ...] = ()
     if p.maybe_open():
@@ -121,7 +123,10 @@ def _group(p: Parser) -> Group:
         p.close_paren()
     else:
         kind = p.atom().upper()
-        if kind not in SELECTED_KINDS + SIMPLE_KINDS:
+        if kind in NAMED_KINDS:
+            p.sp()
+            names = _names(p)
+        elif kind not in SELECTED_KINDS + SIMPLE_KINDS:
             raise ParseError(f"unknown mailbox filter {kind[:40]}")
     p.sp()
     events: set[str] = set()
@@ -315,7 +320,10 @@ class Notifier:
 
     def _status_line(self, name: str, v: tuple[int, ...]) -> bytes:
         items = f"MESSAGES {v[0]} UIDNEXT {v[1]} UIDVALIDITY {v[2]} UNSEEN {v[3]}"
-        if self.s.condstore:
+        # HIGHESTMODSEQ with CONDSTORE, or where flag changes are watched: without it their
+        # STATUS would not show them (as Dovecot answers)
+        if self.s.condstore or "FlagChange" in self.spec.events_for(name,
+                                                                      self.known.subscribed):
             items += f" HIGHESTMODSEQ {v[4]}"
         return b"* STATUS " + wire.astring(name) + f" ({items})\r\n".encode()
 

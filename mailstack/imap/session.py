@@ -129,6 +129,16 @@ class Session:
         self.out.append(data)
         self.out_size += len(data)
 
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (RFC 7162 §3.1): from now on FETCH responses carry
+        MODSEQ; the first one with a mailbox selected also gets ``* OK [HIGHESTMODSEQ n]``."""
+        if self.condstore:
+            return
+        self.condstore = True
+        sel = self.selected
+        if sel is not None and sel.snapshot is not None:
+            self.untagged(f"OK [HIGHESTMODSEQ {sel.snapshot.highest_modseq}] highest modseq")
+
     def untagged(self, text: str) -> None:
         self.send(b"* " + text.encode("utf-8") + b"\r\n")
 

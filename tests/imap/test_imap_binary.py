@@ -103,13 +103,67 @@ def test_binary_of_a_single_part_message(imap, size: str) -> None:
 
 
 def test_binary_bad_syntax(imap) -> None:
+    """(BINARY[1.MIME], BINARY[TEXT] and BINARY[1]<5> are not RFC 3516 syntax but are
+    accepted, as Dovecot accepts them: see test_binary_body_sections.)"""
     imap.deliver(b"Subject: x\n\nbody\n")
     c = _client(imap)
-    for bad in ("BINARY[1.MIME]", "BINARY[TEXT]", "BINARY.SIZE[1]<0.5>", "BINARY[0]",
-                "BINARY[1.]", "BINARY.PEEK", "BINARY[1]<5>"):
+    for bad in ("BINARY.SIZE[1]<0.5>", "BINARY.SIZE[1]<5>", "BINARY[0]", "BINARY[1.]",
+                "BINARY.PEEK", "BINARY[1.FOO]", "BINARY[MIME]", "BINARY[1]<5", "BINARY[1]<>",
+                "BODY[1]<5>"):
         with pytest.raises(imaplib.IMAP4.error, match="BAD"):
             c.fetch("1", f"({bad})")
     assert c.noop()[0] == "OK"
+    c.logout()
+
+
+NESTED_B64 = base64.encodebytes(BLOB)
+
+
+def _nested(filler: bytes) -> bytes:
+    """A multipart whose second part is a message/rfc822 holding a base64 message."""
+    return (b"From: outer@example.test\nSubject: outer\nMIME-Version: 1.0\n"
+            b"Content-Type: multipart/mixed; boundary=\"ab\n cd\"\n\nprologue\n"
+            b"--ab cd\nContent-Type: text/plain\nContent-Transfer-Encoding: quoted-printable"
+            b"\n\nsoup=3Dhot\n"
+            b"--ab cd\nContent-Type: message/rfc822\n\n"
+            b"From: inner@example.test\nSubject: inner\nX-Keep: yes\n"
+            b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+            + NESTED_B64 + b"--ab cd\nContent-Type: application/octet-stream\n\n" + filler
+            + b"\n--ab cd--\nepilogue\n")
+
+
+@pytest.mark.parametrize("size", ["small", "big"])
+def test_binary_body_sections(imap, size: str) -> None:
+    """BINARY with BODY's section texts, accepted as Dovecot accepts them (beyond RFC 3516's
+    grammar): HEADER, HEADER.FIELDS[.NOT] and MIME give what BODY gives; TEXT of a single-part
+    message is its decoded body, of a multipart the body as it is; <start> alone runs to the
+    end. BINARY.SIZE agrees with each."""
+    filler = b"x" * (STREAM_OVER + 10) if size == "big" else b"x"
+    imap.deliver(_nested(filler))
+    c = _client(imap)
+    same_as_body = ["2.HEADER", "2.MIME", "1.MIME", "2.HEADER.FIELDS (subject X-KEEP from)",
+                    "2.HEADER.FIELDS.NOT (Subject)", "HEADER", "HEADER.FIELDS (Subject)",
+                    "TEXT", "2.1.MIME", "1.HEADER"]
+    for section in same_as_body:
+        typ, data = c.fetch("1", f"(BINARY.PEEK[{section}] BINARY.SIZE[{section}] "
+                                 f"BODY.PEEK[{section}])")
+        assert typ == "OK", (section, data)
+        binary, body = data[0][1], data[1][1]
+        assert binary == body, (section, binary, body)
+        assert b"BINARY.SIZE[%s] %d" % (section.encode(), len(body)) in data[1][0], data
+    typ, data = c.fetch("1", "(BINARY.PEEK[2.HEADER.FIELDS (subject)])")
+    assert data[0][1] == b"Subject: inner\r\n\r\n"
+    assert b"prologue" in c.fetch("1", "(BINARY.PEEK[TEXT])")[1][0][1]  # multipart: as it is
+    typ, data = c.fetch("1", "(BINARY.PEEK[2.TEXT] BINARY.SIZE[2.TEXT])")
+    assert typ == "OK" and data[0][1] == BLOB, data  # the inner message's body, decoded
+    assert b"~{%d}" % len(BLOB) in data[0][0]
+    assert b"BINARY.SIZE[2.TEXT] %d" % len(BLOB) in data[1], data
+    typ, data = c.fetch("1", "(BINARY.PEEK[2.TEXT]<1000> BINARY.PEEK[1]<5>)")
+    assert data[0][1] == BLOB[1000:] and b"BINARY[2.TEXT]<1000> ~{" in data[0][0], data
+    assert data[1][1] == b"hot" and b"BINARY[1]<5> {3}" in data[1][0], data
+    typ, data = c.fetch("1", "(BINARY.PEEK[1.TEXT] BINARY.PEEK[9.MIME] BINARY.PEEK[TEXT]<9>)")
+    assert typ == "OK" and data[0][1] == b"" and b"BINARY[9.MIME] NIL" in data[1][0], data
+    assert data[1][1].startswith(b"\n--ab cd\r\n") and data[1][1].endswith(b"epilogue\r\n")
     c.logout()
 
 

@@ -83,6 +83,27 @@ async def test_context_limit_and_reselect(pair) -> None:
     assert not any(b"NOUPDATE" in x for x in r)
 
 
+async def test_update_with_a_tag_in_use_is_bad(pair, imap) -> None:
+    """RFC 5267 §4.3: UPDATE with the tag of a live search is rejected with BAD (nothing is
+    searched, the live search goes on); the same tag without UPDATE, or once cancelled, is
+    fine."""
+    a, _ = pair
+    r = await a.cmd("t", "UID SEARCH RETURN (UPDATE) UNSEEN")
+    assert _esearch(r) == [b'* ESEARCH (TAG "t") UID ALL 1:3']
+    for again in ("SEARCH RETURN (UPDATE COUNT) ALL", "SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL",
+                  "SORT (SUBJECT) UTF-8 RETURN (UPDATE) ALL"):
+        r = await a.cmd("t", again)
+        assert r[-1].startswith(b"t BAD") and _esearch(r) == [], (again, r)
+    r = await a.cmd("t", "SEARCH RETURN (COUNT) ALL")
+    assert _esearch(r) == [b'* ESEARCH (TAG "t") COUNT 3'] and r[-1].startswith(b"t OK")
+    imap.deliver(message("golf"))
+    r = await a.cmd("n", "NOOP")
+    assert _esearch(r) == [b'* ESEARCH (TAG "t") UID ADDTO (0 4)']  # the first one, alone
+    await a.cmd("c", 'CANCELUPDATE "t"')
+    r = await a.cmd("t", "SEARCH RETURN (UPDATE COUNT) ALL")
+    assert _esearch(r) == [b'* ESEARCH (TAG "t") COUNT 4'] and r[-1].startswith(b"t OK")
+
+
 async def test_context_update_during_idle(pair, imap) -> None:
     a, _ = pair
     await a.cmd("u", "UID SEARCH RETURN (UPDATE MIN) SUBJECT hotel")

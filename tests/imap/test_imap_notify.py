@@ -31,6 +31,9 @@ async def lines_until(c: Raw, wanted: bytes, timeout: float = 15) -> list[bytes]
     "SET ((MAILBOXES ()) (MessageNew MessageExpunge))",  # a specifier naming nothing
     "SET ((MAILBOXES) (MessageNew MessageExpunge))",
     "SET ((SUBTREE) (MessageNew MessageExpunge))",
+    "SET (MAILBOXES (MessageNew MessageExpunge))",  # RFC 5465 form, no mailbox
+    "SET (SUBTREE Work)",
+    "SET (MAILBOXES () (MessageNew MessageExpunge))",
     "SET ((FOLDERS x) (MessageNew MessageExpunge))",
     "SET (EVERYTHING (MessageNew MessageExpunge))",
     "SET (PERSONAL ())",
@@ -94,6 +97,27 @@ async def test_selected_delayed_holds_expunges_until_a_command(imap) -> None:
     assert not any(b"EXPUNGE" in x for x in got), got
     lines = ok(await c.cmd("o", "NOOP"), "o")
     assert b"* 1 EXPUNGE\r\n" in lines, lines
+
+
+async def test_rfc_filter_syntax_and_highestmodseq_with_flagchange(imap) -> None:
+    """``(MAILBOXES name events)`` as RFC 5465 §8 writes it (the filter in parentheses is
+    taken too); without CONDSTORE a mailbox watched for FlagChange still gets HIGHESTMODSEQ
+    in its STATUS (else a flag change would not show), one without FlagChange does not."""
+    for box in ("Work", "Play"):
+        imap.folder(box).create(folder=True)
+        imap.deliver(message(box), folder=box)
+    c = await login(imap)
+    lines = ok(await c.cmd("n", "NOTIFY SET STATUS (MAILBOXES Work (MessageNew MessageExpunge))"
+                                " (SUBTREE (Play) (MessageNew MessageExpunge FlagChange))"), "n")
+    work = next(x for x in lines if x.startswith(b"* STATUS Work "))
+    play = next(x for x in lines if x.startswith(b"* STATUS Play "))
+    assert b"HIGHESTMODSEQ" not in work and b" HIGHESTMODSEQ " in play, lines
+    ok(await c.cmd("m", "NOTIFY SET ((MAILBOXES Work) (MessageNew MessageExpunge FlagChange))"),
+       "m")
+    other = await session(imap, "Work")
+    ok(await other.cmd("s", "STORE 1 +FLAGS (\\Flagged)"), "s")
+    got = await lines_until(c, b"* STATUS Work")
+    assert b" HIGHESTMODSEQ " in got[-1], got
 
 
 async def test_status_for_other_mailboxes_also_in_idle(imap) -> None:

@@ -307,6 +307,55 @@ async def test_condstore(imap):
     assert int(re.search(rb"HIGHESTMODSEQ (\d+)", st[0]).group(1)) > m1
 
 
+@pytest.mark.parametrize("enabler", ["FETCH 1 (MODSEQ)", "STATUS INBOX (HIGHESTMODSEQ)",
+                                     "SEARCH MODSEQ 1", "STORE 5 (UNCHANGEDSINCE 1) +FLAGS (x)"])
+async def test_condstore_enabling_command(imap, enabler: str):
+    """RFC 7162 §3.1: the first CONDSTORE-enabling command with a mailbox selected gets
+    ``* OK [HIGHESTMODSEQ n]`` (once); from then on FETCH responses of STORE (and of a FETCH
+    that sets \\Seen) carry UID and MODSEQ."""
+    for n in range(5):
+        imap.deliver(message(f"m{n}"))
+    c = await login(imap)
+    sel = ok(await c.cmd("s", "SELECT INBOX"), "s")
+    hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", b"".join(sel)).group(1))
+    r = ok(await c.cmd("a", "STORE 1 +FLAGS (\\Answered)"), "a")
+    assert r[0] == b"* 1 FETCH (FLAGS (\\Answered \\Recent))\r\n", r  # not enabled yet
+    r = await c.cmd("e", enabler)
+    assert b"* OK [HIGHESTMODSEQ %d]" % (hms + 1) in r[0], r
+    r = ok(await c.cmd("e2", "FETCH 1 (MODSEQ)"), "e2")
+    assert not any(b"HIGHESTMODSEQ" in x for x in r), r  # once
+    r = ok(await c.cmd("b", "STORE 2 +FLAGS (\\Flagged)"), "b")
+    assert re.fullmatch(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged \\Recent\) MODSEQ \(\d+\)\)\r\n",
+                        r[0]), r
+    r = ok(await c.cmd("f", "FETCH 3 (BODY[TEXT])"), "f")  # sets \Seen
+    assert re.search(rb"UID 3\b", r[0]) and re.search(rb"MODSEQ \(\d+\)", r[0]), r
+
+
+async def test_esearch_modseq_is_of_the_messages_returned(imap):
+    """RFC 4731 §3.2: with MODSEQ in the search, MIN or MAX alone give the modseq of the
+    message returned, ALL and COUNT the highest of every match."""
+    for n in range(4):
+        imap.deliver(message(f"e{n}"))
+    c = await login(imap)
+    ok(await c.cmd("s", "SELECT INBOX (CONDSTORE)"), "s")
+    modseqs = {}
+    for seq in (1, 3, 2, 4):
+        r = ok(await c.cmd("t", f"STORE {seq} +FLAGS (\\Seen)"), "t")
+        modseqs[seq] = int(re.search(rb"MODSEQ \((\d+)\)", r[0]).group(1))
+    key = 'MODSEQ "/flags/\\\\seen" all 1'
+    m = modseqs
+    for ret, seqs, data, expect in [
+            ("MIN", "1:3", "MIN 1", m[1]), ("MAX", "1:3", "MAX 3", m[3]),
+            ("MIN MAX", "2:3", "MIN 2 MAX 3", max(m[2], m[3])),
+            ("ALL", "1:3", "ALL 1:3", max(m[1], m[2], m[3])),
+            ("COUNT", "1,3", "COUNT 2", max(m[1], m[3])),
+            ("PARTIAL 1:1", "1:3", "PARTIAL (1:1 1)", m[1])]:
+        r = ok(await c.cmd("x", f"SEARCH RETURN ({ret}) {seqs} {key}"), "x")
+        assert r[0] == f'* ESEARCH (TAG "x") {data} MODSEQ {expect}\r\n'.encode(), (ret, r)
+    r = ok(await c.cmd("y", f"SEARCH {key}"), "y")  # plain SEARCH: the highest of all
+    assert r[0] == f"* SEARCH 1 2 3 4 (MODSEQ {max(m.values())})\r\n".encode(), r
+
+
 async def test_pipelined_commands(imap):
     imap.deliver(message("p"))
     c = await Raw.connect(imap)

@@ -102,6 +102,22 @@ async def test_esort_and_partial(box) -> None:
     assert _untagged(r, b"ESEARCH") == b'* ESEARCH (TAG "s") PARTIAL (5:9 5:6)'
 
 
+async def test_sort_return_after_the_charset(box) -> None:
+    """RETURN written after the charset (imaptest's sort-partial does; RFC 5267 puts it
+    right after SORT) is taken the same way; RETURN in both places is BAD."""
+    for where in ("SORT RETURN (PARTIAL 4:2 COUNT) (DATE) UTF-8 ALL",
+                  "SORT (DATE) UTF-8 RETURN (PARTIAL 4:2 COUNT) ALL"):
+        r = await box.cmd("p", where)
+        assert _untagged(r, b"ESEARCH") == b'* ESEARCH (TAG "p") COUNT 6 PARTIAL (2:4 1:2,4)', r
+    r = await box.cmd("u", "UID SORT (REVERSE DATE) us-ascii RETURN (MIN) NOT SUBJECT budget")
+    assert _untagged(r, b"ESEARCH") == b'* ESEARCH (TAG "u") UID MIN 6', r
+    for bad in ("SORT RETURN (MIN) (DATE) UTF-8 RETURN (MAX) ALL",
+                "SORT (DATE) UTF-8 RETURN (PARTIAL 1) ALL", "SORT (DATE) UTF-8 RETURN ALL",
+                "SORT (DATE) RETURN (MIN) UTF-8 ALL", "SORT (DATE) UTF-8 ALL RETURN (MIN)"):
+        r = await box.cmd("b", bad)
+        assert r[-1].startswith(b"b BAD"), (bad, r)
+
+
 async def test_esearch(box) -> None:
     r = await box.cmd("a", "SEARCH RETURN (MIN MAX COUNT) SUBJECT planning")
     assert _untagged(r, b"ESEARCH") == b'* ESEARCH (TAG "a") MIN 1 MAX 4 COUNT 3'
