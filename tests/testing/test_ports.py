@@ -7,6 +7,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,11 @@ def test_free_ports_are_below_the_ephemeral_range() -> None:
         s.bind(("127.0.0.1", ports.pop()))  # free indeed
 
 
-def test_a_port_is_not_handed_out_twice_before_it_is_bound() -> None:
+def test_a_port_is_not_handed_out_twice_before_it_is_bound(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
     """A config asks for a dozen ports before any daemon binds one: two picks of one free port
     would both pass the bind check, and the second daemon would fail with EADDRINUSE."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # 2,000 reservations of its own
     ports = [free_port() for _ in range(2000)]  # random picks: ~60 repeats if not prevented
     assert len(set(ports)) == len(ports)
 
@@ -53,14 +56,15 @@ print(" ".join(str(ports.free_port()) for _ in range(100)))
 """
 
 
-def test_two_runs_on_one_machine_never_pick_the_same_port(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_two_runs_on_one_machine_never_pick_the_same_port(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
     """Two independent test runs (two processes with the same random sequence, the worst case)
     get disjoint ports: each pick is reserved machine-wide until its stack has bound it."""
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     env["PYTHONPATH"] = str(Path(ports.__file__).resolve().parents[2])
+    env["TMPDIR"] = str(tmp_path)  # their own reservations: not those of the suite around them
     seed = str(random.randrange(1 << 30))
     first, second = (subprocess.run([sys.executable, "-c", PICK, seed], env=env,
                                     capture_output=True, text=True, check=True).stdout.split()
@@ -68,4 +72,5 @@ def test_two_runs_on_one_machine_never_pick_the_same_port(monkeypatch: pytest.Mo
     assert len(first) == len(second) == 100
     assert not set(first) & set(second)
     start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    assert all(int(p) < start and (ports.reservations() / p).exists() for p in first + second)
+    folder = tmp_path / ports.reservations().name
+    assert all(int(p) < start and (folder / p).exists() for p in first + second)
