@@ -11,8 +11,10 @@ import imaplib
 import re
 import sqlite3
 
+from imapclient import IMAPClient
+
 from mailstack.store.account import INDEX_FILE, SCHEMA_VERSION, AccountStore
-from tests.imap.conftest import message
+from tests.imap.conftest import PASSWORD, USER, message
 
 # Around the two daylight-saving changes of 2007 in Eastern Europe (+0200 <-> +0300), and near
 # midnight on either side of UTC: whatever the server's own zone, some of these fall on another
@@ -93,6 +95,31 @@ async def test_search_before_on_since_use_each_messages_own_date(imap):
         assert _search(c, "ON", "10-Jan-2026") == [17]
         assert _search(c, "ON", "11-Jan-2026") == [18]
         c.logout()
+    await asyncio.to_thread(go)
+
+
+async def test_multiappend_and_catenate_keep_each_zone(imap):
+    dates = ["10-Jan-2026 23:30:00 -0500", "11-Jan-2026 00:15:00 +0300"]
+    body = message("catenated").replace(b"\n", b"\r\n")
+
+    def go() -> None:
+        with IMAPClient("127.0.0.1", port=imap.port, ssl=False, timeout=10) as c:
+            c.login(USER, PASSWORD)
+            c.multiappend("INBOX", [
+                {"msg": message(f"m{i}").replace(b"\n", b"\r\n"),
+                 "date": dt.datetime.strptime(d, "%d-%b-%Y %H:%M:%S %z")}
+                for i, d in enumerate(dates)])
+            typ, data = c._imap._simple_command(  # CATENATE: no client has it built in
+                "APPEND", "INBOX", '"11-Jan-2026 00:15:00 +1400"',
+                f"CATENATE (TEXT {{{len(body)}+}}\r\n".encode() + body + b")")
+            assert typ == "OK", data
+            c.select_folder("INBOX")
+            c.normalise_times = False  # the datetimes as sent, zone and all
+            got = c.fetch([1, 2, 3], ["INTERNALDATE"])
+            assert [got[u][b"INTERNALDATE"].utcoffset() for u in sorted(got)] == [
+                dt.timedelta(hours=-5), dt.timedelta(hours=3), dt.timedelta(hours=14)]
+            assert c.search(["ON", dt.date(2026, 1, 11)]) == [2, 3]
+            c.logout()
     await asyncio.to_thread(go)
 
 
