@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import datetime as dt
 import errno
 import os
 from dataclasses import dataclass, field
 
-from ..store.account import OverQuota, StoreError
+from ..store.account import AppendItem, OverQuota, StoreError
 from ..store.flags import FlagError
 from ..store.ingest import NotAMessage, open_message
 from ..store.view import Entry
@@ -30,7 +31,7 @@ class Pending:
     """One message of an APPEND as parsed: a literal, or CATENATE's parts."""
 
     flags: list[str]
-    date: float | None
+    date: dt.datetime | None  # with its zone, which the store keeps
     #: literal data, a URL as sent, then (the URL, parsed) after :func:`check_urls`
     parts: list[memoryview | str | tuple[str, ImapUrl]] = field(default_factory=list)
     binary: bool = False  # some part came as literal8
@@ -71,12 +72,12 @@ def parse(p: Parser) -> tuple[str, list[Pending]]:
         if len(messages) >= MAX_MESSAGES:
             raise ParseError(f"more than {MAX_MESSAGES} messages in one APPEND")
         flags: list[str] = []
-        date = None
+        date: dt.datetime | None = None
         if p.peek() == 0x28:
             flags = p.flag_list()
             p.sp()
         if p.peek() == 0x22:
-            date = p.date_time().timestamp()
+            date = p.date_time()
             p.sp()
         if any(f.upper() == "\\RECENT" for f in flags):
             raise ParseError("\\Recent cannot be set")
@@ -224,7 +225,7 @@ async def cmd_append(s: Session, tag: str, p: Parser, uid: bool) -> str:
     assert account is not None
     limit = append_limit(s)
 
-    def build() -> list[tuple[bytes | memoryview, list[str], float | None]]:
+    def build() -> list[AppendItem]:
         return [(assemble(account, m, limit), m.flags, m.date) for m in messages]
 
     try:

@@ -672,8 +672,8 @@ def pieces(load: Loaded, seq: int, atts: list[Att], *, uid: bool,
         elif name == "MODSEQ":
             yield sep + b"MODSEQ (%d)" % msg.modseq
         elif name == "INTERNALDATE":
-            yield (sep + b'INTERNALDATE "' + wire.imap_datetime(sel.internal_date(msg)).encode()
-                   + b'"')
+            date = wire.imap_datetime(sel.internal_date(msg), msg.tzoff)
+            yield sep + b'INTERNALDATE "' + date.encode() + b'"'
         elif name == "RFC822.SIZE":
             yield sep + b"RFC822.SIZE %d" % load.size()
         elif name == "SAVEDATE":  # RFC 8514: when it was stored in this mailbox

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..store import addrlist
 from . import mime
 from .mailbox import Msg, Selected
-from .wire import MAX_DEPTH, ParseError, Parser
+from .wire import MAX_DEPTH, ParseError, Parser, zoned
 
 _FLAG_KEYS = {"ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
               "DRAFT": ("\\Draft", True), "FLAGGED": ("\\Flagged", True),
@@ -278,8 +278,10 @@ class Context:
             return None
 
     def internal_date(self) -> dt.date:
+        """The internal date's calendar date in its own zone (RFC 3501 §6.4.4: "disregarding
+        time and timezone"), or the server's local zone when none is known."""
         if self._internal is None:
-            self._internal = dt.datetime.fromtimestamp(self.sel.internal_date(self.msg)).date()
+            self._internal = zoned(self.sel.internal_date(self.msg), self.msg.tzoff).date()
         return self._internal
 
 

@@ -321,8 +321,10 @@ class Parser:
         if not m or m.group(2).decode().lower() not in _MONTH_NUM:
             raise ParseError("bad date-time")
         sign = 1 if m.group(7) == b"+" else -1
-        tz = dt.timezone(sign * dt.timedelta(hours=int(m.group(8)), minutes=int(m.group(9))))
-        try:
+        if int(m.group(9)) > 59:
+            raise ParseError("bad date-time (zone minutes)")
+        try:  # a zone of 24 hours or more is refused too
+            tz = dt.timezone(sign * dt.timedelta(hours=int(m.group(8)), minutes=int(m.group(9))))
             return dt.datetime(int(m.group(3)), _MONTH_NUM[m.group(2).decode().lower()],
                                int(m.group(1)), int(m.group(4)), int(m.group(5)),
                                int(m.group(6)), tzinfo=tz)
@@ -377,9 +379,17 @@ def astring(value: str) -> bytes:
     return quote(raw)
 
 
-def imap_datetime(ts: float) -> str:
-    """INTERNALDATE text for a POSIX time, in the server's local zone."""
-    d = dt.datetime.fromtimestamp(ts).astimezone()
+def zoned(ts: float, tzoff: int | None = None) -> dt.datetime:
+    """A POSIX time in the zone ``tzoff`` minutes east of UTC (None: the server's local zone)."""
+    if tzoff is None or not -1440 < tzoff < 1440:
+        return dt.datetime.fromtimestamp(ts).astimezone()
+    return dt.datetime.fromtimestamp(ts, dt.timezone(dt.timedelta(minutes=tzoff)))
+
+
+def imap_datetime(ts: float, tzoff: int | None = None) -> str:
+    """INTERNALDATE text for a POSIX time, in the zone ``tzoff`` minutes east of UTC (the
+    APPEND date-time's) or, when None, in the server's local zone."""
+    d = zoned(ts, tzoff)
     off = d.utcoffset() or dt.timedelta()
     sign = "+" if off >= dt.timedelta() else "-"
     mins = abs(int(off.total_seconds())) // 60

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import datetime as dt
 import logging
 import os
 import shutil
@@ -58,7 +59,8 @@ LEGACY_UIDLIST = "mailstack-uidlist"
 POKE = ".mailstack-changed"
 SUBSCRIPTIONS = "subscriptions"
 ROLES = {"Sent": "sent", "Drafts": "drafts", "Trash": "trash", "Junk": "junk"}
-SCHEMA_VERSION = 2  # 2: the summary table (filled lazily for emails indexed before)
+SCHEMA_VERSION = 3  # 2: the summary table (filled lazily for emails indexed before)
+# 3: message.tzoff, the internal date's zone (NULL, "unknown", for rows indexed before)
 CHANGELOG_KEEP = 100_000  # change-log rows kept (the horizon of "changes since")
 RACY_NS = 20_000_000  # a directory changed this recently may change again in the same tick
 DELETED = "\\Deleted"
@@ -76,7 +78,7 @@ CREATE TABLE IF NOT EXISTS message(
   id INTEGER PRIMARY KEY, mailbox INTEGER NOT NULL, uid INTEGER NOT NULL, key TEXT NOT NULL,
   subdir TEXT NOT NULL, filename TEXT NOT NULL, flags TEXT NOT NULL, modseq INTEGER NOT NULL,
   emailid TEXT NOT NULL, threadid TEXT NOT NULL, internaldate REAL NOT NULL,
-  size INTEGER NOT NULL, savedate REAL NOT NULL,
+  size INTEGER NOT NULL, savedate REAL NOT NULL, tzoff INTEGER,
   UNIQUE(mailbox, uid), UNIQUE(mailbox, key));
 CREATE INDEX IF NOT EXISTS message_modseq ON message(mailbox, modseq);
 CREATE INDEX IF NOT EXISTS message_email ON message(emailid);
@@ -95,10 +97,11 @@ CREATE TABLE IF NOT EXISTS email_text(rowid INTEGER PRIMARY KEY, emailid TEXT NO
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(headers, body, tokenize='trigram', detail=none);
 """ + summary.TABLE + ";\n"
 
-AppendItem = tuple[bytes | memoryview, Iterable[str], float | None]  # data, flags, date
+#: data, flags, date: a POSIX time (zone unknown), an aware datetime (its zone is kept) or None
+AppendItem = tuple[bytes | memoryview, Iterable[str], float | dt.datetime | None]
 
 _COLS = ("uid, modseq, key, subdir, filename, flags, size, internaldate, emailid, threadid, "
-         "savedate")
+         "savedate, tzoff")
 
 
 class _Corrupt(Exception):
@@ -173,7 +176,15 @@ class FlagResult:
 
 def _entry(row: Sequence) -> Entry:
     return Entry(row[0], row[1], row[2], row[3], row[4], parse_stored(row[5]), row[6], row[7],
-                 row[8], row[9], row[10])
+                 row[8], row[9], row[10], row[11])
+
+
+def _instant(date: float | dt.datetime) -> tuple[float, int | None]:
+    """(POSIX time, zone in minutes east of UTC or None) of an APPEND date."""
+    if isinstance(date, dt.datetime):
+        off = date.utcoffset()
+        return date.timestamp(), None if off is None else int(off.total_seconds()) // 60
+    return date, None
 
 
 class _Folder:
@@ -321,6 +332,8 @@ class AccountStore:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                if "tzoff" not in {r[1] for r in conn.execute("PRAGMA table_info(message)")}:
+                    conn.execute("ALTER TABLE message ADD COLUMN tzoff INTEGER")  # version 3
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)",
                               (SCHEMA_VERSION,))
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('modseq', 1)")
@@ -809,16 +822,18 @@ class AccountStore:
 
     def _insert(self, conn: sqlite3.Connection, mbid: int, uid: int, key: str, subdir: str,
                 filename: str, flags: Iterable[str], modseq: int, info: Ingested,
-                savedate: float, threadid: str | None = None) -> None:
+                savedate: float, threadid: str | None = None, tzoff: int | None = None
+                ) -> None:
         known_email = conn.execute("SELECT threadid FROM message WHERE emailid=? LIMIT 1",
                                    (info.emailid,)).fetchone()
         if known_email is not None:
             threadid = known_email[0]
         elif threadid is None:
             threadid = self._thread_for(conn, info, modseq)
-        conn.execute(f"INSERT INTO message({_COLS}, mailbox) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        conn.execute(f"INSERT INTO message({_COLS}, mailbox) VALUES "
+                     "(?,?,?,?,?,?,?,?,?,?,?,?,?)",
                      (uid, modseq, key, subdir, filename, format_stored(flags), info.size,
-                      info.internaldate, info.emailid, threadid, savedate, mbid))
+                      info.internaldate, info.emailid, threadid, savedate, tzoff, mbid))
         self._log(conn, modseq, "Email", info.emailid,
                   "updated" if known_email is not None else "created")
         if known_email is None and info.summary is not summary.EMPTY:
@@ -1059,9 +1074,10 @@ class AccountStore:
 
     # -- writing: append, copy, move ------------------------------------------------------------
     def append(self, name: str, data: bytes | memoryview, flags: Iterable[str] = (),
-               date: float | None = None, *, quota: int = 0,
+               date: float | dt.datetime | None = None, *, quota: int = 0,
                quota_messages: int = 0) -> tuple[int, int]:
-        """Store a message in mailbox ``name``; returns (UIDVALIDITY, UID)."""
+        """Store a message in mailbox ``name``; returns (UIDVALIDITY, UID). ``date`` is its
+        internal date: a POSIX time, or an aware datetime whose zone is kept with it."""
         validity, uids = self.append_many(name, [(data, flags, date)], quota=quota,
                                           quota_messages=quota_messages)
         return validity, uids[0]
@@ -1095,18 +1111,20 @@ class AccountStore:
                     msg = folder.maildir.deliver(data, flags=to_letters(wanted, folder.keywords))
                     path = f"{folder.maildir.root}/{msg.subdir}/{msg.filename}"
                     paths.append(path)
+                    tzoff = None
                     if date is not None:
-                        os.utime(path, (date, date))
-                    delivered.append((msg, path, wanted))
+                        ts, tzoff = _instant(date)
+                        os.utime(path, (ts, ts))
+                    delivered.append((msg, path, wanted, tzoff))
                 modseq = self._next_modseq(conn)
                 now = time.time()
-                for uid, (msg, path, wanted) in enumerate(delivered, first):
+                for uid, (msg, path, wanted, tzoff) in enumerate(delivered, first):
                     self._insert(conn, mbid, uid, msg.key, msg.subdir, msg.filename, wanted,
-                                 modseq, ingest(path), now)
+                                 modseq, ingest(path), now, tzoff=tzoff)
                 conn.execute("UPDATE mailbox SET uidnext=? WHERE id=?",
                              (first + len(delivered), mbid))
                 self._finish(conn, mbid, modseq)
-                self._grow_keywords(conn, mbid, known, [f for _, _, w in delivered for f in w])
+                self._grow_keywords(conn, mbid, known, [f for d in delivered for f in d[2]])
                 self._after(conn, mbid, folder, new_record)
             except BaseException:
                 for path in paths:
@@ -1187,7 +1205,8 @@ class AccountStore:
                     info = Ingested(e.emailid, e.internaldate, e.size, None, [], "", False, "",
                                     "")
                     self._insert(conn, dmbid, next_uid, key, "cur", f"{key}{INFO_SEP}{letters}",
-                                 flags, modseq, info, time.time(), threadid=e.threadid)
+                                 flags, modseq, info, time.time(), threadid=e.threadid,
+                                 tzoff=e.tzoff)
                     src_uids.append(e.uid)
                     new_uids.append(next_uid)
                     next_uid += 1

@@ -15,11 +15,11 @@ class Entry:
     """One message of a mailbox as the index knows it (never mutated)."""
 
     __slots__ = ("emailid", "filename", "flags", "internaldate", "key", "modseq", "savedate",
-                 "size", "subdir", "threadid", "uid")
+                 "size", "subdir", "threadid", "tzoff", "uid")
 
     def __init__(self, uid: int, modseq: int, key: str, subdir: str, filename: str,
                  flags: frozenset[str], size: int, internaldate: float, emailid: str,
-                 threadid: str, savedate: float) -> None:
+                 threadid: str, savedate: float, tzoff: int | None = None) -> None:
         self.uid = uid
         self.modseq = modseq
         self.key = key
@@ -31,6 +31,8 @@ class Entry:
         self.emailid = emailid
         self.threadid = threadid
         self.savedate = savedate
+        #: the internal date's zone, minutes east of UTC (APPEND's date-time), or None: unknown
+        self.tzoff = tzoff
 
     @property
     def seen(self) -> bool:
