@@ -42,7 +42,8 @@ async def searcher(imap):
     c = await Raw.connect(imap)
     await c.cmd("L", f"LOGIN {USER} {PASSWORD}")
     await c.cmd("S", "SELECT INBOX")
-    return c
+    yield c
+    await c.close()
 
 
 async def search(c: Raw, query: str | bytes, uid: bool = False) -> list[int]:
