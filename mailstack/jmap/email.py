@@ -15,6 +15,7 @@ from .account import Account, Located, flag, keywords
 from .blob import blob_bytes
 from .compose import ComposeError, compose
 from .core import Call, MethodError, method
+from .createcheck import check_create, form_allowed
 from .mailbox import mailbox_names
 from .standard import (
     changes_response,
@@ -64,7 +65,8 @@ def _is_header_prop(p: str) -> bool:
     if rest and rest[-1] == "all":
         rest = rest[:-1]
     return len(rest) <= 1 and (not rest or (rest[0].removeprefix("as") in FORMS
-                               and rest[0].startswith("as")))
+                               and rest[0].startswith("as"))) \
+        and form_allowed(parts[1], rest[0] if rest else "asRaw")
 
 
 def header_form(p: msgview.Parsed, prop: str) -> Any:
@@ -749,7 +751,11 @@ def email_set(call: Call) -> dict[str, Any]:
                 raise MethodError("invalidProperties", "keywords", properties=["keywords"])
             for kw in kws:
                 _check_keyword(kw)
-            data = compose(obj, lambda b: blob_bytes(account, b))
+            blobs = {b: blob_bytes(account, b) for b in check_create(obj)}
+            missing = [b for b, data in blobs.items() if data is None]
+            if missing:
+                raise MethodError("blobNotFound", notFound=missing)
+            data = compose(obj, blobs.get)
             received = _utc_ts(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") \
                 else time.time()
             created = _store_new(account, names, data, [flag(k) for k in kws], received)

@@ -184,13 +184,16 @@ class Parsed:
     def _describe(self, part: Message, ids: dict[int, str], depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {
             "partId": ids.get(id(part)), "blobId": None, "size": 0,
-            "headers": [{"name": k, "value": str(v)} for k, v in part.raw_items()],
+            "headers": [{"name": k, "value": " " + str(v) if v else ""}
+                        for k, v in part.raw_items()],
             "name": decode_words(part.get_filename()) if part.get_filename() else None,
-            "type": part.get_content_type(), "charset": None,
+            "type": part.get_content_type(), "charset": _charset(part),
             "disposition": (part.get("content-disposition") or "").split(";")[0].strip().lower()
             or None,
             "cid": (part.get("content-id") or "").strip("<> ") or None,
-            "language": None, "location": part.get("content-location"),
+            "language": _languages(part.get("content-language")),
+            "location": (str(part.get("content-location")).strip() or None)
+            if part.get("content-location") else None,
         }
         if part.is_multipart() and depth < 32:
             subs = part.get_payload()
@@ -317,3 +320,19 @@ def parsed(emailid: str, read: Callable[[], bytes | None],
             _, old = _cache.popitem(last=False)
             _cached_bytes -= len(old.raw)
     return p
+
+
+def _charset(part: Message) -> str | None:
+    """The charset parameter; ``us-ascii`` for a text part without one (RFC 2045 5.2)."""
+    if part.get_content_maintype() != "text":
+        return None
+    value = part.get_content_charset()
+    return value[:100] if value else "us-ascii"
+
+
+def _languages(value: Any) -> list[str] | None:
+    """The language tags of a Content-Language field (RFC 3282), or None."""
+    if not value:
+        return None
+    tags = [t.strip() for t in str(value).split(",") if t.strip()][:20]
+    return tags or None

@@ -1,0 +1,115 @@
+"""What RFC 8620/8621 require that a third-party conformance suite checks (over real HTTPS
+with httpx): the rules of an Email create object (RFC 8621 4.6), header forms, errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.jmap.conftest import JMAP, message
+
+TEXT = {"t": {"value": "some text"}}
+
+
+async def _box(jmap: JMAP) -> str:
+    got = await jmap.one("Mailbox/set", {"create": {"m": {"name": "conformance"}}})
+    return got["created"]["m"]["id"]
+
+
+async def _create(jmap: JMAP, obj: dict[str, Any]) -> dict[str, Any]:
+    got = await jmap.one("Email/set", {"create": {"new": obj}})
+    return got["created"].get("new") or got["notCreated"]["new"]
+
+
+@pytest.mark.parametrize(("obj", "properties"), [
+    ({"headers": [{"name": "X-A", "value": "b"}]}, ["headers"]),
+    ({"header:Content-Foo": "bar"}, ["header:Content-Foo"]),
+    ({"subject": "a", "header:Subject": "b"}, ["header:Subject"]),
+    ({"messageId": ["a@b"], "header:Message-ID": "<c@d>"}, ["header:Message-ID"]),
+    ({"sentAt": "2026-11-27T10:00:00Z", "header:Date:asDate": "2026-11-27T10:00:00Z"},
+     ["header:Date:asDate"]),
+    ({"header:From:asDate": "2026-11-27T10:00:00Z"}, ["header:From:asDate"]),
+    ({"header:Subject:asAddresses": [{"email": "a@b.test"}]}, ["header:Subject:asAddresses"]),
+    ({"id": "Mabc", "size": 3}, ["id", "size"]),
+    ({"bodyStructure": {"partId": "t", "type": "text/plain"},
+      "textBody": [{"partId": "t", "type": "text/plain"}], "bodyValues": TEXT}, ["textBody"]),
+    ({"textBody": [{"partId": "t"}, {"partId": "u"}],
+      "bodyValues": {**TEXT, "u": {"value": "more"}}}, ["textBody"]),
+    ({"textBody": [{"partId": "t", "type": "text/html"}], "bodyValues": TEXT}, ["textBody"]),
+    ({"htmlBody": [{"partId": "t", "type": "text/plain"}], "bodyValues": TEXT}, ["htmlBody"]),
+    ({"bodyStructure": {"partId": "missing", "type": "text/plain"}, "bodyValues": TEXT},
+     ["bodyStructure/partId"]),
+    ({"bodyStructure": {"partId": "t", "blobId": "Gx", "type": "text/plain"},
+      "bodyValues": TEXT}, ["bodyStructure/partId", "bodyStructure/blobId"]),
+    ({"bodyStructure": {"partId": "t", "type": "text/plain", "charset": "us-ascii"},
+      "bodyValues": TEXT}, ["bodyStructure/charset"]),
+    ({"textBody": [{"partId": "t", "type": "text/plain", "size": 9}], "bodyValues": TEXT},
+     ["textBody/0/size"]),
+    ({"bodyStructure": {"partId": "t", "type": "text/plain",
+                        "header:Content-Transfer-Encoding": "7bit"}, "bodyValues": TEXT},
+     ["bodyStructure/header:Content-Transfer-Encoding"]),
+    ({"bodyStructure": {"partId": "t", "type": "text/plain",
+                        "headers": [{"name": "X-A", "value": "b"}]}, "bodyValues": TEXT},
+     ["bodyStructure/headers"]),
+    ({"bodyStructure": {"partId": "t", "type": "text/plain", "header:Content-Type":
+                        "text/html"}, "bodyValues": TEXT},
+     ["bodyStructure/header:Content-Type"]),
+    ({"header:X-Dup": "a", "bodyStructure": {"partId": "t", "type": "text/plain",
+                                             "header:X-Dup": "b"}, "bodyValues": TEXT},
+     ["bodyStructure/header:X-Dup"]),
+    ({"bodyStructure": {"partId": "t", "type": "text/plain"},
+      "bodyValues": {"t": {"value": "x", "isTruncated": True, "isEncodingProblem": True}}},
+     ["bodyValues/t/isEncodingProblem", "bodyValues/t/isTruncated"]),
+])
+async def test_email_create_rules_of_rfc8621(jmap: JMAP, obj: dict[str, Any],
+                                             properties: list[str]) -> None:
+    """Each MUST (NOT) of RFC 8621 4.6 is an invalidProperties SetError naming the culprits."""
+    box = await _box(jmap)
+    err = await _create(jmap, {"mailboxIds": {box: True}, **obj})
+    assert err["type"] == "invalidProperties", err
+    assert sorted(err["properties"]) == sorted(properties)
+
+
+async def test_email_create_that_follows_the_rules(jmap: JMAP) -> None:
+    """Allowed: X-Content-*, false body-value flags, the headers of a body part."""
+    box = await _box(jmap)
+    made = await _create(jmap, {
+        "mailboxIds": {box: True}, "header:X-Content-Note": "fine", "subject": "rules",
+        "bodyStructure": {"partId": "t", "type": "text/plain", "header:X-Part": "on the part"},
+        "bodyValues": {"t": {"value": "body", "isTruncated": False,
+                             "isEncodingProblem": None}}})
+    assert {"id", "blobId", "threadId", "size"} <= made.keys(), made
+    got = await jmap.one("Email/get", {"ids": [made["id"]], "bodyProperties": ["headers"],
+                                       "properties": ["header:X-Content-Note", "bodyStructure",
+                                                      "subject"]})
+    (e,) = got["list"]
+    assert e["header:X-Content-Note"].strip() == "fine" and e["subject"] == "rules"
+    assert {"name": "X-Part", "value": " on the part"} in e["bodyStructure"]["headers"]
+
+
+async def test_body_part_charset_and_language(jmap: JMAP) -> None:
+    """charset: the parameter, or the implicit us-ascii of a text part (RFC 8621 4.1.4);
+    language: the Content-Language tags."""
+    jmap.deliver(message("plain", extra="Content-Language: en, fr\n"))
+    ids = (await jmap.one("Email/query", {}))["ids"]
+    got = await jmap.one("Email/get", {"ids": ids, "properties": ["bodyStructure"]})
+    (part,) = [e["bodyStructure"] for e in got["list"]]
+    assert part["charset"] == "us-ascii" and part["language"] == ["en", "fr"]
+
+
+async def test_email_create_names_every_missing_blob(jmap: JMAP) -> None:
+    box = await _box(jmap)
+    err = await _create(jmap, {"mailboxIds": {box: True},
+                               "textBody": [{"blobId": "cat"}],
+                               "attachments": [{"blobId": "dog", "type": "image/png"}]})
+    assert err["type"] == "blobNotFound"
+    assert sorted(err["notFound"]) == ["cat", "dog"]
+
+
+async def test_email_get_refuses_a_form_the_field_cannot_take(jmap: JMAP) -> None:
+    (resp,) = await jmap.call([["Email/get", {"accountId": jmap.account(), "ids": [],
+                                              "properties": ["header:From:asDate"]}, "0"]])
+    assert resp[0] == "error" and resp[1]["type"] == "invalidArguments"
+    got = await jmap.one("Email/get", {"ids": [], "properties": ["header:X-Any:asDate"]})
+    assert got["list"] == []
