@@ -113,3 +113,32 @@ async def test_email_get_refuses_a_form_the_field_cannot_take(jmap: JMAP) -> Non
     assert resp[0] == "error" and resp[1]["type"] == "invalidArguments"
     got = await jmap.one("Email/get", {"ids": [], "properties": ["header:X-Any:asDate"]})
     assert got["list"] == []
+
+
+async def test_mailbox_server_set_properties(jmap: JMAP) -> None:
+    """Server-set Mailbox properties may be sent with their current values, never with
+    others (RFC 8620 5.3): invalidProperties names each, myRights by right; nothing changes."""
+    box = await _box(jmap)
+    (full,) = (await jmap.one("Mailbox/get", {"ids": [box]}))["list"]
+    same = {k: v for k, v in full.items() if k != "id"} | {"name": "same values"}
+    got = await jmap.one("Mailbox/set", {"create": {"n": same}})
+    assert "n" in got["created"], got
+    wrong = same | {"name": "wrong values", "id": box, "totalEmails": 52,
+                    "myRights": dict(full["myRights"], mayRename=False), "bogus": 1}
+    got = await jmap.one("Mailbox/set", {"create": {"n": wrong}})
+    err = got["notCreated"]["n"]
+    assert err["type"] == "invalidProperties"
+    assert sorted(err["properties"]) == ["bogus", "id", "myRights/mayRename", "totalEmails"]
+    got = await jmap.one("Mailbox/set", {"update": {box: full | {"name": "renamed"}}})
+    assert box in got["updated"], got
+    got = await jmap.one("Mailbox/set", {"update": {box: {"name": "not this", "unreadEmails": 3,
+                                                          "id": box + "x"}}})
+    assert sorted(got["notUpdated"][box]["properties"]) == ["id", "unreadEmails"]
+    (now,) = (await jmap.one("Mailbox/get", {"ids": [box], "properties": ["name"]}))["list"]
+    assert now["name"] == "renamed"
+
+
+async def test_mailbox_create_reports_a_value_the_server_changed(jmap: JMAP) -> None:
+    """sortOrder is the server's (by role): a create asking for another gets it back."""
+    got = await jmap.one("Mailbox/set", {"create": {"m": {"name": "ordered", "sortOrder": 55}}})
+    assert got["created"]["m"]["sortOrder"] == 100
