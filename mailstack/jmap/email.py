@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import html
 import time
+import unicodedata
 from typing import Any
 
 from ..store import summary
@@ -83,7 +84,7 @@ def header_form(p: msgview.Parsed, prop: str) -> Any:
         if form == "Raw":
             return v
         if form == "Text":
-            return " ".join(msgview.decode_words(v).split())
+            return unicodedata.normalize("NFC", " ".join(msgview.decode_words(v).split()))
         if form == "Addresses":
             return msgview.addresses(v) or []
         if form == "GroupedAddresses":
@@ -92,7 +93,7 @@ def header_form(p: msgview.Parsed, prop: str) -> Any:
             return msgview.message_ids(v)
         if form == "Date":
             return msgview.date_value(v)
-        return [u.strip("<> ") for u in v.split(",") if u.strip()] or None
+        return msgview.urls(v)
     if all_:
         return [conv(v) for v in values]
     return conv(values[-1]) if values else None
@@ -183,7 +184,9 @@ class Emails:
             return msgview.addresses(p.header("reply-to" if prop == "replyTo" else prop))
         if prop == "subject":
             v = p.header("subject")
-            return " ".join(msgview.decode_words(v).split()) if v is not None else None
+            if v is None:
+                return None
+            return unicodedata.normalize("NFC", " ".join(msgview.decode_words(v).split()))
         if prop == "sentAt":
             return msgview.date_value(p.header("date"))
         bprops = body_args.get("bodyProperties") or DEFAULT_BODY_PROPS

@@ -51,8 +51,39 @@ def addresses(value: str | None) -> list[dict[str, Any]] | None:
     for name, addr in email.utils.getaddresses([value.replace("\r", "").replace("\n", " ")]):
         if not name and not addr:
             continue
-        out.append({"name": decode_words(name) or None, "email": addr})
+        out.append({"name": decode_words(_unquote(name)) or None, "email": addr})
     return out
+
+
+def _unquote(name: str) -> str:
+    """A display name with its quoted-pairs (``\\x``) undone (RFC 5322 3.2.1)."""
+    if "\\" not in name:
+        return name
+    out, i = [], 0
+    while i < len(name):
+        if name[i] == "\\" and i + 1 < len(name):
+            i += 1
+        out.append(name[i])
+        i += 1
+    return "".join(out)
+
+
+def urls(value: str | None) -> list[str] | None:
+    """RFC 8621 4.1.2.7 ``asURLs``: the ``<URL>`` items of an RFC 2369 field, or None."""
+    if value is None:
+        return None
+    found = []
+    for chunk in value.split("<")[1:]:
+        url, closed, _ = chunk.partition(">")
+        url = "".join(url.split())  # folding whitespace is not part of a URL
+        if closed and url:
+            found.append(url)
+    return found or None
+
+
+def crlf(value: str) -> str:
+    """A raw header value with the message's CRLF line ends (the store keeps LF)."""
+    return value.replace("\r\n", "\n").replace("\n", "\r\n") if "\n" in value else value
 
 
 def grouped_addresses(value: str) -> list[dict[str, Any]]:
@@ -140,7 +171,7 @@ class Parsed:
         self.msg: Message = BytesParser(policy=email.policy.compat32).parsebytes(
             raw, headersonly=headers_only)
         # raw values keep the space after the colon (the parser drops it)
-        self.headers: list[tuple[str, str]] = [(k, " " + str(v) if v else "")
+        self.headers: list[tuple[str, str]] = [(k, crlf(" " + str(v)) if v else "")
                                                for k, v in self.msg.raw_items()]
         self._parts: list[tuple[Message, str]] | None = None
         self._structure: dict[str, Any] | None = None
@@ -184,7 +215,7 @@ class Parsed:
     def _describe(self, part: Message, ids: dict[int, str], depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {
             "partId": ids.get(id(part)), "blobId": None, "size": 0,
-            "headers": [{"name": k, "value": " " + str(v) if v else ""}
+            "headers": [{"name": k, "value": crlf(" " + str(v)) if v else ""}
                         for k, v in part.raw_items()],
             "name": decode_words(part.get_filename()) if part.get_filename() else None,
             "type": part.get_content_type(), "charset": _charset(part),

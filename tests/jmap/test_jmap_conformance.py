@@ -142,3 +142,23 @@ async def test_mailbox_create_reports_a_value_the_server_changed(jmap: JMAP) -> 
     """sortOrder is the server's (by role): a create asking for another gets it back."""
     got = await jmap.one("Mailbox/set", {"create": {"m": {"name": "ordered", "sortOrder": 55}}})
     assert got["created"]["m"]["sortOrder"] == 100
+
+
+async def test_header_forms_of_rfc8621(jmap: JMAP) -> None:
+    """asRaw keeps the folding with the message's CRLF, asText is NFC, quoted-pairs are undone
+    in names, asURLs reads the <URL> items (null when there are none)."""
+    jmap.deliver(b"From: \"Foo \\\\S\" <foo@example.test>\r\nSubject: folded\r\n"
+                 b"X-Fold: " + b"a" * 50 + b"\r\n " + b"b" * 50 + b"\r\n"
+                 b"X-Nfc: =?UTF-8?B?4oSr?=\r\n"
+                 b"List-Help: <http://example.test/a>,\r\n <mailto:help@example.test>\r\n"
+                 b"X-Url: not a url\r\n\r\nbody\r\n")
+    ids = (await jmap.one("Email/query", {}))["ids"]
+    (e,) = (await jmap.one("Email/get", {"ids": ids, "properties": [
+        "from", "header:X-Fold", "header:X-Fold:asText", "header:X-Nfc:asText",
+        "header:List-Help:asURLs", "header:X-Url:asURLs"]}))["list"]
+    assert e["from"] == [{"name": "Foo S", "email": "foo@example.test"}]
+    assert e["header:X-Fold"] == " " + "a" * 50 + "\r\n " + "b" * 50
+    assert e["header:X-Fold:asText"] == "a" * 50 + " " + "b" * 50
+    assert e["header:X-Nfc:asText"] == "\u00c5"  # ANGSTROM SIGN, NFC
+    assert e["header:List-Help:asURLs"] == ["http://example.test/a", "mailto:help@example.test"]
+    assert e["header:X-Url:asURLs"] is None
