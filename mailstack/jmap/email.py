@@ -47,6 +47,11 @@ BODY_PART_PROPS = (*DEFAULT_BODY_PROPS, "headers", "subParts")
 def body_part(part: dict[str, Any], props: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """An EmailBodyPart with only ``props`` (``subParts`` of multiparts always)."""
     out = {k: part.get(k) for k in props if k != "subParts" and not k.startswith("header:")}
+    for k in props:
+        if k.startswith("header:"):
+            name = k.split(":")[1].lower()
+            out[k] = form_of([h["value"] for h in part.get("headers") or ()
+                              if h["name"].lower() == name], k)
     if "subParts" in part:
         out["subParts"] = [body_part(p, props) for p in part["subParts"]]
     return out
@@ -71,14 +76,16 @@ def _is_header_prop(p: str) -> bool:
 
 
 def header_form(p: msgview.Parsed, prop: str) -> Any:
-    parts = prop.split(":")
-    name = parts[1]
-    rest = parts[2:]
+    return form_of(p.header_all(prop.split(":")[1]), prop)
+
+
+def form_of(values: list[str], prop: str) -> Any:
+    """The value of ``header:Name[:asForm][:all]`` from the raw values of the field."""
+    rest = prop.split(":")[2:]
     all_ = bool(rest) and rest[-1] == "all"
     if all_:
         rest = rest[:-1]
     form = rest[0][2:] if rest else "Raw"
-    values = p.header_all(name)
 
     def conv(v: str) -> Any:
         if form == "Raw":
@@ -189,7 +196,9 @@ class Emails:
             return unicodedata.normalize("NFC", " ".join(msgview.decode_words(v).split()))
         if prop == "sentAt":
             return msgview.date_value(p.header("date"))
-        bprops = body_args.get("bodyProperties") or DEFAULT_BODY_PROPS
+        bprops = body_args.get("bodyProperties")
+        if bprops is None:
+            bprops = DEFAULT_BODY_PROPS
         if prop == "bodyStructure":
             return body_part(p.structure(), bprops)
         text, html_ids, att = p.body_lists()
@@ -241,8 +250,8 @@ def email_get(call: Call) -> dict[str, Any]:
     props = wanted_properties(call, ALL_PROPS, _is_header_prop) \
         if call.args.get("properties") is not None else ["id", *DEFAULT_PROPS]
     body_props = call.arg("bodyProperties", list, None)
-    if body_props is not None and not all(isinstance(b, str) and b in BODY_PART_PROPS
-                                          for b in body_props):
+    if body_props is not None and not all(isinstance(b, str) and (
+            b in BODY_PART_PROPS or _is_header_prop(b)) for b in body_props):
         raise MethodError("invalidArguments", "bodyProperties: unknown property")
     limit = call.arg("maxBodyValueBytes", int, 0)
     if limit < 0:

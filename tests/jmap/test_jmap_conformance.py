@@ -162,3 +162,17 @@ async def test_header_forms_of_rfc8621(jmap: JMAP) -> None:
     assert e["header:X-Nfc:asText"] == "\u00c5"  # ANGSTROM SIGN, NFC
     assert e["header:List-Help:asURLs"] == ["http://example.test/a", "mailto:help@example.test"]
     assert e["header:X-Url:asURLs"] is None
+
+
+async def test_body_properties_empty_and_header_forms(jmap: JMAP) -> None:
+    """bodyProperties [] gives empty parts; header:Name forms are body properties too."""
+    jmap.deliver(message("parts", extra="Content-Type: text/plain; charset=utf-8\n"))
+    ids = (await jmap.one("Email/query", {}))["ids"]
+    got = await jmap.one("Email/get", {"ids": ids, "properties": ["textBody"],
+                                       "bodyProperties": []})
+    assert got["list"][0]["textBody"] == [{}]
+    got = await jmap.one("Email/get", {"ids": ids, "properties": ["textBody"], "bodyProperties": [
+        "type", "header:Content-Type", "header:Subject:asText", "header:X-None:all"]})
+    assert got["list"][0]["textBody"] == [{
+        "type": "text/plain", "header:Content-Type": " text/plain; charset=utf-8",
+        "header:Subject:asText": "parts", "header:X-None:all": []}]
