@@ -695,6 +695,30 @@ def _apply_keywords(account: Account, locs: list[Located], patch: dict[str, Any]
                                       [flag(k) for k in removes])
 
 
+def _keywords(obj: dict[str, Any]) -> list[str]:
+    """The keywords of a create or import object: a map of keyword to true."""
+    kws = obj.get("keywords")
+    if kws is None:
+        return []
+    if not isinstance(kws, dict) or any(v is not True for v in kws.values()):
+        raise MethodError("invalidProperties", "keywords: a map of keyword to true",
+                          properties=["keywords"])
+    for kw in kws:
+        _check_keyword(kw)
+    return list(kws)
+
+
+def _received(obj: dict[str, Any]) -> float:
+    """receivedAt of a create or import object (now when absent)."""
+    if obj.get("receivedAt") is None:
+        return time.time()
+    try:
+        return _utc_ts(obj["receivedAt"], "receivedAt")
+    except MethodError:
+        raise MethodError("invalidProperties", "receivedAt: expected a UTCDate",
+                          properties=["receivedAt"]) from None
+
+
 def _check_keyword(kw: str) -> None:
     if not kw or len(kw) > 255 or any(c in kw for c in '()[]{}%*"\\ ') or not all(
             0x21 <= ord(c) <= 0x7e for c in kw):
@@ -758,18 +782,13 @@ def email_set(call: Call) -> dict[str, Any]:
             if not names:
                 raise MethodError("invalidProperties", "mailboxIds: at least one",
                                   properties=["mailboxIds"])
-            kws = obj.get("keywords") or {}
-            if not isinstance(kws, dict):
-                raise MethodError("invalidProperties", "keywords", properties=["keywords"])
-            for kw in kws:
-                _check_keyword(kw)
+            kws = _keywords(obj)
+            received = _received(obj)
             blobs = {b: blob_bytes(account, b) for b in check_create(obj)}
             missing = [b for b, data in blobs.items() if data is None]
             if missing:
                 raise MethodError("blobNotFound", notFound=missing)
             data = compose(obj, blobs.get)
-            received = _utc_ts(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") \
-                else time.time()
             created = _store_new(account, names, data, [flag(k) for k in kws], received)
             call.created_ids[cid] = created["id"]
             out["created"][cid] = created
@@ -846,24 +865,29 @@ def _store_new(account: Account, names: list[str], data: bytes, flags: list[str]
 def email_import(call: Call) -> dict[str, Any]:
     account: Account = call.account
     old = check_state(call, account)
-    emails = call.arg("emails", dict, {})
+    emails = call.arg("emails", dict, None)
+    if emails is None:
+        raise MethodError("invalidArguments", "emails is required")
     if len(emails) > call.limits.max_objects_in_set:
         raise MethodError("requestTooLarge")
     out: dict[str, Any] = {"accountId": account.id, "oldState": old, "created": {},
                            "notCreated": {}}
     for cid, obj in emails.items():
         try:
-            if not isinstance(obj, dict) or not isinstance(obj.get("blobId"), str):
-                raise MethodError("invalidProperties", "blobId", properties=["blobId"])
+            if not isinstance(obj, dict):
+                raise MethodError("invalidProperties", "not an object")
+            missing = [k for k, t in (("blobId", str), ("mailboxIds", dict))
+                       if not isinstance(obj.get(k), t)]
+            if missing:
+                raise MethodError("invalidProperties", "required: blobId and mailboxIds",
+                                  properties=missing)
             names = mailbox_names(account, _resolve_ids(obj.get("mailboxIds"), call))
+            kws = _keywords(obj)
+            received = _received(obj)
             data = blob_bytes(account, obj["blobId"])
-            if data is None:
-                raise MethodError("blobNotFound", notFound=[obj["blobId"]])
-            kws = obj.get("keywords") or {}
-            for kw in kws:
-                _check_keyword(kw)
-            received = _utc_ts(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") \
-                else time.time()
+            if data is None:  # RFC 8621 4.8: "id not found" is invalidProperties
+                raise MethodError("invalidProperties", "blobId: no such blob",
+                                  properties=["blobId"])
             created = _store_new(account, names, data, [flag(k) for k in kws], received)
             call.created_ids[cid] = created["id"]
             out["created"][cid] = created

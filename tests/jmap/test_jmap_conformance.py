@@ -176,3 +176,39 @@ async def test_body_properties_empty_and_header_forms(jmap: JMAP) -> None:
     assert got["list"][0]["textBody"] == [{
         "type": "text/plain", "header:Content-Type": " text/plain; charset=utf-8",
         "header:Subject:asText": "parts", "header:X-None:all": []}]
+
+
+async def _upload(jmap: JMAP, data: bytes) -> str:
+    async with jmap.client() as c:
+        r = await c.post(f"/jmap/upload/{jmap.account()}/", content=data,
+                         headers={"content-type": "message/rfc822"})
+    return r.json()["blobId"]
+
+
+@pytest.mark.parametrize(("obj", "properties"), [
+    ({}, ["blobId", "mailboxIds"]),
+    ({"blobId": ["x"]}, ["blobId"]),
+    ({"blobId": "Gnothere"}, ["blobId"]),
+    ({"mailboxIds": ["x"]}, ["mailboxIds"]),
+    ({"mailboxIds": {"Bnope": True}}, ["mailboxIds"]),
+    ({"keywords": ["$seen"]}, ["keywords"]),
+    ({"keywords": "$seen"}, ["keywords"]),
+    ({"keywords": {"$seen": False}}, ["keywords"]),
+    ({"receivedAt": "yesterday"}, ["receivedAt"]),
+    ({"receivedAt": ["2026-11-27T10:00:00Z"]}, ["receivedAt"]),
+])
+async def test_email_import_invalid_properties(jmap: JMAP, obj: dict[str, Any],
+                                               properties: list[str]) -> None:
+    """RFC 8621 4.8: blobId, mailboxIds, keywords (and receivedAt) missing, of the wrong type
+    or not found are invalidProperties naming them; nothing is stored."""
+    blob = await _upload(jmap, message("import me"))
+    base = {"blobId": blob, "mailboxIds": {"B1": True}} if obj else {}
+    got = await jmap.one("Email/import", {"emails": {"new": base | obj}})
+    err = got["notCreated"]["new"]
+    assert err["type"] == "invalidProperties" and sorted(err["properties"]) == properties
+    assert (await jmap.one("Email/query", {}))["ids"] == []
+
+
+async def test_email_import_needs_emails(jmap: JMAP) -> None:
+    (resp,) = await jmap.call([["Email/import", {"accountId": jmap.account()}, "0"]])
+    assert resp[0] == "error" and resp[1]["type"] == "invalidArguments"
