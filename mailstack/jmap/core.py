@@ -225,6 +225,17 @@ def is_core_only(req: dict[str, Any]) -> bool:
     return all(c[0] == "Core/echo" for c in req["methodCalls"])
 
 
+SET_RESULTS = ("created", "updated", "destroyed", "notCreated", "notUpdated", "notDestroyed")
+
+
+def _null_when_empty(result: dict[str, Any]) -> None:
+    """A /set-style response says null, not an empty map or list, where nothing was created,
+    updated, destroyed or refused (RFC 8620 5.3: "or null if none")."""
+    for key in SET_RESULTS:
+        if key in result and not result[key]:
+            result[key] = None
+
+
 def dispatch(req: dict[str, Any], account: Any, limits: Limits,
              account_id: str) -> dict[str, Any]:
     """Run the calls in order and return the Response object."""
@@ -247,6 +258,8 @@ def dispatch(req: dict[str, Any], account: Any, limits: Limits,
                         raise MethodError("accountNotFound")
                 call = Call(mname, margs, account, created, limits)
                 result = fn(call)
+                if mname.endswith(("/set", "/copy", "/import")):
+                    _null_when_empty(result)
                 responses.append([mname, result, call_id])
                 pending = call.extra + pending
             except MethodError as exc:

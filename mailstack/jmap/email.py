@@ -726,20 +726,22 @@ def _check_keyword(kw: str) -> None:
                           properties=["keywords"])
 
 
-def _apply_mailboxes(account: Account, locs: list[Located], patch: dict[str, Any]) -> None:
+def _apply_mailboxes(call: Call, locs: list[Located], patch: dict[str, Any]) -> None:
     """``mailboxIds`` (replace) or ``mailboxIds/<id>`` patches: copy, move or remove."""
+    account: Account = call.account
     current = {loc.mailbox for loc in locs}
     if "mailboxIds" in patch:
         ids = patch["mailboxIds"]
         if not isinstance(ids, dict) or not ids:
             raise MethodError("invalidProperties", "mailboxIds: at least one mailbox",
                               properties=["mailboxIds"])
-        target = set(mailbox_names(account, ids))
+        target = set(mailbox_names(account, _resolve_ids(ids, call)))
     else:
         target = set(current)
         for key, value in patch.items():
             if key.startswith("mailboxIds/"):
-                name = mailbox_names(account, {key[len("mailboxIds/"):]: True})[0]
+                name = mailbox_names(account, _resolve_ids(
+                    {key[len("mailboxIds/"):]: True}, call))[0]
                 if value is True:
                     target.add(name)
                 elif value is None:
@@ -819,7 +821,7 @@ def email_set(call: Call) -> dict[str, Any]:
             if any(k == "keywords" or k.startswith("keywords/") for k in patch):
                 _apply_keywords(account, locs, patch)
             if any(k == "mailboxIds" or k.startswith("mailboxIds/") for k in patch):
-                _apply_mailboxes(account, account.refreshed_copies(eid_r), patch)
+                _apply_mailboxes(call, account.refreshed_copies(eid_r), patch)
             out["updated"][eid] = None
         except MethodError as exc:
             out["notUpdated"][eid] = exc.args_out()

@@ -19,7 +19,7 @@ async def _box(jmap: JMAP) -> str:
 
 async def _create(jmap: JMAP, obj: dict[str, Any]) -> dict[str, Any]:
     got = await jmap.one("Email/set", {"create": {"new": obj}})
-    return got["created"].get("new") or got["notCreated"]["new"]
+    return (got["created"] or got["notCreated"])["new"]
 
 
 @pytest.mark.parametrize(("obj", "properties"), [
@@ -212,3 +212,22 @@ async def test_email_import_invalid_properties(jmap: JMAP, obj: dict[str, Any],
 async def test_email_import_needs_emails(jmap: JMAP) -> None:
     (resp,) = await jmap.call([["Email/import", {"accountId": jmap.account()}, "0"]])
     assert resp[0] == "error" and resp[1]["type"] == "invalidArguments"
+
+
+async def test_set_says_null_for_none_and_creation_ids_only_backwards(jmap: JMAP) -> None:
+    """RFC 8620 5.3: created/updated/destroyed/not* are null when there are none; a creation id
+    refers only to a record an earlier call created (the server never looks ahead)."""
+    jmap.deliver(message("to move"))
+    (eid,) = (await jmap.one("Email/query", {}))["ids"]
+    aid = jmap.account()
+    resp = await jmap.call([
+        ["Email/set", {"accountId": aid, "update": {eid: {"mailboxIds": {"#later": True}}}}, "0"],
+        ["Mailbox/set", {"accountId": aid, "create": {"later": {"name": "later"}}}, "1"],
+        ["Email/set", {"accountId": aid, "update": {eid: {"mailboxIds": {"#later": True}}}}, "2"]])
+    early, box, moved = (r[1] for r in resp)
+    assert early["updated"] is None and early["notUpdated"][eid]["type"] == "invalidProperties"
+    assert box["updated"] is box["destroyed"] is box["notCreated"] is None
+    new = box["created"]["later"]["id"]
+    assert moved["updated"] == {eid: None} and moved["notUpdated"] is None
+    (e,) = (await jmap.one("Email/get", {"ids": [eid], "properties": ["mailboxIds"]}))["list"]
+    assert e["mailboxIds"] == {new: True}
