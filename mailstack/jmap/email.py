@@ -20,6 +20,7 @@ from .createcheck import check_create, form_allowed
 from .mailbox import mailbox_names
 from .standard import (
     changes_response,
+    check_comparators,
     check_state,
     filter_conditions,
     filter_matches,
@@ -473,17 +474,14 @@ CONDITIONS = frozenset({
 SORTS = ("receivedAt", "size", "from", "to", "subject", "sentAt", "hasKeyword",
          "allInThreadHaveKeyword", "someInThreadHaveKeyword")
 FIRST_CHUNK, LAST_CHUNK = 64, 4096  # emails filtered per step (doubling)
+KEYWORD_SORTS = ("hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword")
 
 
 def _sorted_ids(call: Call, q: Query) -> tuple[list[str], list[dict[str, Any]]]:
     """Every email id in the order of the first sort when that order is precomputed
     (receivedAt), else in a stable base order; and the sorts still to apply."""
-    sorts = call.arg("sort", list, None) or [{"property": "receivedAt", "isAscending": False}]
-    for sort in sorts:
-        if not isinstance(sort, dict) or not isinstance(sort.get("property"), str):
-            raise MethodError("unsupportedSort", "each sort is a Comparator")
-        if sort["property"] not in SORTS:
-            raise MethodError("unsupportedSort", f"{sort['property'][:100]!r}")
+    sorts = check_comparators(call, SORTS, KEYWORD_SORTS) \
+        or [{"property": "receivedAt", "isAscending": False}]
     if len(sorts) == 1 and sorts[0]["property"] == "receivedAt":
         ids = list(q.idx.by_received)  # the index keeps this order: no sort
         if sorts[0].get("isAscending", True) is False:

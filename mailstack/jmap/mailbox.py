@@ -10,6 +10,7 @@ from .account import Account, mailbox_id, store_mailbox_id
 from .core import Call, MethodError, method
 from .standard import (
     changes_response,
+    check_comparators,
     check_state,
     filter_matches,
     query_changes_response,
@@ -116,10 +117,8 @@ def _mailbox_results(call: Call, account: Account) -> list[str]:
             return True
         matched = {n for n in matched if lineage_matches(by_name[n])}
     rows = [m for m in every if m.name in matched]
-    for sort in reversed(call.arg("sort", list, [])):
-        prop = sort.get("property") if isinstance(sort, dict) else None
-        if prop not in ("name", "sortOrder"):
-            raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
+    for sort in reversed(check_comparators(call, ("name", "sortOrder"))):
+        prop = sort["property"]
         rows.sort(key=(lambda m: _leaf(m).casefold()) if prop == "name" else _sort_order,
                   reverse=sort.get("isAscending", True) is False)
     if call.args.get("sortAsTree"):

@@ -231,3 +231,33 @@ async def test_set_says_null_for_none_and_creation_ids_only_backwards(jmap: JMAP
     assert moved["updated"] == {eid: None} and moved["notUpdated"] is None
     (e,) = (await jmap.one("Email/get", {"ids": [eid], "properties": ["mailboxIds"]}))["list"]
     assert e["mailboxIds"] == {new: True}
+
+
+@pytest.mark.parametrize(("method", "sort", "kind"), [
+    ("Email/query", {"property": "subject", "collation": "i;octet-nope"}, "unsupportedSort"),
+    ("Email/query", {"property": "hasKeyword"}, "invalidArguments"),
+    ("Email/query", {"property": "size", "isAscending": "yes"}, "invalidArguments"),
+    ("Email/query", "size", "invalidArguments"),
+    ("Mailbox/query", {"property": "name", "collation": "i;nope"}, "unsupportedSort"),
+    ("Mailbox/query", {"property": "totalEmails"}, "unsupportedSort"),
+    ("EmailSubmission/query", {"property": "sentAt", "collation": "x"}, "unsupportedSort"),
+])
+async def test_comparators_are_checked(jmap: JMAP, method: str, sort: Any, kind: str) -> None:
+    """RFC 8620 5.5: an unknown property or collation is unsupportedSort."""
+    (resp,) = await jmap.call([[method, {"accountId": jmap.account(), "sort": [sort]}, "0"]])
+    assert resp[0] == "error" and resp[1]["type"] == kind, resp
+
+
+async def test_sort_by_keyword_and_announced_collation(jmap: JMAP) -> None:
+    box = await _box(jmap)
+    got = await jmap.one("Email/set", {"create": {
+        "f": {"mailboxIds": {box: True}, "subject": "b", "keywords": {"$flagged": True}},
+        "u": {"mailboxIds": {box: True}, "subject": "a"}}})
+    f, u = got["created"]["f"]["id"], got["created"]["u"]["id"]
+    for ascending, order in ((True, [u, f]), (False, [f, u])):
+        got = await jmap.one("Email/query", {"sort": [
+            {"property": "hasKeyword", "keyword": "$flagged", "isAscending": ascending}]})
+        assert got["ids"] == order
+    got = await jmap.one("Email/query", {"sort": [
+        {"property": "subject", "collation": "i;unicode-casemap"}]})
+    assert got["ids"] == [u, f]
