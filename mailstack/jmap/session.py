@@ -7,6 +7,7 @@ from typing import Any
 from ..config import Config, HTTPSection
 from .account import account_id
 from .core import CORE, MAIL, SUBMISSION, VACATION, Limits
+from .email import SORTS
 from .standard import COLLATIONS
 
 API_PATH = "/jmap/api"
@@ -43,8 +44,7 @@ def core_capability(http: HTTPSection) -> dict[str, Any]:
 
 MAIL_CAPABILITY = {"maxMailboxesPerEmail": None, "maxMailboxDepth": 10,
                    "maxSizeMailboxName": 200, "maxSizeAttachmentsPerEmail": 50_000_000,
-                   "emailQuerySortOptions": ["receivedAt", "size", "from", "to", "subject",
-                                             "sentAt", "hasKeyword"],
+                   "emailQuerySortOptions": list(SORTS),
                    "mayCreateTopLevelMailbox": True}
 
 

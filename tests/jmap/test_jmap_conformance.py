@@ -4,6 +4,7 @@ with httpx): the rules of an Email create object (RFC 8621 4.6), header forms, e
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -261,3 +262,26 @@ async def test_sort_by_keyword_and_announced_collation(jmap: JMAP) -> None:
     got = await jmap.one("Email/query", {"sort": [
         {"property": "subject", "collation": "i;unicode-casemap"}]})
     assert got["ids"] == [u, f]
+
+
+async def test_download_has_the_type_asked_for(jmap: JMAP) -> None:
+    """RFC 8620 6.2: Content-Type is the type parameter as given (no charset added to a text/*
+    type; a charset parameter kept); the name in a quoted filename too (RFC 6266)."""
+    aid = jmap.account()
+    async with jmap.client() as c:
+        sess = (await c.get("/.well-known/jmap", follow_redirects=True)).json()
+        assert set(sess["accounts"][aid]["accountCapabilities"][
+            "urn:ietf:params:jmap:mail"]["emailQuerySortOptions"]) >= {"someInThreadHaveKeyword"}
+        up = (await c.post(sess["uploadUrl"].replace("{accountId}", aid), content=b"foo",
+                           headers={"content-type": "text/plain"})).json()
+        assert (up["type"], up["size"], up["accountId"]) == ("text/plain", 3, aid)
+        url = sess["downloadUrl"].replace("{accountId}", aid).replace("{blobId}", up["blobId"])
+        for asked, ctype in (("text/plain", "text/plain"),
+                             ("text/plain;charset=iso-8859-1", "text/plain; charset=iso-8859-1"),
+                             ("text/plain; format=flowed", "text/plain"),
+                             ("not a type", "application/octet-stream")):
+            r = await c.get(url.replace("{name}", "my%20file.txt").replace("{type}",
+                                                                            quote(asked, "")))
+            assert r.status_code == 200 and r.content == b"foo"
+            assert r.headers["content-type"] == ctype
+            assert 'filename="my file.txt"' in r.headers["content-disposition"]
