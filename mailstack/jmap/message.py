@@ -81,6 +81,32 @@ def urls(value: str | None) -> list[str] | None:
     return found or None
 
 
+def raw_fields(raw: bytes) -> list[tuple[str, str]]:
+    """The header fields of a message as (name, raw value): the value is every octet after
+    the colon (leading white space too), folded lines joined with CRLF (RFC 8621 4.1.2.1);
+    octets that are not UTF-8 are replaced. One pass; the block ends where the parser's does
+    (an empty line, or a line that is neither a field nor a continuation)."""
+    fields: list[tuple[str, list[str]]] = []
+    end = min((i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0),
+              default=len(raw))
+    lines = raw[:end + 1].split(b"\n")  # the header block alone, never the body
+    for i, bline in enumerate(lines):
+        line = bline.removesuffix(b"\r").decode("utf-8", "replace")
+        if i == 0 and line.startswith("From "):
+            continue  # an mbox separator, not a field
+        if not line:
+            break
+        if line[0] in " \t":
+            if fields:
+                fields[-1][1].append(line)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or any(c in name for c in " \t"):
+            break
+        fields.append((name, [value]))
+    return [(name, "\r\n".join(parts)) for name, parts in fields]
+
+
 def crlf(value: str) -> str:
     """A raw header value with the message's CRLF line ends (the store keeps LF)."""
     return value.replace("\r\n", "\n").replace("\n", "\r\n") if "\n" in value else value
@@ -170,9 +196,8 @@ class Parsed:
         self.headers_only = headers_only
         self.msg: Message = BytesParser(policy=email.policy.compat32).parsebytes(
             raw, headersonly=headers_only)
-        # raw values keep the space after the colon (the parser drops it)
-        self.headers: list[tuple[str, str]] = [(k, crlf(" " + str(v)) if v else "")
-                                               for k, v in self.msg.raw_items()]
+        #: each header field's name and raw value (all after the colon, CRLF folding)
+        self.headers: list[tuple[str, str]] = raw_fields(raw)
         self._parts: list[tuple[Message, str]] | None = None
         self._structure: dict[str, Any] | None = None
         self._lists: tuple[list, list, list] | None = None

@@ -152,11 +152,13 @@ async def test_header_forms_of_rfc8621(jmap: JMAP) -> None:
                  b"X-Fold: " + b"a" * 50 + b"\r\n " + b"b" * 50 + b"\r\n"
                  b"X-Nfc: =?UTF-8?B?4oSr?=\r\n"
                  b"List-Help: <http://example.test/a>,\r\n <mailto:help@example.test>\r\n"
-                 b"X-Url: not a url\r\n\r\nbody\r\n")
+                 b"X-Url: not a url\r\nX-Spaced:   three\r\nX-Bare:none\r\n\r\nbody\r\n")
     ids = (await jmap.one("Email/query", {}))["ids"]
     (e,) = (await jmap.one("Email/get", {"ids": ids, "properties": [
         "from", "header:X-Fold", "header:X-Fold:asText", "header:X-Nfc:asText",
-        "header:List-Help:asURLs", "header:X-Url:asURLs"]}))["list"]
+        "header:List-Help:asURLs", "header:X-Url:asURLs", "header:X-Spaced",
+        "header:X-Bare"]}))["list"]
+    assert (e["header:X-Spaced"], e["header:X-Bare"]) == ("   three", "none")  # every octet
     assert e["from"] == [{"name": "Foo S", "email": "foo@example.test"}]
     assert e["header:X-Fold"] == " " + "a" * 50 + "\r\n " + "b" * 50
     assert e["header:X-Fold:asText"] == "a" * 50 + " " + "b" * 50
