@@ -55,6 +55,8 @@ def body_part(part: dict[str, Any], props: tuple[str, ...] | list[str]) -> dict[
                               if h["name"].lower() == name], k)
     if "subParts" in part:
         out["subParts"] = [body_part(p, props) for p in part["subParts"]]
+    elif "subParts" in props:
+        out["subParts"] = None  # a leaf (RFC 8621 4.1.4)
     return out
 
 

@@ -179,6 +179,9 @@ async def test_body_properties_empty_and_header_forms(jmap: JMAP) -> None:
     assert got["list"][0]["textBody"] == [{
         "type": "text/plain", "header:Content-Type": " text/plain; charset=utf-8",
         "header:Subject:asText": "parts", "header:X-None:all": []}]
+    got = await jmap.one("Email/get", {"ids": ids, "properties": ["textBody"],
+                                       "bodyProperties": ["subParts"]})
+    assert got["list"][0]["textBody"] == [{"subParts": None}]
 
 
 async def _upload(jmap: JMAP, data: bytes) -> str:
