@@ -228,12 +228,19 @@ def is_core_only(req: dict[str, Any]) -> bool:
 SET_RESULTS = ("created", "updated", "destroyed", "notCreated", "notUpdated", "notDestroyed")
 
 
-def _null_when_empty(result: dict[str, Any]) -> None:
+def _finish_set(name: str, result: dict[str, Any]) -> None:
     """A /set-style response says null, not an empty map or list, where nothing was created,
-    updated, destroyed or refused (RFC 8620 5.3: "or null if none")."""
+    updated, destroyed or refused (RFC 8620 5.3: "or null if none"). SetErrors carry their
+    type and the properties that name the fault; the optional description goes to the debug
+    log instead (conformance checkers compare SetErrors whole)."""
     for key in SET_RESULTS:
         if key in result and not result[key]:
             result[key] = None
+        elif key.startswith("not") and isinstance(result.get(key), dict):
+            for ident, err in result[key].items():
+                if isinstance(err, dict) and "description" in err:
+                    log.debug("jmap %s %s %s: %s", safe(name, 60), key, safe(str(ident), 60),
+                              safe(str(err.pop("description")), 200))
 
 
 def dispatch(req: dict[str, Any], account: Any, limits: Limits,
@@ -259,7 +266,7 @@ def dispatch(req: dict[str, Any], account: Any, limits: Limits,
                 call = Call(mname, margs, account, created, limits)
                 result = fn(call)
                 if mname.endswith(("/set", "/copy", "/import")):
-                    _null_when_empty(result)
+                    _finish_set(mname, result)
                 responses.append([mname, result, call_id])
                 pending = call.extra + pending
             except MethodError as exc:

@@ -70,6 +70,7 @@ async def test_email_create_rules_of_rfc8621(jmap: JMAP, obj: dict[str, Any],
     err = await _create(jmap, {"mailboxIds": {box: True}, **obj})
     assert err["type"] == "invalidProperties", err
     assert sorted(err["properties"]) == sorted(properties)
+    assert set(err) == {"type", "properties"}  # checkers compare SetErrors whole
 
 
 async def test_email_create_that_follows_the_rules(jmap: JMAP) -> None:
