@@ -176,9 +176,8 @@ def _full_name(account: Account, name: str, parent_id: str | None,
     return f"{parent.name}.{name}"
 
 
-#: Mailbox properties only the server sets (RFC 8621 2): a client may send them only with
-#: their current values (RFC 8620 5.3)
-SERVER_SET = ("totalEmails", "unreadEmails", "totalThreads", "unreadThreads", "myRights")
+#: what a client sets; the other properties (counts, myRights, id) are the server's and may
+#: be sent only with their current values (RFC 8620 5.3)
 SETTABLE = ("name", "parentId", "isSubscribed", "sortOrder", "role")
 NEW_MAILBOX = {"totalEmails": 0, "unreadEmails": 0, "totalThreads": 0, "unreadThreads": 0,
                "myRights": RIGHTS}
