@@ -89,21 +89,27 @@ def raw_fields(raw: bytes) -> list[tuple[str, str]]:
     fields: list[tuple[str, list[str]]] = []
     end = min((i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0),
               default=len(raw))
-    lines = raw[:end + 1].split(b"\n")  # the header block alone, never the body
-    for i, bline in enumerate(lines):
-        line = bline.removesuffix(b"\r").decode("utf-8", "replace")
-        if i == 0 and line.startswith("From "):
-            continue  # an mbox separator, not a field
+    # the header block alone (never the body), decoded once
+    lines = raw[:end + 1].decode("utf-8", "replace").split("\n")
+    if lines[0].startswith("From "):
+        lines[0] = "X:"  # an mbox separator, not a field: skipped below
+        skip_first = True
+    else:
+        skip_first = False
+    for line in lines:
+        line = line.removesuffix("\r")
         if not line:
             break
-        if line[0] in " \t":
+        if line[0] == " " or line[0] == "\t":
             if fields:
                 fields[-1][1].append(line)
             continue
         name, colon, value = line.partition(":")
-        if not colon or not name or any(c in name for c in " \t"):
+        if not colon or not name or " " in name or "\t" in name:
             break
         fields.append((name, [value]))
+    if skip_first:
+        del fields[0]
     return [(name, "\r\n".join(parts)) for name, parts in fields]
 
 
