@@ -47,6 +47,21 @@ from .webhook import Webhooks
 log = logging.getLogger("mailstack.http")
 JSON_TYPE = "application/json"
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}")
+_CHARSET = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,40}")
+
+
+def _download_type(asked: str) -> str:
+    """The Content-Type of a download: the ``type`` asked for (a media type, optionally with
+    a charset parameter), else application/octet-stream."""
+    media, _, param = asked.partition(";")
+    media = media.strip()
+    if not _MEDIA_TYPE.fullmatch(media):
+        return "application/octet-stream"
+    key, _, charset = param.partition("=")
+    if param and (key.strip().lower() != "charset"
+                  or not _CHARSET.fullmatch(charset.strip().strip('"'))):
+        return media
+    return f"{media}; charset={charset.strip().strip(chr(34))}" if param else media
 PING_MIN = 1
 CHANGING = ("/set", "/import", "/copy")
 #: every route answers every method itself (405 with its Allow header)
@@ -308,13 +323,14 @@ class HTTPApp:
                                        request.path_params["blob"])
         if data is None:
             return Response("not found\n", 404, media_type="text/plain")
-        ctype = request.query_params.get("type", "application/octet-stream")
-        if not _MEDIA_TYPE.fullmatch(ctype):
-            ctype = "application/octet-stream"
+        ctype = _download_type(request.query_params.get("type", ""))
         name = request.path_params["name"]
-        disposition = f"attachment; filename*=UTF-8''{quote(name, safe='')}"
-        return Response(data if request.method == "GET" else b"", media_type=ctype,
-                        headers={"content-disposition": disposition,
+        fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+        disposition = (f'attachment; filename="{fallback}"; '
+                       f"filename*=UTF-8''{quote(name, safe='')}")
+        # the type exactly as asked (RFC 8620 6.2): no charset added to a text/* type
+        return Response(data if request.method == "GET" else b"",
+                        headers={"content-type": ctype, "content-disposition": disposition,
                                  "cache-control": "private, immutable, max-age=31536000",
                                  "x-content-type-options": "nosniff"})
 

@@ -11,6 +11,9 @@ from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
 
+from .createcheck import CreateError as ComposeError
+from .createcheck import header_key
+
 ADDRESS_PROPS = {"from": "From", "sender": "Sender", "to": "To", "cc": "Cc", "bcc": "Bcc",
                  "replyTo": "Reply-To"}
 ID_PROPS = {"messageId": "Message-ID", "inReplyTo": "In-Reply-To", "references": "References"}
@@ -20,10 +23,6 @@ FORMS = ("asRaw", "asText", "asAddresses", "asGroupedAddresses", "asMessageIds",
          "asURLs")
 
 
-class ComposeError(ValueError):
-    def __init__(self, text: str, *properties: str) -> None:
-        super().__init__(text)
-        self.properties = list(properties)
 
 
 def _clean(value: Any, prop: str, limit: int = 998) -> str:
@@ -212,6 +211,7 @@ def _structure(node: EmailMessage, part: Any, content: Callable[[Any, str], tupl
         if not subtype.isalnum() and subtype not in ("x-mixed-replace",):
             raise ComposeError("bodyStructure: bad multipart type", "bodyStructure")
         node.set_type(f"multipart/{subtype}")
+        _part_headers(node, part)
         node.set_payload([])
         for sub in subs:
             child = EmailMessage(policy=email.policy.SMTP)
@@ -220,12 +220,28 @@ def _structure(node: EmailMessage, part: Any, content: Callable[[Any, str], tupl
         return
     ctype, data, name = content(part, "bodyStructure")
     _set(node, ctype, data)
+    _part_headers(node, part)
     if name or (part.get("disposition") or "").lower() == "attachment":
         node.add_header("Content-Disposition", "attachment", **({"filename": name}
                                                                  if name else {}))
     cid = part.get("cid")
     if isinstance(cid, str) and cid:
         node["Content-ID"] = f"<{_clean(cid, 'bodyStructure', 250).strip('<>')}>"
+
+
+def _part_headers(node: EmailMessage, part: dict[str, Any]) -> None:
+    """Add a part's ``header:Name[:asForm][:all]`` properties other than Content-* (those
+    come from the part's structural properties)."""
+    for key, value in part.items():
+        hk = header_key(key)
+        if hk is None or hk[0].startswith("content-") or value is None:
+            continue
+        name = key.split(":")[1]
+        if not name or not all(33 <= ord(c) <= 126 for c in name):
+            raise ComposeError(f"{key[:60]}: not a header name", f"bodyStructure/{key[:60]}")
+        every = key.endswith(":all") and key.count(":") > 1
+        for one in value if every and isinstance(value, list) else [value]:
+            node[name] = _header_value(one, hk[1], key)
 
 
 def _set(msg: EmailMessage, ctype: str, data: bytes | str) -> None:

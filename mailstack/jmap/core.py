@@ -225,6 +225,24 @@ def is_core_only(req: dict[str, Any]) -> bool:
     return all(c[0] == "Core/echo" for c in req["methodCalls"])
 
 
+SET_RESULTS = ("created", "updated", "destroyed", "notCreated", "notUpdated", "notDestroyed")
+
+
+def _finish_set(name: str, result: dict[str, Any]) -> None:
+    """A /set-style response says null, not an empty map or list, where nothing was created,
+    updated, destroyed or refused (RFC 8620 5.3: "or null if none"). SetErrors carry their
+    type and the properties that name the fault; the optional description goes to the debug
+    log instead (conformance checkers compare SetErrors whole)."""
+    for key in SET_RESULTS:
+        if key in result and not result[key]:
+            result[key] = None
+        elif key.startswith("not") and isinstance(result.get(key), dict):
+            for ident, err in result[key].items():
+                if isinstance(err, dict) and "description" in err:
+                    log.debug("jmap %s %s %s: %s", safe(name, 60), key, safe(str(ident), 60),
+                              safe(str(err.pop("description")), 200))
+
+
 def dispatch(req: dict[str, Any], account: Any, limits: Limits,
              account_id: str) -> dict[str, Any]:
     """Run the calls in order and return the Response object."""
@@ -247,6 +265,8 @@ def dispatch(req: dict[str, Any], account: Any, limits: Limits,
                         raise MethodError("accountNotFound")
                 call = Call(mname, margs, account, created, limits)
                 result = fn(call)
+                if mname.endswith(("/set", "/copy", "/import")):
+                    _finish_set(mname, result)
                 responses.append([mname, result, call_id])
                 pending = call.extra + pending
             except MethodError as exc:

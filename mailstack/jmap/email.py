@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import html
 import time
+import unicodedata
 from typing import Any
 
 from ..store import summary
@@ -15,9 +16,11 @@ from .account import Account, Located, flag, keywords
 from .blob import blob_bytes
 from .compose import ComposeError, compose
 from .core import Call, MethodError, method
+from .createcheck import check_create, form_allowed
 from .mailbox import mailbox_names
 from .standard import (
     changes_response,
+    check_comparators,
     check_state,
     filter_conditions,
     filter_matches,
@@ -45,8 +48,15 @@ BODY_PART_PROPS = (*DEFAULT_BODY_PROPS, "headers", "subParts")
 def body_part(part: dict[str, Any], props: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """An EmailBodyPart with only ``props`` (``subParts`` of multiparts always)."""
     out = {k: part.get(k) for k in props if k != "subParts" and not k.startswith("header:")}
+    for k in props:
+        if k.startswith("header:"):
+            name = k.split(":")[1].lower()
+            out[k] = form_of([h["value"] for h in part.get("headers") or ()
+                              if h["name"].lower() == name], k)
     if "subParts" in part:
         out["subParts"] = [body_part(p, props) for p in part["subParts"]]
+    elif "subParts" in props:
+        out["subParts"] = None  # a leaf (RFC 8621 4.1.4)
     return out
 
 
@@ -64,24 +74,27 @@ def _is_header_prop(p: str) -> bool:
     if rest and rest[-1] == "all":
         rest = rest[:-1]
     return len(rest) <= 1 and (not rest or (rest[0].removeprefix("as") in FORMS
-                               and rest[0].startswith("as")))
+                               and rest[0].startswith("as"))) \
+        and form_allowed(parts[1], rest[0] if rest else "asRaw")
 
 
 def header_form(p: msgview.Parsed, prop: str) -> Any:
-    parts = prop.split(":")
-    name = parts[1]
-    rest = parts[2:]
+    return form_of(p.header_all(prop.split(":")[1]), prop)
+
+
+def form_of(values: list[str], prop: str) -> Any:
+    """The value of ``header:Name[:asForm][:all]`` from the raw values of the field."""
+    rest = prop.split(":")[2:]
     all_ = bool(rest) and rest[-1] == "all"
     if all_:
         rest = rest[:-1]
     form = rest[0][2:] if rest else "Raw"
-    values = p.header_all(name)
 
     def conv(v: str) -> Any:
         if form == "Raw":
             return v
         if form == "Text":
-            return " ".join(msgview.decode_words(v).split())
+            return unicodedata.normalize("NFC", " ".join(msgview.decode_words(v).split()))
         if form == "Addresses":
             return msgview.addresses(v) or []
         if form == "GroupedAddresses":
@@ -90,7 +103,7 @@ def header_form(p: msgview.Parsed, prop: str) -> Any:
             return msgview.message_ids(v)
         if form == "Date":
             return msgview.date_value(v)
-        return [u.strip("<> ") for u in v.split(",") if u.strip()] or None
+        return msgview.urls(v)
     if all_:
         return [conv(v) for v in values]
     return conv(values[-1]) if values else None
@@ -181,10 +194,14 @@ class Emails:
             return msgview.addresses(p.header("reply-to" if prop == "replyTo" else prop))
         if prop == "subject":
             v = p.header("subject")
-            return " ".join(msgview.decode_words(v).split()) if v is not None else None
+            if v is None:
+                return None
+            return unicodedata.normalize("NFC", " ".join(msgview.decode_words(v).split()))
         if prop == "sentAt":
             return msgview.date_value(p.header("date"))
-        bprops = body_args.get("bodyProperties") or DEFAULT_BODY_PROPS
+        bprops = body_args.get("bodyProperties")
+        if bprops is None:
+            bprops = DEFAULT_BODY_PROPS
         if prop == "bodyStructure":
             return body_part(p.structure(), bprops)
         text, html_ids, att = p.body_lists()
@@ -236,8 +253,8 @@ def email_get(call: Call) -> dict[str, Any]:
     props = wanted_properties(call, ALL_PROPS, _is_header_prop) \
         if call.args.get("properties") is not None else ["id", *DEFAULT_PROPS]
     body_props = call.arg("bodyProperties", list, None)
-    if body_props is not None and not all(isinstance(b, str) and b in BODY_PART_PROPS
-                                          for b in body_props):
+    if body_props is not None and not all(isinstance(b, str) and (
+            b in BODY_PART_PROPS or _is_header_prop(b)) for b in body_props):
         raise MethodError("invalidArguments", "bodyProperties: unknown property")
     limit = call.arg("maxBodyValueBytes", int, 0)
     if limit < 0:
@@ -459,17 +476,14 @@ CONDITIONS = frozenset({
 SORTS = ("receivedAt", "size", "from", "to", "subject", "sentAt", "hasKeyword",
          "allInThreadHaveKeyword", "someInThreadHaveKeyword")
 FIRST_CHUNK, LAST_CHUNK = 64, 4096  # emails filtered per step (doubling)
+KEYWORD_SORTS = ("hasKeyword", "allInThreadHaveKeyword", "someInThreadHaveKeyword")
 
 
 def _sorted_ids(call: Call, q: Query) -> tuple[list[str], list[dict[str, Any]]]:
     """Every email id in the order of the first sort when that order is precomputed
     (receivedAt), else in a stable base order; and the sorts still to apply."""
-    sorts = call.arg("sort", list, None) or [{"property": "receivedAt", "isAscending": False}]
-    for sort in sorts:
-        if not isinstance(sort, dict) or not isinstance(sort.get("property"), str):
-            raise MethodError("unsupportedSort", "each sort is a Comparator")
-        if sort["property"] not in SORTS:
-            raise MethodError("unsupportedSort", f"{sort['property'][:100]!r}")
+    sorts = check_comparators(call, SORTS, KEYWORD_SORTS) \
+        or [{"property": "receivedAt", "isAscending": False}]
     if len(sorts) == 1 and sorts[0]["property"] == "receivedAt":
         ids = list(q.idx.by_received)  # the index keeps this order: no sort
         if sorts[0].get("isAscending", True) is False:
@@ -681,6 +695,30 @@ def _apply_keywords(account: Account, locs: list[Located], patch: dict[str, Any]
                                       [flag(k) for k in removes])
 
 
+def _keywords(obj: dict[str, Any]) -> list[str]:
+    """The keywords of a create or import object: a map of keyword to true."""
+    kws = obj.get("keywords")
+    if kws is None:
+        return []
+    if not isinstance(kws, dict) or any(v is not True for v in kws.values()):
+        raise MethodError("invalidProperties", "keywords: a map of keyword to true",
+                          properties=["keywords"])
+    for kw in kws:
+        _check_keyword(kw)
+    return list(kws)
+
+
+def _received(obj: dict[str, Any]) -> float:
+    """receivedAt of a create or import object (now when absent)."""
+    if obj.get("receivedAt") is None:
+        return time.time()
+    try:
+        return _utc_ts(obj["receivedAt"], "receivedAt")
+    except MethodError:
+        raise MethodError("invalidProperties", "receivedAt: expected a UTCDate",
+                          properties=["receivedAt"]) from None
+
+
 def _check_keyword(kw: str) -> None:
     if not kw or len(kw) > 255 or any(c in kw for c in '()[]{}%*"\\ ') or not all(
             0x21 <= ord(c) <= 0x7e for c in kw):
@@ -688,20 +726,22 @@ def _check_keyword(kw: str) -> None:
                           properties=["keywords"])
 
 
-def _apply_mailboxes(account: Account, locs: list[Located], patch: dict[str, Any]) -> None:
+def _apply_mailboxes(call: Call, locs: list[Located], patch: dict[str, Any]) -> None:
     """``mailboxIds`` (replace) or ``mailboxIds/<id>`` patches: copy, move or remove."""
+    account: Account = call.account
     current = {loc.mailbox for loc in locs}
     if "mailboxIds" in patch:
         ids = patch["mailboxIds"]
         if not isinstance(ids, dict) or not ids:
             raise MethodError("invalidProperties", "mailboxIds: at least one mailbox",
                               properties=["mailboxIds"])
-        target = set(mailbox_names(account, ids))
+        target = set(mailbox_names(account, _resolve_ids(ids, call)))
     else:
         target = set(current)
         for key, value in patch.items():
             if key.startswith("mailboxIds/"):
-                name = mailbox_names(account, {key[len("mailboxIds/"):]: True})[0]
+                name = mailbox_names(account, _resolve_ids(
+                    {key[len("mailboxIds/"):]: True}, call))[0]
                 if value is True:
                     target.add(name)
                 elif value is None:
@@ -744,14 +784,13 @@ def email_set(call: Call) -> dict[str, Any]:
             if not names:
                 raise MethodError("invalidProperties", "mailboxIds: at least one",
                                   properties=["mailboxIds"])
-            kws = obj.get("keywords") or {}
-            if not isinstance(kws, dict):
-                raise MethodError("invalidProperties", "keywords", properties=["keywords"])
-            for kw in kws:
-                _check_keyword(kw)
-            data = compose(obj, lambda b: blob_bytes(account, b))
-            received = _utc_ts(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") \
-                else time.time()
+            kws = _keywords(obj)
+            received = _received(obj)
+            blobs = {b: blob_bytes(account, b) for b in check_create(obj)}
+            missing = [b for b, data in blobs.items() if data is None]
+            if missing:
+                raise MethodError("blobNotFound", notFound=missing)
+            data = compose(obj, blobs.get)
             created = _store_new(account, names, data, [flag(k) for k in kws], received)
             call.created_ids[cid] = created["id"]
             out["created"][cid] = created
@@ -782,7 +821,7 @@ def email_set(call: Call) -> dict[str, Any]:
             if any(k == "keywords" or k.startswith("keywords/") for k in patch):
                 _apply_keywords(account, locs, patch)
             if any(k == "mailboxIds" or k.startswith("mailboxIds/") for k in patch):
-                _apply_mailboxes(account, account.refreshed_copies(eid_r), patch)
+                _apply_mailboxes(call, account.refreshed_copies(eid_r), patch)
             out["updated"][eid] = None
         except MethodError as exc:
             out["notUpdated"][eid] = exc.args_out()
@@ -828,24 +867,29 @@ def _store_new(account: Account, names: list[str], data: bytes, flags: list[str]
 def email_import(call: Call) -> dict[str, Any]:
     account: Account = call.account
     old = check_state(call, account)
-    emails = call.arg("emails", dict, {})
+    emails = call.arg("emails", dict, None)
+    if emails is None:
+        raise MethodError("invalidArguments", "emails is required")
     if len(emails) > call.limits.max_objects_in_set:
         raise MethodError("requestTooLarge")
     out: dict[str, Any] = {"accountId": account.id, "oldState": old, "created": {},
                            "notCreated": {}}
     for cid, obj in emails.items():
         try:
-            if not isinstance(obj, dict) or not isinstance(obj.get("blobId"), str):
-                raise MethodError("invalidProperties", "blobId", properties=["blobId"])
+            if not isinstance(obj, dict):
+                raise MethodError("invalidProperties", "not an object")
+            missing = [k for k, t in (("blobId", str), ("mailboxIds", dict))
+                       if not isinstance(obj.get(k), t)]
+            if missing:
+                raise MethodError("invalidProperties", "required: blobId and mailboxIds",
+                                  properties=missing)
             names = mailbox_names(account, _resolve_ids(obj.get("mailboxIds"), call))
+            kws = _keywords(obj)
+            received = _received(obj)
             data = blob_bytes(account, obj["blobId"])
-            if data is None:
-                raise MethodError("blobNotFound", notFound=[obj["blobId"]])
-            kws = obj.get("keywords") or {}
-            for kw in kws:
-                _check_keyword(kw)
-            received = _utc_ts(obj["receivedAt"], "receivedAt") if obj.get("receivedAt") \
-                else time.time()
+            if data is None:  # RFC 8621 4.8: "id not found" is invalidProperties
+                raise MethodError("invalidProperties", "blobId: no such blob",
+                                  properties=["blobId"])
             created = _store_new(account, names, data, [flag(k) for k in kws], received)
             call.created_ids[cid] = created["id"]
             out["created"][cid] = created

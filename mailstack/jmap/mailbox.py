@@ -10,6 +10,7 @@ from .account import Account, mailbox_id, store_mailbox_id
 from .core import Call, MethodError, method
 from .standard import (
     changes_response,
+    check_comparators,
     check_state,
     filter_matches,
     query_changes_response,
@@ -116,10 +117,8 @@ def _mailbox_results(call: Call, account: Account) -> list[str]:
             return True
         matched = {n for n in matched if lineage_matches(by_name[n])}
     rows = [m for m in every if m.name in matched]
-    for sort in reversed(call.arg("sort", list, [])):
-        prop = sort.get("property") if isinstance(sort, dict) else None
-        if prop not in ("name", "sortOrder"):
-            raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
+    for sort in reversed(check_comparators(call, ("name", "sortOrder"))):
+        prop = sort["property"]
         rows.sort(key=(lambda m: _leaf(m).casefold()) if prop == "name" else _sort_order,
                   reverse=sort.get("isAscending", True) is False)
     if call.args.get("sortAsTree"):
@@ -177,6 +176,30 @@ def _full_name(account: Account, name: str, parent_id: str | None,
     return f"{parent.name}.{name}"
 
 
+#: what a client sets; the other properties (counts, myRights, id) are the server's and may
+#: be sent only with their current values (RFC 8620 5.3)
+SETTABLE = ("name", "parentId", "isSubscribed", "sortOrder", "role")
+NEW_MAILBOX = {"totalEmails": 0, "unreadEmails": 0, "totalThreads": 0, "unreadThreads": 0,
+               "myRights": RIGHTS}
+
+
+def _check_properties(obj: dict[str, Any], current: dict[str, Any]) -> None:
+    """invalidProperties naming every property the client may not set to the value given:
+    server-set ones that differ (``myRights/mayRename``), unknown ones."""
+    bad: list[str] = []
+    for key, value in obj.items():
+        if key in SETTABLE:
+            continue
+        if key == "myRights" and isinstance(value, dict):
+            rights = current["myRights"]
+            bad += [f"myRights/{r[:50]}" for r, v in value.items() if rights.get(r) != v]
+        elif key not in current or current[key] != value:
+            bad.append(key[:100])
+    if bad:
+        raise MethodError("invalidProperties", "properties the server sets, or unknown",
+                          properties=bad)
+
+
 @method("Mailbox/set")
 def mailbox_set(call: Call) -> dict[str, Any]:
     account: Account = call.account
@@ -193,6 +216,7 @@ def mailbox_set(call: Call) -> dict[str, Any]:
         try:
             if not isinstance(obj, dict):
                 raise MethodError("invalidProperties", "not an object")
+            _check_properties(obj, NEW_MAILBOX)
             full = _full_name(account, obj.get("name"), obj.get("parentId"), call.created_ids)
             validate_folder_name(full)
             if any(m.name.lower() == full.lower() for m in account.mailboxes()):
@@ -205,7 +229,7 @@ def mailbox_set(call: Call) -> dict[str, Any]:
             m = next(m for m in account.mailboxes() if m.name == full)
             call.created_ids[cid] = mailbox_id(m.id)
             out["created"][cid] = {k: v for k, v in _mailbox(account, m).items()
-                                   if k not in obj or k == "id"}
+                                   if k not in obj or k == "id" or obj[k] != v}
         except MethodError as exc:
             out["notCreated"][cid] = exc.args_out()
         except (StoreError, MaildirError, ValueError) as exc:
@@ -218,6 +242,10 @@ def mailbox_set(call: Call) -> dict[str, Any]:
                 raise MethodError("notFound")
             if not isinstance(patch, dict):
                 raise MethodError("invalidPatch")
+            _check_properties(patch, _mailbox(account, m) | {"id": jid})
+            if "role" in patch and patch["role"] != (m.role or None):
+                raise MethodError("invalidProperties", "roles are the server's",
+                                  properties=["role"])
             if "isSubscribed" in patch:
                 account.store.set_subscribed(m.name, bool(patch["isSubscribed"]))
             if "name" in patch or "parentId" in patch:
@@ -236,10 +264,6 @@ def mailbox_set(call: Call) -> dict[str, Any]:
                         raise MethodError("invalidProperties", "a mailbox cannot be its own "
                                           "child", properties=["parentId"])
                     account.store.rename_mailbox(m.name, full, children)
-            for key in patch:
-                if key not in ("name", "parentId", "isSubscribed", "sortOrder"):
-                    raise MethodError("invalidProperties", f"{key[:100]} cannot be set",
-                                      properties=[key])
             account.refresh()
             # sortOrder is the server's (by role): say so when the client asked for another
             m = account.mailbox_by_id(jid)

@@ -51,8 +51,71 @@ def addresses(value: str | None) -> list[dict[str, Any]] | None:
     for name, addr in email.utils.getaddresses([value.replace("\r", "").replace("\n", " ")]):
         if not name and not addr:
             continue
-        out.append({"name": decode_words(name) or None, "email": addr})
+        out.append({"name": decode_words(_unquote(name)) or None, "email": addr})
     return out
+
+
+def _unquote(name: str) -> str:
+    """A display name with its quoted-pairs (``\\x``) undone (RFC 5322 3.2.1)."""
+    if "\\" not in name:
+        return name
+    out, i = [], 0
+    while i < len(name):
+        if name[i] == "\\" and i + 1 < len(name):
+            i += 1
+        out.append(name[i])
+        i += 1
+    return "".join(out)
+
+
+def urls(value: str | None) -> list[str] | None:
+    """RFC 8621 4.1.2.7 ``asURLs``: the ``<URL>`` items of an RFC 2369 field, or None."""
+    if value is None:
+        return None
+    found = []
+    for chunk in value.split("<")[1:]:
+        url, closed, _ = chunk.partition(">")
+        url = "".join(url.split())  # folding whitespace is not part of a URL
+        if closed and url:
+            found.append(url)
+    return found or None
+
+
+def raw_fields(raw: bytes) -> list[tuple[str, str]]:
+    """The header fields of a message as (name, raw value): the value is every octet after
+    the colon (leading white space too), folded lines joined with CRLF (RFC 8621 4.1.2.1);
+    octets that are not UTF-8 are replaced. One pass; the block ends where the parser's does
+    (an empty line, or a line that is neither a field nor a continuation)."""
+    fields: list[tuple[str, list[str]]] = []
+    end = min((i for i in (raw.find(b"\n\n"), raw.find(b"\r\n\r\n")) if i >= 0),
+              default=len(raw))
+    # the header block alone (never the body), decoded once
+    lines = raw[:end + 1].decode("utf-8", "replace").split("\n")
+    if lines[0].startswith("From "):
+        lines[0] = "X:"  # an mbox separator, not a field: skipped below
+        skip_first = True
+    else:
+        skip_first = False
+    for line in lines:
+        line = line.removesuffix("\r")
+        if not line:
+            break
+        if line[0] == " " or line[0] == "\t":
+            if fields:
+                fields[-1][1].append(line)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or " " in name or "\t" in name:
+            break
+        fields.append((name, [value]))
+    if skip_first:
+        del fields[0]
+    return [(name, "\r\n".join(parts)) for name, parts in fields]
+
+
+def crlf(value: str) -> str:
+    """A raw header value with the message's CRLF line ends (the store keeps LF)."""
+    return value.replace("\r\n", "\n").replace("\n", "\r\n") if "\n" in value else value
 
 
 def grouped_addresses(value: str) -> list[dict[str, Any]]:
@@ -139,9 +202,8 @@ class Parsed:
         self.headers_only = headers_only
         self.msg: Message = BytesParser(policy=email.policy.compat32).parsebytes(
             raw, headersonly=headers_only)
-        # raw values keep the space after the colon (the parser drops it)
-        self.headers: list[tuple[str, str]] = [(k, " " + str(v) if v else "")
-                                               for k, v in self.msg.raw_items()]
+        #: each header field's name and raw value (all after the colon, CRLF folding)
+        self.headers: list[tuple[str, str]] = raw_fields(raw)
         self._parts: list[tuple[Message, str]] | None = None
         self._structure: dict[str, Any] | None = None
         self._lists: tuple[list, list, list] | None = None
@@ -184,13 +246,16 @@ class Parsed:
     def _describe(self, part: Message, ids: dict[int, str], depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {
             "partId": ids.get(id(part)), "blobId": None, "size": 0,
-            "headers": [{"name": k, "value": str(v)} for k, v in part.raw_items()],
+            "headers": [{"name": k, "value": crlf(" " + str(v)) if v else ""}
+                        for k, v in part.raw_items()],
             "name": decode_words(part.get_filename()) if part.get_filename() else None,
-            "type": part.get_content_type(), "charset": None,
+            "type": part.get_content_type(), "charset": _charset(part),
             "disposition": (part.get("content-disposition") or "").split(";")[0].strip().lower()
             or None,
             "cid": (part.get("content-id") or "").strip("<> ") or None,
-            "language": None, "location": part.get("content-location"),
+            "language": _languages(part.get("content-language")),
+            "location": (str(part.get("content-location")).strip() or None)
+            if part.get("content-location") else None,
         }
         if part.is_multipart() and depth < 32:
             subs = part.get_payload()
@@ -317,3 +382,19 @@ def parsed(emailid: str, read: Callable[[], bytes | None],
             _, old = _cache.popitem(last=False)
             _cached_bytes -= len(old.raw)
     return p
+
+
+def _charset(part: Message) -> str | None:
+    """The charset parameter; ``us-ascii`` for a text part without one (RFC 2045 5.2)."""
+    if part.get_content_maintype() != "text":
+        return None
+    value = part.get_content_charset()
+    return value[:100] if value else "us-ascii"
+
+
+def _languages(value: Any) -> list[str] | None:
+    """The language tags of a Content-Language field (RFC 3282), or None."""
+    if not value:
+        return None
+    tags = [t.strip() for t in str(value).split(",") if t.strip()][:20]
+    return tags or None

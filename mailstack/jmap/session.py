@@ -7,6 +7,8 @@ from typing import Any
 from ..config import Config, HTTPSection
 from .account import account_id
 from .core import CORE, MAIL, SUBMISSION, VACATION, Limits
+from .email import SORTS
+from .standard import COLLATIONS
 
 API_PATH = "/jmap/api"
 UPLOAD_PATH = "/jmap/upload/{accountId}/"
@@ -37,13 +39,12 @@ def core_capability(http: HTTPSection) -> dict[str, Any]:
             "maxCallsInRequest": http.max_calls_in_request,
             "maxObjectsInGet": http.max_objects_in_get,
             "maxObjectsInSet": http.max_objects_in_set,
-            "collationAlgorithms": ["i;ascii-casemap", "i;unicode-casemap"]}
+            "collationAlgorithms": list(COLLATIONS)}
 
 
 MAIL_CAPABILITY = {"maxMailboxesPerEmail": None, "maxMailboxDepth": 10,
                    "maxSizeMailboxName": 200, "maxSizeAttachmentsPerEmail": 50_000_000,
-                   "emailQuerySortOptions": ["receivedAt", "size", "from", "to", "subject",
-                                             "sentAt", "hasKeyword"],
+                   "emailQuerySortOptions": list(SORTS),
                    "mayCreateTopLevelMailbox": True}
 
 

@@ -181,3 +181,28 @@ def query_changes_response(call: Call, account: Account, since: Since, results: 
     if call.args.get("calculateTotal"):
         out["total"] = len(results)
     return out
+
+
+#: the collations the session announces (RFC 4790 names)
+COLLATIONS = ("i;ascii-casemap", "i;unicode-casemap")
+
+
+def check_comparators(call: Call, known: Iterable[str],
+                      needs_keyword: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The ``sort`` argument's Comparators (RFC 8620 5.5): unsupportedSort for an unknown
+    property or collation, invalidArguments for a malformed one."""
+    sorts = call.arg("sort", list, None) or []
+    for sort in sorts:
+        if not isinstance(sort, dict) or not isinstance(sort.get("property"), str):
+            raise MethodError("invalidArguments", "each sort is a Comparator")
+        prop = sort["property"]
+        if prop not in known:
+            raise MethodError("unsupportedSort", f"{prop[:100]!r}")
+        if "isAscending" in sort and not isinstance(sort["isAscending"], bool):
+            raise MethodError("invalidArguments", "isAscending: true or false")
+        collation = sort.get("collation")
+        if collation is not None and collation not in COLLATIONS:
+            raise MethodError("unsupportedSort", f"collation {str(collation)[:60]!r}")
+        if prop in needs_keyword and not isinstance(sort.get("keyword"), str):
+            raise MethodError("invalidArguments", f"{prop} needs a keyword")
+    return sorts

@@ -30,6 +30,7 @@ from .account import Account
 from .core import Call, MethodError, is_number, method
 from .standard import (
     Since,
+    check_comparators,
     filter_matches,
     query_changes_response,
     query_window,
@@ -277,11 +278,9 @@ def _submission_results(call: Call, data: dict[str, Any]) -> list[str]:
     flt = call.arg("filter", dict, {})
     rows = [s for s in reversed(data["list"])
             if filter_matches(flt, lambda cond, s=s: _submission_matches(s, cond))]
-    for sort in reversed(call.arg("sort", list, [])):
-        prop = sort.get("property") if isinstance(sort, dict) else None
-        key = {"emailId": "emailId", "threadId": "threadId", "sentAt": "sendAt"}.get(prop)
-        if key is None:
-            raise MethodError("unsupportedSort", f"{str(prop)[:100]!r}")
+    keys = {"emailId": "emailId", "threadId": "threadId", "sentAt": "sendAt"}
+    for sort in reversed(check_comparators(call, keys)):
+        key = keys[sort["property"]]
         rows.sort(key=lambda s, key=key: s[key], reverse=sort.get("isAscending", True) is False)
     return [s["id"] for s in rows]
 

@@ -139,7 +139,7 @@ async def test_method_errors(jmap: JMAP) -> None:
     assert kinds[:7] == ["unknownMethod", "accountNotFound", "invalidArguments",
                          "invalidResultReference", "invalidResultReference",
                          "cannotCalculateChanges", "stateMismatch"]
-    assert resp[7][1]["created"] == {} and set(resp[7][1]["notCreated"]) == {"a", "b"}
+    assert resp[7][1]["created"] is None and set(resp[7][1]["notCreated"]) == {"a", "b"}
     await jmap.http.wait_log(f"jmap {ALICE} Nope/get: unknownMethod")
     # a creation id stands for the new id in update and destroy of later calls
     resp = await jmap.call([

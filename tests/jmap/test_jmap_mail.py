@@ -200,7 +200,7 @@ async def test_email_create_import_parse(jmap: JMAP) -> None:
         "y": {"mailboxIds": {drafts: True}, "header:X-A:asText": "a\nB: c"},
         "z": {"mailboxIds": {drafts: True},
               "from": [{"email": "a@b.test>\r\nBcc: v@example.test"}]}}})
-    assert bad["created"] == {} and set(bad["notCreated"]) == {"x", "y", "z"}
+    assert bad["created"] is None and set(bad["notCreated"]) == {"x", "y", "z"}
     assert all(v["type"] == "invalidProperties" for v in bad["notCreated"].values())
     # import from an uploaded blob; parse it first
     async with jmap.client() as c:

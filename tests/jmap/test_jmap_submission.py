@@ -94,7 +94,7 @@ async def test_forbidden_from(jmap: JMAP) -> None:
               "envelope": {"mailFrom": {"email": ALICE},
                            "rcptTo": [{"email": "x@y.test>\r\nRCPT TO:<z@z.test"}]}},
         "d": {"identityId": "Inope", "emailId": mine}}})
-    assert got["created"] == {}
+    assert got["created"] is None
     kinds = {k: v["type"] for k, v in got["notCreated"].items()}
     assert kinds == {"a": "forbiddenFrom", "b": "forbiddenFrom", "c": "invalidProperties",
                      "d": "invalidProperties"}
