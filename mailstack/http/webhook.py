@@ -79,11 +79,15 @@ class Webhooks:
         queue = hub.subscribe()
         try:
             await hub.ready.wait()
-            log.info("push: watching %s/%s for its subscriptions", root.parent.name, root.name)
+            watching = False
             while True:
                 subs = await asyncio.to_thread(pushsub.load, root)
                 if not any(s.get("verified") for s in subs):
                     return
+                if not watching:  # said once its changes reach a verified subscription
+                    log.info("push: watching %s/%s for its subscriptions", root.parent.name,
+                             root.name)
+                    watching = True
                 with contextlib.suppress(TimeoutError):
                     change = await asyncio.wait_for(queue.get(), 600)
                     if change is None:
