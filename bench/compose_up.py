@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mailstack.testing.ports import free_port  # noqa: E402
+from mailstack.testing.ports import compose_published, free_port  # noqa: E402
 
 SERVICES = ["mda", "mta", "imap", "pop3", "autoconfig"]
-PUBLISH = ["SMTP", "SUBMISSION", "SUBMISSIONS", "IMAP", "IMAPS", "POP3", "POP3S", "HTTP"]
+PUBLISH = list(compose_published(ROOT / "docker-compose.yml"))
 PROJECT = "mailstackbench"
 
 

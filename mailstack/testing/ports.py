@@ -118,3 +118,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:  # no room below the ephemeral range: let the kernel choose
         s.bind((host, 0))
         return _remember(int(s.getsockname()[1]))
+
+
+def compose_published(compose_file: Path) -> dict[str, int]:
+    """The ``MAILSTACK_PUBLISH_<NAME>`` variables of a compose file, name → the port it defaults
+    to (a standard port): a test or benchmark moves every one of them to a free port, including
+    any a later version of the file adds."""
+    text = compose_file.read_text()
+    out: dict[str, int] = {}
+    marker = "${MAILSTACK_PUBLISH_"
+    start = text.find(marker)
+    while start >= 0:
+        name, sep, rest = text[start + len(marker):].partition(":-")
+        default = rest.partition("}")[0]
+        if sep and name.isalnum() and name.isupper() and default.isdigit():
+            out[name] = int(default)
+        start = text.find(marker, start + 1)
+    return out

@@ -26,6 +26,7 @@ import yaml
 
 from mailstack.config import load
 from mailstack.runtime.banner import listeners
+from mailstack.testing.ports import compose_published
 
 from ..conftest import free_port
 from ..e2e.helpers import ROOT, cli_env, submit, wait_files
@@ -195,3 +196,15 @@ async def test_mailstack_health_wait_is_the_same_wait(config_factory) -> None:
     async with running("imap", cfg):
         out, _ = await asyncio.to_thread(waiting.communicate, timeout=60)
     assert waiting.returncode == 0 and "* OK" in out
+
+
+def test_tests_move_every_published_port() -> None:
+    """The docker end-to-end test and bench/compose_up.py move each published port to a free
+    one through ``compose_published``: it must find every port the file publishes (HTTPS was
+    once left on 443, so two runs on one machine collided on the standard port)."""
+    names = compose_published(COMPOSE)
+    published = [p for s in compose()["services"].values() for p in s.get("ports", [])]
+    assert len(names) == len(published) and names["HTTPS"] == 443
+    for port in published:
+        name = port.split("${MAILSTACK_PUBLISH_")[2].partition(":-")[0]
+        assert name in names, port

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import pytest
 
-from mailstack.testing.ports import free_port
+from mailstack.testing.ports import compose_published, free_port
 
 from ..e2e.helpers import ROOT
 
 SERVICES = ["mda", "mta", "imap", "pop3", "autoconfig"]
-PUBLISH = {"SMTP": 25, "SUBMISSION": 587, "SUBMISSIONS": 465, "IMAP": 143, "IMAPS": 993,
-           "POP3": 110, "POP3S": 995, "HTTP": 80}
+#: every port the compose file publishes (each moved to a free one: never a standard port)
+PUBLISH = compose_published(ROOT / "docker-compose.yml")
 IMAGE = "mailstack-e2e:latest"
 #: the skip reason's prefix that tests/conftest.py excuses when .ci/run could not start an engine
 UNAVAILABLE = "no Docker engine (MAILSTACK_DOCKER_UNAVAILABLE)"
