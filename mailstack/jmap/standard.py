@@ -137,9 +137,9 @@ class Since:
     changes: Changes | None
 
 
-def query_changes_since(call: Call, account: Account, kind: str, now: str) -> Since:
-    """``sinceQueryState`` checked against the store's change log up to ``now`` or later
-    (RFC 8620 5.6); ``cannotCalculateChanges`` beyond its horizon."""
+def query_changes_state(call: Call) -> str:
+    """A /queryChanges call's ``sinceQueryState``, with its ``maxChanges`` checked too
+    (RFC 8620 5.6: invalidArguments for either)."""
     since = call.args.get("sinceQueryState")
     if not isinstance(since, str):
         raise MethodError("invalidArguments", "sinceQueryState is required")
@@ -147,6 +147,13 @@ def query_changes_since(call: Call, account: Account, kind: str, now: str) -> Si
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
                               or limit < 1):
         raise MethodError("invalidArguments", "maxChanges must be a positive integer")
+    return since
+
+
+def query_changes_since(call: Call, account: Account, kind: str, now: str) -> Since:
+    """``sinceQueryState`` checked against the store's change log up to ``now`` or later
+    (RFC 8620 5.6); ``cannotCalculateChanges`` beyond its horizon."""
+    since = query_changes_state(call)
     if since == now:
         return Since(since, now, None)
     if not is_number(since):

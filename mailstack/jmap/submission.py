@@ -33,6 +33,7 @@ from .standard import (
     check_comparators,
     filter_matches,
     query_changes_response,
+    query_changes_state,
     query_window,
     wanted_ids,
     wanted_properties,
@@ -300,13 +301,7 @@ def submission_query_changes(call: Call) -> dict[str, Any]:
     account: Account = call.account
     data = _submissions(account)
     now = str(data["state"])
-    since = call.args.get("sinceQueryState")
-    if not isinstance(since, str):
-        raise MethodError("invalidArguments", "sinceQueryState is required")
-    limit = call.args.get("maxChanges")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                              or limit < 1):
-        raise MethodError("invalidArguments", "maxChanges must be a positive integer")
+    since = query_changes_state(call)
     if not is_number(since) or int(since) > int(now) or (
             data["list"] and int(since) < data["list"][0].get("_state", 0) - 1):
         raise MethodError("cannotCalculateChanges")

@@ -30,6 +30,7 @@ class Receiver:
         self.got: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.headers: list[dict[str, str]] = []
         self.server: asyncio.Server | None = None
+        self.port = 0
 
     async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
@@ -55,17 +56,26 @@ class Receiver:
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0, ssl=self.ctx)
-        return self.server.sockets[0].getsockname()[1]
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.port
 
 
-async def test_push_subscription_verified_then_notified(config_factory, tmp_path: Path) -> None:
+async def start_receiver(tmp_path: Path) -> tuple[Receiver, Path]:
+    """A receiver on localhost with a certificate from a new CA; the CA file the http daemon
+    must trust (``SSL_CERT_FILE``)."""
     ca = trustme.CA()
     ca_file = tmp_path / "push-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)
     receiver = Receiver(server_ctx)
-    port = await receiver.start()
+    await receiver.start()
+    return receiver, ca_file
+
+
+async def test_push_subscription_verified_then_notified(config_factory, tmp_path: Path) -> None:
+    receiver, ca_file = await start_receiver(tmp_path)
+    port = receiver.port
     cfg = config_factory('[http]\npush_allowlist = ["localhost"]\n')
     add_user(cfg, ALICE, PASSWORD)
     files = ensure_tls_files(cfg)
@@ -116,13 +126,8 @@ async def test_push_with_keys_is_encrypted_to_them(config_factory, tmp_path: Pat
     Web Push messages: aes128gcm bodies only the holder of the private key opens (the same
     way a browser's push service hands them to the device). Keys that are not a P-256 point
     and a 16-octet secret are refused; the keys are never returned."""
-    ca = trustme.CA()
-    ca_file = tmp_path / "push-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    receiver = Receiver(server_ctx)
-    port = await receiver.start()
+    receiver, ca_file = await start_receiver(tmp_path)
+    port = receiver.port
     device = ec.generate_private_key(ec.SECP256R1())
     point = device.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     auth = os.urandom(16)
