@@ -168,8 +168,10 @@ class MTAHandler:
                        client_helo=session.host_name or "", auth_user=user, tls=tls,
                        listener=listener)
         tried = again is not None  # the mda may hold copies under this queue id already
+        outcome = None  # the recipients after a failed direct attempt
         if self.runner.direct_ok(rcpts):
-            if await self.runner.deliver_direct(qid, env, message, retry=tried):
+            outcome = await self.runner.deliver_direct(qid, env, message, retry=tried)
+            if outcome is None:
                 log.info("%s: client=[%s], helo=%s, listener=%s%s%s, from=<%s>, size=%d, "
                          "nrcpt=%d (delivered)", qid, peer, session.host_name or "unknown",
                          listener, f", sasl_username={user}" if user else "",
@@ -178,7 +180,7 @@ class MTAHandler:
             tried = True
         try:
             entry = await self.spool.aput(message, env, qid, first_attempt_at=time.time(),
-                                          backoff=self.runner.backoff(1))
+                                          backoff=self.runner.backoff(1), recipients=outcome)
         except OSError as exc:
             log.error("%s: queue write failed: %s", peer, exc)
             if tried:  # copies may exist: a retry of this message must not make them again

@@ -133,6 +133,9 @@ class NewEntry:
     qid: str | None = None
     first_attempt_at: float | None = None
     backoff: float = 60.0
+    #: the recipients' state after an attempt made before the entry was written (a failed
+    #: direct delivery); None: every recipient pending, never tried
+    recipients: list[Recipient] | None = None
 
 
 class Spool:
@@ -154,13 +157,16 @@ class Spool:
 
     # -- writing ----------------------------------------------------------------------------
     def put(self, message: bytes, envelope: Envelope, qid: str | None = None, *,
-            first_attempt_at: float | None = None, backoff: float = 60.0) -> QueueEntry:
+            first_attempt_at: float | None = None, backoff: float = 60.0,
+            recipients: list[Recipient] | None = None) -> QueueEntry:
         """Store a new entry durably; returns it. Raises OSError (disk full, …).
 
         ``first_attempt_at``: when the runner will attempt it (now, for new mail); the attempt
-        is recorded in the entry's first state (see the module docstring).
+        is recorded in the entry's first state (see the module docstring). ``recipients``:
+        their state after an attempt before the entry was written (:class:`NewEntry`).
         """
-        result = self.put_many([NewEntry(message, envelope, qid, first_attempt_at, backoff)])[0]
+        result = self.put_many([NewEntry(message, envelope, qid, first_attempt_at, backoff,
+                                         recipients)])[0]
         if isinstance(result, OSError):
             raise result
         return result
@@ -199,9 +205,16 @@ class Spool:
         if item.first_attempt_at is not None:
             entry.attempts = 1
             entry.next_attempt = item.first_attempt_at + item.backoff
+        state: dict[str, object] = {"attempts": entry.attempts,
+                                    "next_attempt": entry.next_attempt}
+        if item.recipients is not None:
+            entry.recipients = [Recipient(**vars(r)) for r in item.recipients]
+            entry.last_error = next((r.last_reply for r in entry.recipients
+                                     if r.status != DELIVERED), "")
+            state.update(last_error=entry.last_error,
+                         recipients=[vars(r) for r in entry.recipients])
         tmp = f"{self._dir}/.{qid}.msg.tmp"
-        head = {**vars(envelope), "state": {"attempts": entry.attempts,
-                                            "next_attempt": entry.next_attempt}}
+        head = {**vars(envelope), "state": state}
         line = json.dumps(head, separators=(",", ":")).encode() + b"\n"
         try:
             write_fsync(tmp, line + item.message)
@@ -273,11 +286,12 @@ class Spool:
 
     # -- from the event loop: concurrent calls are batched (group commit) ------------------
     async def aput(self, message: bytes, envelope: Envelope, qid: str | None = None, *,
-                   first_attempt_at: float | None = None, backoff: float = 60.0) -> QueueEntry:
+                   first_attempt_at: float | None = None, backoff: float = 60.0,
+                   recipients: list[Recipient] | None = None) -> QueueEntry:
         """:meth:`put`, committed together with concurrent ones in the spool's writer thread."""
         # an OSError that put_many returns for this entry is raised here by the group commit
         return await self._puts.submit(NewEntry(message, envelope, qid, first_attempt_at,
-                                                backoff))
+                                                backoff, recipients))
 
     async def aremove(self, qid: str) -> bool:
         """:meth:`remove`, batched with concurrent ones in a worker thread."""

@@ -26,7 +26,7 @@ from ..config import Config
 from ..smtp.reply import Reply
 from .dsn import FailedRecipient, make_bounce
 from .lmtp_client import LMTPError, LMTPPool
-from .queue import DELIVERED, FAILED, Envelope, QueueEntry, Recipient, Spool
+from .queue import DELIVERED, FAILED, PENDING, Envelope, QueueEntry, Recipient, Spool
 
 log = logging.getLogger("mailstack.queue")
 
@@ -157,15 +157,18 @@ class QueueRunner:
                 and all(self._is_local(r) for r in recipients))
 
     async def deliver_direct(self, qid: str, env: Envelope, message: bytes, *,
-                             retry: bool = False) -> bool:
-        """Hand a new message to the mda before it is queued; True when every recipient's
+                             retry: bool = False) -> list[Recipient] | None:
+        """Hand a new message to the mda before it is queued; None when every recipient's
         copy is durable (the mda answered 250 for each).
 
-        False when it must go through the queue: the mda is down, refused a recipient, or
-        did not answer within ``[mta] direct_delivery``. The copies may then have been made
-        (a timeout): the queue's attempt carries XRETRY and the mda's journal recognises the
-        queue id, so no second copy appears. After a failure, local mail goes through the
-        queue for DIRECT_PAUSE seconds, or until the runner delivers locally again.
+        Otherwise it must go through the queue (the mda is down, refused a recipient, or did
+        not answer within ``[mta] direct_delivery``), and this returns the recipients with
+        this attempt's outcome for the queue entry's first state: ``mailstack queue list``
+        says at once why the mail waits, and copies the mda took are not sent again. The
+        copies may also have been made without an answer (a timeout): the queue's attempt
+        carries XRETRY and the mda's journal recognises the queue id, so no second copy
+        appears. After a failure, local mail goes through the queue for DIRECT_PAUSE seconds,
+        or until the runner delivers locally again.
         ``retry``: the queue id may have reached the mda before (``XRETRY``).
         """
         started = time.monotonic()
@@ -185,11 +188,14 @@ class QueueRunner:
             log.info("%s: to=<%s>, relay=%s, delay=%.3f, attempts=1, dsn=%s, status=%s (%s)",
                      qid, rcpt, self.lmtp_name, delay, reply.enhanced,
                      "sent" if reply.ok else "deferred", reply)
-        if not ok:
-            log.info("%s: direct delivery failed: queued; local mail goes through the queue "
-                     "for %.0f s", qid, DIRECT_PAUSE)
-            self._direct_paused_until = time.monotonic() + DIRECT_PAUSE
-        return ok
+        if ok:
+            return None
+        log.info("%s: direct delivery failed: queued; local mail goes through the queue "
+                 "for %.0f s", qid, DIRECT_PAUSE)
+        self._direct_paused_until = time.monotonic() + DIRECT_PAUSE
+        return [Recipient(rcpt, DELIVERED if reply.ok else PENDING, 1, str(reply),
+                          self.lmtp_name)
+                for rcpt, reply in zip(env.recipients, replies, strict=True)]
 
     # -- one attempt ------------------------------------------------------------------------
     async def _attempt(self, entry: QueueEntry) -> None:

@@ -150,3 +150,48 @@ async def test_a_retry_after_a_late_mda_and_a_full_queue_makes_no_second_copy(
                                              body + b"more\r\n")
         assert code == 250 and _qid(text) != first
         assert len(await st.wait_messages("bob@example.test", 2)) == 2
+
+
+async def test_a_partly_failed_direct_attempt_queues_only_the_rest_with_its_reply(
+        config_factory) -> None:
+    """Alice's copy is made in the SMTP transaction, bob's is refused (over quota). The queue
+    entry starts with that outcome: alice delivered, bob pending with the mda's reply — so
+    the queue runner sends bob's copy only (alice's is never offered again, not even to be
+    answered 'already delivered'), and ``queue list`` had the reason from the start."""
+    cfg = config_factory('[mda]\nquota_messages = 1\n')
+    st = make_stack(cfg)
+    async with running("mda", cfg) as mda, running("mta", cfg) as mta:
+        await asyncio.to_thread(_send, st.smtp, ["bob@example.test"], "fills bob's quota")
+        code, text = await asyncio.to_thread(
+            _send_code, st.smtp, ["alice@example.test", "bob@example.test"],
+            b"Subject: two\r\n\r\nfor alice and bob\r\n")
+        assert code == 250, text
+        qid = _qid(text)
+        log = await mta.wait_log(f"{qid}: removed")
+        assert f"{qid}: to=<bob@example.test>" in log and "status=bounced" in log, log
+        assert f"{qid}: direct delivery failed: queued" in log
+        mda_log = await mda.wait_log(f"{qid}: to=<bob@example.test>, status=bounced", count=2)
+        assert mda_log.count(f"{qid}: to=<alice@example.test>") == 1, mda_log
+        assert "already delivered" not in mda_log
+    [path] = _inbox(st, "alice@example.test")
+    assert b"for alice and bob" in path.read_bytes()
+    assert len(_inbox(st, "bob@example.test")) == 1
+
+
+def test_the_first_state_of_a_queue_entry_holds_the_direct_attempt(tmp_path: Path) -> None:
+    """What ``queue list`` reads before the runner's first attempt ends: the spool's first
+    state carries the recipients' outcome of the attempt made before the entry was written."""
+    from mailstack.mta.queue import DELIVERED, PENDING, Envelope, Recipient
+
+    spool = Spool(tmp_path / "queue")
+    env = Envelope(sender="s@example.org", recipients=["a@example.test", "b@example.test"],
+                   size=3)
+    tried = [Recipient("a@example.test", DELIVERED, 1, "250 2.0.0 ok", "mda[x]"),
+             Recipient("b@example.test", PENDING, 1, "451 4.4.1 mda timed out", "mda[x]")]
+    qid = spool.put(b"x\r\n", env, first_attempt_at=0.0, recipients=tried).id
+    [entry] = Spool(tmp_path / "queue").load_all()
+    assert entry.id == qid and entry.attempts == 1
+    assert [(r.status, r.last_reply) for r in entry.recipients] == [
+        (DELIVERED, "250 2.0.0 ok"), (PENDING, "451 4.4.1 mda timed out")]
+    assert [r.address for r in entry.pending] == ["b@example.test"]
+    assert entry.last_error == "451 4.4.1 mda timed out"
