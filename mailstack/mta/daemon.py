@@ -1,6 +1,8 @@
 """The mta daemon: SMTP listeners (smtp 25, submission 587, submissions 465) + queue runner.
 
-SIGUSR1 (sent by ``mailstack queue flush``) makes the runner retry every entry now.
+SIGUSR1 (sent by ``mailstack queue flush``) makes the runner retry every entry now; SIGUSR2 (sent
+after ``queue delete``, ``sendmail``, a JMAP submission or a vacation reply changed the queue on
+disk) makes it pick up the change without moving any other entry's next attempt.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGUSR1, _flush, runner)
+        loop.add_signal_handler(signal.SIGUSR2, _rescan, runner)
     servers: list[asyncio.Server] = []
     for listener, mode in (("smtp", "STARTTLS"), ("submission", "STARTTLS required"),
                            ("submissions", "implicit TLS")):
@@ -118,9 +121,15 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     throttle.close()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.remove_signal_handler(signal.SIGUSR1)
+        loop.remove_signal_handler(signal.SIGUSR2)
     with contextlib.suppress(OSError):
         if pidf.read_text().strip() == str(os.getpid()):
             pidf.unlink()
+
+
+def _rescan(runner: QueueRunner) -> None:
+    log.debug("queue changed on disk: rescanning")
+    runner.rescan()
 
 
 def _flush(runner: QueueRunner) -> None:

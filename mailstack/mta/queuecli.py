@@ -1,7 +1,8 @@
 """``mailstack queue list|show|flush|delete``: the operator's view of the spool (like mailq).
 
 Works on the files directly, so it also works while the mta is stopped; ``flush`` and
-``delete`` signal a running mta (SIGUSR1, pid in ``<data_dir>/run/mta.pid``) so it acts at once.
+``delete`` signal a running mta (SIGUSR1 to retry everything, SIGUSR2 to drop a deleted entry;
+pid in ``<data_dir>/run/mta.pid``) so it acts at once.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from ..config import Config
 from .queue import PENDING, QueueEntry, Spool
 
 
-def signal_mta(cfg: Config) -> bool:
-    """Ask a running mta to rescan and retry its queue; False when none runs."""
+def signal_mta(cfg: Config, flush: bool = False) -> bool:
+    """Ask a running mta to rescan its queue (a new or deleted entry), or with ``flush`` to
+    retry every entry now; False when none runs."""
     try:
         pid = int((cfg.data_dir / "run" / "mta.pid").read_text().strip())
-        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGUSR1 if flush else signal.SIGUSR2)
         return True
     except (OSError, ValueError):
         return False
@@ -103,7 +105,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
                 with contextlib.suppress(OSError):
                     spool.save_state(e)
                 n += 1
-        running = signal_mta(cfg)
+        running = signal_mta(cfg, flush=True)
         print(f"{n} message(s) scheduled for delivery now"
               + ("" if running else " (the mta is not running: they go when it starts)"))
         return 0

@@ -93,8 +93,10 @@ class QueueRunner:
         """A new entry, just made durable (its first attempt recorded with it): try it now."""
         self._add(entry, 0.0)
 
-    def flush(self) -> None:
-        """Try every entry now (``mailstack queue flush``); also picks up on-disk changes."""
+    def rescan(self) -> None:
+        """Pick up on-disk changes: drop the entries ``queue delete`` removed, add the ones
+        ``sendmail``, JMAP or a vacation reply wrote (each when its ``next_attempt`` says); no
+        other entry's next attempt moves."""
         known = set(self.spool.ids())
         for qid in list(self.entries):
             if qid not in known and qid not in self._in_flight:
@@ -102,7 +104,11 @@ class QueueRunner:
         for qid in known - set(self.entries):
             e = self.spool.load(qid)
             if e is not None:
-                self.entries[qid] = e
+                self._add(e, e.next_attempt)
+
+    def flush(self) -> None:
+        """Try every entry now (``mailstack queue flush``); also picks up on-disk changes."""
+        self.rescan()
         self._heap = [(0.0, qid) for qid in self.entries]
         heapq.heapify(self._heap)
         for e in self.entries.values():

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -85,6 +86,27 @@ def load_serve(name: str) -> ServeFn:
     return cast(ServeFn, importlib.import_module(DAEMONS[name]).serve)
 
 
+#: set by ``mailstack up`` for its children: its pid. A child whose parent is no longer that
+#: process (``up`` was killed: SIGKILL, the OOM killer) stops by itself, so that nothing holds
+#: the ports and the data directory's locks when ``up`` is started again
+SUPERVISOR_ENV = "MAILSTACK_SUPERVISOR_PID"
+#: how often a supervised daemon checks that its ``up`` is alive (seconds)
+ORPHAN_CHECK = 1.0
+
+
+async def stop_when_orphaned(stop: asyncio.Event, log: logging.Logger) -> None:
+    """Set ``stop`` once the ``mailstack up`` that started this daemon is gone."""
+    want = os.environ.get(SUPERVISOR_ENV, "")
+    if not want.isdigit():
+        return
+    while not stop.is_set():
+        if os.getppid() != int(want):
+            log.warning("mailstack up (pid %s) is gone: stopping", want)
+            stop.set()
+            return
+        await asyncio.sleep(ORPHAN_CHECK)
+
+
 def run(name: str, cfg: Config) -> int:
     """Run daemon ``name`` until SIGTERM/SIGINT; returns the process exit code."""
     private_umask()  # also for daemons forked without the CLI (the test fork server)
@@ -109,6 +131,7 @@ def run(name: str, cfg: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         log.info("event loop: %s", type(loop).__module__.partition(".")[0])
         trimmer = asyncio.create_task(Trimmer().run())
+        orphan = asyncio.create_task(stop_when_orphaned(stop, log))
         # the modules, functions and configuration loaded by now live as long as the process:
         # frozen, a full collection no longer walks them (in a busy imap daemon one took
         # 17-82 ms of the event loop, most of it those objects)
@@ -120,6 +143,7 @@ def run(name: str, cfg: Config) -> int:
             await serve(cfg, stop)
         finally:
             trimmer.cancel()
+            orphan.cancel()
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

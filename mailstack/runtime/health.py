@@ -42,9 +42,11 @@ def _check_once(cfg: Config, daemon: str, timeout: float) -> tuple[bool, str]:
     rows = [lst for lst in listeners(cfg) if lst.daemon == daemon]
     if not rows:
         return False, f"{daemon} has no enabled listener in {cfg.source}"
-    # the first with a port: for the mda its TCP listener when it has one (as other containers
-    # reach it), else its unix socket
-    lst = next((r for r in rows if r.port), rows[0])
+    # the first plaintext port (for the mda its TCP listener when it has one, as other
+    # containers reach it), else an implicit-TLS port (its plaintext twin set to 0), else the
+    # unix socket
+    lst = next((r for r in rows if r.port and r.tls != "implicit TLS"),
+               next((r for r in rows if r.port), rows[0]))
     host = lst.addresses[0] if lst.addresses else ""
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
@@ -56,6 +58,8 @@ def _check_once(cfg: Config, daemon: str, timeout: float) -> tuple[bool, str]:
             sock = unixsock.connect_blocking(Path(lst.path), timeout)
         else:
             sock = socket.create_connection((host, lst.port), timeout)
+            if lst.tls == "implicit TLS":  # its plaintext twin is disabled (port 0)
+                sock = _tls(sock)
         with sock as s:
             greeting = read_greeting(s, http=daemon == "http")
     except OSError as exc:
@@ -64,3 +68,18 @@ def _check_once(cfg: Config, daemon: str, timeout: float) -> tuple[bool, str]:
         return True, f"{daemon} {lst.name} on {where}: " \
             f"{greeting.splitlines()[0].decode(errors='replace')}"
     return False, f"{daemon} {lst.name} on {where}: unexpected greeting {greeting[:60]!r}"
+
+
+def _tls(sock: socket.socket) -> socket.socket:
+    """``sock`` after a TLS handshake. Liveness only: the certificate is not checked (an
+    operator's own certificate need not be trusted on this host)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        return ctx.wrap_socket(sock)
+    except BaseException:
+        sock.close()
+        raise

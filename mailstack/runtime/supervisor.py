@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ..accounts.capture import ensure_capture_account
 from ..config import Config
 from .banner import banner, listeners
-from .daemon import available_daemons
+from .daemon import SUPERVISOR_ENV, available_daemons
 from .tls import TLSFiles, ensure_tls_files
 
 STOP_GRACE = 10.0
@@ -69,6 +69,7 @@ class Supervisor:
     async def _spawn(self, child: Child) -> None:
         env = dict(os.environ)
         env.setdefault("MAILSTACK_DATA", str(self.cfg.data_dir))
+        env[SUPERVISOR_ENV] = str(os.getpid())  # the child stops if this process dies
         child.proc = await asyncio.create_subprocess_exec(
             *child.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True)
