@@ -95,8 +95,9 @@ ORPHAN_CHECK = 1.0
 
 
 async def stop_when_orphaned(stop: asyncio.Event, log: logging.Logger) -> None:
-    """Set ``stop`` once the ``mailstack up`` that started this daemon is gone."""
-    want = os.environ.get(SUPERVISOR_ENV, "")
+    """Set ``stop`` once the ``mailstack up`` that started this daemon is gone. The variable
+    is taken out of the environment: a process this daemon starts has another parent."""
+    want = os.environ.pop(SUPERVISOR_ENV, "")
     if not want.isdigit():
         return
     while not stop.is_set():
