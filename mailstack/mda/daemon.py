@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
@@ -25,13 +26,13 @@ from ..config import Config
 from ..runtime import unixsock
 from ..runtime.groupcommit import GroupCommit
 from ..runtime.netserver import BindError, format_sockname, limiter_for, start_server
-from ..store.maildir import mailbox_path
 from . import vacation
 from .delivery import (
     Copy,
     Delivered,
     DeliveryLog,
     commit_copies,
+    mailbox_dir,
     mailbox_usage_count,
     prepare,
     valid_envid,
@@ -133,13 +134,13 @@ class DeliveryHandler:
         Most accounts have none: one ``stat`` here, not a trip to a worker thread per copy."""
         if not sender:
             return
-        root = mailbox_path(self.cfg.data_dir, account)
-        if not os.path.exists(root / vacation.SETTINGS):
+        root = mailbox_dir(self.cfg.data_dir, account)
+        if not os.path.exists(f"{root}/{vacation.SETTINGS}"):
             return
 
         async def run() -> None:
             try:
-                await asyncio.to_thread(vacation.respond, self.cfg, root, account, sender,
+                await asyncio.to_thread(vacation.respond, self.cfg, Path(root), account, sender,
                                         data)
             except Exception as exc:  # never a reason to fail a delivery
                 log.warning("vacation %s: no reply: %s", account, exc)

@@ -210,14 +210,15 @@ class Copy:
 
 def _mailbox_root(data_dir: Path, account: str) -> str:
     """The account's INBOX directory, created (with its folders) when it is missing."""
-    root = _mailbox_path(data_dir, account)
+    root = mailbox_dir(data_dir, account)
     if not os.path.isdir(f"{root}/tmp"):  # one stat: the path itself is remembered
         open_user_mailbox(data_dir, account)
     return root
 
 
 @lru_cache(maxsize=4096)
-def _mailbox_path(data_dir: Path, account: str) -> str:
+def mailbox_dir(data_dir: Path, account: str) -> str:
+    """The account's INBOX directory as a string (remembered: this is the hot path)."""
     return str(mailbox_path(data_dir, account))
 
 
@@ -230,7 +231,7 @@ def prepare(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
     if envid and dlog is not None:
         key = dlog.lookup(envid, rcpt, thorough=retry)
         if key is None and retry and dlog.from_before_start(envid):
-            key = find_copy(_mailbox_path(data_dir, account), envid, rcpt)
+            key = find_copy(mailbox_dir(data_dir, account), envid, rcpt)
         if key is not None:
             return Delivered(_complete(open_user_mailbox(data_dir, account), key),
                              duplicate=True)
