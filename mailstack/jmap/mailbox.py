@@ -114,6 +114,18 @@ def _leaf(m: MailboxInfo) -> str:
         return leaf
 
 
+def _unicode(name: str) -> str:
+    """A store name with every level decoded, casefolded: two names a user would call the
+    same (``Café`` and ``CAFÉ``: ``Caf&AOk-`` and ``CAF&AMk-``) compare equal."""
+    levels = []
+    for level in name.split("."):
+        try:
+            levels.append(mutf7.decode(level))
+        except mutf7.MUTF7Error:
+            levels.append(level)
+    return ".".join(levels).casefold()
+
+
 def _control(ch: str) -> bool:
     return ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0
 
@@ -248,7 +260,7 @@ def mailbox_set(call: Call) -> dict[str, Any]:
             _check_properties(obj, NEW_MAILBOX)
             full = _full_name(account, obj.get("name"), obj.get("parentId"), call.created_ids)
             validate_folder_name(full)
-            if any(m.name.lower() == full.lower() for m in account.mailboxes()):
+            if any(_unicode(m.name) == _unicode(full) for m in account.mailboxes()):
                 raise MethodError("invalidProperties", "a mailbox of that name exists",
                                   properties=["name"])
             account.store.create_mailbox(full)
