@@ -33,7 +33,7 @@ async def ids_by_name(jmap: JMAP, user: str = ALICE) -> dict[str, str]:
 
 
 def invalid(result: dict[str, Any], key: str, which: str = "notCreated") -> str:
-    assert key in result[which], (key, result)
+    assert key in (result[which] or {}), (key, result)
     return result[which][key]["type"]
 
 
