@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("user", help="manage accounts: add, del, passwd, list, token")
     usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, text in (("add", "create an account and its mailbox"),
-                         ("del", "remove an account (its mail stays on disk)"),
+                         ("del", "remove an account and revoke its app tokens (its mail stays"
+                          " on disk)"),
                          ("passwd", "change an account's password")):
         q = usub.add_parser(action, help=text)
         q.add_argument("address")
@@ -184,9 +185,17 @@ def cmd_user(args: argparse.Namespace, cfg: Config) -> int:
                 print(addr)
             return 0
         if args.action == "del":
-            db.delete(args.address)
-            print(f"deleted {args.address.lower()} (its mail stays in "
-                  f"{cfg.data_dir / 'mail'})")
+            from .accounts.tokens import TokenDB
+            from .accounts.users import normalize_address
+
+            addr = normalize_address(args.address)
+            if not db.exists(addr):
+                raise UserError(f"no user {addr}")
+            # tokens first: a later account at this address must not inherit them
+            revoked = TokenDB(cfg.data_dir / "tokens").revoke(addr)
+            db.delete(addr)
+            print(f"deleted {addr} and revoked its {revoked} app token(s) (its mail stays "
+                  f"in {cfg.data_dir / 'mail'})")
             return 0
         if args.action == "token":
             from .accounts.tokens import TokenDB

@@ -73,6 +73,8 @@ class TokenDB:
 
     def revoke(self, address: str) -> int:
         """Remove every token of ``address``; returns how many."""
+        if not self.path.exists():
+            return 0  # no token was ever made: nothing to lock or write
         with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:

@@ -1,9 +1,15 @@
-"""Mailbox and Thread methods (RFC 8621 2, 3)."""
+"""Mailbox and Thread methods (RFC 8621 2, 3).
+
+A mailbox's JMAP ``name`` is Unicode; the store keeps IMAP's modified UTF-7 (the same string
+names the Maildir++ folder), so a name is encoded on the way in and decoded on the way out,
+and a mailbox made on one face has the same name on the other.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..imap import mutf7
 from ..store.account import MailboxInfo, StoreError
 from ..store.maildir import MaildirError, validate_folder_name
 from .account import Account, mailbox_id, store_mailbox_id
@@ -33,7 +39,7 @@ def _mailbox(account: Account, m: MailboxInfo) -> dict[str, Any]:
     threads = {e.threadid for e in snap.entries}
     unread_threads = {e.threadid for e in snap.entries if not e.seen}
     parent = next((p for p in account.mailboxes() if p.name == m.parent), None)
-    return {"id": mailbox_id(m.id), "name": m.name.rpartition(".")[2] if m.parent else m.name,
+    return {"id": mailbox_id(m.id), "name": _leaf(m),
             "parentId": mailbox_id(parent.id) if parent else None, "role": m.role or None,
             "sortOrder": _sort_order(m),
             "totalEmails": m.total, "unreadEmails": m.unread,
@@ -76,8 +82,7 @@ def _mailbox_matches(account: Account, m: MailboxInfo, cond: dict[str, Any]) -> 
         elif key == "name":
             if not isinstance(value, str):
                 raise MethodError("invalidArguments", "name: a string")
-            leaf = m.name.rpartition(".")[2] if m.parent else m.name
-            ok = value.casefold() in leaf.casefold()
+            ok = value.casefold() in _leaf(m).casefold()
         elif key == "role":
             ok = (m.role or None) == value
         elif key == "hasAnyRole":
@@ -95,8 +100,34 @@ def _sort_order(m: MailboxInfo) -> int:
     return 0 if m.role == "inbox" else 10 if m.role else 100
 
 
-def _leaf(m: MailboxInfo) -> str:
+def _stored_leaf(m: MailboxInfo) -> str:
     return m.name.rpartition(".")[2] if m.parent else m.name
+
+
+def _leaf(m: MailboxInfo) -> str:
+    """The JMAP name: the last level of the store's name, decoded (a name another tool made
+    that is not modified UTF-7 is shown as it is)."""
+    leaf = _stored_leaf(m)
+    try:
+        return mutf7.decode(leaf)
+    except mutf7.MUTF7Error:
+        return leaf
+
+
+def _unicode(name: str) -> str:
+    """A store name with every level decoded, casefolded: two names a user would call the
+    same (``Café`` and ``CAFÉ``: ``Caf&AOk-`` and ``CAF&AMk-``) compare equal."""
+    levels = []
+    for level in name.split("."):
+        try:
+            levels.append(mutf7.decode(level))
+        except mutf7.MUTF7Error:
+            levels.append(level)
+    return ".".join(levels).casefold()
+
+
+def _control(ch: str) -> bool:
+    return ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0
 
 
 def _mailbox_results(call: Call, account: Account) -> list[str]:
@@ -161,12 +192,22 @@ def mailbox_query_changes(call: Call) -> dict[str, Any]:
 
 
 def _full_name(account: Account, name: str, parent_id: str | None,
-               creating: dict[str, str]) -> str:
-    if not isinstance(name, str) or not name or "." in name or "/" in name:
-        raise MethodError("invalidProperties", "name: not a valid mailbox name",
-                          properties=["name"])
+               creating: dict[str, str], *, stored: str | None = None) -> str:
+    """The store's name for JMAP ``name`` under ``parent_id``: modified UTF-7, levels
+    joined with "." (``stored``: the leaf as the store already has it, kept as it is)."""
+    if stored is None:
+        if not isinstance(name, str) or not name or any(
+                c in "./\\" or _control(c) for c in name):
+            raise MethodError("invalidProperties", "name: not a valid mailbox name",
+                              properties=["name"])
+        name = mutf7.encode(name)
+    else:
+        name = stored
     if parent_id is None:
         return name
+    if not isinstance(parent_id, str):
+        raise MethodError("invalidProperties", "parentId: an id or null",
+                          properties=["parentId"])
     parent_id = creating.get(parent_id[1:], parent_id) if parent_id.startswith("#") \
         else parent_id
     parent = account.mailbox_by_id(parent_id)
@@ -219,7 +260,7 @@ def mailbox_set(call: Call) -> dict[str, Any]:
             _check_properties(obj, NEW_MAILBOX)
             full = _full_name(account, obj.get("name"), obj.get("parentId"), call.created_ids)
             validate_folder_name(full)
-            if any(m.name.lower() == full.lower() for m in account.mailboxes()):
+            if any(_unicode(m.name) == _unicode(full) for m in account.mailboxes()):
                 raise MethodError("invalidProperties", "a mailbox of that name exists",
                                   properties=["name"])
             account.store.create_mailbox(full)
@@ -254,8 +295,8 @@ def mailbox_set(call: Call) -> dict[str, Any]:
                 parent = patch.get("parentId", mailbox_id(next(
                     (p.id for p in account.mailboxes() if p.name == m.parent), 0))
                     if m.parent else None)
-                name = patch.get("name", m.name.rpartition(".")[2])
-                full = _full_name(account, name, parent, call.created_ids)
+                full = _full_name(account, patch.get("name", ""), parent, call.created_ids,
+                                  stored=None if "name" in patch else _stored_leaf(m))
                 if full != m.name:
                     validate_folder_name(full)
                     children = [c.name for c in account.mailboxes()

@@ -140,7 +140,11 @@ def respond(cfg: Config, root: Path, account: str, sender: str, data: bytes) -> 
     queue id (blocking: call from a worker thread)."""
     settings = load(root)
     now = time.time()
-    if not settings or not active(settings, now):
+    if not settings or not settings.get("isEnabled"):
+        return None
+    if not active(settings, now):
+        log.info("vacation %s: no reply to <%s>: outside fromDate/toDate", account,
+                 safe(sender))
         return None
     head, _, _ = data.partition(b"\n\n") if b"\r\n\r\n" not in data[:65536] \
         else data.partition(b"\r\n\r\n")

@@ -27,6 +27,7 @@ from . import loopwatch
 from .allocator import Trimmer, configure_allocator
 from .diskfault import install_disk_full_fault
 from .fsutil import private_umask
+from .indexbusy import install_index_busy_timeout
 from .netserver import BindError, install_uvloop, raise_nofile_limit
 
 DAEMONS: dict[str, str] = {
@@ -117,6 +118,7 @@ def run(name: str, cfg: Config) -> int:
     if cfg.server.event_loop == "uvloop":
         install_uvloop()
     install_disk_full_fault()
+    install_index_busy_timeout()
     if cfg.chaos.file:  # runtime faults (test stacks)
         from . import chaos
 

@@ -58,6 +58,9 @@ UIDVALIDITY_FILE = "mailstack-uidvalidity"
 LEGACY_UIDLIST = "mailstack-uidlist"
 POKE = ".mailstack-changed"
 SUBSCRIPTIONS = "subscriptions"
+#: seconds a statement waits for another process's lock on the index before SQLite answers
+#: "database is locked" (only the test hook in :mod:`mailstack.runtime.indexbusy` changes it)
+BUSY_TIMEOUT = 30.0
 ROLES = {"Sent": "sent", "Drafts": "drafts", "Trash": "trash", "Junk": "junk"}
 SCHEMA_VERSION = 3  # 2: the summary table (filled lazily for emails indexed before)
 # 3: message.tzoff, the internal date's zone (NULL, "unknown", for rows indexed before)
@@ -318,7 +321,7 @@ class AccountStore:
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=30.0)
+                               timeout=BUSY_TIMEOUT)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

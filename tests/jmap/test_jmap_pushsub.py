@@ -23,10 +23,12 @@ from .conftest import ALICE, JMAP, PASSWORD, message
 
 class Receiver:
     """A small HTTPS endpoint that records what is POSTed to it (JSON bodies decoded; an
-    encrypted one is kept as bytes, with its headers in :attr:`headers`)."""
+    encrypted one is kept as bytes, with its headers in :attr:`headers`). It answers each
+    POST with :attr:`reply` (``201 Created`` unless a test sets another, e.g. a redirect)."""
 
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self.ctx = ctx
+        self.reply = b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n"
         self.got: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.headers: list[dict[str, str]] = []
         self.server: asyncio.Server | None = None
@@ -47,7 +49,7 @@ class Receiver:
                 self.headers.append(headers)
                 await self.got.put((path, body if "content-encoding" in headers
                                     else json.loads(body)))
-                w.write(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+                w.write(self.reply)
                 await w.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
