@@ -86,7 +86,7 @@ class ServerSection:
     bind: tuple[str, ...] = ("127.0.0.1", "::1")
     log_level: str = "info"
     #: failed logins from a client or against an account (counted across SMTP, IMAP and POP3)
-    #: before failures are delayed; the delay doubles each time up to auth_max_delay
+    #: answered at once; each one after them is delayed, 0.5 s doubling up to auth_max_delay
     auth_failures_free: int = 3
     auth_max_delay: Duration = Duration(15)
     #: open connections a daemon accepts in all, and from one client address
@@ -514,6 +514,9 @@ def _validate_section(name: str, section: Any, source: str) -> None:
         if section.event_loop not in EVENT_LOOPS:
             raise ConfigError(f"{source}: bad value for [server].event_loop: use "
                               f"{' or '.join(EVENT_LOOPS)}")
+    if name == "server" and section.auth_failures_free < 0:
+        raise ConfigError(f"{source}: bad value for [server].auth_failures_free: must be >= 0 "
+                          "(the failed logins answered without a delay)")
     if name == "tls" and bool(section.cert) != bool(section.key):
         raise ConfigError(f"{source}: [tls].cert and [tls].key go together: set both or neither")
     if name == "mta":

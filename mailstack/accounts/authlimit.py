@@ -1,8 +1,9 @@
 """Failed-login throttling shared by SMTP AUTH, IMAP and POP3.
 
 Policy: failures are counted per client address (``ip:<addr>``) and per account
-(``user:<account>``). Once either count reaches ``free``, each failure is answered only after a
-delay of 0.5 s that doubles with every further failure, up to ``max_delay``. A successful login
+(``user:<account>``). The first ``free`` failures are answered at once; once either count is
+above ``free``, each failure is answered only after a delay of 0.5 s that doubles with every
+further failure, up to ``max_delay``. A successful login
 clears the client address's count (not the account's: a distributed guesser must not get fresh
 attempts each time the real user logs in). A count is forgotten after ``forget_after`` seconds
 without a failure.
@@ -276,10 +277,11 @@ class AuthThrottle:
         return self._use(lambda s: s.counts([key], self._cutoff()))[0]
 
     def delay(self, count: int) -> float:
-        """Seconds to wait before answering a failure when the worst count is ``count``."""
-        if count < self.free:
+        """Seconds to wait before answering a failure when the worst count (this failure
+        included) is ``count``: none for the first ``free``."""
+        if count <= self.free:
             return 0.0
-        return min(self.max_delay, BASE_DELAY * 2.0 ** min(count - self.free, 40))
+        return min(self.max_delay, BASE_DELAY * 2.0 ** min(count - self.free - 1, 40))
 
     def delay_for(self, *keys: str) -> float:
         """Seconds to wait before answering a failed attempt from/for these keys."""

@@ -61,6 +61,7 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     ('[server]\nproxy_networks = ["haproxy.local"]\n', "[server].proxy_networks"),
     ('[server]\nproxy_listeners = ["lmtp"]\n', "[server].proxy_listeners"),
     ('[autoconfig]\nidle_timeout = "a while"\n', "[autoconfig].idle_timeout"),
+    ("[server]\nauth_failures_free = -1\n", "[server].auth_failures_free"),
 ])
 def test_bad_values(tmp_path: Path, body: str, key: str) -> None:
     p = tmp_path / "c.toml"
