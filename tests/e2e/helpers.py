@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mailstack.store.maildir import delivery_order
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -129,7 +131,9 @@ def submit(port: int, ca: Path, user: str, password: str, rcpts: list[str], body
 def maildir_files(data: Path, address: str) -> list[Path]:
     local, _, domain = address.partition("@")
     box = data / "mail" / domain / local
-    return sorted(p for d in ("new", "cur") if (box / d).exists() for p in (box / d).iterdir())
+    # in delivery order: unique names sort by their numbers, not as text (M987654 < M15225)
+    return sorted((p for d in ("new", "cur") if (box / d).exists() for p in (box / d).iterdir()),
+                  key=lambda p: delivery_order(p.name))
 
 
 def wait_files(data: Path, address: str, n: int, timeout: float = 20) -> list[Path]:

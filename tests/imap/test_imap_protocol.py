@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from mailstack.store.maildir import delivery_order
 from tests.imap.conftest import PASSWORD, USER, Raw, message
 
 
@@ -214,8 +215,9 @@ async def test_implicit_seen_and_store(imap):
     assert len(r) == 1
     r = ok(await c.cmd("e", "UID STORE 2 FLAGS (\\Answered)"), "e")
     assert r[0] == b"* 2 FETCH (UID 2 FLAGS (\\Answered \\Recent))\r\n"
-    names = sorted(p.name for p in (imap.inbox.root / "cur").iterdir())
-    assert names[0].endswith(":2,Fa") and names[1].endswith(":2,R")
+    # in delivery order: names sort by their numbers, not as text (M987654 before M15225)
+    names = sorted((p.name for p in (imap.inbox.root / "cur").iterdir()), key=delivery_order)
+    assert names[0].endswith(":2,Fa") and names[1].endswith(":2,R"), names
     assert "0 $Label1" in (imap.inbox.root / "dovecot-keywords").read_text()
     sel = b"".join(ok(await c.cmd("f", "SELECT INBOX"), "f"))
     assert b"$Label1" in sel

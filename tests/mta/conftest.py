@@ -14,6 +14,7 @@ import pytest
 
 from mailstack.config import Config
 from mailstack.runtime.tls import client_context, ensure_tls_files
+from mailstack.store.maildir import delivery_order
 
 from ..conftest import Daemon, add_user, running
 
@@ -48,7 +49,8 @@ class Stack:
 
     def messages(self, address: str) -> list[bytes]:
         box = self.inbox(address)
-        files = sorted([*(box / "new").iterdir(), *(box / "cur").iterdir()])
+        files = sorted([*(box / "new").iterdir(), *(box / "cur").iterdir()],
+                       key=lambda p: delivery_order(p.name))  # by numbers, not as text
         return [f.read_bytes() for f in files]
 
     async def wait_messages(self, address: str, n: int, timeout: float = 10.0) -> list[bytes]:

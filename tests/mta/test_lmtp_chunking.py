@@ -7,13 +7,15 @@ from pathlib import Path
 
 from mailstack.config import Config
 from mailstack.mta.lmtp_client import LMTPConnection
+from mailstack.store.maildir import delivery_order
 
 from ..conftest import add_user, running
 from .test_lmtp import lmtp_session
 
 
 def inbox(cfg: Config, user: str) -> list[Path]:
-    return sorted((cfg.data_dir / "mail" / "example.test" / user / "new").iterdir())
+    return sorted((cfg.data_dir / "mail" / "example.test" / user / "new").iterdir(),
+                  key=lambda p: delivery_order(p.name))  # by numbers, not as text
 
 
 async def test_bdat_last_gets_one_reply_per_recipient(cfg: Config) -> None:
