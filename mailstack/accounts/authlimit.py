@@ -180,7 +180,7 @@ class _SQLiteStore:
     def bump(self, keys: Sequence[str], now: float, cutoff: float) -> list[int]:
         with self._lock:
             db = self._write
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")  # busy: raises before any transaction is open
             try:
                 out = []
                 for k in keys:
@@ -220,6 +220,13 @@ class _SQLiteStore:
         self._write.close()
 
 
+def _busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked/busy" (transient), not damage."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None \
+        and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 class AuthThrottle:
     """Failed-login counts and delays; shared through ``path`` when given (see module doc)."""
 
@@ -234,6 +241,8 @@ class AuthThrottle:
         self._clock = clock
         self._bumps = 0
         self._store: _Store = _MemoryStore()
+        #: where an operation counts while the shared database is busy (see :meth:`_use`)
+        self._spill: _MemoryStore | None = None
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         if path is not None:
             try:
@@ -261,6 +270,15 @@ class AuthThrottle:
         except sqlite3.Error as exc:
             if not self.shared:
                 raise
+            if _busy(exc):
+                # another process held the database past the busy timeout (a loaded machine):
+                # this one operation counts in this process; the shared counts are used again
+                # from the next one (a lock is no reason to stop sharing them for good)
+                log.warning("failed-login counts: %s is busy (%s): counted in this process "
+                            "this time", self.path, exc)
+                if self._spill is None:
+                    self._spill = _MemoryStore()
+                return op(self._spill)
             log.warning("failed-login counts kept per process from now on: %s: %s",
                         self.path, exc)
             broken, self._store = self._store, _MemoryStore()

@@ -170,3 +170,26 @@ def test_concurrent_processes_lose_no_failure(db: Path) -> None:
     t = AuthThrottle(path=db)
     assert t.failures("ip:192.0.2.1") == 600
     t.close()
+
+
+def test_a_busy_database_is_no_reason_to_stop_sharing(db: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Another process holds the database past the busy timeout: that failure is counted in
+    this process, and the next one goes to the shared database again (before, the first
+    lock switched the daemon to per-process counts until its restart)."""
+    t = AuthThrottle(free=2, path=db)
+    other = AuthThrottle(free=2, path=db)
+    caplog.set_level(logging.WARNING, "mailstack.auth")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        assert t.record_failure("ip:192.0.2.1") == 1  # waited out the busy timeout
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert t.shared
+    assert any("is busy" in r.message for r in caplog.records)
+    assert t.record_failure("ip:192.0.2.1") == 1  # the shared count: the busy one was apart
+    assert other.failures("ip:192.0.2.1") == 1
+    t.close()
+    other.close()
