@@ -241,8 +241,16 @@ class CountedProtocol:
         exc = None if waiter.cancelled() else waiter.exception()
         if exc is None and not waiter.cancelled():
             return
-        log.info("%s: %s: TLS handshake failed: %s", self.listener_name or "tls", ip,
-                 str(exc) or type(exc).__name__)
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError, EOFError)) \
+                and not isinstance(exc, ssl.SSLError):
+            # the client closed before any TLS was spoken (a port check, a load balancer's TCP
+            # probe): at debug, as probes of the plaintext ports are; a handshake timeout or a
+            # TLS error stays at info
+            log.debug("%s: %s: closed before the TLS handshake: %s",
+                      self.listener_name or "tls", ip, type(exc).__name__)
+        else:
+            log.info("%s: %s: TLS handshake failed: %s", self.listener_name or "tls", ip,
+                     str(exc) or type(exc).__name__)
         if self._state == "handshake":
             self._state = "closed"
             self._release()
