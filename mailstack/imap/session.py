@@ -119,6 +119,8 @@ class Session:
         self.contexts: list[context.Context] = []  # searches kept up to date (RFC 5267)
         self.out: list[bytes] = []
         self.out_size = 0
+        #: commands read so far: a session that ends without one is a probe (logged at debug)
+        self.commands = 0
         #: held while a command runs: NOTIFY's responses between commands wait for it
         self.out_lock = asyncio.Lock()
         self.notifier: Notifier | None = None
@@ -226,8 +228,10 @@ class Session:
                     await self.flush()
                 await asyncio.sleep(0)  # pipelined commands: let other sessions in between
         except (Disconnect, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            log.info("imap %s: disconnected%s", self.peer,
-                     f" ({safe(str(exc), 80)})" if str(exc) else "")
+            # a session without a command (a health check, a port probe) only at debug
+            (log.info if self.commands else log.debug)(
+                "imap %s: disconnected%s", self.peer,
+                f" ({safe(str(exc), 80)})" if str(exc) else "")
         except TimeoutError:
             self.untagged("BYE idle for too long")
             try:
@@ -295,6 +299,7 @@ class Session:
                 raise Disconnect() from None
 
     async def dispatch(self, raw: bytes) -> None:
+        self.commands += 1
         p = Parser(raw)
         p.utf8_names = self.rev2
         tag = "*"

@@ -1,15 +1,19 @@
-"""A connection to an implicit-TLS port that closes before sending anything (a port check, a
-load balancer's TCP probe) is logged at debug, like probes of the plaintext ports; a client
-that speaks something other than TLS there is still logged at info."""
+"""Probes are logged at debug only (README: "a session without a command"): a connection to an
+implicit-TLS port that closes before sending anything (a port check, a load balancer's TCP
+probe), and an IMAP session that ends without a command (the health probe); a client that
+speaks something other than TLS there, or leaves after a command, is still logged at info."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from ..conftest import add_user, running
+from ..e2e.helpers import cli_env
 
 
 def _knock(port: int, data: bytes = b"") -> None:
@@ -37,3 +41,19 @@ async def test_a_tcp_probe_of_a_tls_port_is_logged_at_debug(config_factory, leve
     probes = [x for x in log.splitlines() if "closed before the TLS handshake" in x]
     assert len(probes) == (3 if level == "debug" else 0), probes
     assert all(" DEBUG: " in x for x in probes), probes
+
+
+async def test_an_imap_session_without_a_command_is_logged_at_debug(config_factory) -> None:
+    cfg = config_factory('[server]\nlog_level = "debug"\n')
+    port = cfg.port("imap", "imap")
+    async with running("imap", cfg) as imap:
+        for _ in range(2):  # the health probe: reads the greeting, leaves
+            await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "mailstack.runtime.probe", str(port)],
+                check=True, env=cli_env(), timeout=60)
+        await asyncio.to_thread(_knock, port)  # connects and closes at once
+        await asyncio.to_thread(_knock, port, b"a NOOP\r\n")  # one command, then gone
+        await imap.wait_log("imap 127.0.0.1: disconnected", count=4)
+    lines = [x for x in imap.log().splitlines() if "imap 127.0.0.1: disconnected" in x]
+    assert sorted(" INFO: " in x for x in lines) == [False, False, False, True], lines
+    assert [" DEBUG: " in x for x in lines].count(True) == 3, lines
