@@ -40,6 +40,12 @@ def test_created_files_are_0600_and_directories_0700(tmp_path: Path) -> None:
     for must in ("queue", "mail/example.test/alice/new", "tls/ca-key.pem", "tls/key.pem",
                  "users", "state/auth-failures.db", "mda/delivered"):
         assert (data / must).exists(), must
+    assert not (wrong := wrong_modes(data)), "\n".join(wrong)
+
+
+def wrong_modes(data: Path) -> list[str]:
+    """Everything under ``data`` whose mode is not 0700 (directories), 0600 (files, sockets)
+    or 0644 (the public ``PUBLIC`` files): one line each."""
     wrong = []
     for path in [data, *data.rglob("*")]:
         mode = stat.S_IMODE(path.lstat().st_mode)
@@ -51,4 +57,4 @@ def test_created_files_are_0600_and_directories_0700(tmp_path: Path) -> None:
             want = 0o644 if path.name in PUBLIC else 0o600
         if mode != want:
             wrong.append(f"{path.relative_to(data)}: {mode:o}, expected {want:o}")
-    assert not wrong, "\n".join(wrong)
+    return wrong

@@ -9,7 +9,6 @@ import asyncio
 import imaplib
 import os
 import poplib
-import stat
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from mailstack.runtime.tls import client_context
 
 from ..conftest import running, write_config
 from ..e2e.helpers import mailstack
-from .test_file_modes import PUBLIC
+from .test_file_modes import wrong_modes
 
 ALICE, BOB = "alice@example.test", "bob@example.test"
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail",
@@ -103,15 +102,4 @@ async def test_every_daemon_and_user_token_create_private_files(tmp_path: Path) 
                  "mail/example.test/alice/jmap-blobs"):
         assert (data / must).exists(), (must, sorted(p.name for p in alice.iterdir()))
     assert list(alice.glob("jmap-*.json")), sorted(p.name for p in alice.iterdir())
-    wrong = []
-    for path in [data, *data.rglob("*")]:
-        mode = stat.S_IMODE(path.lstat().st_mode)
-        if path.is_socket():
-            want = 0o600
-        elif path.is_dir():
-            want = 0o700
-        else:
-            want = 0o644 if path.name in PUBLIC else 0o600
-        if mode != want:
-            wrong.append(f"{path.relative_to(data)}: {mode:o}, expected {want:o}")
-    assert not wrong, "\n".join(wrong)
+    assert not (wrong := wrong_modes(data)), "\n".join(wrong)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import imaplib
 import poplib
 import smtplib
-import socket
 import ssl
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from mailstack.config import load
 
-from ..e2e.helpers import free_offset, mailstack, proc
+from ..e2e.helpers import free_offset, mailstack, proc, refuses
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +33,6 @@ def test_port_zero_stays_zero_under_an_offset(tmp_path: Path) -> None:
     assert cfg.port("imap", "imaps") == 10993 and cfg.port("mta", "submission") == 10587
 
 
-def _refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 1):
-            return False
-    except OSError:
-        return True
-
-
 def test_up_opens_no_listener_that_is_set_to_zero(tmp_path: Path) -> None:
     path = _config(tmp_path)
     mailstack("user", "add", "alice@example.test", "--password-stdin", "--config", str(path),
@@ -56,7 +47,7 @@ def test_up_opens_no_listener_that_is_set_to_zero(tmp_path: Path) -> None:
     with proc("up", "--config", str(path), "--port-offset", str(off)) as up:
         up.wait_for_output("mailstack is up", 90)
         for port in (off, off + 143, off + 110, off + 25):
-            assert _refused(port), f"something listens on {port}:\n{up.output}"
+            assert refuses(port), f"something listens on {port}:\n{up.output}"
         ca = tmp_path / "data" / "tls" / "ca.pem"
         ctx = ssl.create_default_context(cafile=str(ca))
         with imaplib.IMAP4_SSL("127.0.0.1", 993 + off, ssl_context=ctx, timeout=15) as imap:

@@ -159,3 +159,12 @@ def free_offset() -> int:
         except OSError:
             continue
     raise RuntimeError("no free port offset")
+
+
+def refuses(port: int) -> bool:
+    """Whether nothing accepts a connection on 127.0.0.1:``port`` (within a second)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 1):
+            return False
+    except OSError:
+        return True

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import Proc, free_offset, mailstack, proc
+from .helpers import Proc, free_offset, mailstack, proc, refuses
 
 pytestmark = pytest.mark.e2e
 
@@ -50,14 +49,6 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
-
-
-def _refuses(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 1):
-            return False
-    except OSError:
-        return True
 
 
 def test_up_killed_then_started_again_then_ctrl_c(tmp_path: Path) -> None:
@@ -97,4 +88,4 @@ def test_up_killed_then_started_again_then_ctrl_c(tmp_path: Path) -> None:
         assert code in (0, 130), out
         assert "all daemons stopped" in out and "Traceback" not in out, out
         assert not _wait_gone(list(pids.values()), 30), out
-        assert _refuses(off + 25) and _refuses(off + 143), out
+        assert refuses(off + 25) and refuses(off + 143), out
