@@ -23,11 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from ..config import Config
-from . import loopwatch
+from . import loopwatch, testhooks
 from .allocator import Trimmer, configure_allocator
-from .diskfault import install_disk_full_fault
 from .fsutil import private_umask
-from .indexbusy import install_index_busy_timeout
 from .netserver import BindError, install_uvloop, raise_nofile_limit
 
 DAEMONS: dict[str, str] = {
@@ -117,8 +115,7 @@ def run(name: str, cfg: Config) -> int:
     serve = load_serve(name)
     if cfg.server.event_loop == "uvloop":
         install_uvloop()
-    install_disk_full_fault()
-    install_index_busy_timeout()
+    testhooks.install()
     if cfg.chaos.file:  # runtime faults (test stacks)
         from . import chaos
 

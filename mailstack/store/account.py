@@ -59,7 +59,7 @@ LEGACY_UIDLIST = "mailstack-uidlist"
 POKE = ".mailstack-changed"
 SUBSCRIPTIONS = "subscriptions"
 #: seconds a statement waits for another process's lock on the index before SQLite answers
-#: "database is locked" (only the test hook in :mod:`mailstack.runtime.indexbusy` changes it)
+#: "database is locked" (only the test hook in :mod:`mailstack.runtime.testhooks` changes it)
 BUSY_TIMEOUT = 30.0
 ROLES = {"Sent": "sent", "Drafts": "drafts", "Trash": "trash", "Junk": "junk"}
 SCHEMA_VERSION = 3  # 2: the summary table (filled lazily for emails indexed before)

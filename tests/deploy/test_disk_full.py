@@ -17,7 +17,7 @@ import pytest
 
 from mailstack.config import Config
 from mailstack.mta.queue import Spool
-from mailstack.runtime.diskfault import ENV as DISK_FULL_ENV
+from mailstack.runtime.testhooks import DISK_FULL_ENV
 from mailstack.runtime.tls import client_context, ensure_tls_files
 from mailstack.store.maildir import Maildir, mailbox_path
 

@@ -17,26 +17,11 @@ import pytest
 
 from mailstack.accounts.authlimit import db_path
 from mailstack.config import Config
-from mailstack.runtime.tls import client_context, ensure_tls_files
 
-from ..conftest import Daemon, add_user, running
+from ..conftest import Daemon, running
+from .conftest import ALICE, INITIAL_DELAY, PASSWORD  # and the scfg and tls fixtures
 
 T = TypeVar("T")
-ALICE, PASSWORD = "alice@example.test", "alice-right-pw"
-FREE_AND_DELAY = "[server]\nauth_failures_free = 2\nauth_max_delay = 1\n"
-INITIAL_DELAY = 0.5  # the first delayed failure waits this long (authlimit.BASE_DELAY)
-
-
-@pytest.fixture
-def scfg(config_factory) -> Config:
-    cfg: Config = config_factory(FREE_AND_DELAY)
-    add_user(cfg, ALICE, PASSWORD)
-    return cfg
-
-
-@pytest.fixture
-def tls(scfg: Config) -> ssl.SSLContext:
-    return client_context(ensure_tls_files(scfg).ca)
 
 
 @dataclass

@@ -13,26 +13,13 @@ import httpx
 import pytest
 
 from mailstack.config import Config
-from mailstack.runtime.tls import client_context, ensure_tls_files
 
-from ..conftest import Daemon, add_user, running
-from .test_auth_shared import ALICE, FREE_AND_DELAY, IMAP, INITIAL_DELAY, PASSWORD, SMTP, timed
+from ..conftest import Daemon, running
+from .conftest import ALICE, INITIAL_DELAY, PASSWORD
+from .test_auth_shared import IMAP, SMTP, timed
 
 pytestmark = pytest.mark.e2e
 
-
-
-@pytest.fixture
-def scfg(config_factory) -> Config:
-    """test_auth_shared's config: two free failures, delays up to 1 s, alice."""
-    cfg: Config = config_factory(FREE_AND_DELAY)
-    add_user(cfg, ALICE, PASSWORD)
-    return cfg
-
-
-@pytest.fixture
-def tls(scfg: Config) -> ssl.SSLContext:
-    return client_context(ensure_tls_files(scfg).ca)
 
 
 @pytest.fixture

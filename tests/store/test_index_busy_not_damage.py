@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from mailstack.config import Config
-from mailstack.runtime.indexbusy import ENV
+from mailstack.runtime.testhooks import INDEX_BUSY_ENV as ENV
 from mailstack.store import account
 from mailstack.store.account import INDEX_FILE, AccountStore
 from mailstack.store.maildir import Maildir, mailbox_path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import smtplib
 from collections.abc import Iterator
 
 import pytest
@@ -33,3 +34,11 @@ def plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def stack() -> Iterator[MailStack]:
     with MailStack() as s:
         yield s
+
+
+def rcpt_code(stack: MailStack, rcpt: str) -> int:
+    """The reply code ``stack``'s port 25 gives to ``RCPT TO:<rcpt>`` (after EHLO and MAIL)."""
+    with smtplib.SMTP(stack.host, stack.ports["smtp"], timeout=10) as s:
+        s.ehlo()
+        s.mail("app@example.test")
+        return s.rcpt(rcpt)[0]

@@ -15,6 +15,8 @@ import pytest
 
 from mailstack.testing import MailStack, MailStackError
 
+from .conftest import rcpt_code
+
 
 def _send(stack: MailStack, rcpt: str, subject: str, port: str = "smtp") -> None:
     with smtplib.SMTP(stack.host, stack.ports[port], timeout=30) as s:
@@ -22,13 +24,6 @@ def _send(stack: MailStack, rcpt: str, subject: str, port: str = "smtp") -> None
             s.starttls(context=stack.ssl_context)
             s.login("alice@example.test", "alice-pw")
         s.sendmail("alice@example.test", [rcpt], f"Subject: {subject}\r\n\r\nbody\r\n")
-
-
-def _rcpt(stack: MailStack, rcpt: str) -> int:
-    with smtplib.SMTP(stack.host, stack.ports["smtp"], timeout=10) as s:
-        s.ehlo()
-        s.mail("app@example.test")
-        return s.rcpt(rcpt)[0]
 
 
 def _gone(pid: int) -> bool:
@@ -75,10 +70,11 @@ def test_remove_fault_and_clear_faults(stack: MailStack) -> None:
     stack.remove_fault(f1)
     stack.remove_fault(f3.id)  # by id too
     assert stack.active_faults == [f2]
-    assert _rcpt(stack, "bob@example.test") == 250 and _rcpt(stack, "carol@example.test") == 452
+    assert rcpt_code(stack, "bob@example.test") == 250
+    assert rcpt_code(stack, "carol@example.test") == 452
     stack.clear_faults()
     assert stack.active_faults == [] and f2.hits == 0
-    assert _rcpt(stack, "carol@example.test") == 250
+    assert rcpt_code(stack, "carol@example.test") == 250
 
 
 def test_lmtp_points_fail_once_then_the_mail_arrives_once(stack: MailStack) -> None:

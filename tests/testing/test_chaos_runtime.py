@@ -13,12 +13,7 @@ import pytest
 from mailstack.runtime.chaos import FaultError
 from mailstack.testing import MailStack
 
-
-def _rcpt(stack: MailStack, rcpt: str) -> int:
-    with smtplib.SMTP(stack.host, stack.ports["smtp"], timeout=10) as s:
-        s.ehlo()
-        s.mail("app@example.test")
-        return s.rcpt(rcpt)[0]
+from .conftest import rcpt_code
 
 
 def test_rcpt_fault_fires_times_then_goes(stack: MailStack) -> None:
@@ -26,20 +21,20 @@ def test_rcpt_fault_fires_times_then_goes(stack: MailStack) -> None:
     bob = stack.add_user("bob@example.test")
     fault = stack.add_fault("rcpt", "bob@*", reply="451 4.3.0 try again later", times=2)
     assert fault.spec["at"] == "smtp.rcpt"
-    assert _rcpt(stack, "someone@example.test") == 550  # no match: the normal answer
-    assert [_rcpt(stack, bob.address) for _ in range(3)] == [451, 451, 250]
+    assert rcpt_code(stack, "someone@example.test") == 550  # no match: the normal answer
+    assert [rcpt_code(stack, bob.address) for _ in range(3)] == [451, 451, 250]
     assert fault.hits == 2
     other = stack.add_fault("smtp.rcpt", "BOB@EXAMPLE.TEST", reply="550 5.1.1 gone")
-    assert _rcpt(stack, bob.address) == 550  # globs ignore case
+    assert rcpt_code(stack, bob.address) == 550  # globs ignore case
     other.remove()
-    assert _rcpt(stack, bob.address) == 250 and stack.active_faults == [fault]
+    assert rcpt_code(stack, bob.address) == 250 and stack.active_faults == [fault]
     with stack.add_fault("rcpt", reply="452 4.5.3 later") as temp:
-        assert _rcpt(stack, bob.address) == 452
-    assert temp not in stack.active_faults and _rcpt(stack, bob.address) == 250
+        assert rcpt_code(stack, bob.address) == 452
+    assert temp not in stack.active_faults and rcpt_code(stack, bob.address) == 250
     stack.add_fault("rcpt", reply="451 4.3.0 x")
     stack.reset()
     bob = stack.add_user("bob@example.test")
-    assert stack.active_faults == [] and _rcpt(stack, bob.address) == 250
+    assert stack.active_faults == [] and rcpt_code(stack, bob.address) == 250
     assert "fault injected at smtp.rcpt (id 1, 1/2) for <bob@example.test>" in stack.logs()
 
 
@@ -161,7 +156,7 @@ def test_delivery_inside_the_stack_fails_once_then_succeeds(stack: MailStack) ->
 
 def _outcomes(stack: MailStack, n: int) -> list[int]:
     """One session per RCPT: the mta slows a session down that collects errors."""
-    return [_rcpt(stack, "x@example.test") for _ in range(n)]
+    return [rcpt_code(stack, "x@example.test") for _ in range(n)]
 
 
 def test_probability_is_deterministic_under_a_seed(stack: MailStack) -> None:
