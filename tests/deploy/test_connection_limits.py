@@ -96,6 +96,25 @@ async def _tls_greeting(port: int, ctx: ssl.SSLContext) -> bytes:
         w.close()
 
 
+async def _until_tls(port: int, ctx: ssl.SSLContext, *, refused: bool,
+                     timeout: float = 30.0) -> bytes:
+    """Try TLS connections until one is refused (``refused``) or gets a greeting (not
+    ``refused``): a condition to wait for, not a fixed sleep. Returns the greeting."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            greeting = await _tls_greeting(port, ctx)
+        except (ssl.SSLError, ConnectionError):
+            if refused:
+                return b""
+        else:
+            if not refused:
+                return greeting
+        assert asyncio.get_running_loop().time() < deadline, \
+            f"no {'refusal' if refused else 'greeting'} in {timeout:g} s"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize(("daemon", "listener"), TLS_LISTENERS)
 async def test_tls_handshakes_in_progress_count(config_factory, daemon: str,
                                                 listener: str) -> None:
@@ -109,14 +128,12 @@ async def test_tls_handshakes_in_progress_count(config_factory, daemon: str,
     async with running(daemon, cfg):
         assert (await _tls_greeting(port, ctx)).startswith(GREETING[daemon])
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-        await asyncio.sleep(0.2)  # the server accepts them
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            await _tls_greeting(port, ctx)
+        await _until_tls(port, ctx, refused=True)  # once the server has accepted all three
         r, _ = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(r.read(), 20) == b"", "closed without a handshake"
         held.pop()[1].close()
-        await asyncio.sleep(0.2)  # the server notices the close
-        assert (await _tls_greeting(port, ctx)).startswith(GREETING[daemon])
+        greeting = await _until_tls(port, ctx, refused=False)  # once it noticed the close
+        assert greeting.startswith(GREETING[daemon]), greeting
         for _, w in held:
             w.close()
 

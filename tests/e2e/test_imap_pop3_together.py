@@ -46,7 +46,7 @@ async def test_pop3_retr_and_dele_show_up_in_a_selected_imap_session(cfg: Config
             typ, data = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
             assert typ == "OK"
             return [d for d in data if isinstance(d, tuple)]
-        deadline = asyncio.get_running_loop().time() + 5
+        deadline = asyncio.get_running_loop().time() + 30
         while True:
             parts = await asyncio.to_thread(imap_view)
             if len(parts) == 2 or asyncio.get_running_loop().time() > deadline:

@@ -119,6 +119,7 @@ def test_fixture_scope_function(pytester: pytest.Pytester, plugin_env: None) -> 
 
 
 ISOLATION_TEST = '''
+import pathlib
 import smtplib
 import time
 
@@ -128,7 +129,13 @@ def test_only_my_mail(mailstack):
     with smtplib.SMTP(mailstack.host, mailstack.ports["smtp"]) as s:
         s.sendmail("x@example.test", [alice.address], "Subject: {token}\\r\\n\\r\\n.\\r\\n")
     mailstack.wait_for_message(alice.address, subject="{token}", timeout=10)
-    time.sleep(0.5)  # the other run sends meanwhile
+    # a barrier, not a sleep: the other run's mail is in its mailbox too before we look
+    barrier = pathlib.Path({barrier!r})
+    (barrier / "{token}.delivered").touch()
+    deadline = time.monotonic() + 90
+    while len(list(barrier.glob("*.delivered"))) < 2:
+        assert time.monotonic() < deadline, "the other run never delivered its mail"
+        time.sleep(0.05)
     assert [m["Subject"] for m in mailstack.messages(alice.address)] == ["{token}"]
 '''
 
@@ -138,7 +145,8 @@ def test_parallel_runs_are_isolated(pytester: pytest.Pytester, plugin_env: None)
     dirs = []
     for token in ("run-one", "run-two"):
         d = pytester.mkdir(token)
-        (d / "test_iso.py").write_text(ISOLATION_TEST.replace("{token}", token))
+        (d / "test_iso.py").write_text(ISOLATION_TEST.replace("{token}", token).replace(
+            "{barrier!r}", repr(str(pytester.path))))
         dirs.append(d)
     results: dict[str, pytest.RunResult] = {}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -68,6 +69,13 @@ async def test_a_cancelled_caller_does_not_stop_the_job() -> None:
     gc.close()
 
 
+async def sparse(gc: GroupCommit[str, str]) -> None:
+    """Wait until the next job counts as sparse (longer since the last commit ended than that
+    commit took): a condition, not a fixed sleep, however slow the machine is."""
+    while time.perf_counter() - gc._last_end <= gc._last_took:
+        await asyncio.sleep(0.005)
+
+
 async def test_sparse_jobs_are_committed_inline_overlapping_or_slow_ones_in_the_thread(
         ) -> None:
     threads: list[str] = []
@@ -78,26 +86,26 @@ async def test_sparse_jobs_are_committed_inline_overlapping_or_slow_ones_in_the_
         threading.Event().wait(delay)  # the disk's time
         return [OSError(28, "No space") if j == "full" else j.upper() for j in jobs]
 
-    gc: GroupCommit[str, str] = GroupCommit(commit, name="test-commit", inline_below=0.05)
+    gc: GroupCommit[str, str] = GroupCommit(commit, name="test-commit", inline_below=0.5)
     here = threading.current_thread().name
     assert await gc.submit("a") == "A"
-    await asyncio.sleep(0.01)  # sparse: the next job comes after the last commit ended
+    await sparse(gc)  # the next job comes after the last commit ended
     with pytest.raises(OSError, match="No space"):
         await gc.submit("full")
     assert threads == [here, here] and gc.inline == 2
-    delay = 0.06  # slower than inline_below: the loop would stall
-    await asyncio.sleep(0.01)
+    delay = 0.6  # slower than inline_below: the loop would stall
+    await sparse(gc)
     assert await gc.submit("b") == "B"
     delay = 0.0
-    await asyncio.sleep(0.1)
+    await sparse(gc)
     assert await gc.submit("c") == "C"  # after a slow commit: the worker thread
     assert threads[-1] == "test-commit" and gc.inline == 3
-    await asyncio.sleep(0.01)
+    await sparse(gc)
     assert await gc.submit("d") == "D"  # fast again: inline
     assert threads[-1] == here and gc.inline == 4
     # jobs that overlap (they arrive while one commits) are batched in the thread
-    delay = 0.02
-    await asyncio.sleep(0.01)
+    delay = 0.2
+    await sparse(gc)
     batches = gc.batches
     assert await asyncio.gather(*(gc.submit(x) for x in "efg")) == ["E", "F", "G"]
     assert gc.inline == 5  # "e" found the committer idle after a gap …
