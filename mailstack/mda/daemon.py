@@ -35,6 +35,7 @@ from .delivery import (
     mailbox_dir,
     mailbox_usage_count,
     prepare,
+    recover,
     valid_envid,
 )
 from .lmtp import MultiReplyLMTP, PerRecipient
@@ -165,6 +166,12 @@ class DeliveryHandler:
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
     users = UserDB(cfg.data_dir / "users")
     dlog = DeliveryLog(cfg.data_dir / "mda" / "delivered")
+    checked, removed = await asyncio.to_thread(recover, cfg.data_dir, dlog)
+    if removed:
+        log.warning("after a crash: removed %d of %d copies not made durable before their 250 "
+                    "(the mta delivers them again)", removed, checked)
+    elif checked:
+        log.info("after a crash: the %d copies of the last deliveries are whole", checked)
     handler = DeliveryHandler(cfg, users, dlog)
     (cfg.data_dir / "mail").mkdir(parents=True, exist_ok=True)
 

@@ -3,31 +3,44 @@
 Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta names its queue entry
 (LMTP ``MAIL FROM ... ENVID=<queue id>``), delivery is idempotent per (queue id, recipient):
 
-1. write ``tmp/KEY`` and fsync it;
-2. append ``<queue id> <recipient> KEY`` to the delivery journal (written, not yet synced);
+1. write ``tmp/KEY`` (not yet synced);
+2. append ``<queue id> <recipient> KEY <Maildir>`` to the delivery journal (not yet synced);
 3. rename ``tmp/KEY`` → ``new/KEY``;
-4. fdatasync the journal and fsync ``new/``, side by side; only then the ``250``.
+4. fsync the file, fsync ``new/`` and fdatasync the journal, side by side; only then the
+   ``250``.
 
-Steps 2 and 3 are system calls in this order, so whatever a crashed mda process left behind, a
-renamed copy has its journal line (the page cache keeps both). Syncing the journal after the
-rename, beside the ``new/`` fsync, instead of before the rename: both wait for one
-file-system commit that carries the journal lines and the renames together (a quiet disk:
-0.63 → 0.48-0.56 ms for the chain; a busy one: 9.4-10.7 → 4.5-6.5 ms, medians of 150).
-Only an operating-system crash in the instant before step 4 ends can
-keep a rename and lose the journal line; the mta, which got no ``250``, tries again, and for a
-retry of a queue id made before this mda started (the only case where that can have happened)
-a copy is also looked for by its headers (:func:`find_copy`).
+The three syncs of step 4 wait for one file-system commit, which carries the file, the rename
+and the journal line together: one device flush on the way to ``250`` instead of two (the
+file's fsync before the rename, then the rest) — on this project's ext4 test machine, beside
+other work, 440-560 against 670-2,000 µs (medians of 300 alternating chains). The copy is
+visible in ``new/`` an instant before it is durable; until the ``250`` the mta has not let
+go of the message.
+
+The journal line is what makes every crash in between harmless:
+
+* the mda process dies (a kill, a bug): the page cache keeps the file, the rename and the
+  line. The mta, which got no ``250``, tries again (``XRETRY``): the line is found, and the
+  copy is either in the mailbox already or still in ``tmp/``, where the retry completes it
+  (fsync, rename, fsync). No second copy.
+* the machine dies: the line can have been kept while the file's data was not (a copy of
+  the wrong size, perhaps already renamed), or the rename was lost. At its next start the mda
+  checks every journal line after its checkpoint (:func:`recover`; the checkpoint is where
+  the journal stood after its last fully synced batch): a copy of the wrong size, or one still
+  in ``tmp/``, never got its ``250``, so it is removed and a cancelling line
+  (``<queue id> <recipient> -``) written, and the mta's retry delivers afresh. A copy of the
+  right size stays and its retry answers "already delivered"; a line whose copy is nowhere
+  is a copy a user has already read and deleted, and stays deleted.
+* an operating-system crash can also keep a rename and lose its journal line; for a retry of
+  a queue id made before this mda started (the only case where that can have happened) a copy
+  is also looked for by its headers (:func:`find_copy`).
+
+A copy without a queue id (no ``ENVID``) has no journal line to recover it by: its file is
+fsynced before the rename, as the Maildir spec says, and ``new/`` after it.
 
 The daemon commits concurrent deliveries together (:func:`commit_copies` through
-:class:`~mailstack.groupcommit.GroupCommit`): the files of a batch are written and fsynced side
-by side (a few threads: concurrent fsyncs share the file system's journal commits), then one
-journal append and fdatasync and one ``new/`` fsync per Maildir serve the whole batch.
-
-A repeated attempt (the mta crashed after our ``250`` but before it recorded it; the mta
-marks such attempts ``XRETRY``) finds the journal line: if ``tmp/KEY`` is still there the rename
-is completed, otherwise the copy is already in the mailbox. Either way the answer is ``250`` and
-no second copy appears. A crash between 1 and 2 leaves only an orphan in ``tmp/``, which a retry
-does not see (readers never look in tmp/).
+:class:`~mailstack.groupcommit.GroupCommit`): the files of a batch are written side by side
+(a few threads), then one journal append, the renames, and the syncs of step 4 for all of them
+at once (one fdatasync of the journal and one fsync per ``new/`` serve the whole batch).
 """
 
 from __future__ import annotations
@@ -38,11 +51,12 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from ..mta.queue import queue_id_time
 from ..runtime.fsutil import fsync_dir
@@ -51,6 +65,7 @@ from ..store.maildir import (
     Maildir,
     MaildirMessage,
     crlf_size,
+    key_size,
     mailbox_path,
     open_user_mailbox,
     to_lf,
@@ -62,14 +77,25 @@ log = logging.getLogger("mailstack.mda")
 LOG_RETENTION = 7 * 86400  # longer than the mta's default queue lifetime (5 days)
 
 
+#: the key of a journal line that cancels the pair's earlier line (its copy was taken back)
+CANCELLED = "-"
+Position = tuple[str, int]  # (journal day, byte offset in that day's file)
+
+
 class DeliveryLog:
-    """Journal of finished deliveries: ``<dir>/YYYYMMDD.log``, one ``envid rcpt key`` a line.
+    """Journal of deliveries: ``<dir>/YYYYMMDD.log``, one ``envid rcpt key maildir`` a line.
+
+    ``maildir`` (percent-encoded: no spaces) is the Maildir the copy went to, for
+    :func:`recover`; ``envid rcpt -`` cancels the pair's earlier line. The last line of a pair
+    counts. ``<dir>/checkpoint`` holds the journal position after the last batch whose copies
+    were all made durable (overwritten in place, never synced: a stale one only makes
+    :func:`recover` check more lines).
 
     :meth:`record_many` appends a batch and fdatasyncs once (no new file, no directory sync,
     except once a day).
     :meth:`lookup` answers from the most recent ``RECENT`` records kept in memory and — for
     retries (``thorough``) — by searching the journal files on disk, newest first, from the day
-    the queue id was made on (a few C-speed ``find`` calls over memory-mapped files). Memory
+    the queue id was made on (a few C-speed ``rfind`` calls over memory-mapped files). Memory
     stays bounded however long the mda runs; retries are rare, so the search costs little.
     """
 
@@ -84,15 +110,19 @@ class DeliveryLog:
         self._index: dict[tuple[str, str], str] = {}
         self._fd: int | None = None
         self._day = ""
+        self._pos = 0  # the size of today's file
+        self._checkpoint_fd: int | None = None
+        #: where the checkpoint stays after a batch whose copies may not all be durable
+        self._held: Position | None = None
         self._lock = threading.Lock()
 
     def lookup(self, envid: str, rcpt: str, *, thorough: bool = True) -> str | None:
-        """The Maildir key recorded for (envid, rcpt), or None."""
+        """The Maildir key recorded for (envid, rcpt), or None (none, or cancelled)."""
         with self._lock:
             key = self._index.get((envid, rcpt))
         if key is None and thorough:
             key = self._search(envid, rcpt)
-        return key
+        return None if key == CANCELLED else key
 
     def _search(self, envid: str, rcpt: str) -> str | None:
         needle = f"{envid} {rcpt} ".encode()
@@ -105,21 +135,20 @@ class DeliveryLog:
                     if os.fstat(fh.fileno()).st_size == 0:
                         continue
                     with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                        if data[:len(needle)] == needle:
-                            at = 0
-                        else:  # only at the start of a line
-                            at = data.find(b"\n" + needle) + 1
-                            if not at:
-                                continue
+                        # the last line of the pair (only at the start of a line)
+                        at = data.rfind(b"\n" + needle) + 1
+                        if not at and data[:len(needle)] != needle:
+                            continue
                         end = data.find(b"\n", at)
                         line = data[at:end if end >= 0 else len(data)]
             except OSError:
                 continue
-            return line[len(needle):].decode("utf-8", "replace").strip() or None
+            rest = line[len(needle):].decode("utf-8", "replace").split()
+            return rest[0] if rest else None
         return None
 
-    def record_many(self, records: Sequence[tuple[str, str, str]]) -> None:
-        """Append ``(envid, rcpt, key)`` records with one write and one fdatasync."""
+    def record_many(self, records: Sequence[tuple[str, ...]]) -> None:
+        """Append records (see :meth:`append`) with one write and one fdatasync."""
         self.append(records)
         self.sync()
 
@@ -136,10 +165,10 @@ class DeliveryLog:
         made = queue_id_time(envid)
         return made is not None and made < self.started
 
-    def append(self, records: Sequence[tuple[str, str, str]]) -> None:
-        """Append ``(envid, rcpt, key)`` records with one write, not synced (:meth:`sync`);
-        :meth:`lookup` finds them at once."""
-        data = "".join(f"{e} {r} {k}\n" for e, r, k in records).encode()
+    def append(self, records: Sequence[tuple[str, ...]]) -> Position:
+        """Append ``(envid, rcpt, key[, maildir])`` records with one write, not synced
+        (:meth:`sync`); :meth:`lookup` finds them at once. Returns where they start."""
+        data = "".join(_line(*r) for r in records).encode()
         with self._lock:
             day = time.strftime("%Y%m%d", time.gmtime())
             if self._fd is None or day != self._day:
@@ -149,17 +178,89 @@ class DeliveryLog:
                 created = not path.exists()
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                                    0o600)
-                self._day = day
+                self._day, self._pos = day, os.fstat(self._fd).st_size
                 if created:
                     fsync_dir(self.dir)
+            start = (self._day, self._pos)
             view = memoryview(data)
             while view:
-                view = view[os.write(self._fd, view):]
+                written = os.write(self._fd, view)
+                self._pos += written
+                view = view[written:]
             index = self._index
-            for envid, rcpt, key in records:
+            for envid, rcpt, key, *_ in records:
                 index[(envid, rcpt)] = key
             while len(index) > self.RECENT:  # forget the oldest (dicts keep insertion order)
                 del index[next(iter(index))]
+        return start
+
+    def cancel(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Cancel the lines of ``(envid, rcpt)`` pairs whose copies were taken back (the mta
+        got no ``250`` and will deliver again), durably."""
+        if pairs:
+            self.append([(envid, rcpt, CANCELLED) for envid, rcpt in pairs])
+            self.sync()
+
+    def checkpoint(self) -> None:
+        """Every line so far has its copy durable (or is cancelled): :func:`recover` need not
+        look at them. A no-op while :meth:`hold` keeps the checkpoint back."""
+        with self._lock:
+            if self._held is not None:
+                return
+            if self._fd is None:  # nothing appended yet by this process: today's file ends
+                self._day = time.strftime("%Y%m%d", time.gmtime())
+                try:
+                    self._pos = os.stat(self.dir / f"{self._day}.log").st_size
+                except FileNotFoundError:
+                    self._pos = 0
+            text = f"{self._day} {self._pos}".ljust(39) + "\n"
+            if self._checkpoint_fd is None:
+                self._checkpoint_fd = os.open(self.dir / "checkpoint",
+                                              os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.pwrite(self._checkpoint_fd, text.encode(), 0)
+
+    def hold(self, at: Position) -> None:
+        """Keep the checkpoint before ``at`` until the next start: the batch there may have
+        copies that are not durable, which :func:`recover` must look at after a crash."""
+        with self._lock:
+            if self._held is None:
+                self._held = at
+
+    def after_checkpoint(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """``(envid, rcpt) → (key, maildir)`` of the journal lines after the checkpoint whose
+        copies :func:`recover` must check (the last line of each pair; cancelled pairs and
+        lines without a Maildir left out). Without a readable checkpoint: the last two days."""
+        since = self._read_checkpoint()
+        if since is None:
+            since = (time.strftime("%Y%m%d", time.gmtime(time.time() - 86400)), 0)
+        found: dict[tuple[str, str], tuple[str, str]] = {}
+        for path in sorted(self.dir.glob("*.log")):
+            if path.stem < since[0]:
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    if path.stem == since[0]:
+                        fh.seek(since[1])
+                    data = fh.read()
+            except OSError:
+                continue
+            for raw in data.split(b"\n")[:-1]:  # a torn last line (no LF) is no record
+                parsed = _parse_line(raw)
+                if parsed is None:
+                    continue
+                envid, rcpt, key, root = parsed
+                if key == CANCELLED:
+                    found.pop((envid, rcpt), None)
+                elif root:
+                    found[(envid, rcpt)] = (key, root)
+        return found
+
+    def _read_checkpoint(self) -> Position | None:
+        try:
+            day, pos = (self.dir / "checkpoint").read_text("ascii").split()
+            return (day, int(pos)) if len(day) == 8 and day.isdigit() else None
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
 
     def prune(self, now: float | None = None) -> int:
         """Forget journals older than LOG_RETENTION; returns how many files went."""
@@ -171,6 +272,27 @@ class DeliveryLog:
                     path.unlink()
                     removed += 1
         return removed
+
+
+def _line(envid: str, rcpt: str, key: str, root: str = "") -> str:
+    return f"{envid} {rcpt} {key} {quote(root, safe='/')}\n" if root else \
+        f"{envid} {rcpt} {key}\n"
+
+
+def _parse_line(raw: bytes) -> tuple[str, str, str, str] | None:
+    """``(envid, rcpt, key, maildir)`` of a journal line ("" for no Maildir), or None for a
+    line that is not one (torn by a crash). The recipient may hold spaces: the queue id is the
+    first word, the key and the percent-encoded Maildir the last ones."""
+    if b"\0" in raw:
+        return None
+    words = raw.decode("utf-8", "replace").split(" ")
+    if len(words) < 3:
+        return None
+    if words[-1] == CANCELLED:
+        return words[0], " ".join(words[1:-1]), CANCELLED, ""
+    if words[-1].startswith("/") and len(words) >= 4:
+        return words[0], " ".join(words[1:-2]), words[-2], unquote(words[-1])
+    return words[0], " ".join(words[1:-1]), words[-1], ""
 
 
 def _queue_day(envid: str) -> str:
@@ -233,8 +355,10 @@ def prepare(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
         if key is None and retry and dlog.from_before_start(envid):
             key = find_copy(mailbox_dir(data_dir, account), envid, rcpt)
         if key is not None:
-            return Delivered(_complete(open_user_mailbox(data_dir, account), key),
-                             duplicate=True)
+            done = _complete(open_user_mailbox(data_dir, account), key)
+            if done is not None:
+                return Delivered(done, duplicate=True)
+            dlog.cancel([(envid, rcpt)])  # its line must not outlive the broken copy
     disk = build_copy(data, sender, rcpt)
     return Copy(_mailbox_root(data_dir, account), unique_name(len(disk), crlf_size(disk)), disk,
                 envid, rcpt)
@@ -276,63 +400,157 @@ def find_copy(root: str, envid: str, rcpt: str) -> str | None:
 def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str | OSError]:
     """Make prepared copies durable together (steps 1 to 4 of the module docstring, batched).
 
-    Every file is written and fsynced, then one journal append covers them all, then each is
-    renamed into ``new/``, the journal is fdatasynced and each ``new/`` directory is fsynced
-    once. Returns, per copy, its path in ``new/`` or the OSError that stopped it (the mta will
-    retry; a copy already renamed is then found in the journal).
+    Every file is written, one journal append covers them all, each is renamed into ``new/``,
+    then the files, the ``new/`` directories and the journal are synced side by side. Returns,
+    per copy, its path in ``new/`` or the OSError that stopped it (the mta will retry; a copy
+    already renamed is then found through the journal).
     """
     results: list[str | OSError] = [OSError("not committed")] * len(copies)
-    written: list[int] = []
-    for i, error in enumerate(_write_all(copies)):
-        if error is None:
-            written.append(i)
-        else:
-            results[i] = error
-    journal = [(c.envid, c.rcpt, c.key) for c in (copies[i] for i in written) if c.envid]
-    if journal and dlog is not None:
-        try:
-            dlog.append(journal)
-        except OSError as exc:
-            for i in written:
-                with contextlib.suppress(OSError):
-                    os.unlink(f"{copies[i].root}/tmp/{copies[i].key}")
+    logged = [bool(c.envid) and dlog is not None for c in copies]
+    fds: dict[int, int] = {}  # copies whose file is synced in step 4: its open descriptor
+    try:
+        ok: list[int] = []
+        for i, outcome in enumerate(_write_all(copies, logged)):
+            if isinstance(outcome, OSError):
+                results[i] = outcome
+                continue
+            ok.append(i)
+            if outcome is not None:
+                fds[i] = outcome
+        journal = [(c.envid or "", c.rcpt, c.key, c.root)
+                   for c in (copies[i] for i in ok if logged[i])]
+        at: Position | None = None
+        if journal and dlog is not None:
+            try:
+                at = dlog.append(journal)
+            except OSError as exc:
+                for i in [i for i in ok if logged[i]]:
+                    _forget_fd(fds, i)
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{copies[i].root}/tmp/{copies[i].key}")
+                    results[i] = exc
+                ok = [i for i in ok if not logged[i]]
+        renamed: dict[str, list[int]] = {}
+        for i in ok:
+            c = copies[i]
+            try:
+                os.rename(f"{c.root}/tmp/{c.key}", f"{c.root}/new/{c.key}")
+            except OSError as exc:
                 results[i] = exc
-            return results
-    synced: dict[str, list[int]] = {}
-    for i in written:
-        c = copies[i]
-        try:
-            os.rename(f"{c.root}/tmp/{c.key}", f"{c.root}/new/{c.key}")
-        except OSError as exc:
-            results[i] = exc
-            if not (c.envid and dlog is not None):  # else a retry completes it from tmp/
-                with contextlib.suppress(OSError):
-                    os.unlink(f"{c.root}/tmp/{c.key}")
-            continue
-        synced.setdefault(f"{c.root}/new", []).append(i)
-    # the journal's fdatasync and the new/ fsyncs side by side: both wait for the same
-    # file-system commit, which carries the renames and the journal lines together. One after
-    # the other in this thread saved ~4 % of the mda's CPU but added ~1.5 ms to the p50 at
-    # C = 1 (alternating runs beside other work: 2.1-2.6 against 2.7-4.1 ms)
-    jsync = _pool().submit(dlog.sync) if journal and dlog is not None else None
-    failed: dict[str, OSError] = {}
-    for directory in synced:
-        try:
-            fsync_dir(directory)
-        except OSError as exc:
-            failed[directory] = exc
-    journal_error: OSError | None = None
-    if jsync is not None:
-        try:
-            jsync.result()
-        except OSError as exc:
-            journal_error = exc
-    for directory, members in synced.items():
-        # renamed but maybe not durable: the mta retries, the journal finds the copy
-        error = failed.get(directory) or journal_error
-        for i in members:
-            results[i] = error or f"{directory}/{copies[i].key}"
+                _forget_fd(fds, i)
+                if not logged[i]:  # else a retry completes it from tmp/ (its line says so)
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{c.root}/tmp/{c.key}")
+                continue
+            renamed.setdefault(f"{c.root}/new", []).append(i)
+        # step 4: one file-system commit carries the files, the renames and the journal lines
+        syncs: list[tuple[object, Callable[[], object]]] = [
+            (i, partial(os.fsync, fd)) for i, fd in fds.items()]
+        syncs += [(directory, partial(fsync_dir, directory)) for directory in renamed]
+        if at is not None and dlog is not None:
+            syncs.append(("journal", dlog.sync))
+        errors = _run_side_by_side(syncs)
+        taken_back: list[tuple[str, str]] = []
+        for directory, members in renamed.items():
+            for i in members:
+                c = copies[i]
+                if i in errors:  # the file's data may not be on disk: take the copy back
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{directory}/{c.key}")
+                    taken_back.append((c.envid or "", c.rcpt))
+                    results[i] = errors[i]
+                    continue
+                # renamed but maybe not durable: the mta retries, the journal finds the copy
+                error = errors.get(directory) or (errors.get("journal") if logged[i] else None)
+                results[i] = error or f"{directory}/{c.key}"
+        if dlog is not None and at is not None:
+            if any(isinstance(r, OSError) for r in results):
+                dlog.hold(at)  # recover() looks at this batch after a crash
+            if taken_back:
+                dlog.cancel(taken_back)
+            dlog.checkpoint()
+    finally:
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
     return results
+
+
+def _forget_fd(fds: dict[int, int], i: int) -> None:
+    fd = fds.pop(i, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _run_side_by_side(jobs: Sequence[tuple[object, Callable[[], object]]]
+                      ) -> dict[object, OSError]:
+    """Run blocking sync calls at once (the last in this thread); the OSError of each that
+    failed, by its name."""
+    if not jobs:
+        return {}
+    futures = [(name, _pool().submit(job)) for name, job in jobs[:-1]]
+    errors: dict[object, OSError] = {}
+    name, job = jobs[-1]
+    try:
+        job()
+    except OSError as exc:
+        errors[name] = exc
+    for name, future in futures:
+        try:
+            future.result()
+        except OSError as exc:
+            errors[name] = exc
+    return errors
+
+
+def recover(data_dir: Path, dlog: DeliveryLog) -> tuple[int, int]:
+    """After a crash: check the copies of the journal lines after the checkpoint (see the
+    module docstring) before the mda takes mail. A copy still in ``tmp/`` or of the wrong size
+    never got its ``250``: it is removed and its line cancelled, so the mta's retry delivers it
+    afresh. Returns (lines checked, copies removed)."""
+    pending = dlog.after_checkpoint()
+    by_root: dict[str, list[tuple[tuple[str, str], str]]] = {}
+    for pair, (key, root) in pending.items():
+        by_root.setdefault(root, []).append((pair, key))
+    taken_back: list[tuple[str, str]] = []
+    touched: set[str] = set()
+    for root, entries in by_root.items():
+        try:  # new/ before cur/: a copy an imap daemon moves meanwhile is seen in one of them
+            new = set(os.listdir(f"{root}/new"))
+            cur = {name.partition(INFO_SEP)[0]: name for name in os.listdir(f"{root}/cur")}
+            tmp = set(os.listdir(f"{root}/tmp"))
+        except OSError:  # the mailbox is gone (its account was deleted)
+            continue
+        for pair, key in entries:
+            if key in new:
+                path = f"{root}/new/{key}"
+            elif key in cur:
+                path = f"{root}/cur/{cur[key]}"
+            elif key in tmp:
+                path = f"{root}/tmp/{key}"
+            else:
+                continue  # renamed, read and deleted: a user's choice, not a loss
+            if path.startswith(f"{root}/tmp/") or not _whole(path, key):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                touched.add(path.rsplit("/", 1)[0])
+                taken_back.append(pair)
+    for directory in touched:
+        with contextlib.suppress(OSError):
+            fsync_dir(directory)
+    dlog.cancel(taken_back)
+    dlog.checkpoint()
+    return len(pending), len(taken_back)
+
+
+def _whole(path: str, key: str) -> bool:
+    """Whether the file at ``path`` has the size its key (``,S=``) says."""
+    size = key_size(key)
+    try:
+        return size is None or os.stat(path).st_size == size
+    except FileNotFoundError:
+        return True  # moved or deleted by a user meanwhile
 
 
 def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
@@ -347,15 +565,34 @@ def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,
     return Delivered(Path(result), duplicate=False)
 
 
-def _complete(box: Maildir, key: str) -> Path:
-    """Finish a delivery that was logged but maybe not renamed into new/."""
+def _complete(box: Maildir, key: str) -> Path | None:
+    """Finish a delivery that was journaled, and make sure it is durable; None when its copy
+    never got whole (a crash lost part of the file before its ``250``): deliver it again."""
     tmp = box.root / "tmp" / key
     if tmp.exists():
+        if not _whole(str(tmp), key):
+            tmp.unlink(missing_ok=True)
+            return None
+        _fsync_file(tmp)  # its fsync may not have happened before the crash
         os.rename(tmp, box.root / "new" / key)
         fsync_dir(box.root / "new")
         return box.root / "new" / key
     found: MaildirMessage | None = box.find(key)
-    return found.path(box.root) if found else box.root / "new" / key
+    if found is None:  # delivered, then read and deleted
+        return box.root / "new" / key
+    path = found.path(box.root)
+    with contextlib.suppress(FileNotFoundError):  # a batch whose syncs failed left it here
+        _fsync_file(path)
+        fsync_dir(path.parent)
+    return path
+
+
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 #: threads that write and fsync the files of one batch side by side: concurrent fsyncs share
@@ -373,34 +610,36 @@ def _pool() -> ThreadPoolExecutor:
         return _fsync_pool
 
 
-def _write_all(copies: Sequence[Copy]) -> list[OSError | None]:
-    """Write and fsync every copy's file in ``tmp/``; per copy None or the OSError."""
-    if len(copies) == 1:
-        return [_try_write(copies[0])]
-    return list(_pool().map(_try_write, copies))
+def _write_all(copies: Sequence[Copy], logged: Sequence[bool]) -> list[OSError | int | None]:
+    """Write every copy's file in ``tmp/``. A journaled copy's file is left open and unsynced
+    (its descriptor returned: step 4 syncs it); any other is fsynced and closed (None).
+    Per copy that, or the OSError that stopped it."""
+    if all(logged):  # no fsync here: one thread is cheapest
+        return [_try_write(c, False) for c in copies]
+    return list(_pool().map(_try_write, copies, [not j for j in logged]))
 
 
-def _try_write(copy: Copy) -> OSError | None:
+def _try_write(copy: Copy, sync: bool) -> OSError | int | None:
+    path = f"{copy.root}/tmp/{copy.key}"
     try:
-        _write_synced(f"{copy.root}/tmp/{copy.key}", copy.disk)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         return exc
-    return None
-
-
-def _write_synced(path: str | Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
+        view = memoryview(copy.disk)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
+        if sync:
+            os.fsync(fd)
+    except OSError as exc:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)
-        raise
-    os.close(fd)
+        return exc
+    if sync:
+        os.close(fd)
+        return None
+    return fd
 
 
 def mailbox_usage(data_dir: Path, account: str) -> int:

@@ -100,6 +100,12 @@ def unique_name(size: int, vsize: int) -> str:
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}R{rand}.{_HOST},S={size},W={vsize}"
 
 
+def key_size(key: str) -> int | None:
+    """The size on disk a unique name carries (``,S=``), or None."""
+    m = _SIZE_RE.search(key)
+    return int(m.group(1)) if m else None
+
+
 _ORDER_RE = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)")
 
 
@@ -140,8 +146,7 @@ class MaildirMessage:
 
     @property
     def size(self) -> int | None:
-        m = _SIZE_RE.search(self.key)
-        return int(m.group(1)) if m else None
+        return key_size(self.key)
 
     @property
     def vsize(self) -> int | None:

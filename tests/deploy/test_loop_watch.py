@@ -33,8 +33,9 @@ async def test_a_blocking_callback_is_caught_and_charged_to_its_label(tmp_path: 
     await asyncio.sleep(0.01)
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
-    stalls = [r for r in records(path) if r["ms"] >= 25]
-    assert stalls and stalls[0]["labels"] == ["test BLOCK"], records(path)
+    # a busy machine can add stalls of its own (the process not scheduled): look for ours
+    stalls = [r for r in records(path) if r["ms"] >= 25 and r["labels"] == ["test BLOCK"]]
+    assert stalls, records(path)
     assert stalls[0]["cpu"] < stalls[0]["ms"]  # it slept: little CPU of its own
     # the daemons' clock is time.monotonic() (not the wall clock: seconds apart, not years)
     assert abs(stalls[0]["start"] - t0) < 1.0
@@ -58,8 +59,9 @@ async def test_a_long_stall_names_where_the_loop_was(tmp_path: Path) -> None:
     await asyncio.sleep(0.01)
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
+    # a busy machine can add stalls of its own (the process not scheduled): one of them is ours
     stalls = [r for r in records(path) if r["ms"] >= 40]
-    assert stalls and any("_spin_in_the_loop" in st for st in stalls[0]["stacks"]), stalls
+    assert any("_spin_in_the_loop" in st for r in stalls for st in r["stacks"]), stalls
 
 
 def pop3_client(cfg: Config) -> None:
