@@ -114,6 +114,7 @@ class DeliveryLog:
         self._checkpoint_fd: int | None = None
         #: where the checkpoint stays after a batch whose copies may not all be durable
         self._held: Position | None = None
+        self._torn = False  # the last append failed part-way
         self._lock = threading.Lock()
 
     def lookup(self, envid: str, rcpt: str, *, thorough: bool = True) -> str | None:
@@ -179,14 +180,19 @@ class DeliveryLog:
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                                    0o600)
                 self._day, self._pos = day, os.fstat(self._fd).st_size
+                self._torn = False  # a new file
                 if created:
                     fsync_dir(self.dir)
+            if self._torn:  # a failed append may have left half a line: end it first
+                data = b"\n" + data
             start = (self._day, self._pos)
             view = memoryview(data)
+            self._torn = True
             while view:
                 written = os.write(self._fd, view)
                 self._pos += written
                 view = view[written:]
+            self._torn = False
             index = self._index
             for envid, rcpt, key, *_ in records:
                 index[(envid, rcpt)] = key
@@ -214,10 +220,11 @@ class DeliveryLog:
                 except FileNotFoundError:
                     self._pos = 0
             text = f"{self._day} {self._pos}".ljust(39) + "\n"
-            if self._checkpoint_fd is None:
-                self._checkpoint_fd = os.open(self.dir / "checkpoint",
-                                              os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.pwrite(self._checkpoint_fd, text.encode(), 0)
+            with contextlib.suppress(OSError):  # advisory: an old one only means more checks
+                if self._checkpoint_fd is None:
+                    self._checkpoint_fd = os.open(self.dir / "checkpoint",
+                                                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.pwrite(self._checkpoint_fd, text.encode(), 0)
 
     def hold(self, at: Position) -> None:
         """Keep the checkpoint before ``at`` until the next start: the batch there may have

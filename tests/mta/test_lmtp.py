@@ -90,3 +90,39 @@ async def test_redelivery_with_same_envid_is_not_duplicated(cfg: Config) -> None
         await conn.quit()
     new = Path(cfg.data_dir / "mail" / "example.test" / "alice" / "new")
     assert len(list(new.iterdir())) == 2
+
+
+async def _lmtp_deliver(cfg: Config, envid: str, data: bytes) -> int:
+    conn = await LMTPConnection.open("127.0.0.1", cfg.port("mda", "lmtp"), "t")
+    res = await conn.deliver(envid, "s@x.org", ["alice@example.test"], data)
+    await conn.quit()
+    return res.replies[0].code
+
+
+async def test_a_copy_a_machine_crash_left_torn_is_removed_at_start_and_delivered_again(
+        cfg: Config) -> None:
+    """The mda's start checks the journal lines after its checkpoint: a copy renamed but
+    shorter than its name says (the machine kept the rename, not the data, and the 250 never
+    went out) is removed and its line cancelled, so the mta's retry delivers it anew; a whole
+    one of the same batch stays, and its retry makes no second copy."""
+    add_user(cfg, "alice@example.test")
+    new = Path(cfg.data_dir / "mail" / "example.test" / "alice" / "new")
+    async with running("mda", cfg):
+        assert await _lmtp_deliver(cfg, "QTORN", b"Subject: torn\r\n\r\nbody\r\n") == 250
+        assert await _lmtp_deliver(cfg, "QWHOLE", b"Subject: whole\r\n\r\nbody\r\n") == 250
+    # the state a machine crash can leave: the checkpoint from before the batch, one file
+    # renamed but without its data
+    (cfg.data_dir / "mda" / "delivered" / "checkpoint").unlink()
+    [torn] = [p for p in new.iterdir() if b"Subject: torn" in p.read_bytes()]
+    torn.write_bytes(b"Return-Path: <s@x.org>\n")
+    async with running("mda", cfg) as mda:
+        assert "removed 1 of 2 copies not made durable before their 250" in mda.log()
+        assert not torn.exists() and len(list(new.iterdir())) == 1
+        for envid in ("QTORN", "QWHOLE"):  # the mta's retries
+            assert await _lmtp_deliver(cfg, envid, f"Subject: {envid}\r\n\r\n".encode()) == 250
+    copies = sorted(p.read_bytes() for p in new.iterdir())
+    assert len(copies) == 2, copies
+    assert b"Subject: QTORN" in copies[0] + copies[1]  # delivered anew
+    assert b"Subject: QWHOLE" not in copies[0] + copies[1]  # already there: not again
+    async with running("mda", cfg) as mda:  # a clean start checks nothing
+        assert "after a crash" not in mda.log()

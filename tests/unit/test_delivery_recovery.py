@@ -179,3 +179,28 @@ def test_a_retry_of_a_torn_copy_in_tmp_delivers_afresh(tmp_path: Path) -> None:
     assert [m.key for m in box.scan()] == [again.path.name]
     assert not (box.root / "tmp" / key).exists()
     assert DeliveryLog(tmp_path / "dlog").lookup("Q1", "a@x.test") == again.path.name
+
+
+def test_a_failed_append_does_not_glue_half_a_line_to_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A journal write that fails part-way (a full disk) leaves half a line; the next append
+    starts on a line of its own, so its record is found after a restart."""
+    dlog = DeliveryLog(tmp_path / "dlog")
+    dlog.record_many([("Q0", "a@x.test", "k0")])
+    real = os.write
+    calls = []
+
+    def half(fd: int, data: bytes) -> int:
+        if not calls:
+            calls.append(1)
+            return real(fd, bytes(data)[:5])  # the first piece goes …
+        raise OSError(28, "No space left on device")  # … then the disk is full
+
+    monkeypatch.setattr(os, "write", half)
+    with pytest.raises(OSError):
+        dlog.record_many([("Q1", "a@x.test", "k1")])
+    monkeypatch.setattr(os, "write", real)
+    dlog.record_many([("Q2", "a@x.test", "k2")])
+    restarted = DeliveryLog(tmp_path / "dlog")
+    assert restarted.lookup("Q2", "a@x.test") == "k2"
+    assert restarted.lookup("Q0", "a@x.test") == "k0"
