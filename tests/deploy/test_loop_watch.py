@@ -61,7 +61,8 @@ async def test_a_long_stall_names_where_the_loop_was(tmp_path: Path) -> None:
     await asyncio.gather(watcher, return_exceptions=True)
     # a busy machine can add stalls of its own (the process not scheduled): one of them is ours
     stalls = [r for r in records(path) if r["ms"] >= 40]
-    assert any("_spin_in_the_loop" in st for r in stalls for st in r["stacks"]), stalls
+    # (a stall that ended before the watchdog sampled it has no stacks)
+    assert any("_spin_in_the_loop" in st for r in stalls for st in r.get("stacks", ())), stalls
 
 
 def pop3_client(cfg: Config) -> None:
