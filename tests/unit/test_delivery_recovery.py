@@ -204,3 +204,18 @@ def test_a_failed_append_does_not_glue_half_a_line_to_the_next(
     restarted = DeliveryLog(tmp_path / "dlog")
     assert restarted.lookup("Q2", "a@x.test") == "k2"
     assert restarted.lookup("Q0", "a@x.test") == "k0"
+
+
+def test_lines_written_after_the_journal_was_emptied_are_checked(tmp_path: Path) -> None:
+    """A test stack's reset() empties the journal under a running mda: a checkpoint from
+    before would point past the end, and the lines written since would go unchecked."""
+    dlog = DeliveryLog(tmp_path / "dlog")
+    dlog.record_many([(f"Q{n}", "a@x.test", f"k{n}", "/m") for n in range(20)])
+    dlog.checkpoint()
+    for journal in (tmp_path / "dlog").glob("*.log"):
+        os.truncate(journal, 0)
+    dlog.record_many([("QNEW", "a@x.test", "knew", "/m")])  # then a crash, no checkpoint
+    assert DeliveryLog(tmp_path / "dlog").after_checkpoint() == {
+        ("QNEW", "a@x.test"): ("knew", "/m")}
+    dlog.checkpoint()
+    assert DeliveryLog(tmp_path / "dlog").after_checkpoint() == {}
