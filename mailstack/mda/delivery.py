@@ -59,7 +59,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from ..mta.queue import queue_id_time
-from ..runtime.fsutil import fsync_dir
+from ..runtime.fsutil import fsync_dir, fsync_file
 from ..store.maildir import (
     INFO_SEP,
     Maildir,
@@ -112,8 +112,8 @@ class DeliveryLog:
         self._day = ""
         self._pos = 0  # the size of today's file
         self._checkpoint_fd: int | None = None
-        #: where the checkpoint stays after a batch whose copies may not all be durable
-        self._held: Position | None = None
+        #: the checkpoint stays where it is: a batch's copies may not all be durable
+        self._held = False
         self._torn = False  # the last append failed part-way
         self._lock = threading.Lock()
 
@@ -144,8 +144,8 @@ class DeliveryLog:
                         line = data[at:end if end >= 0 else len(data)]
             except OSError:
                 continue
-            rest = line[len(needle):].decode("utf-8", "replace").split()
-            return rest[0] if rest else None
+            parsed = _parse_line(bytes(line))
+            return parsed[2] if parsed else None
         return None
 
     def record_many(self, records: Sequence[tuple[str, ...]]) -> None:
@@ -166,9 +166,9 @@ class DeliveryLog:
         made = queue_id_time(envid)
         return made is not None and made < self.started
 
-    def append(self, records: Sequence[tuple[str, ...]]) -> Position:
+    def append(self, records: Sequence[tuple[str, ...]]) -> None:
         """Append ``(envid, rcpt, key[, maildir])`` records with one write, not synced
-        (:meth:`sync`); :meth:`lookup` finds them at once. Returns where they start."""
+        (:meth:`sync`); :meth:`lookup` finds them at once."""
         data = "".join(_line(*r) for r in records).encode()
         with self._lock:
             day = time.strftime("%Y%m%d", time.gmtime())
@@ -192,13 +192,11 @@ class DeliveryLog:
             self._torn = False
             # the file's end as the kernel sees it (a test stack's reset() truncates it)
             self._pos = os.lseek(self._fd, 0, os.SEEK_CUR)
-            start = (self._day, self._pos - len(data))
             index = self._index
             for envid, rcpt, key, *_ in records:
                 index[(envid, rcpt)] = key
             while len(index) > self.RECENT:  # forget the oldest (dicts keep insertion order)
                 del index[next(iter(index))]
-        return start
 
     def cancel(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Cancel the lines of ``(envid, rcpt)`` pairs whose copies were taken back (the mta
@@ -211,7 +209,7 @@ class DeliveryLog:
         """Every line so far has its copy durable (or is cancelled): :func:`recover` need not
         look at them. A no-op while :meth:`hold` keeps the checkpoint back."""
         with self._lock:
-            if self._held is not None:
+            if self._held:
                 return
             if self._fd is None:  # nothing appended yet by this process: today's file ends
                 self._day = time.strftime("%Y%m%d", time.gmtime())
@@ -226,12 +224,11 @@ class DeliveryLog:
                                                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 os.pwrite(self._checkpoint_fd, text.encode(), 0)
 
-    def hold(self, at: Position) -> None:
-        """Keep the checkpoint before ``at`` until the next start: the batch there may have
-        copies that are not durable, which :func:`recover` must look at after a crash."""
+    def hold(self) -> None:
+        """Keep the checkpoint where it is until the next start: the batch just appended may
+        have copies that are not durable, which :func:`recover` must look at after a crash."""
         with self._lock:
-            if self._held is None:
-                self._held = at
+            self._held = True
 
     def after_checkpoint(self) -> dict[tuple[str, str], tuple[str, str]]:
         """``(envid, rcpt) → (key, maildir)`` of the journal lines after the checkpoint whose
@@ -427,10 +424,11 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str 
                 fds[i] = outcome
         journal = [(c.envid or "", c.rcpt, c.key, c.root)
                    for c in (copies[i] for i in ok if logged[i])]
-        at: Position | None = None
+        appended = False
         if journal and dlog is not None:
             try:
-                at = dlog.append(journal)
+                dlog.append(journal)
+                appended = True
             except OSError as exc:
                 for i in [i for i in ok if logged[i]]:
                     _forget_fd(fds, i)
@@ -455,7 +453,7 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str 
         syncs: list[tuple[object, Callable[[], object]]] = [
             (i, partial(os.fsync, fd)) for i, fd in fds.items()]
         syncs += [(directory, partial(fsync_dir, directory)) for directory in renamed]
-        if at is not None and dlog is not None:
+        if appended and dlog is not None:
             syncs.append(("journal", dlog.sync))
         errors = _run_side_by_side(syncs)
         taken_back: list[tuple[str, str]] = []
@@ -471,9 +469,9 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str 
                 # renamed but maybe not durable: the mta retries, the journal finds the copy
                 error = errors.get(directory) or (errors.get("journal") if logged[i] else None)
                 results[i] = error or f"{directory}/{c.key}"
-        if dlog is not None and at is not None:
+        if appended and dlog is not None:
             if any(isinstance(r, OSError) for r in results):
-                dlog.hold(at)  # recover() looks at this batch after a crash
+                dlog.hold()  # recover() looks at this batch after a crash
             if taken_back:
                 dlog.cancel(taken_back)
             dlog.checkpoint()
@@ -532,17 +530,17 @@ def recover(data_dir: Path, dlog: DeliveryLog) -> tuple[int, int]:
             continue
         for pair, key in entries:
             if key in new:
-                path = f"{root}/new/{key}"
+                sub, name = "new", key
             elif key in cur:
-                path = f"{root}/cur/{cur[key]}"
+                sub, name = "cur", cur[key]
             elif key in tmp:
-                path = f"{root}/tmp/{key}"
+                sub, name = "tmp", key  # never renamed: never got its 250
             else:
                 continue  # renamed, read and deleted: a user's choice, not a loss
-            if path.startswith(f"{root}/tmp/") or not _whole(path, key):
+            if sub == "tmp" or not _whole(f"{root}/{sub}/{name}", key):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                touched.add(path.rsplit("/", 1)[0])
+                    os.unlink(f"{root}/{sub}/{name}")
+                touched.add(f"{root}/{sub}")
                 taken_back.append(pair)
     for directory in touched:
         with contextlib.suppress(OSError):
@@ -581,7 +579,7 @@ def _complete(box: Maildir, key: str) -> Path | None:
         if not _whole(str(tmp), key):
             tmp.unlink(missing_ok=True)
             return None
-        _fsync_file(tmp)  # its fsync may not have happened before the crash
+        fsync_file(tmp)  # its fsync may not have happened before the crash
         os.rename(tmp, box.root / "new" / key)
         fsync_dir(box.root / "new")
         return box.root / "new" / key
@@ -590,17 +588,9 @@ def _complete(box: Maildir, key: str) -> Path | None:
         return box.root / "new" / key
     path = found.path(box.root)
     with contextlib.suppress(FileNotFoundError):  # a batch whose syncs failed left it here
-        _fsync_file(path)
+        fsync_file(path)
         fsync_dir(path.parent)
     return path
-
-
-def _fsync_file(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 #: threads that write and fsync the files of one batch side by side: concurrent fsyncs share
