@@ -11,6 +11,9 @@ message: greeting, EHLO, MAIL/RCPT/DATA, QUIT, as inbound MX traffic mostly arri
   DATA), server CPU per message (mta + mda), the benchmark client's own CPU per message, and
   the peak memory (VmHWM) of each daemon.
 
+``--no-copy-log`` sets ``[mda] copy_log = false`` (each copy's file, ``new/`` and journal line
+synced before ``250``, as before the copy log).
+
 ``--queue`` sets ``[mta] direct_delivery = 0``: every message is queued (fsynced) before
 ``250`` and the queue runner hands it to the mda afterwards, as before issue 18.
 
@@ -173,6 +176,9 @@ def main() -> None:
     ap.add_argument("--connect", action="store_true", help="a new connection per message")
     ap.add_argument("--queue", action="store_true",
                     help="queue every message first ([mta] direct_delivery = 0)")
+    ap.add_argument("--no-copy-log", action="store_true",
+                    help="sync each copy's file, new/ and journal line instead of the copy log "
+                         "([mda] copy_log = false)")
     ap.add_argument("--sink", action="store_true",
                     help="also drive a bare aiosmtpd + uvloop sink, interleaved, as a reference")
     ap.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -188,7 +194,8 @@ def main() -> None:
                    f'data_dir = "{tmp / "data"}"\nbind = ["127.0.0.1"]\nlog_level = "warning"\n'
                    f"[mta]\nsmtp = {smtp}\nsubmission = 0\nsubmissions = 0\n"
                    + ("direct_delivery = 0\n" if args.queue else "") +
-                   f"[mda]\nlmtp = {lmtp}\n[imap]\nimap = 0\nimaps = 0\n[pop3]\npop3 = 0\n"
+                   f"[mda]\nlmtp = {lmtp}\n"
+                   + ("copy_log = false\n" if args.no_copy_log else "") + "[imap]\nimap = 0\nimaps = 0\n[pop3]\npop3 = 0\n"
                    "pop3s = 0\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = [sys.executable, "-m", "mailstack"]
@@ -205,7 +212,8 @@ def main() -> None:
             wait_port(sink_port, sink)
         inbox = tmp / "data" / "mail" / "example.test" / "sink" / "new"
         mode = ("a new connection per message" if args.connect else "connections reused") \
-            + (", queued first" if args.queue else "")
+            + (", queued first" if args.queue else "") \
+            + (", no copy log" if args.no_copy_log else "")
         print(f"mailstack SMTP→Maildir benchmark: {args.n} messages of {len(BODY)} B per round,"
               f" {mode}, {args.rounds} rounds, fsync on; medians")
         print(f"{'C':>4} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8}"

@@ -212,6 +212,12 @@ class MDASection:
     bind: tuple[str, ...] = ("127.0.0.1",)
     quota: Size = Size(0)  # 0: no quota
     quota_messages: int = 0  # messages an account may hold (0: no limit)
+    #: copies durable before ``250`` with one flush of a preallocated log (mda/copylog.py);
+    #: false: each copy's file, ``new/`` and journal line are synced instead
+    copy_log: bool = True
+    #: each of the copy log's two files (written full of zeros when the log is made; a log
+    #: keeps the size it was made with)
+    copy_log_size: Size = Size(8 * 1024**2)
 
 
 @dataclass(frozen=True)
@@ -622,6 +628,9 @@ def load(path: str | os.PathLike[str] | None = None, *, port_offset: int = 0,
     if not sections["mta"].lmtp and not mda.socket and not mda.lmtp:
         raise ConfigError(f"{source}: the mta has nowhere to deliver local mail: set [mda].socket "
                           "(the default), [mda].lmtp or [mta].lmtp")
+    if not 256 * 1024 <= mda.copy_log_size <= 1024**3 or mda.copy_log_size % 4096:
+        raise ConfigError(f"{source}: [mda] copy_log_size = {int(mda.copy_log_size)}: use a "
+                          "whole number of 4 KiB between 256KiB and 1GiB (e.g. \"8MiB\")")
     return _capture_domains(Config(**sections, faults=faults, port_offset=port_offset,
                                    source=source))
 

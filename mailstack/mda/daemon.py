@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,18 @@ from ..runtime import unixsock
 from ..runtime.groupcommit import GroupCommit
 from ..runtime.netserver import BindError, format_sockname, limiter_for, start_server
 from . import vacation
+from .copylog import CopyLog
 from .delivery import (
     Copy,
     Delivered,
     DeliveryLog,
+    checkpoint_copies,
     commit_copies,
     mailbox_dir,
     mailbox_usage_count,
     prepare,
     recover,
+    recover_copies,
     valid_envid,
 )
 from .lmtp import MultiReplyLMTP, PerRecipient
@@ -53,13 +57,18 @@ class DeliveryHandler:
         self.cfg = cfg
         self.users = users
         self.dlog = dlog
+        #: the copy log, once it is open (until then copies are synced the other way)
+        self.copylog: CopyLog | None = None
         # sparse copies are committed in the event loop (no thread trip), concurrent ones
         # together in the commit thread
         self.committer: GroupCommit[Copy, str] = GroupCommit(
-            partial(commit_copies, dlog=dlog), name="mda-commit", inline_below=INLINE_BELOW)
+            self._commit_batch, name="mda-commit", inline_below=INLINE_BELOW)
         #: (queue id, recipient) of copies being committed: a concurrent repeat waits for them
         self._in_flight: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
+
+    def _commit_batch(self, copies: Sequence[Copy]) -> list[str | OSError]:
+        return commit_copies(copies, self.dlog, self.copylog)
 
     def resolve(self, address: str) -> str | None:
         """The account a recipient address delivers to, or None."""
@@ -166,13 +175,20 @@ class DeliveryHandler:
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
     users = UserDB(cfg.data_dir / "users")
     dlog = DeliveryLog(cfg.data_dir / "mda" / "delivered")
+    handler = DeliveryHandler(cfg, users, dlog)
+    tasks: list[asyncio.Task[None]] = []
+    copies = cfg.data_dir / "mda" / "copies"
+    if cfg.mda.copy_log and CopyLog.exists(copies):  # its records are checked before mail
+        await _open_copy_log(handler, copies, int(cfg.mda.copy_log_size))
+    elif cfg.mda.copy_log:  # the first start: its files are written while mail comes in
+        tasks.append(asyncio.create_task(_open_copy_log(handler, copies,
+                                                        int(cfg.mda.copy_log_size))))
     checked, removed = await asyncio.to_thread(recover, cfg.data_dir, dlog)
     if removed:
         log.warning("after a crash: removed %d of %d copies not made durable before their 250 "
                     "(the mta delivers them again)", removed, checked)
     elif checked:
         log.info("after a crash: the %d copies of the last deliveries are whole", checked)
-    handler = DeliveryHandler(cfg, users, dlog)
     (cfg.data_dir / "mail").mkdir(parents=True, exist_ok=True)
 
     limiter = limiter_for(cfg)
@@ -208,17 +224,62 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             for s in srv.sockets:
                 log.info("listening on %s (lmtp over TCP: no authentication)",
                          format_sockname(s.getsockname()))
-    pruner = asyncio.create_task(_prune_forever(dlog))
+    tasks.append(asyncio.create_task(_prune_forever(dlog)))
+    tasks.append(asyncio.create_task(_checkpoint_forever(handler)))
     await stop.wait()
-    pruner.cancel()
-    handler.committer.close()
+    for task in tasks:
+        task.cancel()
     for srv in servers:
         srv.close()
     for srv in servers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(srv.wait_closed(), 5)
+    handler.committer.close()
+    if handler.copylog is not None:  # a clean stop leaves nothing for the next start to check
+        try:
+            await asyncio.to_thread(checkpoint_copies, handler.copylog, dlog)
+        except OSError as exc:
+            log.warning("copy log: no checkpoint at stop: %s", exc)
     if path is not None:
         unixsock.remove(path)
+
+
+#: how often the copies delivered since the last checkpoint are synced (one ``syncfs``)
+CHECKPOINT_EVERY = 1.0
+
+
+async def _open_copy_log(handler: DeliveryHandler, directory: Path, size: int) -> None:
+    """Open the copy log (written full of zeros at the first start), rebuild what a crash
+    left of its last copies, and let the handler use it."""
+    dlog = handler.dlog
+    try:
+        copylog = await asyncio.to_thread(CopyLog, directory, size)
+        checked, rebuilt = await asyncio.to_thread(recover_copies, handler.cfg.data_dir,
+                                                   copylog, dlog)
+    except OSError as exc:
+        log.warning("copy log %s: cannot open it (%s); each copy is synced on its own instead",
+                  directory, exc)
+        return
+    if rebuilt:
+        log.warning("after a crash: rebuilt %d of the %d last copies from the copy log "
+                    "(their 250 had gone out)", rebuilt, checked)
+    elif checked:
+        log.info("after a crash: the %d copies of the copy log's last records are whole",
+                 checked)
+    copylog.on_full = partial(checkpoint_copies, copylog, dlog, in_commit=True)
+    handler.copylog = copylog
+    log.info("copy log ready: %s (two files of %d KiB)", directory, copylog.segment_size // 1024)
+
+
+async def _checkpoint_forever(handler: DeliveryHandler) -> None:
+    while True:
+        await asyncio.sleep(CHECKPOINT_EVERY)
+        if handler.copylog is None:
+            continue
+        try:
+            await asyncio.to_thread(checkpoint_copies, handler.copylog, handler.dlog)
+        except OSError as exc:
+            log.warning("copy log: checkpoint failed (%s); trying again", exc)
 
 
 async def _prune_forever(dlog: DeliveryLog) -> None:

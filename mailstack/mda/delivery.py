@@ -6,13 +6,18 @@ Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta name
 1. write ``tmp/KEY`` (not yet synced);
 2. append ``<queue id> <recipient> KEY <Maildir>`` to the delivery journal (not yet synced);
 3. rename ``tmp/KEY`` → ``new/KEY``;
-4. fsync the file, fsync ``new/`` and fdatasync the journal, side by side; only then the
-   ``250``.
+4. with the copy log (:mod:`.copylog`, the default): append the copy to it and fdatasync it,
+   one data flush; the file, the rename and the line are synced within a second by the
+   checkpointer's ``syncfs`` (:func:`checkpoint_copies`), and after a crash of the machine
+   :func:`recover_copies` rebuilds them from the log. Without it (``[mda] copy_log = false``,
+   a copy too big for the log, a Maildir on another file system): fsync the file, fsync
+   ``new/`` and fdatasync the journal, side by side. Only then the ``250``.
 
-The three syncs of step 4 wait for one file-system commit, which carries the file, the rename
-and the journal line together: one device flush on the way to ``250`` instead of two (the
-file's fsync before the rename, then the rest) — on this project's ext4 test machine, beside
-other work, 440-560 against 670-2,000 µs (medians of 300 alternating chains). The copy is
+What follows is about the second way. The three syncs of step 4 wait for one file-system
+commit, which carries the file, the rename and the journal line together: one device flush
+on the way to ``250`` instead of two (the file's fsync before the rename, then the rest) —
+on this project's ext4 test machine, beside other work, 440-560 against 670-2,000 µs
+(medians of 300 alternating chains). The copy is
 visible in ``new/`` an instant before it is durable; until the ``250`` the mta has not let
 go of the message.
 
@@ -59,7 +64,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from ..mta.queue import queue_id_time
-from ..runtime.fsutil import fsync_dir, fsync_file
+from ..runtime.fsutil import fsync_dir, fsync_file, syncfs
 from ..store.maildir import (
     INFO_SEP,
     Maildir,
@@ -71,6 +76,7 @@ from ..store.maildir import (
     to_lf,
     unique_name,
 )
+from .copylog import CopyLog
 
 log = logging.getLogger("mailstack.mda")
 
@@ -205,19 +211,26 @@ class DeliveryLog:
             self.append([(envid, rcpt, CANCELLED) for envid, rcpt in pairs])
             self.sync()
 
-    def checkpoint(self) -> None:
-        """Every line so far has its copy durable (or is cancelled): :func:`recover` need not
-        look at them. A no-op while :meth:`hold` keeps the checkpoint back."""
+    def position(self) -> Position:
+        """Where the journal ends now."""
         with self._lock:
-            if self._held:
-                return
             if self._fd is None:  # nothing appended yet by this process: today's file ends
                 self._day = time.strftime("%Y%m%d", time.gmtime())
                 try:
                     self._pos = os.stat(self.dir / f"{self._day}.log").st_size
                 except FileNotFoundError:
                     self._pos = 0
-            text = f"{self._day} {self._pos}".ljust(39) + "\n"
+            return (self._day, self._pos)
+
+    def checkpoint(self, position: Position | None = None) -> None:
+        """Every line before ``position`` (default: so far) has its copy durable (or is
+        cancelled): :func:`recover` need not look at them. A no-op while :meth:`hold` keeps
+        the checkpoint back."""
+        day, pos = position or self.position()
+        with self._lock:
+            if self._held:
+                return
+            text = f"{day} {pos}".ljust(39) + "\n"
             with contextlib.suppress(OSError):  # advisory: an old one only means more checks
                 if self._checkpoint_fd is None:
                     self._checkpoint_fd = os.open(self.dir / "checkpoint",
@@ -233,7 +246,14 @@ class DeliveryLog:
     def after_checkpoint(self) -> dict[tuple[str, str], tuple[str, str]]:
         """``(envid, rcpt) → (key, maildir)`` of the journal lines after the checkpoint whose
         copies :func:`recover` must check (the last line of each pair; cancelled pairs and
-        lines without a Maildir left out). Without a readable checkpoint: the last two days."""
+        lines without a Maildir left out), oldest first. Without a readable checkpoint: the
+        last two days."""
+        return {pair: line for pair, line in self.lines_after_checkpoint().items()
+                if line[0] != CANCELLED and line[1]}
+
+    def lines_after_checkpoint(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """``(envid, rcpt) → (key, maildir)`` of the last line of each pair after the
+        checkpoint, cancelled ones (key ``-``) included."""
         since = self._read_checkpoint()
         if since is None:
             since = (time.strftime("%Y%m%d", time.gmtime(time.time() - 86400)), 0)
@@ -254,10 +274,8 @@ class DeliveryLog:
                 if parsed is None:
                     continue
                 envid, rcpt, key, root = parsed
-                if key == CANCELLED:
-                    found.pop((envid, rcpt), None)
-                elif root:
-                    found[(envid, rcpt)] = (key, root)
+                found.pop((envid, rcpt), None)  # the last line of a pair counts
+                found[(envid, rcpt)] = (key, root)
         return found
 
     def _read_checkpoint(self) -> Position | None:
@@ -402,14 +420,24 @@ def find_copy(root: str, envid: str, rcpt: str) -> str | None:
     return None
 
 
-def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str | OSError]:
-    """Make prepared copies durable together (steps 1 to 4 of the module docstring, batched).
+def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None,
+                  copylog: CopyLog | None = None) -> list[str | OSError]:
+    """Make prepared copies durable together (the module docstring's steps, batched).
 
-    Every file is written, one journal append covers them all, each is renamed into ``new/``,
-    then the files, the ``new/`` directories and the journal are synced side by side. Returns,
-    per copy, its path in ``new/`` or the OSError that stopped it (the mta will retry; a copy
-    already renamed is then found through the journal).
+    Every file is written, one journal append covers them all, each is renamed into ``new/``.
+    Then, with a copy log, the copies it takes are appended to it (one fdatasync, see
+    :mod:`.copylog`); the others' files, their ``new/`` directories and the journal are synced
+    side by side. Returns, per copy, its path in ``new/`` or the OSError that stopped it (the
+    mta will retry; a copy already renamed is then found through the journal).
     """
+    if copylog is not None:  # the checkpointer reads the positions between batches only
+        with copylog.commit_lock:
+            return _commit(copies, dlog, copylog)
+    return _commit(copies, dlog, None)
+
+
+def _commit(copies: Sequence[Copy], dlog: DeliveryLog | None,
+            copylog: CopyLog | None) -> list[str | OSError]:
     results: list[str | OSError] = [OSError("not committed")] * len(copies)
     logged = [bool(c.envid) and dlog is not None for c in copies]
     fds: dict[int, int] = {}  # copies whose file is synced in step 4: its open descriptor
@@ -436,6 +464,8 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str 
                         os.unlink(f"{copies[i].root}/tmp/{copies[i].key}")
                     results[i] = exc
                 ok = [i for i in ok if not logged[i]]
+        # copies the copy log takes: its marker moves before any of them is renamed
+        batch, in_log = _mark(copylog, [i for i in ok if logged[i] and _fits(copylog, copies[i])])
         renamed: dict[str, list[int]] = {}
         for i in ok:
             c = copies[i]
@@ -444,22 +474,34 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str 
             except OSError as exc:
                 results[i] = exc
                 _forget_fd(fds, i)
+                in_log.discard(i)
                 if not logged[i]:  # else a retry completes it from tmp/ (its line says so)
                     with contextlib.suppress(OSError):
                         os.unlink(f"{c.root}/tmp/{c.key}")
                 continue
             renamed.setdefault(f"{c.root}/new", []).append(i)
-        # step 4: one file-system commit carries the files, the renames and the journal lines
+        # step 4: one device flush for the copy log's copies; one file-system commit carries
+        # the other files, their renames and their journal lines
         syncs: list[tuple[object, Callable[[], object]]] = [
-            (i, partial(os.fsync, fd)) for i, fd in fds.items()]
-        syncs += [(directory, partial(fsync_dir, directory)) for directory in renamed]
-        if appended and dlog is not None:
+            (i, partial(os.fsync, fd)) for i, fd in fds.items() if i not in in_log]
+        syncs += [(directory, partial(fsync_dir, directory))
+                  for directory, members in renamed.items()
+                  if any(i not in in_log for i in members)]
+        if appended and dlog is not None and any(logged[i] and i not in in_log for i in ok):
             syncs.append(("journal", dlog.sync))
+        if in_log and copylog is not None:
+            records = [(c.envid or "", c.rcpt, c.key, c.root, c.disk)
+                       for c in (copies[i] for i in sorted(in_log))]
+            syncs.append(("copylog", partial(copylog.append, records, batch)))
         errors = _run_side_by_side(syncs)
         taken_back: list[tuple[str, str]] = []
         for directory, members in renamed.items():
             for i in members:
                 c = copies[i]
+                if i in in_log:  # durable in the copy log, or (an error) found by the retry
+                    error = errors.get("copylog")
+                    results[i] = error or f"{directory}/{c.key}"
+                    continue
                 if i in errors:  # the file's data may not be on disk: take the copy back
                     with contextlib.suppress(OSError):
                         os.unlink(f"{directory}/{c.key}")
@@ -474,12 +516,40 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None) -> list[str 
                 dlog.hold()  # recover() looks at this batch after a crash
             if taken_back:
                 dlog.cancel(taken_back)
-            dlog.checkpoint()
+            if copylog is None:  # else the checkpointer moves it, after its syncfs
+                dlog.checkpoint()
     finally:
         for fd in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
     return results
+
+
+def _fits(copylog: CopyLog | None, copy: Copy) -> bool:
+    """Whether the copy log can take ``copy``: not too big, and on the log's file system
+    (the marker orders only that file system's metadata)."""
+    return copylog is not None and not copylog.broken and copylog.fits(len(copy.disk)) \
+        and _device(copy.root) == copylog.device
+
+
+@lru_cache(maxsize=4096)
+def _device(root: str) -> int:
+    try:
+        return os.stat(root).st_dev
+    except OSError:
+        return -1
+
+
+def _mark(copylog: CopyLog | None, members: list[int]) -> tuple[int, set[int]]:
+    """Move the copy log's marker for a batch of ``members``: (its number, the members the
+    log takes: none when the marker could not move, and they are synced the other way)."""
+    if copylog is None or not members:
+        return 0, set()
+    try:
+        return copylog.mark(), set(members)
+    except OSError as exc:
+        log.warning("copy log: cannot move its marker (%s); syncing these copies instead", exc)
+        return 0, set()
 
 
 def _forget_fd(fds: dict[int, int], i: int) -> None:
@@ -557,6 +627,135 @@ def _whole(path: str, key: str) -> bool:
         return size is None or os.stat(path).st_size == size
     except FileNotFoundError:
         return True  # moved or deleted by a user meanwhile
+
+
+def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple[int, int]:
+    """After a crash: make the copies of the copy log's records after its checkpoint whole
+    again (see :mod:`.copylog`), before :func:`recover` and before the mda takes mail; then
+    start the log's next generation. Returns (records checked, copies rebuilt).
+
+    A copy found anywhere in its account (``new/``, ``cur/``, another folder) is compared
+    with its record and rewritten in place (its name, so its flags, kept) when it differs; one
+    still in ``tmp/`` is rewritten and renamed into ``new/``; one that is nowhere is rebuilt
+    in ``new/`` when the marker says its batch never became visible, and left alone when the
+    marker says it did (a user read and deleted or moved it). Each rebuilt copy keeps, or
+    gets again, its journal line, so the mta's retry hears "already delivered"."""
+    records = copylog.pending()
+    rebuilt = 0
+    if records:
+        lines = dlog.lines_after_checkpoint()
+        mail = os.path.realpath(data_dir / "mail") + os.sep
+        places: dict[str, _Places] = {}
+        touched: set[str] = set()
+        relined: list[tuple[str, str, str, str]] = []
+        for rec in records:
+            line = lines.get((rec.envid, rec.rcpt))
+            if line is not None and line[0] != rec.key:
+                continue  # cancelled or superseded by a later copy
+            root = rec.root
+            if not os.path.realpath(root).startswith(mail) or not os.path.isdir(f"{root}/tmp"):
+                continue  # the mailbox is gone (its account was deleted)
+            where = places.setdefault(root, _Places(root)).find(rec.key)
+            if where is None and rec.batch <= copylog.batch:
+                continue  # renamed, then read and deleted (or moved) by a user
+            if where is None or where.startswith(f"{root}/tmp/"):
+                _rewrite(f"{root}/tmp/{rec.key}", rec.data)
+                os.rename(f"{root}/tmp/{rec.key}", f"{root}/new/{rec.key}")
+                touched.add(f"{root}/new")
+                rebuilt += 1
+            elif _read(where) != rec.data:
+                part = f"{root}/tmp/{rec.key}.rebuilt"
+                _rewrite(part, rec.data)
+                os.rename(part, where)
+                touched.add(os.path.dirname(where))
+                rebuilt += 1
+            if line is None:
+                relined.append((rec.envid, rec.rcpt, rec.key, root))
+        for directory in touched:
+            fsync_dir(directory)
+        if relined:
+            dlog.append(relined)
+            dlog.sync()
+    copylog.begin()
+    return len(records), rebuilt
+
+
+class _Places:
+    """Where the copies of one account are: its INBOX, then (only when asked) its folders."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.names: dict[str, str] | None = None  # key → path, INBOX's new/, cur/ and tmp/
+        self.folders: dict[str, str] | None = None
+
+    def find(self, key: str) -> str | None:
+        if self.names is None:
+            self.names = {}
+            for sub in ("tmp", "cur", "new"):  # new/ last: it wins over a stale tmp/ name
+                self.names.update(_listing(f"{self.root}/{sub}"))
+        if key in self.names:
+            return self.names[key]
+        if self.folders is None:
+            self.folders = {}
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(self.root):
+                    if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                        for sub in ("cur", "new"):
+                            self.folders.update(_listing(f"{entry.path}/{sub}"))
+        return self.folders.get(key)
+
+
+def _listing(directory: str) -> dict[str, str]:
+    try:
+        return {name.partition(INFO_SEP)[0]: f"{directory}/{name}"
+                for name in os.listdir(directory)}
+    except OSError:
+        return {}
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _rewrite(path: str, data: bytes) -> None:
+    """Write ``path`` afresh with ``data`` and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_checkpoint_lock = threading.Lock()
+
+
+def checkpoint_copies(copylog: CopyLog, dlog: DeliveryLog, *, in_commit: bool = False) -> bool:
+    """Make every copy so far durable with one ``syncfs`` and move the copy log's and the
+    journal's checkpoints past them. False when there was nothing new.
+
+    The positions are read between two batches (``in_commit``: the committer calls this itself,
+    when the log needs its other segment; every file and rename of its batch is made)."""
+    with _checkpoint_lock:
+        if in_commit:
+            pos, jpos = copylog.position(), dlog.position()
+        else:
+            with copylog.commit_lock:
+                pos, jpos = copylog.position(), dlog.position()
+        if pos <= copylog.checkpointed:
+            return False
+        syncfs(copylog.dir)
+        if os.stat(dlog.dir).st_dev != copylog.device:
+            syncfs(dlog.dir)
+        copylog.checkpoint(pos)
+        dlog.checkpoint(jpos)
+        return True
 
 
 def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,

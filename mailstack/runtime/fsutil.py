@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+from functools import lru_cache
 from pathlib import Path
 
 #: every process of mailstack (daemons and CLI) creates files 0600 and directories 0700: mail,
@@ -31,6 +33,31 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def syncfs(path: str | os.PathLike[str]) -> None:
+    """Make everything written to the file system holding ``path`` durable: data, creations,
+    renames and unlinks of every file on it, with one journal commit (Linux ``syncfs(2)``;
+    ``sync()`` of every file system where it is missing)."""
+    call = _syncfs_call()
+    if call is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if call(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+@lru_cache(maxsize=1)
+def _syncfs_call():  # type: ignore[no-untyped-def]
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
 
 
 def write_fsync(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:

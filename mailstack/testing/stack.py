@@ -42,6 +42,7 @@ from argon2 import PasswordHasher
 from ..accounts.authlimit import connect_counts, db_path, forget_all
 from ..accounts.users import UserDB, normalize_address
 from ..config import _SECTION_TYPES, SECTION_ALIASES, Config, load
+from ..mda.copylog import skip_pending
 from ..mta.lmtp_client import LMTPConnection
 from ..mta.queue import new_queue_id
 from ..runtime import chaos
@@ -417,7 +418,9 @@ class MailStack:
                        "log_level": self.log_level},
             "mta": {"smtp": p["smtp"], "submission": p["submission"],
                     "submissions": p["submissions"], "retry_initial": "1s", "retry_max": "2s"},
-            "mda": {"lmtp": p["lmtp"]}, "imap": {"imap": p["imap"], "imaps": p["imaps"]},
+            # a small copy log: its two files are written full of zeros at the first start
+            "mda": {"lmtp": p["lmtp"], "copy_log_size": "1MiB"},
+            "imap": {"imap": p["imap"], "imaps": p["imaps"]},
             "pop3": {"pop3": p["pop3"], "pop3s": p["pop3s"]}, "http": {"http": 0, "https": 0},
             "capture": {"enabled": self.capture, "outbound": not (self.capture or self.relay),
                         "address": CAPTURE_ADDRESS, "password": CAPTURE_PASSWORD},
@@ -794,6 +797,8 @@ class MailStack:
         if mta and queued:  # the runner forgets entries that are gone from disk (`queue flush`)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(mta, signal.SIGUSR1)
+        # no later start of the mda may rebuild the copies of before the reset
+        skip_pending(data / "mda" / "copies")
         journal = data / "mda" / "delivered"
         if journal.exists():
             for path in journal.iterdir():

@@ -100,11 +100,13 @@ async def _lmtp_deliver(cfg: Config, envid: str, data: bytes) -> int:
 
 
 async def test_a_copy_a_machine_crash_left_torn_is_removed_at_start_and_delivered_again(
-        cfg: Config) -> None:
-    """The mda's start checks the journal lines after its checkpoint: a copy renamed but
-    shorter than its name says (the machine kept the rename, not the data, and the 250 never
-    went out) is removed and its line cancelled, so the mta's retry delivers it anew; a whole
-    one of the same batch stays, and its retry makes no second copy."""
+        config_factory) -> None:
+    """Without the copy log, the mda's start checks the journal lines after its checkpoint: a
+    copy renamed but shorter than its name says (the machine kept the rename, not the data,
+    and the 250 never went out) is removed and its line cancelled, so the mta's retry
+    delivers it anew; a whole one of the same batch stays, and its retry makes no second
+    copy."""
+    cfg = config_factory("[mda]\ncopy_log = false\n")
     add_user(cfg, "alice@example.test")
     new = Path(cfg.data_dir / "mail" / "example.test" / "alice" / "new")
     async with running("mda", cfg):
@@ -124,5 +126,42 @@ async def test_a_copy_a_machine_crash_left_torn_is_removed_at_start_and_delivere
     assert len(copies) == 2, copies
     assert b"Subject: QTORN" in copies[0] + copies[1]  # delivered anew
     assert b"Subject: QWHOLE" not in copies[0] + copies[1]  # already there: not again
+    async with running("mda", cfg) as mda:  # a clean start checks nothing
+        assert "after a crash" not in mda.log()
+
+
+async def test_copies_a_machine_crash_lost_after_their_250_are_rebuilt_from_the_copy_log(
+        cfg: Config) -> None:
+    """With the copy log, a 250 follows one flush of the log; the copy's file, its rename and
+    its journal line are synced later. A crash of the machine in between can lose any of
+    them: the next start rebuilds the copies from the log, and the mta's retries (which may
+    never have heard the 250s) make no second copy."""
+    add_user(cfg, "alice@example.test")
+    new = Path(cfg.data_dir / "mail" / "example.test" / "alice" / "new")
+    copies = cfg.data_dir / "mda" / "copies"
+    async with running("mda", cfg) as mda:
+        await mda.wait_log("copy log ready")
+        before = (copies / "checkpoint").read_bytes()
+        assert await _lmtp_deliver(cfg, "QLOST", b"Subject: lost\r\n\r\nbody\r\n") == 250
+        assert await _lmtp_deliver(cfg, "QTORN", b"Subject: torn\r\n\r\nbody\r\n") == 250
+    # what the crash kept: the checkpoint and the marker of before both batches, no journal
+    # line, no trace of the first copy and the second one's name without its data
+    (copies / "checkpoint").write_bytes(before)
+    [marker] = copies.glob("batch.*")
+    os.rename(marker, copies / f"batch.{int(marker.name[6:]) - 2}")
+    for journal in (cfg.data_dir / "mda" / "delivered").glob("*.log"):
+        os.truncate(journal, 0)
+    [lost] = [p for p in new.iterdir() if b"Subject: lost" in p.read_bytes()]
+    [torn] = [p for p in new.iterdir() if b"Subject: torn" in p.read_bytes()]
+    whole = sorted([lost.read_bytes(), torn.read_bytes()])
+    lost.unlink()
+    os.truncate(torn, 0)
+    async with running("mda", cfg) as mda:
+        assert "rebuilt 2 of the 2 last copies from the copy log" in mda.log()
+        assert sorted(p.read_bytes() for p in new.iterdir()) == whole
+        for envid in ("QLOST", "QTORN"):  # the mta's retries
+            assert await _lmtp_deliver(cfg, envid, b"Subject: again\r\n\r\n") == 250
+        await mda.wait_log("already delivered", count=2)
+    assert sorted(p.read_bytes() for p in new.iterdir()) == whole
     async with running("mda", cfg) as mda:  # a clean start checks nothing
         assert "after a crash" not in mda.log()

@@ -1,0 +1,346 @@
+"""The copy log (mailstack.mda.copylog): one flush before 250, and every state a crash of the
+machine can leave turned back into exactly one whole copy at the mda's next start.
+
+A crash cannot be staged in a test; its outcomes can. Each test commits copies through the
+real commit path, then leaves the files the way the file system may keep them when the
+machine dies before the next checkpoint, and starts "the next mda" on them."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from mailstack.mda import copylog as copylog_mod
+from mailstack.mda.copylog import BLOCK, CopyLog, encode, scan, skip_pending
+from mailstack.mda.delivery import (
+    Delivered,
+    DeliveryLog,
+    checkpoint_copies,
+    commit_copies,
+    prepare,
+    recover,
+    recover_copies,
+)
+from mailstack.store.maildir import INFO_SEP, Maildir, create_user_mailbox
+
+MSG = b"Subject: s\r\n\r\nbody\r\n"
+SEGMENT = 64 * 1024
+
+
+class Mda:
+    """What one mda process holds: its journal and its copy log, recovered at start."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.dlog = DeliveryLog(data / "mda" / "delivered")
+        self.clog = CopyLog(data / "mda" / "copies", SEGMENT)
+        self.checked, self.rebuilt = recover_copies(data, self.clog, self.dlog)
+
+    def deliver(self, qid: str, body: bytes = MSG, rcpt: str = "a@x.test") -> str:
+        ready = prepare(self.data, rcpt, rcpt, "s@y.test", body, qid, self.dlog)
+        assert not isinstance(ready, Delivered)
+        [result] = commit_copies([ready], self.dlog, self.clog)
+        assert isinstance(result, str), result
+        return ready.key
+
+    def retry(self, qid: str, body: bytes = MSG, rcpt: str = "a@x.test") -> Delivered | str:
+        ready = prepare(self.data, rcpt, rcpt, "s@y.test", body, qid, self.dlog)
+        if isinstance(ready, Delivered):
+            return ready
+        [result] = commit_copies([ready], self.dlog, self.clog)
+        return result  # type: ignore[return-value]
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Maildir:
+    return create_user_mailbox(tmp_path, "a@x.test")
+
+
+def _copies(box: Maildir) -> list[bytes]:
+    return [m.path(box.root).read_bytes() for m in box.scan()]
+
+
+def _lose_journal(data: Path) -> None:
+    """The crash kept none of the journal's lines since its last sync."""
+    for path in (data / "mda" / "delivered").glob("*.log"):
+        os.truncate(path, 0)
+
+
+def _roll_marker_back(data: Path, batches: int) -> None:
+    """The crash kept the marker's rename of ``batches`` batches ago, not the later ones."""
+    directory = data / "mda" / "copies"
+    [marker] = directory.glob("batch.*")
+    os.rename(marker, directory / f"batch.{int(marker.name[6:]) - batches}")
+
+
+# --- the log's format ---------------------------------------------------------------------
+
+def test_batches_start_on_block_boundaries_and_a_scan_starts_where_asked() -> None:
+    one = encode([("Q1", "a@x", "k1", "/m", b"x" * 10), ("Q2", "b@x", "k2", "/m", b"y")],
+                 gen=3, batch=7, salt=42)
+    two = encode([("Q3", "c@x", "k3", "/m", b"z" * 5000)], gen=3, batch=8, salt=42)
+    assert len(one) == BLOCK and len(two) == 2 * BLOCK
+    segment = one + two + bytes(BLOCK)
+    records, ident = scan(segment)
+    assert ident == (3, 42)
+    assert [(r.envid, r.rcpt, r.key, r.root, r.data, r.batch) for r in records] == [
+        ("Q1", "a@x", "k1", "/m", b"x" * 10, 7), ("Q2", "b@x", "k2", "/m", b"y", 7),
+        ("Q3", "c@x", "k3", "/m", b"z" * 5000, 8)]
+    assert [r.envid for r in scan(segment, since=(3, BLOCK))[0]] == ["Q3"]
+    assert scan(segment, since=(4, 0)) == ([], (3, 42))
+    assert scan(bytes(BLOCK)) == ([], None)
+
+
+def test_a_scan_reads_neither_an_older_generation_nor_a_record_crafted_inside_a_message() -> None:
+    """What follows the newest records in a reused segment is the older generation's; a
+    message may hold bytes shaped like a record (the format is public). Neither is read: a
+    record must carry the generation and the random salt of the one at offset 0."""
+    newer = encode([("Q2", "a@x", "k2", "/m", b"new")], gen=5, batch=2, salt=1111)
+    older = encode([("Q0", "a@x", "k0", "/m", b"old")] * 3, gen=3, batch=1, salt=2222)
+    assert [r.envid for r in scan(newer + older[len(newer):])[0]] == ["Q2"]
+    forged = encode([("Q9", "evil@x", "k9", "/etc", b"pwned")], gen=5, batch=3, salt=9999)
+    assert [r.envid for r in scan(newer + forged)[0]] == ["Q2"]
+    honest = encode([("Q3", "a@x", "k3", "/m", b"next")], gen=5, batch=3, salt=1111)
+    assert [r.envid for r in scan(newer + honest)[0]] == ["Q2", "Q3"]
+
+
+def test_a_torn_batch_ends_the_scan_and_the_batches_before_it_stay() -> None:
+    first = encode([("Q1", "a@x", "k1", "/m", b"one")], gen=1, batch=1, salt=5)
+    second = bytearray(encode([("Q2", "a@x", "k2", "/m", b"two" * 100)], gen=1, batch=2,
+                              salt=5))
+    second[60] ^= 0xFF  # the crash kept part of the write
+    assert [r.envid for r in scan(first + bytes(second))[0]] == ["Q1"]
+
+
+def test_the_log_goes_on_in_its_other_segment_once_the_checkpoint_has_passed_it(
+        tmp_path: Path) -> None:
+    clog = CopyLog(tmp_path / "copies", SEGMENT)
+    clog.begin()
+    flushes: list[tuple[int, int]] = []
+
+    def checkpoint() -> None:
+        flushes.append(clog.position())
+        clog.checkpoint(clog.position())
+
+    clog.on_full = checkpoint
+    body = b"x" * 3000
+    for n in range(60):  # one block each: 16 a segment, so three switches
+        clog.append([(f"Q{n}", "a@x", f"k{n}", "/m", body)], n)
+    assert len(flushes) == 2  # the first switch found the other segment already passed
+    assert clog.position()[0] == 4 and clog.position()[1] == 12 * BLOCK
+    reopened = CopyLog(tmp_path / "copies", SEGMENT)
+    assert [r.envid for r in reopened.pending()] == [f"Q{n}" for n in range(48, 60)]
+    clog.on_full = None
+    with pytest.raises(OSError, match="checkpoint did not move"):
+        for n in range(60, 80):
+            clog.append([(f"Q{n}", "a@x", f"k{n}", "/m", body)], n)
+
+
+def test_the_checkpoint_never_moves_back_and_skip_pending_passes_every_record(
+        tmp_path: Path) -> None:
+    clog = CopyLog(tmp_path / "copies", SEGMENT)
+    clog.begin()
+    clog.append([("Q1", "a@x", "k1", "/m", b"one")], 1)
+    clog.append([("Q2", "a@x", "k2", "/m", b"two")], 2)
+    later = clog.position()
+    clog.checkpoint(later)
+    clog.checkpoint((later[0], 0))
+    assert CopyLog(tmp_path / "copies", SEGMENT).checkpointed == later
+    clog.append([("Q3", "a@x", "k3", "/m", b"three")], 3)
+    assert [r.envid for r in CopyLog(tmp_path / "copies", SEGMENT).pending()] == ["Q3"]
+    skip_pending(tmp_path / "copies")
+    assert CopyLog(tmp_path / "copies", SEGMENT).pending() == []
+
+
+# --- the commit path ----------------------------------------------------------------------
+
+def test_a_copy_is_in_the_mailbox_in_the_journal_and_in_the_log(tmp_path: Path,
+                                                               box: Maildir) -> None:
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    assert (box.root / "new" / key).read_bytes().endswith(b"body\n")
+    assert mda.dlog.lookup("Q1", "a@x.test") == key
+    [record] = CopyLog(tmp_path / "mda" / "copies", SEGMENT).pending()
+    assert (record.key, record.data) == (key, (box.root / "new" / key).read_bytes())
+    assert isinstance(mda.retry("Q1"), Delivered)  # the mta's retry: no second copy
+
+
+def test_a_copy_too_big_for_the_log_is_synced_the_other_way(tmp_path: Path,
+                                                             box: Maildir) -> None:
+    mda = Mda(tmp_path)
+    big = b"Subject: big\r\n\r\n" + b"x" * (SEGMENT // 8) + b"\r\n"
+    key = mda.deliver("QBIG", big)
+    assert (box.root / "new" / key).exists()
+    assert CopyLog(tmp_path / "mda" / "copies", SEGMENT).pending() == []
+
+
+def test_a_failed_flush_of_the_log_fails_the_copy_and_its_retry_finds_it(
+        tmp_path: Path, box: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No 250 without the flush: the mta retries and the copy already in new/ is made durable
+    the other way; the log takes no more copies until the next start."""
+    mda = Mda(tmp_path)
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(copylog_mod.os, "fdatasync", eio)
+    ready = prepare(tmp_path, "a@x.test", "a@x.test", "s@y.test", MSG, "Q1", mda.dlog)
+    [result] = commit_copies([ready], mda.dlog, mda.clog)
+    monkeypatch.undo()
+    assert isinstance(result, OSError) and mda.clog.broken
+    again = mda.retry("Q1")
+    assert isinstance(again, Delivered) and again.duplicate
+    key = mda.deliver("Q2")  # synced the other way
+    assert (box.root / "new" / key).exists() and len(box.scan()) == 2
+
+
+def test_a_checkpoint_leaves_nothing_for_the_next_start(tmp_path: Path, box: Maildir) -> None:
+    mda = Mda(tmp_path)
+    mda.deliver("Q1")
+    assert checkpoint_copies(mda.clog, mda.dlog)
+    assert not checkpoint_copies(mda.clog, mda.dlog)  # nothing new
+    after = Mda(tmp_path)
+    assert (after.checked, after.rebuilt) == (0, 0)
+    assert after.dlog.after_checkpoint() == {}
+
+
+# --- recovery: every state a crash can leave -----------------------------------------------
+
+def test_whole_copies_are_left_alone(tmp_path: Path, box: Maildir) -> None:
+    mda = Mda(tmp_path)
+    keys = [mda.deliver("Q1"), mda.deliver("Q2")]
+    after = Mda(tmp_path)
+    assert (after.checked, after.rebuilt) == (2, 0)
+    assert sorted(m.key for m in box.scan()) == sorted(keys)
+    assert Mda(tmp_path).checked == 0  # the start moved the checkpoint
+
+
+@pytest.mark.parametrize("where", ["new", "cur"])
+def test_a_copy_whose_data_was_lost_is_rebuilt_under_its_name(tmp_path: Path, box: Maildir,
+                                                             where: str) -> None:
+    """The rename survived, the data did not (an empty file): the 250 went out, so the copy
+    is rebuilt from the log — flagged by an imap daemon meanwhile, it keeps its flags."""
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    whole = (box.root / "new" / key).read_bytes()
+    if where == "cur":
+        box.set_flags(box.find(key), "S")  # type: ignore[arg-type]
+    [msg] = box.scan()
+    path = msg.path(box.root)
+    os.truncate(path, 0)
+    after = Mda(tmp_path)
+    assert (after.checked, after.rebuilt) == (1, 1)
+    assert path.read_bytes() == whole
+    assert [m.path(box.root) for m in box.scan()] == [path]
+    assert recover(tmp_path, after.dlog) == (1, 0)  # then the journal's check finds it whole
+
+
+def test_a_copy_whose_creation_was_lost_is_rebuilt_and_its_retry_makes_no_second(
+        tmp_path: Path, box: Maildir) -> None:
+    """Nothing of the batch's files, renames, journal line or marker survived; only the
+    log's record did, and with it the 250."""
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    whole = (box.root / "new" / key).read_bytes()
+    (box.root / "new" / key).unlink()
+    _lose_journal(tmp_path)
+    _roll_marker_back(tmp_path, 1)
+    after = Mda(tmp_path)
+    assert (after.checked, after.rebuilt) == (1, 1)
+    assert _copies(box) == [whole]
+    again = after.retry("Q1")  # the mta, which may never have heard the 250
+    assert isinstance(again, Delivered) and again.duplicate
+    assert len(box.scan()) == 1
+
+
+def test_a_copy_whose_rename_was_lost_is_rebuilt_into_new(tmp_path: Path,
+                                                          box: Maildir) -> None:
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    whole = (box.root / "new" / key).read_bytes()
+    os.rename(box.root / "new" / key, box.root / "tmp" / key)
+    os.truncate(box.root / "tmp" / key, 3)
+    after = Mda(tmp_path)
+    assert after.rebuilt == 1
+    assert (box.root / "new" / key).read_bytes() == whole
+    assert not (box.root / "tmp" / key).exists()
+
+
+def test_a_copy_a_user_deleted_stays_deleted(tmp_path: Path, box: Maildir) -> None:
+    """The marker says the batch reached new/, so a copy that is nowhere was read and deleted
+    by a user (its journal line lost or not): nothing is rebuilt."""
+    mda = Mda(tmp_path)
+    mda.deliver("Q1")
+    [msg] = box.scan()
+    msg.path(box.root).unlink()
+    _lose_journal(tmp_path)
+    after = Mda(tmp_path)
+    assert (after.checked, after.rebuilt) == (1, 0)
+    assert box.scan() == []
+
+
+def test_a_copy_a_user_moved_to_another_folder_is_repaired_there(tmp_path: Path,
+                                                                 box: Maildir) -> None:
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    whole = (box.root / "new" / key).read_bytes()
+    archive = box.root / ".Archive"
+    for sub in ("cur", "new", "tmp"):
+        (archive / sub).mkdir(parents=True)
+    moved = archive / "cur" / f"{key}{INFO_SEP}S"
+    os.rename(box.root / "new" / key, moved)
+    os.truncate(moved, 0)
+    after = Mda(tmp_path)
+    assert after.rebuilt == 1 and moved.read_bytes() == whole
+    assert box.scan() == []
+
+
+def test_a_cancelled_copy_and_a_deleted_account_are_not_rebuilt(tmp_path: Path,
+                                                                box: Maildir) -> None:
+    mda = Mda(tmp_path)
+    create_user_mailbox(tmp_path, "b@x.test")
+    key = mda.deliver("Q1")
+    mda.deliver("Q2", rcpt="b@x.test")
+    (box.root / "new" / key).unlink()
+    mda.dlog.cancel([("Q1", "a@x.test")])  # taken back: the mta delivers it again
+    gone = tmp_path / "mail" / "x.test" / "b"
+    for path in sorted(gone.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    gone.rmdir()
+    _roll_marker_back(tmp_path, 2)
+    after = Mda(tmp_path)
+    assert (after.checked, after.rebuilt) == (2, 0)
+    assert box.scan() == [] and not gone.exists()
+
+
+def test_the_journal_check_keeps_a_rebuilt_copy(tmp_path: Path, box: Maildir) -> None:
+    """The mda's start runs the log's recovery first: the journal's check (which removes a
+    copy of the wrong size, one that never got its 250) then finds every rebuilt copy whole."""
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    path = box.root / "new" / key
+    whole = path.read_bytes()
+    path.write_bytes(whole[:5])
+    after = Mda(tmp_path)
+    assert recover(tmp_path, after.dlog) == (1, 0)
+    assert path.read_bytes() == whole
+
+
+def test_a_disk_without_room_for_the_log_gets_none_and_nothing_is_left_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two log files never take the last free space of a small disk: the mda then syncs each
+    copy on its own (the daemon logs why)."""
+    real = os.statvfs
+
+    def small(path: object) -> os.statvfs_result:
+        st = real(path)  # type: ignore[arg-type]
+        return os.statvfs_result((st.f_bsize, 4096, 1000, 100, 100, 100, 100, 100, 0, 255))
+
+    monkeypatch.setattr(copylog_mod.os, "statvfs", small)
+    with pytest.raises(OSError, match="free for two log files"):
+        CopyLog(tmp_path / "copies", SEGMENT)
+    assert not CopyLog.exists(tmp_path / "copies")
+    assert list((tmp_path / "copies").iterdir()) == []
