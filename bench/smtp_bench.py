@@ -195,8 +195,8 @@ def main() -> None:
                    f"[mta]\nsmtp = {smtp}\nsubmission = 0\nsubmissions = 0\n"
                    + ("direct_delivery = 0\n" if args.queue else "") +
                    f"[mda]\nlmtp = {lmtp}\n"
-                   + ("copy_log = false\n" if args.no_copy_log else "") + "[imap]\nimap = 0\nimaps = 0\n[pop3]\npop3 = 0\n"
-                   "pop3s = 0\n")
+                   + ("copy_log = false\n" if args.no_copy_log else "")
+                   + "[imap]\nimap = 0\nimaps = 0\n[pop3]\npop3 = 0\npop3s = 0\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = [sys.executable, "-m", "mailstack"]
     subprocess.run([*run, "user", "add", "sink@example.test", "--password-stdin", "--config",

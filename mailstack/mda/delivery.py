@@ -76,7 +76,7 @@ from ..store.maildir import (
     to_lf,
     unique_name,
 )
-from .copylog import CopyLog
+from .copylog import CopyLog, Record
 
 log = logging.getLogger("mailstack.mda")
 
@@ -635,8 +635,9 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
     start the log's next generation. Returns (records checked, copies rebuilt).
 
     A copy found anywhere in its account (``new/``, ``cur/``, another folder) is compared
-    with its record and rewritten in place (its name, so its flags, kept) when it differs; one
-    still in ``tmp/`` is rewritten and renamed into ``new/``; one that is nowhere is rebuilt
+    with its record; when it differs, a whole one takes its place under a new key (its flags
+    kept, see :func:`_replace_copy`); one still in ``tmp/`` is rewritten and renamed into
+    ``new/``; one that is nowhere is rebuilt
     in ``new/`` when the marker says its batch never became visible, and left alone when the
     marker says it did (a user read and deleted or moved it). Each rebuilt copy keeps, or
     gets again, its journal line, so the mta's retry hears "already delivered"."""
@@ -664,11 +665,11 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
                 touched.add(f"{root}/new")
                 rebuilt += 1
             elif _read(where) != rec.data:
-                part = f"{root}/tmp/{rec.key}.rebuilt"
-                _rewrite(part, rec.data)
-                os.rename(part, where)
+                key = _replace_copy(root, where, rec, places[root])
                 touched.add(os.path.dirname(where))
+                relined.append((rec.envid, rec.rcpt, key, root))
                 rebuilt += 1
+                continue
             if line is None:
                 relined.append((rec.envid, rec.rcpt, rec.key, root))
         for directory in touched:
@@ -680,6 +681,25 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
     return len(records), rebuilt
 
 
+def _replace_copy(root: str, where: str, rec: Record, places: _Places) -> str:
+    """Put a whole copy of ``rec`` beside the damaged one at ``where`` under a new key (its
+    flags kept) and remove the damaged one; returns the new key. A new name, not the old
+    one rewritten: an imap daemon that started first may have indexed the damaged file, and
+    a new name is what makes every face see it go and the whole copy arrive."""
+    name = os.path.basename(where)
+    key = unique_name(len(rec.data), crlf_size(rec.data))
+    _rewrite(f"{root}/tmp/{key}", rec.data)
+    os.rename(f"{root}/tmp/{key}", f"{os.path.dirname(where)}/{key}{name[len(rec.key):]}")
+    try:
+        os.unlink(where)
+    except FileNotFoundError:  # an imap daemon moved it from new/ to cur/ meanwhile
+        moved = places.refresh().find(rec.key)
+        if moved is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(moved)
+    return key
+
+
 class _Places:
     """Where the copies of one account are: its INBOX, then (only when asked) its folders."""
 
@@ -687,6 +707,11 @@ class _Places:
         self.root = root
         self.names: dict[str, str] | None = None  # key → path, INBOX's new/, cur/ and tmp/
         self.folders: dict[str, str] | None = None
+
+    def refresh(self) -> _Places:
+        """Forget the listings (list again at the next :meth:`find`)."""
+        self.names = self.folders = None
+        return self
 
     def find(self, key: str) -> str | None:
         if self.names is None:

@@ -219,23 +219,30 @@ def test_whole_copies_are_left_alone(tmp_path: Path, box: Maildir) -> None:
 
 
 @pytest.mark.parametrize("where", ["new", "cur"])
-def test_a_copy_whose_data_was_lost_is_rebuilt_under_its_name(tmp_path: Path, box: Maildir,
-                                                             where: str) -> None:
-    """The rename survived, the data did not (an empty file): the 250 went out, so the copy
-    is rebuilt from the log — flagged by an imap daemon meanwhile, it keeps its flags."""
+def test_a_copy_whose_data_was_lost_is_replaced_by_a_whole_one_with_its_flags(
+        tmp_path: Path, box: Maildir, where: str) -> None:
+    """The rename survived, the data did not (an empty file): the 250 went out, so a whole
+    copy is rebuilt from the log, under a new name (an imap daemon that started first may
+    have indexed the empty file: it sees that one go and the whole one come); flagged by an
+    imap daemon before the crash, it keeps its flags."""
     mda = Mda(tmp_path)
     key = mda.deliver("Q1")
     whole = (box.root / "new" / key).read_bytes()
     if where == "cur":
         box.set_flags(box.find(key), "S")  # type: ignore[arg-type]
     [msg] = box.scan()
-    path = msg.path(box.root)
-    os.truncate(path, 0)
+    damaged = msg.path(box.root)
+    os.truncate(damaged, 0)
     after = Mda(tmp_path)
     assert (after.checked, after.rebuilt) == (1, 1)
-    assert path.read_bytes() == whole
-    assert [m.path(box.root) for m in box.scan()] == [path]
+    [rebuilt] = box.scan()
+    assert rebuilt.key != key and not damaged.exists()
+    assert rebuilt.path(box.root).read_bytes() == whole
+    assert rebuilt.path(box.root).parent == damaged.parent
+    assert rebuilt.flags == ("S" if where == "cur" else "")
     assert recover(tmp_path, after.dlog) == (1, 0)  # then the journal's check finds it whole
+    again = after.retry("Q1")  # the journal names the new copy: no third one
+    assert isinstance(again, Delivered) and again.duplicate and len(box.scan()) == 1
 
 
 def test_a_copy_whose_creation_was_lost_is_rebuilt_and_its_retry_makes_no_second(
@@ -294,7 +301,9 @@ def test_a_copy_a_user_moved_to_another_folder_is_repaired_there(tmp_path: Path,
     os.rename(box.root / "new" / key, moved)
     os.truncate(moved, 0)
     after = Mda(tmp_path)
-    assert after.rebuilt == 1 and moved.read_bytes() == whole
+    assert after.rebuilt == 1 and not moved.exists()
+    [there] = list((archive / "cur").iterdir())
+    assert there.name.endswith(f"{INFO_SEP}S") and there.read_bytes() == whole
     assert box.scan() == []
 
 
@@ -326,7 +335,7 @@ def test_the_journal_check_keeps_a_rebuilt_copy(tmp_path: Path, box: Maildir) ->
     path.write_bytes(whole[:5])
     after = Mda(tmp_path)
     assert recover(tmp_path, after.dlog) == (1, 0)
-    assert path.read_bytes() == whole
+    assert _copies(box) == [whole]
 
 
 def test_a_disk_without_room_for_the_log_gets_none_and_nothing_is_left_behind(
