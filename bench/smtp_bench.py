@@ -179,6 +179,9 @@ def main() -> None:
     ap.add_argument("--no-copy-log", action="store_true",
                     help="sync each copy's file, new/ and journal line instead of the copy log "
                          "([mda] copy_log = false)")
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="where the stack's temporary data directory goes (its file system "
+                         "decides whether the mda's copy log is used)")
     ap.add_argument("--sink", action="store_true",
                     help="also drive a bare aiosmtpd + uvloop sink, interleaved, as a reference")
     ap.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -187,7 +190,7 @@ def main() -> None:
         serve_sink(args.serve_sink)
         return
 
-    tmp = Path(tempfile.mkdtemp(prefix="mailstack-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="mailstack-bench-", dir=args.dir))
     smtp, lmtp = free_port(), free_port()
     cfg = tmp / "bench.toml"
     cfg.write_text(f'[server]\nhostname = "mx.example.test"\ndomains = ["example.test"]\n'
@@ -247,6 +250,8 @@ def main() -> None:
                          f" {statistics.median(sink_cpu):>8.0f}"
                          f" {statistics.median(ratios):>6.2f}")
             print(line, flush=True)
+        used = (tmp / "data" / "mda" / "copies" / "0.seg").exists()
+        print(f"copy log: {'used' if used else 'not used'} ({tmp})")
         for name, p in procs.items():
             print(f"{name}: peak memory {proc_hwm_mib(p.pid):.1f} MiB, CPU user "
                   f"{proc_cpu(p.pid, 'user'):.1f} s, system {proc_cpu(p.pid, 'system'):.1f} s")

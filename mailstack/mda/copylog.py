@@ -16,10 +16,11 @@ One question needs more than the bytes: a record whose copy is nowhere. Either t
 lost the copy's creation, or a user read and deleted (or moved) it. The **marker** answers it:
 a file ``batch.<n>``, renamed to ``batch.<n+1>`` after a batch's files are created and before
 they are renamed into ``new/``. File-system metadata survives a crash in the order it was
-made (ext4 and XFS journal it in order), and no face can touch a copy before it is in
-``new/``; so a marker that reached a batch means its files were created, and one that did not
-means none of its copies became visible. Copies on another file system than the log get no
-record (they are synced before ``250`` instead).
+made where a journal of metadata keeps them (XFS, ext4 with a journal), and no face can touch
+a copy before it is in ``new/``; so a marker that reached a batch means its files were
+created, and one that did not means none of its copies became visible. The mda uses the log
+only on such a file system (:func:`mailstack.runtime.fsutil.metadata_order`), and copies on
+another file system than the log get no record (they are synced before ``250`` instead).
 
 Records: a 32-byte header (magic, length, generation, batch, salt, CRC-32 of the rest) and the
 body (envid, recipient, key and Maildir, length-prefixed, then the copy). Each batch starts on

@@ -24,7 +24,8 @@ from aiosmtpd.smtp import Envelope, Session
 
 from ..accounts.users import UserDB, resolve_recipient
 from ..config import Config
-from ..runtime import unixsock
+from ..runtime import testhooks, unixsock
+from ..runtime.fsutil import metadata_order
 from ..runtime.groupcommit import GroupCommit
 from ..runtime.netserver import BindError, format_sockname, limiter_for, start_server
 from . import vacation
@@ -178,11 +179,12 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     handler = DeliveryHandler(cfg, users, dlog)
     tasks: list[asyncio.Task[None]] = []
     copies = cfg.data_dir / "mda" / "copies"
-    if cfg.mda.copy_log and CopyLog.exists(copies):  # its records are checked before mail
-        await _open_copy_log(handler, copies, int(cfg.mda.copy_log_size))
-    elif cfg.mda.copy_log:  # the first start: its files are written while mail comes in
+    use = cfg.mda.copy_log and _metadata_in_order(copies.parent)
+    if CopyLog.exists(copies):  # its records are checked before mail comes in
+        await _open_copy_log(handler, copies, int(cfg.mda.copy_log_size), use)
+    elif use:  # the first start: its files are written while mail comes in
         tasks.append(asyncio.create_task(_open_copy_log(handler, copies,
-                                                        int(cfg.mda.copy_log_size))))
+                                                        int(cfg.mda.copy_log_size), use)))
     checked, removed = await asyncio.to_thread(recover, cfg.data_dir, dlog)
     if removed:
         log.warning("after a crash: removed %d of %d copies not made durable before their 250 "
@@ -248,9 +250,22 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
 CHECKPOINT_EVERY = 1.0
 
 
-async def _open_copy_log(handler: DeliveryHandler, directory: Path, size: int) -> None:
+def _metadata_in_order(directory: Path) -> bool:
+    """Whether the copy log may be used: see :mod:`.copylog` (the marker's order)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ordered, what = metadata_order(directory)
+    if testhooks.PRETEND_ORDERED:
+        return True
+    if not ordered:
+        log.info("copy log off: %s is on %s, which may not keep metadata changes in order "
+                 "through a crash; each copy is synced on its own", directory, what)
+    return ordered
+
+
+async def _open_copy_log(handler: DeliveryHandler, directory: Path, size: int,
+                         use: bool) -> None:
     """Open the copy log (written full of zeros at the first start), rebuild what a crash
-    left of its last copies, and let the handler use it."""
+    left of its last copies, and let the handler use it (``use``; else it is only read)."""
     dlog = handler.dlog
     try:
         copylog = await asyncio.to_thread(CopyLog, directory, size)
@@ -266,6 +281,9 @@ async def _open_copy_log(handler: DeliveryHandler, directory: Path, size: int) -
     elif checked:
         log.info("after a crash: the %d copies of the copy log's last records are whole",
                  checked)
+    if not use:
+        copylog.close()
+        return
     copylog.on_full = partial(checkpoint_copies, copylog, dlog, in_commit=True)
     handler.copylog = copylog
     log.info("copy log ready: %s (two files of %d KiB)", directory, copylog.segment_size // 1024)

@@ -60,6 +60,59 @@ def _syncfs_call():  # type: ignore[no-untyped-def]
         return None
 
 
+#: file systems that journal every metadata change (create, rename, unlink) and replay it in
+#: order after a crash: what survives is always everything up to some point
+_ORDERED = {"xfs": "XFS"}
+_EXT = ("ext4", "ext3")
+
+
+def metadata_order(path: str | os.PathLike[str]) -> tuple[bool, str]:
+    """Whether the file system holding ``path`` keeps its metadata changes in order through a
+    crash (what the mda's copy log relies on), and what it is, for the log: XFS, and ext4 or
+    ext3 with a journal, do; ext4 without a journal, btrfs, overlayfs, tmpfs, network file
+    systems are not known to."""
+    mount = _mount_of(os.path.realpath(path))
+    if mount is None:
+        return False, "an unknown file system"
+    fstype, device = mount
+    if fstype in _ORDERED:
+        return True, _ORDERED[fstype]
+    if fstype in _EXT:
+        name = _block_device_name(device)
+        if name and any(Path("/proc/fs/jbd2").glob(f"{name}-*")):
+            return True, f"{fstype} with a journal ({name})"
+        return False, f"{fstype} without a journal ({name or device})"
+    return False, fstype
+
+
+def _mount_of(path: str) -> tuple[str, str] | None:
+    """(type, major:minor) of the mount holding ``path`` (from /proc/self/mountinfo)."""
+    best: tuple[int, str, str] | None = None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        try:
+            sep = fields.index("-")
+        except ValueError:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), fields[sep + 1], fields[2])
+    return None if best is None else (best[1], best[2])
+
+
+def _block_device_name(device: str) -> str:
+    """``vda``, ``loop0``… for a ``major:minor``; "" when it is not a block device."""
+    try:
+        return os.path.basename(os.readlink(f"/sys/dev/block/{device}"))
+    except OSError:
+        return ""
+
+
 def write_fsync(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
     """Create ``path`` exclusively, write ``data`` and fsync it (not its directory)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)

@@ -1,0 +1,45 @@
+"""The mda's copy log only where the file system keeps metadata changes in order through a
+crash (mailstack/mda/copylog.py: the batch marker relies on it): a real ext4 with a journal
+uses it, a tmpfs does not (and neither does this project's own test machine, an ext4 without
+a journal: the other tests set MAILSTACK_TEST_ORDERED_METADATA where they need the log)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mailstack.config import Config
+from mailstack.mda.copylog import CopyLog
+from mailstack.mta.lmtp_client import LMTPConnection
+from mailstack.runtime.fsutil import metadata_order
+
+from ..conftest import add_user, running
+
+
+async def _deliver(cfg: Config, envid: str) -> int:
+    conn = await LMTPConnection.open("127.0.0.1", cfg.port("mda", "lmtp"), "t")
+    res = await conn.deliver(envid, "s@x.org", ["alice@example.test"],
+                             b"Subject: fs\r\n\r\nbody\r\n")
+    await conn.quit()
+    return res.replies[0].code
+
+
+async def test_a_journaled_ext4_gets_the_copy_log(config_factory, journaled_ext4: Path) -> None:
+    assert metadata_order(journaled_ext4)[0]
+    cfg: Config = config_factory(f'[server]\ndata_dir = "{journaled_ext4 / "data"}"\n'
+                                 '[mda]\ncopy_log_size = "1MiB"\n')
+    add_user(cfg, "alice@example.test")
+    async with running("mda", cfg) as mda:
+        await mda.wait_log("copy log ready")
+        assert await _deliver(cfg, "QEXT4") == 250
+        [record] = CopyLog(cfg.data_dir / "mda" / "copies").pending()
+        assert record.envid == "QEXT4" and record.data.endswith(b"body\n")
+
+
+async def test_a_tmpfs_gets_none_and_says_why(config_factory, small_fs: Path) -> None:
+    assert metadata_order(small_fs) == (False, "tmpfs")
+    cfg: Config = config_factory(f'[server]\ndata_dir = "{small_fs / "data"}"\n')
+    add_user(cfg, "alice@example.test")
+    async with running("mda", cfg) as mda:
+        assert await _deliver(cfg, "QTMPFS") == 250
+        assert "copy log off" in mda.log() and "on tmpfs, which may not keep" in mda.log()
+    assert not CopyLog.exists(cfg.data_dir / "mda" / "copies")
