@@ -20,10 +20,17 @@ import pytest
 from mailstack.accounts.users import UserDB
 from mailstack.config import Config, load
 from mailstack.runtime.daemon import load_serve
+from mailstack.runtime.testhooks import ORDERED_ENV
 from mailstack.runtime.tls import client_context, ensure_tls_files
 from mailstack.store.maildir import create_user_mailbox
 from mailstack.testing.launcher import get_launcher
 from mailstack.testing.ports import free_port
+
+# Every daemon of the suite uses the mda's copy log, as on a production file system that
+# keeps metadata in order (this project's test machine is an ext4 without a journal, where
+# the mda would sync each copy on its own); tests/deploy/test_copy_log_fs.py checks the
+# detection itself.
+os.environ.setdefault(ORDERED_ENV, "1")
 
 PORT_KEYS = {
     "mta": ("smtp", "submission", "submissions"),
@@ -47,6 +54,7 @@ def write_config(tmp_path: Path, extra: str = "", *, domains: tuple[str, ...] = 
     for section, keys in PORT_KEYS.items():
         sections[section] = {k: str(free_port()) for k in keys}
     sections["mta"].update(retry_initial='"1s"', retry_max='"2s"')
+    sections["mda"]["copy_log_size"] = '"1MiB"'  # written full of zeros at the first start
     current = None
     for raw in extra.strip().splitlines():
         line = raw.strip()
@@ -210,6 +218,7 @@ async def running(name: str, cfg: Config, *, env: Mapping[str, str] | None = Non
     log_path = logs / f"{name}-{next(_log_counter)}.log"
     kind = launcher or LAUNCHER
     lnch = get_launcher(kind)
+    env = {ORDERED_ENV: os.environ.get(ORDERED_ENV, ""), **(env or {})}  # launchers drop it
     pid = await asyncio.to_thread(lnch.spawn, name, Path(cfg.source), log_path, env)
     daemon = Daemon(name, cfg, pid, log_path)
     wanted = list(ready) if ready is not None else \

@@ -1,7 +1,7 @@
 """The mda's copy log only where the file system keeps metadata changes in order through a
 crash (mailstack/mda/copylog.py: the batch marker relies on it): a real ext4 with a journal
 uses it, a tmpfs does not (and neither does this project's own test machine, an ext4 without
-a journal: the other tests set MAILSTACK_TEST_ORDERED_METADATA where they need the log)."""
+a journal: tests/conftest.py sets MAILSTACK_TEST_ORDERED_METADATA for every other test)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from mailstack.config import Config
 from mailstack.mda.copylog import CopyLog
 from mailstack.mta.lmtp_client import LMTPConnection
 from mailstack.runtime.fsutil import metadata_order
+from mailstack.runtime.testhooks import ORDERED_ENV
 
 from ..conftest import add_user, running
 
@@ -28,8 +29,9 @@ async def test_a_journaled_ext4_gets_the_copy_log(config_factory, journaled_ext4
     cfg: Config = config_factory(f'[server]\ndata_dir = "{journaled_ext4 / "data"}"\n'
                                  '[mda]\ncopy_log_size = "1MiB"\n')
     add_user(cfg, "alice@example.test")
-    async with running("mda", cfg) as mda:
+    async with running("mda", cfg, env={ORDERED_ENV: ""}) as mda:  # the suite sets it
         await mda.wait_log("copy log ready")
+        assert "test hook" not in mda.log()
         assert await _deliver(cfg, "QEXT4") == 250
         [record] = CopyLog(cfg.data_dir / "mda" / "copies").pending()
         assert record.envid == "QEXT4" and record.data.endswith(b"body\n")
@@ -39,7 +41,7 @@ async def test_a_tmpfs_gets_none_and_says_why(config_factory, small_fs: Path) ->
     assert metadata_order(small_fs) == (False, "tmpfs")
     cfg: Config = config_factory(f'[server]\ndata_dir = "{small_fs / "data"}"\n')
     add_user(cfg, "alice@example.test")
-    async with running("mda", cfg) as mda:
+    async with running("mda", cfg, env={ORDERED_ENV: ""}) as mda:  # the suite sets it
         assert await _deliver(cfg, "QTMPFS") == 250
         assert "copy log off" in mda.log() and "on tmpfs, which may not keep" in mda.log()
     assert not CopyLog.exists(cfg.data_dir / "mda" / "copies")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from mailstack.config import Config
 from mailstack.mta.lmtp_client import LMTPConnection
-from mailstack.runtime.testhooks import ORDERED_ENV
 
 from ..conftest import add_user, running
 from .test_bad_input import Client
@@ -138,10 +137,9 @@ async def test_copies_a_machine_crash_lost_after_their_250_are_rebuilt_from_the_
     them: the next start rebuilds the copies from the log, and the mta's retries (which may
     never have heard the 250s) make no second copy."""
     add_user(cfg, "alice@example.test")
-    ordered = {ORDERED_ENV: "1"}  # this machine's own file system has no journal
     new = Path(cfg.data_dir / "mail" / "example.test" / "alice" / "new")
     copies = cfg.data_dir / "mda" / "copies"
-    async with running("mda", cfg, env=ordered) as mda:
+    async with running("mda", cfg) as mda:
         await mda.wait_log("copy log ready")
         before = (copies / "checkpoint").read_bytes()
         assert await _lmtp_deliver(cfg, "QLOST", b"Subject: lost\r\n\r\nbody\r\n") == 250
@@ -158,12 +156,12 @@ async def test_copies_a_machine_crash_lost_after_their_250_are_rebuilt_from_the_
     whole = sorted([lost.read_bytes(), torn.read_bytes()])
     lost.unlink()
     os.truncate(torn, 0)
-    async with running("mda", cfg, env=ordered) as mda:
+    async with running("mda", cfg) as mda:
         assert "rebuilt 2 of the 2 last copies from the copy log" in mda.log()
         assert sorted(p.read_bytes() for p in new.iterdir()) == whole
         for envid in ("QLOST", "QTORN"):  # the mta's retries
             assert await _lmtp_deliver(cfg, envid, b"Subject: again\r\n\r\n") == 250
         await mda.wait_log("already delivered", count=2)
     assert sorted(p.read_bytes() for p in new.iterdir()) == whole
-    async with running("mda", cfg, env=ordered) as mda:  # a clean start checks nothing
+    async with running("mda", cfg) as mda:  # a clean start checks nothing
         assert "after a crash" not in mda.log()

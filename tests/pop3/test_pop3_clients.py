@@ -146,8 +146,8 @@ async def test_fetchmail_keep_uses_stable_uidls_then_downloads_and_deletes(
 
 async def test_cli_serve_pop3_subprocess(cfg: Config, alice: Maildir,
                                          client_ssl: ssl.SSLContext) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MAILSTACK_CONFIG", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTACK_")}  # no hooks
+    env["PYTHONPATH"] = str(REPO)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mailstack", "serve", "pop3", "--config", cfg.source,
         stderr=asyncio.subprocess.PIPE, env=env)
