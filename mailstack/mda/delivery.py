@@ -758,29 +758,26 @@ def _rewrite(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-_checkpoint_lock = threading.Lock()
-
-
 def checkpoint_copies(copylog: CopyLog, dlog: DeliveryLog, *, in_commit: bool = False) -> bool:
     """Make every copy so far durable with one ``syncfs`` and move the copy log's and the
     journal's checkpoints past them. False when there was nothing new.
 
     The positions are read between two batches (``in_commit``: the committer calls this itself,
-    when the log needs its other segment; every file and rename of its batch is made)."""
-    with _checkpoint_lock:
-        if in_commit:
+    when the log needs its other segment; every file and rename of its batch is made). The
+    commit lock is only held to read them: the committer may hold it and call this."""
+    if in_commit:
+        pos, jpos = copylog.position(), dlog.position()
+    else:
+        with copylog.commit_lock:
             pos, jpos = copylog.position(), dlog.position()
-        else:
-            with copylog.commit_lock:
-                pos, jpos = copylog.position(), dlog.position()
-        if pos <= copylog.checkpointed:
-            return False
-        syncfs(copylog.dir)
-        if os.stat(dlog.dir).st_dev != copylog.device:
-            syncfs(dlog.dir)
-        copylog.checkpoint(pos)
-        dlog.checkpoint(jpos)
-        return True
+    if pos <= copylog.checkpointed:
+        return False
+    syncfs(copylog.dir)
+    if os.stat(dlog.dir).st_dev != copylog.device:
+        syncfs(dlog.dir)
+    copylog.checkpoint(pos)  # never backwards, whichever of two callers comes last
+    dlog.checkpoint(jpos)
+    return True
 
 
 def deliver(data_dir: Path, account: str, rcpt: str, sender: str, data: bytes,

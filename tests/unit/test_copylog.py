@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -353,3 +356,33 @@ def test_a_disk_without_room_for_the_log_gets_none_and_nothing_is_left_behind(
         CopyLog(tmp_path / "copies", SEGMENT)
     assert not CopyLog.exists(tmp_path / "copies")
     assert list((tmp_path / "copies").iterdir()) == []
+
+
+def test_the_checkpointer_and_a_committer_that_needs_the_other_segment_never_wait_for_each_other(
+        tmp_path: Path, box: Maildir) -> None:
+    """The committer holds the commit lock for a whole batch and, when the log needs its other
+    segment, checkpoints from inside it; the checkpointer takes that lock to read positions.
+    Here the checkpointer wakes just as such a batch began: both must come through."""
+    mda = Mda(tmp_path)
+    inner = partial(checkpoint_copies, mda.clog, mda.dlog, in_commit=True)
+    woken: list[threading.Thread] = []
+
+    def on_full() -> None:
+        woken.append(threading.Thread(target=checkpoint_copies, args=(mda.clog, mda.dlog),
+                                      daemon=True))
+        woken[-1].start()
+        time.sleep(0.2)  # it takes every lock it can meanwhile (none: it waits for the batch)
+        inner()
+
+    def committer() -> None:
+        for n in range(40):  # a segment holds 16: the second switch needs a checkpoint
+            mda.deliver(f"Q{n}", b"Subject: s\r\n\r\n" + b"x" * 3000 + b"\r\n")
+
+    mda.clog.on_full = on_full
+    work = threading.Thread(target=committer, daemon=True)
+    work.start()
+    work.join(30)
+    assert woken, "no batch needed a checkpoint"
+    woken[0].join(30)
+    assert not work.is_alive() and not woken[0].is_alive(), "deadlock"
+    assert len(box.scan()) == 40
