@@ -53,6 +53,7 @@ BLOCK = 4096
 MAGIC = b"MScl"
 #: magic, body length, generation, batch, salt, CRC-32 of everything after it
 _HEADER = struct.Struct("<4sIQQII")
+_CRC_AT = _HEADER.size - 4  # the CRC covers the header before it and the body
 _FIELDS = struct.Struct("<HHHH")
 
 Position = tuple[int, int]  # (generation, offset in its segment)
@@ -78,9 +79,9 @@ def encode(records: Sequence[tuple[str, str, str, str, bytes]], gen: int, batch:
     for envid, rcpt, key, root, data in records:
         fields = [s.encode("utf-8", "surrogateescape") for s in (envid, rcpt, key, root)]
         body = _FIELDS.pack(*map(len, fields)) + b"".join(fields) + data
-        head = _HEADER.pack(MAGIC, len(body), gen, batch, salt, 0)
-        crc = zlib.crc32(body, zlib.crc32(head[:28]))
-        parts += [head[:28], crc.to_bytes(4, "little"), body]
+        head = _HEADER.pack(MAGIC, len(body), gen, batch, salt, 0)[:_CRC_AT]
+        crc = zlib.crc32(body, zlib.crc32(head))
+        parts += [head, crc.to_bytes(4, "little"), body]
     raw = b"".join(parts)
     return raw + bytes(-len(raw) % BLOCK)
 
@@ -130,7 +131,7 @@ def _parse(buf: bytes | mmap.mmap, at: int, ident: tuple[int, int] | None
         return None
     start = at + _HEADER.size
     body = buf[start:start + length]
-    if zlib.crc32(body, zlib.crc32(buf[at:at + 28])) != crc:
+    if zlib.crc32(body, zlib.crc32(buf[at:at + _CRC_AT])) != crc:
         return None
     lens = _FIELDS.unpack_from(body)
     if sum(lens) + _FIELDS.size > length:

@@ -269,11 +269,18 @@ async def _open_copy_log(handler: DeliveryHandler, directory: Path, size: int,
     dlog = handler.dlog
     try:
         copylog = await asyncio.to_thread(CopyLog, directory, size)
-        checked, rebuilt = await asyncio.to_thread(recover_copies, handler.cfg.data_dir,
-                                                   copylog, dlog)
     except OSError as exc:
         log.warning("copy log %s: cannot open it (%s); each copy is synced on its own instead",
+                    directory, exc)
+        return
+    try:
+        checked, rebuilt = await asyncio.to_thread(recover_copies, handler.cfg.data_dir,
+                                                   copylog, dlog)
+    except OSError as exc:  # its checkpoint stays: the next start tries again
+        log.error("copy log %s: cannot rebuild the copies of its last records (%s); fix that "
+                  "and restart the mda. Until then each copy is synced on its own",
                   directory, exc)
+        copylog.close()
         return
     if rebuilt:
         log.warning("after a crash: rebuilt %d of the %d last copies from the copy log "

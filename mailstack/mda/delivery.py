@@ -654,7 +654,7 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
             if line is not None and line[0] != rec.key:
                 continue  # cancelled or superseded by a later copy
             root = rec.root
-            if not os.path.realpath(root).startswith(mail) or not os.path.isdir(f"{root}/tmp"):
+            if not os.path.realpath(root).startswith(mail) or not os.path.isdir(root):
                 continue  # the mailbox is gone (its account was deleted)
             where = places.setdefault(root, _Places(root)).find(rec.key)
             if where is None and rec.batch <= copylog.batch:

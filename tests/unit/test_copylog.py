@@ -328,6 +328,23 @@ def test_a_cancelled_copy_and_a_deleted_account_are_not_rebuilt(tmp_path: Path,
     assert box.scan() == [] and not gone.exists()
 
 
+def test_a_copy_that_cannot_be_rebuilt_stops_the_recovery_and_the_next_start_tries_again(
+        tmp_path: Path, box: Maildir) -> None:
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    whole = (box.root / "new" / key).read_bytes()
+    (box.root / "new" / key).unlink()
+    _roll_marker_back(tmp_path, 1)
+    (box.root / "tmp").rmdir()
+    (box.root / "tmp").write_text("not a directory: the rebuilt copy cannot be written")
+    with pytest.raises(OSError):
+        Mda(tmp_path)
+    (box.root / "tmp").unlink()
+    (box.root / "tmp").mkdir()
+    after = Mda(tmp_path)
+    assert (after.checked, after.rebuilt) == (1, 1) and _copies(box) == [whole]
+
+
 def test_the_journal_check_keeps_a_rebuilt_copy(tmp_path: Path, box: Maildir) -> None:
     """The mda's start runs the log's recovery first: the journal's check (which removes a
     copy of the wrong size, one that never got its 250) then finds every rebuilt copy whole."""
