@@ -279,6 +279,31 @@ def test_a_copy_whose_rename_was_lost_is_rebuilt_into_new(tmp_path: Path,
     assert not (box.root / "tmp" / key).exists()
 
 
+def test_a_damaged_copy_an_imap_daemon_moves_meanwhile_is_removed_where_it_went(
+        tmp_path: Path, box: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An imap daemon that starts beside the mda may move the damaged copy from new/ to cur/
+    just before the mda removes it: the mda looks again and removes it there."""
+    from mailstack.mda import delivery
+
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    whole = (box.root / "new" / key).read_bytes()
+    os.truncate(box.root / "new" / key, 0)
+    real_unlink = os.unlink
+
+    def moved_first(path: str) -> None:
+        if path == str(box.root / "new" / key):  # the store indexed it just now
+            os.rename(path, box.root / "cur" / f"{key}{INFO_SEP}")
+            raise FileNotFoundError(path)
+        real_unlink(path)
+
+    monkeypatch.setattr(delivery.os, "unlink", moved_first)
+    after = Mda(tmp_path)
+    monkeypatch.undo()
+    assert after.rebuilt == 1 and _copies(box) == [whole]
+    assert all(m.key != key for m in box.scan())
+
+
 def test_a_copy_a_user_deleted_stays_deleted(tmp_path: Path, box: Maildir) -> None:
     """The marker says the batch reached new/, so a copy that is nowhere was read and deleted
     by a user (its journal line lost or not): nothing is rebuilt."""
