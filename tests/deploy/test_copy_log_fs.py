@@ -5,10 +5,12 @@ a journal: tests/conftest.py sets MAILSTACK_TEST_ORDERED_METADATA for every othe
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from mailstack.config import Config
-from mailstack.mda.copylog import CopyLog
+from mailstack.mda.copylog import CopyLog, scan
 from mailstack.mta.lmtp_client import LMTPConnection
 from mailstack.runtime.fsutil import metadata_order
 from mailstack.runtime.testhooks import ORDERED_ENV
@@ -33,8 +35,13 @@ async def test_a_journaled_ext4_gets_the_copy_log(config_factory, journaled_ext4
         await mda.wait_log("copy log ready")
         assert "test hook" not in mda.log()
         assert await _deliver(cfg, "QEXT4") == 250
-        [record] = CopyLog(cfg.data_dir / "mda" / "copies").pending()
-        assert record.envid == "QEXT4" and record.data.endswith(b"body\n")
+        copies = cfg.data_dir / "mda" / "copies"
+        records = [r for seg in ("0.seg", "1.seg") for r in scan((copies / seg).read_bytes())[0]]
+        assert [(r.envid, r.data.endswith(b"body\n")) for r in records] == [("QEXT4", True)]
+        deadline = time.monotonic() + 15  # the checkpointer's syncfs, once a second
+        while CopyLog(copies).pending():
+            assert time.monotonic() < deadline, "the checkpoint never moved past the copy"
+            await asyncio.sleep(0.1)
 
 
 async def test_a_tmpfs_gets_none_and_says_why(config_factory, small_fs: Path) -> None:
