@@ -159,6 +159,15 @@ class CopyLog:
         self.device = os.stat(directory).st_dev
         self._fds: list[int] = []
         self._checkpoint_fd = -1
+        # one writer: a second mda on this data directory must not move the checkpoint past
+        # the first one's records (its start would, before it found its ports taken)
+        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise OSError(errno.EBUSY, "another mda is using this copy log",
+                          str(directory)) from None
         sizes = {p.stat().st_size for p in self._segments() if p.exists()}
         if len(sizes) == 1 and min(sizes) >= BLOCK:  # the size it was made with stays
             segment_size = self.segment_size = sizes.pop()
@@ -214,18 +223,8 @@ class CopyLog:
     def pending(self) -> list[Record]:
         """The records after the checkpoint, oldest first (what a crash may have left undone).
         The last record of an (envid, recipient) pair counts."""
-        found: list[Record] = []
-        newest = self.checkpointed[0]
-        for fd in self._fds:
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as segment:  # only pages read
-                records, ident = scan(segment, self.checkpointed)
-            if ident is not None:
-                newest = max(newest, ident[0])
-            found += records
-        self._newest = newest
-        found.sort(key=lambda r: r.position)
-        last = {(r.envid, r.rcpt): r for r in found}
-        return sorted(last.values(), key=lambda r: r.position)
+        records, self._newest = _pending(self._fds, self.checkpointed)
+        return records
 
     def begin(self) -> None:
         """Start a new generation after recovery (every record before is durable now)."""
@@ -314,10 +313,11 @@ class CopyLog:
         return max(numbers) if numbers else None
 
     def close(self) -> None:
-        for fd in [*self._fds, *([self._checkpoint_fd] if self._checkpoint_fd >= 0 else [])]:
+        others = [fd for fd in (self._checkpoint_fd, self._lock_fd) if fd >= 0]
+        for fd in [*self._fds, *others]:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self._fds, self._checkpoint_fd = [], -1
+        self._fds, self._checkpoint_fd, self._lock_fd = [], -1, -1
 
 
 def _parse_checkpoint(raw: bytes) -> Position:
@@ -348,6 +348,33 @@ def _preallocate(path: Path, size: int) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _pending(fds: Sequence[int], since: Position) -> tuple[list[Record], int]:
+    """The last record of each (envid, recipient) pair at or after ``since`` in the segments
+    open at ``fds``, oldest first, and the newest generation seen."""
+    found: list[Record] = []
+    newest = since[0]
+    for fd in fds:
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as segment:  # only the pages read
+            records, ident = scan(segment, since)
+        if ident is not None:
+            newest = max(newest, ident[0])
+        found += records
+    found.sort(key=lambda r: r.position)
+    last = {(r.envid, r.rcpt): r for r in found}
+    return sorted(last.values(), key=lambda r: r.position), newest
+
+
+def read_pending(directory: Path) -> list[Record]:
+    """:meth:`CopyLog.pending` of the log in ``directory`` without opening it for writing
+    (another process, the mda, may have it open): for tools and tests."""
+    with contextlib.ExitStack() as stack:
+        fds = []
+        for path in CopyLog._segments_in(directory):
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            stack.callback(os.close, fds[-1])
+        return _pending(fds, _parse_checkpoint((directory / "checkpoint").read_bytes()))[0]
 
 
 def skip_pending(directory: Path) -> None:

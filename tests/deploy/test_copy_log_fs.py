@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from mailstack.config import Config
-from mailstack.mda.copylog import CopyLog, scan
+from mailstack.mda.copylog import CopyLog, read_pending, scan
 from mailstack.mta.lmtp_client import LMTPConnection
 from mailstack.runtime.fsutil import metadata_order
 from mailstack.runtime.testhooks import ORDERED_ENV
@@ -39,7 +39,7 @@ async def test_a_journaled_ext4_gets_the_copy_log(config_factory, journaled_ext4
         records = [r for seg in ("0.seg", "1.seg") for r in scan((copies / seg).read_bytes())[0]]
         assert [(r.envid, r.data.endswith(b"body\n")) for r in records] == [("QEXT4", True)]
         deadline = time.monotonic() + 15  # the checkpointer's syncfs, once a second
-        while CopyLog(copies).pending():
+        while read_pending(copies):
             assert time.monotonic() < deadline, "the checkpoint never moved past the copy"
             await asyncio.sleep(0.1)
 

@@ -13,11 +13,12 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from mailstack.mda import copylog as copylog_mod
-from mailstack.mda.copylog import BLOCK, CopyLog, encode, scan, skip_pending
+from mailstack.mda.copylog import BLOCK, CopyLog, encode, read_pending, scan, skip_pending
 from mailstack.mda.delivery import (
     Delivered,
     DeliveryLog,
@@ -34,9 +35,16 @@ SEGMENT = 64 * 1024
 
 
 class Mda:
-    """What one mda process holds: its journal and its copy log, recovered at start."""
+    """What one mda process holds: its journal and its copy log, recovered at start. A new one
+    on the same data directory is the next start: the one before is gone (crashed)."""
+
+    _running: ClassVar[dict[Path, Mda]] = {}
 
     def __init__(self, data: Path) -> None:
+        before = Mda._running.pop(data, None)
+        if before is not None:
+            before.clog.close()
+        Mda._running[data] = self
         self.data = data
         self.dlog = DeliveryLog(data / "mda" / "delivered")
         self.clog = CopyLog(data / "mda" / "copies", SEGMENT)
@@ -134,12 +142,21 @@ def test_the_log_goes_on_in_its_other_segment_once_the_checkpoint_has_passed_it(
         clog.append([(f"Q{n}", "a@x", f"k{n}", "/m", body)], n)
     assert len(flushes) == 2  # the first switch found the other segment already passed
     assert clog.position()[0] == 4 and clog.position()[1] == 12 * BLOCK
-    reopened = CopyLog(tmp_path / "copies", SEGMENT)
-    assert [r.envid for r in reopened.pending()] == [f"Q{n}" for n in range(48, 60)]
+    assert [r.envid for r in read_pending(tmp_path / "copies")] == [f"Q{n}" for n in range(48, 60)]
     clog.on_full = None
     with pytest.raises(OSError, match="checkpoint did not move"):
         for n in range(60, 80):
             clog.append([(f"Q{n}", "a@x", f"k{n}", "/m", body)], n)
+
+
+def test_one_mda_at_a_time_writes_a_copy_log(tmp_path: Path) -> None:
+    """A second mda started on the same data directory (its ports will turn out to be taken)
+    must not recover and move the checkpoint past the records of the one running."""
+    clog = CopyLog(tmp_path / "copies", SEGMENT)
+    with pytest.raises(OSError, match="another mda is using this copy log"):
+        CopyLog(tmp_path / "copies", SEGMENT)
+    clog.close()
+    CopyLog(tmp_path / "copies", SEGMENT).close()
 
 
 def test_the_checkpoint_never_moves_back_and_skip_pending_passes_every_record(
@@ -151,11 +168,11 @@ def test_the_checkpoint_never_moves_back_and_skip_pending_passes_every_record(
     later = clog.position()
     clog.checkpoint(later)
     clog.checkpoint((later[0], 0))
-    assert CopyLog(tmp_path / "copies", SEGMENT).checkpointed == later
+    assert (tmp_path / "copies" / "checkpoint").read_text().split() == [str(n) for n in later]
     clog.append([("Q3", "a@x", "k3", "/m", b"three")], 3)
-    assert [r.envid for r in CopyLog(tmp_path / "copies", SEGMENT).pending()] == ["Q3"]
+    assert [r.envid for r in read_pending(tmp_path / "copies")] == ["Q3"]
     skip_pending(tmp_path / "copies")
-    assert CopyLog(tmp_path / "copies", SEGMENT).pending() == []
+    assert read_pending(tmp_path / "copies") == []
 
 
 # --- the commit path ----------------------------------------------------------------------
@@ -166,7 +183,7 @@ def test_a_copy_is_in_the_mailbox_in_the_journal_and_in_the_log(tmp_path: Path,
     key = mda.deliver("Q1")
     assert (box.root / "new" / key).read_bytes().endswith(b"body\n")
     assert mda.dlog.lookup("Q1", "a@x.test") == key
-    [record] = CopyLog(tmp_path / "mda" / "copies", SEGMENT).pending()
+    [record] = read_pending(tmp_path / "mda" / "copies")
     assert (record.key, record.data) == (key, (box.root / "new" / key).read_bytes())
     assert isinstance(mda.retry("Q1"), Delivered)  # the mta's retry: no second copy
 
@@ -177,7 +194,7 @@ def test_a_copy_too_big_for_the_log_is_synced_the_other_way(tmp_path: Path,
     big = b"Subject: big\r\n\r\n" + b"x" * (SEGMENT // 8) + b"\r\n"
     key = mda.deliver("QBIG", big)
     assert (box.root / "new" / key).exists()
-    assert CopyLog(tmp_path / "mda" / "copies", SEGMENT).pending() == []
+    assert read_pending(tmp_path / "mda" / "copies") == []
 
 
 def test_a_failed_flush_of_the_log_fails_the_copy_and_its_retry_finds_it(
@@ -397,7 +414,7 @@ def test_a_disk_without_room_for_the_log_gets_none_and_nothing_is_left_behind(
     with pytest.raises(OSError, match="free for two log files"):
         CopyLog(tmp_path / "copies", SEGMENT)
     assert not CopyLog.exists(tmp_path / "copies")
-    assert list((tmp_path / "copies").iterdir()) == []
+    assert [p.name for p in (tmp_path / "copies").iterdir()] == ["lock"]
 
 
 def test_the_checkpointer_and_a_committer_that_needs_the_other_segment_never_wait_for_each_other(
