@@ -203,6 +203,9 @@ class CopyLog:
         #: append that needs the other segment calls it when the checkpoint has not passed it
         self.on_full: Callable[[], None] | None = None
         self.broken = False  # an fdatasync failed: appends stop until the next start
+        #: a sync of the copies failed: the checkpoint stays where it is until the next start,
+        #: which rebuilds every copy since from the log (see :meth:`hold`)
+        self.held = False
         #: held by the committer for a whole batch, by the checkpointer to read positions
         self.commit_lock = threading.Lock()
 
@@ -278,6 +281,7 @@ class CopyLog:
         if self.checkpointed < (gen, 0) and self.on_full is not None:
             self.on_full()  # everything so far made durable; the checkpoint moves past it
         if self.checkpointed < (gen, 0):
+            self.broken = True  # each copy is synced on its own until the next start
             raise OSError("the copy log is full: its checkpoint did not move")
         self._pos = (gen + 1, 0)
         self._salt = secrets.randbits(32)
@@ -289,10 +293,18 @@ class CopyLog:
         """Where the next record goes: every record before it has been appended."""
         return self._pos
 
+    def hold(self) -> None:
+        """A sync of the copies failed (an I/O error: written-back data may be lost): take no
+        more copies and never move the checkpoint again in this process, so that the next
+        start rebuilds every copy since it from the log."""
+        self.held = self.broken = True
+
     def checkpoint(self, position: Position) -> None:
         """Every record before ``position`` has its copy durable: a later start skips them.
         Written durably, and never backwards (another process may move it too, see
         :func:`skip_pending`)."""
+        if self.held:
+            return
         fd = self._checkpoint_fd
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

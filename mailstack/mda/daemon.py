@@ -304,7 +304,9 @@ async def _checkpoint_forever(handler: DeliveryHandler) -> None:
         try:
             await asyncio.to_thread(checkpoint_copies, handler.copylog, handler.dlog)
         except OSError as exc:
-            log.warning("copy log: checkpoint failed (%s); trying again", exc)
+            log.error("copy log: the copies could not be synced (%s): from now on each copy "
+                      "is synced on its own, and the next start of the mda rebuilds those "
+                      "since the last checkpoint from the log", exc)
 
 
 async def _prune_forever(dlog: DeliveryLog) -> None:

@@ -770,11 +770,16 @@ def checkpoint_copies(copylog: CopyLog, dlog: DeliveryLog, *, in_commit: bool = 
     else:
         with copylog.commit_lock:
             pos, jpos = copylog.position(), dlog.position()
-    if pos <= copylog.checkpointed:
+    if pos <= copylog.checkpointed or copylog.held:
         return False
-    syncfs(copylog.dir)
-    if os.stat(dlog.dir).st_dev != copylog.device:
-        syncfs(dlog.dir)
+    try:
+        syncfs(copylog.dir)
+        if os.stat(dlog.dir).st_dev != copylog.device:
+            syncfs(dlog.dir)
+    except OSError:
+        copylog.hold()  # a later syncfs may succeed without these copies on disk
+        dlog.hold()
+        raise
     copylog.checkpoint(pos)  # never backwards, whichever of two callers comes last
     dlog.checkpoint(jpos)
     return True

@@ -227,6 +227,33 @@ def test_a_checkpoint_leaves_nothing_for_the_next_start(tmp_path: Path, box: Mai
     assert after.dlog.after_checkpoint() == {}
 
 
+def test_a_failed_sync_of_the_copies_keeps_the_checkpoint_for_the_next_start(
+        tmp_path: Path, box: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an I/O error in the checkpointer's syncfs, a later one may succeed without the
+    copies' data on disk: the checkpoint never moves again in this process, the log takes no
+    more copies, and the next start rebuilds the copies since from the log."""
+    from mailstack.mda import delivery
+
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    whole = (box.root / "new" / key).read_bytes()
+
+    def eio(path: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(delivery, "syncfs", eio)
+    with pytest.raises(OSError):
+        checkpoint_copies(mda.clog, mda.dlog)
+    monkeypatch.undo()
+    assert mda.clog.held and mda.clog.broken
+    mda.deliver("Q2")  # synced on its own
+    assert not checkpoint_copies(mda.clog, mda.dlog)
+    assert [r.envid for r in read_pending(tmp_path / "mda" / "copies")] == ["Q1"]
+    os.truncate(box.root / "new" / key, 0)  # what the failed write-back left
+    after = Mda(tmp_path)
+    assert after.rebuilt == 1 and whole in _copies(box) and len(box.scan()) == 2
+
+
 # --- recovery: every state a crash can leave -----------------------------------------------
 
 def test_whole_copies_are_left_alone(tmp_path: Path, box: Maildir) -> None:
