@@ -637,17 +637,18 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
     A copy found anywhere in its account (``new/``, ``cur/``, another folder) is compared
     with its record; when it differs, a whole one takes its place under a new key (its flags
     kept, see :func:`_replace_copy`); one still in ``tmp/`` is rewritten and renamed into
-    ``new/``; one that is nowhere is rebuilt
-    in ``new/`` when the marker says its batch never became visible, and left alone when the
-    marker says it did (a user read and deleted or moved it). Each rebuilt copy keeps, or
-    gets again, its journal line, so the mta's retry hears "already delivered"."""
+    ``new/``; one that is nowhere is rebuilt in ``new/`` when the marker says its batch never
+    became visible, and left alone when the marker says it did (a user read and deleted or
+    moved it). Each rebuilt copy keeps, or gets again, its journal line, so the mta's retry
+    hears "already delivered". Then one ``syncfs`` makes it all durable — also the copies
+    found whole, which after a crash of the process alone may only be in the page cache —
+    and only then does the checkpoint move past them."""
     records = copylog.pending()
     rebuilt = 0
     if records:
         lines = dlog.lines_after_checkpoint()
         mail = os.path.realpath(data_dir / "mail") + os.sep
         places: dict[str, _Places] = {}
-        touched: set[str] = set()
         relined: list[tuple[str, str, str, str]] = []
         for rec in records:
             line = lines.get((rec.envid, rec.rcpt))
@@ -662,21 +663,17 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
             if where is None or where.startswith(f"{root}/tmp/"):
                 _rewrite(f"{root}/tmp/{rec.key}", rec.data)
                 os.rename(f"{root}/tmp/{rec.key}", f"{root}/new/{rec.key}")
-                touched.add(f"{root}/new")
                 rebuilt += 1
             elif _read(where) != rec.data:
                 key = _replace_copy(root, where, rec, places[root])
-                touched.add(os.path.dirname(where))
                 relined.append((rec.envid, rec.rcpt, key, root))
                 rebuilt += 1
                 continue
             if line is None:
                 relined.append((rec.envid, rec.rcpt, rec.key, root))
-        for directory in touched:
-            fsync_dir(directory)
         if relined:
             dlog.append(relined)
-            dlog.sync()
+        syncfs(copylog.dir)  # the same file system as every copy with a record
     copylog.begin()
     return len(records), rebuilt
 
@@ -747,13 +744,12 @@ def _read(path: str) -> bytes | None:
 
 
 def _rewrite(path: str, data: bytes) -> None:
-    """Write ``path`` afresh with ``data`` and fsync it."""
+    """Write ``path`` afresh with ``data`` (synced with everything else at the end)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)
 
