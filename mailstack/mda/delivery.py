@@ -482,35 +482,11 @@ def _commit(copies: Sequence[Copy], dlog: DeliveryLog | None,
             renamed.setdefault(f"{c.root}/new", []).append(i)
         # step 4: one device flush for the copy log's copies; one file-system commit carries
         # the other files, their renames and their journal lines
-        syncs: list[tuple[object, Callable[[], object]]] = [
-            (i, partial(os.fsync, fd)) for i, fd in fds.items() if i not in in_log]
-        syncs += [(directory, partial(fsync_dir, directory))
-                  for directory, members in renamed.items()
-                  if any(i not in in_log for i in members)]
-        if appended and dlog is not None and any(logged[i] and i not in in_log for i in ok):
-            syncs.append(("journal", dlog.sync))
-        if in_log and copylog is not None:
-            records = [(c.envid or "", c.rcpt, c.key, c.root, c.disk)
-                       for c in (copies[i] for i in sorted(in_log))]
-            syncs.append(("copylog", partial(copylog.append, records, batch)))
-        errors = _run_side_by_side(syncs)
-        taken_back: list[tuple[str, str]] = []
-        for directory, members in renamed.items():
-            for i in members:
-                c = copies[i]
-                if i in in_log:  # durable in the copy log, or (an error) found by the retry
-                    error = errors.get("copylog")
-                    results[i] = error or f"{directory}/{c.key}"
-                    continue
-                if i in errors:  # the file's data may not be on disk: take the copy back
-                    with contextlib.suppress(OSError):
-                        os.unlink(f"{directory}/{c.key}")
-                    taken_back.append((c.envid or "", c.rcpt))
-                    results[i] = errors[i]
-                    continue
-                # renamed but maybe not durable: the mta retries, the journal finds the copy
-                error = errors.get(directory) or (errors.get("journal") if logged[i] else None)
-                results[i] = error or f"{directory}/{c.key}"
+        journal_sync = dlog.sync if appended and dlog is not None and any(
+            logged[i] and i not in in_log for i in ok) else None
+        errors = _run_side_by_side(_sync_jobs(copies, fds, renamed, in_log, journal_sync,
+                                              copylog, batch))
+        taken_back = _settle(copies, renamed, in_log, logged, errors, results)
         if appended and dlog is not None:
             if any(isinstance(r, OSError) for r in results):
                 dlog.hold()  # recover() looks at this batch after a crash
@@ -523,6 +499,48 @@ def _commit(copies: Sequence[Copy], dlog: DeliveryLog | None,
             with contextlib.suppress(OSError):
                 os.close(fd)
     return results
+
+
+def _sync_jobs(copies: Sequence[Copy], fds: dict[int, int], renamed: dict[str, list[int]],
+               in_log: set[int], journal_sync: Callable[[], object] | None,
+               copylog: CopyLog | None, batch: int) -> list[tuple[object, Callable[[], object]]]:
+    """Step 4's syncs, each named for :func:`_settle`: the copy log's append for the copies it
+    takes; for the others their files, their ``new/`` directories and the journal."""
+    jobs: list[tuple[object, Callable[[], object]]] = [
+        (i, partial(os.fsync, fd)) for i, fd in fds.items() if i not in in_log]
+    jobs += [(directory, partial(fsync_dir, directory)) for directory, members in renamed.items()
+             if any(i not in in_log for i in members)]
+    if journal_sync is not None:
+        jobs.append(("journal", journal_sync))
+    if in_log and copylog is not None:
+        records = [(c.envid or "", c.rcpt, c.key, c.root, c.disk)
+                   for c in (copies[i] for i in sorted(in_log))]
+        jobs.append(("copylog", partial(copylog.append, records, batch)))
+    return jobs
+
+
+def _settle(copies: Sequence[Copy], renamed: dict[str, list[int]], in_log: set[int],
+            logged: Sequence[bool], errors: dict[object, OSError],
+            results: list[str | OSError]) -> list[tuple[str, str]]:
+    """Each renamed copy's result after step 4's syncs (into ``results``); returns the
+    (queue id, recipient) of the copies taken back (their file's fsync failed)."""
+    taken_back: list[tuple[str, str]] = []
+    for directory, members in renamed.items():
+        for i in members:
+            c = copies[i]
+            if i in in_log:  # durable in the copy log, or (an error) found by the retry
+                results[i] = errors.get("copylog") or f"{directory}/{c.key}"
+                continue
+            if i in errors:  # the file's data may not be on disk: take the copy back
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{directory}/{c.key}")
+                taken_back.append((c.envid or "", c.rcpt))
+                results[i] = errors[i]
+                continue
+            # renamed but maybe not durable: the mta retries, the journal finds the copy
+            error = errors.get(directory) or (errors.get("journal") if logged[i] else None)
+            results[i] = error or f"{directory}/{c.key}"
+    return taken_back
 
 
 def _fits(copylog: CopyLog | None, copy: Copy) -> bool:
