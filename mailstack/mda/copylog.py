@@ -256,6 +256,8 @@ class CopyLog:
             raise OSError("the copy log is not open for appends")
         gen, offset = self._pos
         raw = encode(records, gen, batch, self._salt)
+        if len(raw) > self.room():  # the committer keeps a batch within it (a bug otherwise)
+            raise OSError(errno.EFBIG, "a batch bigger than the copy log takes at once")
         if offset + len(raw) > self.segment_size:
             gen, offset = self._next_segment()
             raw = encode(records, gen, batch, self._salt)
@@ -273,6 +275,12 @@ class CopyLog:
 
     def fits(self, size: int) -> bool:
         return size <= self.max_record
+
+    def room(self) -> int:
+        """The most one batch may take (records and padding): half a segment. Written past
+        its segment's end it would grow the file, and the next start, finding a segment of
+        the wrong size, would write it full of zeros before reading it."""
+        return self.segment_size // 2
 
     def _next_segment(self) -> Position:
         """Go on in the other segment, once the checkpoint has passed what it holds (every

@@ -76,7 +76,7 @@ from ..store.maildir import (
     to_lf,
     unique_name,
 )
-from .copylog import CopyLog, Record
+from .copylog import BLOCK, CopyLog, Record, record_size
 
 log = logging.getLogger("mailstack.mda")
 
@@ -465,7 +465,8 @@ def _commit(copies: Sequence[Copy], dlog: DeliveryLog | None,
                     results[i] = exc
                 ok = [i for i in ok if not logged[i]]
         # copies the copy log takes: its marker moves before any of them is renamed
-        batch, in_log = _mark(copylog, [i for i in ok if logged[i] and _fits(copylog, copies[i])])
+        batch, in_log = _mark(copylog, _log_members(copylog, copies,
+                                                    [i for i in ok if logged[i]]))
         renamed: dict[str, list[int]] = {}
         for i in ok:
             c = copies[i]
@@ -541,6 +542,25 @@ def _settle(copies: Sequence[Copy], renamed: dict[str, list[int]], in_log: set[i
             error = errors.get(directory) or (errors.get("journal") if logged[i] else None)
             results[i] = error or f"{directory}/{c.key}"
     return taken_back
+
+
+def _log_members(copylog: CopyLog | None, copies: Sequence[Copy],
+                 candidates: list[int]) -> list[int]:
+    """The copies of ``candidates`` the copy log takes: those that fit it, as many as one
+    batch has room for (:meth:`CopyLog.room`); the others are synced the other way."""
+    if copylog is None:
+        return []
+    members: list[int] = []
+    room = copylog.room() - BLOCK  # the batch's padding
+    for i in candidates:
+        c = copies[i]
+        if not _fits(copylog, c):
+            continue
+        need = record_size(len(c.disk), c.envid or "", c.rcpt, c.key, c.root)
+        if need <= room:
+            room -= need
+            members.append(i)
+    return members
 
 
 def _fits(copylog: CopyLog | None, copy: Copy) -> bool:

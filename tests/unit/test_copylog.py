@@ -197,6 +197,29 @@ def test_a_copy_too_big_for_the_log_is_synced_the_other_way(tmp_path: Path,
     assert read_pending(tmp_path / "mda" / "copies") == []
 
 
+def test_a_batch_bigger_than_a_segment_takes_the_log_for_half_a_segment_only(
+        tmp_path: Path, box: Maildir) -> None:
+    """Concurrent big messages: the log takes the first copies of a batch up to half a
+    segment and the rest are synced the other way. A batch written past the segment's end
+    would grow the file, and the next start, finding a segment of the wrong size, would
+    write it full of zeros again before reading the records a crash left."""
+    mda = Mda(tmp_path)
+    body = b"Subject: big\r\n\r\n" + b"x" * (SEGMENT // 8 - 1024) + b"\r\n"
+    ready = [prepare(tmp_path, "a@x.test", "a@x.test", "s@y.test", body, f"Q{n}", mda.dlog)
+             for n in range(12)]  # 12 copies of ~7 KiB in a 64 KiB segment
+    results = commit_copies(ready, mda.dlog, mda.clog)  # type: ignore[arg-type]
+    assert all(isinstance(r, str) for r in results), results
+    assert len(box.scan()) == 12
+    for seg in (tmp_path / "mda" / "copies").glob("*.seg"):
+        assert seg.stat().st_size == SEGMENT
+    logged = read_pending(tmp_path / "mda" / "copies")
+    assert 0 < len(logged) < 12
+    assert sum(len(r.data) for r in logged) <= SEGMENT // 2
+    _lose_journal(tmp_path)  # the crash: the next start still finds every logged record
+    after = Mda(tmp_path)
+    assert after.checked == len(logged)
+
+
 def test_a_failed_flush_of_the_log_fails_the_copy_and_its_retry_finds_it(
         tmp_path: Path, box: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
     """No 250 without the flush: the mta retries and the copy already in new/ is made durable
