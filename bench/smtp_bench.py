@@ -8,7 +8,9 @@ message: greeting, EHLO, MAIL/RCPT/DATA, QUIT, as inbound MX traffic mostly arri
 
   accepted msg/s (last 250 after DATA), delivered msg/s (last file in Maildir/new),
   p50/p99 transaction latency (MAIL → 250 after DATA; with ``--connect`` connect → 250 after
-  DATA), server CPU per message (mta + mda), the benchmark client's own CPU per message, and
+  DATA), server CPU per message (mta + mda), the benchmark client's own CPU per message, the
+  whole machine's busy CPU per message (every process and kernel thread: at C = 1 the chain of
+  client, mta and mda is serial, so this bounds the rate), and
   the peak memory (VmHWM) of each daemon.
 
 ``--no-copy-log`` sets ``[mda] copy_log = false`` (each copy's file, ``new/`` and journal line
@@ -59,6 +61,13 @@ def proc_cpu(pid: int, which: str = "both") -> float:
     user, system = int(fields[11]), int(fields[12])
     ticks = {"user": user, "system": system}.get(which, user + system)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every CPU, every process and the kernel's
+    own threads: /proc/stat without idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_hwm_mib(pid: int) -> float:
@@ -221,16 +230,19 @@ def main() -> None:
               f" {mode}, {args.rounds} rounds, fsync on; medians")
         print(f"{'C':>4} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8}"
               f" {'CPU µs/msg':>11} {'mta µs':>7} {'mda µs':>7} {'client µs':>10}"
+              f" {'busy µs':>8}"
               + (f" {'sink/s':>8} {'sink µs':>8} {'ratio':>6}" if sink else ""))
         for c in args.c:
-            rows, cpu, client_cpu, sink_rows, sink_cpu = [], [], [], [], []
+            rows, cpu, client_cpu, busy, sink_rows, sink_cpu = [], [], [], [], [], []
             split: dict[str, list[float]] = {name: [] for name in procs}
             for _ in range(args.rounds):
                 each0 = {name: proc_cpu(p.pid) for name, p in procs.items()}
                 cpu0, own0 = sum(each0.values()), time.process_time()
+                busy0 = machine_busy()
                 rows.append(asyncio.run(run_round(smtp, inbox, args.n, c, args.connect)))
                 cpu.append((sum(proc_cpu(p.pid) for p in procs.values()) - cpu0) / args.n * 1e6)
                 client_cpu.append((time.process_time() - own0) / args.n * 1e6)
+                busy.append((machine_busy() - busy0) / args.n * 1e6)
                 for name, p in procs.items():
                     split[name].append((proc_cpu(p.pid) - each0[name]) / args.n * 1e6)
                 if sink:
@@ -243,7 +255,7 @@ def main() -> None:
                     f" {med['p50']:>8.1f} {med['p99']:>8.1f} {statistics.median(cpu):>11.0f}"
                     f" {statistics.median(split['mta']):>7.0f}"
                     f" {statistics.median(split['mda']):>7.0f}"
-                    f" {statistics.median(client_cpu):>10.0f}")
+                    f" {statistics.median(client_cpu):>10.0f} {statistics.median(busy):>8.0f}")
             if sink:
                 ratios = [r["delivered"] / s for r, s in zip(rows, sink_rows, strict=True)]
                 line += (f" {statistics.median(sink_rows):>8.0f}"
