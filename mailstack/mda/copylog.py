@@ -303,8 +303,9 @@ class CopyLog:
 
     def hold(self) -> None:
         """A sync of the copies failed (an I/O error: written-back data may be lost): take no
-        more copies and never move the checkpoint again in this process, so that the next
-        start rebuilds every copy since it from the log."""
+        more copies and never move the checkpoint again in this process: the checkpointer
+        syncs the copies since it one by one (``delivery.resync_copies``), and the next start
+        checks them again against the log."""
         self.held = self.broken = True
 
     def checkpoint(self, position: Position) -> None:

@@ -41,6 +41,7 @@ from .delivery import (
     prepare,
     recover,
     recover_copies,
+    resync_copies,
     valid_envid,
 )
 from .lmtp import MultiReplyLMTP, PerRecipient
@@ -296,17 +297,61 @@ async def _open_copy_log(handler: DeliveryHandler, directory: Path, size: int,
     log.info("copy log ready: %s (two files of %d KiB)", directory, copylog.segment_size // 1024)
 
 
-async def _checkpoint_forever(handler: DeliveryHandler) -> None:
-    while True:
-        await asyncio.sleep(CHECKPOINT_EVERY)
-        if handler.copylog is None:
-            continue
+#: after a failed attempt to sync the copies since the checkpoint one by one, the next one
+RESYNC_RETRY = 30.0
+
+
+class Checkpointer:
+    """The copy log's checkpointer (:meth:`tick` every second, in a worker thread): one
+    ``syncfs`` moves the checkpoint past every copy so far. After a failed one the checkpoint
+    stays for good (see :meth:`CopyLog.hold`), and the copies since it are synced one by one
+    at once (:func:`resync_copies`), retried every RESYNC_RETRY seconds until that works."""
+
+    def __init__(self, handler: DeliveryHandler) -> None:
+        self.handler = handler
+        self.resynced = False
+        self.next_resync = 0.0
+
+    def tick(self) -> None:
+        copylog, dlog = self.handler.copylog, self.handler.dlog
+        if copylog is None:
+            return
+        if copylog.held:
+            self._resync(copylog, dlog)
+            return
         try:
-            await asyncio.to_thread(checkpoint_copies, handler.copylog, handler.dlog)
+            checkpoint_copies(copylog, dlog)
         except OSError as exc:
             log.error("copy log: the copies could not be synced (%s): from now on each copy "
-                      "is synced on its own, and the next start of the mda rebuilds those "
-                      "since the last checkpoint from the log", exc)
+                      "is synced on its own, and those since the last checkpoint are synced "
+                      "one by one now", exc)
+            self._resync(copylog, dlog)
+
+    def _resync(self, copylog: CopyLog, dlog: DeliveryLog) -> None:
+        if self.resynced or time.monotonic() < self.next_resync:
+            return
+        try:
+            synced, replaced = resync_copies(copylog, dlog)
+        except OSError as exc:
+            self.next_resync = time.monotonic() + RESYNC_RETRY
+            log.error("copy log: the copies since the last checkpoint could not be synced one "
+                      "by one either (%s); trying again in %.0f s (the next start of the mda "
+                      "rebuilds them from the log)", exc, RESYNC_RETRY)
+            return
+        self.resynced = True
+        log.warning("copy log: synced the copies since the last checkpoint one by one: %d "
+                    "whole, %d replaced by whole ones from the log (they read wrong already)",
+                    synced, replaced)
+
+
+async def _checkpoint_forever(handler: DeliveryHandler) -> None:
+    checkpointer = Checkpointer(handler)
+    while True:
+        await asyncio.sleep(CHECKPOINT_EVERY)
+        try:
+            await asyncio.to_thread(checkpointer.tick)
+        except Exception:  # a bug: logged, and the checkpointer goes on
+            log.exception("copy log: the checkpointer failed")
 
 
 async def _prune_forever(dlog: DeliveryLog) -> None:

@@ -792,6 +792,81 @@ def _rewrite(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def resync_copies(copylog: CopyLog, dlog: DeliveryLog) -> tuple[int, int]:
+    """After a failed ``syncfs`` (:func:`checkpoint_copies`; the log is held): make the copies
+    of the records since the checkpoint durable one by one, now rather than at the next start.
+
+    The failed write-back may have lost a copy's data while the page cache still shows it;
+    once the cache lets it go, the file would read wrong. So each copy still where a face can
+    see it is compared with its record: the same bytes are written over it again (its times
+    kept: they are its received date) and fsynced; a copy that already reads wrong is replaced
+    by a whole one under a new key, as at a start (:func:`_replace_copy`). Copies a user deleted
+    stay deleted. Then their directories are synced and their journal lines appended again
+    (one fdatasync), so the mta's retries keep hearing "already delivered". The checkpoint
+    stays held: the next start checks these copies once more, and finds them whole.
+    Returns (copies synced, copies replaced); raises the OSError that stopped it."""
+    with copylog.commit_lock:  # the batch being committed ends first
+        records = copylog.pending()
+    lines = dlog.lines_after_checkpoint()
+    places: dict[str, _Places] = {}
+    relined: list[tuple[str, str, str, str]] = []
+    directories: set[str] = set()
+    synced = replaced = 0
+    for rec in records:
+        line = lines.get((rec.envid, rec.rcpt))
+        if line is not None and line[0] != rec.key:
+            continue  # cancelled or superseded by a later copy
+        root = rec.root
+        if not os.path.isdir(root):
+            continue  # the mailbox is gone (its account was deleted)
+        place = places.setdefault(root, _Places(root))
+        key = rec.key
+        for _ in range(2):  # a second look when an imap daemon moved it meanwhile
+            where = place.find(rec.key)
+            if where is None or where.startswith(f"{root}/tmp/"):
+                break  # deleted or moved away by a user; or never renamed (the retry does)
+            current = _read(where)
+            if current is None:  # moved or deleted meanwhile: never made anew here
+                place.refresh()
+                continue
+            try:
+                if current == rec.data:
+                    _write_again(where, rec.data)
+                    synced += 1
+                else:
+                    key = _replace_copy(root, where, rec, place)
+                    where = place.refresh().find(key) or where
+                    fsync_file(where)
+                    replaced += 1
+            except FileNotFoundError:
+                place.refresh()
+                continue
+            directories.add(os.path.dirname(where))
+            relined.append((rec.envid, rec.rcpt, key, root))
+            break
+    for directory in sorted(directories):
+        fsync_dir(directory)
+    if relined:
+        dlog.record_many(relined)
+    return synced, replaced
+
+
+def _write_again(path: str, data: bytes) -> None:
+    """Write ``data`` over the file at ``path`` (which holds the same bytes, or should), keep
+    its times and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        view, at = memoryview(data), 0
+        while view:
+            n = os.pwrite(fd, view, at)
+            view, at = view[n:], at + n
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def checkpoint_copies(copylog: CopyLog, dlog: DeliveryLog, *, in_commit: bool = False) -> bool:
     """Make every copy so far durable with one ``syncfs`` and move the copy log's and the
     journal's checkpoints past them. False when there was nothing new.

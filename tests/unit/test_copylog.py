@@ -277,6 +277,90 @@ def test_a_failed_sync_of_the_copies_keeps_the_checkpoint_for_the_next_start(
     assert after.rebuilt == 1 and whole in _copies(box) and len(box.scan()) == 2
 
 
+def test_after_a_failed_sync_the_copies_since_the_checkpoint_are_synced_one_by_one_at_once(
+        tmp_path: Path, box: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only at the next start: a copy whose write-back failed may read wrong as soon as
+    the page cache lets it go."""
+    from mailstack.mda import delivery
+
+    mda = Mda(tmp_path)
+    k1, k2, k3 = (mda.deliver(f"Q{n}") for n in (1, 2, 3))
+    whole2 = (box.root / "new" / k2).read_bytes()
+    os.utime(box.root / "new" / k1, ns=(1_000_000_000, 1_000_000_000))  # its received date
+
+    def eio(path: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(delivery, "syncfs", eio)
+    with pytest.raises(OSError):
+        checkpoint_copies(mda.clog, mda.dlog)
+    monkeypatch.undo()
+    os.truncate(box.root / "new" / k2, 0)  # the page cache let Q2's lost write-back go
+    (box.root / "new" / k3).unlink()  # a user deleted Q3
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    assert delivery.resync_copies(mda.clog, mda.dlog) == (1, 1)
+    monkeypatch.undo()
+    [copy1] = [m for m in box.scan() if m.key == k1]
+    [copy2] = [m for m in box.scan() if m.key != k1]
+    assert copy1.path(box.root).stat().st_mtime_ns == 1_000_000_000
+    assert copy2.path(box.root).read_bytes() == whole2  # whole again, under a new key
+    assert str(copy1.path(box.root)) in synced and str(copy2.path(box.root)) in synced
+    assert str(box.root / "new") in synced  # their directory
+    assert len(box.scan()) == 2  # the deleted one stays deleted
+    assert mda.dlog.lookup("Q2", "a@x.test") == copy2.key  # the journal names the new key
+    again = mda.retry("Q2")
+    assert isinstance(again, Delivered) and again.duplicate
+    assert mda.clog.held  # the next start checks them once more, and finds them whole
+    after = Mda(tmp_path)
+    assert after.rebuilt == 0 and len(box.scan()) == 2
+
+
+def test_the_checkpointer_syncs_the_copies_one_by_one_after_a_failed_syncfs_until_it_works(
+        tmp_path: Path, box: Maildir, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from mailstack.mda import daemon, delivery
+
+    mda = Mda(tmp_path)
+    key = mda.deliver("Q1")
+    checkpointer = daemon.Checkpointer(SimpleNamespace(copylog=mda.clog, dlog=mda.dlog))
+
+    def eio(*args: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(delivery, "syncfs", eio)
+    monkeypatch.setattr(delivery, "fsync_dir", eio)  # the disk still fails
+    checkpointer.tick()
+    assert mda.clog.held and not checkpointer.resynced
+    assert "could not be synced one by one either" in caplog.text
+    checkpointer.tick()  # within RESYNC_RETRY: no new attempt
+    assert caplog.text.count("one by one either") == 1
+    monkeypatch.undo()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    checkpointer.next_resync = 0.0  # RESYNC_RETRY has passed
+    checkpointer.tick()
+    assert checkpointer.resynced and str(box.root / "new" / key) in synced
+    assert "one by one: 1 whole, 0 replaced" in caplog.text
+    synced.clear()
+    checkpointer.tick()  # done once: the checkpoint stays held, nothing more to do
+    assert synced == [] and mda.clog.held
+
+
 # --- recovery: every state a crash can leave -----------------------------------------------
 
 def test_whole_copies_are_left_alone(tmp_path: Path, box: Maildir) -> None:
