@@ -23,8 +23,11 @@ synced before ``250``, as before the copy log).
 forgets) in its own process, driven by the same client in rounds interleaved with mailstack's,
 and prints its accepted/s, its CPU per message and mailstack's delivered/s as a share of it.
 
+``--phases`` (with ``--connect``) also prints each system's p50 per step of a message:
+connect to greeting, EHLO, the pipelined MAIL/RCPT/DATA, the message to its ``250``, QUIT.
+
 Usage: python bench/smtp_bench.py [-n 2000] [-c 1 10 50] [--rounds 3] [--connect] [--sink]
-       [--queue]
+       [--queue] [--phases]
 Figures of several rounds are reported as medians; the machine is shared and noisy.
 """
 
@@ -112,39 +115,58 @@ async def client(port: int, count: int, latencies: list[float]) -> None:
     writer.close()
 
 
-async def connecting_client(port: int, count: int, latencies: list[float]) -> None:
-    """``count`` messages, each on a new connection (greeting, EHLO, transaction, QUIT)."""
+#: the steps of a message on its own connection, as ``--phases`` prints them
+PHASES = ("greeting", "EHLO", "MAIL/RCPT/DATA", "message", "QUIT")
+
+
+async def connecting_client(port: int, count: int, latencies: list[float],
+                            phases: dict[str, list[float]] | None = None) -> None:
+    """``count`` messages, each on a new connection (greeting, EHLO, transaction, QUIT);
+    ``phases``: where each step's time goes (connect to greeting, EHLO to its reply, ...)."""
     payload = BODY + b".\r\n"
     for _ in range(count):
         t0 = time.perf_counter()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await read_reply(reader)
+        t1 = time.perf_counter()
         writer.write(b"EHLO bench.example.org\r\n")
         await read_reply(reader)
+        t2 = time.perf_counter()
         writer.write(b"MAIL FROM:<bench@example.org>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n")
         for _ in range(3):
             r = await read_reply(reader)
         if not r.startswith(b"354"):
             raise RuntimeError(f"DATA refused: {r!r}")
+        t3 = time.perf_counter()
         writer.write(payload)
         r = await read_reply(reader)
         if not r.startswith(b"250"):
             raise RuntimeError(f"message refused: {r!r}")
-        latencies.append(time.perf_counter() - t0)
+        t4 = time.perf_counter()
+        latencies.append(t4 - t0)
         writer.write(b"QUIT\r\n")
         await read_reply(reader)
         writer.close()
+        if phases is not None:
+            t5 = time.perf_counter()
+            for name, took in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
+                                  strict=True):
+                phases.setdefault(name, []).append(took)
 
 
-async def run_round(port: int, inbox: Path | None, n: int, c: int,
-                    connect: bool = False) -> dict[str, float]:
-    """One round; ``inbox`` None: a sink, where accepted is all there is to wait for."""
+async def run_round(port: int, inbox: Path | None, n: int, c: int, connect: bool = False,
+                    phases: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """One round; ``inbox`` None: a sink, where accepted is all there is to wait for;
+    ``phases`` (with ``connect``): each step's times go there."""
     before = len(os.listdir(inbox)) if inbox else 0
     latencies: list[float] = []
     per = [n // c + (1 if i < n % c else 0) for i in range(c)]
-    run = connecting_client if connect else client
     t0 = time.perf_counter()
-    await asyncio.gather(*(run(port, k, latencies) for k in per if k))
+    if connect:
+        await asyncio.gather(*(connecting_client(port, k, latencies, phases)
+                               for k in per if k))
+    else:
+        await asyncio.gather(*(client(port, k, latencies) for k in per if k))
     accepted = time.perf_counter() - t0
     deadline = time.monotonic() + 120
     while inbox and len(os.listdir(inbox)) < before + n:
@@ -177,6 +199,15 @@ def serve_sink(port: int) -> None:
     uvloop.run(serve())
 
 
+def print_phases(steps: dict[str, dict[str, list[float]]]) -> None:
+    """Each system's p50 per step of a message on its own connection, in µs."""
+    print("      p50 µs    " + " ".join(f"{name:>15}" for name in PHASES))
+    for system, times in steps.items():
+        if times:
+            print(f"      {system:<10}" + " ".join(
+                f"{statistics.median(times[name]) * 1e6:>15.0f}" for name in PHASES))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=2000, help="messages per round")
@@ -193,6 +224,9 @@ def main() -> None:
                          "decides whether the mda's copy log is used)")
     ap.add_argument("--sink", action="store_true",
                     help="also drive a bare aiosmtpd + uvloop sink, interleaved, as a reference")
+    ap.add_argument("--phases", action="store_true",
+                    help="with --connect: also print where a message's time goes, step by step "
+                         "(connect to greeting, EHLO, MAIL/RCPT/DATA, the message, QUIT)")
     ap.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_sink:
@@ -235,11 +269,14 @@ def main() -> None:
         for c in args.c:
             rows, cpu, client_cpu, busy, sink_rows, sink_cpu = [], [], [], [], [], []
             split: dict[str, list[float]] = {name: [] for name in procs}
+            steps: dict[str, dict[str, list[float]]] = {"mailstack": {}, "sink": {}}
+            watch = args.phases and args.connect
             for _ in range(args.rounds):
                 each0 = {name: proc_cpu(p.pid) for name, p in procs.items()}
                 cpu0, own0 = sum(each0.values()), time.process_time()
                 busy0 = machine_busy()
-                rows.append(asyncio.run(run_round(smtp, inbox, args.n, c, args.connect)))
+                rows.append(asyncio.run(run_round(smtp, inbox, args.n, c, args.connect,
+                                                  steps["mailstack"] if watch else None)))
                 cpu.append((sum(proc_cpu(p.pid) for p in procs.values()) - cpu0) / args.n * 1e6)
                 client_cpu.append((time.process_time() - own0) / args.n * 1e6)
                 busy.append((machine_busy() - busy0) / args.n * 1e6)
@@ -247,8 +284,9 @@ def main() -> None:
                     split[name].append((proc_cpu(p.pid) - each0[name]) / args.n * 1e6)
                 if sink:
                     cpu0 = proc_cpu(sink.pid)
-                    sink_rows.append(asyncio.run(run_round(sink_port, None, args.n, c,
-                                                           args.connect))["accepted"])
+                    sink_rows.append(asyncio.run(run_round(
+                        sink_port, None, args.n, c, args.connect,
+                        steps["sink"] if watch else None))["accepted"])
                     sink_cpu.append((proc_cpu(sink.pid) - cpu0) / args.n * 1e6)
             med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
             line = (f"{c:>4} {med['accepted']:>11.0f} {med['delivered']:>12.0f}"
@@ -262,6 +300,8 @@ def main() -> None:
                          f" {statistics.median(sink_cpu):>8.0f}"
                          f" {statistics.median(ratios):>6.2f}")
             print(line, flush=True)
+            if watch:
+                print_phases(steps)
         used = (tmp / "data" / "mda" / "copies" / "0.seg").exists()
         print(f"copy log: {'used' if used else 'not used'} ({tmp})")
         for name, p in procs.items():
