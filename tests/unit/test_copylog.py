@@ -80,6 +80,24 @@ def _lose_journal(data: Path) -> None:
         os.truncate(path, 0)
 
 
+def _eio(*args: object) -> None:
+    """A disk that fails: what a patched sync call raises."""
+    raise OSError(errno.EIO, "I/O error")
+
+
+def _spy_fsync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths ``os.fsync`` is called on from now on (it still syncs them)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
 def _roll_marker_back(data: Path, batches: int) -> None:
     """The crash kept the marker's rename of ``batches`` batches ago, not the later ones."""
     directory = data / "mda" / "copies"
@@ -226,10 +244,7 @@ def test_a_failed_flush_of_the_log_fails_the_copy_and_its_retry_finds_it(
     the other way; the log takes no more copies until the next start."""
     mda = Mda(tmp_path)
 
-    def eio(fd: int) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(copylog_mod.os, "fdatasync", eio)
+    monkeypatch.setattr(copylog_mod.os, "fdatasync", _eio)
     ready = prepare(tmp_path, "a@x.test", "a@x.test", "s@y.test", MSG, "Q1", mda.dlog)
     [result] = commit_copies([ready], mda.dlog, mda.clog)
     monkeypatch.undo()
@@ -261,10 +276,7 @@ def test_a_failed_sync_of_the_copies_keeps_the_checkpoint_for_the_next_start(
     key = mda.deliver("Q1")
     whole = (box.root / "new" / key).read_bytes()
 
-    def eio(path: object) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(delivery, "syncfs", eio)
+    monkeypatch.setattr(delivery, "syncfs", _eio)
     with pytest.raises(OSError):
         checkpoint_copies(mda.clog, mda.dlog)
     monkeypatch.undo()
@@ -288,23 +300,13 @@ def test_after_a_failed_sync_the_copies_since_the_checkpoint_are_synced_one_by_o
     whole2 = (box.root / "new" / k2).read_bytes()
     os.utime(box.root / "new" / k1, ns=(1_000_000_000, 1_000_000_000))  # its received date
 
-    def eio(path: object) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(delivery, "syncfs", eio)
+    monkeypatch.setattr(delivery, "syncfs", _eio)
     with pytest.raises(OSError):
         checkpoint_copies(mda.clog, mda.dlog)
     monkeypatch.undo()
     os.truncate(box.root / "new" / k2, 0)  # the page cache let Q2's lost write-back go
     (box.root / "new" / k3).unlink()  # a user deleted Q3
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = _spy_fsync(monkeypatch)
     assert delivery.resync_copies(mda.clog, mda.dlog) == (1, 1)
     monkeypatch.undo()
     [copy1] = [m for m in box.scan() if m.key == k1]
@@ -333,25 +335,15 @@ def test_the_checkpointer_syncs_the_copies_one_by_one_after_a_failed_syncfs_unti
     key = mda.deliver("Q1")
     checkpointer = daemon.Checkpointer(SimpleNamespace(copylog=mda.clog, dlog=mda.dlog))
 
-    def eio(*args: object) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(delivery, "syncfs", eio)
-    monkeypatch.setattr(delivery, "fsync_dir", eio)  # the disk still fails
+    monkeypatch.setattr(delivery, "syncfs", _eio)
+    monkeypatch.setattr(delivery, "fsync_dir", _eio)  # the disk still fails
     checkpointer.tick()
     assert mda.clog.held and not checkpointer.resynced
     assert "could not be synced one by one either" in caplog.text
     checkpointer.tick()  # within RESYNC_RETRY: no new attempt
     assert caplog.text.count("one by one either") == 1
     monkeypatch.undo()
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = _spy_fsync(monkeypatch)
     checkpointer.next_resync = 0.0  # RESYNC_RETRY has passed
     checkpointer.tick()
     assert checkpointer.resynced and str(box.root / "new" / key) in synced
