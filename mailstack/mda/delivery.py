@@ -56,7 +56,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -688,10 +688,7 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
         mail = os.path.realpath(data_dir / "mail") + os.sep
         places: dict[str, _Places] = {}
         relined: list[tuple[str, str, str, str]] = []
-        for rec in records:
-            line = lines.get((rec.envid, rec.rcpt))
-            if line is not None and line[0] != rec.key:
-                continue  # cancelled or superseded by a later copy
+        for rec, line in _current(records, lines):
             root = rec.root
             if not os.path.realpath(root).startswith(mail) or not os.path.isdir(root):
                 continue  # the mailbox is gone (its account was deleted)
@@ -703,7 +700,7 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
                 os.rename(f"{root}/tmp/{rec.key}", f"{root}/new/{rec.key}")
                 rebuilt += 1
             elif _read(where) != rec.data:
-                key = _replace_copy(root, where, rec, places[root])
+                key, _ = _replace_copy(root, where, rec, places[root])
                 relined.append((rec.envid, rec.rcpt, key, root))
                 rebuilt += 1
                 continue
@@ -716,15 +713,27 @@ def recover_copies(data_dir: Path, copylog: CopyLog, dlog: DeliveryLog) -> tuple
     return len(records), rebuilt
 
 
-def _replace_copy(root: str, where: str, rec: Record, places: _Places) -> str:
+def _current(records: Sequence[Record], lines: dict[tuple[str, str], tuple[str, str]]
+             ) -> Iterator[tuple[Record, tuple[str, str] | None]]:
+    """The records whose copy still counts, each with its journal line after the checkpoint
+    (None: none there); a record whose line names another key was cancelled or superseded."""
+    for rec in records:
+        line = lines.get((rec.envid, rec.rcpt))
+        if line is None or line[0] == rec.key:
+            yield rec, line
+
+
+def _replace_copy(root: str, where: str, rec: Record, places: _Places) -> tuple[str, str]:
     """Put a whole copy of ``rec`` beside the damaged one at ``where`` under a new key (its
-    flags kept) and remove the damaged one; returns the new key. A new name, not the old
-    one rewritten: an imap daemon that started first may have indexed the damaged file, and
-    a new name is what makes every face see it go and the whole copy arrive."""
+    flags kept) and remove the damaged one; returns the new key and the new copy's path.
+    A new name, not the old one rewritten: an imap daemon that started first may have indexed
+    the damaged file, and a new name is what makes every face see it go and the whole copy
+    arrive."""
     name = os.path.basename(where)
     key = unique_name(len(rec.data), crlf_size(rec.data))
+    path = f"{os.path.dirname(where)}/{key}{name[len(rec.key):]}"
     _rewrite(f"{root}/tmp/{key}", rec.data)
-    os.rename(f"{root}/tmp/{key}", f"{os.path.dirname(where)}/{key}{name[len(rec.key):]}")
+    os.rename(f"{root}/tmp/{key}", path)
     try:
         os.unlink(where)
     except FileNotFoundError:  # an imap daemon moved it from new/ to cur/ meanwhile
@@ -732,7 +741,7 @@ def _replace_copy(root: str, where: str, rec: Record, places: _Places) -> str:
         if moved is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(moved)
-    return key
+    return key, path
 
 
 class _Places:
@@ -812,10 +821,7 @@ def resync_copies(copylog: CopyLog, dlog: DeliveryLog) -> tuple[int, int]:
     relined: list[tuple[str, str, str, str]] = []
     directories: set[str] = set()
     synced = replaced = 0
-    for rec in records:
-        line = lines.get((rec.envid, rec.rcpt))
-        if line is not None and line[0] != rec.key:
-            continue  # cancelled or superseded by a later copy
+    for rec, _ in _current(records, lines):
         root = rec.root
         if not os.path.isdir(root):
             continue  # the mailbox is gone (its account was deleted)
@@ -834,8 +840,7 @@ def resync_copies(copylog: CopyLog, dlog: DeliveryLog) -> tuple[int, int]:
                     _write_again(where, rec.data)
                     synced += 1
                 else:
-                    key = _replace_copy(root, where, rec, place)
-                    where = place.refresh().find(key) or where
+                    key, where = _replace_copy(root, where, rec, place)
                     fsync_file(where)
                     replaced += 1
             except FileNotFoundError:
