@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime.fsutil import fsync_dir
+from ..runtime.fsutil import fsync_dir, pwrite_all
 
 SEGMENT_SIZE = 8 << 20
 BLOCK = 4096
@@ -263,10 +263,7 @@ class CopyLog:
             raw = encode(records, gen, batch, self._salt)
         fd = self._fds[gen % 2]
         try:
-            view, at = memoryview(raw), offset
-            while view:
-                n = os.pwrite(fd, view, at)
-                view, at = view[n:], at + n
+            pwrite_all(fd, raw, offset)
             os.fdatasync(fd)
         except OSError:
             self.broken = True

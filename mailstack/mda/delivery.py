@@ -64,7 +64,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from ..mta.queue import queue_id_time
-from ..runtime.fsutil import fsync_dir, fsync_file, syncfs
+from ..runtime.fsutil import fsync_dir, fsync_file, pwrite_all, syncfs
 from ..store.maildir import (
     INFO_SEP,
     Maildir,
@@ -862,10 +862,7 @@ def _write_again(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-        view, at = memoryview(data), 0
-        while view:
-            n = os.pwrite(fd, view, at)
-            view, at = view[n:], at + n
+        pwrite_all(fd, data, 0)
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.fsync(fd)
     finally:

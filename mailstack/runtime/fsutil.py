@@ -113,6 +113,14 @@ def _block_device_name(device: str) -> str:
         return ""
 
 
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``pwrite`` may write less at a time)."""
+    view, at = memoryview(data), offset
+    while view:
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
+
+
 def write_fsync(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
     """Create ``path`` exclusively, write ``data`` and fsync it (not its directory)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
