@@ -83,9 +83,8 @@ def remove(path: Path) -> None:
             path.unlink()
 
 
-async def open_connection(path: Path, limit: int = 64 * 1024,
-                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """``asyncio.open_unix_connection`` for any path length; raises OSError."""
+async def connect(path: Path) -> socket.socket:
+    """A connected non-blocking socket to ``path``, for any path length; raises OSError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -94,7 +93,13 @@ async def open_connection(path: Path, limit: int = 64 * 1024,
     except BaseException:
         sock.close()
         raise
-    return await asyncio.open_unix_connection(sock=sock, limit=limit)
+    return sock
+
+
+async def open_connection(path: Path, limit: int = 64 * 1024,
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_unix_connection`` for any path length; raises OSError."""
+    return await asyncio.open_unix_connection(sock=await connect(path), limit=limit)
 
 
 def connect_blocking(path: Path, timeout: float) -> socket.socket:

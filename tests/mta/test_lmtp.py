@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from mailstack.config import Config
-from mailstack.mta.lmtp_client import LMTPConnection
+from mailstack.mta.lmtp_client import LMTPConnection, LMTPError
 
 from ..conftest import add_user, running
 from .test_bad_input import Client
@@ -165,3 +168,25 @@ async def test_copies_a_machine_crash_lost_after_their_250_are_rebuilt_from_the_
     assert sorted(p.read_bytes() for p in new.iterdir()) == whole
     async with running("mda", cfg) as mda:  # a clean start checks nothing
         assert "after a crash" not in mda.log()
+
+
+@pytest.mark.parametrize("answer", [b"220 ok\r\n250 mda\r\nthis is not a reply\r\n",
+                                    b"220 ok\r\n250 mda\r\n250 " + b"x" * 100_000,
+                                    b"220 ok\r\n250 mda\r\n"])
+async def test_the_client_gives_up_on_a_server_that_speaks_nonsense(answer: bytes) -> None:
+    """A broken or hostile LMTP peer: a clear LMTPError (the mta queues the mail), promptly
+    and with bounded memory, whether it sends garbage, an endless line or closes."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer[:answer.index(b"\n") + 1])
+        await reader.readline()  # LHLO
+        writer.write(answer[answer.index(b"\n") + 1:])
+        await reader.readline()  # MAIL
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        conn = await LMTPConnection.open("127.0.0.1", port, "t", timeout=5)
+        with pytest.raises(LMTPError, match=r"malformed|closed|lost"):
+            await conn.deliver("Q1", "s@example.org", ["a@example.test"], b"x\r\n")
+        assert conn.broken
