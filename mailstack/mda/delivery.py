@@ -13,6 +13,12 @@ Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta name
    a copy too big for the log, a Maildir on another file system): fsync the file, fsync
    ``new/`` and fdatasync the journal, side by side. Only then the ``250``.
 
+A lone copy committed in the event loop (the common case when mail comes one message at a
+time) takes the copy log's steps in another order: the file in ``tmp/`` first (a mailbox that
+cannot take it still gets ``452``), then the log's append and flush, the ``250``, and only then
+steps 2 and 3 (:func:`append_first`, :func:`place`): the mta and its client go on while the
+mda finishes the copy, before it reads its next command.
+
 What follows is about the second way. The three syncs of step 4 wait for one file-system
 commit, which carries the file, the rename and the journal line together: one device flush
 on the way to ``250`` instead of two (the file's fsync before the rename, then the rest) —
