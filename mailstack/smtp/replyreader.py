@@ -10,19 +10,19 @@ line that is not a reply line, or lines whose codes differ, is a :class:`ReplyEr
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets; the mda's echo an address or two
 MAX_LINE = 4096
 MAX_LINES = 100
+_SEPARATORS = (b" ", b"-", b"")
 
 
 class ReplyError(ValueError):
     """The server's bytes are not a well-formed reply (the connection cannot go on)."""
 
 
-@dataclass(frozen=True)
-class RawReply:
+class RawReply(NamedTuple):
     """A complete reply: its code and the text of each line (without code and separator)."""
 
     code: int
@@ -59,18 +59,25 @@ class ReplyReader:
         self._buf = rest
 
     def _line(self, raw: bytes) -> None:
-        if raw.endswith(b"\r"):
+        if raw[-1:] == b"\r":
             raw = raw[:-1]
         code, sep = raw[:3], raw[3:4]
-        if not (code.isdigit() and code[:1] in b"12345" and sep in (b" ", b"-", b"")):
+        if not (code.isdigit() and code[:1] in b"12345" and sep in _SEPARATORS):
             raise ReplyError(f"malformed reply line: {raw[:80]!r}")
         number = int(code)
-        if self._lines and number != self._code:
-            raise ReplyError(f"reply lines with different codes: {self._code} and {number}")
-        if len(self._lines) >= self.max_lines:
-            raise ReplyError(f"reply of more than {self.max_lines} lines")
-        self._code = number
-        self._lines.append(raw[4:].decode("utf-8", "replace"))
-        if sep != b"-":
-            self.replies.append(RawReply(number, tuple(self._lines)))
+        lines = self._lines
+        if lines:
+            if number != self._code:
+                raise ReplyError(f"reply lines with different codes: {self._code} and {number}")
+            if len(lines) >= self.max_lines:
+                raise ReplyError(f"reply of more than {self.max_lines} lines")
+        text = raw[4:].decode("utf-8", "replace")
+        if sep == b"-":
+            self._code = number
+            lines.append(text)
+        elif lines:
+            lines.append(text)
+            self.replies.append(RawReply(number, tuple(lines)))
             self._lines = []
+        else:  # the common case: a one-line reply
+            self.replies.append(RawReply(number, (text,)))
