@@ -208,9 +208,6 @@ class CopyLog:
         self.held = False
         #: held by the committer for a whole batch, by the checkpointer to read positions
         self.commit_lock = threading.Lock()
-        #: where the records begin of a batch appended before its copies were put in place
-        #: (``delivery.append_first``): the checkpoint stops there until they are
-        self.unplaced: Position | None = None
 
     @staticmethod
     def exists(directory: Path) -> bool:
@@ -252,10 +249,9 @@ class CopyLog:
         self.batch = nxt
         return nxt
 
-    def append(self, records: Sequence[tuple[str, str, str, str, bytes]], batch: int
-               ) -> Position:
+    def append(self, records: Sequence[tuple[str, str, str, str, bytes]], batch: int) -> None:
         """Append ``(envid, rcpt, key, maildir, copy)`` records and fdatasync them: once this
-        returns, the copies can be rebuilt after a crash. Returns where the batch begins."""
+        returns, the copies can be rebuilt after a crash."""
         if not self._started or self.broken:
             raise OSError("the copy log is not open for appends")
         gen, offset = self._pos
@@ -273,7 +269,6 @@ class CopyLog:
             self.broken = True
             raise
         self._pos = (gen, offset + len(raw))
-        return gen, offset
 
     def fits(self, size: int) -> bool:
         return size <= self.max_record
@@ -302,12 +297,6 @@ class CopyLog:
     def position(self) -> Position:
         """Where the next record goes: every record before it has been appended."""
         return self._pos
-
-    def settled(self) -> Position:
-        """How far the checkpoint may move: every record before has been appended and its
-        copy put in place (see :attr:`unplaced`)."""
-        unplaced = self.unplaced
-        return self._pos if unplaced is None else unplaced
 
     def hold(self) -> None:
         """A sync of the copies failed (an I/O error: written-back data may be lost): take no

@@ -34,13 +34,10 @@ from .delivery import (
     Copy,
     Delivered,
     DeliveryLog,
-    Unplaced,
-    append_first,
     checkpoint_copies,
     commit_copies,
     mailbox_dir,
     mailbox_usage_count,
-    place,
     prepare,
     recover,
     recover_copies,
@@ -67,40 +64,13 @@ class DeliveryHandler:
         # sparse copies are committed in the event loop (no thread trip), concurrent ones
         # together in the commit thread
         self.committer: GroupCommit[Copy, str] = GroupCommit(
-            self._commit_batch, name="mda-commit", inline_below=INLINE_BELOW,
-            alone=self._commit_alone)
-        #: a lone copy durable in the copy log, answered before its file is in place
-        #: (``delivery.append_first``): placed right after its reply (:meth:`place_copies`)
-        self._unplaced: list[Unplaced] = []
+            self._commit_batch, name="mda-commit", inline_below=INLINE_BELOW)
         #: (queue id, recipient) of copies being committed: a concurrent repeat waits for them
         self._in_flight: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def _commit_batch(self, copies: Sequence[Copy]) -> list[str | OSError]:
         return commit_copies(copies, self.dlog, self.copylog)
-
-    def _commit_alone(self, copy: Copy) -> str | OSError:
-        """A lone copy, committed in the event loop: with the copy log, only its record
-        before the ``250``; its file follows (:meth:`place_copies`)."""
-        copylog = self.copylog
-        if copylog is not None:
-            try:
-                unplaced = append_first(copy, self.dlog, copylog)
-            except OSError as exc:
-                return exc
-            if unplaced is not None:
-                self._unplaced.append(unplaced)
-                return f"{copy.root}/new/{copy.key}"
-        return commit_copies([copy], self.dlog, copylog)[0]
-
-    def place_copies(self) -> None:
-        """Put the copies answered by their copy-log record alone in their Maildirs: after
-        their reply is written, and before anything else is delivered or looked up (the
-        marker's order; a retry must find the journal line)."""
-        while self._unplaced:
-            unplaced = self._unplaced.pop(0)
-            if self.copylog is not None:
-                place(unplaced, self.dlog, self.copylog)
 
     def resolve(self, address: str) -> str | None:
         """The account a recipient address delivers to, or None."""
@@ -136,7 +106,6 @@ class DeliveryHandler:
 
     async def _deliver_one(self, rcpt: str, sender: str, data: bytes, envid: str | None,
                            retry: bool) -> str:
-        self.place_copies()
         flight = (envid, rcpt) if envid else None
         while flight and flight in self._in_flight:  # the mta retried while we commit
             await asyncio.shield(self._in_flight[flight])
@@ -194,7 +163,6 @@ class DeliveryHandler:
 
     async def _commit(self, ready: Copy, flight: tuple[str, str] | None) -> str:
         """Commit one copy (group commit); concurrent repeats of ``flight`` wait for it."""
-        self.place_copies()  # one batch in flight at a time (the marker's order)
         mine: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         if flight:
             self._in_flight[flight] = mine
@@ -270,7 +238,6 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(srv.wait_closed(), 5)
     handler.committer.close()
-    handler.place_copies()
     if handler.copylog is not None:  # a clean stop leaves nothing for the next start to check
         try:
             await asyncio.to_thread(checkpoint_copies, handler.copylog, dlog)
@@ -381,7 +348,6 @@ async def _checkpoint_forever(handler: DeliveryHandler) -> None:
     checkpointer = Checkpointer(handler)
     while True:
         await asyncio.sleep(CHECKPOINT_EVERY)
-        handler.place_copies()  # one whose reply never went out (its connection failed)
         try:
             await asyncio.to_thread(checkpointer.tick)
         except Exception:  # a bug: logged, and the checkpointer goes on

@@ -13,12 +13,6 @@ Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta name
    a copy too big for the log, a Maildir on another file system): fsync the file, fsync
    ``new/`` and fdatasync the journal, side by side. Only then the ``250``.
 
-A lone copy committed in the event loop (the common case when mail comes one message at a
-time) takes the copy log's steps in another order: the file in ``tmp/`` first (a mailbox that
-cannot take it still gets ``452``), then the log's append and flush, the ``250``, and only then
-steps 2 and 3 (:func:`append_first`, :func:`place`): the mta and its client go on while the
-mda finishes the copy, before it reads its next command.
-
 What follows is about the second way. The three syncs of step 4 wait for one file-system
 commit, which carries the file, the rename and the journal line together: one device flush
 on the way to ``250`` instead of two (the file's fsync before the rename, then the rest) —
@@ -57,7 +51,6 @@ at once (one fdatasync of the journal and one fsync per ``new/`` serve the whole
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import mmap
 import os
@@ -441,74 +434,6 @@ def commit_copies(copies: Sequence[Copy], dlog: DeliveryLog | None,
         with copylog.commit_lock:
             return _commit(copies, dlog, copylog)
     return _commit(copies, dlog, None)
-
-
-@dataclass(frozen=True)
-class Unplaced:
-    """A copy durable in the copy log whose file is written in ``tmp/`` but not yet in its
-    Maildir (:func:`place`); ``fd``: the file, still open."""
-
-    copy: Copy
-    batch: int
-    fd: int
-
-
-def append_first(copy: Copy, dlog: DeliveryLog, copylog: CopyLog) -> Unplaced | None:
-    """Write ``copy``'s file in ``tmp/`` and make the copy durable by its copy-log record;
-    :func:`place` finishes it afterwards. None when the copy log cannot take it (then
-    :func:`commit_copies`).
-
-    For a lone copy the mda answers ``250`` in between, so the journal line, the marker and
-    the rename into ``new/`` are made while the mta and its client go on. The file is written
-    first, so a mailbox that cannot take it (a full disk, a quota, a broken directory) still
-    gets ``452`` before anything is promised. A crash before :func:`place` loses nothing: the
-    record is after the checkpoint, which stops before it until the copy is placed
-    (:meth:`CopyLog.settled`), and the next start renames the copy from ``tmp/`` (or rebuilds
-    it) into ``new/``. The caller places it before anything else is delivered, so the
-    marker keeps its order. Raises the OSError of a failed write or append (the mta
-    retries)."""
-    if not copy.envid or copylog.broken or not _fits(copylog, copy):
-        return None
-    fd = _try_write(copy, False)
-    if isinstance(fd, OSError):
-        raise fd
-    assert fd is not None
-    try:
-        with copylog.commit_lock:
-            batch = copylog.batch + 1
-            begins = copylog.append([(copy.envid, copy.rcpt, copy.key, copy.root, copy.disk)],
-                                    batch)
-            copylog.unplaced = begins
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(f"{copy.root}/tmp/{copy.key}")
-        raise
-    return Unplaced(copy, batch, fd)
-
-
-def place(unplaced: Unplaced, dlog: DeliveryLog, copylog: CopyLog) -> bool:
-    """Finish the copy :func:`append_first` logged as :func:`commit_copies` would: journal
-    line, marker, rename into ``new/`` (nothing synced: the checkpointer's ``syncfs`` does).
-    False when that failed: the copy log is then held, so its record stays after the
-    checkpoint and the next start moves the copy into ``new/``."""
-    c = unplaced.copy
-    with copylog.commit_lock:
-        try:
-            dlog.append([(c.envid or "", c.rcpt, c.key, c.root)])
-            if copylog.mark() != unplaced.batch:
-                raise OSError(errno.EIO, "the copy log's marker is out of step")
-            os.rename(f"{c.root}/tmp/{c.key}", f"{c.root}/new/{c.key}")
-        except OSError as exc:
-            log.error("%s: to=<%s>: the copy is safe in the copy log but could not be put in "
-                      "its mailbox (%s); it appears there at the next start of the mda",
-                      c.envid, c.rcpt, exc.strerror or exc)
-            copylog.hold()
-            return False
-        finally:
-            os.close(unplaced.fd)
-        copylog.unplaced = None
-    return True
 
 
 def _commit(copies: Sequence[Copy], dlog: DeliveryLog | None,
@@ -952,10 +877,10 @@ def checkpoint_copies(copylog: CopyLog, dlog: DeliveryLog, *, in_commit: bool = 
     when the log needs its other segment; every file and rename of its batch is made). The
     commit lock is only held to read them: the committer may hold it and call this."""
     if in_commit:
-        pos, jpos = copylog.settled(), dlog.position()
+        pos, jpos = copylog.position(), dlog.position()
     else:
         with copylog.commit_lock:
-            pos, jpos = copylog.settled(), dlog.position()
+            pos, jpos = copylog.position(), dlog.position()
     if pos <= copylog.checkpointed or copylog.held:
         return False
     try:

@@ -46,9 +46,6 @@ class MultiReplyLMTP(ProtocolMixin, LMTP):
                 return
             for line in status:
                 await super().push(line)
-            place = getattr(self.event_handler, "place_copies", None)
-            if place is not None:  # copies answered by their copy-log record alone
-                place()
             return
         await super().push(status)
 

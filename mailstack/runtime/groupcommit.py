@@ -17,8 +17,7 @@ it took (jobs do not overlap). That saves the trip to the worker thread and back
 wake-ups, ~90 µs of latency for a lone message). A job that arrives sooner — under
 concurrency, it was waiting while the loop was busy committing — goes through the worker
 thread, where the jobs that follow join its batch. So does every job while the last commit
-took longer than ``inline_below`` seconds (a slow disk: the loop would stall). ``alone``, when
-given, commits such a lone job instead of ``commit``.
+took longer than ``inline_below`` seconds (a slow disk: the loop would stall).
 """
 
 from __future__ import annotations
@@ -41,10 +40,8 @@ class GroupCommit(Generic[J, R]):
     """Batch jobs for ``commit`` (blocking, run in a worker thread); see the module docstring."""
 
     def __init__(self, commit: CommitFn, *, name: str, max_batch: int = 128,
-                 inline_below: float = 0.0,
-                 alone: Callable[[J], R | BaseException] | None = None) -> None:
+                 inline_below: float = 0.0) -> None:
         self._commit = commit
-        self._alone = alone
         self._inline_below = inline_below
         #: when the last commit ended (perf_counter) and how long it took (seconds)
         self._last_end = 0.0
@@ -83,7 +80,7 @@ class GroupCommit(Generic[J, R]):
         self.inline += 1
         started = time.perf_counter()
         try:
-            result = self._alone(job) if self._alone else self._commit([job])[0]
+            result = self._commit([job])[0]
         finally:
             self._last_end = time.perf_counter()
             self._last_took = self._last_end - started

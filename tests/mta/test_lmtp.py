@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from mailstack.config import Config
-from mailstack.mda.copylog import scan
 from mailstack.mta.lmtp_client import LMTPConnection, LMTPError
 
 from ..conftest import add_user, running
@@ -191,33 +190,3 @@ async def test_the_client_gives_up_on_a_server_that_speaks_nonsense(answer: byte
         with pytest.raises(LMTPError, match=r"malformed|closed|lost"):
             await conn.deliver("Q1", "s@example.org", ["a@example.test"], b"x\r\n")
         assert conn.broken
-
-
-async def test_a_lone_copy_is_in_new_with_its_journal_line_before_the_next_reply(
-        cfg: Config) -> None:
-    """A lone copy is answered once its copy-log record is durable; its rename into new/ and
-    its journal line follow the reply, before the mda reads anything else: whatever the
-    connection gets next, the copy is in place, and a retry of it makes no second one."""
-    add_user(cfg, "alice@example.test")
-    new = cfg.data_dir / "mail" / "example.test" / "alice" / "new"
-    async with running("mda", cfg) as mda:
-        await mda.wait_log("copy log ready")
-        c = await lmtp_session(cfg)
-        for envid in ("QLONE1", "QLONE1", "QLONE2"):
-            body = b"Subject: lone\r\n\r\nx\r\n"
-            assert (await c.cmd(f"MAIL FROM:<s@example.org> ENVID={envid} XRETRY\r\n"
-                                f"RCPT TO:<alice@example.test>\r\n"
-                                f"BDAT {len(body)} LAST".encode() + b"\r\n" + body
-                                )).startswith("250")
-            assert (await c.reply()).startswith("250")
-            assert (await c.reply()).startswith("250 2.0.0 <alice@example.test>")
-            assert (await c.cmd("NOOP")).startswith("250")
-            journal = b"".join(p.read_bytes() for p in
-                               (cfg.data_dir / "mda" / "delivered").glob("*.log"))
-            assert envid.encode() in journal
-        assert len(list(new.iterdir())) == 2
-        assert not list((new.parent / "tmp").iterdir())
-        records = [r for seg in ("0.seg", "1.seg") for r in scan(
-            (cfg.data_dir / "mda" / "copies" / seg).read_bytes())[0]]
-        assert [r.envid for r in records] == ["QLONE1", "QLONE2"]  # the log took both
-        c.close()

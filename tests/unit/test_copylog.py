@@ -22,11 +22,8 @@ from mailstack.mda.copylog import BLOCK, CopyLog, encode, read_pending, scan, sk
 from mailstack.mda.delivery import (
     Delivered,
     DeliveryLog,
-    Unplaced,
-    append_first,
     checkpoint_copies,
     commit_copies,
-    place,
     prepare,
     recover,
     recover_copies,
@@ -574,78 +571,3 @@ def test_the_checkpointer_and_a_committer_that_needs_the_other_segment_never_wai
     woken[0].join(30)
     assert not work.is_alive() and not woken[0].is_alive(), "deadlock"
     assert len(box.scan()) == 40
-
-
-# --- a lone copy: answered once its record is durable, placed right after -----------------
-
-def _append_first(mda: Mda, qid: str, body: bytes = MSG, rcpt: str = "a@x.test") -> Unplaced:
-    ready = prepare(mda.data, rcpt, rcpt, "s@y.test", body, qid, mda.dlog)
-    assert not isinstance(ready, Delivered)
-    unplaced = append_first(ready, mda.dlog, mda.clog)
-    assert unplaced is not None
-    return unplaced
-
-
-def test_a_lone_copy_is_durable_before_it_is_placed_and_the_checkpoint_waits_for_it(
-        tmp_path: Path, box: Maildir) -> None:
-    mda = Mda(tmp_path)
-    mda.deliver("Q0")
-    unplaced = _append_first(mda, "Q1")
-    key = unplaced.copy.key
-    assert (box.root / "tmp" / key).exists() and not (box.root / "new" / key).exists()
-    assert [r.key for r in mda.clog.pending()][-1] == key
-    assert checkpoint_copies(mda.clog, mda.dlog)  # Q0's record, not Q1's
-    assert [r.key for r in mda.clog.pending()] == [key]
-    assert place(unplaced, mda.dlog, mda.clog)
-    assert (box.root / "new" / key).read_bytes() == unplaced.copy.disk
-    assert mda.dlog.lookup("Q1", "a@x.test") == key
-    assert checkpoint_copies(mda.clog, mda.dlog)
-    assert mda.clog.pending() == []
-
-
-@pytest.mark.parametrize("kept", ["nothing", "the file in tmp/"])
-def test_a_crash_between_the_answer_and_the_placing_loses_nothing(
-        tmp_path: Path, box: Maildir, kept: str) -> None:
-    """The 250 went out on the record alone; the machine died before the copy was placed,
-    with or without its file in tmp/ surviving. The next start puts it in new/ once."""
-    mda = Mda(tmp_path)
-    unplaced = _append_first(mda, "Q1")
-    os.close(unplaced.fd)
-    key = unplaced.copy.key
-    if kept == "nothing":
-        (box.root / "tmp" / key).unlink()
-    after = Mda(tmp_path)
-    assert (after.checked, after.rebuilt) == (1, 1)
-    assert (box.root / "new" / key).read_bytes() == unplaced.copy.disk
-    assert not (box.root / "tmp" / key).exists()
-    again = after.retry("Q1")  # the mta, which may never have heard the 250
-    assert isinstance(again, Delivered) and again.duplicate
-    assert len(box.scan()) == 1
-
-
-def test_a_copy_that_cannot_be_placed_holds_the_log_and_the_next_start_places_it(
-        tmp_path: Path, box: Maildir) -> None:
-    mda = Mda(tmp_path)
-    unplaced = _append_first(mda, "Q1")
-    key = unplaced.copy.key
-    (box.root / "new").rename(box.root / "new.away")  # the rename into new/ fails
-    assert not place(unplaced, mda.dlog, mda.clog)
-    assert mda.clog.held and mda.clog.broken  # the checkpoint stays before its record
-    assert not checkpoint_copies(mda.clog, mda.dlog)
-    (box.root / "new.away").rename(box.root / "new")
-    after = Mda(tmp_path)
-    assert after.rebuilt == 1
-    assert (box.root / "new" / key).read_bytes() == unplaced.copy.disk
-    assert len(box.scan()) == 1
-
-
-def test_a_mailbox_that_cannot_take_the_file_gets_an_error_before_anything_is_logged(
-        tmp_path: Path, box: Maildir) -> None:
-    mda = Mda(tmp_path)
-    ready = prepare(tmp_path, "a@x.test", "a@x.test", "s@y.test", MSG, "Q1", mda.dlog)
-    assert not isinstance(ready, Delivered)
-    os.rmdir(box.root / "tmp")
-    (box.root / "tmp").write_text("not a directory")
-    with pytest.raises(OSError):
-        append_first(ready, mda.dlog, mda.clog)
-    assert mda.clog.pending() == [] and mda.clog.unplaced is None
