@@ -95,9 +95,9 @@ class _Replies(asyncio.Protocol):
 
 
 class LMTPConnection:
-    def __init__(self, transport: asyncio.Transport, replies: _Replies,
-                 timeout: float) -> None:
-        self.transport = transport
+    def __init__(self, replies: _Replies, timeout: float) -> None:
+        assert replies.transport is not None  # set by connection_made
+        self.transport: asyncio.Transport = replies.transport
         self._replies = replies
         self.timeout = timeout
         self.extensions: set[str] = set()
@@ -113,12 +113,12 @@ class LMTPConnection:
             async with asyncio.timeout(timeout):
                 if isinstance(host, Path):
                     sock = await unixsock.connect(host)
-                    transport, replies = await loop.create_unix_connection(_Replies, sock=sock)
+                    _, replies = await loop.create_unix_connection(_Replies, sock=sock)
                 else:
-                    transport, replies = await loop.create_connection(_Replies, host, port)
+                    _, replies = await loop.create_connection(_Replies, host, port)
         except (OSError, TimeoutError) as exc:
             raise LMTPError(f"cannot connect to the mda at {where}: {exc}") from None
-        conn = cls(transport, replies, timeout)  # type: ignore[arg-type]
+        conn = cls(replies, timeout)
         try:
             async with asyncio.timeout(timeout):
                 greeting = await conn._reply()
