@@ -18,9 +18,6 @@ import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-from aiosmtpd.smtp import Envelope, Session
 
 from ..accounts.users import UserDB, resolve_recipient
 from ..config import Config
@@ -28,6 +25,7 @@ from ..runtime import testhooks, unixsock
 from ..runtime.fsutil import metadata_order
 from ..runtime.groupcommit import GroupCommit
 from ..runtime.netserver import BindError, format_sockname, limiter_for, start_server
+from ..smtp.lmtpsession import Transaction
 from . import vacation
 from .copylog import CopyLog
 from .delivery import (
@@ -44,7 +42,7 @@ from .delivery import (
     resync_copies,
     valid_envid,
 )
-from .lmtp import MultiReplyLMTP, PerRecipient
+from .lmtp import LMTPServerProtocol
 
 log = logging.getLogger("mailstack.mda")
 #: a commit slower than this (seconds) sends the next ones through the commit thread, so a
@@ -53,7 +51,7 @@ INLINE_BELOW = 0.005
 
 
 class DeliveryHandler:
-    """aiosmtpd hooks for the LMTP server."""
+    """What the LMTP listener asks of the mda: which recipients it takes, and delivery."""
 
     def __init__(self, cfg: Config, users: UserDB, dlog: DeliveryLog) -> None:
         self.cfg = cfg
@@ -77,32 +75,23 @@ class DeliveryHandler:
         return resolve_recipient(self.users, self.cfg.server.domains, address,
                                  self.cfg.server.postmaster)
 
-    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-CHUNKING",
-                responses[-1]]
-
-    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    def recipient(self, address: str) -> str | None:
+        """The refusal for a recipient at RCPT, or None when it is delivered here."""
         if self.resolve(address) is None:
             return f"550 5.1.1 <{address}>: no such user here"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
+        return None
 
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> PerRecipient:
-        envid = getattr(session, "envid", None)
+    async def deliver(self, tx: Transaction) -> list[str]:
+        """Deliver a transaction's message: one reply per recipient, in order."""
+        envid = tx.envid
         if envid is not None and not valid_envid(envid):
             envid = None
-        data = envelope.original_content or b""
-        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
-        retry = bool(getattr(session, "retry", True))
-        rcpts = list(envelope.rcpt_tos)
+        data, sender, retry = tx.content, tx.sender, tx.retry
+        rcpts = tx.rcpts
         if len(rcpts) == 1:  # the common case, without gather's tasks
-            return PerRecipient([await self._deliver_one(rcpts[0], sender, data, envid, retry)],
-                                rcpts)
-        return PerRecipient(await asyncio.gather(
-            *(self._deliver_one(r, sender, data, envid, retry) for r in rcpts)), rcpts)
+            return [await self._deliver_one(rcpts[0], sender, data, envid, retry)]
+        return list(await asyncio.gather(
+            *(self._deliver_one(r, sender, data, envid, retry) for r in rcpts)))
 
     async def _deliver_one(self, rcpt: str, sender: str, data: bytes, envid: str | None,
                            retry: bool) -> str:
@@ -196,11 +185,10 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
 
     limiter = limiter_for(cfg)
 
-    def factory() -> MultiReplyLMTP:
-        proto = MultiReplyLMTP(
-            handler, hostname=cfg.server.hostname, ident="mailstack LMTP",
-            data_size_limit=int(cfg.mta.max_message_size) + 64 * 1024,
-            enable_SMTPUTF8=True, decode_data=False, timeout=cfg.mta.idle_timeout)
+    def factory() -> LMTPServerProtocol:
+        proto = LMTPServerProtocol(cfg.server.hostname, handler.recipient, handler.deliver,
+                                   int(cfg.mta.max_message_size) + 64 * 1024,
+                                   cfg.mta.idle_timeout)
         proto.limiter = limiter
         return proto
 

@@ -6,7 +6,6 @@ import asyncio
 from types import MethodType
 from typing import Any
 
-from mailstack.mda.lmtp import MultiReplyLMTP
 from mailstack.mta.smtp import MailstackSMTP
 from mailstack.smtp.factory import ProtocolFactory
 
@@ -71,8 +70,3 @@ def test_a_copied_smtp_protocol_equals_a_constructed_one() -> None:
                                  ident="mailstack ESMTP", enable_SMTPUTF8=True,
                                  decode_data=False, auth_required=False, timeout=300.0))
 
-
-def test_a_copied_lmtp_protocol_equals_a_constructed_one() -> None:
-    handler = Handler()
-    _check(lambda: MultiReplyLMTP(handler, hostname="mx.example.test", ident="LMTP",
-                                  enable_SMTPUTF8=True, decode_data=False, timeout=300.0))
