@@ -93,6 +93,32 @@ class DeliveryHandler:
         return list(await asyncio.gather(
             *(self._deliver_one(r, sender, data, envid, retry) for r in rcpts)))
 
+    def deliver_now(self, tx: Transaction) -> list[str] | None:
+        """:meth:`deliver`, done before returning when it can be: one recipient, and the
+        group commit would commit it alone in the event loop anyway (sparse load). None when
+        it cannot; the caller then awaits :meth:`deliver`. Saves a task and a trip through
+        the event loop per lone message."""
+        if len(tx.rcpts) != 1 or not self.committer.can_inline():
+            return None
+        envid = tx.envid
+        if envid is not None and not valid_envid(envid):
+            envid = None
+        rcpt = tx.rcpts[0]
+        if envid and (envid, rcpt) in self._in_flight:
+            return None
+        started = time.monotonic()
+        step = self._prepare(rcpt, tx.sender, tx.content, envid, tx.retry)
+        if isinstance(step, str):
+            return [step]
+        account, ready = step
+        try:  # nothing else runs meanwhile: no repeat of this copy can start
+            path = ready.path if isinstance(ready, Delivered) else \
+                self.committer.commit_now(ready)
+        except OSError as exc:
+            return [self._deferred(envid, rcpt, exc)]
+        return [self._delivered(envid, rcpt, account, tx.sender, tx.content, started, path,
+                                isinstance(ready, Delivered))]
+
     async def _deliver_one(self, rcpt: str, sender: str, data: bytes, envid: str | None,
                            retry: bool) -> str:
         flight = (envid, rcpt) if envid else None
@@ -100,6 +126,24 @@ class DeliveryHandler:
             await asyncio.shield(self._in_flight[flight])
             retry = True
         started = time.monotonic()
+        step = self._prepare(rcpt, sender, data, envid, retry)
+        if isinstance(step, str):
+            return step
+        account, ready = step
+        # the durable part goes to the group commit: its thread writes and fsyncs this copy
+        # together with those of concurrent sessions
+        try:
+            path = ready.path if isinstance(ready, Delivered) else \
+                await self._commit(ready, flight)
+        except OSError as exc:
+            return self._deferred(envid, rcpt, exc)
+        return self._delivered(envid, rcpt, account, sender, data, started, path,
+                               isinstance(ready, Delivered))
+
+    def _prepare(self, rcpt: str, sender: str, data: bytes, envid: str | None,
+                 retry: bool) -> str | tuple[str, Copy | Delivered]:
+        """The account and the copy to commit (or where it already is); a reply instead when
+        the copy is refused or cannot be made. In the event loop: no fsync."""
         qid = envid or "-"
         account = self.resolve(rcpt)
         if account is None:  # removed between RCPT and DATA
@@ -110,22 +154,24 @@ class DeliveryHandler:
                                      len(data), quota, most):
             log.info("%s: to=<%s>, status=bounced (552 5.2.2 over quota)", qid, rcpt)
             return f"552 5.2.2 <{rcpt}>: mailbox full"
-        # Preparing is in the event loop (no fsync); the durable part goes to the group commit:
-        # its thread writes and fsyncs this copy together with those of concurrent sessions.
         try:
-            ready = prepare(self.cfg.data_dir, account, rcpt, sender, data, envid, self.dlog,
-                            retry=retry)
-            if isinstance(ready, Delivered):
-                path, note = ready.path, "already delivered"
-            else:
-                path, note = await self._commit(ready, flight), "delivered"
+            return account, prepare(self.cfg.data_dir, account, rcpt, sender, data, envid,
+                                    self.dlog, retry=retry)
         except OSError as exc:
-            log.error("%s: to=<%s>, status=deferred (452 4.3.1 %s)", qid, rcpt,
-                      exc.strerror or exc)
-            return f"452 4.3.1 <{rcpt}>: cannot write the mailbox now, try again later"
-        log.info("%s: to=<%s>, size=%d, delay=%.3f, status=%s (%s)", qid, rcpt, len(data),
-                 time.monotonic() - started, note, path)
-        if note == "delivered":
+            return self._deferred(envid, rcpt, exc)
+
+    @staticmethod
+    def _deferred(envid: str | None, rcpt: str, exc: OSError) -> str:
+        log.error("%s: to=<%s>, status=deferred (452 4.3.1 %s)", envid or "-", rcpt,
+                  exc.strerror or exc)
+        return f"452 4.3.1 <{rcpt}>: cannot write the mailbox now, try again later"
+
+    def _delivered(self, envid: str | None, rcpt: str, account: str, sender: str, data: bytes,
+                   started: float, path: str, before: bool) -> str:
+        note = "already delivered" if before else "delivered"
+        log.info("%s: to=<%s>, size=%d, delay=%.3f, status=%s (%s)", envid or "-", rcpt,
+                 len(data), time.monotonic() - started, note, path)
+        if not before:
             self._vacation(account, sender, data)
         return f"250 2.0.0 <{rcpt}> {note}"
 
@@ -187,7 +233,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
 
     def factory() -> LMTPServerProtocol:
         proto = LMTPServerProtocol(cfg.server.hostname, handler.recipient, handler.deliver,
-                                   int(cfg.mta.max_message_size) + 64 * 1024,
+                                   handler.deliver_now, int(cfg.mta.max_message_size) + 64 * 1024,
                                    cfg.mta.idle_timeout)
         proto.limiter = limiter
         return proto

@@ -88,6 +88,20 @@ CANCELLED = "-"
 Position = tuple[str, int]  # (journal day, byte offset in that day's file)
 
 
+_day_cache: tuple[int, str] = (-1, "")
+
+
+def _today() -> str:
+    """Today's date (UTC) as the journal names its files, ``YYYYMMDD`` (formatted once a
+    day, not for every append)."""
+    global _day_cache
+    number = int(time.time() // 86400)
+    cached = _day_cache
+    if cached[0] != number:
+        cached = _day_cache = (number, time.strftime("%Y%m%d", time.gmtime(number * 86400)))
+    return cached[1]
+
+
 class DeliveryLog:
     """Journal of deliveries: ``<dir>/YYYYMMDD.log``, one ``envid rcpt key maildir`` a line.
 
@@ -177,7 +191,7 @@ class DeliveryLog:
         (:meth:`sync`); :meth:`lookup` finds them at once."""
         data = "".join(_line(*r) for r in records).encode()
         with self._lock:
-            day = time.strftime("%Y%m%d", time.gmtime())
+            day = _today()
             if self._fd is None or day != self._day:
                 if self._fd is not None:
                     os.close(self._fd)
@@ -215,7 +229,7 @@ class DeliveryLog:
         """Where the journal ends now."""
         with self._lock:
             if self._fd is None:  # nothing appended yet by this process: today's file ends
-                self._day = time.strftime("%Y%m%d", time.gmtime())
+                self._day = _today()
                 try:
                     self._pos = os.stat(self.dir / f"{self._day}.log").st_size
                 except FileNotFoundError:

@@ -2,10 +2,12 @@
 protocol, delivering through the daemon's handler.
 
 A connection's bytes go to its session as they arrive; the replies to everything they hold
-(a pipelined MAIL, RCPTs and ``BDAT … LAST`` with the message) go out in one write. A complete
-message is delivered in a task of its own, one at a time per connection; input that arrives
-meanwhile waits in the session (reading pauses beyond :data:`PAUSE_AT` octets), so memory
-stays bounded by the session's limits.
+(a pipelined MAIL, RCPTs and ``BDAT … LAST`` with the message) go out in one write. A lone
+message the handler can deliver at once (it would be committed in the event loop anyway) is
+delivered there and then, its replies in the same write; any other is delivered in a task of
+its own, one at a time per connection, and input that arrives meanwhile waits in the session
+(reading pauses beyond :data:`PAUSE_AT` octets), so memory stays bounded by the session's
+limits.
 
 The listener was aiosmtpd's ``LMTP`` class until its per-command path (a stream reader, a
 coroutine per command, a timer reset per command, logging arguments sanitised before the
@@ -35,15 +37,19 @@ PAUSE_AT = 256 * 1024
 
 #: delivers a transaction's message; one reply per recipient, in order
 Delivery = Callable[[Transaction], Awaitable[list[str]]]
+#: the same done at once when it can be (a lone message), else None
+DeliveryNow = Callable[[Transaction], "list[str] | None"]
 
 
 class _LMTPConnection(asyncio.Protocol):
     """One LMTP connection (the I/O around its session)."""
 
     def __init__(self, hostname: str, recipient: Callable[[str], str | None],
-                 deliver: Delivery, max_message: int, idle_timeout: float) -> None:
+                 deliver: Delivery, deliver_now: DeliveryNow | None, max_message: int,
+                 idle_timeout: float) -> None:
         self.session = LMTPSession(hostname, recipient, max_message)
         self._deliver = deliver
+        self._deliver_now = deliver_now
         self._idle_timeout = idle_timeout
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -97,9 +103,19 @@ class _LMTPConnection(asyncio.Protocol):
                 return
             result = session.handle(item)
             if isinstance(result, Deliver):
-                self._write(out)
-                self._start(self._deliver_message(result.transaction))
-                return
+                try:
+                    now = None if chaos.ENGINE is not None or self._deliver_now is None else \
+                        self._deliver_now(result.transaction)
+                except Exception:  # a bug: this connection ends, the daemon goes on
+                    log.exception("%s: lmtp delivery failed", self._peer)
+                    self._close()
+                    return
+                if now is None:
+                    self._write(out)
+                    self._start(self._deliver_message(result.transaction))
+                    return
+                session.delivered()
+                result = now
             out += result
         self._write(out)
         if session.closing and self.transport is not None:

@@ -58,12 +58,23 @@ class GroupCommit(Generic[J, R]):
         self.jobs = 0
         self.inline = 0
 
+    def can_inline(self) -> bool:
+        """Whether a job submitted now would be committed in the caller's thread (sparse
+        load; see the module docstring)."""
+        if not self._inline_below or self._busy or self._pending:
+            return False
+        took = self._last_took
+        return took < self._inline_below and time.perf_counter() - self._last_end > took
+
+    def commit_now(self, job: J) -> R:
+        """Commit ``job`` alone in the caller's thread (when :meth:`can_inline`); its result,
+        or its exception raised."""
+        return self._commit_inline(job)
+
     async def submit(self, job: J) -> R:
         """Commit ``job`` (with whatever else is waiting) and return its result."""
-        if self._inline_below and not self._busy and not self._pending:
-            took = self._last_took
-            if took < self._inline_below and time.perf_counter() - self._last_end > took:
-                return self._commit_inline(job)
+        if self.can_inline():
+            return self._commit_inline(job)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         self._pending.append((job, fut))

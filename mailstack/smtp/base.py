@@ -109,6 +109,30 @@ class ProtocolMixin(CountedProtocol):
             await self.refuse_message(action.reply)
         return True
 
+    _idle_deadline = 0.0
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timer, reset at every command and DATA chunk: one timer armed and
+        moved lazily (it re-arms itself for the new deadline when it fires early) instead of
+        a cancelled and a new ``call_later`` each time."""
+        loop = self.loop  # type: ignore[attr-defined]
+        deadline = loop.time() + (duration or self._timeout_duration)  # type: ignore[attr-defined]
+        self._idle_deadline = deadline
+        handle = self._timeout_handle  # type: ignore[has-type]
+        if handle is not None and not handle.cancelled() and handle.when() <= deadline:
+            return
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = loop.call_at(deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        now = self.loop.time()  # type: ignore[attr-defined]
+        if now < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(  # type: ignore[attr-defined]
+                self._idle_deadline, self._idle_check)
+            return
+        self._timeout_cb()  # type: ignore[attr-defined]
+
     async def push(self, status: Any) -> None:
         """Write a reply. Replies are held back while the client has already sent its next
         command (RFC 2920 pipelining) or more lines of a multi-line reply follow, so that a

@@ -190,3 +190,24 @@ async def test_the_client_gives_up_on_a_server_that_speaks_nonsense(answer: byte
         with pytest.raises(LMTPError, match=r"malformed|closed|lost"):
             await conn.deliver("Q1", "s@example.org", ["a@example.test"], b"x\r\n")
         assert conn.broken
+
+
+async def test_the_client_times_out_on_a_server_that_stops_answering() -> None:
+    """A peer that takes the transaction and never answers: LMTPError "mda timed out" after
+    the connection's timeout, the connection closed; the next transaction gets its own."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 ok\r\n")
+        await reader.readline()  # LHLO
+        writer.write(b"250 mda\r\n")
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        conn = await LMTPConnection.open("127.0.0.1", port, "t", timeout=0.5)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(LMTPError, match="mda timed out"):
+            await conn.deliver("Q1", "s@example.org", ["a@example.test"], b"x\r\n")
+        assert 0.45 <= asyncio.get_running_loop().time() - started < 3
+        assert conn.broken and conn.transport.is_closing()
