@@ -252,12 +252,6 @@ class CopyLog:
     def append(self, records: Sequence[tuple[str, str, str, str, bytes]], batch: int) -> None:
         """Append ``(envid, rcpt, key, maildir, copy)`` records and fdatasync them: once this
         returns, the copies can be rebuilt after a crash."""
-        self.sync(self.write(records, batch))
-
-    def write(self, records: Sequence[tuple[str, str, str, str, bytes]], batch: int
-              ) -> tuple[int, Position]:
-        """The first half of :meth:`append`: the records written, not synced; what
-        :meth:`sync` needs (the segment's descriptor and where the log will end)."""
         if not self._started or self.broken:
             raise OSError("the copy log is not open for appends")
         gen, offset = self._pos
@@ -270,26 +264,11 @@ class CopyLog:
         fd = self._fds[gen % 2]
         try:
             pwrite_all(fd, raw, offset)
-        except OSError:
-            self.broken = True
-            raise
-        return fd, (gen, offset + len(raw))
-
-    def sync(self, written: tuple[int, Position]) -> None:
-        """The second half of :meth:`append`: one fdatasync; the log then ends after the
-        records. Only the thread holding the commit lock calls it, once per :meth:`write`."""
-        fd, end = written
-        try:
             os.fdatasync(fd)
         except OSError:
             self.broken = True
             raise
-        self._pos = end
-
-    def fits_in_segment(self, nbytes: int) -> bool:
-        """Whether a batch of ``nbytes`` (block-padded) goes on in the current segment: its
-        append then never moves to the other one (nor checkpoints everything first)."""
-        return self._pos[1] + nbytes <= self.segment_size
+        self._pos = (gen, offset + len(raw))
 
     def fits(self, size: int) -> bool:
         return size <= self.max_record

@@ -6,13 +6,10 @@ Each copy gets ``Return-Path`` and ``Delivered-To`` prepended. When the mta name
 1. write ``tmp/KEY`` (not yet synced);
 2. append ``<queue id> <recipient> KEY <Maildir>`` to the delivery journal (not yet synced);
 3. rename ``tmp/KEY`` → ``new/KEY``;
-4. with the copy log (:mod:`.copylog`, the default): the copy is appended to it and
-   fdatasynced, one data flush. Its record is written first and the flush runs while a worker
-   thread does steps 1-3 (:func:`_write_early`: the flush no longer waits for them; ~100 µs
-   sooner at one message at a time), and ``250`` waits for both. The file, the rename and the
-   line are synced within a second by the checkpointer's ``syncfs``
-   (:func:`checkpoint_copies`), and after a crash of the machine :func:`recover_copies`
-   rebuilds them from the log. Without it (``[mda] copy_log = false``,
+4. with the copy log (:mod:`.copylog`, the default): append the copy to it and fdatasync it,
+   one data flush; the file, the rename and the line are synced within a second by the
+   checkpointer's ``syncfs`` (:func:`checkpoint_copies`), and after a crash of the machine
+   :func:`recover_copies` rebuilds them from the log. Without it (``[mda] copy_log = false``,
    a copy too big for the log, a Maildir on another file system): fsync the file, fsync
    ``new/`` and fdatasync the journal, side by side. Only then the ``250``.
 
@@ -64,7 +61,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from ..mta.queue import queue_id_time
@@ -81,7 +77,6 @@ from ..store.maildir import (
     unique_name,
 )
 from .copylog import BLOCK, CopyLog, Record, record_size
-from .copylog import Position as LogPosition
 
 log = logging.getLogger("mailstack.mda")
 
@@ -460,28 +455,52 @@ def _commit(copies: Sequence[Copy], dlog: DeliveryLog | None,
     results: list[str | OSError] = [OSError("not committed")] * len(copies)
     logged = [bool(c.envid) and dlog is not None for c in copies]
     fds: dict[int, int] = {}  # copies whose file is synced in step 4: its open descriptor
-    early = _write_early(copylog, copies, logged)
     try:
-        sync_error: OSError | None = None
-        if early is None:
-            placed = _place(copies, dlog, copylog, logged, results, fds, None)
-        else:  # the log's flush here; the files, journal line, marker and renames meanwhile
-            assert copylog is not None  # in a worker, which gets the GIL while this one waits
-            job = _pool().submit(_place, copies, dlog, copylog, logged, results, fds, early[1])
+        ok: list[int] = []
+        for i, outcome in enumerate(_write_all(copies, logged)):
+            if isinstance(outcome, OSError):
+                results[i] = outcome
+                continue
+            ok.append(i)
+            if outcome is not None:
+                fds[i] = outcome
+        journal = [(c.envid or "", c.rcpt, c.key, c.root)
+                   for c in (copies[i] for i in ok if logged[i])]
+        appended = False
+        if journal and dlog is not None:
             try:
-                copylog.sync(early[0])
+                dlog.append(journal)
+                appended = True
             except OSError as exc:
-                sync_error = exc
-            placed = job.result()
-        ok, in_log, renamed, appended, batch = placed
+                for i in [i for i in ok if logged[i]]:
+                    _forget_fd(fds, i)
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{copies[i].root}/tmp/{copies[i].key}")
+                    results[i] = exc
+                ok = [i for i in ok if not logged[i]]
+        # copies the copy log takes: its marker moves before any of them is renamed
+        batch, in_log = _mark(copylog, _log_members(copylog, copies,
+                                                    [i for i in ok if logged[i]]))
+        renamed: dict[str, list[int]] = {}
+        for i in ok:
+            c = copies[i]
+            try:
+                os.rename(f"{c.root}/tmp/{c.key}", f"{c.root}/new/{c.key}")
+            except OSError as exc:
+                results[i] = exc
+                _forget_fd(fds, i)
+                in_log.discard(i)
+                if not logged[i]:  # else a retry completes it from tmp/ (its line says so)
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{c.root}/tmp/{c.key}")
+                continue
+            renamed.setdefault(f"{c.root}/new", []).append(i)
         # step 4: one device flush for the copy log's copies; one file-system commit carries
         # the other files, their renames and their journal lines
         journal_sync = dlog.sync if appended and dlog is not None and any(
             logged[i] and i not in in_log for i in ok) else None
         errors = _run_side_by_side(_sync_jobs(copies, fds, renamed, in_log, journal_sync,
-                                              None if early else copylog, batch))
-        if sync_error is not None:
-            errors["copylog"] = sync_error
+                                              copylog, batch))
         taken_back = _settle(copies, renamed, in_log, logged, errors, results)
         if appended and dlog is not None:
             if any(isinstance(r, OSError) for r in results):
@@ -495,135 +514,6 @@ def _commit(copies: Sequence[Copy], dlog: DeliveryLog | None,
             with contextlib.suppress(OSError):
                 os.close(fd)
     return results
-
-
-class _Placed(NamedTuple):
-    """What :func:`_place` did: the copies still going (``ok``), those the copy log takes,
-    the renamed ones by ``new/`` directory, whether the journal got their lines; the batch
-    number when the log's records are still to be written."""
-
-    ok: list[int]
-    in_log: set[int]
-    renamed: dict[str, list[int]]
-    appended: bool
-    batch: int = 0
-
-
-def _place(copies: Sequence[Copy], dlog: DeliveryLog | None, copylog: CopyLog | None,
-           logged: Sequence[bool], results: list[str | OSError], fds: dict[int, int],
-           early: set[int] | None) -> _Placed:
-    """Steps 1-3 for a batch: every file written in ``tmp/``, one journal append, the copy
-    log's marker moved, every copy renamed into ``new/`` (errors into ``results``).
-    ``early``: the copies whose records are written already (:func:`_write_early`)."""
-    ok: list[int] = []
-    for i, outcome in enumerate(_write_all(copies, logged)):
-        if isinstance(outcome, OSError):
-            results[i] = outcome
-            continue
-        ok.append(i)
-        if outcome is not None:
-            fds[i] = outcome
-    journal = [(c.envid or "", c.rcpt, c.key, c.root)
-               for c in (copies[i] for i in ok if logged[i])]
-    appended = False
-    if journal and dlog is not None:
-        try:
-            dlog.append(journal)
-            appended = True
-        except OSError as exc:
-            for i in [i for i in ok if logged[i]]:
-                _forget_fd(fds, i)
-                with contextlib.suppress(OSError):
-                    os.unlink(f"{copies[i].root}/tmp/{copies[i].key}")
-                results[i] = exc
-            ok = [i for i in ok if not logged[i]]
-    # copies the copy log takes: its marker moves before any of them is renamed
-    if early is None:
-        batch, in_log = _mark(copylog, _log_members(copylog, copies,
-                                                    [i for i in ok if logged[i]]))
-    else:
-        batch = 0
-        in_log, refused = _mark_early(copylog, early, copies, dlog,
-                                      [i for i in ok if logged[i]], results, fds)
-        ok = [i for i in ok if i not in refused]
-    renamed: dict[str, list[int]] = {}
-    for i in ok:
-        c = copies[i]
-        try:
-            os.rename(f"{c.root}/tmp/{c.key}", f"{c.root}/new/{c.key}")
-        except OSError as exc:
-            results[i] = exc
-            _forget_fd(fds, i)
-            in_log.discard(i)
-            if not logged[i]:  # else a retry completes it from tmp/ (its line says so)
-                with contextlib.suppress(OSError):
-                    os.unlink(f"{c.root}/tmp/{c.key}")
-            continue
-        renamed.setdefault(f"{c.root}/new", []).append(i)
-    return _Placed(ok, in_log, renamed, appended, batch)
-
-
-def _write_early(copylog: CopyLog | None, copies: Sequence[Copy], logged: Sequence[bool]
-                 ) -> tuple[tuple[int, LogPosition], set[int]] | None:
-    """Write the copy log's records for a batch first (page cache only; what
-    :meth:`CopyLog.sync` needs, and the copies they hold), so that their fdatasync — the one
-    wait before ``250`` — runs while a worker writes the files, the journal line, the marker
-    and the renames, instead of after them. None when the log takes none of the copies, or
-    when their batch would need the log's other segment (that switch checkpoints everything
-    first, which must come after the batch's files and renames: the records are then written
-    after them, as before).
-
-    Safe whatever a crash keeps: the records carry the batch number the marker is about to
-    get (batches are committed one at a time, under the log's commit lock), the marker still
-    moves after the batch's files exist and before any is renamed into ``new/``, and ``250``
-    still waits for both. A record whose copy is then refused (its file or journal line could
-    not be written, the marker could not move) names a batch the marker reaches with no copy
-    made — left alone at recovery, as a deleted copy — or, rebuilt, gets its journal line back
-    so that the mta's retry hears "already delivered"; a refusal because the marker could not
-    move also cancels the copy's journal line, so that its record is not rebuilt at all."""
-    if copylog is None:
-        return None
-    members = _log_members(copylog, copies, [i for i, j in enumerate(logged) if j])
-    if not members:
-        return None
-    records = [(c.envid or "", c.rcpt, c.key, c.root, c.disk)
-               for c in (copies[i] for i in members)]
-    size = sum(record_size(len(d), e, r, k, root) for e, r, k, root, d in records)
-    if not copylog.fits_in_segment(size + (-size % BLOCK)):
-        return None
-    try:
-        return copylog.write(records, copylog.batch + 1), set(members)
-    except OSError as exc:  # the log is broken now: these copies are synced the other way
-        log.warning("copy log: cannot write to it (%s); syncing copies instead", exc)
-        return None
-
-
-def _mark_early(copylog: CopyLog | None, early: set[int],
-                copies: Sequence[Copy], dlog: DeliveryLog | None, candidates: list[int],
-                results: list[str | OSError], fds: dict[int, int]) -> tuple[set[int], set[int]]:
-    """Move the marker for a batch whose append started early: (the copies it takes, those of
-    ``candidates`` in the append; the copies refused). When the marker cannot move, those
-    copies are taken back (their files removed, their journal lines cancelled, durably) and
-    refused: their records are already in the log and, with the marker behind, would be
-    rebuilt after a crash."""
-    assert copylog is not None
-    members = [i for i in candidates if i in early]
-    if not members:
-        return set(), set()
-    try:
-        copylog.mark()
-        return set(members), set()
-    except OSError as exc:
-        log.warning("copy log: cannot move its marker (%s); refusing this batch's copies", exc)
-    for i in members:
-        _forget_fd(fds, i)
-        with contextlib.suppress(OSError):
-            os.unlink(f"{copies[i].root}/tmp/{copies[i].key}")
-        results[i] = OSError("the copy log's marker could not move")
-    if dlog is not None:
-        with contextlib.suppress(OSError):
-            dlog.cancel([(copies[i].envid or "", copies[i].rcpt) for i in members])
-    return set(), set(members)
 
 
 def _sync_jobs(copies: Sequence[Copy], fds: dict[int, int], renamed: dict[str, list[int]],

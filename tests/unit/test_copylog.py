@@ -255,29 +255,6 @@ def test_a_failed_flush_of_the_log_fails_the_copy_and_its_retry_finds_it(
     assert (box.root / "new" / key).exists() and len(box.scan()) == 2
 
 
-def test_a_marker_that_cannot_move_refuses_the_copies_whose_records_are_written_already(
-        tmp_path: Path, box: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The records are written before the marker moves (their flush runs beside the files'
-    work): when it cannot move, the copies are refused and their journal lines cancelled, so
-    that neither the next start (which finds the records past the marker) nor the mta's retry
-    makes a copy the other did not — exactly one copy in the end."""
-    mda = Mda(tmp_path)
-
-    def no_rename(*args: object) -> None:
-        raise OSError(errno.EIO, "I/O error")
-    monkeypatch.setattr(copylog_mod.os, "rename", no_rename)
-    ready = prepare(tmp_path, "a@x.test", "a@x.test", "s@y.test", MSG, "Q1", mda.dlog)
-    [result] = commit_copies([ready], mda.dlog, mda.clog)
-    monkeypatch.undo()
-    assert isinstance(result, OSError) and "marker" in str(result)
-    assert box.scan() == [] and not any((box.root / "tmp").iterdir())
-    assert len(mda.clog.pending()) == 1  # the record is there, past the marker
-    after = Mda(tmp_path)  # a crash now: the record is not rebuilt (its line is cancelled)
-    assert after.rebuilt == 0 and box.scan() == []
-    again = after.retry("Q1")  # the mta's retry delivers it, once
-    assert isinstance(again, str) and len(box.scan()) == 1
-
-
 def test_a_checkpoint_leaves_nothing_for_the_next_start(tmp_path: Path, box: Maildir) -> None:
     mda = Mda(tmp_path)
     mda.deliver("Q1")
