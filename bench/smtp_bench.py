@@ -47,6 +47,8 @@ from pathlib import Path
 
 from benchlib import ROOT, serve, wait_port
 
+from mailstack.runtime.fsutil import metadata_order
+
 _HEAD = b"From: bench@example.org\r\nTo: sink@example.test\r\nSubject: bench\r\n\r\n"
 _LINES = b"".join(b"%04d " % i + b"x" * 70 + b"\r\n" for i in range(30))
 BODY = (_HEAD + _LINES)[:2046] + b"\r\n"  # 2 KiB, ending in CRLF
@@ -304,6 +306,11 @@ def main() -> None:
                 print_phases(steps)
         used = (tmp / "data" / "mda" / "copies" / "0.seg").exists()
         print(f"copy log: {'used' if used else 'not used'} ({tmp})")
+        journaled, what = metadata_order(tmp)
+        if not journaled and what.startswith("ext"):
+            print(f"file system: {what}: for a minute or so after many deletions (another "
+                  "run's clean-up, a test run) creating a file costs ~10x more there; let it "
+                  "rest between runs, or measure with --dir on a journaled file system")
         for name, p in procs.items():
             print(f"{name}: peak memory {proc_hwm_mib(p.pid):.1f} MiB, CPU user "
                   f"{proc_cpu(p.pid, 'user'):.1f} s, system {proc_cpu(p.pid, 'system'):.1f} s")
