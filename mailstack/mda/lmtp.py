@@ -32,6 +32,8 @@ from ..smtp.lmtpsession import Chunk, Command, Deliver, Item, LMTPSession, Messa
 
 log = logging.getLogger("mailstack.mda")
 
+#: control characters, shown as "?" in a reply
+_CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
 #: octets of input held while a delivery runs before the connection stops being read
 PAUSE_AT = 256 * 1024
 
@@ -188,7 +190,10 @@ class _LMTPConnection(asyncio.Protocol):
     # -- output -----------------------------------------------------------------------------
     def _write(self, replies: list[str]) -> None:
         if replies and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(("\r\n".join(replies) + "\r\n").encode("utf-8", "replace"))
+            # a control character echoed from the input (an address in a refusal) would start
+            # a reply line of its own: shown as "?"
+            text = "\r\n".join(r if r.isprintable() else r.translate(_CONTROLS) for r in replies)
+            self.transport.write((text + "\r\n").encode("utf-8", "replace"))
 
     def _close(self) -> None:
         if self.transport is not None:

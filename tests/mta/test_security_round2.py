@@ -106,6 +106,19 @@ async def test_lhlo_with_control_characters_is_refused(stack: Stack) -> None:
     c.close()
 
 
+async def test_lmtp_replies_never_echo_control_characters(stack: Stack) -> None:
+    """An address with a bare CR in it, refused at RCPT: the refusal names it with "?" in its
+    place, so no reply line of the attacker's making reaches the client."""
+    c = await Client.connect(stack.lmtp)
+    assert (await c.cmd("LHLO ok.example.org")).startswith("250")
+    assert (await c.cmd("MAIL FROM:<s@example.org>")).startswith("250")
+    reply = await c.cmd(b"RCPT TO:<a\rX-Injected: 1@example.test>\r\n")
+    assert reply.startswith("550 5.1.1 <a?X-Injected: 1@example.test>") and "\r" not in \
+        reply[:-2]
+    assert (await c.cmd("NOOP")).startswith("250")
+    c.close()
+
+
 @pytest.fixture
 async def strict(config_factory) -> AsyncIterator[Stack]:
     cfg: Config = config_factory("[mta]\nsoft_error_limit = 2\nhard_error_limit = 6\n"
