@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .smtp.reply import is_failure_reply
+
 DEFAULT_DATA_DIR = "./mailstack-data"
 
 
@@ -310,7 +312,6 @@ class Fault:
         return fnmatch.fnmatchcase(address.lower(), self.match.lower())
 
 
-_FAULT_REPLY = re.compile(r"[45]\d\d( [245]\.\d{1,3}\.\d{1,3})? \S.*")
 
 
 def _parse_faults(value: Any, source: str) -> tuple[Fault, ...]:
@@ -333,7 +334,7 @@ def _parse_faults(value: Any, source: str) -> tuple[Fault, ...]:
             raise ConfigError(f"{source}: bad value for [[faults]].at: use "
                               f"{', '.join(FAULT_POINTS)}")
         reply = kw.get("reply", "")
-        if reply and not _FAULT_REPLY.fullmatch(reply):
+        if reply and not is_failure_reply(reply):
             raise ConfigError(f"{source}: bad value for [[faults]].reply: expected a 4xx or 5xx "
                               f"reply such as \"451 4.3.0 try later\", got {reply!r}")
         if kw["at"] == "fetch" and (reply or kw.get("stall")):

@@ -64,7 +64,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from ..mta.queue import queue_id_time
-from ..runtime.fsutil import fsync_dir, fsync_file, pwrite_all, syncfs
+from ..runtime.fsutil import fsync_dir, fsync_file, pwrite_all, syncfs, write_all
 from ..store.maildir import (
     INFO_SEP,
     Maildir,
@@ -205,10 +205,8 @@ class DeliveryLog:
                     fsync_dir(self.dir)
             if self._torn:  # a failed append may have left half a line: end it first
                 data = b"\n" + data
-            view = memoryview(data)
             self._torn = True
-            while view:
-                view = view[os.write(self._fd, view):]
+            write_all(self._fd, data)
             self._torn = False
             # the file's end as the kernel sees it (a test stack's reset() truncates it)
             self._pos = os.lseek(self._fd, 0, os.SEEK_CUR)
@@ -808,9 +806,7 @@ def _rewrite(path: str, data: bytes) -> None:
     """Write ``path`` afresh with ``data`` (synced with everything else at the end)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
 
@@ -975,9 +971,7 @@ def _try_write(copy: Copy, sync: bool) -> OSError | int | None:
     except OSError as exc:
         return exc
     try:
-        view = memoryview(copy.disk)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, copy.disk)
         if sync:
             os.fsync(fd)
     except OSError as exc:

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..smtp.reply import is_failure_reply
+
 if TYPE_CHECKING:
     from ..config import Config
 
@@ -57,7 +59,6 @@ POINTS = {
 ALIASES = {"fetch": "imap.fetch", "login": "imap.login", "select": "imap.select",
            "append": "imap.append", "retr": "pop3.retr", "helo": "smtp.ehlo",
            "bdat": "smtp.data"}
-_SMTP_REPLY = re.compile(r"[45]\d\d( [245]\.\d{1,3}\.\d{1,3})? \S.*")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*")
 KEYS = {"id", "at", "match", "reply", "drop", "latency", "stall", "times", "probability"}
 
@@ -113,7 +114,7 @@ def normalize(spec: Mapping[str, Any]) -> dict[str, Any]:
     reply = str(spec.get("reply") or "")
     if reply:
         if service in ("smtp", "lmtp"):
-            if not _SMTP_REPLY.fullmatch(reply):
+            if not is_failure_reply(reply):
                 raise FaultError(f"reply: expected a 4xx or 5xx reply such as "
                                  f"'451 4.3.0 try later', got {reply!r}")
         elif service == "imap":

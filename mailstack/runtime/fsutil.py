@@ -113,6 +113,13 @@ def _block_device_name(device: str) -> str:
         return ""
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at ``fd``'s position (``write`` may write less at a time)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:
     """Write all of ``data`` at ``offset`` of ``fd`` (``pwrite`` may write less at a time)."""
     view, at = memoryview(data), offset
@@ -125,10 +132,7 @@ def write_fsync(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) ->
     """Create ``path`` exclusively, write ``data`` and fsync it (not its directory)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -40,6 +40,15 @@ _DEFAULT_ENHANCED = {
 }
 
 
+#: a temporary or permanent failure reply, with or without an enhanced code (test faults)
+_FAILURE = re.compile(r"[45]\d\d( [245]\.\d{1,3}\.\d{1,3})? \S.*")
+
+
+def is_failure_reply(text: str) -> bool:
+    """Whether ``text`` is a one-line 4xx or 5xx reply, e.g. ``451 4.3.0 try later``."""
+    return _FAILURE.fullmatch(text) is not None
+
+
 def enhance(reply: str) -> str:
     """Add an enhanced status code to a one-line reply that lacks one."""
     if reply[3:4] in (" ", "-") and _HAS_ENHANCED.match(reply, 4) and reply[:3] not in _REWRITTEN:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime.fsutil import fsync_dir
+from ..runtime.fsutil import fsync_dir, write_all
 
 SPECIAL_FOLDERS = ("Sent", "Drafts", "Trash", "Junk")
 INFO_SEP = ":2,"
@@ -315,9 +315,7 @@ class Maildir:
         try:
             for piece in lf_pieces(data):
                 sizes.add(piece)
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, piece)
             if sync:
                 os.fsync(fd)
         except BaseException:
