@@ -312,8 +312,6 @@ class Fault:
         return fnmatch.fnmatchcase(address.lower(), self.match.lower())
 
 
-
-
 def _parse_faults(value: Any, source: str) -> tuple[Fault, ...]:
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise ConfigError(f"{source}: faults must be an array of tables ([[faults]])")

@@ -50,6 +50,11 @@ log = logging.getLogger("mailstack.mda")
 INLINE_BELOW = 0.005
 
 
+def _envid(tx: Transaction) -> str | None:
+    """The transaction's queue id (``ENVID``) when it is one the journal can record."""
+    return tx.envid if tx.envid is not None and valid_envid(tx.envid) else None
+
+
 class DeliveryHandler:
     """What the LMTP listener asks of the mda: which recipients it takes, and delivery."""
 
@@ -83,9 +88,7 @@ class DeliveryHandler:
 
     async def deliver(self, tx: Transaction) -> list[str]:
         """Deliver a transaction's message: one reply per recipient, in order."""
-        envid = tx.envid
-        if envid is not None and not valid_envid(envid):
-            envid = None
+        envid = _envid(tx)
         data, sender, retry = tx.content, tx.sender, tx.retry
         rcpts = tx.rcpts
         if len(rcpts) == 1:  # the common case, without gather's tasks
@@ -100,9 +103,7 @@ class DeliveryHandler:
         the event loop per lone message."""
         if len(tx.rcpts) != 1 or not self.committer.can_inline():
             return None
-        envid = tx.envid
-        if envid is not None and not valid_envid(envid):
-            envid = None
+        envid = _envid(tx)
         rcpt = tx.rcpts[0]
         if envid and (envid, rcpt) in self._in_flight:
             return None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime import unixsock
+from ..runtime.deadline import MovingDeadline
 from ..smtp.reply import Reply
 from ..smtp.replyreader import RawReply, ReplyError, ReplyReader
 
@@ -51,9 +52,8 @@ class _Replies(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.error: LMTPError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        #: while a transaction runs, when it times out (loop time); one timer, moved lazily
-        self.deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        #: while a transaction runs, when it times out (LMTPConnection.deliver sets it)
+        self.deadline = MovingDeadline(asyncio.get_running_loop(), self._timed_out)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -74,36 +74,11 @@ class _Replies(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline.cancel()
         self._fail(LMTPError(f"mda connection lost: {exc}" if exc else
                              "mda closed the connection"))
 
-    def limit(self, seconds: float) -> None:
-        """Fail the wait for replies with "mda timed out" once ``seconds`` have passed, until
-        :meth:`unlimit` (cheaper per transaction than ``asyncio.timeout``: the timer armed
-        once is re-armed only when it fires early)."""
-        loop = asyncio.get_running_loop()
-        self.deadline = deadline = loop.time() + seconds
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = loop.call_at(deadline, self._check_deadline)
-
-    def unlimit(self) -> None:
-        self.deadline = None
-
-    def _check_deadline(self) -> None:
-        self._timer = None
-        deadline = self.deadline
-        if deadline is None:
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() < deadline:
-            self._timer = loop.call_at(deadline, self._check_deadline)
-            return
+    def _timed_out(self) -> None:
         self._fail(LMTPError("mda timed out"))
         if self.transport is not None:
             self.transport.close()
@@ -183,15 +158,15 @@ class LMTPConnection:
 
         ``retry``: this entry may have reached the mda before (ask it to check its journal).
         """
-        replies = self._replies
-        replies.limit(self.timeout)
+        deadline = self._replies.deadline
+        deadline.set(self.timeout)
         try:
             return await self._deliver(envid, sender, rcpts, data, body8, smtputf8, retry)
         except BaseException:  # LMTPError (a timeout among them), or cancelled by a caller
             self.broken = True
             raise
         finally:
-            replies.unlimit()
+            deadline.clear()
 
     async def _deliver(self, envid: str, sender: str, rcpts: list[str], data: bytes,
                        body8: bool, smtputf8: bool, retry: bool) -> LMTPResult:

@@ -18,17 +18,15 @@ from typing import Any
 from aiosmtpd.smtp import MISSING
 
 from ..runtime import chaos
+from ..runtime.deadline import MovingDeadline
 from ..runtime.netserver import CountedProtocol
 from .address import split_path
 from .data import DataReader
-from .reply import enhance
+from .reply import enhance, printable
 from .validate import helo_error
 
 log = logging.getLogger("mailstack.smtp")
 
-#: control characters shown as "?" in a reply: a CR or LF from the client's input, echoed
-#: back, would otherwise start a new reply line
-_CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
 
 
 class ProtocolMixin(CountedProtocol):
@@ -109,37 +107,24 @@ class ProtocolMixin(CountedProtocol):
             await self.refuse_message(action.reply)
         return True
 
-    _idle_deadline = 0.0
+    _idle: MovingDeadline | None = None
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        """aiosmtpd's idle timer, reset at every command and DATA chunk: one timer armed and
-        moved lazily (it re-arms itself for the new deadline when it fires early) instead of
-        a cancelled and a new ``call_later`` each time."""
-        loop = self.loop  # type: ignore[attr-defined]
-        deadline = loop.time() + (duration or self._timeout_duration)  # type: ignore[attr-defined]
-        self._idle_deadline = deadline
-        handle = self._timeout_handle  # type: ignore[has-type]
-        if handle is not None and not handle.cancelled() and handle.when() <= deadline:
-            return
-        if handle is not None:
-            handle.cancel()
-        self._timeout_handle = loop.call_at(deadline, self._idle_check)
-
-    def _idle_check(self) -> None:
-        now = self.loop.time()  # type: ignore[attr-defined]
-        if now < self._idle_deadline:
-            self._timeout_handle = self.loop.call_at(  # type: ignore[attr-defined]
-                self._idle_deadline, self._idle_check)
-            return
-        self._timeout_cb()  # type: ignore[attr-defined]
+        """aiosmtpd's idle timer, reset at every command and DATA chunk: a
+        :class:`~mailstack.runtime.deadline.MovingDeadline` instead of a cancelled and a new
+        ``call_later`` each time (aiosmtpd only ever cancels ``_timeout_handle``)."""
+        idle = self._idle
+        if idle is None:
+            idle = self._idle = self._timeout_handle = MovingDeadline(
+                self.loop, self._timeout_cb)  # type: ignore[attr-defined]
+        idle.set(duration or self._timeout_duration)  # type: ignore[attr-defined]
 
     async def push(self, status: Any) -> None:
         """Write a reply. Replies are held back while the client has already sent its next
         command (RFC 2920 pipelining) or more lines of a multi-line reply follow, so that a
         pipelined MAIL/RCPT/DATA group costs one write instead of one per reply."""
         if isinstance(status, str):
-            if not status.isprintable():  # aiosmtpd echoes bad input ("command ... unknown")
-                status = status.translate(_CONTROLS)
+            status = printable(status)  # aiosmtpd echoes bad input ("command ... unknown")
             if not self._plain_reply:
                 status = enhance(status)
             # "replace": an argument echoed back may hold undecodable bytes (surrogates)

@@ -40,6 +40,16 @@ _DEFAULT_ENHANCED = {
 }
 
 
+#: control characters shown as "?" in a reply: a CR or LF from the client's input, echoed
+#: back, would otherwise start a new reply line
+_CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character shown as "?" (for a reply line)."""
+    return text if text.isprintable() else text.translate(_CONTROLS)
+
+
 #: a temporary or permanent failure reply, with or without an enhanced code (test faults)
 _FAILURE = re.compile(r"[45]\d\d( [245]\.\d{1,3}\.\d{1,3})? \S.*")
 
