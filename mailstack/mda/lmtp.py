@@ -27,13 +27,13 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from ..runtime import chaos
+from ..runtime.deadline import MovingDeadline
 from ..runtime.netserver import CountedProtocol, transport_ip
-from ..smtp.lmtpsession import Chunk, Command, Deliver, Item, LMTPSession, Message, Transaction
+from ..smtp.lmtpsession import Command, Deliver, Item, LMTPSession, Transaction
+from ..smtp.reply import printable
 
 log = logging.getLogger("mailstack.mda")
 
-#: control characters, shown as "?" in a reply
-_CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
 #: octets of input held while a delivery runs before the connection stops being read
 PAUSE_AT = 256 * 1024
 
@@ -57,24 +57,23 @@ class _LMTPConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None  # a delivery or a fault in progress
         self._paused = False
-        self._last = 0.0  # when input last arrived (loop time)
-        self._timer: asyncio.TimerHandle | None = None
+        self._idle = MovingDeadline(self._loop, self._idle_expired)
         self._peer = "unknown"
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's: duck-typed
         self._peer = transport_ip(transport)
-        self._last = self._loop.time()
         if self._idle_timeout:
-            self._timer = self._loop.call_later(self._idle_timeout, self._check_idle)
+            self._idle.set(self._idle_timeout)
         if chaos.ENGINE is not None:
             self._start(self._connect_fault())
             return
         transport.write(self.session.greeting().encode() + b"\r\n")
 
     def data_received(self, data: bytes) -> None:
-        self._last = self._loop.time()
+        if self._idle_timeout and self.session.in_message:  # a message's octets: progress
+            self._idle.set(self._idle_timeout)
         self.session.feed(data)
         if self._task is None:
             self._run()
@@ -86,9 +85,7 @@ class _LMTPConnection(asyncio.Protocol):
         return False  # the transport closes; a delivery under way still completes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._idle.cancel()
         self.transport = None
 
     # -- the session ------------------------------------------------------------------------
@@ -99,6 +96,8 @@ class _LMTPConnection(asyncio.Protocol):
             item = session.next_item()
             if item is None:
                 break
+            if self._idle_timeout:  # a whole command (bytes of one never finished are not)
+                self._idle.set(self._idle_timeout)
             if chaos.ENGINE is not None and _fault_point(item) is not None:
                 self._write(out)
                 self._start(self._command_fault(item))
@@ -192,22 +191,21 @@ class _LMTPConnection(asyncio.Protocol):
         if replies and self.transport is not None and not self.transport.is_closing():
             # a control character echoed from the input (an address in a refusal) would start
             # a reply line of its own: shown as "?"
-            text = "\r\n".join(r if r.isprintable() else r.translate(_CONTROLS) for r in replies)
+            text = "\r\n".join(map(printable, replies))
             self.transport.write((text + "\r\n").encode("utf-8", "replace"))
 
     def _close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
-    def _check_idle(self) -> None:
-        """Close a connection that has sent nothing for the idle timeout (not while one of
-        its messages is being delivered)."""
+    def _idle_expired(self) -> None:
+        """Close a connection that has sent no whole command (nor message octets) for the idle
+        timeout, as aiosmtpd does: a client trickling a line that never ends is cut off. Not
+        while one of its messages is being delivered: then it waits another timeout."""
         if self.transport is None:
             return
-        idle = self._loop.time() - self._last
-        if idle < self._idle_timeout or self._task is not None:
-            wait = self._idle_timeout - idle if idle < self._idle_timeout else self._idle_timeout
-            self._timer = self._loop.call_later(wait, self._check_idle)
+        if self._task is not None:
+            self._idle.set(self._idle_timeout)
             return
         log.info("%s: lmtp connection idle for %gs: closed", self._peer, self._idle_timeout)
         self._write(["421 4.4.2 Error: timeout exceeded"])
@@ -217,7 +215,7 @@ class _LMTPConnection(asyncio.Protocol):
 def _fault_point(item: Item) -> str | None:
     """The test-fault point checked before ``item`` (None: none; messages are checked at
     ``lmtp.data`` once they are in)."""
-    if isinstance(item, (Chunk, Message)) or not isinstance(item, Command):
+    if not isinstance(item, Command):
         return None
     return chaos.SMTP_POINT.get(item.verb, item.verb.lower()) if item.verb != "DATA" else None
 

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from .address import split_path
 from .data import DataReader
+from .reply import printable
 from .validate import helo_error
 
 #: the longest command line taken, CRLF included (RFC 5321 §4.5.3.1.4 asks for 512 at least;
@@ -41,8 +42,6 @@ BOGUS_LIMIT = 5
 _PARAM_VALUE = 500  # an ENVID (RFC 3461: 100 characters) or SIZE value, generously
 _TOO_BIG = "552 5.3.4 Message too big: see SIZE in the LHLO reply"
 _COMMANDS = "BDAT DATA HELP LHLO MAIL NOOP QUIT RCPT RSET VRFY"
-#: control characters shown as "?" when a command name is echoed back
-_CONTROLS = {c: "?" for c in [*range(0x20), 0x7F]}
 
 
 @dataclass
@@ -121,6 +120,11 @@ class LMTPSession:
 
     def feed(self, data: bytes) -> None:
         self._buf += data
+
+    @property
+    def in_message(self) -> bool:
+        """Whether the input is a message's octets (DATA, a BDAT chunk), not command lines."""
+        return self._data is not None or self._chunk is not None
 
     @property
     def buffered(self) -> int:
@@ -223,7 +227,7 @@ class LMTPSession:
             if self._bogus >= BOGUS_LIMIT:
                 self.closing = True
                 return ["502 5.5.1 Too many unrecognized commands, goodbye"]
-            return [f'500 5.5.2 Error: command "{item.verb[:20].translate(_CONTROLS)}" '
+            return [f'500 5.5.2 Error: command "{printable(item.verb[:20])}" '
                     "not recognized"]
         if isinstance(item, Chunk):
             return self._chunk_done(item)

@@ -14,7 +14,8 @@ from ..conftest import add_user, running
 
 CASES = {"mta": ("smtp", "[mta]\nidle_timeout = \"1s\"\n"),
          "imap": ("imap", "[imap]\nidle_timeout = \"1s\"\n"),
-         "pop3": ("pop3", "[pop3]\nidle_timeout = \"1s\"\n")}
+         "pop3": ("pop3", "[pop3]\nidle_timeout = \"1s\"\n"),
+         "mda": ("lmtp", "[mta]\nidle_timeout = \"1s\"\n")}
 
 
 @pytest.mark.parametrize("daemon", list(CASES))
