@@ -170,11 +170,19 @@ class DeliveryHandler:
     def _delivered(self, envid: str | None, rcpt: str, account: str, sender: str, data: bytes,
                    started: float, path: str, before: bool) -> str:
         note = "already delivered" if before else "delivered"
-        log.info("%s: to=<%s>, size=%d, delay=%.3f, status=%s (%s)", envid or "-", rcpt,
-                 len(data), time.monotonic() - started, note, path)
-        if not before:
-            self._vacation(account, sender, data)
+        # the log line and the vacation check wait until the reply is written: nothing
+        # before 250 but what makes the copy durable
+        asyncio.get_running_loop().call_soon(
+            self._after_delivery, envid, rcpt, account, sender, data,
+            time.monotonic() - started, path, note)
         return f"250 2.0.0 <{rcpt}> {note}"
+
+    def _after_delivery(self, envid: str | None, rcpt: str, account: str, sender: str,
+                        data: bytes, delay: float, path: str, note: str) -> None:
+        log.info("%s: to=<%s>, size=%d, delay=%.3f, status=%s (%s)", envid or "-", rcpt,
+                 len(data), delay, note, path)
+        if note == "delivered":
+            self._vacation(account, sender, data)
 
     def _vacation(self, account: str, sender: str, data: bytes) -> None:
         """A vacation reply (RFC 3834) when the account has one on, after the 250.
