@@ -222,6 +222,8 @@ class LMTPSession:
         if isinstance(item, Command):
             method = _HANDLERS.get(item.verb)
             if method is not None:
+                if item.verb in _AFTER_LHLO and not self.greeted:
+                    return ["503 5.5.1 Error: send LHLO first"]
                 return method(self, item.arg)
             self._bogus += 1
             if self._bogus >= BOGUS_LIMIT:
@@ -280,8 +282,6 @@ class LMTPSession:
         return ["500 5.5.1 Error: this is LMTP: greet with LHLO"]
 
     def _mail(self, arg: str) -> list[str]:
-        if not self.greeted:
-            return ["503 5.5.1 Error: send LHLO first"]
         if self.transaction is not None:
             return ["503 5.5.1 Error: nested MAIL command"]
         split = split_path(arg[5:]) if arg[:5].upper() == "FROM:" else None
@@ -310,8 +310,6 @@ class LMTPSession:
         return ["250 2.1.0 OK"]
 
     def _rcpt(self, arg: str) -> list[str]:
-        if not self.greeted:
-            return ["503 5.5.1 Error: send LHLO first"]
         tx = self.transaction
         if tx is None:
             return ["503 5.5.1 Error: need MAIL command"]
@@ -330,8 +328,6 @@ class LMTPSession:
         return ["250 2.1.5 OK"]
 
     def _data_command(self, arg: str) -> list[str]:
-        if not self.greeted:
-            return ["503 5.5.1 Error: send LHLO first"]
         tx = self.transaction
         if tx is None or not tx.rcpts:
             return ["503 5.5.1 Error: need RCPT command"]
@@ -368,3 +364,5 @@ _HANDLERS: dict[str, Callable[[LMTPSession, str], list[str]]] = {
     "RSET": LMTPSession._rset, "NOOP": LMTPSession._noop, "QUIT": LMTPSession._quit,
     "VRFY": LMTPSession._vrfy, "HELP": LMTPSession._help,
 }
+#: the transaction's commands: refused before LHLO (a BDAT chunk then finds no transaction)
+_AFTER_LHLO = frozenset({"MAIL", "RCPT", "DATA"})

@@ -142,12 +142,13 @@ def test_refused_commands(line: bytes, reply: str) -> None:
 
 def test_commands_need_lhlo_and_a_bad_name_is_refused() -> None:
     s = LMTPSession("mx.example.test", _known, 1000)
-    s.feed(b"MAIL FROM:<s@x.org>\r\nLHLO bad\rname\r\nLHLO\r\nLHLO ok.example\r\n")
+    s.feed(b"MAIL FROM:<s@x.org>\r\nRCPT TO:<a@example.test>\r\nDATA\r\n"
+           b"LHLO bad\rname\r\nLHLO\r\nLHLO ok.example\r\n")
     replies = run(s)
-    assert replies[0] == "503 5.5.1 Error: send LHLO first"
-    assert replies[1].startswith("501 5.5.4 Bad HELO/EHLO name")
-    assert replies[2].startswith("501 5.5.4 Syntax: LHLO")
-    assert replies[3:6] == ["250-mx.example.test", "250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+    assert replies[:3] == ["503 5.5.1 Error: send LHLO first"] * 3
+    assert replies[3].startswith("501 5.5.4 Bad HELO/EHLO name")
+    assert replies[4].startswith("501 5.5.4 Syntax: LHLO")
+    assert replies[5:8] == ["250-mx.example.test", "250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
 
 
 def test_rcpt_and_mail_rules() -> None:
