@@ -19,6 +19,7 @@ from base64 import b64decode
 from dataclasses import dataclass
 from typing import Any
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, syntax
 
 from ..runtime.netserver import starttls
@@ -26,6 +27,21 @@ from ..smtp.address import AddressError, parse_mailbox, split_path
 from ..smtp.base import ProtocolMixin
 
 log = logging.getLogger("mailstack.mta")
+
+_chatter = logging.getLogger("mail.log")
+_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _sanitized_log_if_enabled(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd logs every command line through ``sanitized_log`` (a regex over the line to
+    mask AUTH data) at debug and info level; the daemons keep ``mail.log`` at ERROR, so
+    skip the masking when nothing would be logged (two calls a command)."""
+    if _chatter.isEnabledFor(logging.INFO):
+        _sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd.smtp.sanitized_log = _sanitized_log_if_enabled
+
 
 
 @dataclass(frozen=True)
