@@ -55,6 +55,11 @@ def _envid(tx: Transaction) -> str | None:
     return tx.envid if tx.envid is not None and valid_envid(tx.envid) else None
 
 
+def _note(before: bool) -> str:
+    """How a ``250`` and the log name a copy: made now, or found from an earlier attempt."""
+    return "already delivered" if before else "delivered"
+
+
 class DeliveryHandler:
     """What the LMTP listener asks of the mda: which recipients it takes, and delivery."""
 
@@ -169,19 +174,18 @@ class DeliveryHandler:
 
     def _delivered(self, envid: str | None, rcpt: str, account: str, sender: str, data: bytes,
                    started: float, path: str, before: bool) -> str:
-        note = "already delivered" if before else "delivered"
         # the log line and the vacation check wait until the reply is written: nothing
         # before 250 but what makes the copy durable
         asyncio.get_running_loop().call_soon(
             self._after_delivery, envid, rcpt, account, sender, data,
-            time.monotonic() - started, path, note)
-        return f"250 2.0.0 <{rcpt}> {note}"
+            time.monotonic() - started, path, before)
+        return f"250 2.0.0 <{rcpt}> {_note(before)}"
 
     def _after_delivery(self, envid: str | None, rcpt: str, account: str, sender: str,
-                        data: bytes, delay: float, path: str, note: str) -> None:
+                        data: bytes, delay: float, path: str, before: bool) -> None:
         log.info("%s: to=<%s>, size=%d, delay=%.3f, status=%s (%s)", envid or "-", rcpt,
-                 len(data), delay, note, path)
-        if note == "delivered":
+                 len(data), delay, _note(before), path)
+        if not before:
             self._vacation(account, sender, data)
 
     def _vacation(self, account: str, sender: str, data: bytes) -> None:

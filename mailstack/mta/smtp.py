@@ -43,7 +43,6 @@ def _sanitized_log_if_enabled(func: Any, msg: Any, *args: Any, **kwargs: Any) ->
 aiosmtpd.smtp.sanitized_log = _sanitized_log_if_enabled
 
 
-
 @dataclass(frozen=True)
 class ErrorLimits:
     """Postfix's smtpd_soft/hard_error_limit: beyond ``soft`` errors in a session each error

@@ -28,7 +28,6 @@ from .validate import helo_error
 log = logging.getLogger("mailstack.smtp")
 
 
-
 class ProtocolMixin(CountedProtocol):
     """Mix in before aiosmtpd's ``SMTP``/``LMTP`` class. The daemon sets ``limiter`` (and
     ``implicit_tls`` on 465): see :class:`netserver.CountedProtocol`."""

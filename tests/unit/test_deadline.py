@@ -7,11 +7,15 @@ import asyncio
 from mailstack.runtime.deadline import MovingDeadline
 
 
-async def test_it_expires_once_after_the_last_move_and_not_after_a_clear() -> None:
+def recording() -> tuple[MovingDeadline, list[float], float]:
+    """A deadline on the running loop that records when it expires, and the loop's time now."""
     loop = asyncio.get_running_loop()
     fired: list[float] = []
-    deadline = MovingDeadline(loop, lambda: fired.append(loop.time()))
-    start = loop.time()
+    return MovingDeadline(loop, lambda: fired.append(loop.time())), fired, loop.time()
+
+
+async def test_it_expires_once_after_the_last_move_and_not_after_a_clear() -> None:
+    deadline, fired, start = recording()
     deadline.set(0.2)
     for _ in range(5):  # moved later four times: the first timer fires early and re-arms
         await asyncio.sleep(0.05)
@@ -29,10 +33,7 @@ async def test_it_expires_once_after_the_last_move_and_not_after_a_clear() -> No
 
 
 async def test_an_earlier_deadline_takes_a_new_timer() -> None:
-    loop = asyncio.get_running_loop()
-    fired: list[float] = []
-    deadline = MovingDeadline(loop, lambda: fired.append(loop.time()))
-    start = loop.time()
+    deadline, fired, start = recording()
     deadline.set(5)
     deadline.set(0.05)
     await asyncio.sleep(0.2)
